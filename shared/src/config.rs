@@ -1,0 +1,251 @@
+//! Typed configuration, read once from the environment at start.
+//!
+//! A malformed value stops the function at start with the variable's name, instead of
+//! surfacing as odd behaviour during an incident.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Namespaces never touched unless `PROTECTED_NAMESPACES` says otherwise.
+pub const DEFAULT_PROTECTED_NAMESPACES: &str = "kube-system,kube-public,kube-node-lease,istio-system";
+
+/// Settings shared by every function.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `CLUSTER_NAME`: EKS cluster to act on; `None` means kubeconfig / in-cluster.
+    pub cluster_name: Option<String>,
+    /// `DRY_RUN`: server-side dry run for every alert (default `true`).
+    pub dry_run: bool,
+    /// `NOTIFY_TOPIC_ARN`: where reports are published.
+    pub notify_topic_arn: Option<String>,
+    /// `ALERT_TOPIC_ARN`: records from any other topic are rejected.
+    pub alert_topic_arn: Option<String>,
+    /// Rules the decision stage applies.
+    pub policy: Policy,
+    /// `API_TIMEOUT_SECONDS`: per-request timeout towards the Kubernetes API (default 10).
+    pub api_timeout: Duration,
+    /// `ISTIO_API_VERSION`: version of `networking.istio.io` to use (default `v1`).
+    pub istio_api_version: String,
+    /// `MAX_CONCURRENCY`: targets worked on at once within one invocation (default 8).
+    pub max_concurrency: usize,
+}
+
+/// The safety rules of the decision stage.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `COOLDOWN_SECONDS`: minimum time between two actions on one target (default 900).
+    pub cooldown: Duration,
+    /// `MAX_TARGETS_PER_INVOCATION`: blast radius of one invocation (default 10).
+    pub max_targets: usize,
+    /// `ESCALATE_AFTER`: actions without recovery before humans take over (default 3).
+    pub escalate_after: u32,
+    /// `ESCALATION_WINDOW_SECONDS`: actions further apart than this count as recovered (default 3600).
+    pub escalation_window: Duration,
+    /// `PROTECTED_NAMESPACES`: never touched.
+    pub protected_namespaces: BTreeSet<String>,
+    /// `ALLOWED_NAMESPACES`: when non-empty, the only namespaces touched.
+    pub allowed_namespaces: BTreeSet<String>,
+    /// `MAX_DELIVERY_AGE_SECONDS`: SNS messages published longer ago are stale (default 900; 0 disables).
+    pub max_delivery_age: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            cooldown: Duration::from_secs(900),
+            max_targets: 10,
+            escalate_after: 3,
+            escalation_window: Duration::from_secs(3600),
+            protected_namespaces: split_list(DEFAULT_PROTECTED_NAMESPACES),
+            allowed_namespaces: BTreeSet::new(),
+            max_delivery_age: Duration::from_secs(900),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let defaults = Policy::default();
+        let policy = Policy {
+            cooldown: seconds(&get, "COOLDOWN_SECONDS", defaults.cooldown)?,
+            max_targets: number(&get, "MAX_TARGETS_PER_INVOCATION", defaults.max_targets, 1)?,
+            escalate_after: number(&get, "ESCALATE_AFTER", defaults.escalate_after, 1)?,
+            escalation_window: seconds(&get, "ESCALATION_WINDOW_SECONDS", defaults.escalation_window)?,
+            protected_namespaces: get("PROTECTED_NAMESPACES")
+                .map(|v| split_list(&v))
+                .unwrap_or(defaults.protected_namespaces),
+            allowed_namespaces: get("ALLOWED_NAMESPACES")
+                .map(|v| split_list(&v))
+                .unwrap_or_default(),
+            max_delivery_age: seconds(&get, "MAX_DELIVERY_AGE_SECONDS", defaults.max_delivery_age)?,
+        };
+        for (var, set) in [
+            ("PROTECTED_NAMESPACES", &policy.protected_namespaces),
+            ("ALLOWED_NAMESPACES", &policy.allowed_namespaces),
+        ] {
+            for ns in set {
+                crate::names::dns_label("namespace", ns).map_err(|message| Error::Config {
+                    var,
+                    message,
+                })?;
+            }
+        }
+        let cluster_name = get("CLUSTER_NAME");
+        if let Some(name) = &cluster_name {
+            let valid = name.len() <= 100
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(Error::Config {
+                    var: "CLUSTER_NAME",
+                    message: format!("\"{}\" is not a valid EKS cluster name", crate::names::printable(name)),
+                });
+            }
+        }
+        Ok(Config {
+            cluster_name,
+            dry_run: boolean(&get, "DRY_RUN", true)?,
+            notify_topic_arn: arn(&get, "NOTIFY_TOPIC_ARN")?,
+            alert_topic_arn: arn(&get, "ALERT_TOPIC_ARN")?,
+            policy,
+            api_timeout: seconds(&get, "API_TIMEOUT_SECONDS", Duration::from_secs(10))?,
+            istio_api_version: match get("ISTIO_API_VERSION").as_deref() {
+                None => "v1".to_owned(),
+                Some(v @ ("v1" | "v1beta1" | "v1alpha3")) => v.to_owned(),
+                Some(other) => {
+                    return Err(Error::Config {
+                        var: "ISTIO_API_VERSION",
+                        message: format!("\"{other}\" is not one of v1, v1beta1, v1alpha3"),
+                    });
+                }
+            },
+            max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,
+        })
+    }
+}
+
+fn split_list(value: &str) -> BTreeSet<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn boolean(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool> {
+    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
+        None => Ok(default),
+        Some("true" | "1" | "yes") => Ok(true),
+        Some("false" | "0" | "no") => Ok(false),
+        Some(other) => Err(Error::Config {
+            var,
+            message: format!("\"{other}\" is not a boolean (use true or false)"),
+        }),
+    }
+}
+
+fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: T,
+    minimum: T,
+) -> Result<T> {
+    let Some(raw) = get(var) else {
+        return Ok(default);
+    };
+    match raw.parse::<T>() {
+        Ok(v) if v >= minimum => Ok(v),
+        Ok(_) => Err(Error::Config {
+            var,
+            message: format!("{raw} is below the minimum {minimum}"),
+        }),
+        Err(_) => Err(Error::Config {
+            var,
+            message: format!("\"{raw}\" is not a whole number"),
+        }),
+    }
+}
+
+fn seconds(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: Duration) -> Result<Duration> {
+    number(get, var, default.as_secs(), 0).map(Duration::from_secs)
+}
+
+fn arn(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<String>> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) if v.starts_with("arn:") && v.split(':').count() >= 6 => Ok(Some(v)),
+        Some(v) => Err(Error::Config {
+            var,
+            message: format!("\"{}\" is not an SNS topic ARN", crate::names::printable(&v)),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_safe() {
+        let cfg = config(&[]).expect("empty environment is valid");
+        assert!(cfg.dry_run, "dry run must be the default");
+        assert!(cfg.policy.protected_namespaces.contains("kube-system"));
+        assert!(cfg.policy.protected_namespaces.contains("istio-system"));
+        assert_eq!(cfg.policy.cooldown, Duration::from_secs(900));
+        assert_eq!(cfg.cluster_name, None);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (var, value) in [
+            ("DRY_RUN", "maybe"),
+            ("COOLDOWN_SECONDS", "ten"),
+            ("MAX_TARGETS_PER_INVOCATION", "0"),
+            ("NOTIFY_TOPIC_ARN", "my-topic"),
+            ("PROTECTED_NAMESPACES", "kube-system,Bad/Name"),
+            ("CLUSTER_NAME", "a b"),
+            ("ISTIO_API_VERSION", "v2"),
+        ] {
+            let err = config(&[(var, value)]).expect_err("bad value accepted");
+            match err {
+                Error::Config { var: got, .. } => assert_eq!(got, var),
+                other => panic!("{var}: unexpected {other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn values_are_read() {
+        let cfg = config(&[
+            ("DRY_RUN", "false"),
+            ("COOLDOWN_SECONDS", "60"),
+            ("ALLOWED_NAMESPACES", "shop, payments"),
+            ("CLUSTER_NAME", "prod-eu"),
+        ])
+        .expect("valid");
+        assert!(!cfg.dry_run);
+        assert_eq!(cfg.policy.cooldown, Duration::from_secs(60));
+        assert_eq!(cfg.policy.allowed_namespaces.len(), 2);
+        assert_eq!(cfg.cluster_name.as_deref(), Some("prod-eu"));
+    }
+}

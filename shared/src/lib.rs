@@ -1,0 +1,30 @@
+//! Serverless auto-remediation for an Istio service mesh on EKS.
+//!
+//! Every function runs the same pipeline, one stage per module:
+//!
+//! ```text
+//! SNS event -> intake (parse, validate) -> decide (pure) -> enact (patch + record, dry run, Event)
+//!           -> report (one outcome per alert: response, log line, notification)
+//! ```
+//!
+//! A remediation is one module behind [`remediation::Remediation`]; a function's `main` is
+//! a call to [`run`].
+
+pub mod alert;
+pub mod config;
+pub mod connect;
+pub mod decide;
+pub mod eks;
+pub mod error;
+pub mod intake;
+pub mod lambda;
+pub mod names;
+pub mod notify;
+pub mod pipeline;
+pub mod record;
+pub mod remediation;
+pub mod report;
+pub mod telemetry;
+
+pub use error::{Error, Result};
+pub use lambda::{BoxError, run};

@@ -1,0 +1,713 @@
+//! The shared pipeline: intake -> decide -> enact -> report, for any [`Remediation`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::connect::KubeConnector;
+use crate::decide::{self, Gate, SkipReason, Verdict};
+use crate::error::Error;
+use crate::intake::{self, AlertInput, Rejection};
+use crate::record::{self, ActionRecord};
+use crate::remediation::{Locator, Plan, PlanContext, Refusal, Remediation, describe};
+use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
+
+/// Writes refused with 409 before giving up (each one re-reads and decides again).
+const MAX_WRITE_ATTEMPTS: u32 = 6;
+/// No new target is started with less time than this before the Lambda deadline.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// Facts about one invocation.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Lambda request id.
+    pub request_id: String,
+    /// Trace id (X-Ray root id when present, else the request id).
+    pub trace_id: String,
+    /// When Lambda will stop the invocation.
+    pub deadline: Option<Instant>,
+    /// The time decisions are made at.
+    pub now: DateTime<Utc>,
+}
+
+impl Invocation {
+    /// An invocation with a trace id taken from an X-Ray header value when present.
+    pub fn new(request_id: &str, xray_trace_id: Option<&str>, deadline: Option<Instant>) -> Self {
+        let trace_id = xray_trace_id
+            .and_then(xray_root)
+            .unwrap_or(request_id)
+            .to_owned();
+        Invocation {
+            request_id: request_id.to_owned(),
+            trace_id,
+            deadline,
+            now: Utc::now(),
+        }
+    }
+}
+
+/// `Root=1-5759e988-bd862e3fe1be46a994272793;Parent=..;Sampled=1` -> the root id.
+fn xray_root(header: &str) -> Option<&str> {
+    header
+        .split(';')
+        .find_map(|part| part.trim().strip_prefix("Root="))
+        .filter(|root| !root.is_empty())
+}
+
+/// One remediation function's whole behaviour, minus the Lambda runtime.
+pub struct Pipeline<R> {
+    config: Config,
+    remediation: R,
+    kube: Arc<dyn KubeConnector>,
+}
+
+/// An alert that passed intake and screening and awaits its target.
+#[derive(Debug, Clone)]
+struct Work {
+    order: usize,
+    source: Source,
+    input: AlertInput,
+    locator: Locator,
+    resolved: bool,
+}
+
+/// What one attempt on one object comes to.
+enum Step {
+    Done(Outcome),
+    Write {
+        body: Value,
+        dry_run: bool,
+        outcome: Outcome,
+        event: Option<(&'static str, String)>,
+        counts_against_budget: bool,
+    },
+}
+
+impl<R: Remediation> Pipeline<R> {
+    /// A pipeline for `remediation`.
+    pub fn new(config: Config, remediation: R, kube: Arc<dyn KubeConnector>) -> Self {
+        Pipeline {
+            config,
+            remediation,
+            kube,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Handles one event; every alert in it gets exactly one outcome in the report.
+    pub async fn handle(&self, event: &Value, invocation: &Invocation) -> InvocationReport {
+        let mut outcomes = Vec::new();
+        let mut work = Vec::new();
+        self.intake(event, invocation, &mut outcomes, &mut work);
+
+        let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+        for item in work {
+            groups.entry(item.locator.key()).or_default().push(item);
+        }
+        let budget = AtomicUsize::new(0);
+        let mut acted: Vec<(usize, Outcome)> = futures::stream::iter(groups.into_values())
+            .map(|items| self.handle_target(items, invocation, &budget))
+            .buffer_unordered(self.config.max_concurrency)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await;
+        outcomes.append(&mut acted);
+        outcomes.sort_by_key(|(order, _)| *order);
+        InvocationReport::new(
+            self.remediation.name(),
+            &invocation.trace_id,
+            &invocation.request_id,
+            self.config.dry_run,
+            outcomes.into_iter().map(|(_, o)| o).collect(),
+        )
+    }
+
+    /// Parses, validates and screens; settles every alert that needs no API call.
+    fn intake(
+        &self,
+        event: &Value,
+        invocation: &Invocation,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        work: &mut Vec<Work>,
+    ) {
+        let deliveries = match intake::parse_event(event, self.config.alert_topic_arn.as_deref()) {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                outcomes.push((0, Outcome::failed(Source::default(), &err)));
+                return;
+            }
+        };
+        let mut order = 0;
+        for delivery in deliveries {
+            let base = Source {
+                message_id: delivery.message_id.clone(),
+                ..Source::default()
+            };
+            let group = match delivery.content {
+                Ok(group) => group,
+                Err(err) => {
+                    outcomes.push((order, Outcome::failed(base, &err)));
+                    order += 1;
+                    continue;
+                }
+            };
+            if group.alerts.is_empty() && group.truncated_alerts == 0 {
+                let err = Error::Input("Alertmanager message holds no alerts".into());
+                outcomes.push((order, Outcome::failed(base.clone(), &err)));
+                order += 1;
+            }
+            if group.truncated_alerts > 0 {
+                let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
+                outcomes.push((order, Outcome::new(OutcomeKind::Skipped, base.clone()).because(reason)));
+                order += 1;
+            }
+            for alert in &group.alerts {
+                let mut source = Source {
+                    alert: Some(crate::names::printable(alert.name())),
+                    fingerprint: Some(crate::names::printable(&alert.fingerprint)),
+                    status: Some(alert.status),
+                    drill: alert.flag("drill"),
+                    ..base.clone()
+                };
+                let this = order;
+                order += 1;
+                let input = match intake::validate_alert(alert, self.remediation.name()) {
+                    Ok(input) => input,
+                    Err(Rejection::Invalid(why)) => {
+                        outcomes.push((this, Outcome::failed(source, &Error::Input(why))));
+                        continue;
+                    }
+                    Err(Rejection::OtherFunction(why)) => {
+                        let reason = SkipReason::OtherFunction(why);
+                        outcomes.push((this, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+                        continue;
+                    }
+                };
+                source.namespace = Some(input.namespace.clone());
+                let resolved = match decide::screen(
+                    &input,
+                    delivery.published_at,
+                    self.config.cluster_name.as_deref(),
+                    &self.config.policy,
+                    invocation.now,
+                ) {
+                    Gate::Firing => false,
+                    Gate::Resolved => true,
+                    Gate::Skip(reason) => {
+                        outcomes.push((this, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+                        continue;
+                    }
+                };
+                match self.remediation.locate(&input, &self.config) {
+                    Ok(locator) => work.push(Work {
+                        order: this,
+                        source,
+                        input,
+                        locator,
+                        resolved,
+                    }),
+                    Err(why) => outcomes.push((this, Outcome::failed(source, &Error::Input(why)))),
+                }
+            }
+        }
+    }
+
+    /// Handles every alert aimed at one locator: the first firing alert (else the first
+    /// resolved one) is acted on; the rest are duplicates of it.
+    async fn handle_target(
+        &self,
+        mut items: Vec<Work>,
+        invocation: &Invocation,
+        budget: &AtomicUsize,
+    ) -> Vec<(usize, Outcome)> {
+        items.sort_by_key(|w| (w.resolved, w.order));
+        let mut items = items.into_iter();
+        let Some(primary) = items.next() else {
+            return Vec::new();
+        };
+        let handled_by = primary.input.alert.fingerprint.clone();
+        let mut out: Vec<(usize, Outcome)> = items
+            .map(|dup| {
+                let reason = SkipReason::Duplicate {
+                    handled_by: crate::names::printable(&handled_by),
+                };
+                (dup.order, Outcome::new(OutcomeKind::Skipped, dup.source).because(reason))
+            })
+            .collect();
+        let outcome = self.act(&primary, invocation, budget).await;
+        out.push((primary.order, outcome));
+        out
+    }
+
+    async fn act(&self, work: &Work, invocation: &Invocation, budget: &AtomicUsize) -> Outcome {
+        let client = match self.kube.client().await {
+            Ok(client) => client,
+            Err(err) => return Outcome::failed(work.source.clone(), &err),
+        };
+        let locator = &work.locator;
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource);
+        let names = match &locator.name {
+            Some(name) => vec![name.clone()],
+            None => match self.select(&api, work).await {
+                Ok(names) if names.is_empty() => {
+                    let why = format!(
+                        "no {} in namespace {} labelled auto_remediation=active matches the alert",
+                        locator.resource.kind, locator.namespace
+                    );
+                    return Outcome::new(OutcomeKind::Skipped, work.source.clone())
+                        .because(SkipReason::Declined(why));
+                }
+                Ok(names) => names,
+                Err(err) => return Outcome::failed(work.source.clone(), &err),
+            },
+        };
+        let mut outcomes = Vec::with_capacity(names.len());
+        let mut budget_taken = false;
+        for name in &names {
+            let outcome = self
+                .act_on(&api, &client, work, name, invocation, budget, &mut budget_taken)
+                .await;
+            outcomes.push(outcome);
+        }
+        merge_outcomes(outcomes)
+    }
+
+    async fn select(&self, api: &Api<DynamicObject>, work: &Work) -> Result<Vec<String>, Error> {
+        let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|err| Error::kube(format!("list {}", work.locator.resource.plural), err))?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|obj| self.remediation.selects(&work.input, obj))
+            .filter_map(|obj| obj.metadata.name.clone())
+            .collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn act_on(
+        &self,
+        api: &Api<DynamicObject>,
+        client: &kube::Client,
+        work: &Work,
+        name: &str,
+        invocation: &Invocation,
+        budget: &AtomicUsize,
+        budget_taken: &mut bool,
+    ) -> Outcome {
+        let resource = &work.locator.resource;
+        let target = describe(resource, &work.locator.namespace, name);
+        for attempt in 0..MAX_WRITE_ATTEMPTS {
+            if let Some(deadline) = invocation.deadline
+                && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
+            {
+                return Outcome::failed(work.source.clone(), &Error::Deadline(DEADLINE_MARGIN)).on(&target);
+            }
+            let object = match api.get_opt(name).await {
+                Ok(Some(object)) => object,
+                Ok(None) => {
+                    let err = Error::Plan(format!("{target} not found"));
+                    return Outcome::failed(work.source.clone(), &err).on(&target);
+                }
+                Err(err) => {
+                    let err = Error::kube(format!("get {target}"), err);
+                    return Outcome::failed(work.source.clone(), &err).on(&target);
+                }
+            };
+            let step = if work.resolved {
+                self.resolved_step(work, &object, &target, invocation)
+            } else {
+                self.firing_step(work, &object, &target, invocation)
+            };
+            let (body, dry_run, outcome, event, counts) = match step {
+                Step::Done(outcome) => return outcome.on(&target),
+                Step::Write {
+                    body,
+                    dry_run,
+                    outcome,
+                    event,
+                    counts_against_budget,
+                } => (body, dry_run, outcome, event, counts_against_budget),
+            };
+            if counts && !*budget_taken {
+                if budget.fetch_add(1, Ordering::SeqCst) >= self.config.policy.max_targets {
+                    let reason = SkipReason::BlastRadius {
+                        max_targets: self.config.policy.max_targets,
+                    };
+                    return Outcome::new(OutcomeKind::Skipped, work.source.clone())
+                        .because(reason)
+                        .on(&target);
+                }
+                *budget_taken = true;
+            }
+            let mut params = PatchParams {
+                field_manager: Some(record::FIELD_MANAGER.to_owned()),
+                ..PatchParams::default()
+            };
+            params.dry_run = dry_run;
+            match api.patch(name, &params, &Patch::Merge(&body)).await {
+                Ok(updated) => {
+                    if !dry_run && let Some((action, note)) = event {
+                        self.record_event(client, resource, &updated, action, &note, invocation)
+                            .await;
+                    }
+                    return outcome.on(&target);
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => {
+                    tracing::info!(
+                        trace_id = %invocation.trace_id,
+                        target = %target,
+                        attempt,
+                        "write conflict; re-reading and deciding again"
+                    );
+                    tokio::time::sleep(conflict_backoff(attempt)).await;
+                }
+                Err(err) => {
+                    let err = Error::kube(format!("patch {target}"), err);
+                    return Outcome::failed(work.source.clone(), &err).on(&target);
+                }
+            }
+        }
+        let err = Error::ConflictStorm {
+            target: target.clone(),
+            attempts: MAX_WRITE_ATTEMPTS,
+        };
+        Outcome::failed(work.source.clone(), &err).on(&target)
+    }
+
+    fn read_record(&self, object: &DynamicObject) -> Result<Option<ActionRecord>, Error> {
+        ActionRecord::from_annotations(object.metadata.annotations.as_ref(), self.remediation.name())
+            .map_err(Error::Plan)
+    }
+
+    fn firing_step(&self, work: &Work, object: &DynamicObject, target: &str, invocation: &Invocation) -> Step {
+        let source = work.source.clone();
+        let record = match self.read_record(object) {
+            Ok(record) => record,
+            Err(err) => return Step::Done(Outcome::failed(source, &err)),
+        };
+        let opted_in = record::opted_in(object.metadata.labels.as_ref());
+        let streak = match decide::decide(target, opted_in, record.as_ref(), &self.config.policy, invocation.now) {
+            Verdict::Act { streak } => streak,
+            Verdict::Skip(reason) => {
+                return Step::Done(Outcome::new(OutcomeKind::Skipped, source).because(reason));
+            }
+            Verdict::Escalate { streak } => {
+                let since = record.as_ref().map(|r| r.at.to_rfc3339()).unwrap_or_default();
+                let reason = format!(
+                    "{streak} actions without recovery (last at {since}); not acting again, humans must look (ESCALATE_AFTER={})",
+                    self.config.policy.escalate_after
+                );
+                return Step::Done(Outcome::new(OutcomeKind::Escalated, source).because(reason));
+            }
+        };
+        let context = PlanContext {
+            now: invocation.now,
+            config: &self.config,
+        };
+        let plan = match self.remediation.plan(&work.input, object, context) {
+            Ok(plan) => plan,
+            Err(Refusal::Skip(why)) => {
+                return Step::Done(Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)));
+            }
+            Err(Refusal::Fail(why)) => return Step::Done(Outcome::failed(source, &Error::Plan(why))),
+        };
+        let new_record = ActionRecord {
+            fingerprint: work.input.alert.fingerprint.clone(),
+            trace_id: invocation.trace_id.clone(),
+            at: invocation.now,
+            streak,
+            change: plan.summary.clone(),
+            previous: plan.previous.clone(),
+            applied: plan.applied.clone(),
+            recovered_at: None,
+        };
+        self.write_step(work, object, &plan, &new_record, true)
+    }
+
+    fn resolved_step(&self, work: &Work, object: &DynamicObject, target: &str, invocation: &Invocation) -> Step {
+        let source = work.source.clone();
+        let skip = |what: String| Step::Done(Outcome::new(OutcomeKind::Skipped, source.clone()).because(SkipReason::Resolved(what)));
+        let record = match self.read_record(object) {
+            Ok(Some(record)) => record,
+            Ok(None) => return skip(format!("nothing to undo; no action recorded on {target}")),
+            Err(err) => return Step::Done(Outcome::failed(source, &err)),
+        };
+        if !record::opted_in(object.metadata.labels.as_ref()) {
+            return skip(format!("{target} is no longer labelled auto_remediation=active; left as is"));
+        }
+        if record.fingerprint != work.input.alert.fingerprint {
+            return skip(format!("the action on {target} was for another alert ({})", record.fingerprint));
+        }
+        if record.recovered() {
+            return skip("recovery already recorded".into());
+        }
+        let context = PlanContext {
+            now: invocation.now,
+            config: &self.config,
+        };
+        let mut new_record = record.clone();
+        new_record.recovered_at = Some(invocation.now);
+        match self.remediation.plan_resolved(&work.input, object, &record, context) {
+            None => {
+                if decide::is_dry_run(self.config.dry_run, &work.input) {
+                    return skip("nothing to change (dry run: recovery not recorded)".into());
+                }
+                let plan = Plan {
+                    patch: json!({}),
+                    summary: "recovery recorded; escalation streak reset".into(),
+                    action: "Recovered",
+                    previous: None,
+                    applied: None,
+                };
+                match self.write_step(work, object, &plan, &new_record, false) {
+                    Step::Write { body, dry_run, event, .. } => Step::Write {
+                        body: body.clone(),
+                        dry_run,
+                        outcome: {
+                            let mut o = Outcome::new(OutcomeKind::Skipped, source.clone())
+                                .because(SkipReason::Resolved("nothing to change; recovery recorded, escalation streak reset".into()));
+                            o.patch = Some(body);
+                            o
+                        },
+                        event,
+                        counts_against_budget: false,
+                    },
+                    done => done,
+                }
+            }
+            Some(Ok(plan)) => {
+                new_record.change = plan.summary.clone();
+                self.write_step(work, object, &plan, &new_record, false)
+            }
+            Some(Err(Refusal::Skip(why))) => skip(why),
+            Some(Err(Refusal::Fail(why))) => Step::Done(Outcome::failed(source, &Error::Plan(why))),
+        }
+    }
+
+    /// The merge patch that makes the change and writes the record in one request, with the
+    /// object's `resourceVersion` as precondition.
+    fn write_step(&self, work: &Work, object: &DynamicObject, plan: &Plan, new_record: &ActionRecord, counts: bool) -> Step {
+        let Some(resource_version) = object.metadata.resource_version.clone() else {
+            let err = Error::Plan("object has no resourceVersion; refusing an unguarded write".into());
+            return Step::Done(Outcome::failed(work.source.clone(), &err));
+        };
+        let mut body = plan.patch.clone();
+        json_patch::merge(
+            &mut body,
+            &json!({"metadata": {
+                "resourceVersion": resource_version,
+                "annotations": { record::record_annotation(self.remediation.name()): new_record.to_annotation() }
+            }}),
+        );
+        let dry_run = decide::is_dry_run(self.config.dry_run, &work.input);
+        let mut outcome = Outcome::new(
+            if dry_run { OutcomeKind::DryRun } else { OutcomeKind::Applied },
+            work.source.clone(),
+        );
+        if dry_run {
+            outcome.reason = Some(dry_run_reason(self.config.dry_run, &work.input).into());
+        }
+        outcome.change = Some(plan.summary.clone());
+        outcome.patch = Some(body.clone());
+        let note = format!(
+            "{} (alert {} fingerprint {}, trace {})",
+            plan.summary,
+            crate::names::printable(work.input.alert.name()),
+            crate::names::printable(&work.input.alert.fingerprint),
+            new_record.trace_id
+        );
+        Step::Write {
+            body,
+            dry_run,
+            outcome,
+            event: Some((plan.action, note)),
+            counts_against_budget: counts,
+        }
+    }
+
+    /// Records a Kubernetes Event on the changed object. Best effort: the change is made
+    /// and recorded on the object already, so a failed Event is logged, not fatal.
+    async fn record_event(
+        &self,
+        client: &kube::Client,
+        resource: &ApiResource,
+        object: &DynamicObject,
+        action: &str,
+        note: &str,
+        invocation: &Invocation,
+    ) {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &event_resource());
+        let stamp = invocation.now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let unique = invocation.now.timestamp_nanos_opt().unwrap_or_default();
+        let base: String = name.chars().take(200).collect();
+        let mut note = note.to_owned();
+        if note.len() > 1000 {
+            let mut cut = 1000;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+        }
+        let event: DynamicObject = match serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "name": format!("{base}.{unique:x}"),
+                "namespace": namespace,
+                "annotations": { format!("{}trace-id", record::ANNOTATION_PREFIX): invocation.trace_id },
+            },
+            "eventTime": stamp,
+            "reportingController": format!("{}{}", record::ANNOTATION_PREFIX, self.remediation.name()),
+            "reportingInstance": self.remediation.name(),
+            "action": action,
+            "reason": "AutoRemediation",
+            "type": "Normal",
+            "note": note,
+            "regarding": {
+                "apiVersion": resource.api_version,
+                "kind": resource.kind,
+                "namespace": namespace,
+                "name": name,
+                "uid": object.metadata.uid,
+                "resourceVersion": object.metadata.resource_version,
+            },
+        })) {
+            Ok(event) => event,
+            Err(err) => {
+                tracing::warn!(trace_id = %invocation.trace_id, error = %err, "cannot build Event");
+                return;
+            }
+        };
+        if let Err(err) = events.create(&PostParams::default(), &event).await {
+            tracing::warn!(
+                trace_id = %invocation.trace_id,
+                target = %describe(resource, &namespace, &name),
+                error = %err,
+                "change applied but recording the Kubernetes Event failed"
+            );
+        }
+    }
+}
+
+fn dry_run_reason(config_dry_run: bool, input: &AlertInput) -> &'static str {
+    if input.drill {
+        "drill: validated by server-side dry run, nothing stored"
+    } else if config_dry_run {
+        "DRY_RUN=true: validated by server-side dry run, nothing stored"
+    } else {
+        "dry_run label: validated by server-side dry run, nothing stored"
+    }
+}
+
+/// `events.k8s.io/v1` Event.
+pub fn event_resource() -> ApiResource {
+    ApiResource {
+        group: "events.k8s.io".into(),
+        version: "v1".into(),
+        api_version: "events.k8s.io/v1".into(),
+        kind: "Event".into(),
+        plural: "events".into(),
+    }
+}
+
+/// Exponential backoff with jitter between conflicting writes: 10, 20, 40 ms ... plus up
+/// to the same again, so racing invocations spread out instead of colliding again.
+fn conflict_backoff(attempt: u32) -> Duration {
+    let base = 10u64 << attempt.min(6);
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) % (base + 1);
+    Duration::from_millis(base + jitter)
+}
+
+/// One alert aimed at several objects still gets one outcome: failures win, then
+/// changes, then skips; targets, reasons and patches are listed together.
+fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
+    if outcomes.len() == 1 {
+        return outcomes.remove(0);
+    }
+    let rank = |kind: OutcomeKind| match kind {
+        OutcomeKind::Failed => 0,
+        OutcomeKind::Applied => 1,
+        OutcomeKind::DryRun => 2,
+        OutcomeKind::Escalated => 3,
+        OutcomeKind::Skipped => 4,
+    };
+    let kind = outcomes
+        .iter()
+        .map(|o| o.outcome)
+        .min_by_key(|k| rank(*k))
+        .unwrap_or(OutcomeKind::Skipped);
+    let mut merged = Outcome::new(kind, outcomes[0].source.clone());
+    let label = |o: &Outcome| o.target.clone().unwrap_or_default();
+    merged.target = Some(outcomes.iter().map(label).collect::<Vec<_>>().join(", "));
+    let reasons: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.reason.as_ref().map(|r| format!("{}: {} {r}", label(o), o.outcome.as_str())))
+        .collect();
+    merged.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+    let changes: Vec<String> = outcomes
+        .iter()
+        .filter_map(|o| o.change.as_ref().map(|c| format!("{}: {c}", label(o))))
+        .collect();
+    merged.change = (!changes.is_empty()).then(|| changes.join("; "));
+    let patches: serde_json::Map<String, Value> = outcomes
+        .iter()
+        .filter_map(|o| o.patch.clone().map(|p| (label(o), p)))
+        .collect();
+    merged.patch = (!patches.is_empty()).then_some(Value::Object(patches));
+    merged.retryable = outcomes.iter().any(|o| o.retryable);
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_comes_from_the_xray_root() {
+        let inv = Invocation::new("req-1", Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"), None);
+        assert_eq!(inv.trace_id, "1-5759e988-bd862e3fe1be46a994272793");
+        assert_eq!(Invocation::new("req-1", None, None).trace_id, "req-1");
+        assert_eq!(Invocation::new("req-1", Some("garbage"), None).trace_id, "req-1");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        assert!(conflict_backoff(0) <= Duration::from_millis(20));
+        assert!(conflict_backoff(3) >= Duration::from_millis(80));
+        assert!(conflict_backoff(50) <= Duration::from_millis(1280));
+    }
+
+    #[test]
+    fn several_targets_make_one_outcome() {
+        let a = Outcome::new(OutcomeKind::Applied, Source::default()).on("VirtualService shop/a");
+        let b = Outcome::new(OutcomeKind::Skipped, Source::default())
+            .because("cooldown")
+            .on("VirtualService shop/b");
+        let merged = merge_outcomes(vec![a, b]);
+        assert_eq!(merged.outcome, OutcomeKind::Applied);
+        assert_eq!(merged.target.as_deref(), Some("VirtualService shop/a, VirtualService shop/b"));
+        assert!(merged.reason.as_deref().is_some_and(|r| r.contains("shop/b: skipped cooldown")));
+    }
+}

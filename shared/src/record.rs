@@ -1,0 +1,85 @@
+//! The action record kept on the target object itself.
+//!
+//! It is written in the same request as the change and guarded by the object's
+//! `resourceVersion`, so two concurrent invocations cannot both act: the second write
+//! fails with 409, re-reads the object, finds the record and stands down.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Label that opts an object into automation.
+pub const OPT_IN_LABEL: &str = "auto_remediation";
+/// Value of [`OPT_IN_LABEL`] that opts in.
+pub const OPT_IN_VALUE: &str = "active";
+/// Prefix of the annotations this project writes.
+pub const ANNOTATION_PREFIX: &str = "auto-remediation.io/";
+/// Field manager name on every write (visible in `managedFields`).
+pub const FIELD_MANAGER: &str = "mesh-remediation";
+
+/// Annotation holding the record of one remediation on an object. Each remediation has
+/// its own key so two functions acting on one object never overwrite each other's record.
+pub fn record_annotation(remediation: &str) -> String {
+    format!("{ANNOTATION_PREFIX}{remediation}")
+}
+
+/// What the last action of one remediation on this object was.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRecord {
+    /// Fingerprint of the alert that caused it.
+    pub fingerprint: String,
+    /// Trace id of the invocation that made the change (find its logs with it).
+    pub trace_id: String,
+    /// When the change was made.
+    pub at: DateTime<Utc>,
+    /// Actions without recovery in a row, this one included.
+    pub streak: u32,
+    /// What changed, in words.
+    pub change: String,
+    /// The exact spec fragment before the change (for instant rollback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Value>,
+    /// The spec fragment as written (a revert refuses if the object no longer has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<Value>,
+    /// When a resolved alert reported recovery after this action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_at: Option<DateTime<Utc>>,
+}
+
+impl ActionRecord {
+    /// Reads the record of `remediation` from object annotations. A record that cannot be
+    /// parsed is treated as absent only for reading; the caller reports it.
+    pub fn from_annotations(
+        annotations: Option<&std::collections::BTreeMap<String, String>>,
+        remediation: &str,
+    ) -> Result<Option<ActionRecord>, String> {
+        let Some(raw) = annotations.and_then(|a| a.get(&record_annotation(remediation))) else {
+            return Ok(None);
+        };
+        serde_json::from_str(raw).map(Some).map_err(|err| {
+            format!(
+                "annotation {} is not a valid action record ({err}); remove or fix it",
+                record_annotation(remediation)
+            )
+        })
+    }
+
+    /// The annotation value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).expect("an action record always serialises")
+    }
+
+    /// Whether recovery was reported after the last action.
+    pub fn recovered(&self) -> bool {
+        self.recovered_at.is_some_and(|t| t >= self.at)
+    }
+}
+
+/// Whether an object's labels opt it into automation.
+pub fn opted_in(labels: Option<&std::collections::BTreeMap<String, String>>) -> bool {
+    labels
+        .and_then(|l| l.get(OPT_IN_LABEL))
+        .is_some_and(|v| v == OPT_IN_VALUE)
+}
