@@ -9,7 +9,8 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// Namespaces never touched unless `PROTECTED_NAMESPACES` says otherwise.
-pub const DEFAULT_PROTECTED_NAMESPACES: &str = "kube-system,kube-public,kube-node-lease,istio-system";
+pub const DEFAULT_PROTECTED_NAMESPACES: &str =
+    "kube-system,kube-public,kube-node-lease,istio-system";
 
 /// Settings shared by every function.
 #[derive(Debug, Clone)]
@@ -73,13 +74,21 @@ impl Config {
 
     /// Reads configuration through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let get = |name: &str| lookup(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |name: &str| {
+            lookup(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let defaults = Policy::default();
         let policy = Policy {
             cooldown: seconds(&get, "COOLDOWN_SECONDS", defaults.cooldown)?,
             max_targets: number(&get, "MAX_TARGETS_PER_INVOCATION", defaults.max_targets, 1)?,
             escalate_after: number(&get, "ESCALATE_AFTER", defaults.escalate_after, 1)?,
-            escalation_window: seconds(&get, "ESCALATION_WINDOW_SECONDS", defaults.escalation_window)?,
+            escalation_window: seconds(
+                &get,
+                "ESCALATION_WINDOW_SECONDS",
+                defaults.escalation_window,
+            )?,
             protected_namespaces: get("PROTECTED_NAMESPACES")
                 .map(|v| split_list(&v))
                 .unwrap_or(defaults.protected_namespaces),
@@ -93,10 +102,8 @@ impl Config {
             ("ALLOWED_NAMESPACES", &policy.allowed_namespaces),
         ] {
             for ns in set {
-                crate::names::dns_label("namespace", ns).map_err(|message| Error::Config {
-                    var,
-                    message,
-                })?;
+                crate::names::dns_label("namespace", ns)
+                    .map_err(|message| Error::Config { var, message })?;
             }
         }
         let cluster_name = get("CLUSTER_NAME");
@@ -108,7 +115,10 @@ impl Config {
             if !valid {
                 return Err(Error::Config {
                     var: "CLUSTER_NAME",
-                    message: format!("\"{}\" is not a valid EKS cluster name", crate::names::printable(name)),
+                    message: format!(
+                        "\"{}\" is not a valid EKS cluster name",
+                        crate::names::printable(name)
+                    ),
                 });
             }
         }
@@ -143,7 +153,11 @@ fn split_list(value: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn boolean(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool> {
+fn boolean(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: bool,
+) -> Result<bool> {
     match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
         None => Ok(default),
         Some("true" | "1" | "yes") => Ok(true),
@@ -177,7 +191,11 @@ fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
     }
 }
 
-fn seconds(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: Duration) -> Result<Duration> {
+fn seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: Duration,
+) -> Result<Duration> {
     number(get, var, default.as_secs(), 0).map(Duration::from_secs)
 }
 
@@ -187,7 +205,10 @@ fn arn(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Optio
         Some(v) if v.starts_with("arn:") && v.split(':').count() >= 6 => Ok(Some(v)),
         Some(v) => Err(Error::Config {
             var,
-            message: format!("\"{}\" is not an SNS topic ARN", crate::names::printable(&v)),
+            message: format!(
+                "\"{}\" is not an SNS topic ARN",
+                crate::names::printable(&v)
+            ),
         }),
     }
 }

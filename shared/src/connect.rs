@@ -58,10 +58,10 @@ impl KubeConnector for KubeconfigConnector {
         Box::pin(async move {
             self.client
                 .get_or_try_init(|| async {
-                    let mut config = kube::Config::infer()
-                        .await
-                        .map_err(|err| Error::Connect(format!("no kubeconfig or in-cluster config: {err}")))?;
-                    apply_timeouts(&mut config, self.timeout);
+                    let mut config = kube::Config::infer().await.map_err(|err| {
+                        Error::Connect(format!("no kubeconfig or in-cluster config: {err}"))
+                    })?;
+                    tune(&mut config, self.timeout);
                     kube::Client::try_from(config)
                         .map_err(|err| Error::Connect(format!("cannot build client: {err}")))
                 })
@@ -124,12 +124,15 @@ impl KubeConnector for EksConnector {
 }
 
 /// Builds a client for an EKS endpoint with its CA and a bearer token.
-pub fn client_for(endpoint: &ClusterEndpoint, token: String, timeout: Duration) -> Result<kube::Client> {
+pub fn client_for(
+    endpoint: &ClusterEndpoint,
+    token: String,
+    timeout: Duration,
+) -> Result<kube::Client> {
     use rustls_pki_types::pem::PemObject as _;
-    let url = endpoint
-        .endpoint
-        .parse()
-        .map_err(|err| Error::Connect(format!("cluster endpoint {:?}: {err}", endpoint.endpoint)))?;
+    let url = endpoint.endpoint.parse().map_err(|err| {
+        Error::Connect(format!("cluster endpoint {:?}: {err}", endpoint.endpoint))
+    })?;
     let mut config = kube::Config::new(url);
     let certs: Vec<Vec<u8>> = rustls_pki_types::CertificateDer::pem_slice_iter(&endpoint.ca_pem)
         .map(|cert| cert.map(|c| c.to_vec()))
@@ -140,11 +143,16 @@ pub fn client_for(endpoint: &ClusterEndpoint, token: String, timeout: Duration) 
     }
     config.root_cert = Some(certs);
     config.auth_info.token = Some(token.into());
-    apply_timeouts(&mut config, timeout);
-    kube::Client::try_from(config).map_err(|err| Error::Connect(format!("cannot build client: {err}")))
+    tune(&mut config, timeout);
+    kube::Client::try_from(config)
+        .map_err(|err| Error::Connect(format!("cannot build client: {err}")))
 }
 
-fn apply_timeouts(config: &mut kube::Config, timeout: Duration) {
+/// Per-request timeouts for a function with a deadline, and no hidden retries: kube's
+/// default retry layer may wait minutes on 429/503, longer than a Lambda lives. The
+/// pipeline retries transient failures itself, bounded and within the deadline.
+pub fn tune(config: &mut kube::Config, timeout: Duration) {
+    config.default_retry = false;
     config.connect_timeout = Some(timeout.min(Duration::from_secs(5)));
     config.read_timeout = Some(timeout);
     config.write_timeout = Some(timeout);
@@ -170,19 +178,28 @@ impl ClusterDirectory for AwsClusterDirectory {
         let cluster = cluster.to_owned();
         Box::pin(async move {
             let eks = aws_sdk_eks::Client::new(self.sdk().await);
-            let out = eks.describe_cluster().name(&cluster).send().await.map_err(|err| {
-                let retryable = matches!(
-                    &err,
-                    aws_sdk_eks::error::SdkError::TimeoutError(_)
-                        | aws_sdk_eks::error::SdkError::DispatchFailure(_)
-                ) || err.raw_response().is_some_and(|r| r.status().is_server_error());
-                Error::Aws {
-                    operation: "eks:DescribeCluster",
-                    message: aws_sdk_eks::error::DisplayErrorContext(&err).to_string(),
-                    retryable,
-                }
-            })?;
-            let info = out.cluster.ok_or_else(|| Error::Connect(format!("cluster {cluster} not described")))?;
+            let out = eks
+                .describe_cluster()
+                .name(&cluster)
+                .send()
+                .await
+                .map_err(|err| {
+                    let retryable = matches!(
+                        &err,
+                        aws_sdk_eks::error::SdkError::TimeoutError(_)
+                            | aws_sdk_eks::error::SdkError::DispatchFailure(_)
+                    ) || err
+                        .raw_response()
+                        .is_some_and(|r| r.status().is_server_error());
+                    Error::Aws {
+                        operation: "eks:DescribeCluster",
+                        message: aws_sdk_eks::error::DisplayErrorContext(&err).to_string(),
+                        retryable,
+                    }
+                })?;
+            let info = out
+                .cluster
+                .ok_or_else(|| Error::Connect(format!("cluster {cluster} not described")))?;
             let endpoint = info
                 .endpoint
                 .ok_or_else(|| Error::Connect(format!("cluster {cluster} has no endpoint yet")))?;
@@ -201,21 +218,21 @@ impl ClusterDirectory for AwsClusterDirectory {
         use aws_credential_types::provider::ProvideCredentials as _;
         Box::pin(async move {
             let sdk = self.sdk().await;
-            let region = sdk
-                .region()
-                .map(ToString::to_string)
-                .ok_or(Error::Config {
-                    var: "AWS_REGION",
-                    message: "not set; needed to sign the EKS token".into(),
-                })?;
+            let region = sdk.region().map(ToString::to_string).ok_or(Error::Config {
+                var: "AWS_REGION",
+                message: "not set; needed to sign the EKS token".into(),
+            })?;
             let provider = sdk.credentials_provider().ok_or(Error::Connect(
                 "no AWS credentials provider configured".into(),
             ))?;
-            let credentials = provider.provide_credentials().await.map_err(|err| Error::Aws {
-                operation: "credentials",
-                message: err.to_string(),
-                retryable: true,
-            })?;
+            let credentials = provider
+                .provide_credentials()
+                .await
+                .map_err(|err| Error::Aws {
+                    operation: "credentials",
+                    message: err.to_string(),
+                    retryable: true,
+                })?;
             Ok((credentials, region))
         })
     }

@@ -150,7 +150,8 @@ pub fn screen(
     if policy.protected_namespaces.contains(&input.namespace) {
         return Gate::Skip(SkipReason::ProtectedNamespace(input.namespace.clone()));
     }
-    if !policy.allowed_namespaces.is_empty() && !policy.allowed_namespaces.contains(&input.namespace)
+    if !policy.allowed_namespaces.is_empty()
+        && !policy.allowed_namespaces.contains(&input.namespace)
     {
         return Gate::Skip(SkipReason::NamespaceNotAllowed(input.namespace.clone()));
     }
@@ -206,7 +207,10 @@ pub fn decide(
         return Verdict::Act { streak: 1 };
     };
     let cooldown = chrono::Duration::from_std(policy.cooldown).unwrap_or(chrono::Duration::MAX);
-    let next_allowed = record.at.checked_add_signed(cooldown).unwrap_or(DateTime::<Utc>::MAX_UTC);
+    let next_allowed = record
+        .at
+        .checked_add_signed(cooldown)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if now < next_allowed {
         return Verdict::Skip(SkipReason::Cooldown {
             last_action: record.at,
@@ -242,7 +246,9 @@ mod tests {
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0).single().expect("valid time")
+        Utc.with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
+            .single()
+            .expect("valid time")
     }
 
     fn input(status: AlertStatus, namespace: &str) -> AlertInput {
@@ -280,20 +286,50 @@ mod tests {
     #[test]
     fn only_firing_alerts_act() {
         let policy = Policy::default();
-        assert_eq!(screen(&input(AlertStatus::Firing, "shop"), Some(now()), None, &policy, now()), Gate::Firing);
-        assert_eq!(screen(&input(AlertStatus::Resolved, "shop"), Some(now()), None, &policy, now()), Gate::Resolved);
+        assert_eq!(
+            screen(
+                &input(AlertStatus::Firing, "shop"),
+                Some(now()),
+                None,
+                &policy,
+                now()
+            ),
+            Gate::Firing
+        );
+        assert_eq!(
+            screen(
+                &input(AlertStatus::Resolved, "shop"),
+                Some(now()),
+                None,
+                &policy,
+                now()
+            ),
+            Gate::Resolved
+        );
     }
 
     #[test]
     fn stale_deliveries_skip_but_long_firing_alerts_do_not() {
         let policy = Policy::default();
         let old = now() - chrono::Duration::minutes(20);
-        let gate = screen(&input(AlertStatus::Firing, "shop"), Some(old), None, &policy, now());
-        assert!(matches!(gate, Gate::Skip(SkipReason::StaleDelivery { .. })), "{gate:?}");
+        let gate = screen(
+            &input(AlertStatus::Firing, "shop"),
+            Some(old),
+            None,
+            &policy,
+            now(),
+        );
+        assert!(
+            matches!(gate, Gate::Skip(SkipReason::StaleDelivery { .. })),
+            "{gate:?}"
+        );
         // startsAt is long ago, but the message is fresh: Alertmanager re-sent it.
         let mut long_firing = input(AlertStatus::Firing, "shop");
         long_firing.alert.starts_at = now() - chrono::Duration::days(2);
-        assert_eq!(screen(&long_firing, Some(now()), None, &policy, now()), Gate::Firing);
+        assert_eq!(
+            screen(&long_firing, Some(now()), None, &policy, now()),
+            Gate::Firing
+        );
     }
 
     #[test]
@@ -301,19 +337,43 @@ mod tests {
         let mut alert = input(AlertStatus::Firing, "shop");
         alert.alert.ends_at = Some(now() - chrono::Duration::minutes(1));
         let gate = screen(&alert, Some(now()), None, &Policy::default(), now());
-        assert!(matches!(gate, Gate::Skip(SkipReason::AlertEnded { .. })), "{gate:?}");
+        assert!(
+            matches!(gate, Gate::Skip(SkipReason::AlertEnded { .. })),
+            "{gate:?}"
+        );
         alert.alert.ends_at = Some(now() + chrono::Duration::minutes(4));
-        assert_eq!(screen(&alert, Some(now()), None, &Policy::default(), now()), Gate::Firing);
+        assert_eq!(
+            screen(&alert, Some(now()), None, &Policy::default(), now()),
+            Gate::Firing
+        );
     }
 
     #[test]
     fn protected_and_unlisted_namespaces_never_act() {
         let mut policy = Policy::default();
-        let gate = screen(&input(AlertStatus::Firing, "kube-system"), Some(now()), None, &policy, now());
-        assert_eq!(gate, Gate::Skip(SkipReason::ProtectedNamespace("kube-system".into())));
+        let gate = screen(
+            &input(AlertStatus::Firing, "kube-system"),
+            Some(now()),
+            None,
+            &policy,
+            now(),
+        );
+        assert_eq!(
+            gate,
+            Gate::Skip(SkipReason::ProtectedNamespace("kube-system".into()))
+        );
         policy.allowed_namespaces.insert("payments".into());
-        let gate = screen(&input(AlertStatus::Firing, "shop"), Some(now()), None, &policy, now());
-        assert_eq!(gate, Gate::Skip(SkipReason::NamespaceNotAllowed("shop".into())));
+        let gate = screen(
+            &input(AlertStatus::Firing, "shop"),
+            Some(now()),
+            None,
+            &policy,
+            now(),
+        );
+        assert_eq!(
+            gate,
+            Gate::Skip(SkipReason::NamespaceNotAllowed("shop".into()))
+        );
     }
 
     #[test]
@@ -321,36 +381,63 @@ mod tests {
         let mut alert = input(AlertStatus::Firing, "shop");
         alert.alert.labels.insert("cluster".into(), "eu".into());
         let gate = screen(&alert, Some(now()), Some("us"), &Policy::default(), now());
-        assert!(matches!(gate, Gate::Skip(SkipReason::OtherCluster { .. })), "{gate:?}");
-        assert_eq!(screen(&alert, Some(now()), Some("eu"), &Policy::default(), now()), Gate::Firing);
+        assert!(
+            matches!(gate, Gate::Skip(SkipReason::OtherCluster { .. })),
+            "{gate:?}"
+        );
+        assert_eq!(
+            screen(&alert, Some(now()), Some("eu"), &Policy::default(), now()),
+            Gate::Firing
+        );
     }
 
     #[test]
     fn opt_in_is_required() {
         let verdict = decide("Deployment shop/x", false, None, &Policy::default(), now());
         assert!(matches!(verdict, Verdict::Skip(SkipReason::NotOptedIn(_))));
-        assert_eq!(decide("t", true, None, &Policy::default(), now()), Verdict::Act { streak: 1 });
+        assert_eq!(
+            decide("t", true, None, &Policy::default(), now()),
+            Verdict::Act { streak: 1 }
+        );
     }
 
     #[test]
     fn cooldown_blocks_repeat_actions() {
         let policy = Policy::default(); // 15 minutes
         let verdict = decide("t", true, Some(&record(5, 1)), &policy, now());
-        assert!(matches!(verdict, Verdict::Skip(SkipReason::Cooldown { .. })), "{verdict:?}");
-        assert_eq!(decide("t", true, Some(&record(16, 1)), &policy, now()), Verdict::Act { streak: 2 });
+        assert!(
+            matches!(verdict, Verdict::Skip(SkipReason::Cooldown { .. })),
+            "{verdict:?}"
+        );
+        assert_eq!(
+            decide("t", true, Some(&record(16, 1)), &policy, now()),
+            Verdict::Act { streak: 2 }
+        );
     }
 
     #[test]
     fn repeated_actions_without_recovery_escalate() {
         let policy = Policy::default(); // escalate after 3 within an hour
-        assert_eq!(decide("t", true, Some(&record(20, 2)), &policy, now()), Verdict::Act { streak: 3 });
-        assert_eq!(decide("t", true, Some(&record(20, 3)), &policy, now()), Verdict::Escalate { streak: 3 });
+        assert_eq!(
+            decide("t", true, Some(&record(20, 2)), &policy, now()),
+            Verdict::Act { streak: 3 }
+        );
+        assert_eq!(
+            decide("t", true, Some(&record(20, 3)), &policy, now()),
+            Verdict::Escalate { streak: 3 }
+        );
         // Outside the window the target counts as recovered.
-        assert_eq!(decide("t", true, Some(&record(61, 3)), &policy, now()), Verdict::Act { streak: 1 });
+        assert_eq!(
+            decide("t", true, Some(&record(61, 3)), &policy, now()),
+            Verdict::Act { streak: 1 }
+        );
         // A resolved alert after the action resets the streak.
         let mut recovered = record(20, 3);
         recovered.recovered_at = Some(now() - chrono::Duration::minutes(10));
-        assert_eq!(decide("t", true, Some(&recovered), &policy, now()), Verdict::Act { streak: 1 });
+        assert_eq!(
+            decide("t", true, Some(&recovered), &policy, now()),
+            Verdict::Act { streak: 1 }
+        );
     }
 
     #[test]

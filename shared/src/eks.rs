@@ -42,9 +42,8 @@ pub fn presigned_url(
         .build()
         .map_err(|err| signing_error(&err))?
         .into();
-    let url = format!(
-        "https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"
-    );
+    let url =
+        format!("https://sts.{region}.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15");
     let signable = SignableRequest::new(
         "GET",
         &url,

@@ -54,7 +54,12 @@ pub fn parse_event(event: &Value, expected_topic: Option<&str>) -> Result<Vec<De
     }
     if object.get("Type").and_then(Value::as_str) == Some("Notification") {
         // An SNS notification as delivered to HTTP endpoints or SQS queues.
-        let record = serde_json::json!({ "EventSource": "aws:sns", "Sns": event });
+        let record = serde_json::json!({
+            "EventSource": "aws:sns",
+            "EventVersion": "1.0",
+            "EventSubscriptionArn": "",
+            "Sns": event
+        });
         return Ok(vec![parse_record(0, &record, expected_topic)]);
     }
     if object.contains_key("alerts") || object.contains_key("version") {
@@ -222,9 +227,9 @@ pub enum Rejection {
 /// Validates the labels every remediation needs: a known `remediation` equal to this
 /// function's, and a valid `namespace`.
 pub fn validate_alert(alert: &Alert, function: &str) -> Result<AlertInput, Rejection> {
-    let remediation = alert.label("remediation").ok_or_else(|| {
-        Rejection::Invalid("alert has no `remediation` label".into())
-    })?;
+    let remediation = alert
+        .label("remediation")
+        .ok_or_else(|| Rejection::Invalid("alert has no `remediation` label".into()))?;
     if !KNOWN_REMEDIATIONS.contains(&remediation) {
         return Err(Rejection::Invalid(format!(
             "unknown remediation \"{}\" (expected one of: {})",

@@ -103,6 +103,8 @@ fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
         return None;
     }
     let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+    let remaining = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
     Some(Instant::now() + remaining)
 }

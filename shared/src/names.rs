@@ -76,7 +76,11 @@ fn is_label_shape(part: &str) -> bool {
 /// long values cut, so the message itself cannot be used to forge log lines.
 pub fn printable(value: &str) -> String {
     const MAX: usize = 80;
-    let mut out: String = value.chars().take(MAX).flat_map(char::escape_debug).collect();
+    let mut out: String = value
+        .chars()
+        .take(MAX)
+        .flat_map(char::escape_debug)
+        .collect();
     if value.chars().count() > MAX {
         out.push('…');
     }
@@ -91,7 +95,9 @@ mod tests {
     fn namespace_names_follow_rfc1123_labels() {
         assert!(dns_label("namespace", "shop").is_ok());
         assert!(dns_label("namespace", "shop-2").is_ok());
-        for bad in ["", "Shop", "shop/x", "..", "-shop", "shop-", "a.b", "sh op", "ünï"] {
+        for bad in [
+            "", "Shop", "shop/x", "..", "-shop", "shop-", "a.b", "sh op", "ünï",
+        ] {
             assert!(dns_label("namespace", bad).is_err(), "{bad:?} accepted");
         }
         assert!(dns_label("namespace", &"a".repeat(63)).is_ok());

@@ -33,7 +33,8 @@ impl Notifier for SnsNotifier {
             let client = self
                 .client
                 .get_or_init(|| async {
-                    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    let sdk =
+                        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                     aws_sdk_sns::Client::new(&sdk)
                 })
                 .await;

@@ -21,6 +21,8 @@ use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
 
 /// Writes refused with 409 before giving up (each one re-reads and decides again).
 const MAX_WRITE_ATTEMPTS: u32 = 6;
+/// Transient API failures (5xx, 429, timeouts) retried within one invocation.
+const MAX_TRANSIENT_RETRIES: u32 = 2;
 /// No new target is started with less time than this before the Lambda deadline.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -169,7 +171,10 @@ impl<R: Remediation> Pipeline<R> {
             }
             if group.truncated_alerts > 0 {
                 let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
-                outcomes.push((order, Outcome::new(OutcomeKind::Skipped, base.clone()).because(reason)));
+                outcomes.push((
+                    order,
+                    Outcome::new(OutcomeKind::Skipped, base.clone()).because(reason),
+                ));
                 order += 1;
             }
             for alert in &group.alerts {
@@ -190,7 +195,10 @@ impl<R: Remediation> Pipeline<R> {
                     }
                     Err(Rejection::OtherFunction(why)) => {
                         let reason = SkipReason::OtherFunction(why);
-                        outcomes.push((this, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+                        outcomes.push((
+                            this,
+                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
+                        ));
                         continue;
                     }
                 };
@@ -205,7 +213,10 @@ impl<R: Remediation> Pipeline<R> {
                     Gate::Firing => false,
                     Gate::Resolved => true,
                     Gate::Skip(reason) => {
-                        outcomes.push((this, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+                        outcomes.push((
+                            this,
+                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
+                        ));
                         continue;
                     }
                 };
@@ -242,7 +253,10 @@ impl<R: Remediation> Pipeline<R> {
                 let reason = SkipReason::Duplicate {
                     handled_by: crate::names::printable(&handled_by),
                 };
-                (dup.order, Outcome::new(OutcomeKind::Skipped, dup.source).because(reason))
+                (
+                    dup.order,
+                    Outcome::new(OutcomeKind::Skipped, dup.source).because(reason),
+                )
             })
             .collect();
         let outcome = self.act(&primary, invocation, budget).await;
@@ -277,7 +291,15 @@ impl<R: Remediation> Pipeline<R> {
         let mut budget_taken = false;
         for name in &names {
             let outcome = self
-                .act_on(&api, &client, work, name, invocation, budget, &mut budget_taken)
+                .act_on(
+                    &api,
+                    &client,
+                    work,
+                    name,
+                    invocation,
+                    budget,
+                    &mut budget_taken,
+                )
                 .await;
             outcomes.push(outcome);
         }
@@ -311,11 +333,13 @@ impl<R: Remediation> Pipeline<R> {
     ) -> Outcome {
         let resource = &work.locator.resource;
         let target = describe(resource, &work.locator.namespace, name);
+        let mut transient_retries = 0;
         for attempt in 0..MAX_WRITE_ATTEMPTS {
             if let Some(deadline) = invocation.deadline
                 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
             {
-                return Outcome::failed(work.source.clone(), &Error::Deadline(DEADLINE_MARGIN)).on(&target);
+                return Outcome::failed(work.source.clone(), &Error::Deadline(DEADLINE_MARGIN))
+                    .on(&target);
             }
             let object = match api.get_opt(name).await {
                 Ok(Some(object)) => object,
@@ -325,6 +349,11 @@ impl<R: Remediation> Pipeline<R> {
                 }
                 Err(err) => {
                     let err = Error::kube(format!("get {target}"), err);
+                    if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES {
+                        transient_retries += 1;
+                        tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
+                        continue;
+                    }
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             };
@@ -377,7 +406,14 @@ impl<R: Remediation> Pipeline<R> {
                     tokio::time::sleep(conflict_backoff(attempt)).await;
                 }
                 Err(err) => {
+                    // Safe to retry: the write is guarded by resourceVersion, so if the
+                    // failed attempt did land, the retry re-reads, finds the record and stands down.
                     let err = Error::kube(format!("patch {target}"), err);
+                    if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES {
+                        transient_retries += 1;
+                        tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
+                        continue;
+                    }
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             }
@@ -390,24 +426,42 @@ impl<R: Remediation> Pipeline<R> {
     }
 
     fn read_record(&self, object: &DynamicObject) -> Result<Option<ActionRecord>, Error> {
-        ActionRecord::from_annotations(object.metadata.annotations.as_ref(), self.remediation.name())
-            .map_err(Error::Plan)
+        ActionRecord::from_annotations(
+            object.metadata.annotations.as_ref(),
+            self.remediation.name(),
+        )
+        .map_err(Error::Plan)
     }
 
-    fn firing_step(&self, work: &Work, object: &DynamicObject, target: &str, invocation: &Invocation) -> Step {
+    fn firing_step(
+        &self,
+        work: &Work,
+        object: &DynamicObject,
+        target: &str,
+        invocation: &Invocation,
+    ) -> Step {
         let source = work.source.clone();
         let record = match self.read_record(object) {
             Ok(record) => record,
             Err(err) => return Step::Done(Outcome::failed(source, &err)),
         };
         let opted_in = record::opted_in(object.metadata.labels.as_ref());
-        let streak = match decide::decide(target, opted_in, record.as_ref(), &self.config.policy, invocation.now) {
+        let streak = match decide::decide(
+            target,
+            opted_in,
+            record.as_ref(),
+            &self.config.policy,
+            invocation.now,
+        ) {
             Verdict::Act { streak } => streak,
             Verdict::Skip(reason) => {
                 return Step::Done(Outcome::new(OutcomeKind::Skipped, source).because(reason));
             }
             Verdict::Escalate { streak } => {
-                let since = record.as_ref().map(|r| r.at.to_rfc3339()).unwrap_or_default();
+                let since = record
+                    .as_ref()
+                    .map(|r| r.at.to_rfc3339())
+                    .unwrap_or_default();
                 let reason = format!(
                     "{streak} actions without recovery (last at {since}); not acting again, humans must look (ESCALATE_AFTER={})",
                     self.config.policy.escalate_after
@@ -422,9 +476,13 @@ impl<R: Remediation> Pipeline<R> {
         let plan = match self.remediation.plan(&work.input, object, context) {
             Ok(plan) => plan,
             Err(Refusal::Skip(why)) => {
-                return Step::Done(Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)));
+                return Step::Done(
+                    Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
+                );
             }
-            Err(Refusal::Fail(why)) => return Step::Done(Outcome::failed(source, &Error::Plan(why))),
+            Err(Refusal::Fail(why)) => {
+                return Step::Done(Outcome::failed(source, &Error::Plan(why)));
+            }
         };
         let new_record = ActionRecord {
             fingerprint: work.input.alert.fingerprint.clone(),
@@ -439,19 +497,35 @@ impl<R: Remediation> Pipeline<R> {
         self.write_step(work, object, &plan, &new_record, true)
     }
 
-    fn resolved_step(&self, work: &Work, object: &DynamicObject, target: &str, invocation: &Invocation) -> Step {
+    fn resolved_step(
+        &self,
+        work: &Work,
+        object: &DynamicObject,
+        target: &str,
+        invocation: &Invocation,
+    ) -> Step {
         let source = work.source.clone();
-        let skip = |what: String| Step::Done(Outcome::new(OutcomeKind::Skipped, source.clone()).because(SkipReason::Resolved(what)));
+        let skip = |what: String| {
+            Step::Done(
+                Outcome::new(OutcomeKind::Skipped, source.clone())
+                    .because(SkipReason::Resolved(what)),
+            )
+        };
         let record = match self.read_record(object) {
             Ok(Some(record)) => record,
             Ok(None) => return skip(format!("nothing to undo; no action recorded on {target}")),
             Err(err) => return Step::Done(Outcome::failed(source, &err)),
         };
         if !record::opted_in(object.metadata.labels.as_ref()) {
-            return skip(format!("{target} is no longer labelled auto_remediation=active; left as is"));
+            return skip(format!(
+                "{target} is no longer labelled auto_remediation=active; left as is"
+            ));
         }
         if record.fingerprint != work.input.alert.fingerprint {
-            return skip(format!("the action on {target} was for another alert ({})", record.fingerprint));
+            return skip(format!(
+                "the action on {target} was for another alert ({})",
+                record.fingerprint
+            ));
         }
         if record.recovered() {
             return skip("recovery already recorded".into());
@@ -462,7 +536,10 @@ impl<R: Remediation> Pipeline<R> {
         };
         let mut new_record = record.clone();
         new_record.recovered_at = Some(invocation.now);
-        match self.remediation.plan_resolved(&work.input, object, &record, context) {
+        match self
+            .remediation
+            .plan_resolved(&work.input, object, &record, context)
+        {
             None => {
                 if decide::is_dry_run(self.config.dry_run, &work.input) {
                     return skip("nothing to change (dry run: recovery not recorded)".into());
@@ -475,12 +552,21 @@ impl<R: Remediation> Pipeline<R> {
                     applied: None,
                 };
                 match self.write_step(work, object, &plan, &new_record, false) {
-                    Step::Write { body, dry_run, event, .. } => Step::Write {
+                    Step::Write {
+                        body,
+                        dry_run,
+                        event,
+                        ..
+                    } => Step::Write {
                         body: body.clone(),
                         dry_run,
                         outcome: {
-                            let mut o = Outcome::new(OutcomeKind::Skipped, source.clone())
-                                .because(SkipReason::Resolved("nothing to change; recovery recorded, escalation streak reset".into()));
+                            let mut o =
+                                Outcome::new(OutcomeKind::Skipped, source.clone())
+                                    .because(SkipReason::Resolved(
+                                    "nothing to change; recovery recorded, escalation streak reset"
+                                        .into(),
+                                ));
                             o.patch = Some(body);
                             o
                         },
@@ -501,9 +587,17 @@ impl<R: Remediation> Pipeline<R> {
 
     /// The merge patch that makes the change and writes the record in one request, with the
     /// object's `resourceVersion` as precondition.
-    fn write_step(&self, work: &Work, object: &DynamicObject, plan: &Plan, new_record: &ActionRecord, counts: bool) -> Step {
+    fn write_step(
+        &self,
+        work: &Work,
+        object: &DynamicObject,
+        plan: &Plan,
+        new_record: &ActionRecord,
+        counts: bool,
+    ) -> Step {
         let Some(resource_version) = object.metadata.resource_version.clone() else {
-            let err = Error::Plan("object has no resourceVersion; refusing an unguarded write".into());
+            let err =
+                Error::Plan("object has no resourceVersion; refusing an unguarded write".into());
             return Step::Done(Outcome::failed(work.source.clone(), &err));
         };
         let mut body = plan.patch.clone();
@@ -516,7 +610,11 @@ impl<R: Remediation> Pipeline<R> {
         );
         let dry_run = decide::is_dry_run(self.config.dry_run, &work.input);
         let mut outcome = Outcome::new(
-            if dry_run { OutcomeKind::DryRun } else { OutcomeKind::Applied },
+            if dry_run {
+                OutcomeKind::DryRun
+            } else {
+                OutcomeKind::Applied
+            },
             work.source.clone(),
         );
         if dry_run {
@@ -553,7 +651,8 @@ impl<R: Remediation> Pipeline<R> {
     ) {
         let namespace = object.metadata.namespace.clone().unwrap_or_default();
         let name = object.metadata.name.clone().unwrap_or_default();
-        let events: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &event_resource());
+        let events: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &namespace, &event_resource());
         let stamp = invocation.now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
         let unique = invocation.now.timestamp_nanos_opt().unwrap_or_default();
         let base: String = name.chars().take(200).collect();
@@ -640,6 +739,26 @@ fn conflict_backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
+/// Backoff before retrying a transient failure: 100 ms, 200 ms (plus jitter), or the
+/// server's `Retry-After` when it says so, capped at two seconds.
+fn transient_backoff(error: &Error, retry: u32) -> Duration {
+    let server_hint = match error {
+        Error::Kube { source, .. } => match source.as_ref() {
+            kube::Error::Api(status) => status
+                .details
+                .as_ref()
+                .map(|d| u64::from(d.retry_after_seconds))
+                .filter(|s| *s > 0),
+            _ => None,
+        },
+        _ => None,
+    };
+    match server_hint {
+        Some(seconds) => Duration::from_secs(seconds).min(Duration::from_secs(2)),
+        None => conflict_backoff(retry + 3),
+    }
+}
+
 /// One alert aimed at several objects still gets one outcome: failures win, then
 /// changes, then skips; targets, reasons and patches are listed together.
 fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
@@ -663,7 +782,11 @@ fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
     merged.target = Some(outcomes.iter().map(label).collect::<Vec<_>>().join(", "));
     let reasons: Vec<String> = outcomes
         .iter()
-        .filter_map(|o| o.reason.as_ref().map(|r| format!("{}: {} {r}", label(o), o.outcome.as_str())))
+        .filter_map(|o| {
+            o.reason
+                .as_ref()
+                .map(|r| format!("{}: {} {r}", label(o), o.outcome.as_str()))
+        })
         .collect();
     merged.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     let changes: Vec<String> = outcomes
@@ -686,10 +809,17 @@ mod tests {
 
     #[test]
     fn trace_id_comes_from_the_xray_root() {
-        let inv = Invocation::new("req-1", Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"), None);
+        let inv = Invocation::new(
+            "req-1",
+            Some("Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"),
+            None,
+        );
         assert_eq!(inv.trace_id, "1-5759e988-bd862e3fe1be46a994272793");
         assert_eq!(Invocation::new("req-1", None, None).trace_id, "req-1");
-        assert_eq!(Invocation::new("req-1", Some("garbage"), None).trace_id, "req-1");
+        assert_eq!(
+            Invocation::new("req-1", Some("garbage"), None).trace_id,
+            "req-1"
+        );
     }
 
     #[test]
@@ -707,7 +837,15 @@ mod tests {
             .on("VirtualService shop/b");
         let merged = merge_outcomes(vec![a, b]);
         assert_eq!(merged.outcome, OutcomeKind::Applied);
-        assert_eq!(merged.target.as_deref(), Some("VirtualService shop/a, VirtualService shop/b"));
-        assert!(merged.reason.as_deref().is_some_and(|r| r.contains("shop/b: skipped cooldown")));
+        assert_eq!(
+            merged.target.as_deref(),
+            Some("VirtualService shop/a, VirtualService shop/b")
+        );
+        assert!(
+            merged
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("shop/b: skipped cooldown"))
+        );
     }
 }

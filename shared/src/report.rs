@@ -138,7 +138,13 @@ pub struct InvocationReport {
 
 impl InvocationReport {
     /// Builds the report and its summary.
-    pub fn new(function: &str, trace_id: &str, request_id: &str, dry_run: bool, outcomes: Vec<Outcome>) -> Self {
+    pub fn new(
+        function: &str,
+        trace_id: &str,
+        request_id: &str,
+        dry_run: bool,
+        outcomes: Vec<Outcome>,
+    ) -> Self {
         let mut summary = BTreeMap::new();
         for o in &outcomes {
             *summary.entry(o.outcome.as_str()).or_insert(0) += 1;

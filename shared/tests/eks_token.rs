@@ -34,11 +34,17 @@ fn sign(v: &Value) -> String {
         None,
         "vector",
     );
-    let time: SystemTime = chrono::DateTime::parse_from_rfc3339(v["signing_time_utc"].as_str().expect("time"))
-        .expect("rfc3339")
-        .into();
-    eks::token(&creds, v["region"].as_str().expect("region"), v["cluster"].as_str().expect("cluster"), time)
-        .expect("token")
+    let time: SystemTime =
+        chrono::DateTime::parse_from_rfc3339(v["signing_time_utc"].as_str().expect("time"))
+            .expect("rfc3339")
+            .into();
+    eks::token(
+        &creds,
+        v["region"].as_str().expect("region"),
+        v["cluster"].as_str().expect("cluster"),
+        time,
+    )
+    .expect("token")
 }
 
 #[test]
@@ -59,7 +65,12 @@ fn token_matches_botocore_reference_vectors() {
         let expected = v["presigned_url"].as_str().expect("url");
         assert_eq!(url.split('?').next(), expected.split('?').next());
         // Same parameters (order may differ), hence the same signature.
-        assert_eq!(query_pairs(&url), query_pairs(expected), "cluster {}", v["cluster"]);
+        assert_eq!(
+            query_pairs(&url),
+            query_pairs(expected),
+            "cluster {}",
+            v["cluster"]
+        );
     }
 }
 

@@ -1,1 +1,12 @@
-//! placeholder
+//! Test harness for the remediation functions.
+//!
+//! By default every test gets the in-process Kubernetes API stand-in (`kube-standin`).
+//! With `TEST_KUBECONFIG` set, the same tests run against that real cluster instead, each
+//! in a namespace of its own; checks that need the stand-in's request log or fault
+//! injection are then skipped with a printed note, everything else runs unchanged.
+
+pub mod cluster;
+pub mod events;
+pub mod lambda_emulator;
+
+pub use cluster::TestCluster;

@@ -57,7 +57,9 @@ impl Remediation for LatencyRestart {
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(RESTARTED_AT))
             .cloned();
-        let stamp = context.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let stamp = context
+            .now
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         Ok(Plan {
             patch: json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}),
             summary: format!("rollout restart ({RESTARTED_AT}={stamp})"),
@@ -126,7 +128,10 @@ mod tests {
 
     #[test]
     fn settled_deployment_may_restart() {
-        let d = deployment(3, json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}));
+        let d = deployment(
+            3,
+            json!({"observedGeneration": 3, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
         assert_eq!(rollout_in_progress(&d), None);
     }
 
@@ -140,13 +145,19 @@ mod tests {
         ];
         for status in cases {
             let why = rollout_in_progress(&deployment(3, status.clone()));
-            assert!(why.is_some_and(|w| w.starts_with("rollout in progress")), "{status}");
+            assert!(
+                why.is_some_and(|w| w.starts_with("rollout in progress")),
+                "{status}"
+            );
         }
     }
 
     #[test]
     fn paused_deployment_is_not_restarted() {
-        let mut d = deployment(1, json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}));
+        let mut d = deployment(
+            1,
+            json!({"observedGeneration": 1, "replicas": 2, "updatedReplicas": 2, "availableReplicas": 2}),
+        );
         if let Some(spec) = d.spec.as_mut() {
             spec.paused = Some(true);
         }

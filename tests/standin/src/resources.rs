@@ -152,7 +152,10 @@ pub(crate) fn find(group: &str, version: &str, plural: &str) -> Option<&'static 
         .find(|r| r.group == group && r.plural == plural && r.versions.contains(&version))
 }
 
-pub(crate) fn find_by_kind(api_version: &str, kind: &str) -> Option<(&'static ResourceDef, String)> {
+pub(crate) fn find_by_kind(
+    api_version: &str,
+    kind: &str,
+) -> Option<(&'static ResourceDef, String)> {
     let (group, version) = split_api_version(api_version);
     RESOURCES
         .iter()

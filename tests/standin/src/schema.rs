@@ -37,8 +37,14 @@ static SCHEMAS: LazyLock<HashMap<(String, String), Value>> = LazyLock::new(|| {
             .as_str()
             .expect("CRD has spec.names.kind")
             .to_string();
-        for v in crd["spec"]["versions"].as_array().expect("CRD has spec.versions") {
-            let name = v["name"].as_str().expect("CRD version has a name").to_string();
+        for v in crd["spec"]["versions"]
+            .as_array()
+            .expect("CRD has spec.versions")
+        {
+            let name = v["name"]
+                .as_str()
+                .expect("CRD version has a name")
+                .to_string();
             out.insert((kind.clone(), name), v["schema"]["openAPIV3Schema"].clone());
         }
     }
@@ -90,7 +96,10 @@ pub(crate) fn prune_and_validate(kind: &str, version: &str, obj: &mut Value) -> 
         out.causes.push(Cause::new(
             "FieldValueTypeInvalid",
             "",
-            format!("Invalid value: {}: body must be of type object", type_name(obj)),
+            format!(
+                "Invalid value: {}: body must be of type object",
+                type_name(obj)
+            ),
         ));
         return Some(out);
     };
@@ -130,7 +139,11 @@ pub(crate) fn prune_and_validate(kind: &str, version: &str, obj: &mut Value) -> 
 /// silently drop them (or reject them with `fieldValidation=Strict`), and either way the
 /// writer did not get what it sent. CEL rules (`x-kubernetes-validations`) are not
 /// evaluated. Each error is one line, `field: message`, as in the API server's `Status`.
-pub fn validate_istio(kind: &str, version: &str, obj: &serde_json::Value) -> Result<(), Vec<String>> {
+pub fn validate_istio(
+    kind: &str,
+    version: &str,
+    obj: &serde_json::Value,
+) -> Result<(), Vec<String>> {
     let mut copy = obj.clone();
     let Some(outcome) = prune_and_validate(kind, version, &mut copy) else {
         return Err(vec![format!(
@@ -243,7 +256,12 @@ fn invalid(errs: &mut Vec<Cause>, path: &str, v: &Value, what: &str) {
     errs.push(Cause::new(
         "FieldValueInvalid",
         path,
-        format!("Invalid value: {}: {} in body {}", render(v), display_path(path), what),
+        format!(
+            "Invalid value: {}: {} in body {}",
+            render(v),
+            display_path(path),
+            what
+        ),
     ));
 }
 
@@ -262,9 +280,10 @@ fn regex_ok(pattern: &str, s: &str) -> bool {
 
 fn valid_base64(s: &str) -> bool {
     let t = s.trim_end_matches('=');
-    s.len() % 4 == 0
+    s.len().is_multiple_of(4)
         && s.len() - t.len() <= 2
-        && t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+        && t.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
 }
 
 /// Validate `v` against `schema` at `path`; appends causes.
@@ -299,7 +318,11 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
         errs.push(Cause::new(
             "FieldValueNotSupported",
             path,
-            format!("Unsupported value: {}: supported values: {}", render(v), list),
+            format!(
+                "Unsupported value: {}: supported values: {}",
+                render(v),
+                list
+            ),
         ));
     }
 
@@ -318,7 +341,12 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
             if let Some(min) = s.get("minLength").and_then(Value::as_u64)
                 && len < min
             {
-                invalid(errs, path, v, &format!("should be at least {min} chars long"));
+                invalid(
+                    errs,
+                    path,
+                    v,
+                    &format!("should be at least {min} chars long"),
+                );
             }
             if let Some(p) = s.get("pattern").and_then(Value::as_str)
                 && !regex_ok(p, st)
@@ -327,10 +355,20 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
             }
             match s.get("format").and_then(Value::as_str) {
                 Some("date-time") if st.parse::<jiff::Timestamp>().is_err() => {
-                    invalid(errs, path, v, &format!("must be of type date-time: {}", render(v)));
+                    invalid(
+                        errs,
+                        path,
+                        v,
+                        &format!("must be of type date-time: {}", render(v)),
+                    );
                 }
                 Some("byte") if !valid_base64(st) => {
-                    invalid(errs, path, v, &format!("must be of type byte: {}", render(v)));
+                    invalid(
+                        errs,
+                        path,
+                        v,
+                        &format!("must be of type byte: {}", render(v)),
+                    );
                 }
                 _ => {}
             }
@@ -357,16 +395,31 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
                         invalid(errs, path, v, &format!("should be less than {}", fmt(max)));
                     }
                 } else if x > max {
-                    invalid(errs, path, v, &format!("should be less than or equal to {}", fmt(max)));
+                    invalid(
+                        errs,
+                        path,
+                        v,
+                        &format!("should be less than or equal to {}", fmt(max)),
+                    );
                 }
             }
             if let Some(min) = min {
                 if is_true(schema, "exclusiveMinimum") {
                     if x <= min {
-                        invalid(errs, path, v, &format!("should be greater than {}", fmt(min)));
+                        invalid(
+                            errs,
+                            path,
+                            v,
+                            &format!("should be greater than {}", fmt(min)),
+                        );
                     }
                 } else if x < min {
-                    invalid(errs, path, v, &format!("should be greater than or equal to {}", fmt(min)));
+                    invalid(
+                        errs,
+                        path,
+                        v,
+                        &format!("should be greater than or equal to {}", fmt(min)),
+                    );
                 }
             }
         }
@@ -384,7 +437,12 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
             if let Some(min) = s.get("minItems").and_then(Value::as_u64)
                 && n < min
             {
-                invalid(errs, path, &Value::from(n), &format!("should have at least {min} items"));
+                invalid(
+                    errs,
+                    path,
+                    &Value::from(n),
+                    &format!("should have at least {min} items"),
+                );
             }
             if is_true(schema, "uniqueItems") {
                 for (i, a) in items.iter().enumerate() {
@@ -425,7 +483,12 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
             } else {
                 String::new()
             };
-            invalid(errs, path, v, &format!("must validate one and only one schema (oneOf){extra}"));
+            invalid(
+                errs,
+                path,
+                v,
+                &format!("must validate one and only one schema (oneOf){extra}"),
+            );
         }
     }
     if let Some(not) = s.get("not")
@@ -436,11 +499,20 @@ fn validate(schema: &Value, v: &Value, path: &str, errs: &mut Vec<Cause>) {
     // `x-kubernetes-validations` (CEL) is deliberately not evaluated: see the module docs.
 }
 
-fn validate_object(s: &Map<String, Value>, map: &Map<String, Value>, path: &str, errs: &mut Vec<Cause>) {
+fn validate_object(
+    s: &Map<String, Value>,
+    map: &Map<String, Value>,
+    path: &str,
+    errs: &mut Vec<Cause>,
+) {
     if let Some(req) = s.get("required").and_then(Value::as_array) {
         for r in req.iter().filter_map(Value::as_str) {
             if !map.contains_key(r) {
-                errs.push(Cause::new("FieldValueRequired", &join(path, r), "Required value"));
+                errs.push(Cause::new(
+                    "FieldValueRequired",
+                    &join(path, r),
+                    "Required value",
+                ));
             }
         }
     }
@@ -457,7 +529,12 @@ fn validate_object(s: &Map<String, Value>, map: &Map<String, Value>, path: &str,
     if let Some(min) = s.get("minProperties").and_then(Value::as_u64)
         && n < min
     {
-        invalid(errs, path, &Value::from(n), &format!("should have at least {min} properties"));
+        invalid(
+            errs,
+            path,
+            &Value::from(n),
+            &format!("should have at least {min} properties"),
+        );
     }
     let props = s.get("properties").and_then(Value::as_object);
     let addl = s.get("additionalProperties").filter(|a| a.is_object());
@@ -532,7 +609,8 @@ mod tests {
     fn wrong_type_fails_with_api_server_message() {
         let o = vs(json!({"hosts": ["checkout"], "http": [{"route": [
             {"destination": {"host": "checkout"}, "weight": "string"}]}]}));
-        let errs = validate_istio("VirtualService", "v1", &o).expect_err("weight must be an integer");
+        let errs =
+            validate_istio("VirtualService", "v1", &o).expect_err("weight must be an integer");
         assert_eq!(
             errs,
             vec![
@@ -546,8 +624,16 @@ mod tests {
     fn int32_bounds_and_required() {
         let o = vs(json!({"http": [{"route": [{"weight": 4_000_000_000_u64}]}]}));
         let errs = validate_istio("VirtualService", "v1", &o).expect_err("invalid");
-        assert!(errs.iter().any(|e| e.contains("should be less than or equal to 2147483647")), "{errs:?}");
-        assert!(errs.iter().any(|e| e == "spec.http[0].route[0].destination: Required value"), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("should be less than or equal to 2147483647")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e == "spec.http[0].route[0].destination: Required value"),
+            "{errs:?}"
+        );
     }
 
     #[test]
@@ -563,7 +649,13 @@ mod tests {
     fn unknown_fields_fail_and_are_pruned() {
         let mut o = vs(json!({"hosts": ["a"], "foo": 1, "http": [{"bar": true}]}));
         let errs = validate_istio("VirtualService", "v1", &o).expect_err("unknown fields");
-        assert_eq!(errs, vec!["unknown field \"spec.foo\"".to_string(), "unknown field \"spec.http[0].bar\"".to_string()]);
+        assert_eq!(
+            errs,
+            vec![
+                "unknown field \"spec.foo\"".to_string(),
+                "unknown field \"spec.http[0].bar\"".to_string()
+            ]
+        );
         let out = prune_and_validate("VirtualService", "v1", &mut o).expect("schema");
         assert!(out.causes.is_empty());
         assert_eq!(o["spec"], json!({"hosts": ["a"], "http": [{}]}));
@@ -572,12 +664,20 @@ mod tests {
     #[test]
     fn one_of_mutually_exclusive_fields() {
         // StringMatch: exact / prefix / regex are mutually exclusive (oneOf).
-        let o = vs(json!({"hosts": ["a"], "http": [{"match": [{"uri": {"exact": "/a", "prefix": "/b"}}],
-            "route": [{"destination": {"host": "a"}}]}]}));
+        let o = vs(
+            json!({"hosts": ["a"], "http": [{"match": [{"uri": {"exact": "/a", "prefix": "/b"}}],
+            "route": [{"destination": {"host": "a"}}]}]}),
+        );
         let errs = validate_istio("VirtualService", "v1", &o).expect_err("oneOf");
-        assert!(errs.iter().any(|e| e.contains("spec.http[0].match[0].uri") && e.contains("oneOf")), "{errs:?}");
-        let ok = vs(json!({"hosts": ["a"], "http": [{"match": [{"uri": {"prefix": "/b"}}],
-            "route": [{"destination": {"host": "a"}}]}]}));
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("spec.http[0].match[0].uri") && e.contains("oneOf")),
+            "{errs:?}"
+        );
+        let ok = vs(
+            json!({"hosts": ["a"], "http": [{"match": [{"uri": {"prefix": "/b"}}],
+            "route": [{"destination": {"host": "a"}}]}]}),
+        );
         assert_eq!(validate_istio("VirtualService", "v1", &ok), Ok(()));
     }
 

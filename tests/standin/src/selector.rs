@@ -55,7 +55,10 @@ fn err(sel: &str, what: &str) -> String {
 
 /// Parse a label selector string. An empty string selects everything.
 pub(crate) fn parse_label_selector(sel: &str) -> Result<Vec<Requirement>, String> {
-    let mut lx = Lexer { s: sel.as_bytes(), i: 0 };
+    let mut lx = Lexer {
+        s: sel.as_bytes(),
+        i: 0,
+    };
     let mut out = Vec::new();
     loop {
         lx.skip_ws();
@@ -95,9 +98,14 @@ pub(crate) fn parse_label_selector(sel: &str) -> Result<Vec<Requirement>, String
                     lx.i += 1;
                     lx.skip_ws();
                     let v = lx.word();
-                    let n: i64 = v
-                        .parse()
-                        .map_err(|_| err(sel, &format!("for 'Gt', 'Lt' operators, the value must be an integer, got {v:?}")))?;
+                    let n: i64 = v.parse().map_err(|_| {
+                        err(
+                            sel,
+                            &format!(
+                                "for 'Gt', 'Lt' operators, the value must be an integer, got {v:?}"
+                            ),
+                        )
+                    })?;
                     out.push(if c == b'<' {
                         Requirement::Lt(k, n)
                     } else {
@@ -109,7 +117,12 @@ pub(crate) fn parse_label_selector(sel: &str) -> Result<Vec<Requirement>, String
                     let notin = match op.as_str() {
                         "in" => false,
                         "notin" => true,
-                        other => return Err(err(sel, &format!("found '{other}', expected: in, notin, =, ==, !=, gt, lt"))),
+                        other => {
+                            return Err(err(
+                                sel,
+                                &format!("found '{other}', expected: in, notin, =, ==, !=, gt, lt"),
+                            ));
+                        }
                     };
                     lx.skip_ws();
                     if !lx.eat("(") {
@@ -133,7 +146,10 @@ pub(crate) fn parse_label_selector(sel: &str) -> Result<Vec<Requirement>, String
                         return Err(err(sel, "expected ',' or ')'"));
                     }
                     if vals.is_empty() {
-                        return Err(err(sel, "for 'in', 'notin' operators, values set can't be empty"));
+                        return Err(err(
+                            sel,
+                            "for 'in', 'notin' operators, values set can't be empty",
+                        ));
                     }
                     out.push(if notin {
                         Requirement::NotIn(k, vals)
@@ -163,8 +179,12 @@ pub(crate) fn matches(reqs: &[Requirement], labels: Option<&Value>) -> bool {
         Requirement::NotIn(k, vs) => !get(k).is_some_and(|x| vs.iter().any(|v| v == x)),
         Requirement::Exists(k) => get(k).is_some(),
         Requirement::NotExists(k) => get(k).is_none(),
-        Requirement::Gt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-        Requirement::Lt(k, n) => get(k).and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+        Requirement::Gt(k, n) => get(k)
+            .and_then(|x| x.parse::<i64>().ok())
+            .is_some_and(|x| x > *n),
+        Requirement::Lt(k, n) => get(k)
+            .and_then(|x| x.parse::<i64>().ok())
+            .is_some_and(|x| x < *n),
     })
 }
 
@@ -182,7 +202,9 @@ pub(crate) fn parse_field_selector(sel: &str, allowed: &[&str]) -> Result<FieldS
         } else if let Some((k, v)) = part.split_once('=') {
             (k, v, false)
         } else {
-            return Err(format!("invalid selector: '{sel}'; can't understand '{part}'"));
+            return Err(format!(
+                "invalid selector: '{sel}'; can't understand '{part}'"
+            ));
         };
         let k = k.trim();
         if !allowed.contains(&k) {
@@ -216,9 +238,13 @@ mod tests {
 
     #[test]
     fn parses_all_operators() {
-        let r = parse_label_selector("a=b, c==d,e!=f,g,!h,i in (x, y),j notin (z),k>3,l<2").expect("valid selector");
+        let r = parse_label_selector("a=b, c==d,e!=f,g,!h,i in (x, y),j notin (z),k>3,l<2")
+            .expect("valid selector");
         assert_eq!(r.len(), 9);
-        assert_eq!(r[5], Requirement::In("i".into(), vec!["x".into(), "y".into()]));
+        assert_eq!(
+            r[5],
+            Requirement::In("i".into(), vec!["x".into(), "y".into()])
+        );
         assert_eq!(r[4], Requirement::NotExists("h".into()));
     }
 
@@ -241,7 +267,11 @@ mod tests {
     #[test]
     fn field_selectors() {
         let o = json!({"metadata": {"name": "x", "namespace": "shop"}});
-        let s = parse_field_selector("metadata.name=x,metadata.namespace!=kube-system", &["metadata.name", "metadata.namespace"]).expect("valid");
+        let s = parse_field_selector(
+            "metadata.name=x,metadata.namespace!=kube-system",
+            &["metadata.name", "metadata.namespace"],
+        )
+        .expect("valid");
         assert!(field_matches(&s, &o));
         assert!(parse_field_selector("spec.foo=1", &["metadata.name"]).is_err());
     }

@@ -68,7 +68,12 @@ fn details(name: &str, group: &str, kind: &str) -> Value {
 }
 
 impl ApiError {
-    pub(crate) fn status(code: u16, reason: &str, message: impl Into<String>, details: Option<Value>) -> Self {
+    pub(crate) fn status(
+        code: u16,
+        reason: &str,
+        message: impl Into<String>,
+        details: Option<Value>,
+    ) -> Self {
         let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -147,13 +152,23 @@ impl ApiError {
     }
 
     /// 422 Invalid, message `Kind.group "name" is invalid: ...`.
-    pub(crate) fn invalid(qualified_kind: &str, group: &str, kind: &str, name: &str, causes: &[Cause]) -> Self {
+    pub(crate) fn invalid(
+        qualified_kind: &str,
+        group: &str,
+        kind: &str,
+        name: &str,
+        causes: &[Cause],
+    ) -> Self {
         let joined = if causes.len() == 1 {
             causes[0].line()
         } else {
             format!(
                 "[{}]",
-                causes.iter().map(Cause::line).collect::<Vec<_>>().join(", ")
+                causes
+                    .iter()
+                    .map(Cause::line)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let mut d = details(name, group, kind);
@@ -172,7 +187,13 @@ impl ApiError {
 
     /// Invalid request options (`CreateOptions.meta.k8s.io "" is invalid: ...`).
     pub(crate) fn invalid_options(kind: &str, causes: &[Cause]) -> Self {
-        Self::invalid(&format!("{kind}.meta.k8s.io"), "meta.k8s.io", kind, "", causes)
+        Self::invalid(
+            &format!("{kind}.meta.k8s.io"),
+            "meta.k8s.io",
+            kind,
+            "",
+            causes,
+        )
     }
 
     pub(crate) fn bad_request(msg: impl Into<String>) -> Self {
@@ -196,7 +217,9 @@ impl ApiError {
                 "the body of the request was in an unknown format - accepted media types include: {}",
                 accepted.join(", ")
             ),
-            Some(json!({ "causes": [{ "reason": "UnexpectedServerResponse", "message": content_type }] })),
+            Some(
+                json!({ "causes": [{ "reason": "UnexpectedServerResponse", "message": content_type }] }),
+            ),
         )
     }
 
@@ -210,11 +233,21 @@ impl ApiError {
     }
 
     /// A fault-injected or generic status with the real server's reason/message for `code`.
-    pub(crate) fn for_code(code: u16, target: Option<(&ResourceDef, &str)>, verb: &str, ns: Option<&str>) -> Self {
+    pub(crate) fn for_code(
+        code: u16,
+        target: Option<(&ResourceDef, &str)>,
+        verb: &str,
+        ns: Option<&str>,
+    ) -> Self {
         match code {
             409 => match target {
                 Some((def, name)) => Self::conflict(def, name),
-                None => Self::status(409, "Conflict", "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again", Some(json!({}))),
+                None => Self::status(
+                    409,
+                    "Conflict",
+                    "Operation cannot be fulfilled: the object has been modified; please apply your changes to the latest version and try again",
+                    Some(json!({})),
+                ),
             },
             403 => {
                 let (res, group, name) = match target {
@@ -222,7 +255,9 @@ impl ApiError {
                     None => ("", "", ""),
                 };
                 let what = match target {
-                    Some((def, name)) if !name.is_empty() => format!("{} \"{}\"", def.qualified_resource(), name),
+                    Some((def, name)) if !name.is_empty() => {
+                        format!("{} \"{}\"", def.qualified_resource(), name)
+                    }
                     Some((def, _)) => def.qualified_resource(),
                     None => "resource".to_string(),
                 };
@@ -233,7 +268,9 @@ impl ApiError {
                 Self::status(
                     403,
                     "Forbidden",
-                    format!("{what} is forbidden: User \"system:anonymous\" cannot {verb} resource \"{res}\" in API group \"{group}\"{scope}"),
+                    format!(
+                        "{what} is forbidden: User \"system:anonymous\" cannot {verb} resource \"{res}\" in API group \"{group}\"{scope}"
+                    ),
                     Some(details(name, group, res)),
                 )
             }
@@ -264,7 +301,9 @@ impl ApiError {
             other => Self::status(
                 other,
                 "",
-                format!("the server responded with the status code {other} but did not return more information"),
+                format!(
+                    "the server responded with the status code {other} but did not return more information"
+                ),
                 Some(json!({})),
             ),
         }

@@ -67,7 +67,11 @@ impl Default for State {
 pub(crate) fn key(def: &ResourceDef, ns: Option<&str>, name: &str) -> Key {
     (
         def.qualified_resource(),
-        if def.namespaced { ns.unwrap_or_default().to_string() } else { String::new() },
+        if def.namespaced {
+            ns.unwrap_or_default().to_string()
+        } else {
+            String::new()
+        },
         name.to_string(),
     )
 }
@@ -77,7 +81,9 @@ pub(crate) fn ns_key(ns: &str) -> Key {
 }
 
 pub(crate) fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 impl State {
@@ -171,10 +177,16 @@ impl State {
         let mut plan = FaultPlan::default();
         for slot in &mut self.faults {
             let f = &slot.fault;
-            if f.method.as_deref().is_some_and(|m| !m.eq_ignore_ascii_case(method)) {
+            if f.method
+                .as_deref()
+                .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+            {
                 continue;
             }
-            if f.path_contains.as_deref().is_some_and(|p| !path.contains(p)) {
+            if f.path_contains
+                .as_deref()
+                .is_some_and(|p| !path.contains(p))
+            {
                 continue;
             }
             slot.seen += 1;
@@ -210,12 +222,7 @@ impl State {
 
     /// All objects of one namespace's children (for namespace deletion).
     pub(crate) fn delete_namespace_contents(&mut self, ns: &str) {
-        let doomed: BTreeSet<Key> = self
-            .objects
-            .keys()
-            .filter(|k| k.1 == ns)
-            .cloned()
-            .collect();
+        let doomed: BTreeSet<Key> = self.objects.keys().filter(|k| k.1 == ns).cloned().collect();
         for k in doomed {
             self.objects.remove(&k);
         }

@@ -1,0 +1,208 @@
+//! A Kubernetes API to test against: the stand-in, or a real cluster via `TEST_KUBECONFIG`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube_standin::StandIn;
+use mesh_remediation::config::Config;
+use mesh_remediation::connect::KubeConnector;
+use mesh_remediation::pipeline::{Invocation, Pipeline};
+use mesh_remediation::remediation::Remediation;
+use mesh_remediation::report::InvocationReport;
+use serde_json::{Value, json};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A cluster for one test, with a namespace of its own.
+pub struct TestCluster {
+    /// Client for the cluster.
+    pub client: kube::Client,
+    /// The test's namespace (created on start).
+    pub namespace: String,
+    standin: Option<StandIn>,
+    kubeconfig: PathBuf,
+}
+
+/// Hands the pipeline a fixed client.
+pub struct FixedConnector(pub kube::Client);
+
+impl KubeConnector for FixedConnector {
+    fn client(&self) -> BoxFuture<'_, mesh_remediation::Result<kube::Client>> {
+        let client = self.0.clone();
+        Box::pin(async move { Ok(client) })
+    }
+}
+
+impl TestCluster {
+    /// Starts the stand-in (or connects to `TEST_KUBECONFIG`) and creates a namespace
+    /// named after `prefix`.
+    pub async fn start(prefix: &str) -> TestCluster {
+        let unique = format!(
+            "{}-{}-{}",
+            prefix,
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let (standin, kubeconfig) = match std::env::var_os("TEST_KUBECONFIG") {
+            Some(path) => (None, PathBuf::from(path)),
+            None => {
+                let standin = StandIn::start().await.expect("stand-in starts");
+                let path = std::env::temp_dir().join(format!("kubeconfig-{unique}.yaml"));
+                std::fs::write(&path, standin.kubeconfig_yaml("default"))
+                    .expect("write kubeconfig");
+                (Some(standin), path)
+            }
+        };
+        let client = client_from(&kubeconfig).await;
+        let namespace = unique;
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": namespace, "labels": {"istio-injection": "enabled"}}
+        }))
+        .expect("namespace");
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        TestCluster {
+            client,
+            namespace,
+            standin,
+            kubeconfig,
+        }
+    }
+
+    /// The stand-in, when not running against a real cluster.
+    pub fn standin(&self) -> Option<&StandIn> {
+        if self.standin.is_none() {
+            eprintln!("note: real cluster (TEST_KUBECONFIG): stand-in-only checks skipped");
+        }
+        self.standin.as_ref()
+    }
+
+    /// A kubeconfig file for subprocesses (the Lambda emulator).
+    pub fn kubeconfig_path(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Creates a Deployment, opted in or not, and waits until its rollout settled.
+    pub async fn create_deployment(&self, name: &str, opted_in: bool) -> Deployment {
+        let mut labels = json!({"app": name});
+        if opted_in {
+            labels["auto_remediation"] = json!("active");
+        }
+        let deployment: Deployment = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.9"}]}
+                }
+            }
+        }))
+        .expect("deployment");
+        self.deployments()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .expect("create deployment");
+        self.wait_settled(name).await
+    }
+
+    /// Deployments of the test namespace.
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The Deployment as stored.
+    pub async fn deployment(&self, name: &str) -> Deployment {
+        self.deployments().get(name).await.expect("get deployment")
+    }
+
+    /// Waits (up to two minutes on a real cluster) until the Deployment's rollout settled.
+    pub async fn wait_settled(&self, name: &str) -> Deployment {
+        for _ in 0..240 {
+            let d = self.deployment(name).await;
+            if mesh_remediation::remediation::latency_restart::rollout_in_progress(&d).is_none() {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("deployment {name} did not settle");
+    }
+
+    /// Events (events.k8s.io/v1) in the test namespace about the object `name`.
+    pub async fn events_about(&self, name: &str) -> Vec<Value> {
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            &self.namespace,
+            &mesh_remediation::pipeline::event_resource(),
+        );
+        let list = api.list(&ListParams::default()).await.expect("list events");
+        list.items
+            .into_iter()
+            .map(|e| serde_json::to_value(e).expect("event json"))
+            .filter(|e| e["regarding"]["name"] == name)
+            .collect()
+    }
+
+    /// A pipeline for `remediation` against this cluster. `vars` override the environment
+    /// (`DRY_RUN` defaults to `false` here so tests see real changes).
+    pub fn pipeline<R: Remediation>(&self, remediation: R, vars: &[(&str, &str)]) -> Pipeline<R> {
+        Pipeline::new(
+            config(vars),
+            remediation,
+            Arc::new(FixedConnector(self.client.clone())),
+        )
+    }
+
+    /// Runs one event through a fresh pipeline, as one Lambda invocation would.
+    pub async fn invoke<R: Remediation>(
+        &self,
+        remediation: R,
+        vars: &[(&str, &str)],
+        event: &Value,
+    ) -> InvocationReport {
+        let pipeline = self.pipeline(remediation, vars);
+        let request_id = format!("req-{}", COUNTER.fetch_add(1, Ordering::SeqCst));
+        let invocation = Invocation::new(
+            &request_id,
+            Some("Root=1-67a1b2c3-0123456789abcdef01234567;Sampled=1"),
+            None,
+        );
+        pipeline.handle(event, &invocation).await
+    }
+}
+
+/// A configuration from defaults plus `vars` (`DRY_RUN=false` unless given).
+pub fn config(vars: &[(&str, &str)]) -> Config {
+    let mut map: HashMap<String, String> =
+        HashMap::from([("DRY_RUN".to_owned(), "false".to_owned())]);
+    for (k, v) in vars {
+        map.insert((*k).to_owned(), (*v).to_owned());
+    }
+    Config::from_lookup(|k| map.get(k).cloned()).expect("valid test configuration")
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_from(path: &Path) -> kube::Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("kubeconfig is usable");
+    mesh_remediation::connect::tune(&mut config, Duration::from_secs(10));
+    kube::Client::try_from(config).expect("client")
+}

@@ -1,0 +1,722 @@
+//! latency-restart end to end over HTTP against the Kubernetes API (stand-in by default,
+//! a real cluster with TEST_KUBECONFIG): every behaviour the product promises.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube_standin::{Fault, FaultKind};
+use mesh_remediation::record::ActionRecord;
+use mesh_remediation::remediation::LatencyRestart;
+use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
+use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::{TestCluster, events};
+use serde_json::json;
+
+const TARGET: &str = "checkout-v2";
+
+fn restarted_at(d: &Deployment) -> Option<String> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RESTARTED_AT)
+        .cloned()
+}
+
+fn record(d: &Deployment) -> Option<ActionRecord> {
+    ActionRecord::from_annotations(d.metadata.annotations.as_ref(), "latency-restart")
+        .expect("readable record")
+}
+
+fn only(report: &InvocationReport) -> &Outcome {
+    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
+    &report.outcomes[0]
+}
+
+fn kinds(report: &InvocationReport) -> Vec<OutcomeKind> {
+    report.outcomes.iter().map(|o| o.outcome).collect()
+}
+
+async fn setup(prefix: &str) -> (TestCluster, Deployment) {
+    let cluster = TestCluster::start(prefix).await;
+    let before = cluster.create_deployment(TARGET, true).await;
+    (cluster, before)
+}
+
+#[tokio::test]
+async fn firing_alert_restarts_the_deployment_once_with_record_and_event() {
+    let (cluster, before) = setup("firing").await;
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let report = cluster.invoke(LatencyRestart, &[], &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    assert_eq!(
+        outcome.target.as_deref(),
+        Some(format!("Deployment {}/{TARGET}", cluster.namespace).as_str())
+    );
+    assert_eq!(
+        outcome.source.message_id.as_deref(),
+        Some("6b1f5c3e-2d0a-4c1e-9a57-8f1e0d4b7a21")
+    );
+    assert_eq!(
+        outcome.source.fingerprint.as_deref(),
+        Some("5cde2aa4cccfe6dd")
+    );
+
+    let after = cluster.deployment(TARGET).await;
+    let stamp = restarted_at(&after).expect("pod template annotated like kubectl rollout restart");
+    assert_ne!(restarted_at(&before), Some(stamp.clone()));
+    assert_eq!(
+        after.metadata.generation,
+        before.metadata.generation.map(|g| g + 1),
+        "one new rollout"
+    );
+    let record = record(&after).expect("action record on the object");
+    assert_eq!(record.fingerprint, "5cde2aa4cccfe6dd");
+    assert_eq!(record.trace_id, report.trace_id);
+    assert_eq!(record.trace_id, "1-67a1b2c3-0123456789abcdef01234567");
+    assert_eq!(record.streak, 1);
+    // The reported patch is exactly what was sent.
+    let patch = outcome.patch.as_ref().expect("patch reported");
+    assert_eq!(
+        patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT],
+        json!(stamp)
+    );
+    assert_eq!(
+        patch["metadata"]["resourceVersion"],
+        json!(before.metadata.resource_version)
+    );
+
+    let events = cluster.events_about(TARGET).await;
+    assert_eq!(events.len(), 1, "one Event per action: {events:#?}");
+    assert_eq!(events[0]["action"], "Restart");
+    assert_eq!(events[0]["reason"], "AutoRemediation");
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&report.trace_id))
+    );
+    assert_eq!(events[0]["regarding"]["kind"], "Deployment");
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_restarts_once() {
+    let (cluster, before) = setup("repeat").await;
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let mut outcomes = Vec::new();
+    let mut stamps = Vec::new();
+    for _ in 0..3 {
+        let report = cluster.invoke(LatencyRestart, &[], &event).await;
+        outcomes.push(only(&report).clone());
+        stamps.push(restarted_at(&cluster.deployment(TARGET).await));
+    }
+    assert_eq!(outcomes[0].outcome, OutcomeKind::Applied);
+    for repeat in &outcomes[1..] {
+        assert_eq!(repeat.outcome, OutcomeKind::Skipped);
+        assert!(
+            repeat
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("cooldown")),
+            "{repeat:#?}"
+        );
+    }
+    assert!(
+        stamps.iter().all(|s| s == &stamps[0]),
+        "restartedAt changed: {stamps:?}"
+    );
+    let after = cluster.deployment(TARGET).await;
+    assert_eq!(
+        after.metadata.generation,
+        before.metadata.generation.map(|g| g + 1)
+    );
+    assert_eq!(cluster.events_about(TARGET).await.len(), 1);
+}
+
+#[tokio::test]
+async fn duplicates_within_one_event_act_once() {
+    let (cluster, before) = setup("dupes").await;
+    let mut event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let record = event["Records"][0].clone();
+    event["Records"] = json!([record.clone(), record.clone(), record]);
+    let report = cluster.invoke(LatencyRestart, &[], &event).await;
+    let mut got = kinds(&report);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            OutcomeKind::Applied,
+            OutcomeKind::Skipped,
+            OutcomeKind::Skipped
+        ],
+        "{report:#?}"
+    );
+    assert!(
+        report
+            .outcomes
+            .iter()
+            .filter(|o| o.outcome == OutcomeKind::Skipped)
+            .all(|o| o
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("duplicate")))
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.generation,
+        before.metadata.generation.map(|g| g + 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invocations_restart_once() {
+    let (cluster, before) = setup("race").await;
+    if let Some(standin) = cluster.standin() {
+        // Hold every read a moment so both invocations see the same resourceVersion and
+        // the race is decided by the write precondition, not by timing luck.
+        standin.add_fault(
+            Fault::latency(150)
+                .method("GET")
+                .path_contains("deployments")
+                .times(2),
+        );
+    }
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let (a, b) = tokio::join!(
+        cluster.invoke(LatencyRestart, &[], &event),
+        cluster.invoke(LatencyRestart, &[], &event)
+    );
+    let mut got = vec![only(&a).outcome, only(&b).outcome];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![OutcomeKind::Applied, OutcomeKind::Skipped],
+        "{a:#?} {b:#?}"
+    );
+    let loser = if only(&a).outcome == OutcomeKind::Skipped {
+        only(&a)
+    } else {
+        only(&b)
+    };
+    assert!(
+        loser
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("cooldown")),
+        "{loser:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.generation,
+        before.metadata.generation.map(|g| g + 1)
+    );
+    if let Some(standin) = cluster.standin() {
+        let conflicts = standin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == 409)
+            .count();
+        assert_eq!(
+            conflicts, 1,
+            "the loser's write must have been refused by the precondition"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resolved_alert_restarts_nothing() {
+    let (cluster, before) = setup("resolved").await;
+    let resolved = events::fresh("latency-restart-resolved.json", &cluster.namespace);
+    let report = cluster.invoke(LatencyRestart, &[], &resolved).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("resolved")),
+        "{outcome:#?}"
+    );
+    let after = cluster.deployment(TARGET).await;
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "nothing written"
+    );
+
+    // After a restart, the resolved alert records recovery but never restarts again.
+    let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    assert_eq!(
+        only(&cluster.invoke(LatencyRestart, &[], &firing).await).outcome,
+        OutcomeKind::Applied
+    );
+    let restarted = cluster.deployment(TARGET).await;
+    let report = cluster.invoke(LatencyRestart, &[], &resolved).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Skipped, "{report:#?}");
+    let after = cluster.deployment(TARGET).await;
+    assert_eq!(
+        restarted_at(&after),
+        restarted_at(&restarted),
+        "no restart on resolve"
+    );
+    assert_eq!(
+        after.metadata.generation, restarted.metadata.generation,
+        "pod template untouched"
+    );
+    assert!(
+        record(&after).expect("record").recovered(),
+        "recovery recorded"
+    );
+}
+
+#[tokio::test]
+async fn objects_not_opted_in_are_skipped() {
+    let cluster = TestCluster::start("optin").await;
+    let before = cluster.create_deployment(TARGET, false).await;
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not labelled auto_remediation=active")),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn protected_namespaces_are_never_touched() {
+    let (cluster, before) = setup("protected").await;
+    if let Some(standin) = cluster.standin() {
+        standin.clear_requests();
+    }
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let protected = cluster.namespace.clone();
+    let report = cluster
+        .invoke(
+            LatencyRestart,
+            &[("PROTECTED_NAMESPACES", &protected)],
+            &event,
+        )
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("is protected")),
+        "{outcome:#?}"
+    );
+    // Default protection covers kube-system, whatever the labels say.
+    let kube_system = events::fresh("latency-restart-firing.json", "kube-system");
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &kube_system).await).clone();
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("kube-system is protected")),
+        "{outcome:#?}"
+    );
+    if let Some(standin) = cluster.standin() {
+        assert!(
+            standin.requests().is_empty(),
+            "no API request at all: {:#?}",
+            standin.requests()
+        );
+    }
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn stale_deliveries_are_skipped() {
+    let (cluster, before) = setup("stale").await;
+    let published = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let event = events::fresh_at("latency-restart-firing.json", &cluster.namespace, published);
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("stale: SNS message published")),
+        "{outcome:#?}"
+    );
+    // An alert whose endsAt has passed is stale too.
+    let mut ended = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let mut message = events::message(&ended);
+    message["alerts"][0]["endsAt"] =
+        json!((chrono::Utc::now() - chrono::Duration::minutes(1)).to_rfc3339());
+    events::set_message(&mut ended, &message);
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &ended).await).clone();
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("stale: alert already ended")),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
+    for (event_name, vars, reason) in [
+        (
+            "latency-restart-firing.json",
+            &[("DRY_RUN", "true")][..],
+            "DRY_RUN=true",
+        ),
+        ("latency-restart-dry-run.json", &[][..], "dry_run label"),
+        ("latency-restart-drill.json", &[][..], "drill"),
+    ] {
+        let (cluster, before) = setup("dryrun").await;
+        let event = events::fresh(event_name, &cluster.namespace);
+        let report = cluster.invoke(LatencyRestart, vars, &event).await;
+        let outcome = only(&report);
+        assert_eq!(
+            outcome.outcome,
+            OutcomeKind::DryRun,
+            "{event_name}: {outcome:#?}"
+        );
+        assert!(
+            outcome
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(reason)),
+            "{outcome:#?}"
+        );
+        let patch = outcome.patch.as_ref().expect("exact patch reported");
+        assert!(patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());
+        let after = cluster.deployment(TARGET).await;
+        assert_eq!(
+            after.metadata.resource_version, before.metadata.resource_version,
+            "nothing stored"
+        );
+        assert_eq!(restarted_at(&after), restarted_at(&before));
+        assert!(
+            cluster.events_about(TARGET).await.is_empty(),
+            "no Event for a dry run"
+        );
+        if let Some(standin) = cluster.standin() {
+            let patches: Vec<_> = standin
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "PATCH")
+                .collect();
+            assert_eq!(patches.len(), 1);
+            assert!(
+                patches[0].is_dry_run(),
+                "server-side dry run: {:?}",
+                patches[0].query
+            );
+            assert_eq!(
+                &patches[0].body, patch,
+                "the reported patch is the one sent"
+            );
+            assert_eq!(patches[0].status, 200);
+        }
+    }
+}
+
+#[tokio::test]
+async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
+    let (cluster, before) = setup("malformed").await;
+    let cases = [
+        ("bad-not-json.json", "not JSON"),
+        ("bad-default-template.json", "default plain-text"),
+        ("bad-truncated.json", "truncated"),
+        (
+            "bad-unknown-remediation.json",
+            "unknown remediation \"rollback\"",
+        ),
+        ("bad-not-sns.json", "neither a Lambda SNS event"),
+        (
+            "latency-restart-bad-missing-deployment.json",
+            "no `deployment` label",
+        ),
+        (
+            "latency-restart-bad-invalid-names.json",
+            "not a valid Kubernetes name",
+        ),
+    ];
+    for (name, expected) in cases {
+        let event = events::fresh(name, &cluster.namespace);
+        let report = cluster.invoke(LatencyRestart, &[], &event).await;
+        assert!(
+            !report.outcomes.is_empty(),
+            "{name}: every input gets an outcome"
+        );
+        for outcome in &report.outcomes {
+            assert_eq!(outcome.outcome, OutcomeKind::Failed, "{name}: {outcome:#?}");
+            assert!(!outcome.retryable, "{name}: bad input must not be retried");
+            assert!(
+                outcome
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(expected)),
+                "{name}: {outcome:#?}"
+            );
+        }
+    }
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    if let Some(standin) = cluster.standin() {
+        let writes: Vec<_> = standin
+            .requests()
+            .into_iter()
+            .filter(|r| r.method != "GET")
+            .collect();
+        assert_eq!(
+            writes.len(),
+            2,
+            "only the setup's namespace and deployment creation: {writes:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn api_500_is_a_retryable_failure_that_changes_nothing() {
+    let (cluster, before) = setup("api500").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    standin.add_fault(Fault::status(500).method("PATCH"));
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let report = cluster.invoke(LatencyRestart, &[], &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(outcome.retryable, "a 5xx is transient: {outcome:#?}");
+    assert_eq!(report.retryable_failures().count(), 1);
+    standin.clear_faults();
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    // Lambda's retry then succeeds.
+    assert_eq!(
+        only(&cluster.invoke(LatencyRestart, &[], &event).await).outcome,
+        OutcomeKind::Applied
+    );
+}
+
+#[tokio::test]
+async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not() {
+    let (cluster, _) = setup("lambdaerr").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    let function = mesh_remediation::lambda::Function {
+        pipeline: cluster.pipeline(LatencyRestart, &[]),
+        notifier: None,
+    };
+    let bad = events::fresh("bad-not-json.json", &cluster.namespace);
+    let ok = function
+        .invoke(lambda_runtime::LambdaEvent::new(
+            bad,
+            lambda_runtime::Context::default(),
+        ))
+        .await
+        .expect("bad input answers normally: retrying cannot fix it");
+    assert_eq!(ok["summary"]["failed"], 1);
+    standin.add_fault(Fault::status(503).method("PATCH"));
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let err = function
+        .invoke(lambda_runtime::LambdaEvent::new(
+            event,
+            lambda_runtime::Context::default(),
+        ))
+        .await
+        .expect_err("transient failure must surface so Lambda retries");
+    assert!(err.to_string().contains("failed transiently"), "{err}");
+}
+
+#[tokio::test]
+async fn a_409_storm_converges_to_one_restart() {
+    let (cluster, before) = setup("storm").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // Someone else writes the object just before each of our first three writes.
+    standin.add_fault(
+        Fault::new(FaultKind::ConflictBump)
+            .method("PATCH")
+            .path_contains("deployments")
+            .times(3),
+    );
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let report = cluster.invoke(LatencyRestart, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let after = cluster.deployment(TARGET).await;
+    assert_eq!(
+        after.metadata.generation,
+        before.metadata.generation.map(|g| g + 1),
+        "exactly one restart"
+    );
+    let refused = standin
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.status == 409)
+        .count();
+    assert_eq!(refused, 3);
+
+    // A storm that never ends gives up with a retryable failure, without acting.
+    standin.add_fault(
+        Fault::new(FaultKind::ConflictBump)
+            .method("PATCH")
+            .path_contains("deployments"),
+    );
+    let settled = cluster.deployment(TARGET).await;
+    let report = cluster
+        .invoke(LatencyRestart, &[("COOLDOWN_SECONDS", "0")], &event)
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(outcome.retryable);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("conflicting writes")),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.generation,
+        settled.metadata.generation
+    );
+}
+
+#[tokio::test]
+async fn blast_radius_caps_targets_per_invocation() {
+    let cluster = TestCluster::start("blast").await;
+    for name in ["checkout-v2", "orders"] {
+        cluster.create_deployment(name, true).await;
+    }
+    let event = events::fresh("latency-restart-multi.json", &cluster.namespace);
+    let report = cluster
+        .invoke(
+            LatencyRestart,
+            &[("MAX_TARGETS_PER_INVOCATION", "1")],
+            &event,
+        )
+        .await;
+    assert_eq!(report.outcomes.len(), 4, "{report:#?}");
+    let applied = report
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome == OutcomeKind::Applied)
+        .count();
+    assert_eq!(applied, 1, "{report:#?}");
+    let reasons: Vec<&str> = report
+        .outcomes
+        .iter()
+        .filter_map(|o| o.reason.as_deref())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("blast radius")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("kube-system is protected")),
+        "{reasons:?}"
+    );
+    // `payments` does not exist in this namespace: failed with reason, not retried.
+    assert!(
+        reasons.iter().any(|r| r.contains("payments not found")),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn repeated_restarts_without_recovery_escalate() {
+    let (cluster, _) = setup("escalate").await;
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "2")];
+    let first = cluster.invoke(LatencyRestart, &vars, &event).await;
+    let second = cluster.invoke(LatencyRestart, &vars, &event).await;
+    let third = cluster.invoke(LatencyRestart, &vars, &event).await;
+    assert_eq!(kinds(&first), vec![OutcomeKind::Applied]);
+    assert_eq!(kinds(&second), vec![OutcomeKind::Applied]);
+    assert_eq!(kinds(&third), vec![OutcomeKind::Escalated], "{third:#?}");
+    let generation = cluster.deployment(TARGET).await.metadata.generation;
+    assert_eq!(
+        record(&cluster.deployment(TARGET).await)
+            .expect("record")
+            .streak,
+        2
+    );
+    // Recovery (the alert resolved) resets the streak.
+    let resolved = events::fresh("latency-restart-resolved.json", &cluster.namespace);
+    cluster.invoke(LatencyRestart, &vars, &resolved).await;
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.generation,
+        generation
+    );
+    assert_eq!(
+        kinds(&cluster.invoke(LatencyRestart, &vars, &event).await),
+        vec![OutcomeKind::Applied]
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_in_progress_is_not_restarted() {
+    let (cluster, _) = setup("rollout").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    standin.set_settle_rollouts(false);
+    // Someone starts a rollout (new image); the controller has not caught up.
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}}});
+    cluster
+        .deployments()
+        .patch(TARGET, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .expect("patch");
+    let before = cluster.deployment(TARGET).await;
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        outcome
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("rollout in progress")),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.metadata.resource_version,
+        before.metadata.resource_version
+    );
+}
+
+#[tokio::test]
+async fn slow_api_within_the_timeout_still_acts() {
+    let (cluster, _) = setup("slow").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    standin.add_fault(Fault::latency(300).method("PATCH"));
+    let started = std::time::Instant::now();
+    let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    assert_eq!(
+        only(&cluster.invoke(LatencyRestart, &[], &event).await).outcome,
+        OutcomeKind::Applied
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
