@@ -627,7 +627,26 @@ fn delete(st: &mut State, t: &ResTarget, req: &HttpReq<'_>, q: &Query) -> WriteR
             st.next_rv();
         }
     }
-    Ok((200, obj, Vec::new()))
+    if t.def.is_namespace() {
+        // A namespace delete answers with the namespace, now Terminating.
+        let mut ns = obj;
+        ns["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        ns["status"]["phase"] = json!("Terminating");
+        return Ok((200, ns, Vec::new()));
+    }
+    // genericregistry.Store without ReturnDeletedObject: a Status with the deleted object's identity.
+    let mut details = json!({"name": name, "group": t.def.group, "kind": t.def.plural,
+                             "uid": obj.pointer("/metadata/uid").cloned().unwrap_or(json!(""))});
+    if t.def.group.is_empty()
+        && let Some(d) = details.as_object_mut()
+    {
+        d.remove("group");
+    }
+    Ok((
+        200,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+        Vec::new(),
+    ))
 }
 
 fn delete_collection(st: &mut State, t: &ResTarget, req: &HttpReq<'_>, q: &Query) -> WriteResult {
@@ -1667,7 +1686,11 @@ fn commit(
                 .expect("metadata is an object (checked above)");
             meta.insert("uid".into(), json!(uid));
             meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
-            meta.insert("generation".into(), json!(1));
+            if def.tracks_generation() {
+                meta.insert("generation".into(), json!(1));
+            } else {
+                meta.remove("generation");
+            }
             for f in [
                 "resourceVersion",
                 "managedFields",
@@ -1745,7 +1768,7 @@ fn commit(
             if def.is_deployment() {
                 default_deployment(&mut old_defaulted);
             }
-            if generation_view(&obj) != generation_view(&old_defaulted) {
+            if def.tracks_generation() && generation_view(&obj) != generation_view(&old_defaulted) {
                 let g = old
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)

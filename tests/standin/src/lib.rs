@@ -111,7 +111,7 @@ impl StandIn {
 
     /// Insert `obj` as-is: `apiVersion`/`kind`/`metadata.namespace` (default `default`)
     /// decide where. Creates the namespace if missing; assigns `resourceVersion` and, when
-    /// absent, `uid`, `creationTimestamp` and `generation` (1). A Deployment seeded without
+    /// absent, `uid`, `creationTimestamp` and (Deployments, Istio kinds) `generation` (1). A Deployment seeded without
     /// `status` gets a settled status when rollout settling is on. No validation.
     ///
     /// # Panics
@@ -248,7 +248,7 @@ fn seed_into(shared: &Shared, obj: Value) -> Result<(), String> {
     if obj.pointer("/metadata/creationTimestamp").is_none() {
         obj["metadata"]["creationTimestamp"] = json!(store::now_rfc3339());
     }
-    if obj.pointer("/metadata/generation").is_none() {
+    if obj.pointer("/metadata/generation").is_none() && def.tracks_generation() {
         obj["metadata"]["generation"] = json!(1);
     }
     if def.is_deployment() && obj.get("status").is_none() && st.settle {

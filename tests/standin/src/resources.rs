@@ -133,6 +133,11 @@ impl ResourceDef {
         self.group.is_empty() && self.plural == "namespaces"
     }
 
+    /// Kinds whose `metadata.generation` the server maintains (events/namespaces have none).
+    pub(crate) fn tracks_generation(&self) -> bool {
+        self.is_deployment() || self.istio
+    }
+
     pub(crate) fn is_event(&self) -> bool {
         self.plural == "events"
     }

@@ -540,6 +540,31 @@ async fn server_side_apply() {
         "{}",
         e.message
     );
+
+    // A YAML apply body (what kubectl sends), and an unsupported dryRun value.
+    let yaml = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: payments\nspec:\n  host: payments\n  trafficPolicy:\n    tls:\n      mode: ISTIO_MUTUAL\n";
+    let url = format!(
+        "{}/apis/networking.istio.io/v1/namespaces/shop/destinationrules/payments",
+        s.url()
+    );
+    let req = http::Request::patch(format!("{url}?fieldManager=kubectl"))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(yaml.as_bytes().to_vec())
+        .expect("request");
+    let out: Value = c.request(req).await.expect("yaml apply");
+    assert_eq!(out["spec"]["trafficPolicy"]["tls"]["mode"], "ISTIO_MUTUAL");
+    let req = http::Request::patch(format!("{url}?fieldManager=kubectl&dryRun=Some"))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(yaml.as_bytes().to_vec())
+        .expect("request");
+    let e = api_err(c.request::<Value>(req).await.expect_err("bad dryRun"));
+    assert_eq!(e.code, 422);
+    assert!(
+        e.message
+            .starts_with("PatchOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value"),
+        "{}",
+        e.message
+    );
     drop(s);
 }
 
@@ -745,9 +770,11 @@ async fn delete_and_preconditions() {
         .expect_err("precondition"),
     );
     assert_eq!(e.code, 409);
-    deps.delete("payments", &DeleteParams::default())
+    let gone = deps
+        .delete("payments", &DeleteParams::default())
         .await
         .expect("delete");
+    assert!(gone.is_right(), "deployments answer a delete with a Status");
     assert_eq!(
         api_err(deps.get("payments").await.expect_err("gone")).code,
         404
