@@ -19,9 +19,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
 from am_harness import REPO, free_port
+from cfn import load_template
 
 FUNCTIONS = {
     "LatencyRestartFunction": "latency-restart",
@@ -31,27 +31,6 @@ FUNCTIONS = {
 }
 STACK_NAME = "mesh-remediation"
 REGION = "us-east-1"
-
-
-class _CfnLoader(yaml.SafeLoader):
-    """SafeLoader that keeps CloudFormation short-form tags (!Ref, !GetAtt, !Sub, ...) as {tag: value}."""
-
-
-def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node):
-    if isinstance(node, yaml.ScalarNode):
-        value = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    return {suffix: value}
-
-
-_CfnLoader.add_multi_constructor("!", _cfn_tag)
-
-
-def load_template() -> dict:
-    return yaml.load((REPO / "template.yaml").read_text(), Loader=_CfnLoader)
 
 
 def sns_subscriptions(template: dict) -> dict[str, dict]:

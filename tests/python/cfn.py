@@ -1,0 +1,34 @@
+"""template.yaml as data: a YAML loader that keeps CloudFormation short-form tags.
+
+``!Ref X`` loads as ``{"Ref": "X"}``, ``!GetAtt A.B`` as ``{"GetAtt": "A.B"}``, ``!Sub s`` as
+``{"Sub": "s"}`` and so on, which is enough to inspect the template in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+class CfnLoader(yaml.SafeLoader):
+    """SafeLoader that keeps CloudFormation short-form tags as ``{tag: value}``."""
+
+
+def _cfn_tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node):
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {suffix: value}
+
+
+CfnLoader.add_multi_constructor("!", _cfn_tag)
+
+
+def load_template(path: Path = TEMPLATE) -> dict:
+    return yaml.load(path.read_text(), Loader=CfnLoader)
