@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::notify::Secret;
 
 /// Namespaces never touched unless `PROTECTED_NAMESPACES` says otherwise.
 pub const DEFAULT_PROTECTED_NAMESPACES: &str =
@@ -31,6 +32,22 @@ pub struct Config {
     pub istio_api_version: String,
     /// `MAX_CONCURRENCY`: targets worked on at once within one invocation (default 8).
     pub max_concurrency: usize,
+    /// Direct report sinks besides the SNS topic.
+    pub sinks: Sinks,
+}
+
+/// Optional direct sinks for reports. Their secrets come from `NoEcho` parameters and are
+/// never logged (their `Debug` is redacted).
+#[derive(Debug, Clone)]
+pub struct Sinks {
+    /// `SLACK_WEBHOOK_URL`: Slack incoming webhook.
+    pub slack_webhook_url: Option<Secret>,
+    /// `PAGERDUTY_ROUTING_KEY`: PagerDuty Events API v2 integration key.
+    pub pagerduty_routing_key: Option<Secret>,
+    /// `PAGERDUTY_EVENTS_URL`: the Events API endpoint (default PagerDuty's).
+    pub pagerduty_events_url: String,
+    /// `NOTIFY_TIMEOUT_MS`: time each sink gets (default 3000).
+    pub timeout: Duration,
 }
 
 /// The safety rules of the decision stage.
@@ -74,11 +91,7 @@ impl Config {
 
     /// Reads configuration through `lookup` (the environment, or a map in tests).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let get = |name: &str| {
-            lookup(name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
+        let get = trimmed(lookup);
         let defaults = Policy::default();
         let policy = Policy {
             cooldown: seconds(&get, "COOLDOWN_SECONDS", defaults.cooldown)?,
@@ -140,7 +153,25 @@ impl Config {
                 }
             },
             max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,
+            sinks: Sinks {
+                slack_webhook_url: url(&get, "SLACK_WEBHOOK_URL")?.map(Secret::new),
+                pagerduty_routing_key: get("PAGERDUTY_ROUTING_KEY").map(Secret::new),
+                pagerduty_events_url: url(&get, "PAGERDUTY_EVENTS_URL")?
+                    .unwrap_or_else(|| crate::notify::PAGERDUTY_EVENTS_URL.to_owned()),
+                timeout: Duration::from_millis(number(&get, "NOTIFY_TIMEOUT_MS", 3000, 1)?),
+            },
         })
+    }
+}
+
+/// A lookup that treats empty and blank values as unset.
+pub(crate) fn trimmed(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> impl Fn(&str) -> Option<String> {
+    move |name: &str| {
+        lookup(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -153,7 +184,7 @@ fn split_list(value: &str) -> BTreeSet<String> {
         .collect()
 }
 
-fn boolean(
+pub(crate) fn boolean(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: bool,
@@ -169,7 +200,7 @@ fn boolean(
     }
 }
 
-fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
+pub(crate) fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
     get: &impl Fn(&str) -> Option<String>,
     var: &'static str,
     default: T,
@@ -197,6 +228,18 @@ fn seconds(
     default: Duration,
 ) -> Result<Duration> {
     number(get, var, default.as_secs(), 0).map(Duration::from_secs)
+}
+
+/// An http(s) URL; the value itself is never echoed, since webhook URLs are secrets.
+fn url(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<String>> {
+    match get(var) {
+        None => Ok(None),
+        Some(v) if v.starts_with("https://") || v.starts_with("http://") => Ok(Some(v)),
+        Some(_) => Err(Error::Config {
+            var,
+            message: "is not an http(s) URL (value not shown: it may be a secret)".into(),
+        }),
+    }
 }
 
 fn arn(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<String>> {
@@ -246,6 +289,7 @@ mod tests {
             ("PROTECTED_NAMESPACES", "kube-system,Bad/Name"),
             ("CLUSTER_NAME", "a b"),
             ("ISTIO_API_VERSION", "v2"),
+            ("SLACK_WEBHOOK_URL", "hooks.slack.com/services/T0/B0/secret"),
         ] {
             let err = config(&[(var, value)]).expect_err("bad value accepted");
             match err {
@@ -253,6 +297,20 @@ mod tests {
                 other => panic!("{var}: unexpected {other}"),
             }
         }
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_errors() {
+        let cfg = config(&[
+            ("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/s3cr3t"),
+            ("PAGERDUTY_ROUTING_KEY", "pd-s3cr3t"),
+        ])
+        .expect("valid");
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(cfg.sinks.pagerduty_routing_key.as_ref().map(Secret::expose), Some("pd-s3cr3t"));
+        let err = config(&[("SLACK_WEBHOOK_URL", "hooks.slack.com/s3cr3t")]).expect_err("invalid");
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     #[test]

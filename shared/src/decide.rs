@@ -139,32 +139,13 @@ pub fn screen(
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Gate {
-    if let (Some(alert_cluster), Some(ours)) = (input.alert.label("cluster"), cluster_name)
-        && alert_cluster != ours
-    {
-        return Gate::Skip(SkipReason::OtherCluster {
-            alert: crate::names::printable(alert_cluster),
-            ours: ours.to_owned(),
-        });
-    }
-    if policy.protected_namespaces.contains(&input.namespace) {
-        return Gate::Skip(SkipReason::ProtectedNamespace(input.namespace.clone()));
-    }
-    if !policy.allowed_namespaces.is_empty()
-        && !policy.allowed_namespaces.contains(&input.namespace)
-    {
-        return Gate::Skip(SkipReason::NamespaceNotAllowed(input.namespace.clone()));
-    }
-    if !policy.max_delivery_age.is_zero()
-        && let Some(published) = published_at
-    {
-        let age = (now - published).to_std().unwrap_or_default();
-        if age > policy.max_delivery_age {
-            return Gate::Skip(SkipReason::StaleDelivery {
-                age,
-                limit: policy.max_delivery_age,
-            });
-        }
+    let request = Request {
+        namespace: &input.namespace,
+        cluster: input.alert.label("cluster"),
+        published_at,
+    };
+    if let Some(reason) = screen_request(&request, cluster_name, policy, now) {
+        return Gate::Skip(reason);
     }
     match input.alert.status {
         AlertStatus::Resolved => Gate::Resolved,
@@ -173,6 +154,53 @@ pub fn screen(
             _ => Gate::Firing,
         },
     }
+}
+
+/// What every request (an alert or a revert request) is screened on before any API call.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// Namespace of the target.
+    pub namespace: &'a str,
+    /// The cluster the request is meant for, if it says.
+    pub cluster: Option<&'a str>,
+    /// When SNS accepted the publish, for requests that came through SNS.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// The rules that need no object: cluster, protected and allowed namespaces, staleness.
+pub fn screen_request(
+    request: &Request<'_>,
+    cluster_name: Option<&str>,
+    policy: &Policy,
+    now: DateTime<Utc>,
+) -> Option<SkipReason> {
+    if let (Some(theirs), Some(ours)) = (request.cluster, cluster_name)
+        && theirs != ours
+    {
+        return Some(SkipReason::OtherCluster {
+            alert: crate::names::printable(theirs),
+            ours: ours.to_owned(),
+        });
+    }
+    let namespace = request.namespace;
+    if policy.protected_namespaces.contains(namespace) {
+        return Some(SkipReason::ProtectedNamespace(namespace.to_owned()));
+    }
+    if !policy.allowed_namespaces.is_empty() && !policy.allowed_namespaces.contains(namespace) {
+        return Some(SkipReason::NamespaceNotAllowed(namespace.to_owned()));
+    }
+    if !policy.max_delivery_age.is_zero()
+        && let Some(published) = request.published_at
+    {
+        let age = (now - published).to_std().unwrap_or_default();
+        if age > policy.max_delivery_age {
+            return Some(SkipReason::StaleDelivery {
+                age,
+                limit: policy.max_delivery_age,
+            });
+        }
+    }
+    None
 }
 
 /// What to do about one target for one firing alert.
@@ -280,6 +308,7 @@ mod tests {
             previous: None,
             applied: None,
             recovered_at: None,
+            reverted: None,
         }
     }
 

@@ -27,7 +27,7 @@ pub enum Error {
     Plan(String),
 
     /// The Kubernetes API answered with an error or could not be reached.
-    #[error("kubernetes API {operation}: {source}")]
+    #[error("kubernetes API {operation}: {source}{hint}", hint = permission_hint(source))]
     Kube {
         /// What was being done, e.g. `patch deployments shop/checkout`.
         operation: String,
@@ -110,6 +110,19 @@ fn kube_error_is_retryable(error: &kube::Error) -> bool {
         | kube::Error::InferConfig(_)
         | kube::Error::FromUtf8(_) => false,
         _ => true,
+    }
+}
+
+/// A 401/403 is a configuration error (RBAC, access entry), not something to retry.
+fn permission_hint(error: &kube::Error) -> &'static str {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => {
+            " (configuration error: the function's Kubernetes group lacks this permission; apply deploy/rbac.yaml and check the EKS access entry)"
+        }
+        kube::Error::Api(status) if status.code == 401 => {
+            " (configuration error: the cluster did not accept the function's credentials; check the EKS access entry and CLUSTER_NAME)"
+        }
+        _ => "",
     }
 }
 

@@ -76,6 +76,24 @@ pub fn parse_event(event: &Value, expected_topic: Option<&str>) -> Result<Vec<De
 }
 
 fn parse_record(index: usize, record: &Value, expected_topic: Option<&str>) -> Delivery {
+    let opened = open_record(index, record, expected_topic);
+    Delivery {
+        message_id: opened.message_id,
+        topic_arn: opened.topic_arn,
+        published_at: opened.published_at,
+        content: opened.message.and_then(|message| parse_message(&message)),
+    }
+}
+
+/// An SNS record's envelope, and its message once the topic and truncation checks pass.
+struct Opened {
+    message_id: Option<String>,
+    topic_arn: Option<String>,
+    published_at: Option<DateTime<Utc>>,
+    message: Result<String>,
+}
+
+fn open_record(index: usize, record: &Value, expected_topic: Option<&str>) -> Opened {
     let sns = match serde_json::from_value::<SnsRecord>(record.clone()) {
         Ok(record) => record.sns,
         Err(err) => {
@@ -83,31 +101,32 @@ fn parse_record(index: usize, record: &Value, expected_topic: Option<&str>) -> D
                 .pointer("/Sns/MessageId")
                 .and_then(Value::as_str)
                 .map(str::to_owned);
-            return Delivery {
+            return Opened {
                 message_id: id,
                 topic_arn: None,
                 published_at: None,
-                content: Err(Error::Input(format!(
+                message: Err(input(format!(
                     "record {index} is not an SNS record: {err}"
                 ))),
             };
         }
     };
-    let content = check_topic(&sns.topic_arn, expected_topic)
+    let message = check_topic(&sns.topic_arn, expected_topic)
         .and_then(|()| check_not_truncated(&sns.message_attributes))
-        .and_then(|()| parse_message(&sns.message));
-    Delivery {
+        .map(|()| sns.message);
+    Opened {
         message_id: Some(sns.message_id),
         topic_arn: Some(sns.topic_arn),
         published_at: Some(sns.timestamp),
-        content,
+        message,
     }
 }
 
 fn check_topic(topic: &str, expected: Option<&str>) -> Result<()> {
     match expected {
         Some(expected) if expected != topic => Err(Error::Input(format!(
-            "record comes from topic {topic}, but this function only accepts {expected} (ALERT_TOPIC_ARN)"
+            "record comes from topic {}, but this function only accepts {expected} (ALERT_TOPIC_ARN)",
+            names::printable(topic)
         ))),
         _ => Ok(()),
     }
@@ -145,12 +164,12 @@ pub fn parse_message(message: &str) -> Result<AlertGroup> {
     }
     let value: Value = serde_json::from_str(message).map_err(|err| {
         if err.is_eof() {
-            Error::Input(format!(
+            input(format!(
                 "message JSON ends early after {} bytes (truncated message?): {err}",
                 message.len()
             ))
         } else {
-            Error::Input(format!("message is not valid JSON: {err}"))
+            input(format!("message is not valid JSON: {err}"))
         }
     })?;
     parse_alert_group(&value)
@@ -161,8 +180,14 @@ fn parse_alert_group(value: &Value) -> Result<AlertGroup> {
         Some(Value::String(v)) if v == "4" => {}
         Some(other) => {
             return Err(Error::Input(format!(
-                "unsupported Alertmanager payload version {other} (expected \"4\")"
+                "unsupported Alertmanager payload version {} (expected \"4\")",
+                names::printable(&other.to_string())
             )));
+        }
+        None if value.get("revert").is_some() => {
+            return Err(Error::Input(
+                "a revert request must be the only record of its event; send it on its own".into(),
+            ));
         }
         None => {
             return Err(Error::Input(
@@ -171,10 +196,16 @@ fn parse_alert_group(value: &Value) -> Result<AlertGroup> {
         }
     }
     serde_json::from_value(value.clone()).map_err(|err| {
-        Error::Input(format!(
+        input(format!(
             "message is not a valid Alertmanager webhook-v4 payload: {err}"
         ))
     })
+}
+
+/// An input error whose message quotes the input (parser errors do): control characters
+/// escaped and the length bounded, so a hostile message cannot forge log lines.
+fn input(message: String) -> Error {
+    Error::Input(names::clean_message(&message))
 }
 
 fn looks_like_default_template(message: &str) -> bool {
@@ -262,4 +293,183 @@ pub fn attribute_map(
         .iter()
         .map(|(k, v)| (k.clone(), v.value.clone()))
         .collect()
+}
+
+/// A request to undo the last action of a remediation on one object, restoring the
+/// recorded `previous` configuration exactly. Sent as a direct invocation of the
+/// remediation's function (`{"revert": {...}}`) or as the only message of an SNS event
+/// (published with the message attribute `remediation` so the subscription filter routes it).
+///
+/// ```json
+/// {"revert": {"remediation": "error-rollback", "namespace": "shop",
+///             "kind": "VirtualService", "name": "checkout",
+///             "reason": "v2 fixed, errors were from the database",
+///             "traceId": "1-67a1b2c3-0123456789abcdef01234567",
+///             "requestedBy": "alice", "dryRun": false}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RevertRequest {
+    /// The remediation whose action is undone; must be the receiving function.
+    pub remediation: String,
+    /// Namespace of the object.
+    pub namespace: String,
+    /// Kind of the object, e.g. `VirtualService` or `DestinationRule`.
+    pub kind: String,
+    /// Name of the object.
+    pub name: String,
+    /// Why; kept in the record and the Kubernetes Event.
+    pub reason: String,
+    /// The trace id of the action meant; when given, the revert refuses if the object's
+    /// last action is another one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Who asked (kept in the record and the Event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// Validate with a server-side dry run only.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// The cluster meant, when one function serves several (compared with `CLUSTER_NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+}
+
+/// A revert request as delivered.
+#[derive(Debug)]
+pub struct RevertDelivery {
+    /// SNS MessageId, when it came through SNS.
+    pub message_id: Option<String>,
+    /// When SNS accepted the publish.
+    pub published_at: Option<DateTime<Utc>>,
+    /// The request, or why it could not be read.
+    pub request: Result<RevertRequest>,
+}
+
+/// Recognises a revert request: a direct invocation `{"revert": {...}}`, or an SNS event
+/// (or bare SNS notification) whose only message is one. `None`: not a revert request.
+pub fn parse_revert(event: &Value, expected_topic: Option<&str>) -> Option<RevertDelivery> {
+    let object = event.as_object()?;
+    if let Some(body) = object.get("revert") {
+        return Some(RevertDelivery {
+            message_id: None,
+            published_at: None,
+            request: revert_body(body),
+        });
+    }
+    let record = match object.get("Records").and_then(Value::as_array) {
+        Some(records) if records.len() == 1 => records[0].clone(),
+        Some(_) => return None,
+        None if object.get("Type").and_then(Value::as_str) == Some("Notification") => {
+            serde_json::json!({"EventSource": "aws:sns", "EventVersion": "1.0", "EventSubscriptionArn": "", "Sns": event})
+        }
+        None => return None,
+    };
+    let message = record.pointer("/Sns/Message").and_then(Value::as_str)?;
+    if !message.contains("\"revert\"") {
+        return None;
+    }
+    let body = serde_json::from_str::<Value>(message).ok()?.get("revert")?.clone();
+    let opened = open_record(0, &record, expected_topic);
+    Some(RevertDelivery {
+        message_id: opened.message_id,
+        published_at: opened.published_at,
+        request: opened.message.and_then(|_| revert_body(&body)),
+    })
+}
+
+fn revert_body(body: &Value) -> Result<RevertRequest> {
+    serde_json::from_value(body.clone())
+        .map_err(|err| Error::Input(format!("revert request is malformed: {err}")))
+}
+
+/// Validates a revert request for `function`: known remediation equal to the function's,
+/// valid namespace and name, a kind and a reason.
+pub fn validate_revert(request: &RevertRequest, function: &str) -> Result<(), String> {
+    let remediation = request.remediation.as_str();
+    if !KNOWN_REMEDIATIONS.contains(&remediation) {
+        return Err(format!(
+            "revert request names unknown remediation \"{}\" (expected one of: {})",
+            names::printable(remediation),
+            KNOWN_REMEDIATIONS.join(", ")
+        ));
+    }
+    if remediation != function {
+        return Err(format!(
+            "revert request is for {remediation}, but this function is {function}: invoke {remediation}"
+        ));
+    }
+    names::dns_label("namespace", &request.namespace)?;
+    names::dns_subdomain("name", &request.name)?;
+    if request.kind.is_empty() || !request.kind.bytes().all(|b| b.is_ascii_alphabetic()) {
+        return Err(format!(
+            "revert request kind \"{}\" is not a Kubernetes kind",
+            names::printable(&request.kind)
+        ));
+    }
+    if request.reason.trim().is_empty() {
+        return Err("revert request has an empty `reason`; say why (it is kept in the record and the Event)".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod revert_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request() -> Value {
+        json!({"remediation": "error-rollback", "namespace": "shop", "kind": "VirtualService",
+               "name": "checkout", "reason": "v2 fixed"})
+    }
+
+    #[test]
+    fn direct_and_sns_revert_requests_are_recognised() {
+        let direct = parse_revert(&json!({"revert": request()}), None).expect("revert");
+        let parsed = direct.request.expect("valid");
+        assert_eq!(parsed.name, "checkout");
+        assert!(validate_revert(&parsed, "error-rollback").is_ok());
+        let sns = json!({"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0",
+            "EventSubscriptionArn": "arn:aws:sns:us-east-1:1:t:s",
+            "Sns": {"Type": "Notification", "MessageId": "m-1", "TopicArn": "arn:aws:sns:us-east-1:1:t",
+                    "Message": json!({"revert": request()}).to_string(),
+                    "Timestamp": "2026-11-25T21:27:50.081Z", "SignatureVersion": "1",
+                    "Signature": "x", "SigningCertUrl": "x", "UnsubscribeUrl": "x",
+                    "MessageAttributes": {}}}]});
+        let delivery = parse_revert(&sns, None).expect("revert");
+        assert_eq!(delivery.message_id.as_deref(), Some("m-1"));
+        assert!(delivery.published_at.is_some());
+        assert!(delivery.request.is_ok());
+        // The topic check applies as for alerts.
+        let other = parse_revert(&sns, Some("arn:aws:sns:us-east-1:1:other")).expect("revert");
+        assert!(other.request.is_err());
+        // Alerts are not revert requests.
+        assert!(parse_revert(&json!({"version": "4", "alerts": []}), None).is_none());
+    }
+
+    #[test]
+    fn bad_revert_requests_say_what_is_wrong() {
+        let mut typo = request();
+        typo["nmae"] = json!("x");
+        let err = parse_revert(&json!({"revert": typo}), None)
+            .expect("revert")
+            .request
+            .expect_err("unknown field");
+        assert!(err.to_string().contains("unknown field `nmae`"), "{err}");
+        let parse = |patch: Value| {
+            let mut body = request();
+            json_patch::merge(&mut body, &patch);
+            serde_json::from_value::<RevertRequest>(body).expect("shape")
+        };
+        for (patch, function, expected) in [
+            (json!({}), "db-circuit-break", "invoke error-rollback"),
+            (json!({"remediation": "undo"}), "error-rollback", "unknown remediation"),
+            (json!({"namespace": "../x"}), "error-rollback", "not a valid Kubernetes name"),
+            (json!({"kind": "Virtual Service"}), "error-rollback", "not a Kubernetes kind"),
+            (json!({"reason": " "}), "error-rollback", "empty `reason`"),
+        ] {
+            let err = validate_revert(&parse(patch.clone()), function).expect_err("invalid");
+            assert!(err.contains(expected), "{patch}: {err}");
+        }
+    }
 }

@@ -10,13 +10,25 @@ use serde_json::Value;
 
 use crate::config::Config;
 use crate::connect::{AwsClusterDirectory, EksConnector, KubeConnector, KubeconfigConnector};
-use crate::notify::{Notifier, SnsNotifier};
+use crate::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
 use crate::report::{InvocationReport, OutcomeKind};
 
 /// The error type `main` returns.
 pub type BoxError = lambda_runtime::Error;
+
+/// Like [`run`], for a remediation with settings of its own: `settings` reads them once
+/// logging is up, so a bad value is logged with its variable's name and stops the start.
+pub async fn run_with<R: Remediation>(
+    settings: impl FnOnce() -> crate::Result<R>,
+) -> Result<(), BoxError> {
+    crate::telemetry::init();
+    let remediation = settings().inspect_err(|err| {
+        tracing::error!(error = %err, "invalid configuration; the function cannot start");
+    })?;
+    run(remediation).await
+}
 
 /// Runs `remediation` as a Lambda function until the runtime stops it.
 pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
@@ -32,14 +44,8 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
         )),
         None => Arc::new(KubeconfigConnector::new(config.api_timeout)),
     };
-    let notifier: Option<Arc<dyn Notifier>> = config
-        .notify_topic_arn
-        .clone()
-        .map(|arn| Arc::new(SnsNotifier::new(arn)) as Arc<dyn Notifier>);
-    let function = Function {
-        pipeline: Pipeline::new(config, remediation, kube),
-        notifier,
-    };
+    let notifiers = notifiers(&config);
+    let function = Function::new(Pipeline::new(config, remediation, kube)).with_notifiers(notifiers);
     let function = &function;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         function.invoke(event).await
@@ -47,17 +53,48 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
     .await
 }
 
+/// The report sinks the configuration asks for (none are contacted at start).
+pub fn notifiers(config: &Config) -> Vec<Arc<dyn Notifier>> {
+    let mut sinks: Vec<Arc<dyn Notifier>> = Vec::new();
+    if let Some(arn) = &config.notify_topic_arn {
+        sinks.push(Arc::new(SnsNotifier::new(arn.clone())));
+    }
+    if let Some(webhook) = &config.sinks.slack_webhook_url {
+        sinks.push(Arc::new(SlackNotifier::new(webhook.clone())));
+    }
+    if let Some(key) = &config.sinks.pagerduty_routing_key {
+        sinks.push(Arc::new(PagerDutyNotifier::new(
+            key.clone(),
+            config.sinks.pagerduty_events_url.clone(),
+        )));
+    }
+    sinks
+}
+
 /// A pipeline plus where its reports go.
 pub struct Function<R> {
-    /// The pipeline.
-    pub pipeline: Pipeline<R>,
-    /// Report sink, when `NOTIFY_TOPIC_ARN` is set.
-    pub notifier: Option<Arc<dyn Notifier>>,
+    pipeline: Pipeline<R>,
+    notifiers: Vec<Arc<dyn Notifier>>,
 }
 
 impl<R: Remediation> Function<R> {
+    /// A function that reports only in its response and logs.
+    pub fn new(pipeline: Pipeline<R>) -> Self {
+        Function {
+            pipeline,
+            notifiers: Vec::new(),
+        }
+    }
+
+    /// Adds report sinks.
+    pub fn with_notifiers(mut self, notifiers: Vec<Arc<dyn Notifier>>) -> Self {
+        self.notifiers = notifiers;
+        self
+    }
+
     /// Handles one Lambda invocation.
     pub async fn invoke(&self, event: LambdaEvent<Value>) -> Result<Value, BoxError> {
+        let started = Instant::now();
         let context = &event.context;
         let invocation = Invocation::new(
             &context.request_id,
@@ -65,20 +102,31 @@ impl<R: Remediation> Function<R> {
             deadline_instant(context.deadline),
         );
         let report = self.pipeline.handle(&event.payload, &invocation).await;
-        self.finish(report).await
+        self.finish(report, started).await
     }
 
-    /// Logs and notifies; turns retryable failures into an invocation error.
-    pub async fn finish(&self, report: InvocationReport) -> Result<Value, BoxError> {
+    /// Logs, emits metrics and notifies; turns retryable failures into an invocation error.
+    pub async fn finish(&self, mut report: InvocationReport, started: Instant) -> Result<Value, BoxError> {
         report.log();
-        let noteworthy = report
-            .outcomes
-            .iter()
-            .any(|o| o.outcome != OutcomeKind::Skipped);
-        if let (Some(notifier), true) = (&self.notifier, noteworthy)
-            && let Err(err) = notifier.notify(&report).await
-        {
-            tracing::warn!(trace_id = %report.trace_id, error = %err, "report could not be published");
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for line in report.metric_lines(started.elapsed(), now_ms) {
+            // EMF must be a line of its own on stdout; CloudWatch turns it into metrics.
+            println!("{line}");
+        }
+        let noteworthy = report.outcomes.iter().any(|o| o.outcome != OutcomeKind::Skipped);
+        if noteworthy && !self.notifiers.is_empty() {
+            let timeout = self.pipeline.config().sinks.timeout;
+            report.notifications = notify::deliver_all(&self.notifiers, &report, timeout).await;
+            for failed in report.notifications.iter().filter(|d| !d.ok) {
+                tracing::warn!(
+                    trace_id = %report.trace_id,
+                    sink = failed.sink,
+                    error = failed.error.as_deref().unwrap_or(""),
+                    "report delivery failed; the remediation itself stands"
+                );
+            }
         }
         let retryable: Vec<String> = report
             .retryable_failures()
@@ -103,8 +151,6 @@ fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
         return None;
     }
     let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-    let remaining = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
+    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
     Some(Instant::now() + remaining)
 }

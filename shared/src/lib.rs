@@ -27,4 +27,4 @@ pub mod report;
 pub mod telemetry;
 
 pub use error::{Error, Result};
-pub use lambda::{BoxError, run};
+pub use lambda::{BoxError, run, run_with};

@@ -87,6 +87,28 @@ pub fn printable(value: &str) -> String {
     out
 }
 
+/// Makes an error message that quotes outside input safe to log and show: control
+/// characters escaped (`\n`, `\u{7f}`, ...) and the whole message cut to
+/// [`MAX_MESSAGE_CHARS`], so no input can forge log lines or flood a report.
+pub fn clean_message(message: &str) -> String {
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS));
+    for (count, c) in message.chars().enumerate() {
+        if count == MAX_MESSAGE_CHARS {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The longest error message [`clean_message`] lets through, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1000;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,6 +145,15 @@ mod tests {
         for bad in ["", "-v1", "v1-", "v 1", "v1/2", &"v".repeat(64)] {
             assert!(label_value("version", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn messages_quoting_input_are_cleaned() {
+        assert_eq!(clean_message("a\nb\u{7f}c\u{85}"), "a\\nb\\u{7f}c\\u{85}");
+        assert_eq!(clean_message("ünï → ok"), "ünï → ok");
+        let long = clean_message(&"x".repeat(5000));
+        assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS + 1);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

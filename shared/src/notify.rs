@@ -1,17 +1,83 @@
-//! Reports to the notification topic (Slack, PagerDuty and e-mail subscribe to it).
+//! Reports leave the function here: the SNS notification topic (Slack, PagerDuty and e-mail
+//! subscribe to it) and, optionally, Slack and PagerDuty directly. A sink that fails never
+//! blocks or undoes a remediation; its failure is itself reported.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
-use crate::report::InvocationReport;
+use crate::report::{InvocationReport, Outcome, OutcomeKind};
 
 /// Sends an invocation report somewhere humans see it.
 pub trait Notifier: Send + Sync {
-    /// Publishes the report. A failure never undoes the remediation; the caller logs it.
+    /// Short name for the report (`sns`, `slack`, `pagerduty`).
+    fn name(&self) -> &'static str;
+    /// Publishes the report.
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>>;
 }
 
-/// Publishes reports to an SNS topic.
+/// What happened to one sink's delivery.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// The sink.
+    pub sink: &'static str,
+    /// Whether it was accepted.
+    pub ok: bool,
+    /// Why not (never contains the sink's URL or key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Sends the report to every sink at once, each bounded by `timeout`.
+pub async fn deliver_all(
+    sinks: &[Arc<dyn Notifier>],
+    report: &InvocationReport,
+    timeout: Duration,
+) -> Vec<Delivery> {
+    let sends = sinks.iter().map(|sink| async move {
+        let result = match tokio::time::timeout(timeout, sink.notify(report)).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Aws {
+                operation: "notify",
+                message: format!("no answer within {} ms", timeout.as_millis()),
+                retryable: true,
+            }),
+        };
+        Delivery {
+            sink: sink.name(),
+            ok: result.is_ok(),
+            error: result.err().map(|e| e.to_string()),
+        }
+    });
+    futures::future::join_all(sends).await
+}
+
+/// A secret from configuration: usable, but never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Publishes reports to an SNS topic, with attributes subscribers can filter on.
 pub struct SnsNotifier {
     topic_arn: String,
     client: tokio::sync::OnceCell<aws_sdk_sns::Client>,
@@ -25,16 +91,27 @@ impl SnsNotifier {
             client: tokio::sync::OnceCell::new(),
         }
     }
+
+    /// A notifier with a ready client (local emulators, tests).
+    pub fn with_client(topic_arn: String, client: aws_sdk_sns::Client) -> Self {
+        SnsNotifier {
+            topic_arn,
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+        }
+    }
 }
 
 impl Notifier for SnsNotifier {
+    fn name(&self) -> &'static str {
+        "sns"
+    }
+
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let client = self
                 .client
                 .get_or_init(|| async {
-                    let sdk =
-                        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                     aws_sdk_sns::Client::new(&sdk)
                 })
                 .await;
@@ -43,34 +120,182 @@ impl Notifier for SnsNotifier {
                 message: err.to_string(),
                 retryable: false,
             })?;
-            let worst = report
-                .outcomes
-                .iter()
-                .map(|o| o.outcome)
-                .max()
-                .map_or("none", |o| o.as_str());
-            let attribute = |value: &str| {
-                aws_sdk_sns::types::MessageAttributeValue::builder()
-                    .data_type("String")
-                    .string_value(value)
-                    .build()
-                    .expect("data type and value are set")
-            };
-            client
+            let mut publish = client
                 .publish()
                 .topic_arn(&self.topic_arn)
                 .subject(report.subject())
-                .message(body)
-                .message_attributes("remediation", attribute(&report.function))
-                .message_attributes("outcome", attribute(worst))
-                .message_attributes("trace_id", attribute(&report.trace_id))
-                .send()
-                .await
-                .map_err(|err| Error::Aws {
-                    operation: "sns:Publish",
-                    message: aws_sdk_sns::error::DisplayErrorContext(&err).to_string(),
-                    retryable: true,
-                })?;
+                .message(body);
+            for (name, value) in report.attributes() {
+                let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(value)
+                    .build()
+                    .expect("data type and value are set");
+                publish = publish.message_attributes(name, attribute);
+            }
+            publish.send().await.map_err(|err| Error::Aws {
+                operation: "sns:Publish",
+                message: aws_sdk_sns::error::DisplayErrorContext(&err).to_string(),
+                retryable: true,
+            })?;
+            Ok(())
+        })
+    }
+}
+
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_default()
+    })
+}
+
+/// Posts JSON and maps failures to errors that never carry the URL (it is a secret).
+async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
+    let failure = |message: String, retryable: bool| Error::Aws {
+        operation: sink,
+        message,
+        retryable,
+    };
+    let response = http_client()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(|err| failure(err.without_url().to_string(), true))?;
+    let status = response.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(failure(format!("HTTP {}", status.as_u16()), status.is_server_error()))
+    }
+}
+
+/// A Slack incoming webhook: one message per report that changed, failed or escalated something.
+pub struct SlackNotifier {
+    webhook: Secret,
+}
+
+impl SlackNotifier {
+    /// A notifier posting to `webhook`.
+    pub fn new(webhook: Secret) -> Self {
+        SlackNotifier { webhook }
+    }
+
+    /// The message text (Slack mrkdwn).
+    pub fn text(report: &InvocationReport) -> String {
+        let mut lines = vec![format!("*{}* {} (trace `{}`)", report.function, report.subject_counts(), report.trace_id)];
+        for o in report.outcomes.iter().filter(|o| o.outcome != OutcomeKind::Skipped) {
+            let mut line = format!(
+                "• {} *{}* {}",
+                if o.source.drill { "[drill]" } else { "" },
+                o.outcome.as_str(),
+                o.target.as_deref().unwrap_or("-")
+            );
+            if let Some(what) = o.change.as_deref().or(o.reason.as_deref()) {
+                line.push_str(&format!(" — {what}"));
+            }
+            if let Some(alert) = &o.source.alert {
+                line.push_str(&format!(" — alert {alert}"));
+            }
+            for (name, url) in &o.source.links {
+                line.push_str(&format!(" <{url}|{name}>"));
+            }
+            lines.push(line);
+        }
+        lines.join("\n")
+    }
+}
+
+impl Notifier for SlackNotifier {
+    fn name(&self) -> &'static str {
+        "slack"
+    }
+
+    fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            post_json("slack", self.webhook.expose(), &json!({ "text": SlackNotifier::text(report) })).await
+        })
+    }
+}
+
+/// The PagerDuty Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// PagerDuty Events API v2: pages for failed and escalated outcomes (never for drills),
+/// deduplicated on the alert fingerprint so repeats update one incident.
+pub struct PagerDutyNotifier {
+    routing_key: Secret,
+    url: String,
+}
+
+impl PagerDutyNotifier {
+    /// A notifier for `routing_key`, posting to `url`.
+    pub fn new(routing_key: Secret, url: String) -> Self {
+        PagerDutyNotifier { routing_key, url }
+    }
+
+    /// The Events API v2 bodies for a report (one per outcome that pages).
+    pub fn events(&self, report: &InvocationReport) -> Vec<Value> {
+        report
+            .outcomes
+            .iter()
+            .filter(|o| matches!(o.outcome, OutcomeKind::Failed | OutcomeKind::Escalated) && !o.source.drill)
+            .map(|o| self.event(report, o))
+            .collect()
+    }
+
+    fn event(&self, report: &InvocationReport, o: &Outcome) -> Value {
+        let dedup = format!(
+            "{}:{}",
+            report.function,
+            o.source.fingerprint.as_deref().or(o.source.message_id.as_deref()).unwrap_or(&report.trace_id)
+        );
+        let severity = match (o.outcome, o.source.severity.as_deref()) {
+            (OutcomeKind::Escalated, _) | (_, Some("critical")) => "critical",
+            _ => "error",
+        };
+        let links: Vec<Value> = o
+            .source
+            .links
+            .iter()
+            .map(|(name, url)| json!({"href": url, "text": name}))
+            .collect();
+        json!({
+            "routing_key": self.routing_key.expose(),
+            "event_action": "trigger",
+            "dedup_key": dedup,
+            "payload": {
+                "summary": format!(
+                    "{} {} {}: {}",
+                    report.function,
+                    o.outcome.as_str(),
+                    o.target.as_deref().unwrap_or("-"),
+                    o.reason.as_deref().unwrap_or("")
+                ).chars().take(1024).collect::<String>(),
+                "source": o.target.as_deref().unwrap_or(&report.function),
+                "severity": severity,
+                "component": report.function,
+                "custom_details": {"trace_id": report.trace_id, "outcome": o},
+            },
+            "links": links,
+        })
+    }
+}
+
+impl Notifier for PagerDutyNotifier {
+    fn name(&self) -> &'static str {
+        "pagerduty"
+    }
+
+    fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for event in self.events(report) {
+                post_json("pagerduty", &self.url, &event).await?;
+            }
             Ok(())
         })
     }

@@ -9,13 +9,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
+use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::connect::KubeConnector;
 use crate::decide::{self, Gate, SkipReason, Verdict};
 use crate::error::Error;
-use crate::intake::{self, AlertInput, Rejection};
-use crate::record::{self, ActionRecord};
+use crate::intake::{self, AlertInput, Rejection, RevertDelivery, RevertRequest};
+use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Locator, Plan, PlanContext, Refusal, Remediation, describe};
 use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
 
@@ -70,14 +71,71 @@ pub struct Pipeline<R> {
     kube: Arc<dyn KubeConnector>,
 }
 
-/// An alert that passed intake and screening and awaits its target.
-#[derive(Debug, Clone)]
-struct Work {
+/// A request that passed intake and screening and awaits its target.
+struct Work<F> {
     order: usize,
     source: Source,
-    input: AlertInput,
     locator: Locator,
-    resolved: bool,
+    request: Request,
+    /// Facts gathered once per alert, shared by all its targets; filled on first need.
+    facts: Arc<OnceCell<crate::Result<F>>>,
+}
+
+/// What a piece of work asks for.
+enum Request {
+    /// An alert: firing (act) or resolved (record recovery, maybe restore).
+    Alert { input: AlertInput, resolved: bool },
+    /// Undo the recorded action on one object.
+    Revert(RevertRequest),
+}
+
+impl<F> Work<F> {
+    fn resolved(&self) -> bool {
+        matches!(self.request, Request::Alert { resolved: true, .. })
+    }
+
+    fn fingerprint(&self) -> &str {
+        match &self.request {
+            Request::Alert { input, .. } => &input.alert.fingerprint,
+            Request::Revert(_) => "revert-request",
+        }
+    }
+
+    /// Why this runs as a server-side dry run; `None` when it makes changes.
+    fn dry_run(&self, config_dry_run: bool) -> Option<&'static str> {
+        match &self.request {
+            Request::Alert { input, .. } => decide::is_dry_run(config_dry_run, input)
+                .then(|| dry_run_reason(config_dry_run, input)),
+            Request::Revert(_) if config_dry_run => {
+                Some("DRY_RUN=true: validated by server-side dry run, nothing stored")
+            }
+            Request::Revert(request) if request.dry_run => {
+                Some("dryRun in the revert request: validated by server-side dry run, nothing stored")
+            }
+            Request::Revert(_) => None,
+        }
+    }
+
+    /// Where the change comes from, for the Kubernetes Event.
+    fn origin(&self) -> String {
+        use crate::names::printable;
+        match &self.request {
+            Request::Alert { input, .. } => format!(
+                "alert {} fingerprint {}",
+                printable(input.alert.name()),
+                printable(&input.alert.fingerprint)
+            ),
+            Request::Revert(request) => format!(
+                "revert request{}: {}",
+                request
+                    .requested_by
+                    .as_deref()
+                    .map(|by| format!(" by {}", printable(by)))
+                    .unwrap_or_default(),
+                printable(&request.reason)
+            ),
+        }
+    }
 }
 
 /// What one attempt on one object comes to.
@@ -111,9 +169,12 @@ impl<R: Remediation> Pipeline<R> {
     pub async fn handle(&self, event: &Value, invocation: &Invocation) -> InvocationReport {
         let mut outcomes = Vec::new();
         let mut work = Vec::new();
-        self.intake(event, invocation, &mut outcomes, &mut work);
+        match intake::parse_revert(event, self.config.alert_topic_arn.as_deref()) {
+            Some(revert) => self.intake_revert(revert, invocation, &mut outcomes, &mut work),
+            None => self.intake(event, invocation, &mut outcomes, &mut work),
+        }
 
-        let mut groups: BTreeMap<String, Vec<Work>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<Work<R::Facts>>> = BTreeMap::new();
         for item in work {
             groups.entry(item.locator.key()).or_default().push(item);
         }
@@ -125,13 +186,12 @@ impl<R: Remediation> Pipeline<R> {
             .collect()
             .await;
         outcomes.append(&mut acted);
-        outcomes.sort_by_key(|(order, _)| *order);
         InvocationReport::new(
             self.remediation.name(),
             &invocation.trace_id,
             &invocation.request_id,
             self.config.dry_run,
-            outcomes.into_iter().map(|(_, o)| o).collect(),
+            merge_by_alert(outcomes),
         )
     }
 
@@ -141,7 +201,7 @@ impl<R: Remediation> Pipeline<R> {
         event: &Value,
         invocation: &Invocation,
         outcomes: &mut Vec<(usize, Outcome)>,
-        work: &mut Vec<Work>,
+        work: &mut Vec<Work<R::Facts>>,
     ) {
         let deliveries = match intake::parse_event(event, self.config.alert_topic_arn.as_deref()) {
             Ok(deliveries) => deliveries,
@@ -178,13 +238,7 @@ impl<R: Remediation> Pipeline<R> {
                 order += 1;
             }
             for alert in &group.alerts {
-                let mut source = Source {
-                    alert: Some(crate::names::printable(alert.name())),
-                    fingerprint: Some(crate::names::printable(&alert.fingerprint)),
-                    status: Some(alert.status),
-                    drill: alert.flag("drill"),
-                    ..base.clone()
-                };
+                let mut source = Source::for_alert(&base, alert, group.external_url.as_deref());
                 let this = order;
                 order += 1;
                 let input = match intake::validate_alert(alert, self.remediation.name()) {
@@ -220,34 +274,109 @@ impl<R: Remediation> Pipeline<R> {
                         continue;
                     }
                 };
-                match self.remediation.locate(&input, &self.config) {
-                    Ok(locator) => work.push(Work {
-                        order: this,
-                        source,
-                        input,
-                        locator,
-                        resolved,
-                    }),
+                match self.remediation.targets(&input, &self.config) {
+                    Ok(locators) if !locators.is_empty() => {
+                        let facts = Arc::new(OnceCell::new());
+                        for locator in locators {
+                            work.push(Work {
+                                order: this,
+                                source: source.clone(),
+                                locator,
+                                request: Request::Alert {
+                                    input: input.clone(),
+                                    resolved,
+                                },
+                                facts: facts.clone(),
+                            });
+                        }
+                    }
+                    Ok(_) => {
+                        let err = Error::Input("the alert names no target".into());
+                        outcomes.push((this, Outcome::failed(source, &err)));
+                    }
                     Err(why) => outcomes.push((this, Outcome::failed(source, &Error::Input(why)))),
                 }
             }
         }
     }
 
+    /// Validates and screens a revert request; it becomes one piece of work on one object.
+    fn intake_revert(
+        &self,
+        delivery: RevertDelivery,
+        invocation: &Invocation,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        work: &mut Vec<Work<R::Facts>>,
+    ) {
+        let mut source = Source {
+            message_id: delivery.message_id,
+            alert: Some("RevertRequest".into()),
+            ..Source::default()
+        };
+        let request = match delivery.request.and_then(|request| {
+            intake::validate_revert(&request, self.remediation.name())
+                .map(|()| request)
+                .map_err(Error::Input)
+        }) {
+            Ok(request) => request,
+            Err(err) => return outcomes.push((0, Outcome::failed(source, &err))),
+        };
+        source.namespace = Some(request.namespace.clone());
+        let screened = decide::Request {
+            namespace: &request.namespace,
+            cluster: request.cluster.as_deref(),
+            published_at: delivery.published_at,
+        };
+        if let Some(reason) = decide::screen_request(
+            &screened,
+            self.config.cluster_name.as_deref(),
+            &self.config.policy,
+            invocation.now,
+        ) {
+            return outcomes.push((0, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+        }
+        let revertible = self.remediation.revertible(&self.config);
+        let Some(resource) = revertible.iter().find(|r| r.kind == request.kind).cloned() else {
+            let kinds: Vec<&str> = revertible.iter().map(|r| r.kind.as_str()).collect();
+            let why = if kinds.is_empty() {
+                format!("{} changes cannot be reverted", self.remediation.name())
+            } else {
+                format!(
+                    "{} reverts {} objects, not {}",
+                    self.remediation.name(),
+                    kinds.join(" and "),
+                    crate::names::printable(&request.kind)
+                )
+            };
+            return outcomes.push((0, Outcome::failed(source, &Error::Input(why))));
+        };
+        work.push(Work {
+            order: 0,
+            source,
+            locator: Locator {
+                resource,
+                namespace: request.namespace.clone(),
+                name: Some(request.name.clone()),
+            },
+            request: Request::Revert(request),
+            facts: Arc::new(OnceCell::new()),
+        });
+    }
+
     /// Handles every alert aimed at one locator: the first firing alert (else the first
     /// resolved one) is acted on; the rest are duplicates of it.
     async fn handle_target(
         &self,
-        mut items: Vec<Work>,
+        mut items: Vec<Work<R::Facts>>,
         invocation: &Invocation,
         budget: &AtomicUsize,
     ) -> Vec<(usize, Outcome)> {
-        items.sort_by_key(|w| (w.resolved, w.order));
+        items.sort_by_key(|w| (w.resolved(), w.order));
         let mut items = items.into_iter();
         let Some(primary) = items.next() else {
             return Vec::new();
         };
-        let handled_by = primary.input.alert.fingerprint.clone();
+        let handled_by = primary.fingerprint().to_owned();
         let mut out: Vec<(usize, Outcome)> = items
             .map(|dup| {
                 let reason = SkipReason::Duplicate {
@@ -264,7 +393,12 @@ impl<R: Remediation> Pipeline<R> {
         out
     }
 
-    async fn act(&self, work: &Work, invocation: &Invocation, budget: &AtomicUsize) -> Outcome {
+    async fn act(
+        &self,
+        work: &Work<R::Facts>,
+        invocation: &Invocation,
+        budget: &AtomicUsize,
+    ) -> Outcome {
         let client = match self.kube.client().await {
             Ok(client) => client,
             Err(err) => return Outcome::failed(work.source.clone(), &err),
@@ -281,7 +415,8 @@ impl<R: Remediation> Pipeline<R> {
                         locator.resource.kind, locator.namespace
                     );
                     return Outcome::new(OutcomeKind::Skipped, work.source.clone())
-                        .because(SkipReason::Declined(why));
+                        .because(SkipReason::Declined(why))
+                        .on(describe(&locator.resource, &locator.namespace, "*"));
                 }
                 Ok(names) => names,
                 Err(err) => return Outcome::failed(work.source.clone(), &err),
@@ -306,7 +441,11 @@ impl<R: Remediation> Pipeline<R> {
         merge_outcomes(outcomes)
     }
 
-    async fn select(&self, api: &Api<DynamicObject>, work: &Work) -> Result<Vec<String>, Error> {
+    async fn select(
+        &self,
+        api: &Api<DynamicObject>,
+        work: &Work<R::Facts>,
+    ) -> Result<Vec<String>, Error> {
         let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
         let list = api
             .list(&ListParams::default().labels(&selector))
@@ -315,7 +454,10 @@ impl<R: Remediation> Pipeline<R> {
         Ok(list
             .items
             .iter()
-            .filter(|obj| self.remediation.selects(&work.input, obj))
+            .filter(|obj| match &work.request {
+                Request::Alert { input, .. } => self.remediation.selects(input, obj),
+                Request::Revert(_) => true,
+            })
             .filter_map(|obj| obj.metadata.name.clone())
             .collect())
     }
@@ -325,7 +467,7 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         api: &Api<DynamicObject>,
         client: &kube::Client,
-        work: &Work,
+        work: &Work<R::Facts>,
         name: &str,
         invocation: &Invocation,
         budget: &AtomicUsize,
@@ -357,10 +499,21 @@ impl<R: Remediation> Pipeline<R> {
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             };
-            let step = if work.resolved {
-                self.resolved_step(work, &object, &target, invocation)
-            } else {
-                self.firing_step(work, &object, &target, invocation)
+            let step = match &work.request {
+                Request::Alert {
+                    input,
+                    resolved: false,
+                } => {
+                    self.firing_step(work, input, client, &object, &target, invocation)
+                        .await
+                }
+                Request::Alert {
+                    input,
+                    resolved: true,
+                } => self.resolved_step(work, input, &object, &target, invocation),
+                Request::Revert(request) => {
+                    self.revert_step(work, request, &object, &target, invocation)
+                }
             };
             let (body, dry_run, outcome, event, counts) = match step {
                 Step::Done(outcome) => return outcome.on(&target),
@@ -433,9 +586,11 @@ impl<R: Remediation> Pipeline<R> {
         .map_err(Error::Plan)
     }
 
-    fn firing_step(
+    async fn firing_step(
         &self,
-        work: &Work,
+        work: &Work<R::Facts>,
+        input: &AlertInput,
+        client: &kube::Client,
         object: &DynamicObject,
         target: &str,
         invocation: &Invocation,
@@ -469,11 +624,20 @@ impl<R: Remediation> Pipeline<R> {
                 return Step::Done(Outcome::new(OutcomeKind::Escalated, source).because(reason));
             }
         };
+        let facts = match work
+            .facts
+            .get_or_init(|| self.remediation.prepare(input, client, &self.config))
+            .await
+        {
+            Ok(facts) => facts,
+            Err(err) => return Step::Done(Outcome::failed(source, err)),
+        };
         let context = PlanContext {
             now: invocation.now,
             config: &self.config,
+            facts,
         };
-        let plan = match self.remediation.plan(&work.input, object, context) {
+        let plan = match self.remediation.plan(input, object, context) {
             Ok(plan) => plan,
             Err(Refusal::Skip(why)) => {
                 return Step::Done(
@@ -485,7 +649,7 @@ impl<R: Remediation> Pipeline<R> {
             }
         };
         let new_record = ActionRecord {
-            fingerprint: work.input.alert.fingerprint.clone(),
+            fingerprint: input.alert.fingerprint.clone(),
             trace_id: invocation.trace_id.clone(),
             at: invocation.now,
             streak,
@@ -493,13 +657,15 @@ impl<R: Remediation> Pipeline<R> {
             previous: plan.previous.clone(),
             applied: plan.applied.clone(),
             recovered_at: None,
+            reverted: None,
         };
-        self.write_step(work, object, &plan, &new_record, true)
+        self.write_step(work, object, &plan, &new_record, invocation, true)
     }
 
     fn resolved_step(
         &self,
-        work: &Work,
+        work: &Work<R::Facts>,
+        input: &AlertInput,
         object: &DynamicObject,
         target: &str,
         invocation: &Invocation,
@@ -521,7 +687,7 @@ impl<R: Remediation> Pipeline<R> {
                 "{target} is no longer labelled auto_remediation=active; left as is"
             ));
         }
-        if record.fingerprint != work.input.alert.fingerprint {
+        if record.fingerprint != input.alert.fingerprint {
             return skip(format!(
                 "the action on {target} was for another alert ({})",
                 record.fingerprint
@@ -533,15 +699,16 @@ impl<R: Remediation> Pipeline<R> {
         let context = PlanContext {
             now: invocation.now,
             config: &self.config,
+            facts: &(),
         };
         let mut new_record = record.clone();
         new_record.recovered_at = Some(invocation.now);
         match self
             .remediation
-            .plan_resolved(&work.input, object, &record, context)
+            .plan_resolved(input, object, &record, context)
         {
             None => {
-                if decide::is_dry_run(self.config.dry_run, &work.input) {
+                if work.dry_run(self.config.dry_run).is_some() {
                     return skip("nothing to change (dry run: recovery not recorded)".into());
                 }
                 let plan = Plan {
@@ -551,7 +718,7 @@ impl<R: Remediation> Pipeline<R> {
                     previous: None,
                     applied: None,
                 };
-                match self.write_step(work, object, &plan, &new_record, false) {
+                match self.write_step(work, object, &plan, &new_record, invocation, false) {
                     Step::Write {
                         body,
                         dry_run,
@@ -578,21 +745,90 @@ impl<R: Remediation> Pipeline<R> {
             }
             Some(Ok(plan)) => {
                 new_record.change = plan.summary.clone();
-                self.write_step(work, object, &plan, &new_record, false)
+                self.write_step(work, object, &plan, &new_record, invocation, false)
             }
             Some(Err(Refusal::Skip(why))) => skip(why),
             Some(Err(Refusal::Fail(why))) => Step::Done(Outcome::failed(source, &Error::Plan(why))),
         }
     }
 
+    /// Revert request: restore the recorded `previous` exactly, only on an opted-in
+    /// object whose last action is the one meant and was not edited since.
+    fn revert_step(
+        &self,
+        work: &Work<R::Facts>,
+        request: &RevertRequest,
+        object: &DynamicObject,
+        target: &str,
+        invocation: &Invocation,
+    ) -> Step {
+        let source = work.source.clone();
+        let fail = |why: String| Step::Done(Outcome::failed(source.clone(), &Error::Plan(why)));
+        let annotation = record::record_annotation(self.remediation.name());
+        if !record::opted_in(object.metadata.labels.as_ref()) {
+            return fail(format!(
+                "{target} is not labelled auto_remediation=active; revert it by hand (the previous configuration is in annotation {annotation})"
+            ));
+        }
+        let record = match self.read_record(object) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return fail(format!(
+                    "no {} action is recorded on {target}; nothing to revert",
+                    self.remediation.name()
+                ));
+            }
+            Err(err) => return Step::Done(Outcome::failed(source, &err)),
+        };
+        if let Some(done) = &record.reverted {
+            let why = format!(
+                "the action of {} on {target} was already reverted at {} (trace {})",
+                record.at.to_rfc3339(),
+                done.at.to_rfc3339(),
+                done.trace_id
+            );
+            return Step::Done(
+                Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
+            );
+        }
+        if let Some(meant) = &request.trace_id
+            && meant != &record.trace_id
+        {
+            return fail(format!(
+                "the last action on {target} is trace {} at {}, not {}; refusing to revert another action",
+                record.trace_id,
+                record.at.to_rfc3339(),
+                crate::names::printable(meant)
+            ));
+        }
+        let plan = match self.remediation.plan_revert(object, &record) {
+            Ok(plan) => plan,
+            Err(Refusal::Skip(why)) => {
+                return Step::Done(
+                    Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
+                );
+            }
+            Err(Refusal::Fail(why)) => return fail(why),
+        };
+        let mut new_record = record;
+        new_record.reverted = Some(Reversal {
+            at: invocation.now,
+            trace_id: invocation.trace_id.clone(),
+            reason: request.reason.clone(),
+            requested_by: request.requested_by.clone(),
+        });
+        self.write_step(work, object, &plan, &new_record, invocation, false)
+    }
+
     /// The merge patch that makes the change and writes the record in one request, with the
     /// object's `resourceVersion` as precondition.
     fn write_step(
         &self,
-        work: &Work,
+        work: &Work<R::Facts>,
         object: &DynamicObject,
         plan: &Plan,
         new_record: &ActionRecord,
+        invocation: &Invocation,
         counts: bool,
     ) -> Step {
         let Some(resource_version) = object.metadata.resource_version.clone() else {
@@ -608,7 +844,8 @@ impl<R: Remediation> Pipeline<R> {
                 "annotations": { record::record_annotation(self.remediation.name()): new_record.to_annotation() }
             }}),
         );
-        let dry_run = decide::is_dry_run(self.config.dry_run, &work.input);
+        let dry_run_reason = work.dry_run(self.config.dry_run);
+        let dry_run = dry_run_reason.is_some();
         let mut outcome = Outcome::new(
             if dry_run {
                 OutcomeKind::DryRun
@@ -617,17 +854,14 @@ impl<R: Remediation> Pipeline<R> {
             },
             work.source.clone(),
         );
-        if dry_run {
-            outcome.reason = Some(dry_run_reason(self.config.dry_run, &work.input).into());
-        }
+        outcome.reason = dry_run_reason.map(Into::into);
         outcome.change = Some(plan.summary.clone());
         outcome.patch = Some(body.clone());
         let note = format!(
-            "{} (alert {} fingerprint {}, trace {})",
+            "{} ({}, trace {})",
             plan.summary,
-            crate::names::printable(work.input.alert.name()),
-            crate::names::printable(&work.input.alert.fingerprint),
-            new_record.trace_id
+            work.origin(),
+            invocation.trace_id
         );
         Step::Write {
             body,
@@ -759,10 +993,32 @@ fn transient_backoff(error: &Error, retry: u32) -> Duration {
     }
 }
 
+/// Outcomes in alert order, one per alert: an alert whose targets span several resource
+/// types produced one outcome per type, merged here.
+fn merge_by_alert(mut outcomes: Vec<(usize, Outcome)>) -> Vec<Outcome> {
+    outcomes.sort_by_key(|(order, _)| *order);
+    let mut merged: Vec<Outcome> = Vec::with_capacity(outcomes.len());
+    let mut outcomes = outcomes.into_iter().peekable();
+    while let Some((order, first)) = outcomes.next() {
+        let mut same = vec![first];
+        while let Some((_, next)) = outcomes.next_if(|(o, _)| *o == order) {
+            same.push(next);
+        }
+        merged.push(merge_outcomes(same));
+    }
+    merged
+}
+
 /// One alert aimed at several objects still gets one outcome: failures win, then
 /// changes, then skips; targets, reasons and patches are listed together.
 fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
-    if outcomes.len() == 1 {
+    let same_as_first = |o: &Outcome| {
+        o.target.is_none()
+            && o.outcome == outcomes[0].outcome
+            && o.reason == outcomes[0].reason
+            && o.patch.is_none()
+    };
+    if outcomes.len() == 1 || outcomes.iter().all(same_as_first) {
         return outcomes.remove(0);
     }
     let rank = |kind: OutcomeKind| match kind {
@@ -779,15 +1035,19 @@ fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
         .unwrap_or(OutcomeKind::Skipped);
     let mut merged = Outcome::new(kind, outcomes[0].source.clone());
     let label = |o: &Outcome| o.target.clone().unwrap_or_default();
-    merged.target = Some(outcomes.iter().map(label).collect::<Vec<_>>().join(", "));
-    let reasons: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| {
-            o.reason
-                .as_ref()
-                .map(|r| format!("{}: {} {r}", label(o), o.outcome.as_str()))
-        })
-        .collect();
+    let targets: Vec<String> = outcomes.iter().filter_map(|o| o.target.clone()).collect();
+    merged.target = (!targets.is_empty()).then(|| targets.join(", "));
+    let mut reasons: Vec<String> = Vec::new();
+    for o in &outcomes {
+        let Some(r) = &o.reason else { continue };
+        let line = match &o.target {
+            Some(target) => format!("{target}: {} {r}", o.outcome.as_str()),
+            None => format!("{} {r}", o.outcome.as_str()),
+        };
+        if !reasons.contains(&line) {
+            reasons.push(line);
+        }
+    }
     merged.reason = (!reasons.is_empty()).then(|| reasons.join("; "));
     let changes: Vec<String> = outcomes
         .iter()

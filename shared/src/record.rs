@@ -46,6 +46,24 @@ pub struct ActionRecord {
     /// When a resolved alert reported recovery after this action.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_at: Option<DateTime<Utc>>,
+    /// Set when a revert request restored `previous`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<Reversal>,
+}
+
+/// A revert request that undid the recorded action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Reversal {
+    /// When the revert was made.
+    pub at: DateTime<Utc>,
+    /// Trace id of the invocation that made it.
+    pub trace_id: String,
+    /// Why, as the request said.
+    pub reason: String,
+    /// Who asked, when the request said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
 }
 
 impl ActionRecord {

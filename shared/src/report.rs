@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::alert::AlertStatus;
+use crate::alert::{Alert, AlertStatus};
+use crate::names::printable;
 
 /// The result for one alert.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum OutcomeKind {
     /// The change was made.
@@ -24,7 +25,35 @@ pub enum OutcomeKind {
     Failed,
 }
 
+/// CloudWatch namespace of the metrics.
+pub const METRIC_NAMESPACE: &str = "MeshRemediation";
+
+/// A drill passes when the alert reached the right function, the target was found and the
+/// API server accepted the patch in its dry run, which is exactly a `dry-run` outcome.
+fn judge_drill(function: &str, o: &mut Outcome) {
+    let reason = o.reason.take().unwrap_or_default();
+    o.reason = Some(if o.outcome == OutcomeKind::DryRun {
+        format!(
+            "drill passed: routed to {function}, {} found, patch accepted by the API server's dry run, nothing stored",
+            o.target.as_deref().unwrap_or("target")
+        )
+    } else {
+        format!("drill failed: {reason}")
+    });
+}
+
 impl OutcomeKind {
+    /// Ranks outcomes for headlines: failed > escalated > applied > dry-run > skipped.
+    pub fn importance(self) -> u8 {
+        match self {
+            OutcomeKind::Skipped => 0,
+            OutcomeKind::DryRun => 1,
+            OutcomeKind::Applied => 2,
+            OutcomeKind::Escalated => 3,
+            OutcomeKind::Failed => 4,
+        }
+    }
+
     /// The name used in logs, metrics and message attributes.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -55,9 +84,39 @@ pub struct Source {
     /// Target namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// `severity` label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
     /// `drill="true"`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub drill: bool,
+    /// Links back to the alert: `prometheus` (the expression), `alertmanager`, `runbook`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub links: BTreeMap<&'static str, String>,
+}
+
+impl Source {
+    /// The source of one alert of a delivery.
+    pub fn for_alert(delivery: &Source, alert: &Alert, alertmanager_url: Option<&str>) -> Self {
+        let mut links = BTreeMap::new();
+        let mut link = |name: &'static str, url: Option<&str>| {
+            if let Some(url) = url.filter(|u| u.starts_with("http://") || u.starts_with("https://")) {
+                links.insert(name, url.chars().take(2048).collect());
+            }
+        };
+        link("prometheus", alert.generator_url.as_deref());
+        link("alertmanager", alertmanager_url);
+        link("runbook", alert.annotations.get("runbook_url").map(String::as_str));
+        Source {
+            alert: Some(printable(alert.name())),
+            fingerprint: Some(printable(&alert.fingerprint)),
+            status: Some(alert.status),
+            severity: alert.label("severity").map(printable),
+            drill: alert.flag("drill"),
+            links,
+            ..delivery.clone()
+        }
+    }
 }
 
 /// The outcome of one alert (or of one unreadable record).
@@ -134,6 +193,9 @@ pub struct InvocationReport {
     pub summary: BTreeMap<&'static str, usize>,
     /// One entry per alert.
     pub outcomes: Vec<Outcome>,
+    /// What happened to the report's own deliveries (SNS, Slack, PagerDuty).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<crate::notify::Delivery>,
 }
 
 impl InvocationReport {
@@ -143,11 +205,14 @@ impl InvocationReport {
         trace_id: &str,
         request_id: &str,
         dry_run: bool,
-        outcomes: Vec<Outcome>,
+        mut outcomes: Vec<Outcome>,
     ) -> Self {
         let mut summary = BTreeMap::new();
-        for o in &outcomes {
+        for o in &mut outcomes {
             *summary.entry(o.outcome.as_str()).or_insert(0) += 1;
+            if o.source.drill {
+                judge_drill(function, o);
+            }
         }
         InvocationReport {
             function: function.to_owned(),
@@ -156,7 +221,95 @@ impl InvocationReport {
             dry_run,
             summary,
             outcomes,
+            notifications: Vec::new(),
         }
+    }
+
+    /// The most important outcome, for filtering: failed > escalated > applied > dry-run > skipped.
+    pub fn headline(&self) -> Option<OutcomeKind> {
+        self.outcomes.iter().map(|o| o.outcome).max_by_key(|k| k.importance())
+    }
+
+    /// SNS message attributes subscribers filter on (e.g. page only on failed or escalated).
+    pub fn attributes(&self) -> Vec<(&'static str, String)> {
+        let severity = self
+            .outcomes
+            .iter()
+            .filter_map(|o| o.source.severity.as_deref())
+            .max_by_key(|s| match *s {
+                "critical" => 3,
+                "error" => 2,
+                "warning" => 1,
+                _ => 0,
+            })
+            .unwrap_or("none");
+        let drill = self.outcomes.iter().find(|o| o.source.drill);
+        vec![
+            ("remediation", self.function.clone()),
+            ("outcome", self.headline().map_or("none", OutcomeKind::as_str).to_owned()),
+            ("severity", severity.to_owned()),
+            ("drill", match drill {
+                None => "false".to_owned(),
+                Some(o) if o.outcome == OutcomeKind::DryRun => "passed".to_owned(),
+                Some(_) => "failed".to_owned(),
+            }),
+            ("trace_id", self.trace_id.clone()),
+        ]
+    }
+
+    /// `2 applied, 1 skipped`.
+    pub fn subject_counts(&self) -> String {
+        self.summary
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// CloudWatch Embedded Metric Format lines: remediations by function and outcome, and
+    /// how long the invocation took to act. Printed to stdout, they become metrics with no
+    /// extra code or API call.
+    pub fn metric_lines(&self, elapsed: std::time::Duration, now_ms: i64) -> Vec<String> {
+        let mut lines: Vec<String> = self
+            .summary
+            .iter()
+            .map(|(outcome, count)| {
+                serde_json::json!({
+                    "_aws": {
+                        "Timestamp": now_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": METRIC_NAMESPACE,
+                            "Dimensions": [["Function", "Outcome"], ["Function"]],
+                            "Metrics": [{"Name": "Remediations", "Unit": "Count"}]
+                        }]
+                    },
+                    "Function": self.function,
+                    "Outcome": outcome,
+                    "Remediations": count,
+                    "trace_id": self.trace_id,
+                })
+                .to_string()
+            })
+            .collect();
+        if self.outcomes.iter().any(|o| matches!(o.outcome, OutcomeKind::Applied | OutcomeKind::DryRun)) {
+            lines.push(
+                serde_json::json!({
+                    "_aws": {
+                        "Timestamp": now_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": METRIC_NAMESPACE,
+                            "Dimensions": [["Function"]],
+                            "Metrics": [{"Name": "ActionLatency", "Unit": "Milliseconds"}]
+                        }]
+                    },
+                    "Function": self.function,
+                    "ActionLatency": elapsed.as_secs_f64() * 1000.0,
+                    "trace_id": self.trace_id,
+                })
+                .to_string(),
+            );
+        }
+        lines
     }
 
     /// Failures a retry of the whole invocation could fix.
@@ -207,12 +360,8 @@ impl InvocationReport {
 
     /// A short ASCII subject for notifications (SNS allows 100 characters).
     pub fn subject(&self) -> String {
-        let counts: Vec<String> = self
-            .summary
-            .iter()
-            .map(|(k, v)| format!("{v} {k}"))
-            .collect();
-        let mut subject = format!("[{}] {}", self.function, counts.join(", "));
+        let drill = if self.outcomes.iter().any(|o| o.source.drill) { " (drill)" } else { "" };
+        let mut subject = format!("[{}] {}{drill}", self.function, self.subject_counts());
         subject.retain(|c| c.is_ascii() && !c.is_ascii_control());
         subject.truncate(100);
         subject

@@ -22,7 +22,8 @@ pub fn raw(name: &str) -> Value {
 }
 
 /// A sample event made current: SNS `Timestamp` set to `published`, alerts started five
-/// minutes before it, and the demo namespace `shop` replaced by `namespace`.
+/// minutes before it, and the demo namespace `shop` replaced by `namespace` (in alerts
+/// and in revert requests).
 pub fn fresh_at(name: &str, namespace: &str, published: DateTime<Utc>) -> Value {
     let mut event = raw(name);
     let stamp = published.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
@@ -45,6 +46,8 @@ pub fn fresh_at(name: &str, namespace: &str, published: DateTime<Utc>) -> Value 
         }
     } else if event.get("alerts").is_some() {
         refresh_group(&mut event, namespace, &started, &ended);
+    } else if event["revert"]["namespace"] == "shop" {
+        event["revert"]["namespace"] = Value::String(namespace.to_owned());
     }
     event
 }
@@ -84,4 +87,14 @@ pub fn message(event: &Value) -> Value {
 /// Replaces the `Message` of the first record.
 pub fn set_message(event: &mut Value, message: &Value) {
     event["Records"][0]["Sns"]["Message"] = Value::String(message.to_string());
+}
+
+/// The SNS MessageId of the first record.
+pub fn message_id(event: &Value) -> String {
+    event["Records"][0]["Sns"]["MessageId"].as_str().expect("MessageId").to_owned()
+}
+
+/// The fingerprint of the first alert of the first record.
+pub fn fingerprint(event: &Value) -> String {
+    message(event)["alerts"][0]["fingerprint"].as_str().expect("fingerprint").to_owned()
 }

@@ -27,17 +27,22 @@ pub fn emulator_path() -> Option<PathBuf> {
 
 /// The function's debug binary, built on demand so the test is self-sufficient.
 pub fn function_binary(function: &str) -> PathBuf {
+    binary(function, function)
+}
+
+/// A debug binary of the workspace, built on demand.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target"));
-    let binary = target.join("debug").join(function);
+    let binary = target.join("debug").join(bin);
     let status =
         std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", function])
+            .args(["build", "--quiet", "-p", package, "--bin", bin])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {function} failed");
+    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
     assert!(binary.exists(), "{} missing after build", binary.display());
     binary
 }

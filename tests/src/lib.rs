@@ -7,6 +7,9 @@
 
 pub mod cluster;
 pub mod events;
+pub mod http_capture;
 pub mod lambda_emulator;
+pub mod mesh;
+pub mod moto;
 
 pub use cluster::TestCluster;

@@ -58,14 +58,9 @@ async fn firing_alert_restarts_the_deployment_once_with_record_and_event() {
         outcome.target.as_deref(),
         Some(format!("Deployment {}/{TARGET}", cluster.namespace).as_str())
     );
-    assert_eq!(
-        outcome.source.message_id.as_deref(),
-        Some("6b1f5c3e-2d0a-4c1e-9a57-8f1e0d4b7a21")
-    );
-    assert_eq!(
-        outcome.source.fingerprint.as_deref(),
-        Some("5cde2aa4cccfe6dd")
-    );
+    let fingerprint = events::fingerprint(&event);
+    assert_eq!(outcome.source.message_id, Some(events::message_id(&event)));
+    assert_eq!(outcome.source.fingerprint.as_ref(), Some(&fingerprint));
 
     let after = cluster.deployment(TARGET).await;
     let stamp = restarted_at(&after).expect("pod template annotated like kubectl rollout restart");
@@ -76,7 +71,7 @@ async fn firing_alert_restarts_the_deployment_once_with_record_and_event() {
         "one new rollout"
     );
     let record = record(&after).expect("action record on the object");
-    assert_eq!(record.fingerprint, "5cde2aa4cccfe6dd");
+    assert_eq!(record.fingerprint, fingerprint);
     assert_eq!(record.trace_id, report.trace_id);
     assert_eq!(record.trace_id, "1-67a1b2c3-0123456789abcdef01234567");
     assert_eq!(record.streak, 1);
@@ -520,10 +515,7 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
     let Some(standin) = cluster.standin() else {
         return;
     };
-    let function = mesh_remediation::lambda::Function {
-        pipeline: cluster.pipeline(LatencyRestart, &[]),
-        notifier: None,
-    };
+    let function = mesh_remediation::lambda::Function::new(cluster.pipeline(LatencyRestart, &[]));
     let bad = events::fresh("bad-not-json.json", &cluster.namespace);
     let ok = function
         .invoke(lambda_runtime::LambdaEvent::new(

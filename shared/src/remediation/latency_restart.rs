@@ -21,6 +21,8 @@ pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 pub struct LatencyRestart;
 
 impl Remediation for LatencyRestart {
+    type Facts = ();
+
     fn name(&self) -> &'static str {
         "latency-restart"
     }

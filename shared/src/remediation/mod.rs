@@ -1,8 +1,10 @@
 //! The remediations. Each is one module behind the [`Remediation`] trait: which object it
-//! targets, what change it plans, and (optionally) what a resolved alert restores. The
-//! pipeline around it (intake, decision, enactment, report) is shared.
+//! targets, what change it plans, and (optionally) what a resolved alert restores and how
+//! a revert request undoes it. The pipeline around it (intake, decision, enactment,
+//! report) is shared.
 
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value;
 
@@ -10,9 +12,16 @@ use crate::config::Config;
 use crate::intake::AlertInput;
 use crate::record::ActionRecord;
 
+pub mod db_circuit_break;
+pub mod error_rollback;
+pub mod istio;
 pub mod latency_restart;
+pub mod region_failover;
 
+pub use db_circuit_break::DbCircuitBreak;
+pub use error_rollback::ErrorRollback;
 pub use latency_restart::LatencyRestart;
+pub use region_failover::RegionFailover;
 
 /// Where the target of an alert lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,23 +77,57 @@ pub enum Refusal {
     Fail(String),
 }
 
-/// What a remediation may look at when planning.
-#[derive(Debug, Clone, Copy)]
-pub struct PlanContext<'a> {
+/// What a remediation may look at when planning: the time, the configuration and the
+/// facts its [`Remediation::prepare`] gathered for this alert.
+#[derive(Debug)]
+pub struct PlanContext<'a, F = ()> {
     /// The time of the decision.
     pub now: DateTime<Utc>,
     /// The function's configuration.
     pub config: &'a Config,
+    /// Facts gathered by I/O before planning (health checks, related objects).
+    pub facts: &'a F,
 }
+
+impl<F> Clone for PlanContext<'_, F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F> Copy for PlanContext<'_, F> {}
 
 /// One kind of remediation.
 pub trait Remediation: Send + Sync + 'static {
+    /// What [`Remediation::prepare`] learns before planning; `()` for remediations that
+    /// plan from the object alone.
+    type Facts: Default + Send + Sync + 'static;
+
     /// The function and `remediation` label value, e.g. `latency-restart`.
     fn name(&self) -> &'static str;
 
     /// Where the alert's target is, from its validated labels. An `Err` is an input error
     /// (missing or invalid label) reported as a failure and never retried.
     fn locate(&self, input: &AlertInput, config: &Config) -> Result<Locator, String>;
+
+    /// Every place the alert's targets may be, when they span several resource types.
+    /// The default is the one [`Remediation::locate`] gives. The alert still gets one
+    /// outcome, merged over all of them.
+    fn targets(&self, input: &AlertInput, config: &Config) -> Result<Vec<Locator>, String> {
+        self.locate(input, config).map(|locator| vec![locator])
+    }
+
+    /// Gathers facts by I/O (health checks, related objects) once per alert, before the
+    /// first plan and only when a plan is needed, so that planning itself stays pure.
+    /// An `Err` fails the alert (retryable when the error is). The default learns nothing.
+    fn prepare<'a>(
+        &'a self,
+        _input: &'a AlertInput,
+        _client: &'a kube::Client,
+        _config: &'a Config,
+    ) -> BoxFuture<'a, crate::Result<Self::Facts>> {
+        Box::pin(async { Ok(Self::Facts::default()) })
+    }
 
     /// For list locators: whether this opted-in object is a target of the alert.
     fn selects(&self, _input: &AlertInput, _object: &DynamicObject) -> bool {
@@ -96,11 +139,12 @@ pub trait Remediation: Send + Sync + 'static {
         &self,
         input: &AlertInput,
         object: &DynamicObject,
-        context: PlanContext<'_>,
+        context: PlanContext<'_, Self::Facts>,
     ) -> Result<Plan, Refusal>;
 
     /// Plans what a resolved alert does to an object this remediation changed. `None`
-    /// (the default) means only recovery is recorded; nothing is changed.
+    /// (the default) means only recovery is recorded; nothing is changed. Undoing a
+    /// recorded change needs no facts, so none are gathered for it.
     fn plan_resolved(
         &self,
         _input: &AlertInput,
@@ -109,5 +153,20 @@ pub trait Remediation: Send + Sync + 'static {
         _context: PlanContext<'_>,
     ) -> Option<Result<Plan, Refusal>> {
         None
+    }
+
+    /// The resource types a revert request may name for this remediation. Empty (the
+    /// default) means its changes cannot be reverted.
+    fn revertible(&self, _config: &Config) -> Vec<ApiResource> {
+        Vec::new()
+    }
+
+    /// Plans the revert of the recorded action: restore `previous` exactly, and refuse
+    /// when the object no longer holds what was `applied` (someone edited it since).
+    fn plan_revert(&self, _object: &DynamicObject, _record: &ActionRecord) -> Result<Plan, Refusal> {
+        Err(Refusal::Fail(format!(
+            "{} changes cannot be reverted",
+            self.name()
+        )))
     }
 }

@@ -123,6 +123,9 @@ pub struct RecordedRequest {
     pub body: Value,
     /// Response status; 0 when no response was sent (reset, hang).
     pub status: u16,
+    /// Who sent it, from the bearer token (see [`crate::Identity::from_bearer`]).
+    #[serde(default)]
+    pub user: String,
 }
 
 impl RecordedRequest {

@@ -8,7 +8,9 @@
 //! apply, delete, `resourceVersion` preconditions (409), `dryRun=All`,
 //! `metadata.generation`, `Status` error bodies, and Istio CRD schema validation.
 //! Stand-in-only extras live under `/_standin/`: fault injection, a request log and a
-//! store dump. See the crate README for what is simplified.
+//! store dump. RBAC can be enforced on demand ([`StandIn::enforce_rbac`]) from the
+//! project's ClusterRoles, with callers identified by their bearer token. See the crate
+//! README for what is simplified.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -21,6 +23,7 @@
 mod api;
 mod demo;
 mod faults;
+pub mod rbac;
 mod resources;
 pub mod schema;
 mod selector;
@@ -44,6 +47,7 @@ use tokio::task::JoinHandle;
 
 pub use demo::seed_demo_mesh;
 pub use faults::{Fault, FaultKind, RecordedRequest};
+pub use rbac::{Identity, RbacPolicy};
 pub use schema::validate_istio;
 
 use api::{HttpReq, HttpResp};
@@ -189,6 +193,25 @@ impl StandIn {
         self.shared.lock().settle = on;
     }
 
+    /// A kubeconfig like [`StandIn::kubeconfig_yaml`] whose user authenticates with
+    /// `token`, e.g. `group:mesh-remediation-latency-restart` (see [`Identity::from_bearer`]).
+    pub fn kubeconfig_yaml_with_token(&self, namespace: &str, token: &str) -> String {
+        kubeconfig_with_token(&self.url(), namespace, token)
+    }
+
+    /// Enforce RBAC from now on: every Kubernetes request is authorized against `policy`
+    /// for the identity of its bearer token, and refused with the real 403 `Status`
+    /// otherwise. The default kubeconfig's token is a cluster admin (`system:masters`),
+    /// so test setup keeps working; `group:NAME` tokens get exactly what is bound to NAME.
+    pub fn enforce_rbac(&self, policy: RbacPolicy) {
+        self.shared.lock().rbac = Some(policy);
+    }
+
+    /// Stop enforcing RBAC (the default): any token may do anything.
+    pub fn disable_rbac(&self) {
+        self.shared.lock().rbac = None;
+    }
+
     /// Stop serving and wait for the accept loop to end.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
@@ -265,10 +288,17 @@ fn seed_into(shared: &Shared, obj: Value) -> Result<(), String> {
     Ok(())
 }
 
-/// A kubeconfig for `url` with context namespace `namespace`.
+/// A kubeconfig for `url` with context namespace `namespace` (a cluster admin's token).
 pub fn kubeconfig_for(url: &str, namespace: &str) -> String {
+    kubeconfig_with_token(url, namespace, "kube-standin-dummy-token")
+}
+
+/// A kubeconfig for `url` with context namespace `namespace` and bearer token `token`.
+pub fn kubeconfig_with_token(url: &str, namespace: &str, token: &str) -> String {
+    // JSON strings are valid YAML scalars: the token is quoted whatever it holds.
+    let token = Value::String(token.to_owned());
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-standin\n  cluster:\n    server: {url}\ncontexts:\n- name: kube-standin\n  context:\n    cluster: kube-standin\n    user: kube-standin\n    namespace: {namespace}\ncurrent-context: kube-standin\npreferences: {{}}\nusers:\n- name: kube-standin\n  user:\n    token: kube-standin-dummy-token\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: kube-standin\n  cluster:\n    server: {url}\ncontexts:\n- name: kube-standin\n  context:\n    cluster: kube-standin\n    user: kube-standin\n    namespace: {namespace}\ncurrent-context: kube-standin\npreferences: {{}}\nusers:\n- name: kube-standin\n  user:\n    token: {token}\n"
     )
 }
 
@@ -363,6 +393,7 @@ async fn handle(
     };
     let content_type = header("content-type");
     let user_agent = header("user-agent");
+    let identity = Identity::from_authorization(header("authorization").as_deref());
     let host = shared.addr.to_string();
 
     if path == "/_standin" || path.starts_with("/_standin/") {
@@ -384,7 +415,16 @@ async fn handle(
             content_type: content_type.clone(),
             body: body_json,
             status: 0,
+            user: identity.user.clone(),
         });
+        if let Some(policy) = &st.rbac {
+            let attrs = rbac::attributes(&method, &path, &query);
+            if !policy.allows(&identity, &attrs) {
+                let err = RbacPolicy::forbidden(&identity, &attrs);
+                st.finish_record(id, err.code);
+                return response(HttpResp::err(err));
+            }
+        }
         (id, st.plan_faults(&method, &path))
     };
     if plan.latency_ms > 0 {
@@ -523,6 +563,32 @@ fn admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResp {
                 .map(|e| e.obj.clone())
                 .collect();
             HttpResp::json(200, Value::Array(objs))
+        }
+        ("GET", "/_standin/rbac") => {
+            let st = shared.lock();
+            HttpResp::json(
+                200,
+                json!({"enforced": st.rbac.is_some(), "policy": st.rbac}),
+            )
+        }
+        ("POST" | "PUT", "/_standin/rbac") => {
+            let text = String::from_utf8_lossy(body);
+            match RbacPolicy::from_manifest(&text) {
+                Ok(policy) => {
+                    let summary = json!({
+                        "enforced": true,
+                        "roles": policy.roles.len(),
+                        "bindings": policy.bindings.len(),
+                    });
+                    shared.lock().rbac = Some(policy);
+                    HttpResp::json(200, summary)
+                }
+                Err(e) => bad(format!("invalid RBAC manifest: {e}")),
+            }
+        }
+        ("DELETE", "/_standin/rbac") => {
+            shared.lock().rbac = None;
+            HttpResp::json(200, json!({"enforced": false}))
         }
         ("GET", "/_standin/settings") => {
             let st = shared.lock();

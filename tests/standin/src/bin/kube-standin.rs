@@ -1,4 +1,4 @@
-//! `kube-standin [--listen 127.0.0.1:6443] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS]`
+//! `kube-standin [--listen 127.0.0.1:6443] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS] [--rbac PATH]`
 //!
 //! Serves the Kubernetes API stand-in until killed (Ctrl-C / SIGTERM).
 
@@ -6,12 +6,14 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: kube-standin [--listen ADDR:PORT] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS]\n\
+    "usage: kube-standin [--listen ADDR:PORT] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS] [--rbac PATH]\n\
      \n\
      --listen ADDR:PORT     where to listen (default 127.0.0.1:0, a random port)\n\
      --seed-demo            seed the demo mesh (namespace shop, kube-system)\n\
      --kubeconfig-out PATH  write a kubeconfig pointing at the server\n\
-     --namespace NS         namespace of the kubeconfig context (default: shop)\n"
+     --namespace NS         namespace of the kubeconfig context (default: shop)\n\
+     --rbac PATH            enforce the ClusterRoles/bindings of this manifest (e.g. deploy/rbac.yaml);\n\
+                            a token `group:NAME` is a member of group NAME, other tokens are admins\n"
 }
 
 fn main() -> ExitCode {
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     let mut seed_demo = false;
     let mut kubeconfig_out: Option<String> = None;
     let mut namespace = "shop".to_string();
+    let mut rbac: Option<kube_standin::RbacPolicy> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -44,6 +47,20 @@ fn main() -> ExitCode {
                 Some(n) => namespace = n,
                 None => {
                     eprintln!("kube-standin: --namespace needs a value\n\n{}", usage());
+                    return ExitCode::from(2);
+                }
+            },
+            "--rbac" => match args
+                .next()
+                .map(|p| kube_standin::RbacPolicy::from_file(std::path::Path::new(&p)))
+            {
+                Some(Ok(policy)) => rbac = Some(policy),
+                Some(Err(e)) => {
+                    eprintln!("kube-standin: --rbac: {e}");
+                    return ExitCode::from(2);
+                }
+                None => {
+                    eprintln!("kube-standin: --rbac needs a path\n\n{}", usage());
                     return ExitCode::from(2);
                 }
             },
@@ -78,6 +95,9 @@ fn main() -> ExitCode {
         };
         if seed_demo {
             kube_standin::seed_demo_mesh(&standin);
+        }
+        if let Some(policy) = rbac {
+            standin.enforce_rbac(policy);
         }
         if let Some(path) = &kubeconfig_out
             && let Err(e) = std::fs::write(path, standin.kubeconfig_yaml(&namespace))

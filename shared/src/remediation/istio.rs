@@ -1,0 +1,568 @@
+//! Istio helpers shared by the mesh remediations: resource types, host matching, route
+//! weights, recorded spec fragments and their exact restoration.
+//!
+//! Every write is a JSON merge patch (RFC 7386). Merge patches replace arrays wholesale,
+//! so a weight change sends the whole `spec.http` array; the pipeline's `resourceVersion`
+//! precondition guarantees that array is the one just read.
+//!
+//! `previous` and `applied` in the action record are spec fragments keyed by field:
+//! `{"http": [...]}` for a VirtualService, `{"trafficPolicy": {...}}` (or `null` when
+//! absent) for a DestinationRule. A revert compares the object's current fragment with
+//! `applied` and sends the merge patch that turns it back into `previous`.
+
+use kube::api::{ApiResource, DynamicObject};
+use serde_json::{Map, Value, json};
+
+use super::{Plan, Refusal, describe};
+use crate::config::Config;
+use crate::error::Error;
+use crate::intake::AlertInput;
+use crate::names;
+use crate::record::{ActionRecord, record_annotation};
+
+/// API group of the Istio networking kinds.
+pub const GROUP: &str = "networking.istio.io";
+
+/// The cluster DNS domain short host names are qualified with.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// `VirtualService` at `ISTIO_API_VERSION`.
+pub fn virtual_service(config: &Config) -> ApiResource {
+    resource(config, "VirtualService", "virtualservices")
+}
+
+/// `DestinationRule` at `ISTIO_API_VERSION`.
+pub fn destination_rule(config: &Config) -> ApiResource {
+    resource(config, "DestinationRule", "destinationrules")
+}
+
+fn resource(config: &Config, kind: &str, plural: &str) -> ApiResource {
+    let version = config.istio_api_version.clone();
+    ApiResource {
+        group: GROUP.into(),
+        api_version: format!("{GROUP}/{version}"),
+        version,
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The alert's `service` label (a short name or an FQDN), validated as a host name.
+pub fn service_label<'a>(input: &'a AlertInput, remediation: &str) -> Result<&'a str, String> {
+    let service = input
+        .alert
+        .label("service")
+        .ok_or_else(|| format!("alert has no `service` label ({remediation} needs it)"))?;
+    names::dns_subdomain("service", service)?;
+    Ok(service)
+}
+
+/// A list locator for the opted-in objects of `resource` in the alert's namespace.
+pub fn opted_in_objects(resource: ApiResource, input: &AlertInput) -> super::Locator {
+    super::Locator {
+        resource,
+        namespace: input.namespace.clone(),
+        name: None,
+    }
+}
+
+/// The fully qualified form of a mesh host written in `namespace`: `checkout`,
+/// `checkout.shop` and `checkout.shop.svc` all mean `checkout.shop.svc.cluster.local`;
+/// anything longer is taken as written.
+pub fn qualify(host: &str, namespace: &str) -> String {
+    let host = host.to_ascii_lowercase();
+    match host.split('.').count() {
+        1 => format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}"),
+        2 => format!("{host}.svc.{CLUSTER_DOMAIN}"),
+        3 if host.ends_with(".svc") => format!("{host}.{CLUSTER_DOMAIN}"),
+        _ => host,
+    }
+}
+
+/// Whether `host` (as written in an object in `namespace`) is the alert's `service`: a
+/// short name matches its every qualified form in the namespace; an FQDN matches itself
+/// and, when it lies in the namespace, its short forms.
+pub fn host_matches(service: &str, host: &str, namespace: &str) -> bool {
+    qualify(service, namespace) == qualify(host, namespace)
+}
+
+/// The object's `spec`, if it is an object.
+pub fn spec(object: &DynamicObject) -> Option<&Map<String, Value>> {
+    object.data.get("spec").and_then(Value::as_object)
+}
+
+/// The namespace an object lives in.
+pub fn namespace_of(object: &DynamicObject) -> &str {
+    object.metadata.namespace.as_deref().unwrap_or_default()
+}
+
+/// Whether a VirtualService's `spec.hosts` names the service.
+pub fn routes_service(object: &DynamicObject, service: &str) -> bool {
+    let namespace = namespace_of(object);
+    spec(object)
+        .and_then(|s| s.get("hosts"))
+        .and_then(Value::as_array)
+        .is_some_and(|hosts| {
+            hosts
+                .iter()
+                .filter_map(Value::as_str)
+                .any(|host| host_matches(service, host, namespace))
+        })
+}
+
+/// Whether a DestinationRule's `spec.host` is the service.
+pub fn rule_for(object: &DynamicObject, service: &str) -> bool {
+    spec(object)
+        .and_then(|s| s.get("host"))
+        .and_then(Value::as_str)
+        .is_some_and(|host| host_matches(service, host, namespace_of(object)))
+}
+
+/// A spec fragment as recorded: `{key: spec[key]}`, `null` for an absent key.
+pub fn fragment<'k>(object: &DynamicObject, keys: impl IntoIterator<Item = &'k str>) -> Value {
+    let spec = spec(object);
+    Value::Object(
+        keys.into_iter()
+            .map(|key| {
+                let value = spec.and_then(|s| s.get(key)).cloned().unwrap_or(Value::Null);
+                (key.to_owned(), value)
+            })
+            .collect(),
+    )
+}
+
+/// The RFC 7386 merge patch that turns `from` into `to`: members that differ are set,
+/// members missing from `to` are set to `null` (removed), arrays and scalars are
+/// replaced whole. `to` must hold no `null` values of its own (Kubernetes objects never do).
+pub fn merge_diff(from: &Value, to: &Value) -> Value {
+    match (from, to) {
+        (Value::Object(from), Value::Object(to)) => {
+            let mut patch = Map::new();
+            for (key, old) in from {
+                match to.get(key) {
+                    None => {
+                        patch.insert(key.clone(), Value::Null);
+                    }
+                    Some(new) if new != old => {
+                        patch.insert(key.clone(), merge_diff(old, new));
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (key, new) in to {
+                if !from.contains_key(key) {
+                    patch.insert(key.clone(), new.clone());
+                }
+            }
+            Value::Object(patch)
+        }
+        _ => to.clone(),
+    }
+}
+
+/// `value` with the merge patch applied (RFC 7386), as the API server will store it.
+pub fn merged(value: &Value, patch: &Value) -> Value {
+    let mut out = value.clone();
+    json_patch::merge(&mut out, patch);
+    out
+}
+
+/// What a plan that restores the recorded `previous` does when the object was edited
+/// since the action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEdit {
+    /// Refuse with a failure (an explicit revert request that cannot be honoured).
+    Fail,
+    /// Leave the edit alone and skip (a resolved alert restoring on its own).
+    Skip,
+}
+
+/// Plans the exact restoration of the recorded `previous` fragment, provided the object
+/// still holds the `applied` one. Already restored: skipped.
+pub fn plan_restore(
+    object: &DynamicObject,
+    record: &ActionRecord,
+    remediation: &str,
+    action: &'static str,
+    on_edit: OnEdit,
+) -> Result<Plan, Refusal> {
+    let (Some(previous), Some(Value::Object(applied))) = (&record.previous, &record.applied)
+    else {
+        return Err(Refusal::Fail(format!(
+            "the action record ({}) holds no previous/applied configuration to restore",
+            record_annotation(remediation)
+        )));
+    };
+    let keys: Vec<&str> = applied.keys().map(String::as_str).collect();
+    let fields = keys
+        .iter()
+        .map(|k| format!("spec.{k}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let current = fragment(object, keys.iter().copied());
+    if &current == previous {
+        return Err(Refusal::Skip(format!(
+            "{fields} already equals the configuration from before the action at {}",
+            record.at.to_rfc3339()
+        )));
+    }
+    if current != Value::Object(applied.clone()) {
+        let target = object_name(object);
+        let why = format!(
+            "{target} was edited after the action at {} ({fields} no longer equals what was applied); \
+             not overwriting that edit. The configuration from before the action is in annotation {}",
+            record.at.to_rfc3339(),
+            record_annotation(remediation)
+        );
+        return Err(match on_edit {
+            OnEdit::Fail => Refusal::Fail(why),
+            OnEdit::Skip => Refusal::Skip(why),
+        });
+    }
+    Ok(Plan {
+        patch: json!({ "spec": merge_diff(&current, previous) }),
+        summary: format!(
+            "restored {fields} exactly as before the action at {} (trace {})",
+            record.at.to_rfc3339(),
+            record.trace_id
+        ),
+        action,
+        previous: Some(current),
+        applied: Some(previous.clone()),
+    })
+}
+
+fn object_name(object: &DynamicObject) -> String {
+    let kind = object
+        .types
+        .as_ref()
+        .map(|t| t.kind.as_str())
+        .unwrap_or("object");
+    format!(
+        "{kind} {}/{}",
+        namespace_of(object),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The `spec.http` routes of a VirtualService.
+pub fn http_routes(object: &DynamicObject) -> Vec<Value> {
+    spec(object)
+        .and_then(|s| s.get("http"))
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A route destination's weight; absent means 0 (Istio sends a lone destination all
+/// traffic whatever its weight, and only routes with several destinations are reweighed).
+pub fn weight(destination: &Value) -> i64 {
+    destination
+        .get("weight")
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
+}
+
+/// A destination in words: `subset v1 of checkout` or `host checkout-v1`.
+pub fn destination_name(destination: &Value) -> String {
+    let host = destination
+        .pointer("/destination/host")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
+    match destination
+        .pointer("/destination/subset")
+        .and_then(Value::as_str)
+    {
+        Some(subset) => format!("{host}/{subset}"),
+        None => host.to_owned(),
+    }
+}
+
+/// The HTTP routes after reweighing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reweighed {
+    /// The whole new `spec.http`.
+    pub http: Vec<Value>,
+    /// Routes the rule applied to.
+    pub considered: usize,
+    /// What changed, one entry per changed route.
+    pub changes: Vec<String>,
+}
+
+/// Runs `rule` over every HTTP route with more than one destination. The rule returns
+/// the route's new weights (one per destination), `None` to leave the route alone, or a
+/// refusal for the whole object.
+pub fn reweigh_routes(
+    http: &[Value],
+    mut rule: impl FnMut(usize, &[Value]) -> Result<Option<Vec<i64>>, Refusal>,
+) -> Result<Reweighed, Refusal> {
+    let mut out = Reweighed {
+        http: http.to_vec(),
+        considered: 0,
+        changes: Vec::new(),
+    };
+    for (index, route) in out.http.iter_mut().enumerate() {
+        let Some(destinations) = route.get_mut("route").and_then(Value::as_array_mut) else {
+            continue;
+        };
+        if destinations.len() < 2 {
+            continue;
+        }
+        let Some(weights) = rule(index, destinations)? else {
+            continue;
+        };
+        out.considered += 1;
+        let mut moves = Vec::new();
+        for (destination, new) in destinations.iter_mut().zip(weights) {
+            let old = weight(destination);
+            if old != new || destination.get("weight").is_none() {
+                moves.push(format!("{} {old}->{new}", destination_name(destination)));
+                destination["weight"] = json!(new);
+            }
+        }
+        if !moves.is_empty() {
+            let name = route
+                .get("name")
+                .and_then(Value::as_str)
+                .map(|n| format!("route {n}"))
+                .unwrap_or_else(|| format!("route {index}"));
+            out.changes.push(format!("{name}: {}", moves.join(", ")));
+        }
+    }
+    Ok(out)
+}
+
+/// The plan that writes a new `spec.http`, recording the old and new arrays.
+pub fn http_plan(
+    object: &DynamicObject,
+    reweighed: Reweighed,
+    what: &str,
+    action: &'static str,
+) -> Plan {
+    let previous = fragment(object, ["http"]);
+    let http = Value::Array(reweighed.http);
+    Plan {
+        patch: json!({ "spec": { "http": http } }),
+        summary: format!("{what}: {}", reweighed.changes.join("; ")),
+        action,
+        previous: Some(previous),
+        applied: Some(json!({ "http": http })),
+    }
+}
+
+/// The kinds a revert request may name for the mesh remediations.
+pub fn revertible(config: &Config) -> Vec<ApiResource> {
+    vec![virtual_service(config), destination_rule(config)]
+}
+
+/// Checks an Istio duration setting (`10s`, `1.5s`, `500ms`, `1m30s`): Go duration
+/// syntax, which the CRDs' `duration()` rule accepts, and at least 1 ms as they demand.
+pub fn duration_setting(var: &'static str, raw: &str) -> Result<String, Error> {
+    let bad = |why: &str| Error::Config {
+        var,
+        message: format!("\"{}\" {why}", names::printable(raw)),
+    };
+    let mut rest = raw;
+    let mut nanos = 0f64;
+    if rest.is_empty() {
+        return Err(bad("is empty"));
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| bad("has no unit (use e.g. 10s, 500ms, 1m)"))?;
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("is not a duration (use e.g. 10s, 500ms, 1m)"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3.6e12,
+            "m" => 6e10,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" => 1e3,
+            "ns" => 1.0,
+            _ => return Err(bad("has an unknown unit (use h, m, s, ms)")),
+        };
+        nanos += number * scale;
+        rest = &rest[unit_len..];
+    }
+    if nanos < 1e6 {
+        return Err(bad("is shorter than 1ms, which Istio refuses"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// The target of a plan, for messages.
+pub fn target(resource: &ApiResource, object: &DynamicObject) -> String {
+    describe(
+        resource,
+        namespace_of(object),
+        object.metadata.name.as_deref().unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vs(hosts: Value, http: Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "checkout", "namespace": "shop", "resourceVersion": "1"},
+            "spec": {"hosts": hosts, "http": http}
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn short_names_match_every_qualified_form_in_the_namespace() {
+        for host in [
+            "checkout",
+            "checkout.shop",
+            "checkout.shop.svc",
+            "checkout.shop.svc.cluster.local",
+        ] {
+            assert!(host_matches("checkout", host, "shop"), "{host}");
+            assert!(
+                host_matches("checkout.shop.svc.cluster.local", host, "shop"),
+                "FQDN label vs {host}"
+            );
+        }
+        for host in [
+            "checkout.other",
+            "checkout.other.svc.cluster.local",
+            "checkout-v2",
+            "orders",
+            "checkout.example.com",
+            "*.shop.svc.cluster.local",
+        ] {
+            assert!(!host_matches("checkout", host, "shop"), "{host}");
+        }
+        // An FQDN in another namespace is not the short name here.
+        assert!(!host_matches(
+            "checkout.other.svc.cluster.local",
+            "checkout",
+            "shop"
+        ));
+        assert!(host_matches(
+            "checkout.example.com",
+            "checkout.example.com",
+            "shop"
+        ));
+    }
+
+    #[test]
+    fn virtual_services_route_a_service_by_any_host() {
+        let object = vs(json!(["www.example.com", "checkout.shop.svc"]), json!([]));
+        assert!(routes_service(&object, "checkout"));
+        assert!(!routes_service(&object, "orders"));
+    }
+
+    #[test]
+    fn merge_diff_turns_one_value_into_the_other() {
+        let cases = [
+            (json!({"a": 1, "b": {"c": 2, "d": 3}}), json!({"b": {"c": 2}})),
+            (json!({"a": [1, 2]}), json!({"a": [2], "e": "x"})),
+            (json!({"trafficPolicy": {"tls": {}}}), json!({"trafficPolicy": null})),
+            (json!({"trafficPolicy": null}), json!({"trafficPolicy": {"x": 1}})),
+            (json!({}), json!({})),
+        ];
+        for (from, to) in cases {
+            let patch = merge_diff(&from, &to);
+            let mut got = merged(&from, &patch);
+            // A restored `null` member means "absent" in Kubernetes terms.
+            if let (Value::Object(g), Value::Object(t)) = (&mut got, &to) {
+                for (k, v) in t {
+                    if v.is_null() {
+                        g.entry(k.clone()).or_insert(Value::Null);
+                    }
+                }
+            }
+            assert_eq!(got, to, "{from} -> {to} via {patch}");
+        }
+        assert_eq!(
+            merge_diff(&json!({"a": 1, "b": 2}), &json!({"a": 1})),
+            json!({"b": null})
+        );
+    }
+
+    fn record(previous: Value, applied: Value) -> ActionRecord {
+        ActionRecord {
+            fingerprint: "f".into(),
+            trace_id: "t-1".into(),
+            at: chrono::Utc::now(),
+            streak: 1,
+            change: "x".into(),
+            previous: Some(previous),
+            applied: Some(applied),
+            recovered_at: None,
+            reverted: None,
+        }
+    }
+
+    #[test]
+    fn restore_needs_the_applied_fragment_and_returns_the_previous_one() {
+        let before = json!([{"route": [{"destination": {"host": "a"}, "weight": 50},
+                                       {"destination": {"host": "b"}, "weight": 50}]}]);
+        let after = json!([{"route": [{"destination": {"host": "a"}, "weight": 100},
+                                      {"destination": {"host": "b"}, "weight": 0}]}]);
+        let rec = record(json!({"http": before}), json!({"http": after}));
+        let plan = plan_restore(
+            &vs(json!(["a"]), after.clone()),
+            &rec,
+            "error-rollback",
+            "Revert",
+            OnEdit::Fail,
+        )
+        .expect("plan");
+        assert_eq!(plan.patch, json!({"spec": {"http": before}}));
+        // Edited since: refused, as a failure or a skip.
+        let edited = json!([{"route": [{"destination": {"host": "a"}, "weight": 90},
+                                       {"destination": {"host": "b"}, "weight": 10}]}]);
+        let object = vs(json!(["a"]), edited);
+        match plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Fail) {
+            Err(Refusal::Fail(why)) => assert!(why.contains("was edited"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Skip),
+            Err(Refusal::Skip(_))
+        ));
+        // Already restored: nothing to do.
+        let object = vs(json!(["a"]), before);
+        match plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Fail) {
+            Err(Refusal::Skip(why)) => assert!(why.contains("already equals"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_follow_istio() {
+        for good in ["10s", "1.5s", "500ms", "1m30s", "2h", "1ms"] {
+            assert_eq!(duration_setting("CB_INTERVAL", good).ok(), Some(good.into()));
+        }
+        for bad in ["10", "s", "ten", "10x", "0s", "500us", "-1s", ""] {
+            match duration_setting("CB_INTERVAL", bad) {
+                Err(Error::Config { var, .. }) => assert_eq!(var, "CB_INTERVAL"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reweighing_rewrites_only_split_routes_and_lists_changes() {
+        let http = vec![
+            json!({"name": "split", "route": [{"destination": {"host": "c", "subset": "v1"}, "weight": 50},
+                                               {"destination": {"host": "c", "subset": "v2"}, "weight": 50}]}),
+            json!({"route": [{"destination": {"host": "c", "subset": "v1"}}]}),
+        ];
+        let out = reweigh_routes(&http, |_, d| Ok(Some(vec![100; d.len()]))).expect("ok");
+        assert_eq!(out.considered, 1);
+        assert_eq!(out.http[1], http[1], "single-destination route untouched");
+        assert_eq!(out.changes, vec!["route split: c/v1 50->100, c/v2 50->100"]);
+    }
+}

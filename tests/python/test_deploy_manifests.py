@@ -1,0 +1,203 @@
+"""Least privilege and the configuration contract, read from the deploy artifacts themselves.
+
+* deploy/rbac.yaml grants each function exactly the Kubernetes verbs it needs, no wildcards,
+  to the group its EKS access entry maps it to.
+* template.yaml: IAM names every resource it can; each function gets the environment
+  variables the code reads, with the documented defaults; failed async invocations retry
+  twice and land in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from am_harness import REPO
+from cfn import load_template
+
+FUNCTIONS = {
+    "LatencyRestart": "latency-restart",
+    "ErrorRollback": "error-rollback",
+    "DbCircuitBreak": "db-circuit-break",
+    "RegionFailover": "region-failover",
+}
+EVENTS_CREATE = ("events.k8s.io", "events", ("create",))
+RBAC = {
+    "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE},
+    "error-rollback": {("networking.istio.io", "virtualservices", ("get", "list", "patch")), EVENTS_CREATE},
+    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE},
+    "region-failover": {
+        ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
+        ("networking.istio.io", "destinationrules", ("get", "list", "patch")),
+        EVENTS_CREATE,
+    },
+}
+SHARED_ENV = {
+    "CLUSTER_NAME": ("ClusterName", None),
+    "DRY_RUN": ("DryRun", "true"),
+    "NOTIFY_TOPIC_ARN": None,
+    "ALERT_TOPIC_ARN": None,
+    "COOLDOWN_SECONDS": ("CooldownSeconds", 900),
+    "MAX_TARGETS_PER_INVOCATION": ("MaxTargetsPerInvocation", 10),
+    "ESCALATE_AFTER": ("EscalateAfter", 3),
+    "ESCALATION_WINDOW_SECONDS": ("EscalationWindowSeconds", 3600),
+    "PROTECTED_NAMESPACES": ("ProtectedNamespaces", "kube-system,kube-public,kube-node-lease,istio-system"),
+    "ALLOWED_NAMESPACES": ("AllowedNamespaces", ""),
+    "MAX_DELIVERY_AGE_SECONDS": ("MaxDeliveryAgeSeconds", 900),
+    "ISTIO_API_VERSION": ("IstioApiVersion", "v1"),
+    "RUST_LOG": ("LogLevel", "info"),
+}
+FUNCTION_ENV = {
+    "db-circuit-break": {
+        "RESTORE_ON_RESOLVE": ("RestoreOnResolve", "true"),
+        "CB_CONSECUTIVE_ERRORS": ("CbConsecutiveErrors", 5),
+        "CB_INTERVAL": ("CbInterval", "10s"),
+        "CB_BASE_EJECTION_TIME": ("CbBaseEjectionTime", "30s"),
+        "CB_MAX_EJECTION_PERCENT": ("CbMaxEjectionPercent", 50),
+        "CB_MAX_CONNECTIONS": ("CbMaxConnections", 100),
+        "CB_CONNECT_TIMEOUT": ("CbConnectTimeout", "2s"),
+        "CB_MAX_PENDING_REQUESTS": ("CbMaxPendingRequests", 64),
+    },
+    "region-failover": {
+        "FAILBACK_ON_RESOLVE": ("FailbackOnResolve", "false"),
+        "REGION_HEALTH_URLS": ("RegionHealthUrls", ""),
+        "HEALTH_CHECK_TIMEOUT_MS": ("HealthCheckTimeoutMs", 2000),
+    },
+}
+
+
+def walk(node):
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def test_rbac_is_exactly_least_privilege():
+    docs = [d for d in yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text()) if d]
+    roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRole"}
+    bindings = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ClusterRoleBinding"}
+    assert set(roles) == set(bindings) == {f"mesh-remediation-{f}" for f in RBAC}
+    for function, expected in RBAC.items():
+        name = f"mesh-remediation-{function}"
+        rules = {
+            (group, resource, tuple(rule["verbs"]))
+            for rule in roles[name]["rules"]
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+        }
+        assert rules == expected, function
+        assert all(set(rule) == {"apiGroups", "resources", "verbs"} for rule in roles[name]["rules"])
+        binding = bindings[name]
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
+        assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name}]
+    assert "*" not in json.dumps(docs)
+
+
+def test_access_entries_map_each_role_to_its_rbac_group():
+    resources = load_template()["Resources"]
+    outputs = load_template()["Outputs"]
+    groups = []
+    for prefix, function in FUNCTIONS.items():
+        entry = resources[f"{prefix}AccessEntry"]["Properties"]
+        assert entry["PrincipalArn"] == {"GetAtt": f"{prefix}Role.Arn"}
+        assert entry["Type"] == "STANDARD"
+        assert entry["KubernetesGroups"] == [f"mesh-remediation-{function}"]
+        assert not any(g.startswith("system:") for g in entry["KubernetesGroups"])
+        groups += entry["KubernetesGroups"]
+    assert outputs["KubernetesGroups"]["Value"].split(",") == groups
+
+
+def test_iam_names_every_resource_it_can():
+    resources = load_template()["Resources"]
+    statements = [
+        s
+        for r in resources.values()
+        if r["Type"] in ("AWS::IAM::Role", "AWS::IAM::ManagedPolicy")
+        for node in walk(r["Properties"])
+        if isinstance(node, dict) and "Statement" in node
+        for s in node["Statement"]
+    ]
+    for s in statements:
+        actions = s["Action"] if isinstance(s["Action"], list) else [s["Action"]]
+        assert not any("*" in a for a in actions), s
+        if s.get("Resource") == "*":
+            # X-Ray's PutTraceSegments / PutTelemetryRecords support no resource ARNs.
+            assert sorted(actions) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"], s
+    by_sid = {s.get("Sid"): s for s in statements}
+    assert by_sid["DescribeTheCluster"]["Action"] == "eks:DescribeCluster"
+    assert by_sid["DescribeTheCluster"]["Resource"] == {
+        "Sub": "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
+    }
+    assert by_sid["Report"]["Resource"] == {"Ref": "NotificationTopic"}
+    assert by_sid["DeadLetters"]["Resource"] == {"GetAtt": "DeadLetterQueue.Arn"}
+    assert by_sid["PublishAlerts"] == {
+        "Sid": "PublishAlerts", "Effect": "Allow", "Action": "sns:Publish", "Resource": {"Ref": "AlertTopic"}
+    }
+    roles = {k for k, r in resources.items() if r["Type"] == "AWS::IAM::Role"}
+    assert roles == {f"{p}Role" for p in FUNCTIONS}
+    for prefix in FUNCTIONS:
+        fn = resources[f"{prefix}Function"]["Properties"]
+        assert fn["Role"] == {"GetAtt": f"{prefix}Role.Arn"}
+        logs = resources[f"{prefix}Role"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        assert logs == [{
+            "Effect": "Allow",
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Resource": {"GetAtt": f"{prefix}LogGroup.Arn"},
+        }]
+        assert fn["LoggingConfig"] == {"LogGroup": {"Ref": f"{prefix}LogGroup"}}
+
+
+def test_functions_get_the_configuration_contract_with_documented_defaults():
+    template = load_template()
+    params, resources = template["Parameters"], template["Resources"]
+    shared = template["Globals"]["Function"]["Environment"]["Variables"]
+    assert set(shared) == set(SHARED_ENV)
+    assert shared["NOTIFY_TOPIC_ARN"] == {"Ref": "NotificationTopic"}
+    assert shared["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
+
+    def check(env: dict, contract: dict):
+        for var, spec in contract.items():
+            if spec is None:
+                continue
+            param, default = spec
+            assert env[var] == {"Ref": param}, var
+            assert params[param].get("Default") == default, param
+            assert params[param].get("Description"), param
+
+    check(shared, SHARED_ENV)
+    assert "Default" not in params["ClusterName"]
+    for prefix, function in FUNCTIONS.items():
+        own = resources[f"{prefix}Function"]["Properties"].get("Environment", {}).get("Variables", {})
+        assert set(own) == set(FUNCTION_ENV.get(function, {})), function
+        check(own, FUNCTION_ENV.get(function, {}))
+    for param in params.values():
+        assert param.get("Description")
+
+
+def test_runtime_build_and_failure_handling():
+    template = load_template()
+    g = template["Globals"]["Function"]
+    assert (g["Runtime"], g["Handler"], g["CodeUri"], g["MemorySize"], g["Timeout"]) == (
+        "provided.al2023", "bootstrap", "./", 128, 30
+    )
+    assert g["Architectures"] == [{"Ref": "Architecture"}]
+    assert template["Parameters"]["Architecture"]["Default"] == "arm64"
+    assert template["Parameters"]["Architecture"]["AllowedValues"] == ["arm64", "x86_64"]
+    assert g["Tracing"] == "Active" and g["LoggingConfig"] == {"LogFormat": "JSON"}
+    assert g["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
+    assert g["EventInvokeConfig"]["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS", "Destination": {"GetAtt": "DeadLetterQueue.Arn"}
+    }
+    resources = template["Resources"]
+    for prefix, function in FUNCTIONS.items():
+        meta = resources[f"{prefix}Function"]["Metadata"]
+        assert meta == {"BuildMethod": "rust-cargolambda", "BuildProperties": {"Binary": function}}
+    alarm = resources["DeadLetterQueueAlarm"]["Properties"]
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"GetAtt": "DeadLetterQueue.QueueName"}}]
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")

@@ -1,0 +1,318 @@
+//! Istio objects in the test cluster, and regional health endpoints to check.
+//!
+//! Objects go through the Kubernetes API (`DynamicObject`), so the same tests run on a
+//! real cluster with Istio's CRDs installed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube_standin::Fault;
+use mesh_remediation::record::ActionRecord;
+use mesh_remediation::remediation::istio;
+use mesh_remediation::report::{InvocationReport, Outcome};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::TestCluster;
+use crate::cluster::config;
+
+/// The Istio kinds the remediations write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `networking.istio.io` VirtualService.
+    VirtualService,
+    /// `networking.istio.io` DestinationRule.
+    DestinationRule,
+}
+
+impl Kind {
+    /// The resource at the version the functions use by default.
+    pub fn resource(self) -> ApiResource {
+        let config = config(&[]);
+        match self {
+            Kind::VirtualService => istio::virtual_service(&config),
+            Kind::DestinationRule => istio::destination_rule(&config),
+        }
+    }
+
+    /// The kind's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::VirtualService => "VirtualService",
+            Kind::DestinationRule => "DestinationRule",
+        }
+    }
+}
+
+/// The Istio objects of one test's namespace.
+pub struct Mesh<'a> {
+    cluster: &'a TestCluster,
+}
+
+impl<'a> Mesh<'a> {
+    /// The mesh of `cluster`'s test namespace.
+    pub fn new(cluster: &'a TestCluster) -> Self {
+        Mesh { cluster }
+    }
+
+    /// The API for one kind in the test namespace.
+    pub fn api(&self, kind: Kind) -> Api<DynamicObject> {
+        Api::namespaced_with(
+            self.cluster.client.clone(),
+            &self.cluster.namespace,
+            &kind.resource(),
+        )
+    }
+
+    /// Creates an object of `kind` named `name` with `spec`, opted in or not, with
+    /// extra `annotations`. Returns it as stored.
+    pub async fn create(
+        &self,
+        kind: Kind,
+        name: &str,
+        opted_in: bool,
+        annotations: Value,
+        spec: Value,
+    ) -> Value {
+        let resource = kind.resource();
+        let labels = if opted_in {
+            json!({"auto_remediation": "active"})
+        } else {
+            json!({})
+        };
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": {"name": name, "namespace": self.cluster.namespace,
+                         "labels": labels, "annotations": annotations},
+            "spec": spec,
+        }))
+        .expect("object");
+        let created = self
+            .api(kind)
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap_or_else(|err| panic!("create {} {name}: {err}", kind.name()));
+        serde_json::to_value(created).expect("json")
+    }
+
+    /// The object as stored, as JSON.
+    pub async fn get(&self, kind: Kind, name: &str) -> Value {
+        let object = self
+            .api(kind)
+            .get(name)
+            .await
+            .unwrap_or_else(|err| panic!("get {} {name}: {err}", kind.name()));
+        serde_json::to_value(object).expect("json")
+    }
+
+    /// Someone else edits the object (a merge patch of its spec).
+    pub async fn edit_spec(&self, kind: Kind, name: &str, spec_patch: Value) {
+        self.api(kind)
+            .patch(
+                name,
+                &PatchParams::apply("someone-else"),
+                &Patch::Merge(&json!({ "spec": spec_patch })),
+            )
+            .await
+            .unwrap_or_else(|err| panic!("edit {} {name}: {err}", kind.name()));
+    }
+}
+
+/// The JSON text of an object's spec (keys sorted), for byte-for-byte comparisons.
+pub fn spec_text(object: &Value) -> String {
+    serde_json::to_string(&object["spec"]).expect("spec serialises")
+}
+
+/// Asserts an object validates against its Istio CRD schema, as the API server would.
+pub fn assert_schema_valid(object: &Value) {
+    let kind = object["kind"].as_str().expect("kind");
+    let version = object["apiVersion"]
+        .as_str()
+        .and_then(|v| v.rsplit('/').next())
+        .expect("apiVersion");
+    if let Err(errors) = kube_standin::validate_istio(kind, version, object) {
+        panic!(
+            "{kind} {} does not validate: {errors:#?}\n{object:#}",
+            object["metadata"]["name"]
+        );
+    }
+}
+
+/// A local HTTP health endpoint for one region: answers every request with a settable
+/// status after a settable delay, counting requests. `TCP_NODELAY` is set so replies
+/// are not held back by Nagle's algorithm.
+pub struct HealthEndpoint {
+    url: String,
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HealthEndpoint {
+    /// Starts on 127.0.0.1 answering `status`.
+    pub async fn start(status: u16) -> HealthEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/healthz", listener.local_addr().expect("addr"));
+        let status = Arc::new(AtomicU16::new(status));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (s, d, h) = (status.clone(), delay_ms.clone(), hits.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, s.clone(), d.clone(), h.clone()));
+            }
+        });
+        HealthEndpoint {
+            url,
+            status,
+            delay_ms,
+            hits,
+            task,
+        }
+    }
+
+    /// The URL to put in `REGION_HEALTH_URLS`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Changes the status answered from now on.
+    pub fn set_status(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    /// Delays every answer (to exceed `HEALTH_CHECK_TIMEOUT_MS`).
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// Requests answered or started so far.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HealthEndpoint {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(
+    mut stream: tokio::net::TcpStream,
+    status: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
+    hits: Arc<AtomicUsize>,
+) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        // One request per header block; bodies are not expected on GET.
+        while !buffer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let end = buffer
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(buffer.len(), |p| p + 4);
+        buffer.drain(..end);
+        hits.fetch_add(1, Ordering::SeqCst);
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let code = status.load(Ordering::SeqCst);
+        let body = if (200..300).contains(&code) {
+            "ok"
+        } else {
+            "unhealthy"
+        };
+        let reply = format!(
+            "HTTP/1.1 {code} Status\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The one outcome of a report.
+pub fn only(report: &InvocationReport) -> &Outcome {
+    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
+    &report.outcomes[0]
+}
+
+/// An outcome's reason, or `""`.
+pub fn reason(outcome: &Outcome) -> &str {
+    outcome.reason.as_deref().unwrap_or_default()
+}
+
+/// The action record of `remediation` on a stored object.
+pub fn record(object: &Value, remediation: &str) -> Option<ActionRecord> {
+    let annotations: Option<BTreeMap<String, String>> =
+        serde_json::from_value(object["metadata"]["annotations"].clone()).ok();
+    ActionRecord::from_annotations(annotations.as_ref(), remediation).expect("readable record")
+}
+
+/// Asserts the stand-in saw exactly one PATCH, a server-side dry run whose body is
+/// the reported `patch` (skipped on a real cluster).
+pub fn assert_one_dry_run_patch(cluster: &TestCluster, patch: &Value) {
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    let patches: Vec<_> = standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    assert_eq!(patches.len(), 1, "{patches:#?}");
+    assert!(
+        patches[0].is_dry_run(),
+        "server-side dry run: {:?}",
+        patches[0].query
+    );
+    assert_eq!(&patches[0].body, patch, "the reported patch is the one sent");
+    assert_eq!(patches[0].status, 200);
+}
+
+/// Asserts exactly one write was refused with 409 (the loser of a race; stand-in only).
+pub fn assert_one_conflict(cluster: &TestCluster) {
+    if let Some(standin) = cluster.standin() {
+        let conflicts = standin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == 409)
+            .count();
+        assert_eq!(
+            conflicts, 1,
+            "the loser's write must have been refused by the precondition"
+        );
+    }
+}
+
+/// Holds the first `reads` GETs of `plural` a moment, so racing invocations read the
+/// same resourceVersion and the write precondition decides (stand-in only).
+pub fn slow_reads(cluster: &TestCluster, plural: &str, reads: u32) {
+    if let Some(standin) = cluster.standin() {
+        standin.add_fault(
+            Fault::latency(150)
+                .method("GET")
+                .path_contains(plural)
+                .times(reads),
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! The AWS emulator (`moto_server`, from the project's `.venv`) on a free loopback port,
+//! with the few SNS / SQS calls tests need, made over plain HTTP.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use crate::events::workspace_root;
+
+/// Account id moto uses.
+pub const ACCOUNT: &str = "123456789012";
+
+/// A running moto server.
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`, for `AWS_ENDPOINT_URL`.
+    pub url: String,
+    child: Child,
+    http: reqwest::Client,
+}
+
+impl Moto {
+    /// Starts `moto_server` (from `.venv`, or `MOTO_SERVER`).
+    pub async fn start() -> Moto {
+        let binary = std::env::var_os("MOTO_SERVER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"));
+        assert!(binary.exists(), "{} missing: run scripts/setup", binary.display());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{url}/moto-api/")).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Moto { url, child, http }
+    }
+
+    /// Environment for a process that should talk to this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url.clone()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+        ]
+    }
+
+    async fn query(&self, service: &str, params: &[(&str, &str)]) -> String {
+        let body: String = params
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let response = self
+            .http
+            .post(format!("{}/", self.url))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"))
+            .body(body)
+            .send()
+            .await
+            .expect("moto request");
+        let status = response.status();
+        let text = response.text().await.expect("moto body");
+        assert!(status.is_success(), "{service} {params:?}: {status} {text}");
+        text
+    }
+
+    async fn sqs(&self, target: &str, body: Value) -> Value {
+        let response = self
+            .http
+            .post(format!("{}/", self.url))
+            .header("content-type", "application/x-amz-json-1.0")
+            .header("x-amz-target", format!("AmazonSQS.{target}"))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0")
+            .json(&body)
+            .send()
+            .await
+            .expect("sqs request");
+        let status = response.status();
+        let value: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(status.is_success(), "sqs {target}: {status} {value}");
+        value
+    }
+
+    /// Creates an SNS topic; returns its ARN.
+    pub async fn create_topic(&self, name: &str) -> String {
+        let xml = self.query("sns", &[("Action", "CreateTopic"), ("Name", name)]).await;
+        between(&xml, "<TopicArn>", "</TopicArn>").to_owned()
+    }
+
+    /// Creates an SQS queue subscribed to `topic` (optionally with a filter policy on
+    /// message attributes); returns the queue URL.
+    pub async fn subscribe_queue(&self, topic: &str, queue: &str, filter_policy: Option<&Value>) -> String {
+        let created = self.sqs("CreateQueue", json!({"QueueName": queue})).await;
+        let queue_url = created["QueueUrl"].as_str().expect("queue url").to_owned();
+        let queue_arn = format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{queue}");
+        let mut params = vec![
+            ("Action", "Subscribe".to_owned()),
+            ("TopicArn", topic.to_owned()),
+            ("Protocol", "sqs".to_owned()),
+            ("Endpoint", queue_arn),
+        ];
+        if let Some(policy) = filter_policy {
+            params.push(("Attributes.entry.1.key", "FilterPolicy".into()));
+            params.push(("Attributes.entry.1.value", policy.to_string()));
+            params.push(("Attributes.entry.2.key", "FilterPolicyScope".into()));
+            params.push(("Attributes.entry.2.value", "MessageAttributes".into()));
+        }
+        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.query("sns", &borrowed).await;
+        queue_url
+    }
+
+    /// Publishes a message with string attributes; returns the MessageId.
+    pub async fn publish(&self, topic: &str, subject: &str, message: &str, attributes: &[(&str, &str)]) -> String {
+        let mut params = vec![
+            ("Action".to_owned(), "Publish".to_owned()),
+            ("TopicArn".to_owned(), topic.to_owned()),
+            ("Subject".to_owned(), subject.to_owned()),
+            ("Message".to_owned(), message.to_owned()),
+        ];
+        for (i, (name, value)) in attributes.iter().enumerate() {
+            let n = i + 1;
+            params.push((format!("MessageAttributes.entry.{n}.Name"), (*name).to_owned()));
+            params.push((format!("MessageAttributes.entry.{n}.Value.DataType"), "String".to_owned()));
+            params.push((format!("MessageAttributes.entry.{n}.Value.StringValue"), (*value).to_owned()));
+        }
+        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let xml = self.query("sns", &borrowed).await;
+        between(&xml, "<MessageId>", "</MessageId>").to_owned()
+    }
+
+    /// Drains up to ten SNS envelopes (JSON bodies) from a queue, waiting up to `wait`
+    /// for the first.
+    pub async fn receive(&self, queue_url: &str, wait: Duration) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let got = self
+                .sqs("ReceiveMessage", json!({"QueueUrl": queue_url, "MaxNumberOfMessages": 10, "MessageAttributeNames": ["All"]}))
+                .await;
+            let messages: Vec<Value> = got["Messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| serde_json::from_str(m["Body"].as_str().unwrap_or("")).ok())
+                .collect();
+            if !messages.is_empty() || started.elapsed() >= wait {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    text.split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("no {start} in {text}"))
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,375 @@
+//! error-rollback end to end over HTTP against the Kubernetes API (stand-in by default,
+//! a real cluster with TEST_KUBECONFIG): weights, idempotency, dry run, revert.
+
+use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
+use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::mesh::{
+    Kind, Mesh, assert_one_conflict, assert_one_dry_run_patch,
+    assert_schema_valid, only, reason, record, slow_reads, spec_text,
+};
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const FIRING: &str = "error-rollback-firing.json";
+const VS: &str = "checkout";
+
+fn split(v1: i64, v2: i64) -> Value {
+    json!([{"name": "default", "route": [
+        {"destination": {"host": "checkout", "subset": "v1"}, "weight": v1},
+        {"destination": {"host": "checkout", "subset": "v2"}, "weight": v2},
+    ], "retries": {"attempts": 2, "perTryTimeout": "2s"}}])
+}
+
+async fn setup(prefix: &str, opted_in: bool, annotations: Value) -> (TestCluster, Value) {
+    let cluster = TestCluster::start(prefix).await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        VS,
+        opted_in,
+        json!({}),
+        json!({"host": "checkout", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ]}),
+    )
+    .await;
+    let before = mesh
+        .create(
+            Kind::VirtualService,
+            VS,
+            opted_in,
+            annotations,
+            json!({"hosts": ["checkout"], "http": split(50, 50)}),
+        )
+        .await;
+    (cluster, before)
+}
+
+async fn stable_annotated(prefix: &str) -> (TestCluster, Value) {
+    setup(
+        prefix,
+        true,
+        json!({"auto-remediation.io/stable-subset": "v1"}),
+    )
+    .await
+}
+
+async fn virtual_service(cluster: &TestCluster) -> Value {
+    Mesh::new(cluster).get(Kind::VirtualService, VS).await
+}
+
+#[tokio::test]
+async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() {
+    let (cluster, before) = stable_annotated("er-firing").await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    assert_eq!(
+        outcome.target.as_deref(),
+        Some(format!("VirtualService {}/{VS}", cluster.namespace).as_str())
+    );
+    assert_eq!(
+        outcome.source.fingerprint.as_deref(),
+        Some("87f033c73d9cf5eb")
+    );
+
+    let after = virtual_service(&cluster).await;
+    assert_eq!(
+        after["spec"],
+        json!({"hosts": ["checkout"], "http": split(100, 0)}),
+        "exactly the stable subset at 100, the rest kept at 0"
+    );
+    assert_schema_valid(&after);
+    let record = record(&after, "error-rollback").expect("action record on the object");
+    assert_eq!(record.fingerprint, "87f033c73d9cf5eb");
+    assert_eq!(record.trace_id, report.trace_id);
+    assert_eq!(record.previous, Some(json!({"http": before["spec"]["http"]})));
+    assert_eq!(record.applied, Some(json!({"http": after["spec"]["http"]})));
+    let patch = outcome.patch.as_ref().expect("patch reported");
+    assert_eq!(patch["spec"]["http"], after["spec"]["http"], "whole array sent");
+    assert_eq!(
+        patch["metadata"]["resourceVersion"],
+        before["metadata"]["resourceVersion"]
+    );
+
+    let events = cluster.events_about(VS).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["action"], "Rollback");
+    assert_eq!(events[0]["regarding"]["kind"], "VirtualService");
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&report.trace_id) && n.contains("checkout/v1 50->100"))
+    );
+}
+
+#[tokio::test]
+async fn without_annotation_the_other_version_is_stable_and_host_splits_work() {
+    let cluster = TestCluster::start("er-hosts").await;
+    let mesh = Mesh::new(&cluster);
+    // Host split without annotation: the alert's version label (v2) picks the other one.
+    let spec = json!({
+        "hosts": [format!("checkout.{}.svc.cluster.local", cluster.namespace)],
+        "http": [{"route": [
+            {"destination": {"host": "checkout-v1"}, "weight": 80},
+            {"destination": {"host": "checkout-v2", "port": {"number": 8080}}, "weight": 20},
+        ]}],
+    });
+    mesh.create(Kind::VirtualService, VS, true, json!({}), spec.clone())
+        .await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let after = virtual_service(&cluster).await;
+    assert_eq!(after["spec"]["http"][0]["route"][0]["weight"], 100);
+    assert_eq!(after["spec"]["http"][0]["route"][1]["weight"], 0);
+    assert_eq!(after["spec"]["http"][0]["route"][1]["destination"], spec["http"][0]["route"][1]["destination"]);
+    assert_schema_valid(&after);
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_changes_once() {
+    let (cluster, _) = stable_annotated("er-repeat").await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let mut kinds = Vec::new();
+    let mut versions = Vec::new();
+    for _ in 0..3 {
+        let report = cluster.invoke(ErrorRollback, &[], &event).await;
+        kinds.push((only(&report).outcome, reason(only(&report)).to_owned()));
+        versions.push(virtual_service(&cluster).await["metadata"]["resourceVersion"].clone());
+    }
+    assert_eq!(kinds[0].0, OutcomeKind::Applied);
+    for (kind, why) in &kinds[1..] {
+        assert_eq!(*kind, OutcomeKind::Skipped);
+        assert!(why.contains("cooldown"), "{why}");
+    }
+    assert!(versions.iter().all(|v| v == &versions[0]), "{versions:?}");
+    assert_eq!(cluster.events_about(VS).await.len(), 1);
+    // Past the cooldown it is already at 100/0: nothing to write.
+    let report = cluster
+        .invoke(ErrorRollback, &[("COOLDOWN_SECONDS", "0")], &event)
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Skipped);
+    assert!(reason(only(&report)).contains("already routed to stable"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invocations_change_once() {
+    let (cluster, _) = stable_annotated("er-race").await;
+    // List and get of both invocations.
+    slow_reads(&cluster, "virtualservices", 4);
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let (a, b) = tokio::join!(
+        cluster.invoke(ErrorRollback, &[], &event),
+        cluster.invoke(ErrorRollback, &[], &event)
+    );
+    let mut got = vec![only(&a).outcome, only(&b).outcome];
+    got.sort();
+    assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
+    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
+    assert!(reason(loser).starts_with("cooldown"), "{loser:#?}");
+    assert_eq!(cluster.events_about(VS).await.len(), 1);
+    assert_one_conflict(&cluster);
+}
+
+#[tokio::test]
+async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
+    for (event_name, vars) in [
+        (FIRING, &[("DRY_RUN", "true")][..]),
+        ("error-rollback-drill.json", &[][..]),
+    ] {
+        let (cluster, before) = stable_annotated("er-dryrun").await;
+        if let Some(standin) = cluster.standin() {
+            standin.clear_requests();
+        }
+        let event = events::fresh(event_name, &cluster.namespace);
+        let report = cluster.invoke(ErrorRollback, vars, &event).await;
+        let outcome = only(&report);
+        assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{event_name}: {outcome:#?}");
+        let patch = outcome.patch.as_ref().expect("exact patch reported");
+        assert_eq!(patch["spec"]["http"], split(100, 0));
+        let after = virtual_service(&cluster).await;
+        assert_eq!(after, before, "nothing stored");
+        assert!(cluster.events_about(VS).await.is_empty());
+        assert_one_dry_run_patch(&cluster, patch);
+    }
+}
+
+#[tokio::test]
+async fn resolved_alert_keeps_the_rollback_and_records_recovery() {
+    let (cluster, _) = stable_annotated("er-resolved").await;
+    let firing = events::fresh(FIRING, &cluster.namespace);
+    assert_eq!(
+        only(&cluster.invoke(ErrorRollback, &[], &firing).await).outcome,
+        OutcomeKind::Applied
+    );
+    let rolled_back = virtual_service(&cluster).await;
+    let resolved = events::fresh("error-rollback-resolved.json", &cluster.namespace);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &resolved).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(reason(&outcome).starts_with("resolved"), "{outcome:#?}");
+    let after = virtual_service(&cluster).await;
+    assert_eq!(after["spec"], rolled_back["spec"], "rolling forward is a human call");
+    assert!(record(&after, "error-rollback").expect("record").recovered());
+}
+
+#[tokio::test]
+async fn objects_not_opted_in_are_skipped() {
+    let (cluster, before) = setup("er-optin", false, json!({"auto-remediation.io/stable-subset": "v1"})).await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
+    assert!(
+        reason(&outcome).contains("labelled auto_remediation=active matches the alert"),
+        "{outcome:#?}"
+    );
+    assert_eq!(virtual_service(&cluster).await, before);
+}
+
+#[tokio::test]
+async fn no_stable_destination_is_refused_with_the_reason() {
+    let (cluster, before) = setup("er-nostable", true, json!({})).await;
+    // Without the `version` label and without annotation nothing says which is stable.
+    let mut event = events::fresh(FIRING, &cluster.namespace);
+    let mut message = events::message(&event);
+    message["alerts"][0]["labels"]
+        .as_object_mut()
+        .expect("labels")
+        .remove("version");
+    events::set_message(&mut event, &message);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(!outcome.retryable);
+    assert!(
+        reason(&outcome).contains("cannot tell the stable destination"),
+        "{outcome:#?}"
+    );
+    // The annotated stable subset is the failing version: refused too.
+    let mesh = Mesh::new(&cluster);
+    mesh.api(Kind::VirtualService)
+        .patch(
+            VS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"auto-remediation.io/stable-subset": "v2"}}})),
+        )
+        .await
+        .expect("annotate");
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(reason(&outcome).contains("is the failing version v2"), "{outcome:#?}");
+    assert_eq!(virtual_service(&cluster).await["spec"], before["spec"]);
+}
+
+#[tokio::test]
+async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_foreign_edit() {
+    let (cluster, before) = stable_annotated("er-revert").await;
+    let firing = events::fresh(FIRING, &cluster.namespace);
+    let applied = cluster.invoke(ErrorRollback, &[], &firing).await;
+    assert_eq!(only(&applied).outcome, OutcomeKind::Applied);
+    let changed = virtual_service(&cluster).await;
+    assert_ne!(spec_text(&changed), spec_text(&before));
+
+    let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
+    let report = cluster.invoke(ErrorRollback, &[], &revert).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    assert_eq!(outcome.source.alert.as_deref(), Some("RevertRequest"));
+    let reverted = virtual_service(&cluster).await;
+    assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
+    assert_schema_valid(&reverted);
+    let rec = record(&reverted, "error-rollback").expect("record");
+    let reversal = rec.reverted.expect("revert recorded");
+    assert_eq!(reversal.trace_id, report.trace_id);
+    assert_eq!(reversal.requested_by.as_deref(), Some("oncall@example.com"));
+    let events = cluster.events_about(VS).await;
+    assert!(
+        events.iter().any(|e| e["action"] == "Revert"
+            && e["note"].as_str().is_some_and(|n| n.contains("revert request by oncall@example.com"))),
+        "{events:#?}"
+    );
+    // Asking again: already done.
+    let again = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
+    assert_eq!(again.outcome, OutcomeKind::Skipped);
+    assert!(reason(&again).contains("already reverted"), "{again:#?}");
+
+    // Act again, then someone edits the weights: the revert must not clobber that edit.
+    let vars = [("COOLDOWN_SECONDS", "0")];
+    assert_eq!(
+        only(&cluster.invoke(ErrorRollback, &vars, &firing).await).outcome,
+        OutcomeKind::Applied
+    );
+    let mesh = Mesh::new(&cluster);
+    mesh.edit_spec(Kind::VirtualService, VS, json!({"http": split(90, 10)}))
+        .await;
+    let edited = virtual_service(&cluster).await;
+    let refused = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
+    assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
+    assert!(!refused.retryable);
+    assert!(reason(&refused).contains("was edited after the action"), "{refused:#?}");
+    assert_eq!(virtual_service(&cluster).await, edited, "the edit stands");
+}
+
+#[tokio::test]
+async fn revert_runs_dry_when_asked_and_checks_the_action_meant() {
+    let (cluster, before) = stable_annotated("er-revertdry").await;
+    let firing = events::fresh(FIRING, &cluster.namespace);
+    cluster.invoke(ErrorRollback, &[], &firing).await;
+    let changed = virtual_service(&cluster).await;
+    if let Some(standin) = cluster.standin() {
+        standin.clear_requests();
+    }
+    let mut revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
+    revert["revert"]["dryRun"] = json!(true);
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{outcome:#?}");
+    assert_eq!(
+        outcome.patch.as_ref().expect("patch")["spec"]["http"],
+        before["spec"]["http"]
+    );
+    assert_eq!(virtual_service(&cluster).await, changed, "nothing stored");
+    assert_one_dry_run_patch(&cluster, outcome.patch.as_ref().expect("patch"));
+
+    // A trace id that is not the last action's: refused.
+    revert["revert"]["dryRun"] = json!(false);
+    revert["revert"]["traceId"] = json!("1-00000000-000000000000000000000000");
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(reason(&outcome).contains("refusing to revert another action"), "{outcome:#?}");
+    assert_eq!(virtual_service(&cluster).await, changed);
+}
+
+#[tokio::test]
+async fn revert_requests_for_other_kinds_or_functions_fail_clearly() {
+    let (cluster, _) = stable_annotated("er-revertbad").await;
+    let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
+    let cases = [
+        (json!({"kind": "DestinationRule"}), "reverts VirtualService objects, not DestinationRule"),
+        (json!({"remediation": "db-circuit-break"}), "invoke db-circuit-break"),
+        (json!({"reason": ""}), "empty `reason`"),
+        (json!({"name": "Bad_Name"}), "not a valid Kubernetes name"),
+    ];
+    for (patch, expected) in cases {
+        let mut event = revert.clone();
+        for (key, value) in patch.as_object().expect("object") {
+            event["revert"][key] = value.clone();
+        }
+        let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
+        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{patch}: {outcome:#?}");
+        assert!(!outcome.retryable);
+        assert!(reason(&outcome).contains(expected), "{patch}: {outcome:#?}");
+    }
+    // Nothing to revert yet.
+    let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(reason(&outcome).contains("nothing to revert"), "{outcome:#?}");
+    // A restart cannot be reverted.
+    let mut restart = revert.clone();
+    restart["revert"]["remediation"] = json!("latency-restart");
+    restart["revert"]["kind"] = json!("Deployment");
+    let outcome = only(&cluster.invoke(LatencyRestart, &[], &restart).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Failed);
+    assert!(reason(&outcome).contains("latency-restart changes cannot be reverted"), "{outcome:#?}");
+}

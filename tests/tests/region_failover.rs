@@ -1,0 +1,364 @@
+//! region-failover end to end over HTTP against the Kubernetes API (stand-in by default,
+//! a real cluster with TEST_KUBECONFIG), with regional health endpoints on 127.0.0.1.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mesh_remediation::remediation::RegionFailover;
+use mesh_remediation::remediation::region_failover::{FailoverSettings, failover_outlier_detection};
+use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::mesh::{
+    HealthEndpoint, Kind, Mesh, assert_one_conflict, assert_schema_valid, only, reason, record,
+    slow_reads, spec_text,
+};
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const FIRING: &str = "region-failover-firing.json";
+const RESOLVED: &str = "region-failover-resolved.json";
+const REVERT: &str = "region-failover-revert.json";
+const NAME: &str = "frontend";
+
+/// Health endpoints for the two regions that may take us-east-1's traffic.
+struct Regions {
+    west: HealthEndpoint,
+    eu: HealthEndpoint,
+}
+
+impl Regions {
+    async fn start(west: u16, eu: u16) -> Regions {
+        Regions {
+            west: HealthEndpoint::start(west).await,
+            eu: HealthEndpoint::start(eu).await,
+        }
+    }
+
+    fn urls(&self) -> String {
+        format!("us-west-2={},eu-west-1={}", self.west.url(), self.eu.url())
+    }
+}
+
+fn failover(vars: &[(&str, &str)]) -> RegionFailover {
+    let map: HashMap<&str, &str> = vars.iter().copied().collect();
+    RegionFailover::new(
+        FailoverSettings::from_lookup(|k| map.get(k).map(|v| (*v).to_owned()))
+            .expect("valid settings"),
+    )
+}
+
+fn checked(regions: &Regions) -> RegionFailover {
+    failover(&[
+        ("REGION_HEALTH_URLS", &regions.urls()),
+        ("HEALTH_CHECK_TIMEOUT_MS", "300"),
+    ])
+}
+
+fn routes(east: i64, west: i64, eu: i64) -> Value {
+    json!([{"route": [
+        {"destination": {"host": "frontend", "subset": "east"}, "weight": east},
+        {"destination": {"host": "frontend", "subset": "west"}, "weight": west},
+        {"destination": {"host": "frontend", "subset": "eu"}, "weight": eu},
+    ], "timeout": "5s"}])
+}
+
+/// Subsets named freely and labelled with their region, as the failover must look them up.
+fn rule_spec() -> Value {
+    json!({"host": "frontend", "subsets": [
+        {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
+        {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
+        {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}},
+    ]})
+}
+
+async fn setup(prefix: &str, opted_in: bool) -> (TestCluster, Value) {
+    let cluster = TestCluster::start(prefix).await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(Kind::DestinationRule, NAME, opted_in, json!({}), rule_spec())
+        .await;
+    let before = mesh
+        .create(
+            Kind::VirtualService,
+            NAME,
+            opted_in,
+            json!({}),
+            json!({"hosts": ["frontend"], "http": routes(60, 30, 10)}),
+        )
+        .await;
+    (cluster, before)
+}
+
+async fn vs(cluster: &TestCluster) -> Value {
+    Mesh::new(cluster).get(Kind::VirtualService, NAME).await
+}
+
+async fn dr(cluster: &TestCluster) -> Value {
+    Mesh::new(cluster).get(Kind::DestinationRule, NAME).await
+}
+
+fn weights(object: &Value) -> Vec<i64> {
+    object["spec"]["http"][0]["route"]
+        .as_array()
+        .expect("route")
+        .iter()
+        .map(|d| d["weight"].as_i64().expect("weight"))
+        .collect()
+}
+
+async fn fire(cluster: &TestCluster, remediation: RegionFailover) -> Outcome {
+    let event = events::fresh(FIRING, &cluster.namespace);
+    only(&cluster.invoke(remediation, &[], &event).await).clone()
+}
+
+#[tokio::test]
+async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion() {
+    let (cluster, before) = setup("rf-firing", true).await;
+    let regions = Regions::start(200, 200).await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let report = cluster.invoke(checked(&regions), &[], &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    assert_eq!(outcome.source.fingerprint.as_deref(), Some("7fb675b975cf0c44"));
+    assert!(
+        reason(outcome).contains("traffic is shifted by VirtualService weights"),
+        "the DestinationRule is left alone: {outcome:#?}"
+    );
+    let after = vs(&cluster).await;
+    assert_eq!(
+        after["spec"],
+        json!({"hosts": ["frontend"], "http": routes(0, 75, 25)})
+    );
+    assert_schema_valid(&after);
+    assert_eq!(dr(&cluster).await["spec"], rule_spec(), "rule untouched");
+    assert!(regions.west.hits() >= 1 && regions.eu.hits() >= 1, "both regions checked");
+    let rec = record(&after, "region-failover").expect("record");
+    assert_eq!(rec.previous, Some(json!({"http": before["spec"]["http"]})));
+    assert_eq!(rec.applied, Some(json!({"http": after["spec"]["http"]})));
+    let target = format!("VirtualService {}/{NAME}", cluster.namespace);
+    let patch = &outcome.patch.as_ref().expect("patches by target")[&target];
+    assert_eq!(patch["spec"]["http"], after["spec"]["http"]);
+    let events = cluster.events_about(NAME).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["action"], "Failover");
+    assert_eq!(events[0]["regarding"]["kind"], "VirtualService");
+}
+
+#[tokio::test]
+async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
+    // eu-west-1 answers 503: us-west-2 takes it all.
+    let (cluster, _) = setup("rf-unhealthy", true).await;
+    let regions = Regions::start(200, 503).await;
+    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 90, 10]);
+
+    // us-west-2 does not answer within HEALTH_CHECK_TIMEOUT_MS: eu-west-1 takes it all.
+    let (cluster, _) = setup("rf-slow", true).await;
+    let regions = Regions::start(200, 200).await;
+    regions.west.set_delay(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert!(started.elapsed() < Duration::from_millis(1500), "the check timed out");
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 30, 70]);
+
+    // Health URLs are configured but not for eu-west-1: unknown is not healthy.
+    let (cluster, _) = setup("rf-unknown", true).await;
+    let west = HealthEndpoint::start(200).await;
+    let only_west = format!("us-west-2={}", west.url());
+    let remediation = failover(&[("REGION_HEALTH_URLS", &only_west)]);
+    assert_eq!(fire(&cluster, remediation).await.outcome, OutcomeKind::Applied);
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 90, 10]);
+
+    // No health URLs at all: every other region counts as healthy.
+    let (cluster, _) = setup("rf-nourls", true).await;
+    assert_eq!(fire(&cluster, failover(&[])).await.outcome, OutcomeKind::Applied);
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
+}
+
+#[tokio::test]
+async fn no_healthy_region_changes_nothing_and_fails_with_the_reason() {
+    let (cluster, before) = setup("rf-nohealthy", true).await;
+    let regions = Regions::start(503, 200).await;
+    regions.eu.set_delay(Duration::from_millis(1500));
+    let outcome = fire(&cluster, checked(&regions)).await;
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(!outcome.retryable);
+    let why = reason(&outcome);
+    assert!(why.contains("no healthy region to take us-east-1's traffic"), "{why}");
+    assert!(why.contains("us-west-2: HTTP 503"), "{why}");
+    assert!(why.contains("eu-west-1: no answer"), "{why}");
+    assert_eq!(vs(&cluster).await, before, "nothing changed");
+    assert!(cluster.events_about(NAME).await.is_empty());
+}
+
+#[tokio::test]
+async fn the_same_event_three_times_changes_once() {
+    let (cluster, _) = setup("rf-repeat", true).await;
+    let regions = Regions::start(200, 200).await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let report = cluster.invoke(checked(&regions), &[], &event).await;
+        seen.push((only(&report).outcome, reason(only(&report)).to_owned()));
+    }
+    assert_eq!(seen[0].0, OutcomeKind::Applied, "{seen:?}");
+    assert!(
+        seen[1..]
+            .iter()
+            .all(|(k, r)| *k == OutcomeKind::Skipped && r.contains("cooldown")),
+        "{seen:?}"
+    );
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
+    assert_eq!(cluster.events_about(NAME).await.len(), 1);
+    // Past the cooldown: already at 0.
+    let report = cluster
+        .invoke(checked(&regions), &[("COOLDOWN_SECONDS", "0")], &event)
+        .await;
+    assert!(reason(only(&report)).contains("already failed over"), "{report:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_invocations_change_once() {
+    let (cluster, _) = setup("rf-race", true).await;
+    let regions = Regions::start(200, 200).await;
+    // Each invocation lists, lists and gets VirtualServices.
+    slow_reads(&cluster, "virtualservices", 6);
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let (a, b) = tokio::join!(
+        cluster.invoke(checked(&regions), &[], &event),
+        cluster.invoke(checked(&regions), &[], &event)
+    );
+    let mut got = vec![only(&a).outcome, only(&b).outcome];
+    got.sort();
+    assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
+    assert_eq!(cluster.events_about(NAME).await.len(), 1);
+    assert_one_conflict(&cluster);
+}
+
+#[tokio::test]
+async fn dry_run_stores_nothing() {
+    for (event_name, vars) in [
+        (FIRING, &[("DRY_RUN", "true")][..]),
+        ("region-failover-drill.json", &[][..]),
+    ] {
+        let (cluster, before) = setup("rf-dryrun", true).await;
+        let regions = Regions::start(200, 200).await;
+        if let Some(standin) = cluster.standin() {
+            standin.clear_requests();
+        }
+        let event = events::fresh(event_name, &cluster.namespace);
+        let report = cluster.invoke(checked(&regions), vars, &event).await;
+        let outcome = only(&report);
+        assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{event_name}: {outcome:#?}");
+        let target = format!("VirtualService {}/{NAME}", cluster.namespace);
+        let patch = &outcome.patch.as_ref().expect("patch")[&target];
+        assert_eq!(patch["spec"]["http"], routes(0, 75, 25));
+        assert_eq!(vs(&cluster).await, before, "nothing stored");
+        assert!(cluster.events_about(NAME).await.is_empty());
+        if let Some(standin) = cluster.standin() {
+            let patches: Vec<_> = standin
+                .requests()
+                .into_iter()
+                .filter(|r| r.method == "PATCH")
+                .collect();
+            assert_eq!(patches.len(), 1, "{patches:#?}");
+            assert!(patches[0].is_dry_run());
+            assert_eq!(&patches[0].body, patch);
+        }
+    }
+}
+
+#[tokio::test]
+async fn resolved_alert_fails_back_only_when_configured() {
+    let (cluster, before) = setup("rf-resolved", true).await;
+    let regions = Regions::start(200, 200).await;
+    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    let resolved = events::fresh(RESOLVED, &cluster.namespace);
+    // Default: stay failed over, record recovery.
+    let outcome = only(&cluster.invoke(checked(&regions), &[], &resolved).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
+
+    let (cluster, _) = setup("rf-failback", true).await;
+    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    let back = failover(&[("FAILBACK_ON_RESOLVE", "true")]);
+    let resolved = events::fresh(RESOLVED, &cluster.namespace);
+    let outcome = only(&cluster.invoke(back, &[], &resolved).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let after = vs(&cluster).await;
+    assert_eq!(spec_text(&after), spec_text(&before), "previous weights exactly");
+    assert_schema_valid(&after);
+}
+
+#[tokio::test]
+async fn objects_not_opted_in_are_skipped() {
+    let (cluster, before) = setup("rf-optin", false).await;
+    let outcome = fire(&cluster, failover(&[])).await;
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(reason(&outcome).contains("auto_remediation=active"), "{outcome:#?}");
+    assert_eq!(vs(&cluster).await, before);
+}
+
+#[tokio::test]
+async fn without_a_region_split_the_destination_rule_gets_locality_failover() {
+    let cluster = TestCluster::start("rf-locality").await;
+    let mesh = Mesh::new(&cluster);
+    let spec = json!({"host": "frontend", "trafficPolicy": {
+        "tls": {"mode": "ISTIO_MUTUAL"},
+        "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {"enabled": true}},
+    }});
+    let before = mesh
+        .create(Kind::DestinationRule, NAME, true, json!({}), spec)
+        .await;
+    // us-west-2 is first in preference but unhealthy: eu-west-1 is the target.
+    let regions = Regions::start(503, 200).await;
+    let outcome = fire(&cluster, checked(&regions)).await;
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let after = dr(&cluster).await;
+    assert_eq!(
+        after["spec"]["trafficPolicy"],
+        json!({
+            "tls": {"mode": "ISTIO_MUTUAL"},
+            "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {
+                "enabled": true,
+                "failover": [{"from": "us-east-1", "to": "eu-west-1"}],
+            }},
+            "outlierDetection": failover_outlier_detection(),
+        })
+    );
+    assert_schema_valid(&after);
+
+    // Revert restores the rule byte for byte.
+    let mut revert = events::fresh(REVERT, &cluster.namespace);
+    revert["revert"]["kind"] = json!("DestinationRule");
+    let outcome = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let reverted = dr(&cluster).await;
+    assert_eq!(spec_text(&reverted), spec_text(&before));
+    assert_schema_valid(&reverted);
+}
+
+#[tokio::test]
+async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_edit() {
+    let (cluster, before) = setup("rf-revert", true).await;
+    let regions = Regions::start(200, 200).await;
+    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    let revert = events::fresh(REVERT, &cluster.namespace);
+    let outcome = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let reverted = vs(&cluster).await;
+    assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
+    assert!(record(&reverted, "region-failover").expect("record").reverted.is_some());
+
+    let vars = [("COOLDOWN_SECONDS", "0")];
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let report = cluster.invoke(checked(&regions), &vars, &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied);
+    Mesh::new(&cluster)
+        .edit_spec(Kind::VirtualService, NAME, json!({"http": routes(0, 50, 50)}))
+        .await;
+    let edited = vs(&cluster).await;
+    let refused = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
+    assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
+    assert!(reason(&refused).contains("was edited after the action"), "{refused:#?}");
+    assert_eq!(vs(&cluster).await, edited);
+}
