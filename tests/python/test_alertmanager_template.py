@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 import unicodedata
 from datetime import datetime, timezone
@@ -358,3 +359,12 @@ def test_intake_check_parses_every_captured_message(capture, tmp_path):
         json.loads(out.stdout)
         ran += 1
     assert ran >= 6
+
+
+def test_sample_events_are_what_alertmanager_renders_today():
+    """events/<function>-{firing,resolved,drill}.json are exactly scripts/render-events.py's output."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "render-events.py"), "--check"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
