@@ -346,11 +346,12 @@ pub struct RevertDelivery {
     pub request: Result<RevertRequest>,
 }
 
-/// Recognises a revert request: a direct invocation `{"revert": {...}}`, or an SNS event
+/// Recognises a revert request: a direct invocation `{"revert": {...}}` (nothing else in
+/// the object), or an SNS event
 /// (or bare SNS notification) whose only message is one. `None`: not a revert request.
 pub fn parse_revert(event: &Value, expected_topic: Option<&str>) -> Option<RevertDelivery> {
     let object = event.as_object()?;
-    if let Some(body) = object.get("revert") {
+    if let Some(body) = object.get("revert").filter(|_| object.len() == 1) {
         return Some(RevertDelivery {
             message_id: None,
             published_at: None,

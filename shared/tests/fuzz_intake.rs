@@ -247,7 +247,11 @@ impl KubeConnector for CountingConnector {
 
 /// How many outcomes the pipeline owes for this event: one per alert, one per unreadable
 /// record, one per group with omitted alerts, one per empty group, one for an unreadable event.
-fn expected_outcomes(deliveries: Option<&[Delivery]>) -> usize {
+fn expected_outcomes(event: &Value, deliveries: Option<&[Delivery]>) -> usize {
+    if intake::parse_revert(event, None).is_some() {
+        // A revert request is one piece of work, answered with one outcome.
+        return 1;
+    }
     let Some(deliveries) = deliveries else {
         return 1;
     };
@@ -277,7 +281,7 @@ fn check_pipeline(event: &Value, deliveries: Option<&[Delivery]>) -> usize {
     let report = runtime.block_on(pipeline.handle(event, &invocation));
     assert_eq!(
         report.outcomes.len(),
-        expected_outcomes(deliveries),
+        expected_outcomes(event, deliveries),
         "every alert gets exactly one outcome: {report:#?}"
     );
     for outcome in &report.outcomes {
@@ -377,6 +381,31 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
                 .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
+}
+
+/// A revert request (direct invocation) with arbitrary fields and values.
+fn shaped_revert() -> impl Strategy<Value = Value> {
+    let key = prop_oneof![
+        Just("remediation".to_owned()),
+        Just("namespace".to_owned()),
+        Just("kind".to_owned()),
+        Just("name".to_owned()),
+        Just("reason".to_owned()),
+        Just("traceId".to_owned()),
+        Just("requestedBy".to_owned()),
+        Just("dryRun".to_owned()),
+        Just("cluster".to_owned()),
+        hostile_string(),
+    ];
+    let value = prop_oneof![
+        4 => hostile_string().prop_map(Value::String),
+        1 => Just(json!("latency-restart")),
+        1 => Just(json!("Deployment")),
+        1 => any::<bool>().prop_map(Value::Bool),
+        1 => Just(Value::Null),
+    ];
+    prop::collection::btree_map(key, value, 0..10)
+        .prop_map(|m| json!({"revert": Value::Object(m.into_iter().collect())}))
 }
 
 /// A webhook-v4 payload whose structure is right and whose field values are arbitrary.
@@ -612,6 +641,15 @@ proptest! {
         } else {
             check_pipeline(&event, Some(&deliveries));
         }
+    }
+
+    /// Revert requests with arbitrary fields, directly and through SNS: one clear outcome.
+    #[test]
+    fn shaped_revert_requests(request in shaped_revert()) {
+        check_pipeline(&request, None);
+        let event = sns_event(&request.to_string(), TOPIC);
+        let deliveries = check_event(&event, None);
+        check_pipeline(&event, deliveries.as_deref());
     }
 
     /// The topic check holds for any topic string, and its error is clear.
