@@ -381,7 +381,7 @@ pub fn parse_revert(event: &Value, expected_topic: Option<&str>) -> Option<Rever
 
 fn revert_body(body: &Value) -> Result<RevertRequest> {
     serde_json::from_value(body.clone())
-        .map_err(|err| Error::Input(format!("revert request is malformed: {err}")))
+        .map_err(|err| input(format!("revert request is malformed: {err}")))
 }
 
 /// Validates a revert request for `function`: known remediation equal to the function's,

@@ -476,6 +476,8 @@ impl<R: Remediation> Pipeline<R> {
         let resource = &work.locator.resource;
         let target = describe(resource, &work.locator.namespace, name);
         let mut transient_retries = 0;
+        // A write whose answer never came (reset, timeout, 5xx): it may have landed.
+        let mut unanswered: Option<(String, Outcome, Option<(&'static str, String)>)> = None;
         for attempt in 0..MAX_WRITE_ATTEMPTS {
             if let Some(deadline) = invocation.deadline
                 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
@@ -499,6 +501,16 @@ impl<R: Remediation> Pipeline<R> {
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             };
+            if let Some((sent, outcome, event)) = unanswered.take()
+                && record_landed(&object, self.remediation.name(), &sent)
+            {
+                // Our own write landed; only its answer was lost. Report it, do not redo it.
+                if let Some((action, note)) = event {
+                    self.record_event(client, resource, &object, action, &note, invocation)
+                        .await;
+                }
+                return outcome.on(&target);
+            }
             let step = match &work.request {
                 Request::Alert {
                     input,
@@ -560,7 +572,12 @@ impl<R: Remediation> Pipeline<R> {
                 }
                 Err(err) => {
                     // Safe to retry: the write is guarded by resourceVersion, so if the
-                    // failed attempt did land, the retry re-reads, finds the record and stands down.
+                    // failed attempt did land, the retry re-reads, finds this very record
+                    // and reports the write instead of making it again.
+                    if !dry_run {
+                        unanswered = sent_record(&body, self.remediation.name())
+                            .map(|sent| (sent, outcome, event));
+                    }
                     let err = Error::kube(format!("patch {target}"), err);
                     if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES {
                         transient_retries += 1;
@@ -947,6 +964,24 @@ fn dry_run_reason(config_dry_run: bool, input: &AlertInput) -> &'static str {
     } else {
         "dry_run label: validated by server-side dry run, nothing stored"
     }
+}
+
+/// The action record a write carries (the annotation value, unique to this invocation).
+fn sent_record(body: &Value, remediation: &str) -> Option<String> {
+    body.pointer("/metadata/annotations")?
+        .get(record::record_annotation(remediation))?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Whether the object carries exactly the record a write of ours sent.
+fn record_landed(object: &DynamicObject, remediation: &str, sent: &str) -> bool {
+    object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(&record::record_annotation(remediation)))
+        .is_some_and(|stored| stored == sent)
 }
 
 /// `events.k8s.io/v1` Event.

@@ -485,9 +485,15 @@ fn shaped_group() -> impl Strategy<Value = Value> {
 }
 
 fn fuzz_config() -> ProptestConfig {
-    // `ProptestConfig::default()` honours PROPTEST_CASES (default 256).
+    // `ProptestConfig::default()` honours PROPTEST_CASES (default 256). Failures found
+    // are saved next to this file and replayed first on every later run.
     ProptestConfig {
         max_shrink_iters: 2048,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "tests/fuzz_intake.proptest-regressions",
+            ),
+        )),
         ..ProptestConfig::default()
     }
 }

@@ -166,6 +166,39 @@ impl TestCluster {
         )
     }
 
+    /// A client for this cluster whose requests time out after `timeout`, as
+    /// `API_TIMEOUT_SECONDS` sets it in the function.
+    pub async fn client_with_timeout(&self, timeout: Duration) -> kube::Client {
+        client_with_timeout(&self.kubeconfig, timeout).await
+    }
+
+    /// A pipeline like [`TestCluster::pipeline`] whose client honours `API_TIMEOUT_SECONDS`
+    /// from `vars`, as the function's own client does.
+    pub async fn timed_pipeline<R: Remediation>(
+        &self,
+        remediation: R,
+        vars: &[(&str, &str)],
+    ) -> Pipeline<R> {
+        let config = config(vars);
+        let client = self.client_with_timeout(config.api_timeout).await;
+        Pipeline::new(config, remediation, Arc::new(FixedConnector(client)))
+    }
+
+    /// Runs one event through a fresh [`TestCluster::timed_pipeline`] as the Lambda
+    /// invocation `invocation` (its request id, trace id and deadline).
+    pub async fn invoke_with<R: Remediation>(
+        &self,
+        remediation: R,
+        vars: &[(&str, &str)],
+        event: &Value,
+        invocation: &Invocation,
+    ) -> InvocationReport {
+        self.timed_pipeline(remediation, vars)
+            .await
+            .handle(event, invocation)
+            .await
+    }
+
     /// Runs one event through a fresh pipeline, as one Lambda invocation would.
     pub async fn invoke<R: Remediation>(
         &self,
@@ -196,6 +229,12 @@ pub fn config(vars: &[(&str, &str)]) -> Config {
 
 /// A client from a kubeconfig file.
 pub async fn client_from(path: &Path) -> kube::Client {
+    client_with_timeout(path, Duration::from_secs(10)).await
+}
+
+/// A client from a kubeconfig file whose requests time out after `timeout`, tuned like
+/// the function's (no hidden retries).
+pub async fn client_with_timeout(path: &Path, timeout: Duration) -> kube::Client {
     let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
     let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,
@@ -203,6 +242,6 @@ pub async fn client_from(path: &Path) -> kube::Client {
     )
     .await
     .expect("kubeconfig is usable");
-    mesh_remediation::connect::tune(&mut config, Duration::from_secs(10));
+    mesh_remediation::connect::tune(&mut config, timeout);
     kube::Client::try_from(config).expect("client")
 }

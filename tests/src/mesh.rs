@@ -304,15 +304,17 @@ pub fn assert_one_conflict(cluster: &TestCluster) {
     }
 }
 
-/// Holds the first `reads` GETs of `plural` a moment, so racing invocations read the
-/// same resourceVersion and the write precondition decides (stand-in only).
-pub fn slow_reads(cluster: &TestCluster, plural: &str, reads: u32) {
+/// Holds the first two writes of one object a moment, so two racing invocations both
+/// read it before either write lands and the `resourceVersion` precondition decides the
+/// race, however the test threads are scheduled (stand-in only).
+pub fn hold_writes(cluster: &TestCluster, kind: Kind, name: &str) {
     if let Some(standin) = cluster.standin() {
+        let path = format!("/{}/{name}", kind.resource().plural);
         standin.add_fault(
-            Fault::latency(150)
-                .method("GET")
-                .path_contains(plural)
-                .times(reads),
+            Fault::latency(300)
+                .method("PATCH")
+                .path_contains(&path)
+                .times(2),
         );
     }
 }

@@ -8,7 +8,7 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
     Kind, Mesh, assert_one_conflict, assert_one_dry_run_patch, assert_schema_valid, only, reason,
-    record, slow_reads, spec_text,
+    record, hold_writes, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -161,7 +161,7 @@ async fn the_same_event_three_times_changes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = setup("cb-race", true, None).await;
-    slow_reads(&cluster, "destinationrules", 4);
+    hold_writes(&cluster, Kind::DestinationRule, DR);
     let event = events::fresh(FIRING, &cluster.namespace);
     let (a, b) = tokio::join!(
         cluster.invoke(defaults(), &[], &event),
@@ -170,6 +170,8 @@ async fn concurrent_invocations_change_once() {
     let mut got = vec![only(&a).outcome, only(&b).outcome];
     got.sort();
     assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
+    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
+    assert!(reason(loser).starts_with("cooldown"), "{loser:#?}");
     assert_eq!(cluster.events_about(DR).await.len(), 1);
     assert_one_conflict(&cluster);
 }

@@ -5,7 +5,7 @@ use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
     Kind, Mesh, assert_one_conflict, assert_one_dry_run_patch,
-    assert_schema_valid, only, reason, record, slow_reads, spec_text,
+    assert_schema_valid, only, reason, record, hold_writes, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -158,8 +158,7 @@ async fn the_same_event_three_times_changes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = stable_annotated("er-race").await;
-    // List and get of both invocations.
-    slow_reads(&cluster, "virtualservices", 4);
+    hold_writes(&cluster, Kind::VirtualService, VS);
     let event = events::fresh(FIRING, &cluster.namespace);
     let (a, b) = tokio::join!(
         cluster.invoke(ErrorRollback, &[], &event),

@@ -9,7 +9,7 @@ use mesh_remediation::remediation::region_failover::{FailoverSettings, failover_
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::mesh::{
     HealthEndpoint, Kind, Mesh, assert_one_conflict, assert_schema_valid, only, reason, record,
-    slow_reads, spec_text,
+    hold_writes, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -219,8 +219,7 @@ async fn the_same_event_three_times_changes_once() {
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = setup("rf-race", true).await;
     let regions = Regions::start(200, 200).await;
-    // Each invocation lists, lists and gets VirtualServices.
-    slow_reads(&cluster, "virtualservices", 6);
+    hold_writes(&cluster, Kind::VirtualService, NAME);
     let event = events::fresh(FIRING, &cluster.namespace);
     let (a, b) = tokio::join!(
         cluster.invoke(checked(&regions), &[], &event),
@@ -229,6 +228,8 @@ async fn concurrent_invocations_change_once() {
     let mut got = vec![only(&a).outcome, only(&b).outcome];
     got.sort();
     assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
+    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
+    assert!(reason(loser).contains("cooldown"), "{loser:#?}");
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
     assert_eq!(cluster.events_about(NAME).await.len(), 1);
     assert_one_conflict(&cluster);

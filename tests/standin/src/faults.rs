@@ -7,7 +7,7 @@ use serde_json::Value;
 ///
 /// JSON form (admin endpoint `POST /_standin/faults`): externally tagged, e.g.
 /// `{"latency": {"ms": 200}}`, `{"status": {"code": 429, "retry_after_secs": 1}}`,
-/// `"conflict_bump"`, `"reset"`, `"hang"`.
+/// `"conflict_bump"`, `"reset"`, `"drop_response"`, `"hang"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -33,6 +33,9 @@ pub enum FaultKind {
     ConflictBump,
     /// Close the connection without answering.
     Reset,
+    /// Handle the request normally (a write is stored), then close the connection
+    /// without answering: the answer is lost after the server committed the change.
+    DropResponse,
     /// Never answer (the client's timeout fires).
     Hang,
 }
@@ -121,7 +124,8 @@ pub struct RecordedRequest {
     pub content_type: Option<String>,
     /// Body: parsed JSON if it parses, else a string (YAML apply bodies), `null` if empty.
     pub body: Value,
-    /// Response status; 0 when no response was sent (reset, hang).
+    /// Response status; 0 when no response was sent (reset, hang). For `drop_response`,
+    /// the status of the handled request whose answer was then dropped.
     pub status: u16,
     /// Who sent it, from the bearer token (see [`crate::Identity::from_bearer`]).
     #[serde(default)]

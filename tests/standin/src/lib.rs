@@ -474,7 +474,7 @@ async fn handle(
             shared.lock().finish_record(id, code);
             return response(HttpResp::err(err));
         }
-        Some(FaultKind::Latency { .. }) | None => {}
+        Some(FaultKind::Latency { .. } | FaultKind::DropResponse) | None => {}
     }
     let req = HttpReq {
         method: &method,
@@ -491,6 +491,11 @@ async fn handle(
         st.finish_record(id, resp.code);
         resp
     };
+    if plan.action == Some(FaultKind::DropResponse) {
+        // Handled and stored; the answer never leaves.
+        kill.notify_one();
+        std::future::pending::<()>().await;
+    }
     response(resp)
 }
 

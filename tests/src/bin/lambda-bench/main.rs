@@ -1,0 +1,848 @@
+//! `lambda-bench`: the Lambda-level performance figures of a function's release `bootstrap`,
+//! measured against the Kubernetes API stand-in. `scripts/bench` builds what it needs and
+//! runs it; run by hand:
+//!
+//! ```text
+//! lambda-bench --bootstrap target/release/latency-restart --standin target/release/kube-standin \
+//!              [--runs 5] [--warm 50] [--only cold,warm,storm,capped,rie] [--json OUT.json]
+//! ```
+//!
+//! The bootstrap runs as Lambda runs it, but against a runtime API of our own
+//! ([`runtime_api`]), which records when the runtime first asks for an event and when each
+//! answer arrives:
+//!
+//! * `cold`: spawn -> first `GET /runtime/invocation/next` (cold start), then that first
+//!   invocation of one firing alert (GET, PATCH, POST Event against the stand-in, no
+//!   injected latency), a fresh process and a fresh Deployment per run.
+//! * `warm`: one process, the same firing alert again and again (`COOLDOWN_SECONDS=0`,
+//!   `ESCALATION_WINDOW_SECONDS=0`, so every invocation acts: GET, PATCH, POST Event) through
+//!   a timing proxy ([`proxy`]); function time = invocation time - time the API had a
+//!   request outstanding. Also an alert screened out before any API call (protected
+//!   namespace `kube-system`): no API time to subtract.
+//! * `storm`: 500 firing alerts over 200 opted-in Deployments in one invocation, 20 ms
+//!   injected on every API request, `MAX_TARGETS_PER_INVOCATION=200`; wall time against the
+//!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`), peak RSS (`VmHWM`).
+//! * `capped`: the same storm with the default blast radius (10).
+//! * `rie`: the cold start under the real AWS Lambda Runtime Interface Emulator, as it
+//!   reports it (`INIT REPORT(durationMs: ...)`), to cross-check `cold`.
+//!
+//! The result is JSON (`--json`, else stdout); progress goes to stderr.
+
+mod proxy;
+mod runtime_api;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use remediation_testkit::events;
+use remediation_testkit::lambda_emulator::{Emulator, emulator_path};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::process::{Child, Command};
+
+use proxy::TimingProxy;
+use runtime_api::{Invoked, RuntimeApi};
+
+/// Injected on every API request during the storm.
+const STORM_LATENCY_MS: u64 = 20;
+const STORM_TARGETS: usize = 200;
+const STORM_ALERTS: usize = 500;
+/// The template's caps per message (`deploy/alertmanager/sns.tmpl`).
+const MESSAGE_MAX_ALERTS: usize = 200;
+const MESSAGE_MAX_BYTES: usize = 250_000;
+/// What the safety rules need per acting target: GET (state and record), PATCH (change +
+/// record, resourceVersion precondition), POST (the Kubernetes Event).
+const REQUESTS_PER_TARGET: usize = 3;
+/// Default of `MAX_TARGETS_PER_INVOCATION`.
+const DEFAULT_MAX_TARGETS: usize = 10;
+const INVOKE_TIMEOUT: Duration = Duration::from_secs(120);
+
+struct Options {
+    bootstrap: PathBuf,
+    standin: PathBuf,
+    runs: usize,
+    warm: usize,
+    only: Vec<String>,
+    json: Option<PathBuf>,
+    concurrency: usize,
+}
+
+fn usage() -> &'static str {
+    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,rie] [--json OUT]"
+}
+
+fn options() -> Result<Options, String> {
+    let mut bootstrap = None;
+    let mut standin = None;
+    let mut runs = 5;
+    let mut warm = 50;
+    let mut only: Vec<String> = ["cold", "warm", "storm", "capped", "rie"]
+        .map(String::from)
+        .to_vec();
+    let mut json = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bootstrap" => bootstrap = Some(PathBuf::from(value()?)),
+            "--standin" => standin = Some(PathBuf::from(value()?)),
+            "--runs" => runs = value()?.parse().map_err(|_| "--runs: a number")?,
+            "--warm" => warm = value()?.parse().map_err(|_| "--warm: a number")?,
+            "--only" => only = value()?.split(',').map(String::from).collect(),
+            "--json" => json = Some(PathBuf::from(value()?)),
+            "-h" | "--help" => return Err(usage().into()),
+            other => return Err(format!("unknown argument {other}\n{}", usage())),
+        }
+    }
+    let concurrency = match std::env::var("MAX_CONCURRENCY") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| format!("MAX_CONCURRENCY={v} is not a number"))?,
+        Err(_) => 8,
+    };
+    Ok(Options {
+        bootstrap: bootstrap.ok_or("--bootstrap is required")?,
+        standin: standin.ok_or("--standin is required")?,
+        runs: runs.max(1),
+        warm: warm.max(1),
+        only,
+        json,
+        concurrency,
+    })
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("lambda-bench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lambda-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&options)) {
+        Ok(result) => {
+            let text = serde_json::to_string_pretty(&result).unwrap_or_default();
+            match &options.json {
+                Some(path) => {
+                    if let Err(e) = std::fs::write(path, text) {
+                        eprintln!("lambda-bench: {}: {e}", path.display());
+                        return ExitCode::FAILURE;
+                    }
+                }
+                None => println!("{text}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lambda-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(options: &Options) -> Result<Value, String> {
+    let work = std::env::temp_dir().join(format!("lambda-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let bench = Bench {
+        options,
+        work: work.clone(),
+    };
+    let mut result = json!({
+        "bootstrap": options.bootstrap.display().to_string(),
+        "bootstrap_bytes": std::fs::metadata(&options.bootstrap).map(|m| m.len()).unwrap_or(0),
+        "runs": options.runs,
+        "concurrency": options.concurrency,
+        "loadavg_before": loadavg(),
+    });
+    let wanted = |phase: &str| options.only.iter().any(|p| p == phase);
+    if wanted("cold") {
+        result["cold"] = bench.cold().await?;
+    }
+    if wanted("warm") {
+        result["warm"] = bench.warm().await?;
+    }
+    if wanted("storm") {
+        result["storm"] = bench.storm(Some(STORM_TARGETS)).await?;
+    }
+    if wanted("capped") {
+        result["capped"] = bench.storm(None).await?;
+    }
+    if wanted("rie") {
+        result["rie"] = bench.rie().await?;
+    }
+    result["loadavg_after"] = json!(loadavg());
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(result)
+}
+
+struct Bench<'a> {
+    options: &'a Options,
+    work: PathBuf,
+}
+
+impl Bench<'_> {
+    /// Cold start and first invocation, a fresh process per run.
+    async fn cold(&self) -> Result<Value, String> {
+        let standin = Standin::start(&self.options.standin, &self.work).await?;
+        let mut cold_start = Vec::new();
+        let mut first = Vec::new();
+        let mut spawn_to_answer = Vec::new();
+        let mut rss = Vec::new();
+        let mut requests = Vec::new();
+        for run in 0..self.options.runs {
+            let name = format!("cold-{run}");
+            standin.seed(&json!([deployment(&name)])).await?;
+            standin.clear_requests().await?;
+            let event = sns_event(&[vec![alert("shop", &name, run, Utc::now())]], Utc::now());
+            let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
+            let pending = api.invoke(to_bytes(&event), INVOKE_TIMEOUT);
+            let function = Function::launch(
+                &self.options.bootstrap,
+                &api,
+                standin.kubeconfig(),
+                &[],
+                &self.work,
+            )?;
+            let invoked = pending.await.map_err(|e| function.explain(&e))?;
+            expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
+            let ready = api.first_next().ok_or("no /next before the answer")?;
+            cold_start.push(ms(ready - function.spawned));
+            first.push(ms(invoked.duration()));
+            spawn_to_answer.push(ms(invoked.done - function.spawned));
+            rss.push(function.peak_rss_kib().unwrap_or(0) as f64);
+            requests.push(standin.requests().await?.len());
+            eprintln!(
+                "cold {run}: exec -> first /next {:.2} ms, first invocation {:.2} ms",
+                ms(ready - function.spawned),
+                ms(invoked.duration())
+            );
+        }
+        Ok(json!({
+            "cold_start_ms": stats(&cold_start),
+            "first_invocation_ms": stats(&first),
+            "spawn_to_answer_ms": stats(&spawn_to_answer),
+            "peak_rss_kib": stats(&rss),
+            "api_requests": requests,
+        }))
+    }
+
+    /// Warm invocations: acting ones through the timing proxy, and screened-out ones.
+    async fn warm(&self) -> Result<Value, String> {
+        let standin = Standin::start(&self.options.standin, &self.work).await?;
+        let proxy = TimingProxy::start(standin.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kubeconfig = self.work.join("proxy.kubeconfig");
+        std::fs::write(&kubeconfig, kube_standin::kubeconfig_for(&proxy.url(), "shop"))
+            .map_err(|e| e.to_string())?;
+        standin.seed(&json!([deployment("warm-target")])).await?;
+        let now = Utc::now();
+        let acting = to_bytes(&sns_event(&[vec![alert("shop", "warm-target", 0, now)]], now));
+        let screened = to_bytes(&sns_event(
+            &[vec![alert("kube-system", "coredns", 1, now)]],
+            now,
+        ));
+        let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
+        let first = api.invoke(acting.clone(), INVOKE_TIMEOUT);
+        let function = Function::launch(
+            &self.options.bootstrap,
+            &api,
+            &kubeconfig,
+            &[("COOLDOWN_SECONDS", "0"), ("ESCALATION_WINDOW_SECONDS", "0")],
+            &self.work,
+        )?;
+        first.await.map_err(|e| function.explain(&e))?;
+
+        let (mut total, mut api_time, mut own, mut counts) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.options.warm {
+            let invoked = api
+                .invoke(acting.clone(), INVOKE_TIMEOUT)
+                .await
+                .map_err(|e| function.explain(&e))?;
+            expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
+            let (count, busy) = proxy.busy(invoked.served, invoked.done);
+            total.push(ms(invoked.duration()));
+            api_time.push(ms(busy));
+            own.push(ms(invoked.duration().saturating_sub(busy)));
+            counts.push(count);
+        }
+        let mut screened_total = Vec::new();
+        let mut screened_requests = 0;
+        for _ in 0..self.options.warm {
+            let invoked = api
+                .invoke(screened.clone(), INVOKE_TIMEOUT)
+                .await
+                .map_err(|e| function.explain(&e))?;
+            expect_outcomes(&invoked, &[("skipped", 1)]).map_err(|e| function.explain(&e))?;
+            screened_requests += proxy.busy(invoked.served, invoked.done).0;
+            screened_total.push(ms(invoked.duration()));
+        }
+        let median_requests = {
+            let mut c = counts.clone();
+            c.sort_unstable();
+            c[c.len() / 2]
+        };
+        eprintln!(
+            "warm: acting {:.3} ms total, {:.3} ms API ({median_requests} requests), {:.3} ms function; screened out {:.3} ms",
+            median(&total),
+            median(&api_time),
+            median(&own),
+            median(&screened_total)
+        );
+        Ok(json!({
+            "invocations": self.options.warm,
+            "acting": {
+                "total_ms": stats(&total),
+                "api_ms": stats(&api_time),
+                "function_ms": stats(&own),
+                "api_requests_median": median_requests,
+            },
+            "screened": {
+                "total_ms": stats(&screened_total),
+                "api_requests": screened_requests,
+            },
+            "peak_rss_kib": function.peak_rss_kib(),
+        }))
+    }
+
+    /// The alert storm; `max_targets` is `MAX_TARGETS_PER_INVOCATION` (`None`: the default).
+    async fn storm(&self, max_targets: Option<usize>) -> Result<Value, String> {
+        let cap = max_targets.unwrap_or(DEFAULT_MAX_TARGETS);
+        let acting = cap.min(STORM_TARGETS);
+        let concurrency = self.options.concurrency;
+        // Every target needs its GET (its state decides: cooldown, opt-in, escalation); only
+        // the ones within the cap go on to PATCH and POST. Chains of at most 3 requests on
+        // `concurrency` slots: the total request time spread evenly, at least one chain.
+        let request_count = acting * REQUESTS_PER_TARGET + (STORM_TARGETS - acting);
+        let floor_units = request_count.div_ceil(concurrency).max(REQUESTS_PER_TARGET);
+        let floor_ms = (floor_units as u64 * STORM_LATENCY_MS) as f64;
+
+        let now = Utc::now();
+        let alerts: Vec<Value> = (0..STORM_ALERTS)
+            .map(|i| {
+                let mut a = alert("shop", &storm_name(i % STORM_TARGETS), i, now);
+                a["generatorURL"] = json!(format!(
+                    "http://prometheus.monitoring:9090/graph?g0.expr=histogram_quantile%280.95%2C+sum+by+%28le%2C+destination_workload%29+%28rate%28istio_request_duration_milliseconds_bucket%7Bdestination_workload%3D%22{}%22%7D%5B5m%5D%29%29%29+%3E+500&g0.tab=1",
+                    storm_name(i % STORM_TARGETS)
+                ));
+                a
+            })
+            .collect();
+        let messages = pack(alerts);
+        let event = sns_event(&messages, now);
+        let bytes = to_bytes(&event);
+        let seeds: Vec<Value> = (0..STORM_TARGETS)
+            .map(|i| deployment(&storm_name(i)))
+            .collect();
+        let vars: Vec<(&str, String)> = match max_targets {
+            Some(n) => vec![("MAX_TARGETS_PER_INVOCATION", n.to_string())],
+            None => Vec::new(),
+        };
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let label = if max_targets.is_some() {
+            "storm"
+        } else {
+            "capped"
+        };
+
+        let (mut wall, mut rss) = (Vec::new(), Vec::new());
+        let mut summary = Value::Null;
+        let mut per_target = Value::Null;
+        for run in 0..self.options.runs {
+            let standin = Standin::start(&self.options.standin, &self.work).await?;
+            standin.seed(&Value::Array(seeds.clone())).await?;
+            standin
+                .fault(&json!({"kind": {"latency": {"ms": STORM_LATENCY_MS}}}))
+                .await?;
+            standin.clear_requests().await?;
+            let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
+            let pending = api.invoke(bytes.clone(), INVOKE_TIMEOUT);
+            let function = Function::launch(
+                &self.options.bootstrap,
+                &api,
+                standin.kubeconfig(),
+                &vars,
+                &self.work,
+            )?;
+            let invoked = pending.await.map_err(|e| function.explain(&e))?;
+            let applied = acting;
+            let blast = STORM_TARGETS - acting;
+            let duplicates = STORM_ALERTS - STORM_TARGETS;
+            let mut want = vec![("applied", applied), ("skipped", duplicates + blast)];
+            want.retain(|(_, n)| *n > 0);
+            expect_outcomes(&invoked, &want).map_err(|e| function.explain(&e))?;
+            let rss_kib = function.peak_rss_kib().unwrap_or(0);
+            wall.push(ms(invoked.duration()));
+            rss.push(rss_kib as f64);
+            summary = invoked.body["summary"].clone();
+            per_target = requests_per_target(&standin.requests().await?);
+            eprintln!(
+                "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB",
+                ms(invoked.duration()),
+                rss_kib as f64 / 1024.0
+            );
+        }
+        let wall_stats = stats(&wall);
+        Ok(json!({
+            "alerts": STORM_ALERTS,
+            "targets": STORM_TARGETS,
+            "records": messages.len(),
+            "message_alerts": messages.iter().map(Vec::len).collect::<Vec<_>>(),
+            "event_bytes": bytes.len(),
+            "max_targets": cap,
+            "acting_targets": acting,
+            "concurrency": concurrency,
+            "latency_ms": STORM_LATENCY_MS,
+            "api_requests_floor": request_count,
+            "floor_ms": floor_ms,
+            "wall_ms": wall_stats,
+            "ratio": median(&wall) / floor_ms,
+            "peak_rss_kib": stats(&rss),
+            "summary": summary,
+            "requests_per_target": per_target,
+        }))
+    }
+
+    /// The cold start as the AWS Lambda Runtime Interface Emulator reports it.
+    async fn rie(&self) -> Result<Value, String> {
+        if emulator_path().is_none() {
+            eprintln!("rie: the Lambda Runtime Interface Emulator is not installed (scripts/setup); skipped");
+            return Ok(Value::Null);
+        }
+        let standin = Standin::start(&self.options.standin, &self.work).await?;
+        let kubeconfig = standin.kubeconfig().display().to_string();
+        let (mut init, mut invoke, mut client) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..self.options.runs {
+            let name = format!("rie-{run}");
+            standin.seed(&json!([deployment(&name)])).await?;
+            let event = sns_event(&[vec![alert("shop", &name, run, Utc::now())]], Utc::now());
+            let emulator = Emulator::start(
+                &self.options.bootstrap,
+                &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")],
+            )
+            .await;
+            let started = Instant::now();
+            let (status, body) = emulator.invoke(&event).await;
+            let elapsed = ms(started.elapsed());
+            let logs = emulator.logs();
+            let applied = body["summary"]["applied"].as_u64() == Some(1);
+            if status != 200 || !applied {
+                return Err(format!(
+                    "rie run {run}: status {status}, answer {body}\n{logs}"
+                ));
+            }
+            let init_ms = number_after(&logs, "INIT REPORT(durationMs: ")
+                .ok_or_else(|| format!("no INIT REPORT in the emulator log:\n{logs}"))?;
+            let invoke_ms = number_after(&logs, "INVOKE RTDONE(").and_then(|_| {
+                let line = logs.lines().find(|l| l.contains("INVOKE RTDONE("))?;
+                number_after(line, "duration: ")
+            });
+            init.push(init_ms);
+            if let Some(v) = invoke_ms {
+                invoke.push(v);
+            }
+            client.push(elapsed);
+            eprintln!(
+                "rie {run}: INIT {init_ms:.2} ms, invoke {:.2} ms, client round trip {elapsed:.2} ms",
+                invoke_ms.unwrap_or(f64::NAN)
+            );
+        }
+        Ok(json!({
+            "init_ms": stats(&init),
+            "invoke_ms": stats(&invoke),
+            "client_ms": stats(&client),
+        }))
+    }
+}
+
+/// Counts, per target Deployment, the API requests the stand-in logged for it.
+fn requests_per_target(log: &[Value]) -> Value {
+    let mut per: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for request in log {
+        let method = request["method"].as_str().unwrap_or("?");
+        let path = request["path"].as_str().unwrap_or("");
+        let (what, name) = if let Some(i) = path.find("/deployments/") {
+            ("deployment", path[i + "/deployments/".len()..].to_owned())
+        } else if path.ends_with("/events") {
+            (
+                "event",
+                request["body"]["regarding"]["name"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned(),
+            )
+        } else {
+            ("other", path.to_owned())
+        };
+        *per
+            .entry(name)
+            .or_default()
+            .entry(format!("{method} {what}"))
+            .or_default() += 1;
+    }
+    // Targets that got the same requests, grouped: {"GET deployment, PATCH deployment, POST event": 200}.
+    let mut shapes: BTreeMap<String, usize> = BTreeMap::new();
+    for requests in per.values() {
+        let shape = requests
+            .iter()
+            .map(|(k, n)| if *n == 1 { k.clone() } else { format!("{n} x {k}") })
+            .collect::<Vec<_>>()
+            .join(", ");
+        *shapes.entry(shape).or_default() += 1;
+    }
+    json!(shapes)
+}
+
+/// Splits alerts into messages the way the template caps them.
+fn pack(alerts: Vec<Value>) -> Vec<Vec<Value>> {
+    let empty = message(&[]).to_string().len();
+    let mut messages: Vec<Vec<Value>> = Vec::new();
+    let mut size = usize::MAX;
+    for alert in alerts {
+        let len = alert.to_string().len() + 1;
+        match messages.last_mut() {
+            Some(last) if last.len() < MESSAGE_MAX_ALERTS && size + len < MESSAGE_MAX_BYTES => {
+                last.push(alert);
+                size += len;
+            }
+            _ => {
+                messages.push(vec![alert]);
+                size = empty + len;
+            }
+        }
+    }
+    messages
+}
+
+fn storm_name(i: usize) -> String {
+    format!("storm-{i:03}")
+}
+
+/// An opted-in Deployment like the demo's (the stand-in gives it a settled status).
+fn deployment(name: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "shop",
+                     "labels": {"app": name, "auto_remediation": "active"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "app", "image": format!("example/{name}:1.0"),
+                                         "ports": [{"containerPort": 8080}]}]}
+            }
+        }
+    })
+}
+
+/// The sample firing alert (`events/latency-restart-firing.json`) for another Deployment.
+fn alert(namespace: &str, deployment: &str, index: usize, now: DateTime<Utc>) -> Value {
+    let mut alert = events::message(sample())["alerts"][0].clone();
+    alert["labels"]["namespace"] = json!(namespace);
+    alert["labels"]["deployment"] = json!(deployment);
+    alert["labels"]["pod"] = json!(format!("{deployment}-7c9d8f6b5-{:05x}", index * 7919));
+    alert["annotations"]["summary"] = json!(format!(
+        "P95 latency {} ms on {deployment} in {namespace}",
+        600 + index
+    ));
+    alert["startsAt"] = json!((now - chrono::Duration::minutes(5)).to_rfc3339());
+    alert["fingerprint"] = json!(format!("{:016x}", 0x2289_218d_565d_99a5_u64 + index as u64));
+    alert
+}
+
+/// An Alertmanager webhook-v4 message holding `alerts`, shaped like the sample's: common
+/// labels and annotations are those all alerts share.
+fn message(alerts: &[Value]) -> Value {
+    let mut message = events::message(sample());
+    let common = |field: &str| -> Value {
+        let mut shared = alerts
+            .first()
+            .and_then(|a| a[field].as_object().cloned())
+            .unwrap_or_default();
+        shared.retain(|k, v| alerts.iter().all(|a| &a[field][k] == v));
+        Value::Object(shared)
+    };
+    if !alerts.is_empty() {
+        message["commonLabels"] = common("labels");
+        message["commonAnnotations"] = common("annotations");
+    }
+    message["alerts"] = Value::Array(alerts.to_vec());
+    message
+}
+
+/// `events/latency-restart-firing.json`, read once.
+fn sample() -> &'static Value {
+    static SAMPLE: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    SAMPLE.get_or_init(|| events::raw("latency-restart-firing.json"))
+}
+
+/// An SNS event with one record per message, published at `published`.
+fn sns_event(messages: &[Vec<Value>], published: DateTime<Utc>) -> Value {
+    let records: Vec<Value> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, alerts)| {
+            let mut record = sample()["Records"][0].clone();
+            record["Sns"]["MessageId"] = json!(format!("1b90641c-5715-5ab5-a60a-{i:012x}"));
+            record["Sns"]["Timestamp"] = json!(published.to_rfc3339());
+            record["Sns"]["Message"] = json!(message(alerts).to_string());
+            record
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+fn to_bytes(event: &Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(event).unwrap_or_default())
+}
+
+/// Checks the response's outcome counts, e.g. `[("applied", 200), ("skipped", 300)]`.
+fn expect_outcomes(invoked: &Invoked, want: &[(&str, usize)]) -> Result<(), String> {
+    if !invoked.ok {
+        return Err(format!("invocation error: {}", invoked.body));
+    }
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in invoked.body["outcomes"].as_array().into_iter().flatten() {
+        *got.entry(outcome["outcome"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
+    let want: BTreeMap<String, usize> = want.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect();
+    if got == want {
+        Ok(())
+    } else {
+        let reasons: Vec<&str> = invoked.body["outcomes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o["reason"].as_str())
+            .take(5)
+            .collect();
+        Err(format!(
+            "outcomes {got:?}, expected {want:?}; first reasons: {reasons:?}"
+        ))
+    }
+}
+
+/// The stand-in, run from its binary.
+struct Standin {
+    _child: Child,
+    url: String,
+    addr: SocketAddr,
+    kubeconfig: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Standin {
+    async fn start(binary: &Path, work: &Path) -> Result<Standin, String> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let kubeconfig = work.join(format!("standin-{n}.kubeconfig"));
+        let mut child = Command::new(binary)
+            .args(["--seed-demo", "--kubeconfig-out"])
+            .arg(&kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let stdout = child.stdout.take().ok_or("no stand-in stdout")?;
+        let mut line = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::BufReader::new(stdout).read_line(&mut line),
+        )
+        .await
+        .map_err(|_| "the stand-in did not start")?
+        .map_err(|e| e.to_string())?;
+        let url = line.trim().to_owned();
+        let addr = url
+            .strip_prefix("http://")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("the stand-in printed {url:?}, not its URL"))?;
+        Ok(Standin {
+            _child: child,
+            url,
+            addr,
+            kubeconfig,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
+        let mut request = self.http.request(method, format!("{}/_standin/{path}", self.url));
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        if !status.is_success() {
+            return Err(format!("stand-in /_standin/{path}: {status} {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn seed(&self, objects: &Value) -> Result<(), String> {
+        self.admin(reqwest::Method::POST, "seed", Some(objects)).await.map(drop)
+    }
+
+    async fn fault(&self, rule: &Value) -> Result<(), String> {
+        self.admin(reqwest::Method::POST, "faults", Some(rule)).await.map(drop)
+    }
+
+    async fn clear_requests(&self) -> Result<(), String> {
+        self.admin(reqwest::Method::DELETE, "requests", None).await.map(drop)
+    }
+
+    async fn requests(&self) -> Result<Vec<Value>, String> {
+        let log = self.admin(reqwest::Method::GET, "requests", None).await?;
+        Ok(log.as_array().cloned().unwrap_or_default())
+    }
+}
+
+/// A bootstrap process talking to a [`RuntimeApi`].
+struct Function {
+    child: Child,
+    spawned: Instant,
+    log: PathBuf,
+}
+
+impl Function {
+    /// Starts `bootstrap` as Lambda would (its environment, the runtime API address), with
+    /// `DRY_RUN=false`, the cluster from `kubeconfig`, and `vars`. `MAX_CONCURRENCY` is
+    /// passed on when set.
+    fn launch(
+        bootstrap: &Path,
+        api: &RuntimeApi,
+        kubeconfig: &Path,
+        vars: &[(&str, &str)],
+        work: &Path,
+    ) -> Result<Function, String> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = work.join(format!(
+            "function-{}.log",
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let file = std::fs::File::create(&log).map_err(|e| e.to_string())?;
+        let err = file.try_clone().map_err(|e| e.to_string())?;
+        let mut command = Command::new(bootstrap);
+        command
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", api.address())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "latency-restart")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/latency-restart")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("KUBECONFIG", kubeconfig)
+            .env("DRY_RUN", "false")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::from(err))
+            .kill_on_drop(true);
+        if let Ok(v) = std::env::var("MAX_CONCURRENCY") {
+            command.env("MAX_CONCURRENCY", v);
+        }
+        for (k, v) in vars {
+            command.env(k, v);
+        }
+        let spawned = Instant::now();
+        let child = command
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bootstrap.display()))?;
+        Ok(Function {
+            child,
+            spawned,
+            log,
+        })
+    }
+
+    /// `VmHWM` of the process: its peak resident set so far, in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// An error with the end of the function's log.
+    fn explain(&self, error: &str) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        format!("{error}\nfunction log ({}):\n{}", self.log.display(), tail.join("\n"))
+    }
+}
+
+fn number_after(text: &str, marker: &str) -> Option<f64> {
+    let rest = &text[text.find(marker)? + marker.len()..];
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let mid = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    }
+}
+
+fn stats(samples: &[f64]) -> Value {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        sorted
+            .get(((sorted.len().saturating_sub(1)) as f64 * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    json!({
+        "n": samples.len(),
+        "median": median(samples),
+        "min": at(0.0),
+        "p95": at(0.95),
+        "max": at(1.0),
+        "samples": samples,
+    })
+}

@@ -1,0 +1,485 @@
+//! Reliability under faults: the Kubernetes API stand-in injects latency, 5xx, 429 with
+//! Retry-After, 409 storms, connection resets, lost answers, hangs and a dead API, and
+//! latency-restart must in every case act at most once, give every alert an outcome, and
+//! classify transient failures as retryable (so the Lambda invocation fails and Lambda's
+//! retries and dead-letter queue apply).
+//!
+//! These checks need fault injection, so against a real cluster (TEST_KUBECONFIG) they are
+//! skipped with a note.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kube_standin::{Fault, FaultKind, RecordedRequest, StandIn};
+use lambda_runtime::{Context, LambdaEvent};
+use mesh_remediation::lambda::Function;
+use mesh_remediation::pipeline::{Invocation, Pipeline};
+use mesh_remediation::remediation::LatencyRestart;
+use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::cluster::{FixedConnector, config};
+use remediation_testkit::{TestCluster, events};
+use serde_json::Value;
+
+const TARGET: &str = "checkout-v2";
+const TRACE: &str = "Root=1-67a1b2c3-0123456789abcdef01234567;Sampled=1";
+
+/// A cluster with the target Deployment, its generation, and the stand-in (None on a real
+/// cluster: the test then returns early).
+async fn setup(prefix: &str) -> (TestCluster, i64) {
+    let cluster = TestCluster::start(prefix).await;
+    let before = cluster.create_deployment(TARGET, true).await;
+    if let Some(standin) = cluster.standin() {
+        standin.clear_requests();
+    }
+    (cluster, before.metadata.generation.expect("generation"))
+}
+
+async fn generation(cluster: &TestCluster, name: &str) -> i64 {
+    cluster
+        .deployment(name)
+        .await
+        .metadata
+        .generation
+        .expect("generation")
+}
+
+fn invocation(deadline: Option<Instant>) -> Invocation {
+    Invocation::new("req-reliability", Some(TRACE), deadline)
+}
+
+fn firing(cluster: &TestCluster) -> Value {
+    events::fresh("latency-restart-firing.json", &cluster.namespace)
+}
+
+fn only(report: &InvocationReport) -> &Outcome {
+    assert_eq!(
+        report.outcomes.len(),
+        1,
+        "one alert, one outcome: {report:#?}"
+    );
+    &report.outcomes[0]
+}
+
+fn reason(outcome: &Outcome) -> &str {
+    outcome.reason.as_deref().unwrap_or_default()
+}
+
+/// A retryable failure that changed nothing, with a reason containing `why`.
+fn assert_transient(outcome: &Outcome, why: &str) {
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(outcome.retryable, "transient failure must be retryable: {outcome:#?}");
+    assert!(reason(outcome).contains(why), "{why:?} not in {outcome:#?}");
+}
+
+/// Requests the function sent for the target Deployment (GET/PATCH on its path).
+fn target_requests(standin: &StandIn, method: &str) -> Vec<RecordedRequest> {
+    standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == method && r.path.ends_with(&format!("/deployments/{TARGET}")))
+        .collect()
+}
+
+/// The Lambda function's answer to `event`: `Err` is what makes Lambda retry.
+async fn lambda_answer(
+    cluster: &TestCluster,
+    vars: &[(&str, &str)],
+    event: Value,
+    deadline: Option<SystemTime>,
+) -> Result<Value, lambda_runtime::Error> {
+    let function = Function::new(cluster.timed_pipeline(LatencyRestart, vars).await);
+    let mut context = Context::default();
+    context.request_id = "req-lambda".into();
+    context.xray_trace_id = Some(TRACE.into());
+    if let Some(deadline) = deadline {
+        context.deadline = deadline
+            .duration_since(UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_millis()
+            .try_into()
+            .expect("fits");
+    }
+    function.invoke(LambdaEvent::new(event, context)).await
+}
+
+/// After a transient failure the Lambda invocation fails (so Lambda retries it).
+async fn assert_lambda_retries(cluster: &TestCluster, vars: &[(&str, &str)], why: &str) {
+    let err = lambda_answer(cluster, vars, firing(cluster), None)
+        .await
+        .expect_err("a transient failure must fail the invocation so Lambda retries it");
+    let message = err.to_string();
+    assert!(message.contains("failed transiently"), "{message}");
+    assert!(message.contains(why), "{why:?} not in {message}");
+}
+
+/// Exactly one restart happened: generation +1 and one Event.
+async fn assert_restarted_once(cluster: &TestCluster, generation_before: i64) {
+    assert_eq!(
+        generation(cluster, TARGET).await,
+        generation_before + 1,
+        "exactly one rollout"
+    );
+    let events = cluster.events_about(TARGET).await;
+    assert_eq!(events.len(), 1, "exactly one Event: {events:#?}");
+}
+
+async fn assert_untouched(cluster: &TestCluster, generation_before: i64) {
+    assert_eq!(generation(cluster, TARGET).await, generation_before, "no rollout");
+    assert!(cluster.events_about(TARGET).await.is_empty(), "no Event");
+}
+
+#[tokio::test]
+async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
+    let (cluster, generation_before) = setup("rel-latency").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // Every request (read, write, Event) is slow.
+    standin.add_fault(Fault::latency(400));
+    let started = Instant::now();
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert!(started.elapsed() >= Duration::from_millis(1200), "GET + PATCH + Event were slow");
+    assert_restarted_once(&cluster, generation_before).await;
+    // The same alert again, still slow: one action per cooldown.
+    let again = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&again).outcome, OutcomeKind::Skipped, "{again:#?}");
+    assert_restarted_once(&cluster, generation_before).await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_twice_then_fail_retryably() {
+    let (cluster, generation_before) = setup("rel-5xx").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    for code in [500, 503, 504] {
+        standin.clear_faults();
+        standin.clear_requests();
+        standin.add_fault(Fault::status(code).method("PATCH").path_contains("/deployments/"));
+        let report = cluster
+            .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+            .await;
+        assert_transient(only(&report), &format!("patch Deployment {}/{TARGET}", cluster.namespace));
+        assert_eq!(
+            target_requests(standin, "PATCH").len(),
+            3,
+            "{code}: one write and two retries, no more"
+        );
+        assert_untouched(&cluster, generation_before).await;
+        assert_lambda_retries(&cluster, &[], "patch Deployment").await;
+    }
+    // Two failed reads, then the API recovers within the invocation: acted on once.
+    standin.clear_faults();
+    standin.clear_requests();
+    standin.add_fault(
+        Fault::status(500)
+            .method("GET")
+            .path_contains(&format!("/deployments/{TARGET}"))
+            .times(2),
+    );
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(target_requests(standin, "GET").len(), 3);
+    assert_restarted_once(&cluster, generation_before).await;
+}
+
+#[tokio::test]
+async fn throttling_honours_retry_after_capped_at_two_seconds() {
+    let (cluster, generation_before) = setup("rel-429").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // Retry-After: 1 on two reads: the pipeline waits 1 s each time (not its own ~0.1 s
+    // backoff, not the 2 s cap).
+    standin.add_fault(
+        Fault::throttle(1)
+            .method("GET")
+            .path_contains("/deployments/")
+            .times(2),
+    );
+    let started = Instant::now();
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(3500),
+        "two waits of Retry-After=1s: {elapsed:?}"
+    );
+    assert_restarted_once(&cluster, generation_before).await;
+
+    // Retry-After: 30 on every write: each wait is capped at 2 s, then a retryable failure
+    // (Lambda retries later) instead of sleeping through the invocation.
+    standin.clear_faults();
+    standin.clear_requests();
+    standin.add_fault(Fault::throttle(30).method("PATCH").path_contains("/deployments/"));
+    let vars = [("COOLDOWN_SECONDS", "0")];
+    let generation_now = generation(&cluster, TARGET).await;
+    let started = Instant::now();
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
+        .await;
+    let elapsed = started.elapsed();
+    assert_transient(only(&report), "Too many requests");
+    assert!(
+        elapsed >= Duration::from_secs(4) && elapsed < Duration::from_millis(6500),
+        "two waits capped at 2 s: {elapsed:?}"
+    );
+    assert_eq!(target_requests(standin, "PATCH").len(), 3);
+    assert_eq!(generation(&cluster, TARGET).await, generation_now);
+}
+
+#[tokio::test]
+async fn conflict_storms_converge_or_give_up_without_acting_twice() {
+    let (cluster, generation_before) = setup("rel-409").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // Five refused writes (409 Conflict bodies), the sixth goes through.
+    standin.add_fault(
+        Fault::status(409)
+            .method("PATCH")
+            .path_contains("/deployments/")
+            .times(5),
+    );
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(target_requests(standin, "PATCH").len(), 6);
+    assert_restarted_once(&cluster, generation_before).await;
+
+    // A storm that does not end: a bounded number of attempts, then a retryable failure.
+    standin.clear_faults();
+    standin.clear_requests();
+    standin.add_fault(Fault::status(409).method("PATCH").path_contains("/deployments/"));
+    let vars = [("COOLDOWN_SECONDS", "0")];
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
+        .await;
+    assert_transient(only(&report), "conflicting writes");
+    assert_eq!(target_requests(standin, "PATCH").len(), 6, "bounded attempts");
+    assert_restarted_once(&cluster, generation_before).await;
+    assert_lambda_retries(&cluster, &vars, "conflicting writes").await;
+}
+
+#[tokio::test]
+async fn connection_resets_are_retried_and_never_double_act() {
+    let (cluster, generation_before) = setup("rel-reset").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // One write dropped before the server handled it: retried, acted on once.
+    standin.add_fault(
+        Fault::new(FaultKind::Reset)
+            .method("PATCH")
+            .path_contains("/deployments/")
+            .times(1),
+    );
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_restarted_once(&cluster, generation_before).await;
+
+    // Every request to the Deployment reset: a retryable failure, nothing changed.
+    standin.clear_faults();
+    standin.add_fault(Fault::new(FaultKind::Reset).path_contains("/deployments/"));
+    let vars = [("COOLDOWN_SECONDS", "0")];
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
+        .await;
+    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    assert_lambda_retries(&cluster, &vars, "get Deployment").await;
+    standin.clear_faults();
+    assert_restarted_once(&cluster, generation_before).await;
+}
+
+#[tokio::test]
+async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
+    let (cluster, generation_before) = setup("rel-lost").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    // The restart is stored, then the connection drops before the answer: the function
+    // cannot know whether it acted. The retry re-reads, finds its own record and must
+    // neither act again nor report someone else's action.
+    standin.add_fault(
+        Fault::new(FaultKind::DropResponse)
+            .method("PATCH")
+            .path_contains("/deployments/")
+            .times(1),
+    );
+    let report = cluster
+        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
+        .await;
+    let outcome = only(&report);
+    assert_eq!(
+        outcome.outcome,
+        OutcomeKind::Applied,
+        "the change this invocation made is reported as applied: {outcome:#?}"
+    );
+    assert!(outcome.change.as_deref().is_some_and(|c| c.contains("rollout restart")), "{outcome:#?}");
+    assert_eq!(target_requests(standin, "PATCH").len(), 1, "no second write");
+    assert_restarted_once(&cluster, generation_before).await;
+}
+
+#[tokio::test]
+async fn an_api_that_is_down_is_a_quick_retryable_failure() {
+    let cluster = TestCluster::start("rel-down").await;
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut kube_config = kube::Config::new(
+        format!("http://127.0.0.1:{port}")
+            .parse()
+            .expect("URL"),
+    );
+    mesh_remediation::connect::tune(&mut kube_config, Duration::from_secs(2));
+    let down = kube::Client::try_from(kube_config).expect("client");
+    let pipeline = Pipeline::new(
+        config(&[]),
+        LatencyRestart,
+        std::sync::Arc::new(FixedConnector(down)),
+    );
+    let started = Instant::now();
+    let report = pipeline
+        .handle(&firing(&cluster), &invocation(None))
+        .await;
+    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "refused connections fail fast: {:?}",
+        started.elapsed()
+    );
+    let function = Function::new(pipeline);
+    let err = function
+        .invoke(LambdaEvent::new(firing(&cluster), Context::default()))
+        .await
+        .expect_err("Lambda must retry");
+    assert!(err.to_string().contains("failed transiently"), "{err}");
+}
+
+#[tokio::test]
+async fn the_deadline_stops_new_work_and_the_retry_finishes_it_without_acting_twice() {
+    let cluster = TestCluster::start("rel-deadline").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    let mut before = std::collections::BTreeMap::new();
+    for name in ["checkout-v2", "orders"] {
+        let d = cluster.create_deployment(name, true).await;
+        before.insert(name, d.metadata.generation.expect("generation"));
+    }
+    // Writes take 1.6 s; the invocation has 3.5 s. The first target starts with 3.5 s
+    // left and finishes with ~1.9 s left: too little to start another (2 s margin).
+    standin.add_fault(Fault::latency(1600).method("PATCH"));
+    let event = events::fresh("latency-restart-multi.json", &cluster.namespace);
+    let vars = [("MAX_CONCURRENCY", "1")];
+    let deadline = Instant::now() + Duration::from_millis(3500);
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &event, &invocation(Some(deadline)))
+        .await;
+    assert_eq!(report.outcomes.len(), 4, "every alert has an outcome: {report:#?}");
+    let by_target = |name: &str| -> &Outcome {
+        report
+            .outcomes
+            .iter()
+            .find(|o| reason(o).contains(name) || o.target.as_deref().is_some_and(|t| t.ends_with(name)))
+            .unwrap_or_else(|| panic!("no outcome for {name}: {report:#?}"))
+    };
+    assert_eq!(by_target("checkout-v2").outcome, OutcomeKind::Applied, "{report:#?}");
+    for name in ["orders", "payments"] {
+        let outcome = by_target(name);
+        assert_transient(outcome, "not started: less than 2s left before the Lambda deadline");
+    }
+    assert!(
+        reason(by_target("kube-system")).contains("kube-system is protected"),
+        "{report:#?}"
+    );
+    assert_eq!(generation(&cluster, "checkout-v2").await, before["checkout-v2"] + 1);
+    assert_eq!(generation(&cluster, "orders").await, before["orders"], "not started");
+
+    // Lambda retries the invocation (the deadline made it fail): the retry does what was
+    // not done and does not redo what was.
+    standin.clear_faults();
+    let err = lambda_answer(
+        &cluster,
+        &vars,
+        event.clone(),
+        Some(SystemTime::now() + Duration::from_millis(1500)),
+    )
+    .await
+    .expect_err("work refused for the deadline fails the invocation");
+    assert!(err.to_string().contains("not started"), "{err}");
+    let retry = cluster
+        .invoke_with(LatencyRestart, &vars, &event, &invocation(None))
+        .await;
+    let kinds: Vec<(String, OutcomeKind)> = retry
+        .outcomes
+        .iter()
+        .map(|o| (o.target.clone().unwrap_or_default(), o.outcome))
+        .collect();
+    assert_eq!(retry.outcomes.len(), 4, "{retry:#?}");
+    assert_eq!(
+        retry
+            .outcomes
+            .iter()
+            .filter(|o| o.outcome == OutcomeKind::Applied)
+            .count(),
+        1,
+        "only orders is restarted now: {kinds:?}"
+    );
+    assert_eq!(generation(&cluster, "checkout-v2").await, before["checkout-v2"] + 1, "not twice");
+    assert_eq!(generation(&cluster, "orders").await, before["orders"] + 1);
+    assert_eq!(cluster.events_about("checkout-v2").await.len(), 1);
+    assert_eq!(cluster.events_about("orders").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
+    let (cluster, generation_before) = setup("rel-hang").await;
+    let Some(standin) = cluster.standin() else {
+        return;
+    };
+    let vars = [("API_TIMEOUT_SECONDS", "1")];
+    // One write hangs (the server never handled it): timed out, retried, acted on once.
+    standin.add_fault(
+        Fault::new(FaultKind::Hang)
+            .method("PATCH")
+            .path_contains("/deployments/")
+            .times(1),
+    );
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_restarted_once(&cluster, generation_before).await;
+
+    // Every read hangs: three attempts of one second, then a retryable failure.
+    standin.clear_faults();
+    standin.add_fault(Fault::new(FaultKind::Hang).method("GET").path_contains("/deployments/"));
+    let vars = [("API_TIMEOUT_SECONDS", "1"), ("COOLDOWN_SECONDS", "0")];
+    let started = Instant::now();
+    let report = cluster
+        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
+        .await;
+    let elapsed = started.elapsed();
+    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
+        "three one-second timeouts plus short backoffs: {elapsed:?}"
+    );
+    assert_lambda_retries(&cluster, &vars, "get Deployment").await;
+    standin.clear_faults();
+    assert_restarted_once(&cluster, generation_before).await;
+}
