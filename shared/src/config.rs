@@ -165,9 +165,7 @@ impl Config {
 }
 
 /// A lookup that treats empty and blank values as unset.
-pub(crate) fn trimmed(
-    lookup: impl Fn(&str) -> Option<String>,
-) -> impl Fn(&str) -> Option<String> {
+pub(crate) fn trimmed(lookup: impl Fn(&str) -> Option<String>) -> impl Fn(&str) -> Option<String> {
     move |name: &str| {
         lookup(name)
             .map(|v| v.trim().to_owned())
@@ -302,13 +300,19 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug_or_errors() {
         let cfg = config(&[
-            ("SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/s3cr3t"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0/B0/s3cr3t",
+            ),
             ("PAGERDUTY_ROUTING_KEY", "pd-s3cr3t"),
         ])
         .expect("valid");
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
-        assert_eq!(cfg.sinks.pagerduty_routing_key.as_ref().map(Secret::expose), Some("pd-s3cr3t"));
+        assert_eq!(
+            cfg.sinks.pagerduty_routing_key.as_ref().map(Secret::expose),
+            Some("pd-s3cr3t")
+        );
         let err = config(&[("SLACK_WEBHOOK_URL", "hooks.slack.com/s3cr3t")]).expect_err("invalid");
         assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }

@@ -105,9 +105,7 @@ fn open_record(index: usize, record: &Value, expected_topic: Option<&str>) -> Op
                 message_id: id,
                 topic_arn: None,
                 published_at: None,
-                message: Err(input(format!(
-                    "record {index} is not an SNS record: {err}"
-                ))),
+                message: Err(input(format!("record {index} is not an SNS record: {err}"))),
             };
         }
     };
@@ -370,7 +368,10 @@ pub fn parse_revert(event: &Value, expected_topic: Option<&str>) -> Option<Rever
     if !message.contains("\"revert\"") {
         return None;
     }
-    let body = serde_json::from_str::<Value>(message).ok()?.get("revert")?.clone();
+    let body = serde_json::from_str::<Value>(message)
+        .ok()?
+        .get("revert")?
+        .clone();
     let opened = open_record(0, &record, expected_topic);
     Some(RevertDelivery {
         message_id: opened.message_id,
@@ -464,9 +465,21 @@ mod revert_tests {
         };
         for (patch, function, expected) in [
             (json!({}), "db-circuit-break", "invoke error-rollback"),
-            (json!({"remediation": "undo"}), "error-rollback", "unknown remediation"),
-            (json!({"namespace": "../x"}), "error-rollback", "not a valid Kubernetes name"),
-            (json!({"kind": "Virtual Service"}), "error-rollback", "not a Kubernetes kind"),
+            (
+                json!({"remediation": "undo"}),
+                "error-rollback",
+                "unknown remediation",
+            ),
+            (
+                json!({"namespace": "../x"}),
+                "error-rollback",
+                "not a valid Kubernetes name",
+            ),
+            (
+                json!({"kind": "Virtual Service"}),
+                "error-rollback",
+                "not a Kubernetes kind",
+            ),
             (json!({"reason": " "}), "error-rollback", "empty `reason`"),
         ] {
             let err = validate_revert(&parse(patch.clone()), function).expect_err("invalid");

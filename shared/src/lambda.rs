@@ -45,7 +45,8 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
         None => Arc::new(KubeconfigConnector::new(config.api_timeout)),
     };
     let notifiers = notifiers(&config);
-    let function = Function::new(Pipeline::new(config, remediation, kube)).with_notifiers(notifiers);
+    let function =
+        Function::new(Pipeline::new(config, remediation, kube)).with_notifiers(notifiers);
     let function = &function;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         function.invoke(event).await
@@ -106,7 +107,11 @@ impl<R: Remediation> Function<R> {
     }
 
     /// Logs, emits metrics and notifies; turns retryable failures into an invocation error.
-    pub async fn finish(&self, mut report: InvocationReport, started: Instant) -> Result<Value, BoxError> {
+    pub async fn finish(
+        &self,
+        mut report: InvocationReport,
+        started: Instant,
+    ) -> Result<Value, BoxError> {
         report.log();
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -115,7 +120,10 @@ impl<R: Remediation> Function<R> {
             // EMF must be a line of its own on stdout; CloudWatch turns it into metrics.
             println!("{line}");
         }
-        let noteworthy = report.outcomes.iter().any(|o| o.outcome != OutcomeKind::Skipped);
+        let noteworthy = report
+            .outcomes
+            .iter()
+            .any(|o| o.outcome != OutcomeKind::Skipped);
         if noteworthy && !self.notifiers.is_empty() {
             let timeout = self.pipeline.config().sinks.timeout;
             report.notifications = notify::deliver_all(&self.notifiers, &report, timeout).await;
@@ -151,6 +159,8 @@ fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
         return None;
     }
     let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
-    let remaining = deadline.duration_since(SystemTime::now()).unwrap_or_default();
+    let remaining = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
     Some(Instant::now() + remaining)
 }

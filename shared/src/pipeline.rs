@@ -109,9 +109,9 @@ impl<F> Work<F> {
             Request::Revert(_) if config_dry_run => {
                 Some("DRY_RUN=true: validated by server-side dry run, nothing stored")
             }
-            Request::Revert(request) if request.dry_run => {
-                Some("dryRun in the revert request: validated by server-side dry run, nothing stored")
-            }
+            Request::Revert(request) if request.dry_run => Some(
+                "dryRun in the revert request: validated by server-side dry run, nothing stored",
+            ),
             Request::Revert(_) => None,
         }
     }
@@ -333,7 +333,10 @@ impl<R: Remediation> Pipeline<R> {
             &self.config.policy,
             invocation.now,
         ) {
-            return outcomes.push((0, Outcome::new(OutcomeKind::Skipped, source).because(reason)));
+            return outcomes.push((
+                0,
+                Outcome::new(OutcomeKind::Skipped, source).because(reason),
+            ));
         }
         let revertible = self.remediation.revertible(&self.config);
         let Some(resource) = revertible.iter().find(|r| r.kind == request.kind).cloned() else {
@@ -1122,6 +1125,38 @@ mod tests {
         assert!(conflict_backoff(0) <= Duration::from_millis(20));
         assert!(conflict_backoff(3) >= Duration::from_millis(80));
         assert!(conflict_backoff(50) <= Duration::from_millis(1280));
+    }
+
+    #[test]
+    fn an_alert_spanning_several_resource_types_gets_one_outcome() {
+        let vs = Outcome::new(OutcomeKind::Applied, Source::default()).on("VirtualService shop/f");
+        let dr = Outcome::new(OutcomeKind::Skipped, Source::default())
+            .because("weights do it")
+            .on("DestinationRule shop/f");
+        let other = Outcome::new(OutcomeKind::Failed, Source::default()).because("bad");
+        let dup = |o: usize| {
+            let outcome =
+                Outcome::new(OutcomeKind::Skipped, Source::default()).because("duplicate");
+            (o, outcome)
+        };
+        let merged = merge_by_alert(vec![(1, other), (0, dr), dup(2), (0, vs), dup(2)]);
+        let kinds: Vec<OutcomeKind> = merged.iter().map(|o| o.outcome).collect();
+        assert_eq!(
+            kinds,
+            [
+                OutcomeKind::Applied,
+                OutcomeKind::Failed,
+                OutcomeKind::Skipped
+            ]
+        );
+        assert!(
+            merged[0]
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("DestinationRule shop/f: skipped weights do it"))
+        );
+        // The same skip for both types reads as one.
+        assert_eq!(merged[2].reason.as_deref(), Some("duplicate"));
     }
 
     #[test]

@@ -91,10 +91,16 @@ pub fn set_message(event: &mut Value, message: &Value) {
 
 /// The SNS MessageId of the first record.
 pub fn message_id(event: &Value) -> String {
-    event["Records"][0]["Sns"]["MessageId"].as_str().expect("MessageId").to_owned()
+    event["Records"][0]["Sns"]["MessageId"]
+        .as_str()
+        .expect("MessageId")
+        .to_owned()
 }
 
 /// The fingerprint of the first alert of the first record.
 pub fn fingerprint(event: &Value) -> String {
-    message(event)["alerts"][0]["fingerprint"].as_str().expect("fingerprint").to_owned()
+    message(event)["alerts"][0]["fingerprint"]
+        .as_str()
+        .expect("fingerprint")
+        .to_owned()
 }

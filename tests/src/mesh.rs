@@ -11,8 +11,9 @@ use std::time::Duration;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube_standin::Fault;
 use mesh_remediation::record::ActionRecord;
+use mesh_remediation::remediation::Remediation;
 use mesh_remediation::remediation::istio;
-use mesh_remediation::report::{InvocationReport, Outcome};
+use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -285,12 +286,45 @@ pub fn assert_one_dry_run_patch(cluster: &TestCluster, patch: &Value) {
         "server-side dry run: {:?}",
         patches[0].query
     );
-    assert_eq!(&patches[0].body, patch, "the reported patch is the one sent");
+    assert_eq!(
+        &patches[0].body, patch,
+        "the reported patch is the one sent"
+    );
     assert_eq!(patches[0].status, 200);
 }
 
-/// Asserts exactly one write was refused with 409 (the loser of a race; stand-in only).
-pub fn assert_one_conflict(cluster: &TestCluster) {
+/// Runs the same event through two invocations at once; the object's first two writes
+/// are held a moment so both read it before either write lands (see [`hold_writes`]).
+pub async fn race<R: Remediation>(
+    cluster: &TestCluster,
+    kind: Kind,
+    name: &str,
+    remediation: impl Fn() -> R,
+    event: &Value,
+) -> (InvocationReport, InvocationReport) {
+    hold_writes(cluster, kind, name);
+    tokio::join!(
+        cluster.invoke(remediation(), &[], event),
+        cluster.invoke(remediation(), &[], event)
+    )
+}
+
+/// Asserts one of two racing invocations acted and the other stood down on the record
+/// (cooldown) after its write was refused with 409 (the 409 is checked on the stand-in).
+pub fn assert_one_winner(cluster: &TestCluster, a: &InvocationReport, b: &InvocationReport) {
+    let mut got = vec![only(a).outcome, only(b).outcome];
+    got.sort();
+    assert_eq!(
+        got,
+        vec![OutcomeKind::Applied, OutcomeKind::Skipped],
+        "{a:#?} {b:#?}"
+    );
+    let loser = if only(a).outcome == OutcomeKind::Skipped {
+        only(a)
+    } else {
+        only(b)
+    };
+    assert!(reason(loser).contains("cooldown"), "{loser:#?}");
     if let Some(standin) = cluster.standin() {
         let conflicts = standin
             .requests()
@@ -307,7 +341,7 @@ pub fn assert_one_conflict(cluster: &TestCluster) {
 /// Holds the first two writes of one object a moment, so two racing invocations both
 /// read it before either write lands and the `resourceVersion` precondition decides the
 /// race, however the test threads are scheduled (stand-in only).
-pub fn hold_writes(cluster: &TestCluster, kind: Kind, name: &str) {
+fn hold_writes(cluster: &TestCluster, kind: Kind, name: &str) {
     if let Some(standin) = cluster.standin() {
         let path = format!("/{}/{name}", kind.resource().plural);
         standin.add_fault(

@@ -7,8 +7,8 @@ use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_conflict, assert_one_dry_run_patch, assert_schema_valid, only, reason,
-    record, hold_writes, spec_text,
+    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_schema_valid, only, race,
+    reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -88,14 +88,21 @@ async fn firing_alert_sets_the_breaker_once_and_keeps_the_rest_of_the_rule() {
         Some(json!({"trafficPolicy": before["spec"]["trafficPolicy"]})),
         "the exact previous trafficPolicy"
     );
-    assert_eq!(rec.applied, Some(json!({"trafficPolicy": breaker_policy()})));
+    assert_eq!(
+        rec.applied,
+        Some(json!({"trafficPolicy": breaker_policy()}))
+    );
     let patch = outcome.patch.as_ref().expect("patch");
     let sent: Vec<&String> = patch["spec"]["trafficPolicy"]
         .as_object()
         .expect("policy patch")
         .keys()
         .collect();
-    assert_eq!(sent, ["connectionPool", "outlierDetection"], "only those two blocks");
+    assert_eq!(
+        sent,
+        ["connectionPool", "outlierDetection"],
+        "only those two blocks"
+    );
     let events = cluster.events_about(DR).await;
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["action"], "CircuitBreak");
@@ -161,19 +168,10 @@ async fn the_same_event_three_times_changes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = setup("cb-race", true, None).await;
-    hold_writes(&cluster, Kind::DestinationRule, DR);
     let event = events::fresh(FIRING, &cluster.namespace);
-    let (a, b) = tokio::join!(
-        cluster.invoke(defaults(), &[], &event),
-        cluster.invoke(defaults(), &[], &event)
-    );
-    let mut got = vec![only(&a).outcome, only(&b).outcome];
-    got.sort();
-    assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
-    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
-    assert!(reason(loser).starts_with("cooldown"), "{loser:#?}");
+    let (a, b) = race(&cluster, Kind::DestinationRule, DR, defaults, &event).await;
+    assert_one_winner(&cluster, &a, &b);
     assert_eq!(cluster.events_about(DR).await.len(), 1);
-    assert_one_conflict(&cluster);
 }
 
 #[tokio::test]
@@ -189,7 +187,11 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(defaults(), vars, &event).await;
         let outcome = only(&report);
-        assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{event_name}: {outcome:#?}");
+        assert_eq!(
+            outcome.outcome,
+            OutcomeKind::DryRun,
+            "{event_name}: {outcome:#?}"
+        );
         let patch = outcome.patch.as_ref().expect("patch");
         assert_eq!(
             patch["spec"]["trafficPolicy"],
@@ -218,13 +220,20 @@ async fn resolved_alert_restores_the_previous_policy_exactly() {
     let rec = record(&after, "db-circuit-break").expect("record");
     assert!(rec.recovered());
     assert!(
-        cluster.events_about(DR).await.iter().any(|e| e["action"] == "Restore"),
+        cluster
+            .events_about(DR)
+            .await
+            .iter()
+            .any(|e| e["action"] == "Restore"),
         "restore recorded as an Event"
     );
     // Delivered again: nothing more to do.
     let again = only(&cluster.invoke(defaults(), &[], &resolved).await).clone();
     assert_eq!(again.outcome, OutcomeKind::Skipped);
-    assert_eq!(rule(&cluster).await["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    assert_eq!(
+        rule(&cluster).await["metadata"]["resourceVersion"],
+        after["metadata"]["resourceVersion"]
+    );
 }
 
 #[tokio::test]
@@ -236,8 +245,14 @@ async fn resolved_alert_keeps_the_breaker_when_restore_is_off_or_the_policy_was_
     cluster.invoke(defaults(), &[], &firing).await;
     let outcome = only(&cluster.invoke(keep, &[], &resolved).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(reason(&outcome).contains("recovery recorded"), "{outcome:#?}");
-    assert_eq!(rule(&cluster).await["spec"]["trafficPolicy"], breaker_policy());
+    assert!(
+        reason(&outcome).contains("recovery recorded"),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        rule(&cluster).await["spec"]["trafficPolicy"],
+        breaker_policy()
+    );
 
     // Second case: the owner tunes the breaker; resolve leaves the tuning in place.
     let (cluster, _) = setup("cb-edited", true, None).await;
@@ -254,7 +269,10 @@ async fn resolved_alert_keeps_the_breaker_when_restore_is_off_or_the_policy_was_
     let edited = rule(&cluster).await;
     let outcome = only(&cluster.invoke(defaults(), &[], &resolved).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(reason(&outcome).contains("was edited after the action"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("was edited after the action"),
+        "{outcome:#?}"
+    );
     assert_eq!(rule(&cluster).await["spec"], edited["spec"]);
 }
 
@@ -264,7 +282,10 @@ async fn objects_not_opted_in_are_skipped() {
     let event = events::fresh(FIRING, &cluster.namespace);
     let outcome = only(&cluster.invoke(defaults(), &[], &event).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(reason(&outcome).contains("auto_remediation=active"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("auto_remediation=active"),
+        "{outcome:#?}"
+    );
     assert_eq!(rule(&cluster).await, before);
 }
 
@@ -277,7 +298,9 @@ async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edi
     let changed = rule(&cluster).await;
     assert!(changed["spec"]["trafficPolicy"].is_object());
     assert_eq!(
-        record(&changed, "db-circuit-break").expect("record").previous,
+        record(&changed, "db-circuit-break")
+            .expect("record")
+            .previous,
         Some(json!({"trafficPolicy": null}))
     );
 

@@ -4,8 +4,8 @@
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_conflict, assert_one_dry_run_patch,
-    assert_schema_valid, only, reason, record, hold_writes, spec_text,
+    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_schema_valid, only, race,
+    reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -85,10 +85,16 @@ async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() 
     let record = record(&after, "error-rollback").expect("action record on the object");
     assert_eq!(record.fingerprint, "87f033c73d9cf5eb");
     assert_eq!(record.trace_id, report.trace_id);
-    assert_eq!(record.previous, Some(json!({"http": before["spec"]["http"]})));
+    assert_eq!(
+        record.previous,
+        Some(json!({"http": before["spec"]["http"]}))
+    );
     assert_eq!(record.applied, Some(json!({"http": after["spec"]["http"]})));
     let patch = outcome.patch.as_ref().expect("patch reported");
-    assert_eq!(patch["spec"]["http"], after["spec"]["http"], "whole array sent");
+    assert_eq!(
+        patch["spec"]["http"], after["spec"]["http"],
+        "whole array sent"
+    );
     assert_eq!(
         patch["metadata"]["resourceVersion"],
         before["metadata"]["resourceVersion"]
@@ -125,7 +131,10 @@ async fn without_annotation_the_other_version_is_stable_and_host_splits_work() {
     let after = virtual_service(&cluster).await;
     assert_eq!(after["spec"]["http"][0]["route"][0]["weight"], 100);
     assert_eq!(after["spec"]["http"][0]["route"][1]["weight"], 0);
-    assert_eq!(after["spec"]["http"][0]["route"][1]["destination"], spec["http"][0]["route"][1]["destination"]);
+    assert_eq!(
+        after["spec"]["http"][0]["route"][1]["destination"],
+        spec["http"][0]["route"][1]["destination"]
+    );
     assert_schema_valid(&after);
 }
 
@@ -158,19 +167,10 @@ async fn the_same_event_three_times_changes_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = stable_annotated("er-race").await;
-    hold_writes(&cluster, Kind::VirtualService, VS);
     let event = events::fresh(FIRING, &cluster.namespace);
-    let (a, b) = tokio::join!(
-        cluster.invoke(ErrorRollback, &[], &event),
-        cluster.invoke(ErrorRollback, &[], &event)
-    );
-    let mut got = vec![only(&a).outcome, only(&b).outcome];
-    got.sort();
-    assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
-    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
-    assert!(reason(loser).starts_with("cooldown"), "{loser:#?}");
+    let (a, b) = race(&cluster, Kind::VirtualService, VS, || ErrorRollback, &event).await;
+    assert_one_winner(&cluster, &a, &b);
     assert_eq!(cluster.events_about(VS).await.len(), 1);
-    assert_one_conflict(&cluster);
 }
 
 #[tokio::test]
@@ -186,7 +186,11 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(ErrorRollback, vars, &event).await;
         let outcome = only(&report);
-        assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{event_name}: {outcome:#?}");
+        assert_eq!(
+            outcome.outcome,
+            OutcomeKind::DryRun,
+            "{event_name}: {outcome:#?}"
+        );
         let patch = outcome.patch.as_ref().expect("exact patch reported");
         assert_eq!(patch["spec"]["http"], split(100, 0));
         let after = virtual_service(&cluster).await;
@@ -210,13 +214,25 @@ async fn resolved_alert_keeps_the_rollback_and_records_recovery() {
     assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
     assert!(reason(&outcome).starts_with("resolved"), "{outcome:#?}");
     let after = virtual_service(&cluster).await;
-    assert_eq!(after["spec"], rolled_back["spec"], "rolling forward is a human call");
-    assert!(record(&after, "error-rollback").expect("record").recovered());
+    assert_eq!(
+        after["spec"], rolled_back["spec"],
+        "rolling forward is a human call"
+    );
+    assert!(
+        record(&after, "error-rollback")
+            .expect("record")
+            .recovered()
+    );
 }
 
 #[tokio::test]
 async fn objects_not_opted_in_are_skipped() {
-    let (cluster, before) = setup("er-optin", false, json!({"auto-remediation.io/stable-subset": "v1"})).await;
+    let (cluster, before) = setup(
+        "er-optin",
+        false,
+        json!({"auto-remediation.io/stable-subset": "v1"}),
+    )
+    .await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Skipped);
@@ -251,14 +267,19 @@ async fn no_stable_destination_is_refused_with_the_reason() {
         .patch(
             VS,
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {"auto-remediation.io/stable-subset": "v2"}}})),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"auto-remediation.io/stable-subset": "v2"}}}),
+            ),
         )
         .await
         .expect("annotate");
     let event = events::fresh(FIRING, &cluster.namespace);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(reason(&outcome).contains("is the failing version v2"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("is the failing version v2"),
+        "{outcome:#?}"
+    );
     assert_eq!(virtual_service(&cluster).await["spec"], before["spec"]);
 }
 
@@ -286,7 +307,9 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     let events = cluster.events_about(VS).await;
     assert!(
         events.iter().any(|e| e["action"] == "Revert"
-            && e["note"].as_str().is_some_and(|n| n.contains("revert request by oncall@example.com"))),
+            && e["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("revert request by oncall@example.com"))),
         "{events:#?}"
     );
     // Asking again: already done.
@@ -307,7 +330,10 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     let refused = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
     assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
     assert!(!refused.retryable);
-    assert!(reason(&refused).contains("was edited after the action"), "{refused:#?}");
+    assert!(
+        reason(&refused).contains("was edited after the action"),
+        "{refused:#?}"
+    );
     assert_eq!(virtual_service(&cluster).await, edited, "the edit stands");
 }
 
@@ -336,7 +362,10 @@ async fn revert_runs_dry_when_asked_and_checks_the_action_meant() {
     revert["revert"]["traceId"] = json!("1-00000000-000000000000000000000000");
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(reason(&outcome).contains("refusing to revert another action"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("refusing to revert another action"),
+        "{outcome:#?}"
+    );
     assert_eq!(virtual_service(&cluster).await, changed);
 }
 
@@ -345,8 +374,14 @@ async fn revert_requests_for_other_kinds_or_functions_fail_clearly() {
     let (cluster, _) = stable_annotated("er-revertbad").await;
     let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
     let cases = [
-        (json!({"kind": "DestinationRule"}), "reverts VirtualService objects, not DestinationRule"),
-        (json!({"remediation": "db-circuit-break"}), "invoke db-circuit-break"),
+        (
+            json!({"kind": "DestinationRule"}),
+            "reverts VirtualService objects, not DestinationRule",
+        ),
+        (
+            json!({"remediation": "db-circuit-break"}),
+            "invoke db-circuit-break",
+        ),
         (json!({"reason": ""}), "empty `reason`"),
         (json!({"name": "Bad_Name"}), "not a valid Kubernetes name"),
     ];
@@ -356,19 +391,29 @@ async fn revert_requests_for_other_kinds_or_functions_fail_clearly() {
             event["revert"][key] = value.clone();
         }
         let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
-        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{patch}: {outcome:#?}");
+        assert_eq!(
+            outcome.outcome,
+            OutcomeKind::Failed,
+            "{patch}: {outcome:#?}"
+        );
         assert!(!outcome.retryable);
         assert!(reason(&outcome).contains(expected), "{patch}: {outcome:#?}");
     }
     // Nothing to revert yet.
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(reason(&outcome).contains("nothing to revert"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("nothing to revert"),
+        "{outcome:#?}"
+    );
     // A restart cannot be reverted.
     let mut restart = revert.clone();
     restart["revert"]["remediation"] = json!("latency-restart");
     restart["revert"]["kind"] = json!("Deployment");
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &restart).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(reason(&outcome).contains("latency-restart changes cannot be reverted"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("latency-restart changes cannot be reverted"),
+        "{outcome:#?}"
+    );
 }

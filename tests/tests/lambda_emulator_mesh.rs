@@ -13,10 +13,8 @@ const ISTIO: &str = "networking.istio.io/v1";
 async fn demo_mesh(name: &str) -> (StandIn, std::path::PathBuf) {
     let standin = StandIn::start().await.expect("stand-in starts");
     kube_standin::seed_demo_mesh(&standin);
-    let path = std::env::temp_dir().join(format!(
-        "kubeconfig-rie-{name}-{}.yaml",
-        std::process::id()
-    ));
+    let path =
+        std::env::temp_dir().join(format!("kubeconfig-rie-{name}-{}.yaml", std::process::id()));
     std::fs::write(&path, standin.kubeconfig_yaml("shop")).expect("write kubeconfig");
     (standin, path)
 }
@@ -68,9 +66,16 @@ async fn error_rollback_bootstrap_rolls_back_and_reverts() {
         .iter()
         .map(|d| &d["weight"])
         .collect();
-    assert_eq!(weights, [&json!(100), &json!(0)], "stable subset v1 gets everything");
+    assert_eq!(
+        weights,
+        [&json!(100), &json!(0)],
+        "stable subset v1 gets everything"
+    );
     // Warm invocation, same event: cooldown.
-    assert_eq!(outcome(&emulator, &firing, "error-rollback").await["outcome"], "skipped");
+    assert_eq!(
+        outcome(&emulator, &firing, "error-rollback").await["outcome"],
+        "skipped"
+    );
 
     let revert = events::fresh("error-rollback-revert.json", "shop");
     let result = outcome(&emulator, &revert, "error-rollback").await;
@@ -85,20 +90,35 @@ async fn error_rollback_bootstrap_rolls_back_and_reverts() {
 async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
     let (standin, kubeconfig) = demo_mesh("cb").await;
     let before = stored(&standin, "DestinationRule", "orders");
-    let emulator = emulate("db-circuit-break", &kubeconfig, &[("CB_CONNECT_TIMEOUT", "1s")]).await;
+    let emulator = emulate(
+        "db-circuit-break",
+        &kubeconfig,
+        &[("CB_CONNECT_TIMEOUT", "1s")],
+    )
+    .await;
     let firing = events::fresh("db-circuit-break-firing.json", "shop");
     let result = outcome(&emulator, &firing, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
     let after = stored(&standin, "DestinationRule", "orders");
     let policy = &after["spec"]["trafficPolicy"];
-    assert_eq!(policy["tls"], json!({"mode": "ISTIO_MUTUAL"}), "rest of the rule kept");
+    assert_eq!(
+        policy["tls"],
+        json!({"mode": "ISTIO_MUTUAL"}),
+        "rest of the rule kept"
+    );
     assert_eq!(policy["outlierDetection"]["consecutive5xxErrors"], 5);
-    assert_eq!(policy["connectionPool"]["tcp"]["connectTimeout"], "1s", "setting from the environment");
+    assert_eq!(
+        policy["connectionPool"]["tcp"]["connectTimeout"], "1s",
+        "setting from the environment"
+    );
 
     let revert = events::fresh("db-circuit-break-revert.json", "shop");
     let result = outcome(&emulator, &revert, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(stored(&standin, "DestinationRule", "orders")["spec"], before["spec"]);
+    assert_eq!(
+        stored(&standin, "DestinationRule", "orders")["spec"],
+        before["spec"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +145,12 @@ async fn region_failover_bootstrap_checks_health_and_shifts_weights() {
     let west = HealthEndpoint::start(200).await;
     let eu = HealthEndpoint::start(503).await;
     let urls = format!("us-west-2={},eu-west-1={}", west.url(), eu.url());
-    let emulator = emulate("region-failover", &kubeconfig, &[("REGION_HEALTH_URLS", &urls)]).await;
+    let emulator = emulate(
+        "region-failover",
+        &kubeconfig,
+        &[("REGION_HEALTH_URLS", &urls)],
+    )
+    .await;
     let firing = events::fresh("region-failover-firing.json", "shop");
     let result = outcome(&emulator, &firing, "region-failover").await;
     assert_eq!(result["outcome"], "applied", "{result}");
@@ -136,11 +161,18 @@ async fn region_failover_bootstrap_checks_health_and_shifts_weights() {
         .iter()
         .map(|d| d["weight"].as_i64().expect("weight"))
         .collect();
-    assert_eq!(weights, vec![0, 90, 10], "eu-west-1 is unhealthy: us-west-2 takes it all");
+    assert_eq!(
+        weights,
+        vec![0, 90, 10],
+        "eu-west-1 is unhealthy: us-west-2 takes it all"
+    );
     assert!(west.hits() >= 1 && eu.hits() >= 1);
 
     let revert = events::fresh("region-failover-revert.json", "shop");
     let result = outcome(&emulator, &revert, "region-failover").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(stored(&standin, "VirtualService", "frontend")["spec"], before["spec"]);
+    assert_eq!(
+        stored(&standin, "VirtualService", "frontend")["spec"],
+        before["spec"]
+    );
 }

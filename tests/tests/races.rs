@@ -21,6 +21,14 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     if let Some(standin) = cluster.standin() {
         standin.clear_requests();
+        // The first write is held half a second, so the others read the same version
+        // and write too: the precondition decides, not timing luck.
+        standin.add_fault(
+            kube_standin::Fault::latency(500)
+                .method("PATCH")
+                .path_contains(&format!("/deployments/{TARGET}"))
+                .times(1),
+        );
     }
     // Ten Lambda instances, each with its own connection to the API, all at once.
     let mut pipelines = Vec::new();
@@ -79,6 +87,12 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
             .filter(|r| r.method == "PATCH" && r.status == 200)
             .collect();
         assert_eq!(stored.len(), 1, "one write stored: {stored:#?}");
+        let refused = standin
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.status == 409)
+            .count();
+        assert!(refused >= 1, "losers were refused by the precondition");
     }
 }
 
@@ -139,13 +153,14 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
 
     if let Some(standin) = cluster.standin() {
         standin.clear_requests();
-        // Both read the VirtualService before either writes: the write precondition, not
-        // timing luck, must decide.
+        // Whichever writes first is held a second before the server handles its write;
+        // meanwhile the other reads the same version and writes. The held write then
+        // carries a stale resourceVersion: the precondition, not timing luck, decides.
         standin.add_fault(
-            kube_standin::Fault::latency(300)
-                .method("GET")
+            kube_standin::Fault::latency(1000)
+                .method("PATCH")
                 .path_contains("/virtualservices/checkout")
-                .times(2),
+                .times(1),
         );
     }
     let region_failover =

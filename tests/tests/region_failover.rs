@@ -5,11 +5,13 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mesh_remediation::remediation::RegionFailover;
-use mesh_remediation::remediation::region_failover::{FailoverSettings, failover_outlier_detection};
+use mesh_remediation::remediation::region_failover::{
+    FailoverSettings, failover_outlier_detection,
+};
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::mesh::{
-    HealthEndpoint, Kind, Mesh, assert_one_conflict, assert_schema_valid, only, reason, record,
-    hold_writes, spec_text,
+    HealthEndpoint, Kind, Mesh, assert_one_winner, assert_schema_valid, only, race, reason, record,
+    spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -73,8 +75,14 @@ fn rule_spec() -> Value {
 async fn setup(prefix: &str, opted_in: bool) -> (TestCluster, Value) {
     let cluster = TestCluster::start(prefix).await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(Kind::DestinationRule, NAME, opted_in, json!({}), rule_spec())
-        .await;
+    mesh.create(
+        Kind::DestinationRule,
+        NAME,
+        opted_in,
+        json!({}),
+        rule_spec(),
+    )
+    .await;
     let before = mesh
         .create(
             Kind::VirtualService,
@@ -117,7 +125,10 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
     let report = cluster.invoke(checked(&regions), &[], &event).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
-    assert_eq!(outcome.source.fingerprint.as_deref(), Some("7fb675b975cf0c44"));
+    assert_eq!(
+        outcome.source.fingerprint.as_deref(),
+        Some("7fb675b975cf0c44")
+    );
     assert!(
         reason(outcome).contains("traffic is shifted by VirtualService weights"),
         "the DestinationRule is left alone: {outcome:#?}"
@@ -129,7 +140,10 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
     );
     assert_schema_valid(&after);
     assert_eq!(dr(&cluster).await["spec"], rule_spec(), "rule untouched");
-    assert!(regions.west.hits() >= 1 && regions.eu.hits() >= 1, "both regions checked");
+    assert!(
+        regions.west.hits() >= 1 && regions.eu.hits() >= 1,
+        "both regions checked"
+    );
     let rec = record(&after, "region-failover").expect("record");
     assert_eq!(rec.previous, Some(json!({"http": before["spec"]["http"]})));
     assert_eq!(rec.applied, Some(json!({"http": after["spec"]["http"]})));
@@ -147,7 +161,10 @@ async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
     // eu-west-1 answers 503: us-west-2 takes it all.
     let (cluster, _) = setup("rf-unhealthy", true).await;
     let regions = Regions::start(200, 503).await;
-    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, checked(&regions)).await.outcome,
+        OutcomeKind::Applied
+    );
     assert_eq!(weights(&vs(&cluster).await), vec![0, 90, 10]);
 
     // us-west-2 does not answer within HEALTH_CHECK_TIMEOUT_MS: eu-west-1 takes it all.
@@ -155,8 +172,14 @@ async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
     let regions = Regions::start(200, 200).await;
     regions.west.set_delay(Duration::from_millis(1500));
     let started = std::time::Instant::now();
-    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
-    assert!(started.elapsed() < Duration::from_millis(1500), "the check timed out");
+    assert_eq!(
+        fire(&cluster, checked(&regions)).await.outcome,
+        OutcomeKind::Applied
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "the check timed out"
+    );
     assert_eq!(weights(&vs(&cluster).await), vec![0, 30, 70]);
 
     // Health URLs are configured but not for eu-west-1: unknown is not healthy.
@@ -164,12 +187,18 @@ async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
     let west = HealthEndpoint::start(200).await;
     let only_west = format!("us-west-2={}", west.url());
     let remediation = failover(&[("REGION_HEALTH_URLS", &only_west)]);
-    assert_eq!(fire(&cluster, remediation).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, remediation).await.outcome,
+        OutcomeKind::Applied
+    );
     assert_eq!(weights(&vs(&cluster).await), vec![0, 90, 10]);
 
     // No health URLs at all: every other region counts as healthy.
     let (cluster, _) = setup("rf-nourls", true).await;
-    assert_eq!(fire(&cluster, failover(&[])).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, failover(&[])).await.outcome,
+        OutcomeKind::Applied
+    );
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
 }
 
@@ -182,7 +211,10 @@ async fn no_healthy_region_changes_nothing_and_fails_with_the_reason() {
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
     assert!(!outcome.retryable);
     let why = reason(&outcome);
-    assert!(why.contains("no healthy region to take us-east-1's traffic"), "{why}");
+    assert!(
+        why.contains("no healthy region to take us-east-1's traffic"),
+        "{why}"
+    );
     assert!(why.contains("us-west-2: HTTP 503"), "{why}");
     assert!(why.contains("eu-west-1: no answer"), "{why}");
     assert_eq!(vs(&cluster).await, before, "nothing changed");
@@ -212,27 +244,28 @@ async fn the_same_event_three_times_changes_once() {
     let report = cluster
         .invoke(checked(&regions), &[("COOLDOWN_SECONDS", "0")], &event)
         .await;
-    assert!(reason(only(&report)).contains("already failed over"), "{report:#?}");
+    assert!(
+        reason(only(&report)).contains("already failed over"),
+        "{report:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_change_once() {
     let (cluster, _) = setup("rf-race", true).await;
     let regions = Regions::start(200, 200).await;
-    hold_writes(&cluster, Kind::VirtualService, NAME);
     let event = events::fresh(FIRING, &cluster.namespace);
-    let (a, b) = tokio::join!(
-        cluster.invoke(checked(&regions), &[], &event),
-        cluster.invoke(checked(&regions), &[], &event)
-    );
-    let mut got = vec![only(&a).outcome, only(&b).outcome];
-    got.sort();
-    assert_eq!(got, vec![OutcomeKind::Applied, OutcomeKind::Skipped], "{a:#?} {b:#?}");
-    let loser = if only(&a).outcome == OutcomeKind::Skipped { only(&a) } else { only(&b) };
-    assert!(reason(loser).contains("cooldown"), "{loser:#?}");
+    let (a, b) = race(
+        &cluster,
+        Kind::VirtualService,
+        NAME,
+        || checked(&regions),
+        &event,
+    )
+    .await;
+    assert_one_winner(&cluster, &a, &b);
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
     assert_eq!(cluster.events_about(NAME).await.len(), 1);
-    assert_one_conflict(&cluster);
 }
 
 #[tokio::test]
@@ -249,7 +282,11 @@ async fn dry_run_stores_nothing() {
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(checked(&regions), vars, &event).await;
         let outcome = only(&report);
-        assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{event_name}: {outcome:#?}");
+        assert_eq!(
+            outcome.outcome,
+            OutcomeKind::DryRun,
+            "{event_name}: {outcome:#?}"
+        );
         let target = format!("VirtualService {}/{NAME}", cluster.namespace);
         let patch = &outcome.patch.as_ref().expect("patch")[&target];
         assert_eq!(patch["spec"]["http"], routes(0, 75, 25));
@@ -272,7 +309,10 @@ async fn dry_run_stores_nothing() {
 async fn resolved_alert_fails_back_only_when_configured() {
     let (cluster, before) = setup("rf-resolved", true).await;
     let regions = Regions::start(200, 200).await;
-    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, checked(&regions)).await.outcome,
+        OutcomeKind::Applied
+    );
     let resolved = events::fresh(RESOLVED, &cluster.namespace);
     // Default: stay failed over, record recovery.
     let outcome = only(&cluster.invoke(checked(&regions), &[], &resolved).await).clone();
@@ -280,13 +320,20 @@ async fn resolved_alert_fails_back_only_when_configured() {
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
 
     let (cluster, _) = setup("rf-failback", true).await;
-    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, checked(&regions)).await.outcome,
+        OutcomeKind::Applied
+    );
     let back = failover(&[("FAILBACK_ON_RESOLVE", "true")]);
     let resolved = events::fresh(RESOLVED, &cluster.namespace);
     let outcome = only(&cluster.invoke(back, &[], &resolved).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
     let after = vs(&cluster).await;
-    assert_eq!(spec_text(&after), spec_text(&before), "previous weights exactly");
+    assert_eq!(
+        spec_text(&after),
+        spec_text(&before),
+        "previous weights exactly"
+    );
     assert_schema_valid(&after);
 }
 
@@ -295,7 +342,10 @@ async fn objects_not_opted_in_are_skipped() {
     let (cluster, before) = setup("rf-optin", false).await;
     let outcome = fire(&cluster, failover(&[])).await;
     assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(reason(&outcome).contains("auto_remediation=active"), "{outcome:#?}");
+    assert!(
+        reason(&outcome).contains("auto_remediation=active"),
+        "{outcome:#?}"
+    );
     assert_eq!(vs(&cluster).await, before);
 }
 
@@ -342,24 +392,39 @@ async fn without_a_region_split_the_destination_rule_gets_locality_failover() {
 async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_edit() {
     let (cluster, before) = setup("rf-revert", true).await;
     let regions = Regions::start(200, 200).await;
-    assert_eq!(fire(&cluster, checked(&regions)).await.outcome, OutcomeKind::Applied);
+    assert_eq!(
+        fire(&cluster, checked(&regions)).await.outcome,
+        OutcomeKind::Applied
+    );
     let revert = events::fresh(REVERT, &cluster.namespace);
     let outcome = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
     let reverted = vs(&cluster).await;
     assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
-    assert!(record(&reverted, "region-failover").expect("record").reverted.is_some());
+    assert!(
+        record(&reverted, "region-failover")
+            .expect("record")
+            .reverted
+            .is_some()
+    );
 
     let vars = [("COOLDOWN_SECONDS", "0")];
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(checked(&regions), &vars, &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied);
     Mesh::new(&cluster)
-        .edit_spec(Kind::VirtualService, NAME, json!({"http": routes(0, 50, 50)}))
+        .edit_spec(
+            Kind::VirtualService,
+            NAME,
+            json!({"http": routes(0, 50, 50)}),
+        )
         .await;
     let edited = vs(&cluster).await;
     let refused = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
     assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
-    assert!(reason(&refused).contains("was edited after the action"), "{refused:#?}");
+    assert!(
+        reason(&refused).contains("was edited after the action"),
+        "{refused:#?}"
+    );
     assert_eq!(vs(&cluster).await, edited);
 }

@@ -262,9 +262,9 @@ impl Remediation for DbCircuitBreak {
         record: &ActionRecord,
         _context: PlanContext<'_>,
     ) -> Option<Result<Plan, Refusal>> {
-        self.settings.restore_on_resolve.then(|| {
-            istio::plan_restore(object, record, self.name(), "Restore", OnEdit::Skip)
-        })
+        self.settings
+            .restore_on_resolve
+            .then(|| istio::plan_restore(object, record, self.name(), "Restore", OnEdit::Skip))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {

@@ -175,8 +175,9 @@ fn host_of(destination: &Value) -> Option<&str> {
 pub fn is_version(destination: &Value, version: &str) -> bool {
     match subset_of(destination) {
         Some(subset) => subset == version,
-        None => host_of(destination)
-            .is_some_and(|h| h.split(['.', '-']).any(|part| part == version)),
+        None => {
+            host_of(destination).is_some_and(|h| h.split(['.', '-']).any(|part| part == version))
+        }
     }
 }
 
@@ -206,7 +207,9 @@ impl ErrorRollback {
         if reweighed.considered == 0 {
             return Err(Refusal::Skip(match &stable {
                 Stable::NotVersion(version) => {
-                    format!("no HTTP route with several destinations sends traffic to version {version}")
+                    format!(
+                        "no HTTP route with several destinations sends traffic to version {version}"
+                    )
                 }
                 Stable::Annotated { .. } => {
                     "no HTTP route splits traffic between several destinations".into()
@@ -308,8 +311,7 @@ mod tests {
         let http = &plan.patch["spec"]["http"];
         assert_eq!(http.as_array().map(Vec::len), Some(2), "whole array sent");
         assert_eq!(
-            http[0],
-            object.data["spec"]["http"][0],
+            http[0], object.data["spec"]["http"][0],
             "other routes untouched"
         );
         assert_eq!(
@@ -317,16 +319,24 @@ mod tests {
             Some(json!({"http": object.data["spec"]["http"]}))
         );
         assert_eq!(plan.applied, Some(json!({"http": http})));
-        assert!(plan.summary.contains("checkout/v1 50->100"), "{}", plan.summary);
+        assert!(
+            plan.summary.contains("checkout/v1 50->100"),
+            "{}",
+            plan.summary
+        );
     }
 
     #[test]
     fn without_annotation_the_stable_one_is_the_other_version() {
         let object = vs(json!({}), subsets(80, 20));
-        let plan = ErrorRollback.plan_rollback(&object, Some("v2")).expect("plan");
+        let plan = ErrorRollback
+            .plan_rollback(&object, Some("v2"))
+            .expect("plan");
         assert_eq!(weights(&plan), vec![100, 0]);
         let object = vs(json!({}), subsets(20, 80));
-        let plan = ErrorRollback.plan_rollback(&object, Some("v1")).expect("plan");
+        let plan = ErrorRollback
+            .plan_rollback(&object, Some("v1"))
+            .expect("plan");
         assert_eq!(weights(&plan), vec![0, 100]);
     }
 
@@ -336,7 +346,11 @@ mod tests {
                            {"destination": {"host": "checkout-v2.shop.svc.cluster.local"}, "weight": 10}]);
         let object = vs(json!({}), route.clone());
         assert_eq!(
-            weights(&ErrorRollback.plan_rollback(&object, Some("v2")).expect("plan")),
+            weights(
+                &ErrorRollback
+                    .plan_rollback(&object, Some("v2"))
+                    .expect("plan")
+            ),
             vec![100, 0]
         );
         let object = vs(json!({STABLE_HOST: "checkout-v1"}), route);
@@ -365,7 +379,11 @@ mod tests {
     #[test]
     fn no_stable_destination_is_refused_with_the_reason() {
         let cases = [
-            (vs(json!({}), subsets(50, 50)), None, "cannot tell the stable"),
+            (
+                vs(json!({}), subsets(50, 50)),
+                None,
+                "cannot tell the stable",
+            ),
             (
                 vs(json!({STABLE_SUBSET: "v3"}), subsets(50, 50)),
                 None,

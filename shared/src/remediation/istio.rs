@@ -124,7 +124,10 @@ pub fn fragment<'k>(object: &DynamicObject, keys: impl IntoIterator<Item = &'k s
     Value::Object(
         keys.into_iter()
             .map(|key| {
-                let value = spec.and_then(|s| s.get(key)).cloned().unwrap_or(Value::Null);
+                let value = spec
+                    .and_then(|s| s.get(key))
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 (key.to_owned(), value)
             })
             .collect(),
@@ -186,8 +189,7 @@ pub fn plan_restore(
     action: &'static str,
     on_edit: OnEdit,
 ) -> Result<Plan, Refusal> {
-    let (Some(previous), Some(Value::Object(applied))) = (&record.previous, &record.applied)
-    else {
+    let (Some(previous), Some(Value::Object(applied))) = (&record.previous, &record.applied) else {
         return Err(Refusal::Fail(format!(
             "the action record ({}) holds no previous/applied configuration to restore",
             record_annotation(remediation)
@@ -465,10 +467,19 @@ mod tests {
     #[test]
     fn merge_diff_turns_one_value_into_the_other() {
         let cases = [
-            (json!({"a": 1, "b": {"c": 2, "d": 3}}), json!({"b": {"c": 2}})),
+            (
+                json!({"a": 1, "b": {"c": 2, "d": 3}}),
+                json!({"b": {"c": 2}}),
+            ),
             (json!({"a": [1, 2]}), json!({"a": [2], "e": "x"})),
-            (json!({"trafficPolicy": {"tls": {}}}), json!({"trafficPolicy": null})),
-            (json!({"trafficPolicy": null}), json!({"trafficPolicy": {"x": 1}})),
+            (
+                json!({"trafficPolicy": {"tls": {}}}),
+                json!({"trafficPolicy": null}),
+            ),
+            (
+                json!({"trafficPolicy": null}),
+                json!({"trafficPolicy": {"x": 1}}),
+            ),
             (json!({}), json!({})),
         ];
         for (from, to) in cases {
@@ -543,7 +554,10 @@ mod tests {
     #[test]
     fn durations_follow_istio() {
         for good in ["10s", "1.5s", "500ms", "1m30s", "2h", "1ms"] {
-            assert_eq!(duration_setting("CB_INTERVAL", good).ok(), Some(good.into()));
+            assert_eq!(
+                duration_setting("CB_INTERVAL", good).ok(),
+                Some(good.into())
+            );
         }
         for bad in ["10", "s", "ten", "10x", "0s", "500us", "-1s", ""] {
             match duration_setting("CB_INTERVAL", bad) {

@@ -163,7 +163,11 @@ pub trait Remediation: Send + Sync + 'static {
 
     /// Plans the revert of the recorded action: restore `previous` exactly, and refuse
     /// when the object no longer holds what was `applied` (someone edited it since).
-    fn plan_revert(&self, _object: &DynamicObject, _record: &ActionRecord) -> Result<Plan, Refusal> {
+    fn plan_revert(
+        &self,
+        _object: &DynamicObject,
+        _record: &ActionRecord,
+    ) -> Result<Plan, Refusal> {
         Err(Refusal::Fail(format!(
             "{} changes cannot be reverted",
             self.name()

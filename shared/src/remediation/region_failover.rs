@@ -97,16 +97,17 @@ impl FailoverSettings {
             .map(str::trim)
             .filter(|e| !e.is_empty())
         {
-            let (region, url) = entry.split_once('=').ok_or_else(|| {
-                bad(format!(
-                    "\"{}\" is not region=url",
-                    names::printable(entry)
-                ))
-            })?;
+            let (region, url) = entry
+                .split_once('=')
+                .ok_or_else(|| bad(format!("\"{}\" is not region=url", names::printable(entry))))?;
             let (region, url) = (region.trim(), url.trim());
             names::label_value("region", region).map_err(bad)?;
-            let parsed = reqwest::Url::parse(url)
-                .map_err(|err| bad(format!("{region}: \"{}\" is not a URL: {err}", names::printable(url))))?;
+            let parsed = reqwest::Url::parse(url).map_err(|err| {
+                bad(format!(
+                    "{region}: \"{}\" is not a URL: {err}",
+                    names::printable(url)
+                ))
+            })?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(bad(format!("{region}: {url} is not an http(s) URL")));
             }
@@ -182,7 +183,7 @@ impl RegionFacts {
 }
 
 /// Shifts traffic away from the alert's `region`.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RegionFailover {
     /// The settings in force.
     pub settings: FailoverSettings,
@@ -233,19 +234,20 @@ impl RegionFailover {
         }
         let http = self.http()?;
         let timeout = self.settings.health_timeout;
-        let results = futures::future::join_all(checks.into_iter().map(|(region, url)| async move {
-            let result = match http.get(url).send().await {
-                Ok(response) if response.status().is_success() => Ok(()),
-                Ok(response) => Err(format!("HTTP {} from {url}", response.status().as_u16())),
-                Err(err) if err.is_timeout() => Err(format!(
-                    "no answer from {url} within {}ms",
-                    timeout.as_millis()
-                )),
-                Err(err) => Err(format!("{url} unreachable: {}", root_cause(&err))),
-            };
-            (region.clone(), result)
-        }))
-        .await;
+        let results =
+            futures::future::join_all(checks.into_iter().map(|(region, url)| async move {
+                let result = match http.get(url).send().await {
+                    Ok(response) if response.status().is_success() => Ok(()),
+                    Ok(response) => Err(format!("HTTP {} from {url}", response.status().as_u16())),
+                    Err(err) if err.is_timeout() => Err(format!(
+                        "no answer from {url} within {}ms",
+                        timeout.as_millis()
+                    )),
+                    Err(err) => Err(format!("{url} unreachable: {}", root_cause(&err))),
+                };
+                (region.clone(), result)
+            }))
+            .await;
         Ok(results.into_iter().collect())
     }
 
@@ -390,7 +392,11 @@ pub fn route_regions(
 }
 
 /// The region a route destination sends traffic to, if it tells.
-pub fn destination_region(destination: &Value, degraded: &str, facts: &RegionFacts) -> Option<String> {
+pub fn destination_region(
+    destination: &Value,
+    degraded: &str,
+    facts: &RegionFacts,
+) -> Option<String> {
     let known = |name: &str| name == degraded || facts.known_regions.iter().any(|r| r == name);
     if let Some(subset) = destination
         .pointer("/destination/subset")
@@ -493,7 +499,10 @@ pub fn shift_weights(
     }
     let base: i64 = receivers.iter().map(|i| weights[*i]).sum();
     let (numerators, denominator): (Vec<i64>, i64) = if base > 0 {
-        (receivers.iter().map(|i| moved * weights[*i]).collect(), base)
+        (
+            receivers.iter().map(|i| moved * weights[*i]).collect(),
+            base,
+        )
     } else {
         (vec![moved; receivers.len()], receivers.len() as i64)
     };
@@ -514,7 +523,10 @@ pub fn shift_weights(
         .map(|(slot, numerator)| (*slot, numerator % denominator))
         .collect();
     by_remainder.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    for (slot, _) in by_remainder.iter().take(usize::try_from(moved - handed).unwrap_or(0)) {
+    for (slot, _) in by_remainder
+        .iter()
+        .take(usize::try_from(moved - handed).unwrap_or(0))
+    {
         new[*slot] += 1;
     }
     Some(new)
@@ -612,7 +624,9 @@ impl Remediation for RegionFailover {
                     ) else {
                         continue;
                     };
-                    facts.subset_regions.insert(name.to_owned(), region.to_owned());
+                    facts
+                        .subset_regions
+                        .insert(name.to_owned(), region.to_owned());
                     if !facts.known_regions.iter().any(|r| r == region) {
                         facts.known_regions.push(region.to_owned());
                     }
@@ -631,7 +645,9 @@ impl Remediation for RegionFailover {
                         route
                             .get("route")
                             .and_then(Value::as_array)
-                            .is_some_and(|d| d.len() > 1 && route_regions(d, degraded, &facts).is_some())
+                            .is_some_and(|d| {
+                                d.len() > 1 && route_regions(d, degraded, &facts).is_some()
+                            })
                     })
             });
             Ok(facts)
@@ -659,9 +675,9 @@ impl Remediation for RegionFailover {
         record: &ActionRecord,
         _context: PlanContext<'_>,
     ) -> Option<std::result::Result<Plan, Refusal>> {
-        self.settings.failback_on_resolve.then(|| {
-            istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Skip)
-        })
+        self.settings
+            .failback_on_resolve
+            .then(|| istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Skip))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {
@@ -760,13 +776,28 @@ mod tests {
         };
         let d = |v: Value| json!({"destination": v});
         let cases = [
-            (d(json!({"host": "f", "subset": "primary"})), Some("eu-west-1")),
-            (d(json!({"host": "f", "subset": "us-east-1"})), Some("us-east-1")),
+            (
+                d(json!({"host": "f", "subset": "primary"})),
+                Some("eu-west-1"),
+            ),
+            (
+                d(json!({"host": "f", "subset": "us-east-1"})),
+                Some("us-east-1"),
+            ),
             (d(json!({"host": "f", "subset": "moon-1"})), Some("moon-1")),
             (d(json!({"host": "f", "subset": "v2"})), None),
-            (d(json!({"host": "frontend-us-west-2.shop.svc.cluster.local"})), Some("us-west-2")),
-            (d(json!({"host": "frontend.ap-southeast-2.example.com"})), Some("ap-southeast-2")),
-            (d(json!({"host": "frontend.us-gov-west-1.example.com"})), Some("us-gov-west-1")),
+            (
+                d(json!({"host": "frontend-us-west-2.shop.svc.cluster.local"})),
+                Some("us-west-2"),
+            ),
+            (
+                d(json!({"host": "frontend.ap-southeast-2.example.com"})),
+                Some("ap-southeast-2"),
+            ),
+            (
+                d(json!({"host": "frontend.us-gov-west-1.example.com"})),
+                Some("us-gov-west-1"),
+            ),
             (d(json!({"host": "api-moon-1.example.com"})), Some("moon-1")),
             (d(json!({"host": "frontend"})), None),
         ];
@@ -793,7 +824,11 @@ mod tests {
         };
         assert!(facts.healthy("us-west-2").is_ok());
         assert!(facts.healthy("eu-west-1").is_err());
-        assert!(facts.healthy("ap-south-1").is_err_and(|w| w.contains("REGION_HEALTH_URLS")));
+        assert!(
+            facts
+                .healthy("ap-south-1")
+                .is_err_and(|w| w.contains("REGION_HEALTH_URLS"))
+        );
         assert!(RegionFacts::default().healthy("anything").is_ok());
     }
 
@@ -858,10 +893,21 @@ mod tests {
             .plan_weights(&vs, "us-east-1", &RegionFacts::default())
             .expect("plan");
         let route = &plan.patch["spec"]["http"][0]["route"];
-        let got: Vec<i64> = route.as_array().expect("route").iter().map(istio::weight).collect();
+        let got: Vec<i64> = route
+            .as_array()
+            .expect("route")
+            .iter()
+            .map(istio::weight)
+            .collect();
         assert_eq!(got, vec![0, 75, 25]);
-        assert_eq!(plan.previous, Some(json!({"http": vs.data["spec"]["http"]})));
-        assert_eq!(plan.applied, Some(json!({"http": plan.patch["spec"]["http"]})));
+        assert_eq!(
+            plan.previous,
+            Some(json!({"http": vs.data["spec"]["http"]}))
+        );
+        assert_eq!(
+            plan.applied,
+            Some(json!({"http": plan.patch["spec"]["http"]}))
+        );
         // No healthy region: refused with each region's health.
         let facts = RegionFacts {
             checked: true,
@@ -886,7 +932,10 @@ mod tests {
             known_regions: vec!["us-east-1".into(), "us-west-2".into()],
             ..RegionFacts::default()
         };
-        let rule = object("DestinationRule", json!({"host": "frontend", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}));
+        let rule = object(
+            "DestinationRule",
+            json!({"host": "frontend", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+        );
         let plan = RegionFailover::default()
             .plan_locality_failover(&rule, "us-east-1", &facts)
             .expect("plan");
@@ -897,10 +946,16 @@ mod tests {
                 "outlierDetection": failover_outlier_detection(),
             }}})
         );
-        assert_eq!(plan.previous, Some(json!({"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}})));
+        assert_eq!(
+            plan.previous,
+            Some(json!({"trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}))
+        );
         let applied = plan.applied.expect("applied")["trafficPolicy"].clone();
         assert_eq!(applied["tls"], json!({"mode": "ISTIO_MUTUAL"}));
-        let again = object("DestinationRule", json!({"host": "frontend", "trafficPolicy": applied}));
+        let again = object(
+            "DestinationRule",
+            json!({"host": "frontend", "trafficPolicy": applied}),
+        );
         assert!(matches!(
             RegionFailover::default().plan_locality_failover(&again, "us-east-1", &facts),
             Err(Refusal::Skip(_))
@@ -912,7 +967,11 @@ mod tests {
         let plan = RegionFailover::default()
             .plan_locality_failover(&with_outlier, "us-east-1", &facts)
             .expect("plan");
-        assert!(plan.patch["spec"]["trafficPolicy"].get("outlierDetection").is_none());
+        assert!(
+            plan.patch["spec"]["trafficPolicy"]
+                .get("outlierDetection")
+                .is_none()
+        );
         // Not when weights do the job, and not against distribute.
         let split = RegionFacts {
             split_by_virtual_service: true,
@@ -933,7 +992,11 @@ mod tests {
         ));
         // No region to go to.
         assert!(matches!(
-            RegionFailover::default().plan_locality_failover(&rule, "us-east-1", &RegionFacts::default()),
+            RegionFailover::default().plan_locality_failover(
+                &rule,
+                "us-east-1",
+                &RegionFacts::default()
+            ),
             Err(Refusal::Fail(_))
         ));
     }

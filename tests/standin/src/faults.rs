@@ -140,6 +140,11 @@ impl RecordedRequest {
             .map(|(_, v)| v.into_owned())
     }
 
+    /// What the request asked to do, in RBAC terms (verb, API group, resource, ...).
+    pub fn attributes(&self) -> crate::rbac::Attributes {
+        crate::rbac::attributes(&self.method, &self.path, &self.query)
+    }
+
     /// Whether this was a server-side dry run (`dryRun=All`).
     pub fn is_dry_run(&self) -> bool {
         self.query_param("dryRun").as_deref() == Some("All")

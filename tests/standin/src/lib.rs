@@ -47,7 +47,7 @@ use tokio::task::JoinHandle;
 
 pub use demo::seed_demo_mesh;
 pub use faults::{Fault, FaultKind, RecordedRequest};
-pub use rbac::{Identity, RbacPolicy};
+pub use rbac::{Attributes, Identity, RbacPolicy};
 pub use schema::validate_istio;
 
 use api::{HttpReq, HttpResp};

@@ -455,7 +455,7 @@ impl RbacPolicy {
 
 /// The RBAC attributes of a request, derived from its method, path and query the way the
 /// API server's request-info parser does (whether or not the resource exists).
-pub(crate) fn attributes(method: &str, path: &str, query: &str) -> Attributes {
+pub fn attributes(method: &str, path: &str, query: &str) -> Attributes {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let (group, rest): (&str, &[&str]) = match segs.as_slice() {
         ["api", _version, rest @ ..] if !rest.is_empty() => ("", rest),

@@ -450,10 +450,10 @@ impl Bench<'_> {
             }
             let init_ms = number_after(&logs, "INIT REPORT(durationMs: ")
                 .ok_or_else(|| format!("no INIT REPORT in the emulator log:\n{logs}"))?;
-            let invoke_ms = number_after(&logs, "INVOKE RTDONE(").and_then(|_| {
-                let line = logs.lines().find(|l| l.contains("INVOKE RTDONE("))?;
-                number_after(line, "duration: ")
-            });
+            let invoke_ms = logs
+                .lines()
+                .find(|l| l.contains("INVOKE RTDONE("))
+                .and_then(|line| number_after(line, "duration: "));
             init.push(init_ms);
             if let Some(v) = invoke_ms {
                 invoke.push(v);
