@@ -177,9 +177,12 @@ fn parse_alert_group(value: &Value) -> Result<AlertGroup> {
     match value.get("version") {
         Some(Value::String(v)) if v == "4" => {}
         Some(other) => {
+            let shown = match other {
+                Value::String(v) => format!("\"{}\"", names::printable(v)),
+                v => names::printable(&v.to_string()),
+            };
             return Err(Error::Input(format!(
-                "unsupported Alertmanager payload version {} (expected \"4\")",
-                names::printable(&other.to_string())
+                "unsupported Alertmanager payload version {shown} (expected \"4\")"
             )));
         }
         None if value.get("revert").is_some() => {

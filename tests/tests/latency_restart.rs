@@ -170,12 +170,12 @@ async fn duplicates_within_one_event_act_once() {
 async fn concurrent_invocations_restart_once() {
     let (cluster, before) = setup("race").await;
     if let Some(standin) = cluster.standin() {
-        // Hold every read a moment so both invocations see the same resourceVersion and
-        // the race is decided by the write precondition, not by timing luck.
+        // Hold the first two writes a moment so both invocations read the same
+        // resourceVersion and the race is decided by the write precondition.
         standin.add_fault(
-            Fault::latency(150)
-                .method("GET")
-                .path_contains("deployments")
+            Fault::latency(300)
+                .method("PATCH")
+                .path_contains(&format!("/deployments/{TARGET}"))
                 .times(2),
         );
     }
