@@ -129,9 +129,12 @@ def render(functions: list[str]) -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("functions", nargs="*", choices=[[], *SCENARIOS], default=[], metavar="FUNCTION")
+    parser.add_argument("functions", nargs="*", metavar="FUNCTION", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--check", action="store_true", help="compare with events/ instead of writing")
     args = parser.parse_args()
+    unknown = set(args.functions) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown function(s): {', '.join(sorted(unknown))}")
     functions = args.functions or list(SCENARIOS)
     stale = []
     for name, text in render(functions).items():

@@ -151,7 +151,10 @@ fn run_once(
 /// The sample SNS event with its message replaced by a full one: 200 alerts, as large as
 /// the template lets a message be. Returns the event's bytes and the message's length.
 fn capped_event(published: DateTime<Utc>) -> (Vec<u8>, usize) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../events/latency-restart-firing.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../events/latency-restart-firing.json"
+    );
     let mut event: Value =
         serde_json::from_str(&std::fs::read_to_string(path).expect("sample event")).expect("JSON");
     let mut message: Value = serde_json::from_str(
@@ -161,7 +164,10 @@ fn capped_event(published: DateTime<Utc>) -> (Vec<u8>, usize) {
     )
     .expect("sample message JSON");
     let sample = message["alerts"][0].clone();
-    let url = sample["generatorURL"].as_str().expect("generatorURL").to_owned();
+    let url = sample["generatorURL"]
+        .as_str()
+        .expect("generatorURL")
+        .to_owned();
     let started = (published - chrono::Duration::minutes(5)).to_rfc3339();
 
     let render = |url_len: usize, message: &mut Value| {
@@ -171,10 +177,13 @@ fn capped_event(published: DateTime<Utc>) -> (Vec<u8>, usize) {
                 let mut alert = sample.clone();
                 alert["labels"]["deployment"] = json!(deployment);
                 alert["labels"]["pod"] = json!(format!("{deployment}-7c9d8f6b5-{:05x}", i * 7919));
-                alert["annotations"]["summary"] =
-                    json!(format!("P95 latency {} ms on {deployment} in shop", 600 + i));
+                alert["annotations"]["summary"] = json!(format!(
+                    "P95 latency {} ms on {deployment} in shop",
+                    600 + i
+                ));
                 alert["startsAt"] = json!(started);
-                alert["fingerprint"] = json!(format!("{:016x}", 0x2289_218d_565d_99a5_u64 + i as u64));
+                alert["fingerprint"] =
+                    json!(format!("{:016x}", 0x2289_218d_565d_99a5_u64 + i as u64));
                 alert["generatorURL"] = json!(cut_url(&url, url_len));
                 alert
             })

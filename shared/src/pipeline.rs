@@ -480,7 +480,7 @@ impl<R: Remediation> Pipeline<R> {
         let target = describe(resource, &work.locator.namespace, name);
         let mut transient_retries = 0;
         // A write whose answer never came (reset, timeout, 5xx): it may have landed.
-        let mut unanswered: Option<(String, Outcome, Option<(&'static str, String)>)> = None;
+        let mut unanswered: Option<Unanswered> = None;
         for attempt in 0..MAX_WRITE_ATTEMPTS {
             if let Some(deadline) = invocation.deadline
                 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
@@ -968,6 +968,10 @@ fn dry_run_reason(config_dry_run: bool, input: &AlertInput) -> &'static str {
         "dry_run label: validated by server-side dry run, nothing stored"
     }
 }
+
+/// A write that got no answer: the record it carried, and the outcome and Event it would
+/// have had, kept in case it landed.
+type Unanswered = (String, Outcome, Option<(&'static str, String)>);
 
 /// The action record a write carries (the annotation value, unique to this invocation).
 fn sent_record(body: &Value, remediation: &str) -> Option<String> {

@@ -13,8 +13,8 @@
 //! The case count is proptest's default (256 per property); `PROPTEST_CASES=20000` runs
 //! a longer campaign.
 
-use std::sync::{Arc, LazyLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use futures::future::BoxFuture;
 use mesh_remediation::config::Config;
@@ -365,7 +365,8 @@ fn arbitrary_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
         Just(json!("4")),
         Just(json!("Notification")),
         Just(json!("firing")),

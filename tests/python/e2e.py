@@ -394,7 +394,6 @@ class Flow:
         self._pollers = [threading.Thread(target=self._poll, args=(f,), daemon=True) for f in self.functions]
         for t in self._pollers:
             t.start()
-        self.stack.callback(self._stop.set)
 
     def _queue(self, name: str, topic: str, policy: dict | None) -> str:
         url = self.sqs.create_queue(QueueName=name)["QueueUrl"]
@@ -460,6 +459,11 @@ class Flow:
                            for i in self.invocations])
 
     def close(self) -> None:
+        # Stop the pollers before the emulators they talk to.
+        if hasattr(self, "_stop"):
+            self._stop.set()
+            for t in self._pollers:
+                t.join(timeout=10)
         self.stack.close()
         for f in (getattr(self, "standin_log", None), getattr(self, "moto_log", None)):
             if f:

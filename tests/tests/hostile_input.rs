@@ -4,12 +4,12 @@
 //! API request (the stand-in's request log stays empty). On a real cluster
 //! (TEST_KUBECONFIG) the request-log checks are skipped; the outcome checks still run.
 
+use mesh_remediation::names;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::remediation::{
     DbCircuitBreak, ErrorRollback, LatencyRestart, RegionFailover, Remediation,
 };
-use mesh_remediation::names;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -68,7 +68,10 @@ fn assert_refused(report: &InvocationReport, kind: OutcomeKind, expected: &str, 
         assert_eq!(outcome.outcome, kind, "{context}: {outcome:#?}");
         assert!(!outcome.retryable, "{context}: never retried: {outcome:#?}");
         let reason = outcome.reason.as_deref().unwrap_or_default();
-        assert!(reason.contains(expected), "{context}: {expected:?} not in {reason:?}");
+        assert!(
+            reason.contains(expected),
+            "{context}: {expected:?} not in {reason:?}"
+        );
         assert!(
             !reason.chars().any(char::is_control),
             "{context}: raw control character in {reason:?}"
@@ -103,7 +106,12 @@ async fn invalid_names_in_labels_are_rejected_before_any_request() {
             );
             let report = cluster.invoke(LatencyRestart, &[], &event).await;
             let context = format!("latency-restart {label}={value:?}");
-            assert_refused(&report, OutcomeKind::Failed, &name_error(value, label), &context);
+            assert_refused(
+                &report,
+                OutcomeKind::Failed,
+                &name_error(value, label),
+                &context,
+            );
             assert_no_request(&cluster, &context);
         }
     }
@@ -135,7 +143,11 @@ async fn istio_labels_rejected<R: Remediation>(
             let context = format!("{} {label}={value:?}", remediation().name());
             assert!(!report.outcomes.is_empty(), "{context}: an outcome");
             for outcome in &report.outcomes {
-                assert_eq!(outcome.outcome, OutcomeKind::Failed, "{context}: {outcome:#?}");
+                assert_eq!(
+                    outcome.outcome,
+                    OutcomeKind::Failed,
+                    "{context}: {outcome:#?}"
+                );
                 assert!(!outcome.retryable, "{context}");
             }
             assert_no_request(cluster, &context);
@@ -221,16 +233,29 @@ async fn protected_and_not_allowed_namespaces_are_never_touched() {
     clear(&cluster);
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let report = cluster
-        .invoke(LatencyRestart, &[("ALLOWED_NAMESPACES", "payments,orders")], &event)
+        .invoke(
+            LatencyRestart,
+            &[("ALLOWED_NAMESPACES", "payments,orders")],
+            &event,
+        )
         .await;
-    assert_refused(&report, OutcomeKind::Skipped, "is not in ALLOWED_NAMESPACES", "allowed");
+    assert_refused(
+        &report,
+        OutcomeKind::Skipped,
+        "is not in ALLOWED_NAMESPACES",
+        "allowed",
+    );
     assert_no_request(&cluster, "ALLOWED_NAMESPACES");
     // The same alert in an allowed namespace acts.
     let allowed = cluster.namespace.clone();
     let report = cluster
         .invoke(LatencyRestart, &[("ALLOWED_NAMESPACES", &allowed)], &event)
         .await;
-    assert_eq!(report.outcomes[0].outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(
+        report.outcomes[0].outcome,
+        OutcomeKind::Applied,
+        "{report:#?}"
+    );
 }
 
 #[tokio::test]
@@ -238,13 +263,21 @@ async fn records_from_an_unexpected_topic_are_rejected_before_any_request() {
     let cluster = TestCluster::start("hostile-topic").await;
     let before = cluster.create_deployment(TARGET, true).await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
-    assert_eq!(event["Records"][0]["Sns"]["TopicArn"], TOPIC, "sample topic");
+    assert_eq!(
+        event["Records"][0]["Sns"]["TopicArn"], TOPIC,
+        "sample topic"
+    );
     clear(&cluster);
     let other = "arn:aws:sns:us-east-1:999999999999:someone-elses-topic";
     let report = cluster
         .invoke(LatencyRestart, &[("ALERT_TOPIC_ARN", other)], &event)
         .await;
-    assert_refused(&report, OutcomeKind::Failed, "ALERT_TOPIC_ARN", "other topic");
+    assert_refused(
+        &report,
+        OutcomeKind::Failed,
+        "ALERT_TOPIC_ARN",
+        "other topic",
+    );
     assert_no_request(&cluster, "other topic");
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.resource_version,
@@ -254,5 +287,9 @@ async fn records_from_an_unexpected_topic_are_rejected_before_any_request() {
     let report = cluster
         .invoke(LatencyRestart, &[("ALERT_TOPIC_ARN", TOPIC)], &event)
         .await;
-    assert_eq!(report.outcomes[0].outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(
+        report.outcomes[0].outcome,
+        OutcomeKind::Applied,
+        "{report:#?}"
+    );
 }

@@ -43,11 +43,8 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
     let reports = join_all(pipelines.iter().enumerate().map(|(i, pipeline)| {
         let event = event.clone();
         async move {
-            let invocation = mesh_remediation::pipeline::Invocation::new(
-                &format!("req-race-{i}"),
-                None,
-                None,
-            );
+            let invocation =
+                mesh_remediation::pipeline::Invocation::new(&format!("req-race-{i}"), None, None);
             pipeline.handle(&event, &invocation).await
         }
     }))
@@ -56,7 +53,11 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
         .iter()
         .filter(|r| only(r).outcome == OutcomeKind::Applied)
         .collect();
-    assert_eq!(applied.len(), 1, "exactly one invocation acts: {reports:#?}");
+    assert_eq!(
+        applied.len(),
+        1,
+        "exactly one invocation acts: {reports:#?}"
+    );
     for report in &reports {
         let outcome = only(report);
         if outcome.outcome != OutcomeKind::Applied {
@@ -169,8 +170,16 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
         cluster.invoke(ErrorRollback, &[], &rollback),
         cluster.invoke(region_failover, &[], &failover),
     );
-    assert_eq!(only(&a).outcome, OutcomeKind::Applied, "error-rollback: {a:#?}");
-    assert_eq!(only(&b).outcome, OutcomeKind::Applied, "region-failover: {b:#?}");
+    assert_eq!(
+        only(&a).outcome,
+        OutcomeKind::Applied,
+        "error-rollback: {a:#?}"
+    );
+    assert_eq!(
+        only(&b).outcome,
+        OutcomeKind::Applied,
+        "region-failover: {b:#?}"
+    );
 
     let vs = mesh.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
@@ -187,7 +196,9 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
         let refused = standin
             .requests()
             .iter()
-            .filter(|r| r.method == "PATCH" && r.path.contains("/virtualservices/") && r.status == 409)
+            .filter(|r| {
+                r.method == "PATCH" && r.path.contains("/virtualservices/") && r.status == 409
+            })
             .count();
         assert!(
             refused >= 1,

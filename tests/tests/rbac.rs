@@ -129,7 +129,11 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
 
     // Every path: a drill (server-side dry run), the firing alert, a repeat (cooldown),
     // the resolved alert (recovery recorded on the object).
-    let drill = run(&pipeline, &events::fresh("latency-restart-drill.json", &cluster.namespace)).await;
+    let drill = run(
+        &pipeline,
+        &events::fresh("latency-restart-drill.json", &cluster.namespace),
+    )
+    .await;
     assert_eq!(only(&drill).outcome, OutcomeKind::DryRun, "{drill:#?}");
     let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let applied = run(&pipeline, &firing).await;
@@ -149,7 +153,10 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
     assert_eq!(generation(&cluster).await, before + 1, "one restart");
     let events = cluster.events_about(TARGET).await;
     let restarts = events.iter().filter(|e| e["action"] == "Restart").count();
-    assert_eq!(restarts, 1, "one restart Event (and the recovery's): {events:#?}");
+    assert_eq!(
+        restarts, 1,
+        "one restart Event (and the recovery's): {events:#?}"
+    );
     assert_nothing_refused(standin);
     assert_eq!(
         used_by(standin, &role("latency-restart")),
@@ -178,7 +185,10 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
         let report = run(&pipeline, &firing).await;
         let outcome = only(&report);
         assert_eq!(outcome.outcome, OutcomeKind::Failed, "{verb}: {outcome:#?}");
-        assert!(!outcome.retryable, "{verb}: a 403 is not transient: {outcome:#?}");
+        assert!(
+            !outcome.retryable,
+            "{verb}: a 403 is not transient: {outcome:#?}"
+        );
         let why = reason(outcome);
         assert!(
             why.contains(&format!(
@@ -188,14 +198,21 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
             "{verb}: the refusal is quoted: {why}"
         );
         assert!(why.contains("configuration error"), "{verb}: {why}");
-        assert!(why.contains("deploy/rbac.yaml"), "{verb}: says what to fix: {why}");
+        assert!(
+            why.contains("deploy/rbac.yaml"),
+            "{verb}: says what to fix: {why}"
+        );
         // Lambda answers normally: retrying cannot grant a permission.
         let answer = Function::new(as_function(&cluster, standin, LatencyRestart, &[]).await)
             .invoke(LambdaEvent::new(firing.clone(), Context::default()))
             .await
             .expect("a configuration error is answered, not retried");
         assert_eq!(answer["summary"]["failed"], 1, "{answer}");
-        assert_eq!(generation(&cluster).await, before, "{verb}: nothing changed");
+        assert_eq!(
+            generation(&cluster).await,
+            before,
+            "{verb}: nothing changed"
+        );
     }
 
     // Without Events the change is still made and recorded on the object (the audit
@@ -233,11 +250,18 @@ async fn istio_function_within_its_rules<R: Remediation>(
     let function = remediation.name();
     let policy = project_policy();
     let granted = policy.grants(&role(function));
-    assert!(!granted.is_empty(), "deploy/rbac.yaml has a ClusterRole for {function}");
+    assert!(
+        !granted.is_empty(),
+        "deploy/rbac.yaml has a ClusterRole for {function}"
+    );
     standin.enforce_rbac(policy);
     let pipeline = as_function(cluster, standin, remediation, &[]).await;
     let report = run(&pipeline, event).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{function}: {report:#?}");
+    assert_eq!(
+        only(&report).outcome,
+        OutcomeKind::Applied,
+        "{function}: {report:#?}"
+    );
     assert_nothing_refused(standin);
     let used = used_by(standin, &role(function));
     assert!(
@@ -278,7 +302,13 @@ async fn error_rollback_works_within_its_rules() {
         "virtualservices",
         "patch",
     ));
-    let pipeline = as_function(&cluster, standin, ErrorRollback, &[("COOLDOWN_SECONDS", "0")]).await;
+    let pipeline = as_function(
+        &cluster,
+        standin,
+        ErrorRollback,
+        &[("COOLDOWN_SECONDS", "0")],
+    )
+    .await;
     mesh.edit_spec(
         Kind::VirtualService,
         "checkout",
@@ -292,8 +322,14 @@ async fn error_rollback_works_within_its_rules() {
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
     assert!(!outcome.retryable, "{outcome:#?}");
-    assert!(reason(outcome).contains("cannot patch resource \"virtualservices\""), "{outcome:#?}");
-    assert!(reason(outcome).contains("configuration error"), "{outcome:#?}");
+    assert!(
+        reason(outcome).contains("cannot patch resource \"virtualservices\""),
+        "{outcome:#?}"
+    );
+    assert!(
+        reason(outcome).contains("configuration error"),
+        "{outcome:#?}"
+    );
 }
 
 #[tokio::test]

@@ -50,6 +50,18 @@ fn firing(cluster: &TestCluster) -> Value {
     events::fresh("latency-restart-firing.json", &cluster.namespace)
 }
 
+/// The firing alert through a fresh pipeline, as one invocation without a deadline.
+async fn fire(cluster: &TestCluster, vars: &[(&str, &str)]) -> InvocationReport {
+    cluster
+        .invoke_with(LatencyRestart, vars, &firing(cluster), &invocation(None))
+        .await
+}
+
+/// `fault` restricted to writes to Deployments.
+fn on_writes(fault: Fault) -> Fault {
+    fault.method("PATCH").path_contains("/deployments/")
+}
+
 fn only(report: &InvocationReport) -> &Outcome {
     assert_eq!(
         report.outcomes.len(),
@@ -66,7 +78,10 @@ fn reason(outcome: &Outcome) -> &str {
 /// A retryable failure that changed nothing, with a reason containing `why`.
 fn assert_transient(outcome: &Outcome, why: &str) {
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
-    assert!(outcome.retryable, "transient failure must be retryable: {outcome:#?}");
+    assert!(
+        outcome.retryable,
+        "transient failure must be retryable: {outcome:#?}"
+    );
     assert!(reason(outcome).contains(why), "{why:?} not in {outcome:#?}");
 }
 
@@ -123,7 +138,11 @@ async fn assert_restarted_once(cluster: &TestCluster, generation_before: i64) {
 }
 
 async fn assert_untouched(cluster: &TestCluster, generation_before: i64) {
-    assert_eq!(generation(cluster, TARGET).await, generation_before, "no rollout");
+    assert_eq!(
+        generation(cluster, TARGET).await,
+        generation_before,
+        "no rollout"
+    );
     assert!(cluster.events_about(TARGET).await.is_empty(), "no Event");
 }
 
@@ -136,16 +155,15 @@ async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
     // Every request (read, write, Event) is slow.
     standin.add_fault(Fault::latency(400));
     let started = Instant::now();
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    assert!(started.elapsed() >= Duration::from_millis(1200), "GET + PATCH + Event were slow");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "GET + PATCH + Event were slow"
+    );
     assert_restarted_once(&cluster, generation_before).await;
     // The same alert again, still slow: one action per cooldown.
-    let again = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    let again = fire(&cluster, &[]).await;
     assert_eq!(only(&again).outcome, OutcomeKind::Skipped, "{again:#?}");
     assert_restarted_once(&cluster, generation_before).await;
 }
@@ -159,11 +177,12 @@ async fn server_errors_are_retried_twice_then_fail_retryably() {
     for code in [500, 503, 504] {
         standin.clear_faults();
         standin.clear_requests();
-        standin.add_fault(Fault::status(code).method("PATCH").path_contains("/deployments/"));
-        let report = cluster
-            .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-            .await;
-        assert_transient(only(&report), &format!("patch Deployment {}/{TARGET}", cluster.namespace));
+        standin.add_fault(on_writes(Fault::status(code)));
+        let report = fire(&cluster, &[]).await;
+        assert_transient(
+            only(&report),
+            &format!("patch Deployment {}/{TARGET}", cluster.namespace),
+        );
         assert_eq!(
             target_requests(standin, "PATCH").len(),
             3,
@@ -181,9 +200,7 @@ async fn server_errors_are_retried_twice_then_fail_retryably() {
             .path_contains(&format!("/deployments/{TARGET}"))
             .times(2),
     );
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_eq!(target_requests(standin, "GET").len(), 3);
     assert_restarted_once(&cluster, generation_before).await;
@@ -204,9 +221,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
             .times(2),
     );
     let started = Instant::now();
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &[]).await;
     let elapsed = started.elapsed();
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert!(
@@ -219,13 +234,11 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
     // (Lambda retries later) instead of sleeping through the invocation.
     standin.clear_faults();
     standin.clear_requests();
-    standin.add_fault(Fault::throttle(30).method("PATCH").path_contains("/deployments/"));
+    standin.add_fault(on_writes(Fault::throttle(30)));
     let vars = [("COOLDOWN_SECONDS", "0")];
     let generation_now = generation(&cluster, TARGET).await;
     let started = Instant::now();
-    let report = cluster
-        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &vars).await;
     let elapsed = started.elapsed();
     assert_transient(only(&report), "Too many requests");
     assert!(
@@ -243,15 +256,8 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
         return;
     };
     // Five refused writes (409 Conflict bodies), the sixth goes through.
-    standin.add_fault(
-        Fault::status(409)
-            .method("PATCH")
-            .path_contains("/deployments/")
-            .times(5),
-    );
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    standin.add_fault(on_writes(Fault::status(409)).times(5));
+    let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_eq!(target_requests(standin, "PATCH").len(), 6);
     assert_restarted_once(&cluster, generation_before).await;
@@ -259,13 +265,15 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
     // A storm that does not end: a bounded number of attempts, then a retryable failure.
     standin.clear_faults();
     standin.clear_requests();
-    standin.add_fault(Fault::status(409).method("PATCH").path_contains("/deployments/"));
+    standin.add_fault(on_writes(Fault::status(409)));
     let vars = [("COOLDOWN_SECONDS", "0")];
-    let report = cluster
-        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &vars).await;
     assert_transient(only(&report), "conflicting writes");
-    assert_eq!(target_requests(standin, "PATCH").len(), 6, "bounded attempts");
+    assert_eq!(
+        target_requests(standin, "PATCH").len(),
+        6,
+        "bounded attempts"
+    );
     assert_restarted_once(&cluster, generation_before).await;
     assert_lambda_retries(&cluster, &vars, "conflicting writes").await;
 }
@@ -277,15 +285,8 @@ async fn connection_resets_are_retried_and_never_double_act() {
         return;
     };
     // One write dropped before the server handled it: retried, acted on once.
-    standin.add_fault(
-        Fault::new(FaultKind::Reset)
-            .method("PATCH")
-            .path_contains("/deployments/")
-            .times(1),
-    );
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    standin.add_fault(on_writes(Fault::new(FaultKind::Reset)).times(1));
+    let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_restarted_once(&cluster, generation_before).await;
 
@@ -293,10 +294,11 @@ async fn connection_resets_are_retried_and_never_double_act() {
     standin.clear_faults();
     standin.add_fault(Fault::new(FaultKind::Reset).path_contains("/deployments/"));
     let vars = [("COOLDOWN_SECONDS", "0")];
-    let report = cluster
-        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
-        .await;
-    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    let report = fire(&cluster, &vars).await;
+    assert_transient(
+        only(&report),
+        &format!("get Deployment {}/{TARGET}", cluster.namespace),
+    );
     assert_lambda_retries(&cluster, &vars, "get Deployment").await;
     standin.clear_faults();
     assert_restarted_once(&cluster, generation_before).await;
@@ -311,23 +313,26 @@ async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
     // The restart is stored, then the connection drops before the answer: the function
     // cannot know whether it acted. The retry re-reads, finds its own record and must
     // neither act again nor report someone else's action.
-    standin.add_fault(
-        Fault::new(FaultKind::DropResponse)
-            .method("PATCH")
-            .path_contains("/deployments/")
-            .times(1),
-    );
-    let report = cluster
-        .invoke_with(LatencyRestart, &[], &firing(&cluster), &invocation(None))
-        .await;
+    standin.add_fault(on_writes(Fault::new(FaultKind::DropResponse)).times(1));
+    let report = fire(&cluster, &[]).await;
     let outcome = only(&report);
     assert_eq!(
         outcome.outcome,
         OutcomeKind::Applied,
         "the change this invocation made is reported as applied: {outcome:#?}"
     );
-    assert!(outcome.change.as_deref().is_some_and(|c| c.contains("rollout restart")), "{outcome:#?}");
-    assert_eq!(target_requests(standin, "PATCH").len(), 1, "no second write");
+    assert!(
+        outcome
+            .change
+            .as_deref()
+            .is_some_and(|c| c.contains("rollout restart")),
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        target_requests(standin, "PATCH").len(),
+        1,
+        "no second write"
+    );
     assert_restarted_once(&cluster, generation_before).await;
 }
 
@@ -339,11 +344,8 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
-    let mut kube_config = kube::Config::new(
-        format!("http://127.0.0.1:{port}")
-            .parse()
-            .expect("URL"),
-    );
+    let mut kube_config =
+        kube::Config::new(format!("http://127.0.0.1:{port}").parse().expect("URL"));
     mesh_remediation::connect::tune(&mut kube_config, Duration::from_secs(2));
     let down = kube::Client::try_from(kube_config).expect("client");
     let pipeline = Pipeline::new(
@@ -352,10 +354,11 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
         std::sync::Arc::new(FixedConnector(down)),
     );
     let started = Instant::now();
-    let report = pipeline
-        .handle(&firing(&cluster), &invocation(None))
-        .await;
-    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    let report = pipeline.handle(&firing(&cluster), &invocation(None)).await;
+    assert_transient(
+        only(&report),
+        &format!("get Deployment {}/{TARGET}", cluster.namespace),
+    );
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "refused connections fail fast: {:?}",
@@ -389,25 +392,45 @@ async fn the_deadline_stops_new_work_and_the_retry_finishes_it_without_acting_tw
     let report = cluster
         .invoke_with(LatencyRestart, &vars, &event, &invocation(Some(deadline)))
         .await;
-    assert_eq!(report.outcomes.len(), 4, "every alert has an outcome: {report:#?}");
+    assert_eq!(
+        report.outcomes.len(),
+        4,
+        "every alert has an outcome: {report:#?}"
+    );
     let by_target = |name: &str| -> &Outcome {
         report
             .outcomes
             .iter()
-            .find(|o| reason(o).contains(name) || o.target.as_deref().is_some_and(|t| t.ends_with(name)))
+            .find(|o| {
+                reason(o).contains(name) || o.target.as_deref().is_some_and(|t| t.ends_with(name))
+            })
             .unwrap_or_else(|| panic!("no outcome for {name}: {report:#?}"))
     };
-    assert_eq!(by_target("checkout-v2").outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(
+        by_target("checkout-v2").outcome,
+        OutcomeKind::Applied,
+        "{report:#?}"
+    );
     for name in ["orders", "payments"] {
         let outcome = by_target(name);
-        assert_transient(outcome, "not started: less than 2s left before the Lambda deadline");
+        assert_transient(
+            outcome,
+            "not started: less than 2s left before the Lambda deadline",
+        );
     }
     assert!(
         reason(by_target("kube-system")).contains("kube-system is protected"),
         "{report:#?}"
     );
-    assert_eq!(generation(&cluster, "checkout-v2").await, before["checkout-v2"] + 1);
-    assert_eq!(generation(&cluster, "orders").await, before["orders"], "not started");
+    assert_eq!(
+        generation(&cluster, "checkout-v2").await,
+        before["checkout-v2"] + 1
+    );
+    assert_eq!(
+        generation(&cluster, "orders").await,
+        before["orders"],
+        "not started"
+    );
 
     // Lambda retries the invocation (the deadline made it fail): the retry does what was
     // not done and does not redo what was.
@@ -439,7 +462,11 @@ async fn the_deadline_stops_new_work_and_the_retry_finishes_it_without_acting_tw
         1,
         "only orders is restarted now: {kinds:?}"
     );
-    assert_eq!(generation(&cluster, "checkout-v2").await, before["checkout-v2"] + 1, "not twice");
+    assert_eq!(
+        generation(&cluster, "checkout-v2").await,
+        before["checkout-v2"] + 1,
+        "not twice"
+    );
     assert_eq!(generation(&cluster, "orders").await, before["orders"] + 1);
     assert_eq!(cluster.events_about("checkout-v2").await.len(), 1);
     assert_eq!(cluster.events_about("orders").await.len(), 1);
@@ -453,28 +480,26 @@ async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
     };
     let vars = [("API_TIMEOUT_SECONDS", "1")];
     // One write hangs (the server never handled it): timed out, retried, acted on once.
-    standin.add_fault(
-        Fault::new(FaultKind::Hang)
-            .method("PATCH")
-            .path_contains("/deployments/")
-            .times(1),
-    );
-    let report = cluster
-        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
-        .await;
+    standin.add_fault(on_writes(Fault::new(FaultKind::Hang)).times(1));
+    let report = fire(&cluster, &vars).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_restarted_once(&cluster, generation_before).await;
 
     // Every read hangs: three attempts of one second, then a retryable failure.
     standin.clear_faults();
-    standin.add_fault(Fault::new(FaultKind::Hang).method("GET").path_contains("/deployments/"));
+    standin.add_fault(
+        Fault::new(FaultKind::Hang)
+            .method("GET")
+            .path_contains("/deployments/"),
+    );
     let vars = [("API_TIMEOUT_SECONDS", "1"), ("COOLDOWN_SECONDS", "0")];
     let started = Instant::now();
-    let report = cluster
-        .invoke_with(LatencyRestart, &vars, &firing(&cluster), &invocation(None))
-        .await;
+    let report = fire(&cluster, &vars).await;
     let elapsed = started.elapsed();
-    assert_transient(only(&report), &format!("get Deployment {}/{TARGET}", cluster.namespace));
+    assert_transient(
+        only(&report),
+        &format!("get Deployment {}/{TARGET}", cluster.namespace),
+    );
     assert!(
         elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(6),
         "three one-second timeouts plus short backoffs: {elapsed:?}"

@@ -231,11 +231,15 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
     )
     .await;
     let (status, answer) = emulator
-        .invoke(&events::fresh("latency-restart-firing.json", &cluster.namespace))
+        .invoke(&events::fresh(
+            "latency-restart-firing.json",
+            &cluster.namespace,
+        ))
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
-        answer["outcomes"][0]["outcome"], "applied",
+        answer["outcomes"][0]["outcome"],
+        "applied",
         "the function reached the cluster through EKS auth: {answer}\n{}",
         emulator.logs()
     );
@@ -246,14 +250,19 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
 
     let received = aws.received();
     assert!(
-        received.iter().any(|r| r.request_line.starts_with("GET /clusters/demo")),
+        received
+            .iter()
+            .any(|r| r.request_line.starts_with("GET /clusters/demo")),
         "DescribeCluster was called: {received:#?}"
     );
     let published: Vec<&Received> = received
         .iter()
         .filter(|r| r.body.contains("Action=Publish"))
         .collect();
-    assert!(!published.is_empty(), "a report was published: {received:#?}");
+    assert!(
+        !published.is_empty(),
+        "a report was published: {received:#?}"
+    );
     // The session token is sent where it must be (the signed request), and only there.
     assert!(
         published.iter().any(|r| r.head.contains(SESSION_TOKEN)),
@@ -273,10 +282,21 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
     }
     // The webhook bodies carry the report, not the secrets (the PagerDuty key is the
     // event's routing key by design, so only the others are checked there).
-    for request in received.iter().filter(|r| r.request_line.starts_with("POST /services/")) {
-        assert_no_secret("the Slack message", &request.body, &[SECRET_KEY, SESSION_TOKEN, SLACK_PATH]);
+    for request in received
+        .iter()
+        .filter(|r| r.request_line.starts_with("POST /services/"))
+    {
+        assert_no_secret(
+            "the Slack message",
+            &request.body,
+            &[SECRET_KEY, SESSION_TOKEN, SLACK_PATH],
+        );
     }
-    assert_no_secret("what the cluster stored", &stand_in_dump(&cluster), &secrets);
+    assert_no_secret(
+        "what the cluster stored",
+        &stand_in_dump(&cluster),
+        &secrets,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,5 +341,9 @@ async fn the_kubeconfig_token_never_leaves_the_process() {
     assert_no_secret("the response", &applied.to_string(), &secrets);
     assert_no_secret("the error answer", &failed.to_string(), &secrets);
     standin.clear_faults();
-    assert_no_secret("what the cluster stored", &stand_in_dump(&cluster), &secrets);
+    assert_no_secret(
+        "what the cluster stored",
+        &stand_in_dump(&cluster),
+        &secrets,
+    );
 }

@@ -360,7 +360,10 @@ impl RbacPolicy {
             && verb == "get"
         {
             // system:public-info-viewer (everyone) and system:discovery (authenticated).
-            let public = matches!(path.as_str(), "/version" | "/healthz" | "/livez" | "/readyz");
+            let public = matches!(
+                path.as_str(),
+                "/version" | "/healthz" | "/livez" | "/readyz"
+            );
             let discovery = path == "/api"
                 || path == "/apis"
                 || path.starts_with("/api/")
@@ -388,7 +391,9 @@ impl RbacPolicy {
         match binding.role_kind.as_str() {
             "ClusterRole" => self.cluster_role(&binding.role_name),
             "Role" => self.roles.iter().find(|r| {
-                r.name == binding.role_name && r.namespace.is_some() && r.namespace == binding.namespace
+                r.name == binding.role_name
+                    && r.namespace.is_some()
+                    && r.namespace == binding.namespace
             }),
             _ => None,
         }
@@ -471,10 +476,17 @@ pub fn attributes(method: &str, path: &str, query: &str) -> Attributes {
         && rest.len() >= 3
         && !(rest.len() == 3 && (rest[2] == "status" || rest[2] == "finalize"));
     let (namespace, resource, name, subresource) = if namespaced {
-        (Some(rest[1]), rest[2], rest.get(3).copied(), rest.get(4).copied())
+        (
+            Some(rest[1]),
+            rest[2],
+            rest.get(3).copied(),
+            rest.get(4).copied(),
+        )
     } else {
         // `namespaces/{name}` names the namespace itself (its own namespace, for RoleBindings).
-        let ns = (rest[0] == "namespaces").then(|| rest.get(1).copied()).flatten();
+        let ns = (rest[0] == "namespaces")
+            .then(|| rest.get(1).copied())
+            .flatten();
         (ns, rest[0], rest.get(1).copied(), rest.get(2).copied())
     };
     let watch = form_urlencoded::parse(query.as_bytes())
@@ -488,10 +500,12 @@ pub fn attributes(method: &str, path: &str, query: &str) -> Attributes {
         ("PATCH", _) => "patch",
         ("DELETE", true) => "delete",
         ("DELETE", false) => "deletecollection",
-        (other, _) => return Attributes::NonResource {
-            verb: other.to_ascii_lowercase(),
-            path: path.to_owned(),
-        },
+        (other, _) => {
+            return Attributes::NonResource {
+                verb: other.to_ascii_lowercase(),
+                path: path.to_owned(),
+            };
+        }
     };
     Attributes::Resource {
         verb: verb.to_owned(),
@@ -506,7 +520,7 @@ pub fn attributes(method: &str, path: &str, query: &str) -> Attributes {
 fn subject_matches(subject: &Subject, identity: &Identity) -> bool {
     match subject.kind.as_str() {
         "User" => subject.name == identity.user,
-        "Group" => identity.groups.iter().any(|g| *g == subject.name),
+        "Group" => identity.groups.contains(&subject.name),
         "ServiceAccount" => {
             let ns = subject.namespace.as_deref().unwrap_or_default();
             identity.user == format!("system:serviceaccount:{ns}:{}", subject.name)
@@ -533,9 +547,7 @@ fn rule_matches(rule: &PolicyRule, attrs: &Attributes) -> bool {
             let resource_ok = rule.resources.iter().any(|r| {
                 r == "*"
                     || *r == combined
-                    || subresource
-                        .as_ref()
-                        .is_some_and(|s| *r == format!("*/{s}"))
+                    || subresource.as_ref().is_some_and(|s| *r == format!("*/{s}"))
             });
             let name_ok = rule.resource_names.is_empty()
                 || name
@@ -558,47 +570,15 @@ fn rule_matches(rule: &PolicyRule, attrs: &Attributes) -> bool {
 mod tests {
     use super::*;
 
-    const MANIFEST: &str = r#"
-# comment
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: restart}
-rules:
-  - apiGroups: ["apps"]
-    resources: ["deployments"]
-    verbs: ["get", "patch"]
-  - apiGroups: ["events.k8s.io"]
-    resources: ["events"]
-    verbs: ["create"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: restart}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: restart}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: restarters}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: status, namespace: shop}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: status}
-subjects: [{kind: User, name: watcher}]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: status, namespace: shop}
-rules:
-  - apiGroups: ["apps"]
-    resources: ["deployments/status"]
-    verbs: ["get"]
-    resourceNames: ["checkout"]
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: ignored}
-"#;
+    const MANIFEST: &str = include_str!("../tests/data/rbac-fixture.yaml");
 
-    fn res(verb: &str, group: &str, resource: &str, ns: Option<&str>, name: Option<&str>) -> Attributes {
+    fn res(
+        verb: &str,
+        group: &str,
+        resource: &str,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Attributes {
         Attributes::Resource {
             verb: verb.into(),
             group: group.into(),
@@ -622,14 +602,32 @@ metadata: {name: ignored}
         let p = RbacPolicy::from_manifest(MANIFEST).expect("loads");
         let who = Identity::from_bearer(Some("group:restarters"));
         assert_eq!(who.user, "restarters");
-        assert!(p.allows(&who, &res("patch", "apps", "deployments", Some("shop"), Some("x"))));
-        assert!(p.allows(&who, &res("create", "events.k8s.io", "events", Some("shop"), None)));
-        assert!(!p.allows(&who, &res("list", "apps", "deployments", Some("shop"), None)));
-        assert!(!p.allows(&who, &res("delete", "apps", "deployments", Some("shop"), Some("x"))));
+        assert!(p.allows(
+            &who,
+            &res("patch", "apps", "deployments", Some("shop"), Some("x"))
+        ));
+        assert!(p.allows(
+            &who,
+            &res("create", "events.k8s.io", "events", Some("shop"), None)
+        ));
+        assert!(!p.allows(
+            &who,
+            &res("list", "apps", "deployments", Some("shop"), None)
+        ));
+        assert!(!p.allows(
+            &who,
+            &res("delete", "apps", "deployments", Some("shop"), Some("x"))
+        ));
         assert!(!p.allows(&who, &res("create", "", "events", Some("shop"), None)));
         let p = p.without_verb("restart", "apps", "deployments", "patch");
-        assert!(!p.allows(&who, &res("patch", "apps", "deployments", Some("shop"), Some("x"))));
-        assert!(p.allows(&who, &res("get", "apps", "deployments", Some("shop"), Some("x"))));
+        assert!(!p.allows(
+            &who,
+            &res("patch", "apps", "deployments", Some("shop"), Some("x"))
+        ));
+        assert!(p.allows(
+            &who,
+            &res("get", "apps", "deployments", Some("shop"), Some("x"))
+        ));
     }
 
     #[test]
@@ -674,14 +672,20 @@ metadata: {name: ignored}
     #[test]
     fn forbidden_messages_read_like_the_real_server() {
         let who = Identity::from_bearer(Some("group:restarters"));
-        let e = RbacPolicy::forbidden(&who, &res("patch", "apps", "deployments", Some("shop"), Some("x")));
+        let e = RbacPolicy::forbidden(
+            &who,
+            &res("patch", "apps", "deployments", Some("shop"), Some("x")),
+        );
         assert_eq!(e.code, 403);
         assert_eq!(
             e.body["message"],
             "deployments.apps \"x\" is forbidden: User \"restarters\" cannot patch resource \"deployments\" in API group \"apps\" in the namespace \"shop\""
         );
         assert_eq!(e.body["reason"], "Forbidden");
-        assert_eq!(e.body["details"], json!({"name": "x", "group": "apps", "kind": "deployments"}));
+        assert_eq!(
+            e.body["details"],
+            json!({"name": "x", "group": "apps", "kind": "deployments"})
+        );
         let e = RbacPolicy::forbidden(&who, &res("list", "", "namespaces", None, None));
         assert_eq!(
             e.body["message"],
@@ -696,8 +700,18 @@ metadata: {name: ignored}
             res("patch", "apps", "deployments", Some("shop"), Some("x"))
         );
         assert_eq!(
-            attributes("GET", "/apis/networking.istio.io/v1/namespaces/shop/virtualservices", "labelSelector=a%3Db"),
-            res("list", "networking.istio.io", "virtualservices", Some("shop"), None)
+            attributes(
+                "GET",
+                "/apis/networking.istio.io/v1/namespaces/shop/virtualservices",
+                "labelSelector=a%3Db"
+            ),
+            res(
+                "list",
+                "networking.istio.io",
+                "virtualservices",
+                Some("shop"),
+                None
+            )
         );
         assert_eq!(
             attributes("GET", "/api/v1/namespaces", "watch=true"),
@@ -711,22 +725,36 @@ metadata: {name: ignored}
             attributes("GET", "/api/v1/namespaces/shop", ""),
             res("get", "", "namespaces", Some("shop"), Some("shop"))
         );
-        match attributes("PUT", "/apis/apps/v1/namespaces/shop/deployments/x/status", "") {
-            Attributes::Resource { verb, subresource, .. } => {
-                assert_eq!((verb.as_str(), subresource.as_deref()), ("update", Some("status")));
+        match attributes(
+            "PUT",
+            "/apis/apps/v1/namespaces/shop/deployments/x/status",
+            "",
+        ) {
+            Attributes::Resource {
+                verb, subresource, ..
+            } => {
+                assert_eq!(
+                    (verb.as_str(), subresource.as_deref()),
+                    ("update", Some("status"))
+                );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(
             attributes("GET", "/apis/apps/v1", ""),
-            Attributes::NonResource { verb: "get".into(), path: "/apis/apps/v1".into() }
+            Attributes::NonResource {
+                verb: "get".into(),
+                path: "/apis/apps/v1".into()
+            }
         );
     }
 
     #[test]
     fn bad_manifests_are_refused_clearly() {
-        let err = RbacPolicy::from_manifest("kind: Role\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: x}\n")
-            .expect_err("a Role needs a namespace");
+        let err = RbacPolicy::from_manifest(
+            "kind: Role\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: x}\n",
+        )
+        .expect_err("a Role needs a namespace");
         assert!(err.contains("has no metadata.namespace"), "{err}");
         let err = RbacPolicy::from_manifest("kind: ClusterRole\napiVersion: rbac.authorization.k8s.io/v1beta1\nmetadata: {name: x}\n")
             .expect_err("old API version");

@@ -7,24 +7,7 @@ use kube::{Client, Config};
 use kube_standin::{Identity, RbacPolicy, StandIn, seed_demo_mesh};
 use serde_json::json;
 
-const MANIFEST: &str = r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: restarter}
-rules:
-  - apiGroups: ["apps"]
-    resources: ["deployments"]
-    verbs: ["get", "patch"]
-  - apiGroups: ["events.k8s.io"]
-    resources: ["events"]
-    verbs: ["create"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: restarter}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: restarter}
-subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: restarters}]
-"#;
+const MANIFEST: &str = include_str!("data/rbac-fixture.yaml");
 
 async fn client_with_token(s: &StandIn, token: Option<&str>) -> Client {
     let mut cfg = Config::new(s.url().parse().expect("stand-in URL is a URI"));
@@ -47,10 +30,17 @@ async fn group_tokens_get_exactly_what_is_bound_to_the_group() {
     let restarter = client_with_token(&s, Some("group:restarters")).await;
     let deployments: Api<Deployment> = Api::namespaced(restarter.clone(), "shop");
 
-    deployments.get("checkout-v2").await.expect("get is granted");
+    deployments
+        .get("checkout-v2")
+        .await
+        .expect("get is granted");
     let patch = json!({"metadata": {"annotations": {"x": "y"}}});
     deployments
-        .patch("checkout-v2", &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            "checkout-v2",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
         .expect("patch is granted");
 
@@ -79,11 +69,20 @@ async fn group_tokens_get_exactly_what_is_bound_to_the_group() {
     // A status write is another resource (deployments/status), not granted by deployments.
     let err = status_of(
         deployments
-            .patch_status("checkout-v2", &PatchParams::default(), &Patch::Merge(&json!({"status": {}})))
+            .patch_status(
+                "checkout-v2",
+                &PatchParams::default(),
+                &Patch::Merge(&json!({"status": {}})),
+            )
             .await
             .expect_err("status is not granted"),
     );
-    assert!(err.message.contains("cannot patch resource \"deployments/status\""), "{}", err.message);
+    assert!(
+        err.message
+            .contains("cannot patch resource \"deployments/status\""),
+        "{}",
+        err.message
+    );
 
     // Core v1 events are not events.k8s.io events.
     let core_events: Api<DynamicObject> = Api::namespaced_with(
@@ -110,7 +109,11 @@ async fn group_tokens_get_exactly_what_is_bound_to_the_group() {
     assert!(err.message.contains("in API group \"\""), "{}", err.message);
 
     // Every refused request is in the log with its status and the caller's identity.
-    let refused: Vec<_> = s.requests().into_iter().filter(|r| r.status == 403).collect();
+    let refused: Vec<_> = s
+        .requests()
+        .into_iter()
+        .filter(|r| r.status == 403)
+        .collect();
     assert_eq!(refused.len(), 4, "{refused:#?}");
     assert!(refused.iter().all(|r| r.user == "restarters"));
     // Nothing refused was stored: the object kept its annotation from the granted patch only.
@@ -125,12 +128,19 @@ async fn anonymous_and_unbound_callers_are_refused_admins_are_not() {
     let s = StandIn::start().await.expect("start");
     seed_demo_mesh(&s);
     s.enforce_rbac(RbacPolicy::from_manifest(MANIFEST).expect("manifest"));
-    for (token, user) in [(None, "system:anonymous"), (Some("group:strangers"), "strangers")] {
+    for (token, user) in [
+        (None, "system:anonymous"),
+        (Some("group:strangers"), "strangers"),
+    ] {
         let client = client_with_token(&s, token).await;
         let deployments: Api<Deployment> = Api::namespaced(client, "shop");
         let err = status_of(deployments.get("checkout-v2").await.expect_err("refused"));
         assert_eq!(err.code, 403);
-        assert!(err.message.contains(&format!("User \"{user}\"")), "{}", err.message);
+        assert!(
+            err.message.contains(&format!("User \"{user}\"")),
+            "{}",
+            err.message
+        );
     }
     let admin = client_with_token(&s, Some("kube-standin-dummy-token")).await;
     let deployments: Api<Deployment> = Api::namespaced(admin, "shop");
@@ -163,15 +173,24 @@ async fn admin_endpoint_turns_enforcement_on_and_off() {
         .request(send("POST", MANIFEST))
         .await
         .expect("enforce");
-    assert_eq!(on, json!({"enforced": true, "roles": 1, "bindings": 1}));
+    assert_eq!(on, json!({"enforced": true, "roles": 2, "bindings": 2}));
     let member = client_with_token(&s, Some("group:restarters")).await;
     let deployments: Api<Deployment> = Api::namespaced(member, "shop");
     assert_eq!(
-        status_of(deployments.list(&ListParams::default()).await.expect_err("refused")).code,
+        status_of(
+            deployments
+                .list(&ListParams::default())
+                .await
+                .expect_err("refused")
+        )
+        .code,
         403
     );
     let bad = admin
-        .request::<serde_json::Value>(send("POST", "kind: Role\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: x}\n"))
+        .request::<serde_json::Value>(send(
+            "POST",
+            "kind: Role\napiVersion: rbac.authorization.k8s.io/v1\nmetadata: {name: x}\n",
+        ))
         .await
         .expect_err("invalid manifest");
     assert!(status_of(bad).message.contains("invalid RBAC manifest"));

@@ -249,11 +249,17 @@ impl Bench<'_> {
             .await
             .map_err(|e| e.to_string())?;
         let kubeconfig = self.work.join("proxy.kubeconfig");
-        std::fs::write(&kubeconfig, kube_standin::kubeconfig_for(&proxy.url(), "shop"))
-            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            &kubeconfig,
+            kube_standin::kubeconfig_for(&proxy.url(), "shop"),
+        )
+        .map_err(|e| e.to_string())?;
         standin.seed(&json!([deployment("warm-target")])).await?;
         let now = Utc::now();
-        let acting = to_bytes(&sns_event(&[vec![alert("shop", "warm-target", 0, now)]], now));
+        let acting = to_bytes(&sns_event(
+            &[vec![alert("shop", "warm-target", 0, now)]],
+            now,
+        ));
         let screened = to_bytes(&sns_event(
             &[vec![alert("kube-system", "coredns", 1, now)]],
             now,
@@ -264,7 +270,10 @@ impl Bench<'_> {
             &self.options.bootstrap,
             &api,
             &kubeconfig,
-            &[("COOLDOWN_SECONDS", "0"), ("ESCALATION_WINDOW_SECONDS", "0")],
+            &[
+                ("COOLDOWN_SECONDS", "0"),
+                ("ESCALATION_WINDOW_SECONDS", "0"),
+            ],
             &self.work,
         )?;
         first.await.map_err(|e| function.explain(&e))?;
@@ -423,7 +432,9 @@ impl Bench<'_> {
     /// The cold start as the AWS Lambda Runtime Interface Emulator reports it.
     async fn rie(&self) -> Result<Value, String> {
         if emulator_path().is_none() {
-            eprintln!("rie: the Lambda Runtime Interface Emulator is not installed (scripts/setup); skipped");
+            eprintln!(
+                "rie: the Lambda Runtime Interface Emulator is not installed (scripts/setup); skipped"
+            );
             return Ok(Value::Null);
         }
         let standin = Standin::start(&self.options.standin, &self.work).await?;
@@ -491,8 +502,7 @@ fn requests_per_target(log: &[Value]) -> Value {
         } else {
             ("other", path.to_owned())
         };
-        *per
-            .entry(name)
+        *per.entry(name)
             .or_default()
             .entry(format!("{method} {what}"))
             .or_default() += 1;
@@ -502,7 +512,13 @@ fn requests_per_target(log: &[Value]) -> Value {
     for requests in per.values() {
         let shape = requests
             .iter()
-            .map(|(k, n)| if *n == 1 { k.clone() } else { format!("{n} x {k}") })
+            .map(|(k, n)| {
+                if *n == 1 {
+                    k.clone()
+                } else {
+                    format!("{n} x {k}")
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ");
         *shapes.entry(shape).or_default() += 1;
@@ -690,8 +706,15 @@ impl Standin {
         &self.kubeconfig
     }
 
-    async fn admin(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value, String> {
-        let mut request = self.http.request(method, format!("{}/_standin/{path}", self.url));
+    async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, String> {
+        let mut request = self
+            .http
+            .request(method, format!("{}/_standin/{path}", self.url));
         if let Some(body) = body {
             request = request.json(body);
         }
@@ -705,15 +728,21 @@ impl Standin {
     }
 
     async fn seed(&self, objects: &Value) -> Result<(), String> {
-        self.admin(reqwest::Method::POST, "seed", Some(objects)).await.map(drop)
+        self.admin(reqwest::Method::POST, "seed", Some(objects))
+            .await
+            .map(drop)
     }
 
     async fn fault(&self, rule: &Value) -> Result<(), String> {
-        self.admin(reqwest::Method::POST, "faults", Some(rule)).await.map(drop)
+        self.admin(reqwest::Method::POST, "faults", Some(rule))
+            .await
+            .map(drop)
     }
 
     async fn clear_requests(&self) -> Result<(), String> {
-        self.admin(reqwest::Method::DELETE, "requests", None).await.map(drop)
+        self.admin(reqwest::Method::DELETE, "requests", None)
+            .await
+            .map(drop)
     }
 
     async fn requests(&self) -> Result<Vec<Value>, String> {
@@ -792,7 +821,11 @@ impl Function {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!("{error}\nfunction log ({}):\n{}", self.log.display(), tail.join("\n"))
+        format!(
+            "{error}\nfunction log ({}):\n{}",
+            self.log.display(),
+            tail.join("\n")
+        )
     }
 }
 
