@@ -111,7 +111,8 @@ impl Notifier for SnsNotifier {
             let client = self
                 .client
                 .get_or_init(|| async {
-                    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                    let sdk =
+                        aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
                     aws_sdk_sns::Client::new(&sdk)
                 })
                 .await;
@@ -170,7 +171,10 @@ async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
     if status.is_success() {
         Ok(())
     } else {
-        Err(failure(format!("HTTP {}", status.as_u16()), status.is_server_error()))
+        Err(failure(
+            format!("HTTP {}", status.as_u16()),
+            status.is_server_error(),
+        ))
     }
 }
 
@@ -187,8 +191,17 @@ impl SlackNotifier {
 
     /// The message text (Slack mrkdwn).
     pub fn text(report: &InvocationReport) -> String {
-        let mut lines = vec![format!("*{}* {} (trace `{}`)", report.function, report.subject_counts(), report.trace_id)];
-        for o in report.outcomes.iter().filter(|o| o.outcome != OutcomeKind::Skipped) {
+        let mut lines = vec![format!(
+            "*{}* {} (trace `{}`)",
+            report.function,
+            report.subject_counts(),
+            report.trace_id
+        )];
+        for o in report
+            .outcomes
+            .iter()
+            .filter(|o| o.outcome != OutcomeKind::Skipped)
+        {
             let mut line = format!(
                 "• {} *{}* {}",
                 if o.source.drill { "[drill]" } else { "" },
@@ -217,7 +230,12 @@ impl Notifier for SlackNotifier {
 
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            post_json("slack", self.webhook.expose(), &json!({ "text": SlackNotifier::text(report) })).await
+            post_json(
+                "slack",
+                self.webhook.expose(),
+                &json!({ "text": SlackNotifier::text(report) }),
+            )
+            .await
         })
     }
 }
@@ -243,7 +261,9 @@ impl PagerDutyNotifier {
         report
             .outcomes
             .iter()
-            .filter(|o| matches!(o.outcome, OutcomeKind::Failed | OutcomeKind::Escalated) && !o.source.drill)
+            .filter(|o| {
+                matches!(o.outcome, OutcomeKind::Failed | OutcomeKind::Escalated) && !o.source.drill
+            })
             .map(|o| self.event(report, o))
             .collect()
     }
@@ -252,7 +272,11 @@ impl PagerDutyNotifier {
         let dedup = format!(
             "{}:{}",
             report.function,
-            o.source.fingerprint.as_deref().or(o.source.message_id.as_deref()).unwrap_or(&report.trace_id)
+            o.source
+                .fingerprint
+                .as_deref()
+                .or(o.source.message_id.as_deref())
+                .unwrap_or(&report.trace_id)
         );
         let severity = match (o.outcome, o.source.severity.as_deref()) {
             (OutcomeKind::Escalated, _) | (_, Some("critical")) => "critical",

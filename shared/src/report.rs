@@ -100,13 +100,17 @@ impl Source {
     pub fn for_alert(delivery: &Source, alert: &Alert, alertmanager_url: Option<&str>) -> Self {
         let mut links = BTreeMap::new();
         let mut link = |name: &'static str, url: Option<&str>| {
-            if let Some(url) = url.filter(|u| u.starts_with("http://") || u.starts_with("https://")) {
+            if let Some(url) = url.filter(|u| u.starts_with("http://") || u.starts_with("https://"))
+            {
                 links.insert(name, url.chars().take(2048).collect());
             }
         };
         link("prometheus", alert.generator_url.as_deref());
         link("alertmanager", alertmanager_url);
-        link("runbook", alert.annotations.get("runbook_url").map(String::as_str));
+        link(
+            "runbook",
+            alert.annotations.get("runbook_url").map(String::as_str),
+        );
         Source {
             alert: Some(printable(alert.name())),
             fingerprint: Some(printable(&alert.fingerprint)),
@@ -227,7 +231,10 @@ impl InvocationReport {
 
     /// The most important outcome, for filtering: failed > escalated > applied > dry-run > skipped.
     pub fn headline(&self) -> Option<OutcomeKind> {
-        self.outcomes.iter().map(|o| o.outcome).max_by_key(|k| k.importance())
+        self.outcomes
+            .iter()
+            .map(|o| o.outcome)
+            .max_by_key(|k| k.importance())
     }
 
     /// SNS message attributes subscribers filter on (e.g. page only on failed or escalated).
@@ -246,13 +253,21 @@ impl InvocationReport {
         let drill = self.outcomes.iter().find(|o| o.source.drill);
         vec![
             ("remediation", self.function.clone()),
-            ("outcome", self.headline().map_or("none", OutcomeKind::as_str).to_owned()),
+            (
+                "outcome",
+                self.headline()
+                    .map_or("none", OutcomeKind::as_str)
+                    .to_owned(),
+            ),
             ("severity", severity.to_owned()),
-            ("drill", match drill {
-                None => "false".to_owned(),
-                Some(o) if o.outcome == OutcomeKind::DryRun => "passed".to_owned(),
-                Some(_) => "failed".to_owned(),
-            }),
+            (
+                "drill",
+                match drill {
+                    None => "false".to_owned(),
+                    Some(o) if o.outcome == OutcomeKind::DryRun => "passed".to_owned(),
+                    Some(_) => "failed".to_owned(),
+                },
+            ),
             ("trace_id", self.trace_id.clone()),
         ]
     }
@@ -291,7 +306,11 @@ impl InvocationReport {
                 .to_string()
             })
             .collect();
-        if self.outcomes.iter().any(|o| matches!(o.outcome, OutcomeKind::Applied | OutcomeKind::DryRun)) {
+        if self
+            .outcomes
+            .iter()
+            .any(|o| matches!(o.outcome, OutcomeKind::Applied | OutcomeKind::DryRun))
+        {
             lines.push(
                 serde_json::json!({
                     "_aws": {
@@ -360,7 +379,11 @@ impl InvocationReport {
 
     /// A short ASCII subject for notifications (SNS allows 100 characters).
     pub fn subject(&self) -> String {
-        let drill = if self.outcomes.iter().any(|o| o.source.drill) { " (drill)" } else { "" };
+        let drill = if self.outcomes.iter().any(|o| o.source.drill) {
+            " (drill)"
+        } else {
+            ""
+        };
         let mut subject = format!("[{}] {}{drill}", self.function, self.subject_counts());
         subject.retain(|c| c.is_ascii() && !c.is_ascii_control());
         subject.truncate(100);

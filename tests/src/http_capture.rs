@@ -39,33 +39,58 @@ impl CaptureServer {
                     let mut buffer = Vec::new();
                     let mut chunk = [0u8; 8192];
                     loop {
-                        let Ok(n) = stream.read(&mut chunk).await else { return };
+                        let Ok(n) = stream.read(&mut chunk).await else {
+                            return;
+                        };
                         if n == 0 {
                             return;
                         }
                         buffer.extend_from_slice(&chunk[..n]);
-                        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let Some(head_end) = buffer.windows(4).position(|w| w == b"\r\n\r\n")
+                        else {
+                            continue;
+                        };
                         let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
                         let length = head
                             .lines()
-                            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
                             .unwrap_or(0);
                         if buffer.len() < head_end + 4 + length {
                             continue;
                         }
                         let body = &buffer[head_end + 4..head_end + 4 + length];
-                        let body = serde_json::from_slice(body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
-                        let request_line = head.lines().next().unwrap_or("").rsplit_once(' ').map(|(l, _)| l.to_owned()).unwrap_or_default();
-                        sink.lock().expect("lock").push(Captured { request_line, body });
+                        let body = serde_json::from_slice(body).unwrap_or_else(|_| {
+                            Value::String(String::from_utf8_lossy(body).into())
+                        });
+                        let request_line = head
+                            .lines()
+                            .next()
+                            .unwrap_or("")
+                            .rsplit_once(' ')
+                            .map(|(l, _)| l.to_owned())
+                            .unwrap_or_default();
+                        sink.lock()
+                            .expect("lock")
+                            .push(Captured { request_line, body });
                         let reason = if status < 400 { "OK" } else { "Error" };
-                        let reply = format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}");
+                        let reply = format!(
+                            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}"
+                        );
                         let _ = stream.write_all(reply.as_bytes()).await;
                         return;
                     }
                 });
             }
         });
-        CaptureServer { url, received, task }
+        CaptureServer {
+            url,
+            received,
+            task,
+        }
     }
 
     /// Everything received so far.

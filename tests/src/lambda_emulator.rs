@@ -42,7 +42,10 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");
-    assert!(status.success(), "cargo build -p {package} --bin {bin} failed");
+    assert!(
+        status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
     assert!(binary.exists(), "{} missing after build", binary.display());
     binary
 }

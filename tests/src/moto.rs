@@ -26,7 +26,11 @@ impl Moto {
         let binary = std::env::var_os("MOTO_SERVER")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"));
-        assert!(binary.exists(), "{} missing: run scripts/setup", binary.display());
+        assert!(
+            binary.exists(),
+            "{} missing: run scripts/setup",
+            binary.display()
+        );
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
@@ -42,7 +46,10 @@ impl Moto {
         let http = reqwest::Client::new();
         let started = Instant::now();
         while http.get(format!("{url}/moto-api/")).send().await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "moto_server did not start");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Moto { url, child, http }
@@ -98,13 +105,20 @@ impl Moto {
 
     /// Creates an SNS topic; returns its ARN.
     pub async fn create_topic(&self, name: &str) -> String {
-        let xml = self.query("sns", &[("Action", "CreateTopic"), ("Name", name)]).await;
+        let xml = self
+            .query("sns", &[("Action", "CreateTopic"), ("Name", name)])
+            .await;
         between(&xml, "<TopicArn>", "</TopicArn>").to_owned()
     }
 
     /// Creates an SQS queue subscribed to `topic` (optionally with a filter policy on
     /// message attributes); returns the queue URL.
-    pub async fn subscribe_queue(&self, topic: &str, queue: &str, filter_policy: Option<&Value>) -> String {
+    pub async fn subscribe_queue(
+        &self,
+        topic: &str,
+        queue: &str,
+        filter_policy: Option<&Value>,
+    ) -> String {
         let created = self.sqs("CreateQueue", json!({"QueueName": queue})).await;
         let queue_url = created["QueueUrl"].as_str().expect("queue url").to_owned();
         let queue_arn = format!("arn:aws:sqs:us-east-1:{ACCOUNT}:{queue}");
@@ -126,7 +140,13 @@ impl Moto {
     }
 
     /// Publishes a message with string attributes; returns the MessageId.
-    pub async fn publish(&self, topic: &str, subject: &str, message: &str, attributes: &[(&str, &str)]) -> String {
+    pub async fn publish(
+        &self,
+        topic: &str,
+        subject: &str,
+        message: &str,
+        attributes: &[(&str, &str)],
+    ) -> String {
         let mut params = vec![
             ("Action".to_owned(), "Publish".to_owned()),
             ("TopicArn".to_owned(), topic.to_owned()),
@@ -135,11 +155,23 @@ impl Moto {
         ];
         for (i, (name, value)) in attributes.iter().enumerate() {
             let n = i + 1;
-            params.push((format!("MessageAttributes.entry.{n}.Name"), (*name).to_owned()));
-            params.push((format!("MessageAttributes.entry.{n}.Value.DataType"), "String".to_owned()));
-            params.push((format!("MessageAttributes.entry.{n}.Value.StringValue"), (*value).to_owned()));
+            params.push((
+                format!("MessageAttributes.entry.{n}.Name"),
+                (*name).to_owned(),
+            ));
+            params.push((
+                format!("MessageAttributes.entry.{n}.Value.DataType"),
+                "String".to_owned(),
+            ));
+            params.push((
+                format!("MessageAttributes.entry.{n}.Value.StringValue"),
+                (*value).to_owned(),
+            ));
         }
-        let borrowed: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let borrowed: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         let xml = self.query("sns", &borrowed).await;
         between(&xml, "<MessageId>", "</MessageId>").to_owned()
     }
@@ -183,7 +215,9 @@ fn encode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

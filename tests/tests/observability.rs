@@ -28,10 +28,16 @@ async fn world(slack_status: u16) -> World {
     cluster.create_deployment("checkout-v2", true).await;
     let moto = Moto::start().await;
     let reports_topic = moto.create_topic("mesh-remediation-reports").await;
-    let all_reports = moto.subscribe_queue(&reports_topic, "all-reports", None).await;
+    let all_reports = moto
+        .subscribe_queue(&reports_topic, "all-reports", None)
+        .await;
     // A subscriber that pages only on failed or escalated remediations.
     let pages = moto
-        .subscribe_queue(&reports_topic, "pages", Some(&json!({"outcome": ["failed", "escalated"]})))
+        .subscribe_queue(
+            &reports_topic,
+            "pages",
+            Some(&json!({"outcome": ["failed", "escalated"]})),
+        )
         .await;
     let slack = CaptureServer::start(slack_status).await;
     let pagerduty = CaptureServer::start(202).await;
@@ -50,25 +56,47 @@ async fn world(slack_status: u16) -> World {
     ]);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let emulator = Emulator::start(&function_binary("latency-restart"), &env).await;
-    World { cluster, moto, all_reports, pages, slack, pagerduty, emulator }
+    World {
+        cluster,
+        moto,
+        all_reports,
+        pages,
+        slack,
+        pagerduty,
+        emulator,
+    }
 }
 
 fn report_of(envelope: &Value) -> Value {
-    serde_json::from_str(envelope["Message"].as_str().expect("SNS envelope message")).expect("report JSON")
+    serde_json::from_str(envelope["Message"].as_str().expect("SNS envelope message"))
+        .expect("report JSON")
 }
 
 fn attribute<'a>(envelope: &'a Value, name: &str) -> &'a str {
-    envelope["MessageAttributes"][name]["Value"].as_str().unwrap_or("")
+    envelope["MessageAttributes"][name]["Value"]
+        .as_str()
+        .unwrap_or("")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_is_reported_everywhere_with_one_trace_id() {
     let w = world(200).await;
-    let (status, response) = w.emulator.invoke(&events::fresh("latency-restart-firing.json", &w.cluster.namespace)).await;
+    let (status, response) = w
+        .emulator
+        .invoke(&events::fresh(
+            "latency-restart-firing.json",
+            &w.cluster.namespace,
+        ))
+        .await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["outcomes"][0]["outcome"], "applied", "{response}");
     let trace_id = response["trace_id"].as_str().expect("trace id").to_owned();
-    assert!(response["notifications"].as_array().is_some_and(|n| n.len() == 3 && n.iter().all(|d| d["ok"] == true)), "{response}");
+    assert!(
+        response["notifications"]
+            .as_array()
+            .is_some_and(|n| n.len() == 3 && n.iter().all(|d| d["ok"] == true)),
+        "{response}"
+    );
 
     // SNS report: JSON body, short ASCII subject, filterable attributes.
     let envelopes = w.moto.receive(&w.all_reports, Duration::from_secs(5)).await;
@@ -76,7 +104,10 @@ async fn an_action_is_reported_everywhere_with_one_trace_id() {
     let envelope = &envelopes[0];
     let subject = envelope["Subject"].as_str().expect("subject");
     assert!(subject.len() <= 100 && subject.is_ascii(), "{subject}");
-    assert!(subject.contains("latency-restart") && subject.contains("1 applied"), "{subject}");
+    assert!(
+        subject.contains("latency-restart") && subject.contains("1 applied"),
+        "{subject}"
+    );
     assert_eq!(attribute(envelope, "outcome"), "applied");
     assert_eq!(attribute(envelope, "remediation"), "latency-restart");
     assert_eq!(attribute(envelope, "severity"), "critical");
@@ -85,45 +116,97 @@ async fn an_action_is_reported_everywhere_with_one_trace_id() {
     assert_eq!(report["trace_id"], trace_id.as_str());
     let outcome = &report["outcomes"][0];
     assert_eq!(outcome["outcome"], "applied");
-    assert_eq!(outcome["target"], format!("Deployment {}/checkout-v2", w.cluster.namespace));
-    assert!(outcome["change"].as_str().is_some_and(|c| c.starts_with("rollout restart")));
-    assert!(outcome["patch"]["spec"]["template"].is_object(), "exact change in the report");
+    assert_eq!(
+        outcome["target"],
+        format!("Deployment {}/checkout-v2", w.cluster.namespace)
+    );
+    assert!(
+        outcome["change"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("rollout restart"))
+    );
+    assert!(
+        outcome["patch"]["spec"]["template"].is_object(),
+        "exact change in the report"
+    );
     let sample = events::message(&events::raw("latency-restart-firing.json"));
-    assert_eq!(outcome["links"]["prometheus"], sample["alerts"][0]["generatorURL"]);
-    assert!(outcome["links"]["prometheus"].as_str().is_some_and(|l| l.contains("istio_request_duration_milliseconds_bucket")));
+    assert_eq!(
+        outcome["links"]["prometheus"],
+        sample["alerts"][0]["generatorURL"]
+    );
+    assert!(
+        outcome["links"]["prometheus"]
+            .as_str()
+            .is_some_and(|l| l.contains("istio_request_duration_milliseconds_bucket"))
+    );
     assert_eq!(outcome["links"]["alertmanager"], sample["externalURL"]);
-    assert_eq!(outcome["links"]["runbook"], sample["alerts"][0]["annotations"]["runbook_url"]);
+    assert_eq!(
+        outcome["links"]["runbook"],
+        sample["alerts"][0]["annotations"]["runbook_url"]
+    );
     // The paging subscriber is not bothered by a successful action.
-    assert!(w.moto.receive(&w.pages, Duration::from_millis(500)).await.is_empty());
+    assert!(
+        w.moto
+            .receive(&w.pages, Duration::from_millis(500))
+            .await
+            .is_empty()
+    );
 
     // Slack got one message with the trace id; PagerDuty nothing (nothing failed).
     let slack = w.slack.received();
     assert_eq!(slack.len(), 1);
     let text = slack[0].body["text"].as_str().expect("slack text");
-    assert!(text.contains(&trace_id) && text.contains("applied"), "{text}");
+    assert!(
+        text.contains(&trace_id) && text.contains("applied"),
+        "{text}"
+    );
     assert!(w.pagerduty.received().is_empty());
 
     // The same trace id on the object's record and its Kubernetes Event.
     let deployment = w.cluster.deployment("checkout-v2").await;
-    let record = deployment.metadata.annotations.unwrap_or_default()["auto-remediation.io/latency-restart"].clone();
+    let record =
+        deployment.metadata.annotations.unwrap_or_default()["auto-remediation.io/latency-restart"]
+            .clone();
     assert!(record.contains(&trace_id), "{record}");
     let events = w.cluster.events_about("checkout-v2").await;
-    assert!(events[0]["note"].as_str().is_some_and(|n| n.contains(&trace_id)));
-    assert_eq!(events[0]["metadata"]["annotations"]["auto-remediation.io/trace-id"], trace_id.as_str());
+    assert!(
+        events[0]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&trace_id))
+    );
+    assert_eq!(
+        events[0]["metadata"]["annotations"]["auto-remediation.io/trace-id"],
+        trace_id.as_str()
+    );
 
     // Logs: the outcome line and EMF metric lines, all with the trace id.
     let logs = w.emulator.json_logs();
-    let outcome_line = logs.iter().find(|l| l["outcome"] == "applied").expect("outcome log line");
+    let outcome_line = logs
+        .iter()
+        .find(|l| l["outcome"] == "applied")
+        .expect("outcome log line");
     assert_eq!(outcome_line["trace_id"], trace_id.as_str());
     let emf: Vec<&Value> = logs.iter().filter(|l| l["_aws"].is_object()).collect();
-    let count = emf.iter().find(|l| l["Remediations"].is_number()).expect("EMF count line");
-    assert_eq!(count["_aws"]["CloudWatchMetrics"][0]["Namespace"], "MeshRemediation");
+    let count = emf
+        .iter()
+        .find(|l| l["Remediations"].is_number())
+        .expect("EMF count line");
+    assert_eq!(
+        count["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "MeshRemediation"
+    );
     assert_eq!(count["Function"], "latency-restart");
     assert_eq!(count["Outcome"], "applied");
     assert_eq!(count["Remediations"], 1);
     assert_eq!(count["trace_id"], trace_id.as_str());
-    let latency = emf.iter().find(|l| l["ActionLatency"].is_number()).expect("EMF latency line");
-    assert_eq!(latency["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"], "Milliseconds");
+    let latency = emf
+        .iter()
+        .find(|l| l["ActionLatency"].is_number())
+        .expect("EMF latency line");
+    assert_eq!(
+        latency["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Unit"],
+        "Milliseconds"
+    );
 
     // No secret anywhere.
     let everything = format!("{}{response}{envelopes:?}{text}", w.emulator.logs());
@@ -135,21 +218,51 @@ async fn an_action_is_reported_everywhere_with_one_trace_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_neither_blocks_nor_undoes_the_remediation_and_failures_page() {
     let w = world(500).await;
-    let (status, response) = w.emulator.invoke(&events::fresh("latency-restart-firing.json", &w.cluster.namespace)).await;
+    let (status, response) = w
+        .emulator
+        .invoke(&events::fresh(
+            "latency-restart-firing.json",
+            &w.cluster.namespace,
+        ))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(response["outcomes"][0]["outcome"], "applied", "{response}");
-    let slack = response["notifications"].as_array().expect("notifications").iter().find(|d| d["sink"] == "slack").expect("slack delivery");
+    let slack = response["notifications"]
+        .as_array()
+        .expect("notifications")
+        .iter()
+        .find(|d| d["sink"] == "slack")
+        .expect("slack delivery");
     assert_eq!(slack["ok"], false);
-    assert!(slack["error"].as_str().is_some_and(|e| e.contains("HTTP 500")), "{slack}");
+    assert!(
+        slack["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("HTTP 500")),
+        "{slack}"
+    );
     assert!(!response.to_string().contains(SLACK_SECRET));
     let logs = w.emulator.logs();
-    assert!(logs.contains("report delivery failed"), "sink failure is itself reported");
+    assert!(
+        logs.contains("report delivery failed"),
+        "sink failure is itself reported"
+    );
     assert!(!logs.contains(SLACK_SECRET));
-    assert_eq!(w.cluster.deployment("checkout-v2").await.metadata.generation, Some(2), "remediation stands");
+    assert_eq!(
+        w.cluster
+            .deployment("checkout-v2")
+            .await
+            .metadata
+            .generation,
+        Some(2),
+        "remediation stands"
+    );
 
     // A failed remediation pages: PagerDuty event deduplicated on the fingerprint, and the
     // SNS subscriber that filters on failed/escalated receives the report.
-    let bad = events::fresh("latency-restart-bad-missing-deployment.json", &w.cluster.namespace);
+    let bad = events::fresh(
+        "latency-restart-bad-missing-deployment.json",
+        &w.cluster.namespace,
+    );
     let (_, response) = w.emulator.invoke(&bad).await;
     assert_eq!(response["outcomes"][0]["outcome"], "failed", "{response}");
     let pages = w.pagerduty.received();
@@ -157,9 +270,16 @@ async fn a_failing_sink_neither_blocks_nor_undoes_the_remediation_and_failures_p
     let event = &pages[0].body;
     assert_eq!(event["event_action"], "trigger");
     assert_eq!(event["routing_key"], PD_SECRET);
-    assert_eq!(event["dedup_key"], format!("latency-restart:{}", events::fingerprint(&bad)));
+    assert_eq!(
+        event["dedup_key"],
+        format!("latency-restart:{}", events::fingerprint(&bad))
+    );
     assert_eq!(event["payload"]["severity"], "critical");
-    assert!(event["payload"]["summary"].as_str().is_some_and(|s| s.contains("no `deployment` label")));
+    assert!(
+        event["payload"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("no `deployment` label"))
+    );
     assert!(event["payload"]["custom_details"]["trace_id"].is_string());
     let paged = w.moto.receive(&w.pages, Duration::from_secs(5)).await;
     assert_eq!(paged.len(), 1);
@@ -172,34 +292,75 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
     let before = cluster.create_deployment("checkout-v2", true).await;
     let moto = Moto::start().await;
     let alerts = moto.create_topic("mesh-remediation-alerts").await;
-    let routed = moto.subscribe_queue(&alerts, "latency-restart", Some(&json!({"remediation": ["latency-restart"]}))).await;
-    let elsewhere = moto.subscribe_queue(&alerts, "error-rollback", Some(&json!({"remediation": ["error-rollback"]}))).await;
+    let routed = moto
+        .subscribe_queue(
+            &alerts,
+            "latency-restart",
+            Some(&json!({"remediation": ["latency-restart"]})),
+        )
+        .await;
+    let elsewhere = moto
+        .subscribe_queue(
+            &alerts,
+            "error-rollback",
+            Some(&json!({"remediation": ["error-rollback"]})),
+        )
+        .await;
 
     let drill = binary("mesh-remediation", "drill");
     let run_drill = |target: &str| {
         let mut command = std::process::Command::new(&drill);
-        command.args(["latency-restart", "--topic", &alerts, "--namespace", &cluster.namespace, "--deployment", target]);
+        command.args([
+            "latency-restart",
+            "--topic",
+            &alerts,
+            "--namespace",
+            &cluster.namespace,
+            "--deployment",
+            target,
+        ]);
         for (k, v) in moto.env() {
             command.env(k, v);
         }
         let output = command.output().expect("run drill");
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         String::from_utf8_lossy(&output.stdout).into_owned()
     };
     assert!(run_drill("checkout-v2").contains("MessageId"));
     let delivered = moto.receive(&routed, Duration::from_secs(5)).await;
     assert_eq!(delivered.len(), 1, "routed to latency-restart");
-    assert!(moto.receive(&elsewhere, Duration::from_millis(300)).await.is_empty(), "and to no other function");
+    assert!(
+        moto.receive(&elsewhere, Duration::from_millis(300))
+            .await
+            .is_empty(),
+        "and to no other function"
+    );
 
     let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
-    let emulator = Emulator::start(&function_binary("latency-restart"), &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")]).await;
+    let emulator = Emulator::start(
+        &function_binary("latency-restart"),
+        &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")],
+    )
+    .await;
     let as_lambda_event = |envelope: &Value| json!({"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0", "EventSubscriptionArn": format!("{alerts}:sub"), "Sns": envelope}]});
     let (_, response) = emulator.invoke(&as_lambda_event(&delivered[0])).await;
     let outcome = &response["outcomes"][0];
     assert_eq!(outcome["outcome"], "dry-run", "{response}");
-    assert!(outcome["reason"].as_str().is_some_and(|r| r.starts_with("drill passed: routed to latency-restart")), "{outcome}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drill passed: routed to latency-restart")),
+        "{outcome}"
+    );
     let after = cluster.deployment("checkout-v2").await;
-    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "a drill changes nothing");
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "a drill changes nothing"
+    );
 
     // A drill against a target that does not exist fails, and says why.
     run_drill("no-such-deployment");
@@ -207,5 +368,10 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
     let (_, response) = emulator.invoke(&as_lambda_event(&delivered[0])).await;
     let outcome = &response["outcomes"][0];
     assert_eq!(outcome["outcome"], "failed", "{response}");
-    assert!(outcome["reason"].as_str().is_some_and(|r| r.starts_with("drill failed:") && r.contains("not found")), "{outcome}");
+    assert!(
+        outcome["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("drill failed:") && r.contains("not found")),
+        "{outcome}"
+    );
 }

@@ -42,16 +42,23 @@ async fn run() -> Result<String, String> {
     }
     let mut options = BTreeMap::new();
     while let Some(flag) = args.next() {
-        let name = flag.strip_prefix("--").ok_or(format!("unexpected argument {flag:?}"))?;
+        let name = flag
+            .strip_prefix("--")
+            .ok_or(format!("unexpected argument {flag:?}"))?;
         let value = args.next().ok_or(format!("--{name} needs a value"))?;
         options.insert(name.to_owned(), value);
     }
     let topic = options.remove("topic").ok_or("--topic is required")?;
-    let namespace = options.remove("namespace").ok_or("--namespace is required")?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?;
-    let started = chrono::DateTime::from_timestamp(i64::try_from(now.as_secs()).unwrap_or_default(), 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let namespace = options
+        .remove("namespace")
+        .ok_or("--namespace is required")?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let started =
+        chrono::DateTime::from_timestamp(i64::try_from(now.as_secs()).unwrap_or_default(), 0)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let mut labels = BTreeMap::from([
         ("alertname".to_owned(), "RemediationDrill".to_owned()),
         ("remediation".to_owned(), function.clone()),

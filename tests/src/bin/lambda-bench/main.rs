@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! lambda-bench --bootstrap target/release/latency-restart --standin target/release/kube-standin \
-//!              [--runs 5] [--warm 50] [--only cold,warm,storm,capped,rie] [--json OUT.json]
+//!              [--runs 5] [--warm 50] [--only cold,warm,storm,capped,storm0,rie] [--json OUT.json]
 //! ```
 //!
 //! The bootstrap runs as Lambda runs it, but against a runtime API of our own
@@ -23,6 +23,8 @@
 //!   injected on every API request, `MAX_TARGETS_PER_INVOCATION=200`; wall time against the
 //!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`), peak RSS (`VmHWM`).
 //! * `capped`: the same storm with the default blast radius (10).
+//! * `storm0`: the storm without injected latency: the processing time alone (function and
+//!   stand-in), which is what the storm adds to its floor.
 //! * `rie`: the cold start under the real AWS Lambda Runtime Interface Emulator, as it
 //!   reports it (`INIT REPORT(durationMs: ...)`), to cross-check `cold`.
 //!
@@ -73,7 +75,7 @@ struct Options {
 }
 
 fn usage() -> &'static str {
-    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,rie] [--json OUT]"
+    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,storm0,rie] [--json OUT]"
 }
 
 fn options() -> Result<Options, String> {
@@ -81,7 +83,7 @@ fn options() -> Result<Options, String> {
     let mut standin = None;
     let mut runs = 5;
     let mut warm = 50;
-    let mut only: Vec<String> = ["cold", "warm", "storm", "capped", "rie"]
+    let mut only: Vec<String> = ["cold", "warm", "storm", "capped", "storm0", "rie"]
         .map(String::from)
         .to_vec();
     let mut json = None;
@@ -178,10 +180,13 @@ async fn run(options: &Options) -> Result<Value, String> {
         result["warm"] = bench.warm().await?;
     }
     if wanted("storm") {
-        result["storm"] = bench.storm(Some(STORM_TARGETS)).await?;
+        result["storm"] = bench.storm(Some(STORM_TARGETS), STORM_LATENCY_MS).await?;
     }
     if wanted("capped") {
-        result["capped"] = bench.storm(None).await?;
+        result["capped"] = bench.storm(None, STORM_LATENCY_MS).await?;
+    }
+    if wanted("storm0") {
+        result["storm0"] = bench.storm(Some(STORM_TARGETS), 0).await?;
     }
     if wanted("rie") {
         result["rie"] = bench.rie().await?;
@@ -331,8 +336,9 @@ impl Bench<'_> {
         }))
     }
 
-    /// The alert storm; `max_targets` is `MAX_TARGETS_PER_INVOCATION` (`None`: the default).
-    async fn storm(&self, max_targets: Option<usize>) -> Result<Value, String> {
+    /// The alert storm; `max_targets` is `MAX_TARGETS_PER_INVOCATION` (`None`: the
+    /// default), `latency_ms` is injected on every API request.
+    async fn storm(&self, max_targets: Option<usize>, latency_ms: u64) -> Result<Value, String> {
         let cap = max_targets.unwrap_or(DEFAULT_MAX_TARGETS);
         let acting = cap.min(STORM_TARGETS);
         let concurrency = self.options.concurrency;
@@ -341,7 +347,7 @@ impl Bench<'_> {
         // `concurrency` slots: the total request time spread evenly, at least one chain.
         let request_count = acting * REQUESTS_PER_TARGET + (STORM_TARGETS - acting);
         let floor_units = request_count.div_ceil(concurrency).max(REQUESTS_PER_TARGET);
-        let floor_ms = (floor_units as u64 * STORM_LATENCY_MS) as f64;
+        let floor_ms = (floor_units as u64 * latency_ms) as f64;
 
         let now = Utc::now();
         let alerts: Vec<Value> = (0..STORM_ALERTS)
@@ -365,21 +371,24 @@ impl Bench<'_> {
             None => Vec::new(),
         };
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let label = if max_targets.is_some() {
-            "storm"
-        } else {
-            "capped"
+        let label = match (max_targets, latency_ms) {
+            (_, 0) => "storm without latency",
+            (Some(_), _) => "storm",
+            (None, _) => "capped",
         };
 
         let (mut wall, mut rss) = (Vec::new(), Vec::new());
+        let (mut function_cpu, mut standin_cpu) = (Vec::new(), Vec::new());
         let mut summary = Value::Null;
         let mut per_target = Value::Null;
         for run in 0..self.options.runs {
             let standin = Standin::start(&self.options.standin, &self.work).await?;
             standin.seed(&Value::Array(seeds.clone())).await?;
-            standin
-                .fault(&json!({"kind": {"latency": {"ms": STORM_LATENCY_MS}}}))
-                .await?;
+            if latency_ms > 0 {
+                standin
+                    .fault(&json!({"kind": {"latency": {"ms": latency_ms}}}))
+                    .await?;
+            }
             standin.clear_requests().await?;
             let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
             let pending = api.invoke(bytes.clone(), INVOKE_TIMEOUT);
@@ -390,7 +399,15 @@ impl Bench<'_> {
                 &vars,
                 &self.work,
             )?;
+            let cpu_before = (cpu_ms(function.child.id()), cpu_ms(standin.child.id()));
             let invoked = pending.await.map_err(|e| function.explain(&e))?;
+            let cpu_after = (cpu_ms(function.child.id()), cpu_ms(standin.child.id()));
+            if let (Some(a), Some(b)) = (cpu_before.0, cpu_after.0) {
+                function_cpu.push(b - a);
+            }
+            if let (Some(a), Some(b)) = (cpu_before.1, cpu_after.1) {
+                standin_cpu.push(b - a);
+            }
             let applied = acting;
             let blast = STORM_TARGETS - acting;
             let duplicates = STORM_ALERTS - STORM_TARGETS;
@@ -403,9 +420,11 @@ impl Bench<'_> {
             summary = invoked.body["summary"].clone();
             per_target = requests_per_target(&standin.requests().await?);
             eprintln!(
-                "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB",
+                "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB, CPU: function {:.0} ms, stand-in {:.0} ms",
                 ms(invoked.duration()),
-                rss_kib as f64 / 1024.0
+                rss_kib as f64 / 1024.0,
+                function_cpu.last().copied().unwrap_or(f64::NAN),
+                standin_cpu.last().copied().unwrap_or(f64::NAN),
             );
         }
         let wall_stats = stats(&wall);
@@ -418,11 +437,13 @@ impl Bench<'_> {
             "max_targets": cap,
             "acting_targets": acting,
             "concurrency": concurrency,
-            "latency_ms": STORM_LATENCY_MS,
+            "latency_ms": latency_ms,
             "api_requests_floor": request_count,
             "floor_ms": floor_ms,
             "wall_ms": wall_stats,
-            "ratio": median(&wall) / floor_ms,
+            "ratio": if floor_ms > 0.0 { json!(median(&wall) / floor_ms) } else { Value::Null },
+            "function_cpu_ms": stats(&function_cpu),
+            "standin_cpu_ms": stats(&standin_cpu),
             "peak_rss_kib": stats(&rss),
             "summary": summary,
             "requests_per_target": per_target,
@@ -659,7 +680,7 @@ fn expect_outcomes(invoked: &Invoked, want: &[(&str, usize)]) -> Result<(), Stri
 
 /// The stand-in, run from its binary.
 struct Standin {
-    _child: Child,
+    child: Child,
     url: String,
     addr: SocketAddr,
     kubeconfig: PathBuf,
@@ -694,7 +715,7 @@ impl Standin {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("the stand-in printed {url:?}, not its URL"))?;
         Ok(Standin {
-            _child: child,
+            child,
             url,
             addr,
             kubeconfig,
@@ -835,6 +856,16 @@ fn number_after(text: &str, marker: &str) -> Option<f64> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// CPU time (user + system) a process has used so far, in ms (10 ms resolution).
+fn cpu_ms(pid: Option<u32>) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command name in parentheses: state is the first, utime the 12th.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux that Lambda and these machines run.
+    Some(ticks * 10.0)
 }
 
 fn loadavg() -> String {
