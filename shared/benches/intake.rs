@@ -50,38 +50,47 @@ fn main() {
     assert_eq!(total, MAX_ALERTS, "every alert must come out of intake");
     assert_eq!(firing, MAX_ALERTS, "every alert must pass screening");
 
-    let mut decode = Vec::with_capacity(iterations);
-    let mut whole = Vec::with_capacity(iterations);
+    if std::env::var_os("INTAKE_EXPERIMENT").is_some() {
+        experiment(&event_bytes);
+        return;
+    }
+    let (mut decode, mut parse, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..iterations + iterations / 10 {
         let started = Instant::now();
         let event: Value = serde_json::from_slice(black_box(&event_bytes)).expect("event JSON");
         let decoded = started.elapsed();
-        black_box(intake_and_decide(&event, &config, &remediation, now));
+        let deliveries =
+            intake::parse_event(&event, config.alert_topic_arn.as_deref()).expect("event");
+        let parsed = started.elapsed();
+        black_box(decide_all(deliveries, &config, &remediation, now));
         let elapsed = started.elapsed();
         // The first tenth warms caches and the allocator; it is not counted.
         if round >= iterations / 10 {
             decode.push(decoded);
+            parse.push(parsed - decoded);
             whole.push(elapsed);
         }
     }
     let decode = Stats::of(decode);
+    let parse = Stats::of(parse);
     let whole = Stats::of(whole);
     println!(
         "intake + decision, one Alertmanager message: {MAX_ALERTS} alerts, message {message_bytes} bytes, SNS event {} bytes",
         event_bytes.len()
     );
-    println!(
-        "  event bytes -> JSON (Lambda runtime)   median {:>8.3} ms  p95 {:>8.3} ms",
-        ms(decode.median),
-        ms(decode.p95)
-    );
-    println!(
-        "  decode + intake + decision (total)     median {:>8.3} ms  p95 {:>8.3} ms  min {:.3} ms  ({} iterations)",
-        ms(whole.median),
-        ms(whole.p95),
-        ms(whole.min),
-        whole.n
-    );
+    for (what, stats) in [
+        ("event bytes -> JSON (Lambda runtime)", &decode),
+        ("intake::parse_event", &parse),
+        ("decode + intake + decision (total)", &whole),
+    ] {
+        println!(
+            "  {what:<38} median {:>7.3} ms  p95 {:>7.3} ms  min {:.3} ms",
+            ms(stats.median),
+            ms(stats.p95),
+            ms(stats.min)
+        );
+    }
+    println!("  ({} iterations)", whole.n);
     println!(
         "BENCH {}",
         json!({
@@ -94,19 +103,19 @@ fn main() {
             "p95_ms": ms(whole.p95),
             "min_ms": ms(whole.min),
             "decode_median_ms": ms(decode.median),
+            "parse_event_median_ms": ms(parse.median),
         })
     );
 }
 
-/// The pipeline's intake loop (`Pipeline::intake`) without the report bookkeeping:
-/// returns how many alerts passed screening.
-fn intake_and_decide(
-    event: &Value,
+/// The per-alert part of the pipeline's intake loop (`Pipeline::intake`), without the
+/// report bookkeeping: returns how many alerts passed screening, and how many there were.
+fn decide_all(
+    deliveries: Vec<intake::Delivery>,
     config: &Config,
     remediation: &LatencyRestart,
     now: DateTime<Utc>,
 ) -> (usize, usize) {
-    let deliveries = intake::parse_event(event, config.alert_topic_arn.as_deref()).expect("event");
     let mut firing = 0;
     let mut total = 0;
     for delivery in deliveries {
@@ -145,7 +154,8 @@ fn run_once(
     now: DateTime<Utc>,
 ) -> (usize, usize) {
     let event: Value = serde_json::from_slice(bytes).expect("event JSON");
-    intake_and_decide(&event, config, remediation, now)
+    let deliveries = intake::parse_event(&event, None).expect("event");
+    decide_all(deliveries, config, remediation, now)
 }
 
 /// The sample SNS event with its message replaced by a full one: 200 alerts, as large as
@@ -244,4 +254,54 @@ impl Stats {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+fn experiment(bytes: &[u8]) {
+    use aws_lambda_events::event::sns::SnsRecord;
+    use mesh_remediation::alert::AlertGroup;
+    use serde::Deserialize as _;
+    let event: Value = serde_json::from_slice(bytes).expect("json");
+    let record = &event["Records"][0];
+    let message = record["Sns"]["Message"].as_str().expect("m").to_owned();
+    let value: Value = serde_json::from_str(&message).expect("v");
+    let time = |name: &str, f: &mut dyn FnMut()| {
+        let mut v = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            f();
+            v.push(t.elapsed());
+        }
+        let s = Stats::of(v);
+        println!("{name:<50} median {:.3} ms min {:.3}", ms(s.median), ms(s.min));
+    };
+    time("record.clone() + from_value SnsRecord", &mut || {
+        black_box(serde_json::from_value::<SnsRecord>(record.clone()).expect("r"));
+    });
+    time("SnsRecord::deserialize(&record)", &mut || {
+        black_box(SnsRecord::deserialize(record).expect("r"));
+    });
+    time("message str -> Value", &mut || {
+        black_box(serde_json::from_str::<Value>(&message).expect("v"));
+    });
+    time("value.clone() + from_value AlertGroup", &mut || {
+        black_box(serde_json::from_value::<AlertGroup>(value.clone()).expect("g"));
+    });
+    time("AlertGroup::deserialize(&value)", &mut || {
+        black_box(AlertGroup::deserialize(&value).expect("g"));
+    });
+    time("message str -> AlertGroup directly", &mut || {
+        black_box(serde_json::from_str::<AlertGroup>(&message).expect("g"));
+    });
+    let group = serde_json::from_str::<AlertGroup>(&message).expect("g");
+    time("200 x validate_alert", &mut || {
+        for a in &group.alerts {
+            black_box(intake::validate_alert(a, "latency-restart").is_ok());
+        }
+    });
+    time("200 x Source::for_alert", &mut || {
+        let base = Source::default();
+        for a in &group.alerts {
+            black_box(Source::for_alert(&base, a, group.external_url.as_deref()));
+        }
+    });
 }

@@ -285,12 +285,17 @@ impl Bench<'_> {
 
         let (mut total, mut api_time, mut own, mut counts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut cpu = Vec::new();
         for _ in 0..self.options.warm {
+            let before = cpu_ms(function.child.id());
             let invoked = api
                 .invoke(acting.clone(), INVOKE_TIMEOUT)
                 .await
                 .map_err(|e| function.explain(&e))?;
             expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
+            if let (Some(a), Some(b)) = (before, cpu_ms(function.child.id())) {
+                cpu.push(b - a);
+            }
             let (count, busy) = proxy.busy(invoked.served, invoked.done);
             total.push(ms(invoked.duration()));
             api_time.push(ms(busy));
@@ -298,13 +303,18 @@ impl Bench<'_> {
             counts.push(count);
         }
         let mut screened_total = Vec::new();
+        let mut screened_cpu = Vec::new();
         let mut screened_requests = 0;
         for _ in 0..self.options.warm {
+            let before = cpu_ms(function.child.id());
             let invoked = api
                 .invoke(screened.clone(), INVOKE_TIMEOUT)
                 .await
                 .map_err(|e| function.explain(&e))?;
             expect_outcomes(&invoked, &[("skipped", 1)]).map_err(|e| function.explain(&e))?;
+            if let (Some(a), Some(b)) = (before, cpu_ms(function.child.id())) {
+                screened_cpu.push(b - a);
+            }
             screened_requests += proxy.busy(invoked.served, invoked.done).0;
             screened_total.push(ms(invoked.duration()));
         }
@@ -314,11 +324,13 @@ impl Bench<'_> {
             c[c.len() / 2]
         };
         eprintln!(
-            "warm: acting {:.3} ms total, {:.3} ms API ({median_requests} requests), {:.3} ms function; screened out {:.3} ms",
+            "warm: acting {:.3} ms total, {:.3} ms API ({median_requests} requests), {:.3} ms function ({:.3} ms CPU); screened out {:.3} ms ({:.3} ms CPU)",
             median(&total),
             median(&api_time),
             median(&own),
-            median(&screened_total)
+            median(&cpu),
+            median(&screened_total),
+            median(&screened_cpu)
         );
         Ok(json!({
             "invocations": self.options.warm,
@@ -326,10 +338,12 @@ impl Bench<'_> {
                 "total_ms": stats(&total),
                 "api_ms": stats(&api_time),
                 "function_ms": stats(&own),
+                "function_cpu_ms": stats(&cpu),
                 "api_requests_median": median_requests,
             },
             "screened": {
                 "total_ms": stats(&screened_total),
+                "function_cpu_ms": stats(&screened_cpu),
                 "api_requests": screened_requests,
             },
             "peak_rss_kib": function.peak_rss_kib(),
@@ -858,14 +872,20 @@ fn number_after(text: &str, marker: &str) -> Option<f64> {
     rest[..end].parse().ok()
 }
 
-/// CPU time (user + system) a process has used so far, in ms (10 ms resolution).
+/// CPU time a process has used so far, in ms: the sum over its threads of the scheduler's
+/// `sum_exec_runtime` (`/proc/<pid>/task/<tid>/schedstat`, nanoseconds).
 fn cpu_ms(pid: Option<u32>) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
-    // Fields after the command name in parentheses: state is the first, utime the 12th.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux that Lambda and these machines run.
-    Some(ticks * 10.0)
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", pid?)).ok()?;
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e6)
 }
 
 fn loadavg() -> String {
