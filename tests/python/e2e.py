@@ -71,6 +71,16 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
         time.sleep(0.1)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate and reap, so no zombie outlives the run."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -335,7 +345,7 @@ class Flow:
         self.standin = subprocess.Popen(
             [str(standin), "--listen", f"127.0.0.1:{self.kube_port}", "--seed-demo", "--kubeconfig-out", str(self.kubeconfig)],
             stdout=self.standin_log, stderr=subprocess.STDOUT)
-        self.stack.callback(self.standin.terminate)
+        self.stack.callback(stop_process, self.standin)
         wait_http(f"http://127.0.0.1:{self.kube_port}/version", proc=self.standin)
 
         # AWS emulator: the alert topic, the per-function subscriptions, the report topic.
@@ -343,7 +353,7 @@ class Flow:
         self.moto_log = open(w / "moto.log", "wb")
         self.moto = subprocess.Popen([str(REPO / ".venv/bin/moto_server"), "-H", "127.0.0.1", "-p", str(self.moto_port)],
                                      stdout=self.moto_log, stderr=subprocess.STDOUT)
-        self.stack.callback(self.moto.terminate)
+        self.stack.callback(stop_process, self.moto)
         self.moto_url = f"http://127.0.0.1:{self.moto_port}"
         wait_http(f"{self.moto_url}/moto-api/", proc=self.moto)
         aws = {"endpoint_url": self.moto_url, "region_name": REGION,
