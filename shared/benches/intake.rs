@@ -272,7 +272,11 @@ fn experiment(bytes: &[u8]) {
             v.push(t.elapsed());
         }
         let s = Stats::of(v);
-        println!("{name:<50} median {:.3} ms min {:.3}", ms(s.median), ms(s.min));
+        println!(
+            "{name:<50} median {:.3} ms min {:.3}",
+            ms(s.median),
+            ms(s.min)
+        );
     };
     time("record.clone() + from_value SnsRecord", &mut || {
         black_box(serde_json::from_value::<SnsRecord>(record.clone()).expect("r"));
