@@ -50,10 +50,6 @@ fn main() {
     assert_eq!(total, MAX_ALERTS, "every alert must come out of intake");
     assert_eq!(firing, MAX_ALERTS, "every alert must pass screening");
 
-    if std::env::var_os("INTAKE_EXPERIMENT").is_some() {
-        experiment(&event_bytes);
-        return;
-    }
     let (mut decode, mut parse, mut whole) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..iterations + iterations / 10 {
         let started = Instant::now();
@@ -254,58 +250,4 @@ impl Stats {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn experiment(bytes: &[u8]) {
-    use aws_lambda_events::event::sns::SnsRecord;
-    use mesh_remediation::alert::AlertGroup;
-    use serde::Deserialize as _;
-    let event: Value = serde_json::from_slice(bytes).expect("json");
-    let record = &event["Records"][0];
-    let message = record["Sns"]["Message"].as_str().expect("m").to_owned();
-    let value: Value = serde_json::from_str(&message).expect("v");
-    let time = |name: &str, f: &mut dyn FnMut()| {
-        let mut v = Vec::new();
-        for _ in 0..300 {
-            let t = Instant::now();
-            f();
-            v.push(t.elapsed());
-        }
-        let s = Stats::of(v);
-        println!(
-            "{name:<50} median {:.3} ms min {:.3}",
-            ms(s.median),
-            ms(s.min)
-        );
-    };
-    time("record.clone() + from_value SnsRecord", &mut || {
-        black_box(serde_json::from_value::<SnsRecord>(record.clone()).expect("r"));
-    });
-    time("SnsRecord::deserialize(&record)", &mut || {
-        black_box(SnsRecord::deserialize(record).expect("r"));
-    });
-    time("message str -> Value", &mut || {
-        black_box(serde_json::from_str::<Value>(&message).expect("v"));
-    });
-    time("value.clone() + from_value AlertGroup", &mut || {
-        black_box(serde_json::from_value::<AlertGroup>(value.clone()).expect("g"));
-    });
-    time("AlertGroup::deserialize(&value)", &mut || {
-        black_box(AlertGroup::deserialize(&value).expect("g"));
-    });
-    time("message str -> AlertGroup directly", &mut || {
-        black_box(serde_json::from_str::<AlertGroup>(&message).expect("g"));
-    });
-    let group = serde_json::from_str::<AlertGroup>(&message).expect("g");
-    time("200 x validate_alert", &mut || {
-        for a in &group.alerts {
-            black_box(intake::validate_alert(a, "latency-restart").is_ok());
-        }
-    });
-    time("200 x Source::for_alert", &mut || {
-        let base = Source::default();
-        for a in &group.alerts {
-            black_box(Source::for_alert(&base, a, group.external_url.as_deref()));
-        }
-    });
 }

@@ -14,11 +14,14 @@
 //! * `cold`: spawn -> first `GET /runtime/invocation/next` (cold start), then that first
 //!   invocation of one firing alert (GET, PATCH, POST Event against the stand-in, no
 //!   injected latency), a fresh process and a fresh Deployment per run.
-//! * `warm`: one process, the same firing alert again and again (`COOLDOWN_SECONDS=0`,
-//!   `ESCALATION_WINDOW_SECONDS=0`, so every invocation acts: GET, PATCH, POST Event) through
-//!   a timing proxy ([`proxy`]); function time = invocation time - time the API had a
-//!   request outstanding. Also an alert screened out before any API call (protected
-//!   namespace `kube-system`): no API time to subtract.
+//! * `warm`: per run one process, the same firing alert again and again
+//!   (`COOLDOWN_SECONDS=0`, `ESCALATION_WINDOW_SECONDS=0`, so every invocation acts: GET,
+//!   PATCH, POST Event) through a timing proxy ([`proxy`]); the function's time is the
+//!   invocation time minus the time the API had a request outstanding. Alternating with
+//!   it, an alert screened out before any API call (protected namespace `kube-system`): no
+//!   API time to subtract. Measured after the cold invocation and a few warm-up ones; the
+//!   figure is the median of the runs' medians, so one noisy stretch of the machine cannot
+//!   decide it. The function's CPU time (`/proc/<pid>/task/*/schedstat`) is recorded too.
 //! * `storm`: 500 firing alerts over 200 opted-in Deployments in one invocation, 20 ms
 //!   injected on every API request, `MAX_TARGETS_PER_INVOCATION=200`; wall time against the
 //!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`), peak RSS (`VmHWM`).
@@ -63,6 +66,8 @@ const REQUESTS_PER_TARGET: usize = 3;
 /// Default of `MAX_TARGETS_PER_INVOCATION`.
 const DEFAULT_MAX_TARGETS: usize = 10;
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Warm invocations made before the measured ones (connections, allocator, caches).
+const WARM_UP: usize = 5;
 
 struct Options {
     bootstrap: PathBuf,
@@ -72,10 +77,12 @@ struct Options {
     only: Vec<String>,
     json: Option<PathBuf>,
     concurrency: usize,
+    /// Extra variables for the function (`--env KEY=VALUE`), e.g. `RUST_LOG=warn`.
+    env: Vec<(String, String)>,
 }
 
 fn usage() -> &'static str {
-    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,storm0,rie] [--json OUT]"
+    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,storm0,rie] [--env KEY=VALUE]... [--json OUT]"
 }
 
 fn options() -> Result<Options, String> {
@@ -87,6 +94,7 @@ fn options() -> Result<Options, String> {
         .map(String::from)
         .to_vec();
     let mut json = None;
+    let mut env = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
@@ -97,6 +105,11 @@ fn options() -> Result<Options, String> {
             "--warm" => warm = value()?.parse().map_err(|_| "--warm: a number")?,
             "--only" => only = value()?.split(',').map(String::from).collect(),
             "--json" => json = Some(PathBuf::from(value()?)),
+            "--env" => {
+                let pair = value()?;
+                let (k, v) = pair.split_once('=').ok_or("--env needs KEY=VALUE")?;
+                env.push((k.to_owned(), v.to_owned()));
+            }
             "-h" | "--help" => return Err(usage().into()),
             other => return Err(format!("unknown argument {other}\n{}", usage())),
         }
@@ -116,6 +129,7 @@ fn options() -> Result<Options, String> {
         only,
         json,
         concurrency,
+        env,
     })
 }
 
@@ -223,6 +237,7 @@ impl Bench<'_> {
                 standin.kubeconfig(),
                 &[],
                 &self.work,
+                &self.options.env,
             )?;
             let invoked = pending.await.map_err(|e| function.explain(&e))?;
             expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
@@ -259,94 +274,106 @@ impl Bench<'_> {
             kube_standin::kubeconfig_for(&proxy.url(), "shop"),
         )
         .map_err(|e| e.to_string())?;
-        standin.seed(&json!([deployment("warm-target")])).await?;
-        let now = Utc::now();
-        let acting = to_bytes(&sns_event(
-            &[vec![alert("shop", "warm-target", 0, now)]],
-            now,
-        ));
-        let screened = to_bytes(&sns_event(
-            &[vec![alert("kube-system", "coredns", 1, now)]],
-            now,
-        ));
-        let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
-        let first = api.invoke(acting.clone(), INVOKE_TIMEOUT);
-        let function = Function::launch(
-            &self.options.bootstrap,
-            &api,
-            &kubeconfig,
-            &[
-                ("COOLDOWN_SECONDS", "0"),
-                ("ESCALATION_WINDOW_SECONDS", "0"),
-            ],
-            &self.work,
-        )?;
-        first.await.map_err(|e| function.explain(&e))?;
-
-        let (mut total, mut api_time, mut own, mut counts) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut cpu = Vec::new();
-        for _ in 0..self.options.warm {
-            let before = cpu_ms(function.child.id());
-            let invoked = api
-                .invoke(acting.clone(), INVOKE_TIMEOUT)
-                .await
-                .map_err(|e| function.explain(&e))?;
-            expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
-            if let (Some(a), Some(b)) = (before, cpu_ms(function.child.id())) {
-                cpu.push(b - a);
-            }
-            let (count, busy) = proxy.busy(invoked.served, invoked.done);
-            total.push(ms(invoked.duration()));
-            api_time.push(ms(busy));
-            own.push(ms(invoked.duration().saturating_sub(busy)));
-            counts.push(count);
-        }
-        let mut screened_total = Vec::new();
-        let mut screened_cpu = Vec::new();
-        let mut screened_requests = 0;
-        for _ in 0..self.options.warm {
-            let before = cpu_ms(function.child.id());
-            let invoked = api
-                .invoke(screened.clone(), INVOKE_TIMEOUT)
-                .await
-                .map_err(|e| function.explain(&e))?;
-            expect_outcomes(&invoked, &[("skipped", 1)]).map_err(|e| function.explain(&e))?;
-            if let (Some(a), Some(b)) = (before, cpu_ms(function.child.id())) {
-                screened_cpu.push(b - a);
-            }
-            screened_requests += proxy.busy(invoked.served, invoked.done).0;
-            screened_total.push(ms(invoked.duration()));
-        }
-        let median_requests = {
-            let mut c = counts.clone();
-            c.sort_unstable();
-            c[c.len() / 2]
+        let screened = {
+            let now = Utc::now();
+            to_bytes(&sns_event(
+                &[vec![alert("kube-system", "coredns", 1, now)]],
+                now,
+            ))
         };
-        eprintln!(
-            "warm: acting {:.3} ms total, {:.3} ms API ({median_requests} requests), {:.3} ms function ({:.3} ms CPU); screened out {:.3} ms ({:.3} ms CPU)",
-            median(&total),
-            median(&api_time),
-            median(&own),
-            median(&cpu),
-            median(&screened_total),
-            median(&screened_cpu)
-        );
+        // Per run: medians of its invocations. The figure is the median of the runs'.
+        let mut runs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut counts = Vec::new();
+        let mut screened_requests = 0;
+        for run in 0..self.options.runs {
+            let target = format!("warm-{run}");
+            standin.seed(&json!([deployment(&target)])).await?;
+            let now = Utc::now();
+            let acting = to_bytes(&sns_event(&[vec![alert("shop", &target, 0, now)]], now));
+            let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
+            let first = api.invoke(acting.clone(), INVOKE_TIMEOUT);
+            let function = Function::launch(
+                &self.options.bootstrap,
+                &api,
+                &kubeconfig,
+                &[
+                    ("COOLDOWN_SECONDS", "0"),
+                    ("ESCALATION_WINDOW_SECONDS", "0"),
+                ],
+                &self.work,
+                &self.options.env,
+            )?;
+            first.await.map_err(|e| function.explain(&e))?;
+            let pid = function.child.id();
+            let explain = |e: String| function.explain(&e);
+            let explain = &explain;
+            let invoke = |event: &Bytes| {
+                let before = cpu_ms(pid);
+                let pending = api.invoke(event.clone(), INVOKE_TIMEOUT);
+                async move {
+                    let invoked = pending.await.map_err(explain)?;
+                    let cpu = cpu_ms(pid).zip(before).map(|(b, a)| b - a);
+                    Ok::<_, String>((invoked, cpu.unwrap_or(f64::NAN)))
+                }
+            };
+            for _ in 0..WARM_UP {
+                invoke(&acting).await?;
+            }
+            let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            // Acting and screened-out invocations alternate, so both see the same machine.
+            for _ in 0..self.options.warm {
+                let (invoked, cpu) = invoke(&acting).await?;
+                expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
+                let (count, busy) = proxy.busy(invoked.served, invoked.done);
+                counts.push(count);
+                let sample = samples.entry("acting_total").or_default();
+                sample.push(ms(invoked.duration()));
+                samples.entry("acting_api").or_default().push(ms(busy));
+                samples
+                    .entry("acting_function")
+                    .or_default()
+                    .push(ms(invoked.duration().saturating_sub(busy)));
+                samples.entry("acting_cpu").or_default().push(cpu);
+
+                let (invoked, cpu) = invoke(&screened).await?;
+                expect_outcomes(&invoked, &[("skipped", 1)]).map_err(|e| function.explain(&e))?;
+                screened_requests += proxy.busy(invoked.served, invoked.done).0;
+                samples
+                    .entry("screened_total")
+                    .or_default()
+                    .push(ms(invoked.duration()));
+                samples.entry("screened_cpu").or_default().push(cpu);
+            }
+            for (name, values) in &samples {
+                runs.entry(name).or_default().push(median(values));
+            }
+            eprintln!(
+                "warm {run}: acting {:.3} ms total, {:.3} ms API, {:.3} ms function ({:.3} ms CPU); screened out {:.3} ms ({:.3} ms CPU)",
+                median(&samples["acting_total"]),
+                median(&samples["acting_api"]),
+                median(&samples["acting_function"]),
+                median(&samples["acting_cpu"]),
+                median(&samples["screened_total"]),
+                median(&samples["screened_cpu"]),
+            );
+        }
+        counts.sort_unstable();
+        let per_run = |name: &str| stats(runs.get(name).map(Vec::as_slice).unwrap_or(&[]));
         Ok(json!({
             "invocations": self.options.warm,
+            "warm_up": WARM_UP,
             "acting": {
-                "total_ms": stats(&total),
-                "api_ms": stats(&api_time),
-                "function_ms": stats(&own),
-                "function_cpu_ms": stats(&cpu),
-                "api_requests_median": median_requests,
+                "total_ms": per_run("acting_total"),
+                "api_ms": per_run("acting_api"),
+                "function_ms": per_run("acting_function"),
+                "function_cpu_ms": per_run("acting_cpu"),
+                "api_requests_median": counts.get(counts.len() / 2),
             },
             "screened": {
-                "total_ms": stats(&screened_total),
-                "function_cpu_ms": stats(&screened_cpu),
+                "total_ms": per_run("screened_total"),
+                "function_cpu_ms": per_run("screened_cpu"),
                 "api_requests": screened_requests,
             },
-            "peak_rss_kib": function.peak_rss_kib(),
         }))
     }
 
@@ -394,6 +421,7 @@ impl Bench<'_> {
         let (mut wall, mut rss) = (Vec::new(), Vec::new());
         let (mut function_cpu, mut standin_cpu) = (Vec::new(), Vec::new());
         let mut summary = Value::Null;
+        let mut skip_reasons = Value::Null;
         let mut per_target = Value::Null;
         for run in 0..self.options.runs {
             let standin = Standin::start(&self.options.standin, &self.work).await?;
@@ -412,6 +440,7 @@ impl Bench<'_> {
                 standin.kubeconfig(),
                 &vars,
                 &self.work,
+                &self.options.env,
             )?;
             let cpu_before = (cpu_ms(function.child.id()), cpu_ms(standin.child.id()));
             let invoked = pending.await.map_err(|e| function.explain(&e))?;
@@ -432,6 +461,7 @@ impl Bench<'_> {
             wall.push(ms(invoked.duration()));
             rss.push(rss_kib as f64);
             summary = invoked.body["summary"].clone();
+            skip_reasons = skip_reasons_of(&invoked);
             per_target = requests_per_target(&standin.requests().await?);
             eprintln!(
                 "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB, CPU: function {:.0} ms, stand-in {:.0} ms",
@@ -452,6 +482,7 @@ impl Bench<'_> {
             "acting_targets": acting,
             "concurrency": concurrency,
             "latency_ms": latency_ms,
+            "requests_per_acting_target": REQUESTS_PER_TARGET,
             "api_requests_floor": request_count,
             "floor_ms": floor_ms,
             "wall_ms": wall_stats,
@@ -460,6 +491,7 @@ impl Bench<'_> {
             "standin_cpu_ms": stats(&standin_cpu),
             "peak_rss_kib": stats(&rss),
             "summary": summary,
+            "skip_reasons": skip_reasons,
             "requests_per_target": per_target,
         }))
     }
@@ -479,11 +511,14 @@ impl Bench<'_> {
             let name = format!("rie-{run}");
             standin.seed(&json!([deployment(&name)])).await?;
             let event = sns_event(&[vec![alert("shop", &name, run, Utc::now())]], Utc::now());
-            let emulator = Emulator::start(
-                &self.options.bootstrap,
-                &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")],
-            )
-            .await;
+            let mut env = vec![("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")];
+            env.extend(
+                self.options
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            );
+            let emulator = Emulator::start(&self.options.bootstrap, &env).await;
             let started = Instant::now();
             let (status, body) = emulator.invoke(&event).await;
             let elapsed = ms(started.elapsed());
@@ -516,6 +551,19 @@ impl Bench<'_> {
             "client_ms": stats(&client),
         }))
     }
+}
+
+/// Skipped outcomes counted by the kind of reason (the text before its first `:`).
+fn skip_reasons_of(invoked: &Invoked) -> Value {
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    for outcome in invoked.body["outcomes"].as_array().into_iter().flatten() {
+        if outcome["outcome"] == "skipped" {
+            let reason = outcome["reason"].as_str().unwrap_or("");
+            let kind = reason.split(':').next().unwrap_or(reason).trim();
+            *reasons.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    json!(reasons)
 }
 
 /// Counts, per target Deployment, the API requests the stand-in logged for it.
@@ -795,14 +843,15 @@ struct Function {
 
 impl Function {
     /// Starts `bootstrap` as Lambda would (its environment, the runtime API address), with
-    /// `DRY_RUN=false`, the cluster from `kubeconfig`, and `vars`. `MAX_CONCURRENCY` is
-    /// passed on when set.
+    /// `DRY_RUN=false`, the cluster from `kubeconfig`, `vars`, then `extra` (`--env`).
+    /// `MAX_CONCURRENCY` is passed on when set.
     fn launch(
         bootstrap: &Path,
         api: &RuntimeApi,
         kubeconfig: &Path,
         vars: &[(&str, &str)],
         work: &Path,
+        extra: &[(String, String)],
     ) -> Result<Function, String> {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let log = work.join(format!(
@@ -831,6 +880,9 @@ impl Function {
             command.env("MAX_CONCURRENCY", v);
         }
         for (k, v) in vars {
+            command.env(k, v);
+        }
+        for (k, v) in extra {
             command.env(k, v);
         }
         let spawned = Instant::now();
