@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use aws_lambda_events::event::sns::SnsRecord;
 use chrono::{DateTime, Utc};
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::alert::{Alert, AlertGroup};
@@ -94,7 +95,8 @@ struct Opened {
 }
 
 fn open_record(index: usize, record: &Value, expected_topic: Option<&str>) -> Opened {
-    let sns = match serde_json::from_value::<SnsRecord>(record.clone()) {
+    // Deserialized from the borrowed tree: cloning a record would copy its whole message.
+    let sns = match SnsRecord::deserialize(record) {
         Ok(record) => record.sns,
         Err(err) => {
             let id = record
@@ -196,7 +198,7 @@ fn parse_alert_group(value: &Value) -> Result<AlertGroup> {
             ));
         }
     }
-    serde_json::from_value(value.clone()).map_err(|err| {
+    AlertGroup::deserialize(value).map_err(|err| {
         input(format!(
             "message is not a valid Alertmanager webhook-v4 payload: {err}"
         ))
@@ -384,7 +386,7 @@ pub fn parse_revert(event: &Value, expected_topic: Option<&str>) -> Option<Rever
 }
 
 fn revert_body(body: &Value) -> Result<RevertRequest> {
-    serde_json::from_value(body.clone())
+    RevertRequest::deserialize(body)
         .map_err(|err| input(format!("revert request is malformed: {err}")))
 }
 

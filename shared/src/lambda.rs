@@ -2,6 +2,7 @@
 //! per invocation. Bad input answers normally (a retry cannot fix it); transient
 //! failures answer with an error so Lambda retries and, after that, dead-letters.
 
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,9 +117,14 @@ impl<R: Remediation> Function<R> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        for line in report.metric_lines(started.elapsed(), now_ms) {
-            // EMF must be a line of its own on stdout; CloudWatch turns it into metrics.
-            println!("{line}");
+        // EMF must be lines of their own on stdout; CloudWatch turns them into metrics.
+        // Written at once: one write, and the log pipe's reader woken once.
+        let mut metrics = report.metric_lines(started.elapsed(), now_ms).join("\n");
+        if !metrics.is_empty() {
+            metrics.push('\n');
+            if let Err(err) = std::io::stdout().lock().write_all(metrics.as_bytes()) {
+                tracing::warn!(trace_id = %report.trace_id, error = %err, "cannot write metrics");
+            }
         }
         let noteworthy = report
             .outcomes

@@ -27,4 +27,9 @@ pub mod report;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+
+// glibc's malloc spent about a sixth of a warm invocation's CPU consolidating and
+// unlinking chunks; every binary built on this crate allocates with mimalloc instead.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use lambda::{BoxError, run, run_with};

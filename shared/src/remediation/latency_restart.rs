@@ -6,6 +6,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ApiResource, DynamicObject};
+use serde::Deserialize;
 use serde_json::json;
 
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
@@ -46,8 +47,7 @@ impl Remediation for LatencyRestart {
         object: &DynamicObject,
         context: PlanContext<'_>,
     ) -> Result<Plan, Refusal> {
-        let deployment: Deployment = serde_json::to_value(object)
-            .and_then(serde_json::from_value)
+        let deployment = as_deployment(object)
             .map_err(|err| Refusal::Fail(format!("object is not a readable Deployment: {err}")))?;
         if let Some(why) = rollout_in_progress(&deployment) {
             return Err(Refusal::Skip(why));
@@ -70,6 +70,17 @@ impl Remediation for LatencyRestart {
             applied: Some(json!({ RESTARTED_AT: stamp })),
         })
     }
+}
+
+/// Reads a Deployment's spec and status straight from the fetched object (its metadata is
+/// already decoded), without re-serializing the whole object first.
+fn as_deployment(object: &DynamicObject) -> Result<Deployment, serde_json::Error> {
+    let field = |name: &str| object.data.get(name).filter(|v| !v.is_null());
+    Ok(Deployment {
+        metadata: object.metadata.clone(),
+        spec: field("spec").map(Deserialize::deserialize).transpose()?,
+        status: field("status").map(Deserialize::deserialize).transpose()?,
+    })
 }
 
 /// Why a restart now would pile onto a rollout that has not finished, or `None` when the
@@ -126,6 +137,37 @@ mod tests {
             "status": status
         }))
         .expect("valid deployment")
+    }
+
+    #[test]
+    fn deployment_read_from_the_fetched_object_matches_a_full_decode() {
+        let fetched = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "checkout-v2", "namespace": "shop", "generation": 4,
+                         "resourceVersion": "17", "annotations": {"a": "b"}},
+            "spec": {"replicas": 3, "paused": true, "selector": {"matchLabels": {"app": "checkout"}},
+                     "template": {"metadata": {"annotations": {RESTARTED_AT: "2026-01-01T00:00:00Z"}},
+                                  "spec": {"containers": [{"name": "app", "image": "x"}]}}},
+            "status": {"observedGeneration": 3, "replicas": 3, "updatedReplicas": 1}
+        });
+        let object: DynamicObject = serde_json::from_value(fetched.clone()).expect("object");
+        let full: Deployment = serde_json::from_value(fetched).expect("deployment");
+        assert_eq!(as_deployment(&object).expect("readable"), full);
+
+        let bare: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "new"}, "status": null
+        }))
+        .expect("object");
+        let read = as_deployment(&bare).expect("readable");
+        assert!(read.spec.is_none() && read.status.is_none());
+
+        let broken: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "x"}, "spec": {"replicas": "three"}
+        }))
+        .expect("object");
+        assert!(as_deployment(&broken).is_err());
     }
 
     #[test]
