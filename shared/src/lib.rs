@@ -30,6 +30,8 @@ pub use error::{Error, Result};
 
 // glibc's malloc spent about a sixth of a warm invocation's CPU consolidating and
 // unlinking chunks; every binary built on this crate allocates with mimalloc instead.
+// Built without transparent huge pages (`no_thp`): with them, the first touch of an arena
+// made 2 MiB resident and peak RSS nearly doubled.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use lambda::{BoxError, run, run_with};
