@@ -47,6 +47,7 @@ SHARED_ENV = {
     "MAX_DELIVERY_AGE_SECONDS": ("MaxDeliveryAgeSeconds", 900),
     "ISTIO_API_VERSION": ("IstioApiVersion", "v1"),
     "RUST_LOG": ("LogLevel", "info"),
+    "MIMALLOC_ALLOW_THP": None,
 }
 FUNCTION_ENV = {
     "db-circuit-break": {
@@ -159,6 +160,7 @@ def test_functions_get_the_configuration_contract_with_documented_defaults():
     assert set(shared) == set(SHARED_ENV)
     assert shared["NOTIFY_TOPIC_ARN"] == {"Ref": "NotificationTopic"}
     assert shared["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
+    assert shared["MIMALLOC_ALLOW_THP"] == "0"
 
     def check(env: dict, contract: dict):
         for var, spec in contract.items():
