@@ -42,6 +42,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate and reap, so no zombie outlives the run."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
 def sns_problems(form: dict[str, str], attributes: dict[str, str]) -> list[str]:
     """What real SNS would reject in a Publish call (the checks Alertmanager has tripped)."""
     problems = []
@@ -235,12 +245,7 @@ class Alertmanager:
 
     def __exit__(self, *exc) -> None:
         if self._proc and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=5)
+            stop_process(self._proc)
         self._log.close()
         self._dir.cleanup()
 

@@ -37,6 +37,7 @@ import boto3
 import yaml
 
 import am_harness
+from am_harness import stop_process
 import cfn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,16 +70,6 @@ def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = N
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} did not come up")
         time.sleep(0.1)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Terminate and reap, so no zombie outlives the run."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 class _QuietHandler(http.server.BaseHTTPRequestHandler):
@@ -214,8 +205,7 @@ class Prometheus:
             return json.load(r)["data"]["alerts"]
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        stop_process(self.proc)
         self.log.close()
 
 
@@ -298,9 +288,7 @@ class LambdaFunction:
             return json.load(r)
 
     def close(self) -> None:
-        self.proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
+        stop_process(self.proc)
         self.log.close()
 
 

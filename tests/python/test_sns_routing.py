@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from am_harness import REPO, free_port
+from am_harness import REPO, free_port, stop_process
 from cfn import load_template
 
 FUNCTIONS = {
@@ -85,12 +85,7 @@ def moto():
                 time.sleep(0.1)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc)
 
 
 def client(service: str, url: str):

@@ -67,6 +67,15 @@ async fn world(slack_status: u16) -> World {
     }
 }
 
+impl World {
+    /// Invokes the function with a sample event, retargeted at this world's namespace.
+    async fn invoke_sample(&self, sample: &str) -> (u16, Value) {
+        self.emulator
+            .invoke(&events::fresh(sample, &self.cluster.namespace))
+            .await
+    }
+}
+
 fn report_of(envelope: &Value) -> Value {
     serde_json::from_str(envelope["Message"].as_str().expect("SNS envelope message"))
         .expect("report JSON")
@@ -81,13 +90,7 @@ fn attribute<'a>(envelope: &'a Value, name: &str) -> &'a str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_action_is_reported_everywhere_with_one_trace_id() {
     let w = world(200).await;
-    let (status, response) = w
-        .emulator
-        .invoke(&events::fresh(
-            "latency-restart-firing.json",
-            &w.cluster.namespace,
-        ))
-        .await;
+    let (status, response) = w.invoke_sample("latency-restart-firing.json").await;
     assert_eq!(status, 200, "{response}");
     assert_eq!(response["outcomes"][0]["outcome"], "applied", "{response}");
     let trace_id = response["trace_id"].as_str().expect("trace id").to_owned();
@@ -218,13 +221,7 @@ async fn an_action_is_reported_everywhere_with_one_trace_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_sink_neither_blocks_nor_undoes_the_remediation_and_failures_page() {
     let w = world(500).await;
-    let (status, response) = w
-        .emulator
-        .invoke(&events::fresh(
-            "latency-restart-firing.json",
-            &w.cluster.namespace,
-        ))
-        .await;
+    let (status, response) = w.invoke_sample("latency-restart-firing.json").await;
     assert_eq!(status, 200);
     assert_eq!(response["outcomes"][0]["outcome"], "applied", "{response}");
     let slack = response["notifications"]
