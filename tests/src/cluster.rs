@@ -1,4 +1,6 @@
-//! A Kubernetes API to test against: the stand-in, or a real cluster via `TEST_KUBECONFIG`.
+//! A Kubernetes API to test against: a real cluster via `TEST_KUBECONFIG` (the control plane
+//! `scripts/test` starts, or a user's own), else the stand-in; and the stand-in on request, for
+//! what a real server cannot produce (fault injection, the request log, lost answers).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,10 @@ pub struct TestCluster {
     pub namespace: String,
     standin: Option<StandIn>,
     kubeconfig: PathBuf,
+    /// Per function, a client and kubeconfig with that function's group identity, when the
+    /// cluster provides them (the test control plane writes
+    /// `mesh-remediation-<function>.kubeconfig` beside the admin's).
+    functions: HashMap<String, (kube::Client, PathBuf)>,
 }
 
 /// Hands the pipeline a fixed client.
@@ -41,27 +47,46 @@ impl KubeConnector for FixedConnector {
 }
 
 impl TestCluster {
-    /// Starts the stand-in (or connects to `TEST_KUBECONFIG`) and creates a namespace
-    /// named after `prefix`.
+    /// The cluster for a behaviour test: the real cluster named by `TEST_KUBECONFIG` when set
+    /// (what `scripts/test` does), else the stand-in. Creates a namespace named after `prefix`.
     pub async fn start(prefix: &str) -> TestCluster {
-        let unique = format!(
-            "{}-{}-{}",
-            prefix,
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        let (standin, kubeconfig) = match std::env::var_os("TEST_KUBECONFIG") {
-            Some(path) => (None, PathBuf::from(path)),
-            None => {
-                let standin = StandIn::start().await.expect("stand-in starts");
-                let path = std::env::temp_dir().join(format!("kubeconfig-{unique}.yaml"));
-                std::fs::write(&path, standin.kubeconfig_yaml("default"))
-                    .expect("write kubeconfig");
-                (Some(standin), path)
+        match std::env::var_os("TEST_KUBECONFIG") {
+            Some(path) => Self::connect(prefix, PathBuf::from(path)).await,
+            None => Self::start_standin(prefix).await,
+        }
+    }
+
+    /// The stand-in, always: for tests of what a real API server cannot be made to do on
+    /// demand (injected faults, latency, lost answers) or that read its request log.
+    pub async fn start_standin(prefix: &str) -> TestCluster {
+        let unique = unique_name(prefix);
+        let standin = StandIn::start().await.expect("stand-in starts");
+        let path = std::env::temp_dir().join(format!("kubeconfig-{unique}.yaml"));
+        std::fs::write(&path, standin.kubeconfig_yaml("default")).expect("write kubeconfig");
+        let mut cluster = Self::with_kubeconfig(unique, path, HashMap::new()).await;
+        cluster.standin = Some(standin);
+        cluster
+    }
+
+    async fn connect(prefix: &str, kubeconfig: PathBuf) -> TestCluster {
+        let mut functions = HashMap::new();
+        let dir = kubeconfig.parent().map(Path::to_path_buf).unwrap_or_default();
+        for function in FUNCTIONS {
+            let path = dir.join(format!("mesh-remediation-{function}.kubeconfig"));
+            if path.exists() {
+                let client = client_from(&path).await;
+                functions.insert(function.to_owned(), (client, path));
             }
-        };
+        }
+        Self::with_kubeconfig(unique_name(prefix), kubeconfig, functions).await
+    }
+
+    async fn with_kubeconfig(
+        namespace: String,
+        kubeconfig: PathBuf,
+        functions: HashMap<String, (kube::Client, PathBuf)>,
+    ) -> TestCluster {
         let client = client_from(&kubeconfig).await;
-        let namespace = unique;
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let ns: Namespace = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace",
@@ -75,15 +100,45 @@ impl TestCluster {
         TestCluster {
             client,
             namespace,
-            standin,
+            standin: None,
             kubeconfig,
+            functions,
         }
     }
 
-    /// The stand-in, when not running against a real cluster.
+    /// Whether this is the stand-in rather than a real API server.
+    pub fn is_standin(&self) -> bool {
+        self.standin.is_some()
+    }
+
+    /// The stand-in of a cluster from [`TestCluster::start_standin`].
+    pub fn faults(&self) -> &StandIn {
+        self.standin
+            .as_ref()
+            .expect("this test needs the stand-in: start it with TestCluster::start_standin")
+    }
+
+    /// The client `function` acts with: its group's identity when the cluster provides one
+    /// (so RBAC and the admission policies apply as in production), else the admin client.
+    pub fn function_client(&self, function: &str) -> kube::Client {
+        self.functions
+            .get(function)
+            .map_or_else(|| self.client.clone(), |(client, _)| client.clone())
+    }
+
+    /// A kubeconfig for a subprocess acting as `function` (the Lambda emulator), with the
+    /// function's group identity when the cluster provides one.
+    pub fn function_kubeconfig_path(&self, function: &str) -> &Path {
+        self.functions
+            .get(function)
+            .map_or(self.kubeconfig.as_path(), |(_, path)| path.as_path())
+    }
+
+    /// The stand-in, when not running against a real cluster: for extra checks of the
+    /// request log that a real server cannot give (the behaviour itself is asserted on both).
     pub fn standin(&self) -> Option<&StandIn> {
         if self.standin.is_none() {
-            eprintln!("note: real cluster (TEST_KUBECONFIG): stand-in-only checks skipped");
+            eprintln!("note: real API server: request-log checks are for the stand-in");
         }
         self.standin.as_ref()
     }
@@ -159,11 +214,8 @@ impl TestCluster {
     /// A pipeline for `remediation` against this cluster. `vars` override the environment
     /// (`DRY_RUN` defaults to `false` here so tests see real changes).
     pub fn pipeline<R: Remediation>(&self, remediation: R, vars: &[(&str, &str)]) -> Pipeline<R> {
-        Pipeline::new(
-            config(vars),
-            remediation,
-            Arc::new(FixedConnector(self.client.clone())),
-        )
+        let client = self.function_client(remediation.name());
+        Pipeline::new(config(vars), remediation, Arc::new(FixedConnector(client)))
     }
 
     /// A client for this cluster whose requests time out after `timeout`, as
@@ -180,7 +232,8 @@ impl TestCluster {
         vars: &[(&str, &str)],
     ) -> Pipeline<R> {
         let config = config(vars);
-        let client = self.client_with_timeout(config.api_timeout).await;
+        let path = self.function_kubeconfig_path(remediation.name()).to_path_buf();
+        let client = client_with_timeout(&path, config.api_timeout).await;
         Pipeline::new(config, remediation, Arc::new(FixedConnector(client)))
     }
 
@@ -215,6 +268,23 @@ impl TestCluster {
         );
         pipeline.handle(event, &invocation).await
     }
+}
+
+/// The remediation functions, by name.
+const FUNCTIONS: [&str; 4] = [
+    "latency-restart",
+    "error-rollback",
+    "db-circuit-break",
+    "region-failover",
+];
+
+fn unique_name(prefix: &str) -> String {
+    format!(
+        "{}-{}-{}",
+        prefix,
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// A configuration from defaults plus `vars` (`DRY_RUN=false` unless given).

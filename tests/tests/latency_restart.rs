@@ -47,6 +47,13 @@ async fn setup(prefix: &str) -> (TestCluster, Deployment) {
     (cluster, before)
 }
 
+/// Like [`setup`] on the stand-in, for tests that inject faults a real server cannot produce.
+async fn setup_standin(prefix: &str) -> (TestCluster, Deployment) {
+    let cluster = TestCluster::start_standin(prefix).await;
+    let before = cluster.create_deployment(TARGET, true).await;
+    (cluster, before)
+}
+
 #[tokio::test]
 async fn firing_alert_restarts_the_deployment_once_with_record_and_event() {
     let (cluster, before) = setup("firing").await;
@@ -486,10 +493,8 @@ async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test]
 async fn api_500_is_a_retryable_failure_that_changes_nothing() {
-    let (cluster, before) = setup("api500").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, before) = setup_standin("api500").await;
+    let standin = cluster.faults();
     standin.add_fault(Fault::status(500).method("PATCH"));
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let report = cluster.invoke(LatencyRestart, &[], &event).await;
@@ -511,10 +516,8 @@ async fn api_500_is_a_retryable_failure_that_changes_nothing() {
 
 #[tokio::test]
 async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not() {
-    let (cluster, _) = setup("lambdaerr").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, _) = setup_standin("lambdaerr").await;
+    let standin = cluster.faults();
     let function = mesh_remediation::lambda::Function::new(cluster.pipeline(LatencyRestart, &[]));
     let bad = events::fresh("bad-not-json.json", &cluster.namespace);
     let ok = function
@@ -539,10 +542,8 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
 
 #[tokio::test]
 async fn a_409_storm_converges_to_one_restart() {
-    let (cluster, before) = setup("storm").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, before) = setup_standin("storm").await;
+    let standin = cluster.faults();
     // Someone else writes the object just before each of our first three writes.
     standin.add_fault(
         Fault::new(FaultKind::ConflictBump)
@@ -668,10 +669,8 @@ async fn repeated_restarts_without_recovery_escalate() {
 
 #[tokio::test]
 async fn a_rollout_in_progress_is_not_restarted() {
-    let (cluster, _) = setup("rollout").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, _) = setup_standin("rollout").await;
+    let standin = cluster.faults();
     standin.set_settle_rollouts(false);
     // Someone starts a rollout (new image); the controller has not caught up.
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}}});
@@ -699,10 +698,8 @@ async fn a_rollout_in_progress_is_not_restarted() {
 
 #[tokio::test]
 async fn slow_api_within_the_timeout_still_acts() {
-    let (cluster, _) = setup("slow").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, _) = setup_standin("slow").await;
+    let standin = cluster.faults();
     standin.add_fault(Fault::latency(300).method("PATCH"));
     let started = std::time::Instant::now();
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);

@@ -116,10 +116,8 @@ async fn generation(cluster: &TestCluster) -> i64 {
 
 #[tokio::test]
 async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
-    let cluster = TestCluster::start("rbac-lr").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let cluster = TestCluster::start_standin("rbac-lr").await;
+    let standin = cluster.faults();
     cluster.create_deployment(TARGET, true).await;
     let policy = project_policy();
     let granted = policy.grants(&role("latency-restart"));
@@ -167,10 +165,8 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
 
 #[tokio::test]
 async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
-    let cluster = TestCluster::start("rbac-missing").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let cluster = TestCluster::start_standin("rbac-missing").await;
+    let standin = cluster.faults();
     cluster.create_deployment(TARGET, true).await;
     let before = generation(&cluster).await;
     let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
@@ -244,9 +240,7 @@ async fn istio_function_within_its_rules<R: Remediation>(
     remediation: R,
     event: &Value,
 ) {
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let standin = cluster.faults();
     let function = remediation.name();
     let policy = project_policy();
     let granted = policy.grants(&role(function));
@@ -276,7 +270,7 @@ async fn istio_function_within_its_rules<R: Remediation>(
 
 #[tokio::test]
 async fn error_rollback_works_within_its_rules() {
-    let cluster = TestCluster::start("rbac-er").await;
+    let cluster = TestCluster::start_standin("rbac-er").await;
     let mesh = Mesh::new(&cluster);
     mesh.create(
         Kind::VirtualService,
@@ -293,9 +287,7 @@ async fn error_rollback_works_within_its_rules() {
     istio_function_within_its_rules(&cluster, ErrorRollback, &event).await;
 
     // And without `patch` on VirtualServices: a clear, non-retryable configuration error.
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let standin = cluster.faults();
     standin.enforce_rbac(project_policy().without_verb(
         &role("error-rollback"),
         "networking.istio.io",

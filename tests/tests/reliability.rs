@@ -22,14 +22,13 @@ use serde_json::Value;
 const TARGET: &str = "checkout-v2";
 const TRACE: &str = "Root=1-67a1b2c3-0123456789abcdef01234567;Sampled=1";
 
-/// A cluster with the target Deployment, its generation, and the stand-in (None on a real
-/// cluster: the test then returns early).
-async fn setup(prefix: &str) -> (TestCluster, i64) {
-    let cluster = TestCluster::start(prefix).await;
+/// The stand-in with the target Deployment, and its generation. These tests inject faults
+/// (latency, 5xx, 429, resets, lost answers, hangs) that a real API server cannot produce on
+/// demand, so they run on the stand-in.
+async fn setup_standin(prefix: &str) -> (TestCluster, i64) {
+    let cluster = TestCluster::start_standin(prefix).await;
     let before = cluster.create_deployment(TARGET, true).await;
-    if let Some(standin) = cluster.standin() {
-        standin.clear_requests();
-    }
+    cluster.faults().clear_requests();
     (cluster, before.metadata.generation.expect("generation"))
 }
 
@@ -148,10 +147,8 @@ async fn assert_untouched(cluster: &TestCluster, generation_before: i64) {
 
 #[tokio::test]
 async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
-    let (cluster, generation_before) = setup("rel-latency").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-latency").await;
+    let standin = cluster.faults();
     // Every request (read, write, Event) is slow.
     standin.add_fault(Fault::latency(400));
     let started = Instant::now();
@@ -170,10 +167,8 @@ async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
 
 #[tokio::test]
 async fn server_errors_are_retried_twice_then_fail_retryably() {
-    let (cluster, generation_before) = setup("rel-5xx").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-5xx").await;
+    let standin = cluster.faults();
     for code in [500, 503, 504] {
         standin.clear_faults();
         standin.clear_requests();
@@ -208,10 +203,8 @@ async fn server_errors_are_retried_twice_then_fail_retryably() {
 
 #[tokio::test]
 async fn throttling_honours_retry_after_capped_at_two_seconds() {
-    let (cluster, generation_before) = setup("rel-429").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-429").await;
+    let standin = cluster.faults();
     // Retry-After: 1 on two reads: the pipeline waits 1 s each time (not its own ~0.1 s
     // backoff, not the 2 s cap).
     standin.add_fault(
@@ -251,10 +244,8 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
 
 #[tokio::test]
 async fn conflict_storms_converge_or_give_up_without_acting_twice() {
-    let (cluster, generation_before) = setup("rel-409").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-409").await;
+    let standin = cluster.faults();
     // Five refused writes (409 Conflict bodies), the sixth goes through.
     standin.add_fault(on_writes(Fault::status(409)).times(5));
     let report = fire(&cluster, &[]).await;
@@ -280,10 +271,8 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
 
 #[tokio::test]
 async fn connection_resets_are_retried_and_never_double_act() {
-    let (cluster, generation_before) = setup("rel-reset").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-reset").await;
+    let standin = cluster.faults();
     // One write dropped before the server handled it: retried, acted on once.
     standin.add_fault(on_writes(Fault::new(FaultKind::Reset)).times(1));
     let report = fire(&cluster, &[]).await;
@@ -306,10 +295,8 @@ async fn connection_resets_are_retried_and_never_double_act() {
 
 #[tokio::test]
 async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
-    let (cluster, generation_before) = setup("rel-lost").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-lost").await;
+    let standin = cluster.faults();
     // The restart is stored, then the connection drops before the answer: the function
     // cannot know whether it acted. The retry re-reads, finds its own record and must
     // neither act again nor report someone else's action.
@@ -374,10 +361,8 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
 
 #[tokio::test]
 async fn the_deadline_stops_new_work_and_the_retry_finishes_it_without_acting_twice() {
-    let cluster = TestCluster::start("rel-deadline").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let cluster = TestCluster::start_standin("rel-deadline").await;
+    let standin = cluster.faults();
     let mut before = std::collections::BTreeMap::new();
     for name in ["checkout-v2", "orders"] {
         let d = cluster.create_deployment(name, true).await;
@@ -474,10 +459,8 @@ async fn the_deadline_stops_new_work_and_the_retry_finishes_it_without_acting_tw
 
 #[tokio::test]
 async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
-    let (cluster, generation_before) = setup("rel-hang").await;
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
+    let (cluster, generation_before) = setup_standin("rel-hang").await;
+    let standin = cluster.faults();
     let vars = [("API_TIMEOUT_SECONDS", "1")];
     // One write hangs (the server never handled it): timed out, retried, acted on once.
     standin.add_fault(on_writes(Fault::new(FaultKind::Hang)).times(1));
