@@ -70,7 +70,10 @@ impl TestCluster {
 
     async fn connect(prefix: &str, kubeconfig: PathBuf) -> TestCluster {
         let mut functions = HashMap::new();
-        let dir = kubeconfig.parent().map(Path::to_path_buf).unwrap_or_default();
+        let dir = kubeconfig
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         for function in FUNCTIONS {
             let path = dir.join(format!("mesh-remediation-{function}.kubeconfig"));
             if path.exists() {
@@ -232,7 +235,9 @@ impl TestCluster {
         vars: &[(&str, &str)],
     ) -> Pipeline<R> {
         let config = config(vars);
-        let path = self.function_kubeconfig_path(remediation.name()).to_path_buf();
+        let path = self
+            .function_kubeconfig_path(remediation.name())
+            .to_path_buf();
         let client = client_with_timeout(&path, config.api_timeout).await;
         Pipeline::new(config, remediation, Arc::new(FixedConnector(client)))
     }
