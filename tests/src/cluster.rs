@@ -199,7 +199,9 @@ impl TestCluster {
         panic!("deployment {name} did not settle");
     }
 
-    /// Events (events.k8s.io/v1) in the test namespace about the object `name`.
+    /// Events (events.k8s.io/v1) the functions wrote in the test namespace about the object
+    /// `name`. A real cluster's controllers write their own (the deployment controller's
+    /// `ScalingReplicaSet`); those are not ours to count.
     pub async fn events_about(&self, name: &str) -> Vec<Value> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.client.clone(),
@@ -211,6 +213,11 @@ impl TestCluster {
             .into_iter()
             .map(|e| serde_json::to_value(e).expect("event json"))
             .filter(|e| e["regarding"]["name"] == name)
+            .filter(|e| {
+                e["reportingController"]
+                    .as_str()
+                    .is_some_and(|c| c.starts_with(mesh_remediation::record::ANNOTATION_PREFIX))
+            })
             .collect()
     }
 

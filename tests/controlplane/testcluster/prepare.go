@@ -101,12 +101,32 @@ func prepare(ctx context.Context, kubeconfig string, applies []string) error {
 		if !ready {
 			return false, nil
 		}
+		// The API server taints every new Node not-ready (admission plugin
+		// TaintNodesByCondition); the node lifecycle controller, not run here, would lift it
+		// once the node reports Ready. Without this the scheduler never binds a Pod.
+		if kept := withoutTaint(n.Spec.Taints, corev1.TaintNodeNotReady); len(kept) != len(n.Spec.Taints) {
+			n.Spec.Taints = kept
+			if _, err := core.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{}); err != nil && !apierrors.IsConflict(err) {
+				return false, fmt.Errorf("untaint node: %w", err)
+			}
+			return false, nil
+		}
 		_, err = core.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, nil
 		}
 		return err == nil, err
 	})
+}
+
+func withoutTaint(taints []corev1.Taint, key string) []corev1.Taint {
+	var kept []corev1.Taint
+	for _, t := range taints {
+		if t.Key != key {
+			kept = append(kept, t)
+		}
+	}
+	return kept
 }
 
 // readManifests reads every YAML document of a file, or of the *.yaml files of a directory.

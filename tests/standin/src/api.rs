@@ -1491,12 +1491,18 @@ pub(crate) fn settle_deployment(obj: &mut Value) {
     obj["status"] = status;
 }
 
-/// Everything but metadata and status (what `metadata.generation` tracks).
-fn generation_view(obj: &Value) -> Value {
+/// What `metadata.generation` tracks: everything but metadata and status, and for a
+/// Deployment its annotations too (a real API server's Deployment strategy bumps generation
+/// on annotation changes, because they are copied to the ReplicaSets).
+fn generation_view(obj: &Value, def: &ResourceDef) -> Value {
     let mut v = obj.clone();
     if let Some(m) = v.as_object_mut() {
         for k in ["metadata", "status", "apiVersion", "kind"] {
             m.remove(k);
+        }
+        if def.is_deployment() {
+            let annotations = obj.pointer("/metadata/annotations").cloned();
+            m.insert("annotations".into(), annotations.unwrap_or(json!({})));
         }
     }
     v
@@ -1768,7 +1774,7 @@ fn commit(
             if def.is_deployment() {
                 default_deployment(&mut old_defaulted);
             }
-            if def.tracks_generation() && generation_view(&obj) != generation_view(&old_defaulted) {
+            if def.tracks_generation() && generation_view(&obj, def) != generation_view(&old_defaulted, def) {
                 let g = old
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)
