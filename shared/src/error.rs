@@ -116,6 +116,13 @@ fn kube_error_is_retryable(error: &kube::Error) -> bool {
 /// A 401/403 is a configuration error (RBAC, access entry), not something to retry.
 fn permission_hint(error: &kube::Error) -> &'static str {
     match error {
+        // The API server's admission (deploy/admission-policy.yaml) refused the change itself:
+        // the permission is there, the fields are not the function's to change.
+        kube::Error::Api(status)
+            if status.code == 403 && status.message.contains("ValidatingAdmissionPolicy") =>
+        {
+            " (refused by the cluster's admission policy, deploy/admission-policy.yaml: the change touches fields this function may not change; nothing was written)"
+        }
         kube::Error::Api(status) if status.code == 403 => {
             " (configuration error: the function's Kubernetes group lacks this permission; apply deploy/rbac.yaml and check the EKS access entry)"
         }

@@ -129,6 +129,40 @@ impl TestCluster {
             .map_or_else(|| self.client.clone(), |(client, _)| client.clone())
     }
 
+    /// A client with `function`'s group identity on a real cluster: its own token when the
+    /// cluster provides one (the test control plane), else the admin impersonating user and
+    /// group `mesh-remediation-<function>` (a cluster of your own with `deploy/rbac.yaml`
+    /// applied). Panics on the stand-in, which has neither.
+    pub async fn identity_of(&self, function: &str) -> kube::Client {
+        assert!(
+            !self.is_standin(),
+            "this test needs a real API server (its RBAC authorizer and admission policies): \
+             run scripts/test, which starts one, or set TEST_KUBECONFIG"
+        );
+        if let Some((client, _)) = self.functions.get(function) {
+            return client.clone();
+        }
+        let name = format!("mesh-remediation-{function}");
+        self.impersonating(&name, &[&name]).await
+    }
+
+    /// The admin's client impersonating `user` in `groups`.
+    pub async fn impersonating(&self, user: &str, groups: &[&str]) -> kube::Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let mut config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("kubeconfig is usable");
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups =
+            Some(groups.iter().map(|g| (*g).to_owned()).collect());
+        mesh_remediation::connect::tune(&mut config, Duration::from_secs(10));
+        kube::Client::try_from(config).expect("client")
+    }
+
     /// A kubeconfig for a subprocess acting as `function` (the Lambda emulator), with the
     /// function's group identity when the cluster provides one.
     pub fn function_kubeconfig_path(&self, function: &str) -> &Path {

@@ -669,6 +669,9 @@ async fn repeated_restarts_without_recovery_escalate() {
         template,
         "recovery restarts nothing"
     );
+    // The recovery record is an annotation, and a Deployment's generation counts those:
+    // the controller must observe it before the next alert finds the rollout settled.
+    cluster.wait_settled(TARGET).await;
     assert_eq!(
         kinds(&cluster.invoke(LatencyRestart, &vars, &event).await),
         vec![OutcomeKind::Applied]

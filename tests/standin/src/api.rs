@@ -1774,7 +1774,9 @@ fn commit(
             if def.is_deployment() {
                 default_deployment(&mut old_defaulted);
             }
-            if def.tracks_generation() && generation_view(&obj, def) != generation_view(&old_defaulted, def) {
+            if def.tracks_generation()
+                && generation_view(&obj, def) != generation_view(&old_defaulted, def)
+            {
                 let g = old
                     .pointer("/metadata/generation")
                     .and_then(Value::as_i64)

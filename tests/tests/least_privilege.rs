@@ -1,0 +1,492 @@
+//! Least privilege enforced by a real API server: its RBAC authorizer with `deploy/rbac.yaml`
+//! and its admission with `deploy/admission-policy.yaml`, each request made with a function
+//! group's own identity (the test control plane's tokens, or impersonation on a cluster of
+//! your own that has both manifests applied). Every out-of-scope change a compromised or
+//! buggy function could try is refused, with a message naming what is allowed, and the stored
+//! object is left as it was. The behaviour tests run their remediations, reverts and dry runs
+//! with the same identities, so they pass through these policies too.
+//!
+//! Needs a real API server: `scripts/test` starts one.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use mesh_remediation::remediation::{DbCircuitBreak, Remediation};
+use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const APP: &str = "checkout-v2";
+const VS: &str = "checkout";
+/// The DestinationRule of the database the db-circuit-break samples name (`service=orders`).
+const DB: &str = "orders";
+
+/// What a refused request answered.
+#[derive(Debug)]
+struct Refusal {
+    code: u16,
+    message: String,
+}
+
+async fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> Refusal {
+    match result {
+        Err(kube::Error::Api(status)) => Refusal {
+            code: status.code,
+            message: status.message,
+        },
+        other => panic!("expected the API server to refuse, got {other:?}"),
+    }
+}
+
+fn assert_denied_by_policy(refusal: &Refusal, allowed: &str) {
+    assert_eq!(refusal.code, 403, "{refusal:?}");
+    assert!(
+        refusal.message.contains("ValidatingAdmissionPolicy") && refusal.message.contains(allowed),
+        "the denial names the policy and what is allowed ({allowed}): {refusal:?}"
+    );
+}
+
+fn assert_denied_by_rbac(refusal: &Refusal, function: &str) {
+    assert_eq!(refusal.code, 403, "{refusal:?}");
+    assert!(
+        refusal
+            .message
+            .contains(&format!("User \"mesh-remediation-{function}\" cannot")),
+        "{refusal:?}"
+    );
+}
+
+fn merge(patch: Value) -> Patch<Value> {
+    Patch::Merge(patch)
+}
+
+fn params() -> PatchParams {
+    PatchParams::default()
+}
+
+async fn mesh_objects(cluster: &TestCluster) {
+    let mesh = Mesh::new(cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        VS,
+        true,
+        json!({}),
+        json!({"host": "checkout",
+               "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+               "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                           {"name": "v2", "labels": {"version": "v2"}}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        VS,
+        true,
+        json!({"auto-remediation.io/stable-subset": "v1"}),
+        json!({"hosts": ["checkout"], "http": [
+            {"name": "canary-by-header",
+             "match": [{"headers": {"x-canary": {"exact": "1"}}}],
+             "route": [{"destination": {"host": "checkout", "subset": "v2"}}]},
+            {"name": "default", "route": [
+                {"destination": {"host": "checkout", "subset": "v1"}, "weight": 50},
+                {"destination": {"host": "checkout", "subset": "v2"}, "weight": 50}]}]}),
+    )
+    .await;
+}
+
+fn istio(cluster: &TestCluster, client: &kube::Client, kind: Kind) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), &cluster.namespace, &kind.resource())
+}
+
+/// What a function could have changed: labels, annotations and spec (not status, which a
+/// real cluster's controllers keep writing, nor the resourceVersion that moves with it).
+fn version(object: &Value) -> Value {
+    json!([
+        object["metadata"]["labels"],
+        object["metadata"]["annotations"],
+        object["spec"]
+    ])
+}
+
+#[tokio::test]
+async fn the_policies_are_installed_bound_and_deny() {
+    let cluster = TestCluster::start("lp-installed").await;
+    // Checks the identity early, with its clear message, before anything else fails.
+    cluster.identity_of("latency-restart").await;
+    let resource = |kind: &str| {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "admissionregistration.k8s.io",
+            "v1",
+            kind,
+        ))
+    };
+    let policies: Api<DynamicObject> = Api::all_with(
+        cluster.client.clone(),
+        &resource("ValidatingAdmissionPolicy"),
+    );
+    let bindings: Api<DynamicObject> = Api::all_with(
+        cluster.client.clone(),
+        &resource("ValidatingAdmissionPolicyBinding"),
+    );
+    for name in [
+        "mesh-remediation-latency-restart",
+        "mesh-remediation-virtualservice-weights",
+        "mesh-remediation-destinationrule-policy",
+    ] {
+        let policy = policies.get(name).await.unwrap_or_else(|e| {
+            panic!("policy {name} missing (kubectl apply -f deploy/admission-policy.yaml): {e}")
+        });
+        let warnings = &policy.data["status"]["typeChecking"]["expressionWarnings"];
+        assert!(
+            warnings.is_null() || warnings.as_array().is_some_and(Vec::is_empty),
+            "{name}: the API server's type check warns: {warnings}"
+        );
+        let binding = bindings.get(name).await.expect("binding");
+        assert_eq!(binding.data["spec"]["policyName"], name);
+        assert_eq!(binding.data["spec"]["validationActions"], json!(["Deny"]));
+    }
+}
+
+#[tokio::test]
+async fn latency_restart_may_only_restart_opted_in_deployments() {
+    let cluster = TestCluster::start("lp-restart").await;
+    let client = cluster.identity_of("latency-restart").await;
+    cluster.create_deployment(APP, true).await;
+    cluster.create_deployment("ledger", false).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &cluster.namespace);
+    let admin = cluster.deployments();
+    admin
+        .patch(
+            APP,
+            &params(),
+            &merge(json!({"metadata": {"annotations": {"team": "payments"}}})),
+        )
+        .await
+        .expect("an annotation set by its owner");
+    let before = serde_json::to_value(cluster.deployment(APP).await).expect("json");
+
+    let only_restart =
+        "may change only spec.template.metadata.annotations[kubectl.kubernetes.io/restartedAt]";
+    for (what, patch, allowed) in [
+        (
+            "change an image",
+            json!({"spec": {"template": {"spec": {"containers": [
+                {"name": "app", "image": "attacker.example/pause:evil"}]}}}}),
+            only_restart,
+        ),
+        ("scale", json!({"spec": {"replicas": 0}}), only_restart),
+        (
+            "add a pod-template annotation",
+            json!({"spec": {"template": {"metadata": {"annotations": {"sidecar.istio.io/inject": "false"}}}}}),
+            only_restart,
+        ),
+        (
+            "edit another annotation",
+            json!({"metadata": {"annotations": {"team": "attackers"}}}),
+            "may change only its own annotation auto-remediation.io/latency-restart",
+        ),
+        (
+            "write another function's record",
+            json!({"metadata": {"annotations": {"auto-remediation.io/error-rollback": "{}"}}}),
+            "may change only its own annotation auto-remediation.io/latency-restart",
+        ),
+        (
+            "remove the opt-in label",
+            json!({"metadata": {"labels": {"auto_remediation": null}}}),
+            "may not change labels",
+        ),
+    ] {
+        let refusal = refused(deployments.patch(APP, &params(), &merge(patch)).await).await;
+        assert_denied_by_policy(&refusal, allowed);
+        let after = serde_json::to_value(cluster.deployment(APP).await).expect("json");
+        assert_eq!(version(&after), version(&before), "{what}: nothing stored");
+    }
+    // A restart of a Deployment that is not opted in is refused by the cluster too.
+    let refusal = refused(
+        deployments
+            .patch(
+                "ledger",
+                &params(),
+                &merge(json!({"spec": {"template": {"metadata": {"annotations": {
+                    "kubectl.kubernetes.io/restartedAt": "2026-12-03T00:00:00Z"}}}}})),
+            )
+            .await,
+    )
+    .await;
+    assert_denied_by_policy(
+        &refusal,
+        "only Deployments labelled auto_remediation=active",
+    );
+
+    // What RBAC refuses: Secrets, deleting, other kinds.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+    assert_denied_by_rbac(
+        &refused(secrets.list(&Default::default()).await).await,
+        "latency-restart",
+    );
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "stolen"}})).expect("secret");
+    assert_denied_by_rbac(
+        &refused(secrets.create(&PostParams::default(), &secret).await).await,
+        "latency-restart",
+    );
+    assert_denied_by_rbac(
+        &refused(deployments.delete(APP, &DeleteParams::default()).await).await,
+        "latency-restart",
+    );
+    mesh_objects(&cluster).await;
+    assert_denied_by_rbac(
+        &refused(
+            istio(&cluster, &client, Kind::VirtualService)
+                .patch(VS, &params(), &merge(json!({"spec": {"hosts": ["evil"]}})))
+                .await,
+        )
+        .await,
+        "latency-restart",
+    );
+
+    // The one change it documents is admitted, as a dry run and for real.
+    let restart = json!({
+        "metadata": {"annotations": {"auto-remediation.io/latency-restart": "{}"}},
+        "spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": "2026-12-03T00:00:00Z"}}}}});
+    deployments
+        .patch(
+            APP,
+            &PatchParams {
+                dry_run: true,
+                ..params()
+            },
+            &merge(restart.clone()),
+        )
+        .await
+        .expect("dry-run restart admitted");
+    deployments
+        .patch(APP, &params(), &merge(restart))
+        .await
+        .expect("restart admitted");
+}
+
+#[tokio::test]
+async fn weight_shifting_functions_may_only_change_route_weights() {
+    let cluster = TestCluster::start("lp-weights").await;
+    mesh_objects(&cluster).await;
+    let mesh = Mesh::new(&cluster);
+    let before = mesh.get(Kind::VirtualService, VS).await;
+    let only_weights = "may change only spec.http[*].route[*].weight";
+    for function in ["error-rollback", "region-failover"] {
+        let client = cluster.identity_of(function).await;
+        let api = istio(&cluster, &client, Kind::VirtualService);
+        let default_route = before["spec"]["http"][1].clone();
+        let mut retargeted = default_route.clone();
+        retargeted["route"][1]["destination"]["subset"] = json!("v1");
+        let mut unmatched = before["spec"]["http"][0].clone();
+        unmatched.as_object_mut().expect("route").remove("match");
+        for (what, patch, allowed) in [
+            (
+                "delete a route",
+                json!({"spec": {"http": [default_route.clone()]}}),
+                only_weights.to_owned(),
+            ),
+            (
+                "point a destination elsewhere",
+                json!({"spec": {"http": [before["spec"]["http"][0].clone(), retargeted]}}),
+                only_weights.to_owned(),
+            ),
+            (
+                "drop a header match (the canary takes all traffic)",
+                json!({"spec": {"http": [unmatched, default_route.clone()]}}),
+                only_weights.to_owned(),
+            ),
+            (
+                "change the hosts",
+                json!({"spec": {"hosts": ["*"]}}),
+                only_weights.to_owned(),
+            ),
+            (
+                "edit the stable-subset annotation",
+                json!({"metadata": {"annotations": {"auto-remediation.io/stable-subset": "v2"}}}),
+                format!("may change only its own annotation auto-remediation.io/{function}"),
+            ),
+        ] {
+            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await).await;
+            assert_denied_by_policy(&refusal, &allowed);
+            let after = mesh.get(Kind::VirtualService, VS).await;
+            assert_eq!(
+                version(&after),
+                version(&before),
+                "{function}: {what}: nothing stored"
+            );
+        }
+        assert_denied_by_rbac(
+            &refused(api.delete(VS, &DeleteParams::default()).await).await,
+            function,
+        );
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
+        assert_denied_by_rbac(&refused(secrets.get("any").await).await, function);
+    }
+    // error-rollback may not touch DestinationRules at all (RBAC).
+    let client = cluster.identity_of("error-rollback").await;
+    assert_denied_by_rbac(
+        &refused(
+            istio(&cluster, &client, Kind::DestinationRule)
+                .patch(VS, &params(), &merge(json!({"spec": {"subsets": []}})))
+                .await,
+        )
+        .await,
+        "error-rollback",
+    );
+}
+
+#[tokio::test]
+async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
+    let cluster = TestCluster::start("lp-policy").await;
+    mesh_objects(&cluster).await;
+    let mesh = Mesh::new(&cluster);
+    let before = mesh.get(Kind::DestinationRule, VS).await;
+    for (function, allowed, own_field) in [
+        (
+            "db-circuit-break",
+            "may change only spec.trafficPolicy.connectionPool and spec.trafficPolicy.outlierDetection",
+            json!({"connectionPool": {"tcp": {"maxConnections": 10}}}),
+        ),
+        (
+            "region-failover",
+            "may change only spec.trafficPolicy.loadBalancer.localityLbSetting and spec.trafficPolicy.outlierDetection",
+            json!({"loadBalancer": {"localityLbSetting": {"failover": [{"from": "us-east-1", "to": "us-west-2"}]}}}),
+        ),
+    ] {
+        let client = cluster.identity_of(function).await;
+        let api = istio(&cluster, &client, Kind::DestinationRule);
+        for (what, patch) in [
+            (
+                "turn mTLS off",
+                json!({"spec": {"trafficPolicy": {"tls": {"mode": "DISABLE"}}}}),
+            ),
+            (
+                "change the load-balancing algorithm",
+                json!({"spec": {"trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}}),
+            ),
+            ("delete the subsets", json!({"spec": {"subsets": []}})),
+            ("change the host", json!({"spec": {"host": "payments"}})),
+        ] {
+            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await).await;
+            assert_denied_by_policy(&refusal, allowed);
+            let after = mesh.get(Kind::DestinationRule, VS).await;
+            assert_eq!(
+                version(&after),
+                version(&before),
+                "{function}: {what}: nothing stored"
+            );
+        }
+        // Its own field is admitted, dry run first (stores nothing).
+        let own = json!({"spec": {"trafficPolicy": own_field}});
+        api.patch(
+            VS,
+            &PatchParams {
+                dry_run: true,
+                ..params()
+            },
+            &merge(own),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{function}: its own field is admitted: {e}"));
+        assert_eq!(
+            version(&mesh.get(Kind::DestinationRule, VS).await),
+            version(&before)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
+    // An identity bound to db-circuit-break's rules minus `patch` (say, a ClusterRole edited by
+    // hand): the function reads, plans, is refused on the write, and reports that as a
+    // failure naming the missing permission, not retried.
+    let cluster = TestCluster::start("lp-missing").await;
+    cluster.identity_of("db-circuit-break").await;
+    let user = format!("lp-missing-{}", cluster.namespace);
+    let role: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &cluster.namespace,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+        )),
+    );
+    let binding: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client.clone(),
+        &cluster.namespace,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+        )),
+    );
+    let object = |kind: &str, body: Value| -> DynamicObject {
+        let mut o = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
+                           "metadata": {"name": "read-only-circuit-breaker"}});
+        o.as_object_mut()
+            .expect("object")
+            .extend(body.as_object().expect("body").clone());
+        serde_json::from_value(o).expect("rbac object")
+    };
+    role.create(
+        &PostParams::default(),
+        &object("Role", json!({"rules": [
+            {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": ["get", "list"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]})),
+    )
+    .await
+    .expect("role");
+    binding
+        .create(
+            &PostParams::default(),
+            &object("RoleBinding", json!({
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-circuit-breaker"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})),
+        )
+        .await
+        .expect("binding");
+    let before = Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            DB,
+            true,
+            json!({}),
+            json!({"host": "orders"}),
+        )
+        .await;
+    let client = cluster.impersonating(&user, &[]).await;
+    let pipeline = mesh_remediation::pipeline::Pipeline::new(
+        remediation_testkit::cluster::config(&[]),
+        DbCircuitBreak::default(),
+        std::sync::Arc::new(remediation_testkit::cluster::FixedConnector(client)),
+    );
+    let event = events::fresh("db-circuit-break-firing.json", &cluster.namespace);
+    let report = pipeline
+        .handle(
+            &event,
+            &mesh_remediation::pipeline::Invocation::new("req-lp", None, None),
+        )
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(
+        !outcome.retryable,
+        "a missing permission is not retried: {outcome:#?}"
+    );
+    let why = reason(outcome);
+    assert!(
+        why.contains(&format!(
+            "User \"{user}\" cannot patch resource \"destinationrules\" in API group \"networking.istio.io\""
+        )),
+        "the real authorizer's refusal is quoted: {why}"
+    );
+    assert!(why.contains("deploy/rbac.yaml"), "says what to fix: {why}");
+    let after = Mesh::new(&cluster).get(Kind::DestinationRule, DB).await;
+    assert_eq!(version(&after), version(&before), "nothing stored");
+    assert!(record(&after, DbCircuitBreak::default().name()).is_none());
+}
