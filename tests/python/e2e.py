@@ -8,7 +8,8 @@
          Lambda SNS event and invokes the function)
       -> each function's release bootstrap under the AWS Lambda Runtime Interface Emulator,
          configured from template.yaml's environment
-      -> Kubernetes API stand-in seeded with the demo mesh
+      -> a real Kubernetes control plane (scripts/test-cluster) with the demo mesh applied,
+         each function with its group's token (or, for the quick demo, the API stand-in)
       -> reports to the notification topic (moto)
 
 Used by tests/python/test_end_to_end.py and by scripts/demo (the README's main command).
@@ -37,6 +38,7 @@ import boto3
 import yaml
 
 import am_harness
+import kube_cluster
 from am_harness import stop_process
 import cfn
 
@@ -309,6 +311,8 @@ class Flow:
 
     dry_run: bool
     functions: list[str]
+    # The real control plane (tests) or the API stand-in (the quick local demo).
+    real_cluster: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="e2e-")))
     invocations: list[Invocation] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -323,18 +327,8 @@ class Flow:
 
     def _start(self) -> None:
         w = self.workdir
-        # Kubernetes API stand-in with the demo mesh.
-        self.kube_port = free_port()
-        self.kubeconfig = w / "kubeconfig.yaml"
-        standin = REPO / "target" / "release" / "kube-standin"
-        if not standin.exists():
-            standin = REPO / "target" / "debug" / "kube-standin"
-        self.standin_log = open(w / "standin.log", "wb")
-        self.standin = subprocess.Popen(
-            [str(standin), "--listen", f"127.0.0.1:{self.kube_port}", "--seed-demo", "--kubeconfig-out", str(self.kubeconfig)],
-            stdout=self.standin_log, stderr=subprocess.STDOUT)
-        self.stack.callback(stop_process, self.standin)
-        wait_http(f"http://127.0.0.1:{self.kube_port}/version", proc=self.standin)
+        # The Kubernetes API with the demo mesh: the real control plane, or the stand-in.
+        self.kube = (kube_cluster.RealCluster if self.real_cluster else kube_cluster.StandIn)(w, self.stack)
 
         # AWS emulator: the alert topic, the per-function subscriptions, the report topic.
         self.moto_port = free_port()
@@ -364,7 +358,7 @@ class Flow:
             env = template_environment(function)
             env.pop("CLUSTER_NAME", None)  # local: kubeconfig instead of EKS
             env.update({
-                "KUBECONFIG": str(self.kubeconfig), "DRY_RUN": "true" if self.dry_run else "false",
+                "KUBECONFIG": self.kube.kubeconfig(function), "DRY_RUN": "true" if self.dry_run else "false",
                 "NOTIFY_TOPIC_ARN": self.report_topic, "ALERT_TOPIC_ARN": self.alert_topic,
                 "AWS_ENDPOINT_URL": self.moto_url, "AWS_REGION": REGION,
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -419,9 +413,7 @@ class Flow:
 
     # ------------------------------------------------------------------ observation
     def objects(self) -> list[dict]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.kube_port}/_standin/objects", timeout=5) as r:
-            data = json.load(r)
-        return data if isinstance(data, list) else data.get("items", data.get("objects", []))
+        return self.kube.objects()
 
     def object(self, kind: str, name: str, namespace: str = "shop") -> dict:
         for o in self.objects():
@@ -463,9 +455,8 @@ class Flow:
             for t in self._pollers:
                 t.join(timeout=10)
         self.stack.close()
-        for f in (getattr(self, "standin_log", None), getattr(self, "moto_log", None)):
-            if f:
-                f.close()
+        if getattr(self, "moto_log", None):
+            self.moto_log.close()
 
 
 # ---------------------------------------------------------------------- presentation

@@ -30,13 +30,14 @@ struct Refusal {
     message: String,
 }
 
-async fn refused<T: std::fmt::Debug>(result: kube::Result<T>) -> Refusal {
+async fn refused<T>(result: kube::Result<T>) -> Refusal {
     match result {
         Err(kube::Error::Api(status)) => Refusal {
             code: status.code,
             message: status.message,
         },
-        other => panic!("expected the API server to refuse, got {other:?}"),
+        Err(other) => panic!("expected the API server to refuse, got {other}"),
+        Ok(_) => panic!("expected the API server to refuse; it admitted the request"),
     }
 }
 

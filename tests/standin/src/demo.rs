@@ -83,7 +83,7 @@ pub(crate) fn demo_istio_objects() -> Vec<Value> {
     ]
 }
 
-/// Seed the demo mesh:
+/// The demo mesh, as objects a server stores:
 ///
 /// * namespace `shop` (label `istio-injection=enabled`) with Deployments `checkout-v1`,
 ///   `checkout-v2` (app=checkout, version=v1/v2), `orders`, `frontend` (opted in with
@@ -96,46 +96,54 @@ pub(crate) fn demo_istio_objects() -> Vec<Value> {
 /// * VirtualService `frontend` (us-east-1 60, us-west-2 30, eu-west-1 10) and
 ///   DestinationRule `frontend` (subsets by `topology.kubernetes.io/region`);
 /// * namespace `kube-system` with an opted-in Deployment `coredns` (protected namespace).
-pub fn seed_demo_mesh(standin: &StandIn) {
-    standin.seed(json!({
+pub fn demo_mesh_objects() -> Vec<Value> {
+    let mut objects = vec![
+    json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "shop", "labels": {"istio-injection": "enabled", "kubernetes.io/metadata.name": "shop"}},
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
-    }));
-    standin.seed(json!({
+    }),
+    json!({
         "apiVersion": "v1", "kind": "Namespace",
         "metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}},
         "spec": {"finalizers": ["kubernetes"]},
         "status": {"phase": "Active"},
-    }));
-    standin.seed(deployment(
+    }),
+    deployment(
         "shop",
         "checkout-v1",
         &[("app", "checkout"), ("version", "v1")],
         true,
-    ));
-    standin.seed(deployment(
+    ),
+    deployment(
         "shop",
         "checkout-v2",
         &[("app", "checkout"), ("version", "v2")],
         true,
-    ));
-    standin.seed(deployment("shop", "orders", &[("app", "orders")], true));
-    standin.seed(deployment("shop", "frontend", &[("app", "frontend")], true));
-    standin.seed(deployment(
+    ),
+    deployment("shop", "orders", &[("app", "orders")], true),
+    deployment("shop", "frontend", &[("app", "frontend")], true),
+    deployment(
         "shop",
         "payments",
         &[("app", "payments")],
         false,
-    ));
-    standin.seed(deployment(
+    ),
+    deployment(
         "kube-system",
         "coredns",
         &[("k8s-app", "kube-dns")],
         true,
-    ));
-    for o in demo_istio_objects() {
+    ),
+    ];
+    objects.extend(demo_istio_objects());
+    objects
+}
+
+/// Seeds the demo mesh ([`demo_mesh_objects`]) into the stand-in.
+pub fn seed_demo_mesh(standin: &StandIn) {
+    for o in demo_mesh_objects() {
         standin.seed(o);
     }
 }

@@ -45,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
-pub use demo::seed_demo_mesh;
+pub use demo::{demo_mesh_objects, seed_demo_mesh};
 pub use faults::{Fault, FaultKind, RecordedRequest};
 pub use rbac::{Attributes, Identity, RbacPolicy};
 pub use schema::validate_istio;

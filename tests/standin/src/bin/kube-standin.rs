@@ -1,6 +1,7 @@
 //! `kube-standin [--listen 127.0.0.1:6443] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS] [--rbac PATH]`
 //!
-//! Serves the Kubernetes API stand-in until killed (Ctrl-C / SIGTERM).
+//! Serves the Kubernetes API stand-in until killed (Ctrl-C / SIGTERM). `kube-standin
+//! --print-demo` prints the demo mesh as a manifest stream instead, for a real cluster.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ fn usage() -> &'static str {
      \n\
      --listen ADDR:PORT     where to listen (default 127.0.0.1:0, a random port)\n\
      --seed-demo            seed the demo mesh (namespace shop, kube-system)\n\
+     --print-demo           print the demo mesh as a YAML stream (for kubectl apply) and exit\n\
      --kubeconfig-out PATH  write a kubeconfig pointing at the server\n\
      --namespace NS         namespace of the kubeconfig context (default: shop)\n\
      --rbac PATH            enforce the ClusterRoles/bindings of this manifest (e.g. deploy/rbac.yaml);\n\
@@ -36,6 +38,13 @@ fn main() -> ExitCode {
                 }
             },
             "--seed-demo" => seed_demo = true,
+            "--print-demo" => {
+                for object in kube_standin::demo_mesh_objects() {
+                    // JSON is YAML; one document per object.
+                    println!("---\n{object}");
+                }
+                return ExitCode::SUCCESS;
+            }
             "--kubeconfig-out" => match args.next() {
                 Some(p) => kubeconfig_out = Some(p),
                 None => {
