@@ -98,44 +98,34 @@ pub(crate) fn demo_istio_objects() -> Vec<Value> {
 /// * namespace `kube-system` with an opted-in Deployment `coredns` (protected namespace).
 pub fn demo_mesh_objects() -> Vec<Value> {
     let mut objects = vec![
-    json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "shop", "labels": {"istio-injection": "enabled", "kubernetes.io/metadata.name": "shop"}},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
-    }),
-    json!({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"},
-    }),
-    deployment(
-        "shop",
-        "checkout-v1",
-        &[("app", "checkout"), ("version", "v1")],
-        true,
-    ),
-    deployment(
-        "shop",
-        "checkout-v2",
-        &[("app", "checkout"), ("version", "v2")],
-        true,
-    ),
-    deployment("shop", "orders", &[("app", "orders")], true),
-    deployment("shop", "frontend", &[("app", "frontend")], true),
-    deployment(
-        "shop",
-        "payments",
-        &[("app", "payments")],
-        false,
-    ),
-    deployment(
-        "kube-system",
-        "coredns",
-        &[("k8s-app", "kube-dns")],
-        true,
-    ),
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "shop", "labels": {"istio-injection": "enabled", "kubernetes.io/metadata.name": "shop"}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }),
+        json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "kube-system", "labels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        }),
+        deployment(
+            "shop",
+            "checkout-v1",
+            &[("app", "checkout"), ("version", "v1")],
+            true,
+        ),
+        deployment(
+            "shop",
+            "checkout-v2",
+            &[("app", "checkout"), ("version", "v2")],
+            true,
+        ),
+        deployment("shop", "orders", &[("app", "orders")], true),
+        deployment("shop", "frontend", &[("app", "frontend")], true),
+        deployment("shop", "payments", &[("app", "payments")], false),
+        deployment("kube-system", "coredns", &[("k8s-app", "kube-dns")], true),
     ];
     objects.extend(demo_istio_objects());
     objects
