@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import ssl
 import subprocess
 import time
@@ -63,6 +64,9 @@ class RealCluster:
             subprocess.run([str(binary("kube-standin")), "--print-demo"], stdout=out, check=True)
         cluster_dir = workdir / "cluster"
         cluster_dir.mkdir()
+        # Runs after the control plane stopped (the stack unwinds in reverse): the store is
+        # tens of MB per flow; the logs stay for a look after a failure.
+        stack.callback(shutil.rmtree, cluster_dir / "etcd-data", ignore_errors=True)
         ready = cluster_dir / "ready.json"
         self.log = open(cluster_dir / "harness.log", "wb")
         stack.callback(self.log.close)
