@@ -1,5 +1,6 @@
-//! error-rollback end to end over HTTP against the Kubernetes API (stand-in by default,
-//! a real cluster with TEST_KUBECONFIG): weights, idempotency, dry run, revert.
+//! error-rollback end to end over HTTP against the Kubernetes API (the real control plane
+//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG; the stand-in when
+//! neither is there): weights, idempotency, dry run, revert.
 
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;

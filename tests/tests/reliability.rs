@@ -4,8 +4,8 @@
 //! classify transient failures as retryable (so the Lambda invocation fails and Lambda's
 //! retries and dead-letter queue apply).
 //!
-//! These checks need fault injection, so against a real cluster (TEST_KUBECONFIG) they are
-//! skipped with a note.
+//! These checks need fault injection, which a real API server cannot produce on demand, so
+//! they always run on the stand-in (`TestCluster::start_standin`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
