@@ -39,7 +39,7 @@ import yaml
 
 import am_harness
 import kube_cluster
-from am_harness import stop_process
+from am_harness import stop_process, wait_http
 import cfn
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,22 +56,6 @@ REGION = "us-east-1"
 
 def free_port() -> int:
     return am_harness.free_port()
-
-
-def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status < 500:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not come up")
-        time.sleep(0.1)
 
 
 class _QuietHandler(http.server.BaseHTTPRequestHandler):

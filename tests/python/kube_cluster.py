@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from am_harness import free_port, stop_process
+from am_harness import free_port, stop_process, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_NAMESPACE = "shop"
@@ -112,14 +112,7 @@ class StandIn:
         proc = subprocess.Popen([str(binary("kube-standin")), "--listen", f"127.0.0.1:{self.port}", "--seed-demo",
                                  "--kubeconfig-out", str(self.path)], stdout=self.log, stderr=subprocess.STDOUT)
         stack.callback(stop_process, proc)
-
-        def up() -> bool:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/version", timeout=1):
-                    return True
-            except OSError:
-                return False
-        wait_for(up, 30, "the stand-in", proc)
+        wait_http(f"http://127.0.0.1:{self.port}/version", proc=proc)
 
     def kubeconfig(self, function: str) -> str:
         return str(self.path)

@@ -148,14 +148,7 @@ impl TestCluster {
 
     /// The admin's client impersonating `user` in `groups`.
     pub async fn impersonating(&self, user: &str, groups: &[&str]) -> kube::Client {
-        let kubeconfig =
-            kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
-        let mut config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .expect("kubeconfig is usable");
+        let mut config = kube_config(&self.kubeconfig).await;
         config.auth_info.impersonate = Some(user.to_owned());
         config.auth_info.impersonate_groups =
             Some(groups.iter().map(|g| (*g).to_owned()).collect());
@@ -259,7 +252,7 @@ impl TestCluster {
     /// (`DRY_RUN` defaults to `false` here so tests see real changes).
     pub fn pipeline<R: Remediation>(&self, remediation: R, vars: &[(&str, &str)]) -> Pipeline<R> {
         let client = self.function_client(remediation.name());
-        Pipeline::new(config(vars), remediation, Arc::new(FixedConnector(client)))
+        pipeline_with(client, remediation, vars)
     }
 
     /// A client for this cluster whose requests time out after `timeout`, as
@@ -351,13 +344,23 @@ pub async fn client_from(path: &Path) -> kube::Client {
 /// A client from a kubeconfig file whose requests time out after `timeout`, tuned like
 /// the function's (no hidden retries).
 pub async fn client_with_timeout(path: &Path, timeout: Duration) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
-    let mut config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("kubeconfig is usable");
+    let mut config = kube_config(path).await;
     mesh_remediation::connect::tune(&mut config, timeout);
     kube::Client::try_from(config).expect("client")
+}
+
+async fn kube_config(path: &Path) -> kube::Config {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("read kubeconfig");
+    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable")
+}
+
+/// A pipeline for `remediation` acting with `client`; `vars` override the environment.
+pub fn pipeline_with<R: Remediation>(
+    client: kube::Client,
+    remediation: R,
+    vars: &[(&str, &str)],
+) -> Pipeline<R> {
+    Pipeline::new(config(vars), remediation, Arc::new(FixedConnector(client)))
 }

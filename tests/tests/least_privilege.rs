@@ -8,12 +8,17 @@
 //!
 //! Needs a real API server: `scripts/test` starts one.
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::{DbCircuitBreak, Remediation};
 use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -30,7 +35,7 @@ struct Refusal {
     message: String,
 }
 
-async fn refused<T>(result: kube::Result<T>) -> Refusal {
+fn refused<T>(result: kube::Result<T>) -> Refusal {
     match result {
         Err(kube::Error::Api(status)) => Refusal {
             code: status.code,
@@ -115,21 +120,8 @@ async fn the_policies_are_installed_bound_and_deny() {
     let cluster = TestCluster::start("lp-installed").await;
     // Checks the identity early, with its clear message, before anything else fails.
     cluster.identity_of("latency-restart").await;
-    let resource = |kind: &str| {
-        ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "admissionregistration.k8s.io",
-            "v1",
-            kind,
-        ))
-    };
-    let policies: Api<DynamicObject> = Api::all_with(
-        cluster.client.clone(),
-        &resource("ValidatingAdmissionPolicy"),
-    );
-    let bindings: Api<DynamicObject> = Api::all_with(
-        cluster.client.clone(),
-        &resource("ValidatingAdmissionPolicyBinding"),
-    );
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(cluster.client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(cluster.client.clone());
     for name in [
         "mesh-remediation-latency-restart",
         "mesh-remediation-virtualservice-weights",
@@ -138,14 +130,23 @@ async fn the_policies_are_installed_bound_and_deny() {
         let policy = policies.get(name).await.unwrap_or_else(|e| {
             panic!("policy {name} missing (kubectl apply -f deploy/admission-policy.yaml): {e}")
         });
-        let warnings = &policy.data["status"]["typeChecking"]["expressionWarnings"];
+        let warnings = policy
+            .status
+            .and_then(|s| s.type_checking)
+            .and_then(|t| t.expression_warnings)
+            .unwrap_or_default();
         assert!(
-            warnings.is_null() || warnings.as_array().is_some_and(Vec::is_empty),
-            "{name}: the API server's type check warns: {warnings}"
+            warnings.is_empty(),
+            "{name}: the API server's type check warns: {warnings:?}"
         );
-        let binding = bindings.get(name).await.expect("binding");
-        assert_eq!(binding.data["spec"]["policyName"], name);
-        assert_eq!(binding.data["spec"]["validationActions"], json!(["Deny"]));
+        let binding = bindings
+            .get(name)
+            .await
+            .expect("binding")
+            .spec
+            .expect("spec");
+        assert_eq!(binding.policy_name.as_deref(), Some(name));
+        assert_eq!(binding.validation_actions, Some(vec!["Deny".to_owned()]));
     }
 }
 
@@ -198,7 +199,7 @@ async fn latency_restart_may_only_restart_opted_in_deployments() {
             "may not change labels",
         ),
     ] {
-        let refusal = refused(deployments.patch(APP, &params(), &merge(patch)).await).await;
+        let refusal = refused(deployments.patch(APP, &params(), &merge(patch)).await);
         assert_denied_by_policy(&refusal, allowed);
         let after = serde_json::to_value(cluster.deployment(APP).await).expect("json");
         assert_eq!(version(&after), version(&before), "{what}: nothing stored");
@@ -213,8 +214,7 @@ async fn latency_restart_may_only_restart_opted_in_deployments() {
                     "kubectl.kubernetes.io/restartedAt": "2026-12-03T00:00:00Z"}}}}})),
             )
             .await,
-    )
-    .await;
+    );
     assert_denied_by_policy(
         &refusal,
         "only Deployments labelled auto_remediation=active",
@@ -223,17 +223,17 @@ async fn latency_restart_may_only_restart_opted_in_deployments() {
     // What RBAC refuses: Secrets, deleting, other kinds.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
     assert_denied_by_rbac(
-        &refused(secrets.list(&Default::default()).await).await,
+        &refused(secrets.list(&Default::default()).await),
         "latency-restart",
     );
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "stolen"}})).expect("secret");
     assert_denied_by_rbac(
-        &refused(secrets.create(&PostParams::default(), &secret).await).await,
+        &refused(secrets.create(&PostParams::default(), &secret).await),
         "latency-restart",
     );
     assert_denied_by_rbac(
-        &refused(deployments.delete(APP, &DeleteParams::default()).await).await,
+        &refused(deployments.delete(APP, &DeleteParams::default()).await),
         "latency-restart",
     );
     mesh_objects(&cluster).await;
@@ -242,8 +242,7 @@ async fn latency_restart_may_only_restart_opted_in_deployments() {
             istio(&cluster, &client, Kind::VirtualService)
                 .patch(VS, &params(), &merge(json!({"spec": {"hosts": ["evil"]}})))
                 .await,
-        )
-        .await,
+        ),
         "latency-restart",
     );
 
@@ -311,7 +310,7 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
                 format!("may change only its own annotation auto-remediation.io/{function}"),
             ),
         ] {
-            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await).await;
+            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await);
             assert_denied_by_policy(&refusal, &allowed);
             let after = mesh.get(Kind::VirtualService, VS).await;
             assert_eq!(
@@ -321,11 +320,11 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
             );
         }
         assert_denied_by_rbac(
-            &refused(api.delete(VS, &DeleteParams::default()).await).await,
+            &refused(api.delete(VS, &DeleteParams::default()).await),
             function,
         );
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &cluster.namespace);
-        assert_denied_by_rbac(&refused(secrets.get("any").await).await, function);
+        assert_denied_by_rbac(&refused(secrets.get("any").await), function);
     }
     // error-rollback may not touch DestinationRules at all (RBAC).
     let client = cluster.identity_of("error-rollback").await;
@@ -334,8 +333,7 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
             istio(&cluster, &client, Kind::DestinationRule)
                 .patch(VS, &params(), &merge(json!({"spec": {"subsets": []}})))
                 .await,
-        )
-        .await,
+        ),
         "error-rollback",
     );
 }
@@ -372,7 +370,7 @@ async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
             ("delete the subsets", json!({"spec": {"subsets": []}})),
             ("change the host", json!({"spec": {"host": "payments"}})),
         ] {
-            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await).await;
+            let refusal = refused(api.patch(VS, &params(), &merge(patch)).await);
             assert_denied_by_policy(&refusal, allowed);
             let after = mesh.get(Kind::DestinationRule, VS).await;
             assert_eq!(
@@ -408,49 +406,27 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
     let cluster = TestCluster::start("lp-missing").await;
     cluster.identity_of("db-circuit-break").await;
     let user = format!("lp-missing-{}", cluster.namespace);
-    let role: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client.clone(),
-        &cluster.namespace,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "Role",
-        )),
-    );
-    let binding: Api<DynamicObject> = Api::namespaced_with(
-        cluster.client.clone(),
-        &cluster.namespace,
-        &ApiResource::from_gvk(&GroupVersionKind::gvk(
-            "rbac.authorization.k8s.io",
-            "v1",
-            "RoleBinding",
-        )),
-    );
-    let object = |kind: &str, body: Value| -> DynamicObject {
-        let mut o = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
-                           "metadata": {"name": "read-only-circuit-breaker"}});
-        o.as_object_mut()
-            .expect("object")
-            .extend(body.as_object().expect("body").clone());
-        serde_json::from_value(o).expect("rbac object")
-    };
-    role.create(
-        &PostParams::default(),
-        &object("Role", json!({"rules": [
+    let roles: Api<Role> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "read-only-circuit-breaker"},
+        "rules": [
             {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules"], "verbs": ["get", "list"]},
-            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]})),
-    )
-    .await
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]}]}))
     .expect("role");
-    binding
-        .create(
-            &PostParams::default(),
-            &object("RoleBinding", json!({
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-circuit-breaker"},
-                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})),
-        )
+    roles
+        .create(&PostParams::default(), &role)
         .await
-        .expect("binding");
+        .expect("create role");
+    let bindings: Api<RoleBinding> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "read-only-circuit-breaker"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "read-only-circuit-breaker"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+    .expect("role binding");
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create role binding");
     let before = Mesh::new(&cluster)
         .create(
             Kind::DestinationRule,
@@ -461,17 +437,10 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
         )
         .await;
     let client = cluster.impersonating(&user, &[]).await;
-    let pipeline = mesh_remediation::pipeline::Pipeline::new(
-        remediation_testkit::cluster::config(&[]),
-        DbCircuitBreak::default(),
-        std::sync::Arc::new(remediation_testkit::cluster::FixedConnector(client)),
-    );
+    let pipeline = pipeline_with(client, DbCircuitBreak::default(), &[]);
     let event = events::fresh("db-circuit-break-firing.json", &cluster.namespace);
     let report = pipeline
-        .handle(
-            &event,
-            &mesh_remediation::pipeline::Invocation::new("req-lp", None, None),
-        )
+        .handle(&event, &Invocation::new("req-lp", None, None))
         .await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");

@@ -9,7 +9,6 @@
 //! The real RBAC authorizer and admission policies are tested in `least_privilege.rs`.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
 use kube_standin::{Attributes, RbacPolicy, StandIn};
 use lambda_runtime::{Context, LambdaEvent};
@@ -21,7 +20,7 @@ use mesh_remediation::remediation::{
     DbCircuitBreak, ErrorRollback, LatencyRestart, RegionFailover, Remediation,
 };
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
-use remediation_testkit::cluster::{FixedConnector, client_from, config};
+use remediation_testkit::cluster::{client_from, pipeline_with};
 use remediation_testkit::events::workspace_root;
 use remediation_testkit::mesh::{Kind, Mesh, only, reason};
 use remediation_testkit::{TestCluster, events};
@@ -59,7 +58,7 @@ async fn as_function<R: Remediation>(
     )
     .expect("write kubeconfig");
     let client = client_from(&path).await;
-    Pipeline::new(config(vars), remediation, Arc::new(FixedConnector(client)))
+    pipeline_with(client, remediation, vars)
 }
 
 async fn run<R: Remediation>(pipeline: &Pipeline<R>, event: &Value) -> InvocationReport {
