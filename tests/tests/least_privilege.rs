@@ -116,7 +116,7 @@ fn version(object: &Value) -> Value {
 }
 
 #[tokio::test]
-async fn the_policies_are_installed_bound_and_deny() {
+async fn the_policies_are_installed_bound_to_deny_and_type_check_cleanly() {
     let cluster = TestCluster::start("lp-installed").await;
     // Checks the identity early, with its clear message, before anything else fails.
     cluster.identity_of("latency-restart").await;
