@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod events;
 pub mod http_capture;
+pub mod istio_oracle;
 pub mod lambda_emulator;
 pub mod mesh;
 pub mod moto;

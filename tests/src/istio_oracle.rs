@@ -1,0 +1,336 @@
+//! Istio's own verdict on a mesh: the objects go through Istio's config compiler
+//! (`tests/istio-oracle`, built by `scripts/build-istio-oracle`), which prints the Envoy
+//! configuration each client proxy would receive, and Istio's analyzer messages.
+//!
+//! Tests build a small world (namespaces, nodes with regions, Services, Pods), add the
+//! VirtualServices and DestinationRules as the cluster stores them, and ask where each
+//! client's requests for a host go: which endpoints, in which region, behind which breaker.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::events::workspace_root;
+
+/// The oracle binary: `ISTIO_ORACLE`, or built (cached) by `scripts/build-istio-oracle`.
+pub fn oracle_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("ISTIO_ORACLE") {
+            return PathBuf::from(path);
+        }
+        let script = workspace_root().join("scripts/build-istio-oracle");
+        let out = Command::new(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap_or_else(|err| panic!("{}: {err}", script.display()));
+        assert!(out.status.success(), "{} failed", script.display());
+        PathBuf::from(String::from_utf8(out.stdout).expect("path").trim())
+    })
+    .clone()
+}
+
+/// A client proxy to compile configuration for.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Proxy name (for messages).
+    pub name: &'static str,
+    /// The namespace the proxy runs in.
+    pub namespace: String,
+    /// The proxy's region (its node's `topology.kubernetes.io/region`).
+    pub region: &'static str,
+}
+
+impl Client {
+    /// A sidecar in `namespace` and `region` (zone `<region>a`).
+    pub fn sidecar(name: &'static str, namespace: &str, region: &'static str) -> Client {
+        Client {
+            name,
+            namespace: namespace.into(),
+            region,
+        }
+    }
+}
+
+/// The mesh objects handed to the oracle, as a YAML (JSON documents) stream.
+#[derive(Debug, Default, Clone)]
+pub struct World {
+    objects: Vec<Value>,
+}
+
+impl World {
+    /// Namespaces and one node per region, named `node-<region>`.
+    pub fn new(namespaces: &[&str], regions: &[&str]) -> World {
+        let mut world = World::default();
+        for namespace in namespaces {
+            world.add(json!({"apiVersion": "v1", "kind": "Namespace",
+                             "metadata": {"name": namespace}}));
+        }
+        for region in regions {
+            world.add(json!({"apiVersion": "v1", "kind": "Node", "metadata": {
+                "name": format!("node-{region}"),
+                "labels": {"topology.kubernetes.io/region": region,
+                           "topology.kubernetes.io/zone": format!("{region}a")}}}));
+        }
+        world
+    }
+
+    /// Adds an object (a stored object's server-side fields are dropped).
+    pub fn add(&mut self, mut object: Value) -> &mut World {
+        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+        self.objects.push(object);
+        self
+    }
+
+    /// A ClusterIP Service selecting `app: <name>` on one HTTP port.
+    pub fn service(&mut self, namespace: &str, name: &str, port: u16) -> &mut World {
+        self.add(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "http", "port": port}]}}))
+    }
+
+    /// A Ready pod of `app` with `labels`, on the node of `region`, at `ip`.
+    pub fn pod(
+        &mut self,
+        namespace: &str,
+        app: &str,
+        labels: Value,
+        region: &str,
+        ip: &str,
+    ) -> &mut World {
+        let mut all = json!({"app": app});
+        if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
+            all.extend(extra.clone());
+        }
+        self.add(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": format!("{app}-{}", ip.replace('.', "-")),
+                         "namespace": namespace, "labels": all},
+            "spec": {"nodeName": format!("node-{region}"),
+                     "containers": [{"name": "app", "image": "app"}]},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True"}]}}))
+    }
+
+    /// The stream as YAML (every JSON document is a YAML document).
+    pub fn yaml(&self) -> String {
+        self.objects
+            .iter()
+            .map(|o| serde_json::to_string(o).expect("json"))
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    }
+
+    /// Compiles the world for `clients` with Istio's config compiler.
+    pub fn compile(&self, clients: &[Client]) -> Compiled {
+        let proxies: Vec<Value> = clients
+            .iter()
+            .map(|c| {
+                json!({"name": c.name, "namespace": c.namespace, "region": c.region,
+                            "zone": format!("{}a", c.region), "type": "sidecar"})
+            })
+            .collect();
+        let request = json!({"objects": self.yaml(), "proxies": proxies});
+        let mut child = Command::new(oracle_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("istio-oracle starts");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(request.to_string().as_bytes())
+            .expect("request written");
+        let out = child.wait_with_output().expect("istio-oracle runs");
+        assert!(
+            out.status.success(),
+            "istio-oracle failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .filter(|l| l.contains("istio-oracle"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        serde_json::from_slice(&out.stdout).expect("istio-oracle prints its report")
+    }
+}
+
+/// What Istio compiled: per client proxy its routes and clusters, and the analyzer's messages.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Compiled {
+    /// One entry per client, in the order asked.
+    pub proxies: Vec<ProxyConfig>,
+    /// `istioctl analyze` messages for the objects.
+    pub analysis: Vec<Value>,
+}
+
+/// The Envoy configuration of one proxy.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProxyConfig {
+    /// The client's name.
+    pub name: String,
+    /// Every HTTP route of every route configuration.
+    pub routes: Vec<Route>,
+    /// Clusters by name (`outbound|<port>|<subset>|<host>`).
+    pub clusters: std::collections::BTreeMap<String, Cluster>,
+}
+
+/// One Envoy route.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Route {
+    /// The route configuration (listener port for sidecars).
+    pub route_config: String,
+    /// Domains of the virtual host the route belongs to.
+    pub domains: Vec<String>,
+    /// The route's match (Envoy's `RouteMatch` as JSON).
+    #[serde(rename = "match")]
+    pub route_match: Option<Value>,
+    /// Where requests go.
+    pub clusters: Vec<WeightedCluster>,
+}
+
+/// A destination cluster of a route and its weight.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WeightedCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Weight (any positive weight receives traffic).
+    pub weight: u32,
+}
+
+/// One Envoy cluster.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Cluster {
+    /// Envoy's connect timeout (`10s` unless a DestinationRule sets it).
+    pub connect_timeout: Option<String>,
+    /// Envoy `CircuitBreakers` as JSON.
+    pub circuit_breakers: Option<Value>,
+    /// Envoy `OutlierDetection` as JSON, absent when off.
+    pub outlier_detection: Option<Value>,
+    /// Endpoints by locality, with priorities and locality weights relative to the client.
+    pub localities: Vec<Locality>,
+}
+
+/// A locality's endpoints in a cluster.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Locality {
+    /// Region.
+    pub region: String,
+    /// Envoy priority (0 is used while healthy; higher ones only on failover).
+    pub priority: u32,
+    /// Locality weight (0 when Istio's locality weighting leaves it out).
+    pub weight: u32,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One endpoint.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Endpoint {
+    /// Pod IP.
+    pub address: String,
+}
+
+impl Compiled {
+    /// The configuration of the client named `name`.
+    pub fn proxy(&self, name: &str) -> &ProxyConfig {
+        self.proxies
+            .iter()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no proxy {name}"))
+    }
+
+    /// Analyzer messages of level Error or Warning, as `CODE: message` lines.
+    pub fn findings(&self) -> Vec<String> {
+        self.analysis
+            .iter()
+            .filter(|m| matches!(m["level"].as_str(), Some("Error" | "Warning")))
+            .map(|m| {
+                format!(
+                    "{}: {}",
+                    m["code"].as_str().unwrap_or("?"),
+                    m["message"].as_str().unwrap_or("?")
+                )
+            })
+            .collect()
+    }
+}
+
+impl ProxyConfig {
+    /// The routes for requests to `host` (an FQDN) on `port`.
+    pub fn routes_to(&self, host: &str, port: u16) -> Vec<&Route> {
+        let domain = format!("{host}:{port}");
+        self.routes
+            .iter()
+            .filter(|r| r.route_config == port.to_string())
+            .filter(|r| r.domains.iter().any(|d| d == host || *d == domain))
+            .collect()
+    }
+
+    /// The clusters a request to `host:port` can be sent to (weight above 0), over every route.
+    pub fn clusters_receiving(&self, host: &str, port: u16) -> BTreeSet<String> {
+        self.routes_to(host, port)
+            .into_iter()
+            .flat_map(|r| r.clusters.iter())
+            .filter(|c| c.weight > 0)
+            .map(|c| c.name.clone())
+            .collect()
+    }
+
+    /// The endpoints (with their regions) that requests to `host:port` reach while every
+    /// endpoint is healthy: positive route weight, Envoy priority 0, positive locality weight.
+    pub fn endpoints_receiving(&self, host: &str, port: u16) -> BTreeSet<(String, String)> {
+        let mut out = BTreeSet::new();
+        for name in self.clusters_receiving(host, port) {
+            let cluster = self.cluster(&name);
+            let first = cluster.localities.iter().map(|l| l.priority).min();
+            for locality in &cluster.localities {
+                if Some(locality.priority) != first || locality.weight == 0 {
+                    continue;
+                }
+                for endpoint in &locality.endpoints {
+                    out.insert((endpoint.address.clone(), locality.region.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&self, name: &str) -> &Cluster {
+        self.clusters
+            .get(name)
+            .unwrap_or_else(|| panic!("{}: no cluster {name}", self.name))
+    }
+
+    /// Every cluster of `host` (the default one and each subset's) on `port`.
+    pub fn clusters_of(&self, host: &str, port: u16) -> Vec<(&String, &Cluster)> {
+        let prefix = format!("outbound|{port}|");
+        let suffix = format!("|{host}");
+        self.clusters
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix) && name.ends_with(&suffix))
+            .collect()
+    }
+}
+
+impl Cluster {
+    /// The default-priority circuit-breaker threshold `field` (`max_connections`, ...).
+    pub fn threshold(&self, field: &str) -> Option<u64> {
+        self.circuit_breakers.as_ref()?["thresholds"]
+            .as_array()?
+            .iter()
+            .find(|t| t.get("priority").is_none_or(|p| p == "DEFAULT"))?
+            .get(field)?
+            .as_u64()
+    }
+}

@@ -1,0 +1,346 @@
+//! Istio's own verdict on each remediation: the objects the real API server stores before and
+//! after the function acts are compiled by Istio's config compiler (`tests/istio-oracle`) for
+//! client proxies in several namespaces and regions, and each test asserts the effect there:
+//! where Envoy sends the requests, which breaker guards them. Runs on the real control plane
+//! scripts/test starts (or TEST_KUBECONFIG; the stand-in when neither is there).
+
+use std::collections::{BTreeSet, HashMap};
+
+use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
+use mesh_remediation::remediation::region_failover::FailoverSettings;
+use mesh_remediation::remediation::{DbCircuitBreak, ErrorRollback, RegionFailover};
+use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::istio_oracle::{Client, World};
+use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only};
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const CLIENTS_NS: &str = "storefront";
+const PORT: u16 = 8080;
+
+fn fqdn(service: &str, namespace: &str) -> String {
+    format!("{service}.{namespace}.svc.cluster.local")
+}
+
+/// Clients in the service's own namespace and in another one, in two regions.
+fn clients(namespace: &str) -> Vec<Client> {
+    vec![
+        Client::sidecar("same-ns-east", namespace, "us-east-1"),
+        Client::sidecar("same-ns-west", namespace, "us-west-2"),
+        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
+        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
+    ]
+}
+
+fn world(namespace: &str) -> World {
+    World::new(
+        &[namespace, CLIENTS_NS],
+        &["us-east-1", "us-west-2", "eu-west-1"],
+    )
+}
+
+/// The world plus the stored VirtualService and DestinationRule named `name`.
+async fn with_stored(cluster: &TestCluster, base: &World, name: &str) -> World {
+    let mesh = Mesh::new(cluster);
+    let mut world = base.clone();
+    world.add(mesh.get(Kind::DestinationRule, name).await);
+    if let Ok(vs) = mesh.api(Kind::VirtualService).get(name).await {
+        world.add(serde_json::to_value(vs).expect("json"));
+    }
+    world
+}
+
+fn addresses(reached: &BTreeSet<(String, String)>) -> BTreeSet<&str> {
+    reached.iter().map(|(ip, _)| ip.as_str()).collect()
+}
+
+#[tokio::test]
+async fn after_error_rollback_no_client_reaches_the_failing_version() {
+    let cluster = TestCluster::start("iv-rollback").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "checkout",
+        true,
+        json!({}),
+        json!({"host": "checkout", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "checkout",
+        true,
+        json!({"auto-remediation.io/stable-subset": "v1"}),
+        json!({"hosts": ["checkout"], "http": [{"route": [
+            {"destination": {"host": "checkout", "subset": "v1"}, "weight": 80},
+            {"destination": {"host": "checkout", "subset": "v2"}, "weight": 20},
+        ]}]}),
+    )
+    .await;
+    let mut base = world(&ns);
+    base.service(&ns, "checkout", PORT)
+        .pod(
+            &ns,
+            "checkout",
+            json!({"version": "v1"}),
+            "us-east-1",
+            "10.1.0.1",
+        )
+        .pod(
+            &ns,
+            "checkout",
+            json!({"version": "v1"}),
+            "us-west-2",
+            "10.2.0.1",
+        )
+        .pod(
+            &ns,
+            "checkout",
+            json!({"version": "v2"}),
+            "us-east-1",
+            "10.1.0.2",
+        );
+    let host = fqdn("checkout", &ns);
+    let failing = "10.1.0.2";
+
+    let before = with_stored(&cluster, &base, "checkout")
+        .await
+        .compile(&clients(&ns));
+    assert_eq!(before.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = before.proxy(client.name).endpoints_receiving(&host, PORT);
+        assert!(
+            addresses(&reached).contains(failing),
+            "{}: the canary takes traffic before the rollback: {reached:?}",
+            client.name
+        );
+    }
+
+    let event = events::fresh("error-rollback-firing.json", &ns);
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+
+    let after = with_stored(&cluster, &base, "checkout")
+        .await
+        .compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
+        assert_eq!(
+            addresses(&reached),
+            BTreeSet::from(["10.1.0.1", "10.2.0.1"]),
+            "{}: only the stable version's endpoints take traffic",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of_the_host() {
+    let cluster = TestCluster::start("iv-breaker").await;
+    let ns = cluster.namespace.clone();
+    let host = fqdn("orders", &ns);
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders",
+            true,
+            json!({}),
+            json!({"host": host, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+                   "subsets": [{"name": "primary", "labels": {"role": "primary"}}]}),
+        )
+        .await;
+    let mut base = world(&ns);
+    base.service(&ns, "orders", PORT);
+    for (region, ip) in [
+        ("us-east-1", "10.1.0.5"),
+        ("us-west-2", "10.2.0.5"),
+        ("eu-west-1", "10.3.0.5"),
+    ] {
+        base.pod(&ns, "orders", json!({"role": "primary"}), region, ip);
+    }
+
+    let before = with_stored(&cluster, &base, "orders")
+        .await
+        .compile(&clients(&ns));
+    let unlimited = before.proxy("same-ns-east").clusters_of(&host, PORT);
+    assert_eq!(
+        unlimited.len(),
+        2,
+        "default and subset cluster: {unlimited:?}"
+    );
+    for (name, c) in unlimited {
+        assert_eq!(
+            c.threshold("max_connections"),
+            Some(u64::from(u32::MAX)),
+            "{name}"
+        );
+        assert!(c.outlier_detection.is_none(), "{name}");
+    }
+
+    let breaker = DbCircuitBreak::new(CircuitBreaker::from_lookup(|_| None).expect("defaults"));
+    let event = events::fresh("db-circuit-break-firing.json", &ns);
+    let report = cluster.invoke(breaker, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let stored = Mesh::new(&cluster)
+        .get(Kind::DestinationRule, "orders")
+        .await;
+    let pool = &stored["spec"]["trafficPolicy"]["connectionPool"];
+
+    let after = with_stored(&cluster, &base, "orders")
+        .await
+        .compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let proxy = after.proxy(client.name);
+        let clusters = proxy.clusters_of(&host, PORT);
+        assert_eq!(clusters.len(), 2, "{}: {clusters:?}", client.name);
+        for (name, c) in clusters {
+            assert_eq!(
+                c.threshold("max_connections"),
+                pool["tcp"]["maxConnections"].as_u64(),
+                "{}: {name}",
+                client.name
+            );
+            assert_eq!(
+                c.threshold("max_pending_requests"),
+                pool["http"]["http1MaxPendingRequests"].as_u64(),
+                "{}: {name}",
+                client.name
+            );
+            assert_eq!(
+                c.connect_timeout.as_deref(),
+                pool["tcp"]["connectTimeout"].as_str(),
+                "{}: {name}",
+                client.name
+            );
+            let outlier = c.outlier_detection.as_ref().expect("outlier detection on");
+            assert_eq!(
+                outlier["consecutive_5xx"].as_u64(),
+                stored["spec"]["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"]
+                    .as_u64(),
+                "{}: {name}",
+                client.name
+            );
+        }
+    }
+}
+
+/// Pods of `frontend` in three regions, subsets named by region label (Istio adds the
+/// locality labels to every endpoint, so subsets can select a region).
+fn regional_frontend(ns: &str) -> World {
+    let mut base = world(ns);
+    base.service(ns, "frontend", PORT)
+        .pod(ns, "frontend", json!({}), "us-east-1", "10.1.0.9")
+        .pod(ns, "frontend", json!({}), "us-west-2", "10.2.0.9")
+        .pod(ns, "frontend", json!({}), "eu-west-1", "10.3.0.9");
+    base
+}
+
+#[tokio::test]
+async fn after_region_failover_no_client_reaches_the_degraded_region() {
+    let cluster = TestCluster::start("iv-failover").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": [
+            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
+            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
+            {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}},
+        ]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        true,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [{"route": [
+            {"destination": {"host": "frontend", "subset": "east"}, "weight": 60},
+            {"destination": {"host": "frontend", "subset": "west"}, "weight": 30},
+            {"destination": {"host": "frontend", "subset": "eu"}, "weight": 10},
+        ]}]}),
+    )
+    .await;
+    let base = regional_frontend(&ns);
+    let host = fqdn("frontend", &ns);
+    let regions_reached = |reached: &BTreeSet<(String, String)>| -> BTreeSet<String> {
+        reached.iter().map(|(_, region)| region.clone()).collect()
+    };
+
+    let before = with_stored(&cluster, &base, "frontend")
+        .await
+        .compile(&clients(&ns));
+    for client in clients(&ns) {
+        let reached = before.proxy(client.name).endpoints_receiving(&host, PORT);
+        assert!(
+            regions_reached(&reached).contains("us-east-1"),
+            "{}: {reached:?}",
+            client.name
+        );
+    }
+
+    let west = HealthEndpoint::start(200).await;
+    let eu = HealthEndpoint::start(200).await;
+    let urls = format!("us-west-2={},eu-west-1={}", west.url(), eu.url());
+    let vars: HashMap<&str, &str> = HashMap::from([("REGION_HEALTH_URLS", urls.as_str())]);
+    let failover = RegionFailover::new(
+        FailoverSettings::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).expect("settings"),
+    );
+    let event = events::fresh("region-failover-firing.json", &ns);
+    let report = cluster.invoke(failover, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+
+    let after = with_stored(&cluster, &base, "frontend")
+        .await
+        .compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
+        assert_eq!(
+            regions_reached(&reached),
+            BTreeSet::from(["eu-west-1".to_owned(), "us-west-2".to_owned()]),
+            "{}: the healthy regions take all traffic: {reached:?}",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_oracle_reports_istio_analyzer_findings() {
+    let ns = "shop";
+    let mut world = regional_frontend(ns);
+    world.add(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "frontend", "namespace": ns},
+        "spec": {"hosts": ["frontend"], "http": [{"route": [
+            {"destination": {"host": "frontend", "subset": "missing"}}]}]}}),
+    );
+    let compiled = world.compile(&clients(ns));
+    let findings = compiled.findings();
+    assert!(
+        findings.iter().any(|f| f.starts_with("IST0101")),
+        "a subset no DestinationRule defines is IST0101: {findings:?}"
+    );
+    let route: Vec<Value> = compiled
+        .proxy("same-ns-east")
+        .routes_to(&fqdn("frontend", ns), PORT)
+        .iter()
+        .map(|r| json!(r.clusters.iter().map(|c| &c.name).collect::<Vec<_>>()))
+        .collect();
+    assert_eq!(
+        route,
+        vec![json!([
+            "outbound|8080|missing|frontend.shop.svc.cluster.local"
+        ])],
+        "Istio still routes to the undefined subset's (empty) cluster"
+    );
+}
