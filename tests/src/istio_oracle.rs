@@ -44,6 +44,8 @@ pub struct Client {
     pub namespace: String,
     /// The proxy's region (its node's `topology.kubernetes.io/region`).
     pub region: &'static str,
+    /// A gateway (Envoy `router`) with these workload labels, or a sidecar when `None`.
+    pub gateway_labels: Option<Value>,
 }
 
 impl Client {
@@ -53,6 +55,21 @@ impl Client {
             name,
             namespace: namespace.into(),
             region,
+            gateway_labels: None,
+        }
+    }
+
+    /// An ingress gateway in `namespace` and `region` whose pods carry `labels` (what a
+    /// Gateway's `selector` matches).
+    pub fn gateway(
+        name: &'static str,
+        namespace: &str,
+        region: &'static str,
+        labels: Value,
+    ) -> Client {
+        Client {
+            gateway_labels: Some(labels),
+            ..Client::sidecar(name, namespace, region)
         }
     }
 }
@@ -133,8 +150,14 @@ impl World {
         let proxies: Vec<Value> = clients
             .iter()
             .map(|c| {
+                let kind = if c.gateway_labels.is_some() {
+                    "router"
+                } else {
+                    "sidecar"
+                };
                 json!({"name": c.name, "namespace": c.namespace, "region": c.region,
-                            "zone": format!("{}a", c.region), "type": "sidecar"})
+                       "zone": format!("{}a", c.region), "type": kind,
+                       "labels": c.gateway_labels.clone().unwrap_or_else(|| json!({}))})
             })
             .collect();
         let request = json!({"objects": self.yaml(), "proxies": proxies});
@@ -276,22 +299,32 @@ impl ProxyConfig {
             .collect()
     }
 
-    /// The clusters a request to `host:port` can be sent to (weight above 0), over every route.
-    pub fn clusters_receiving(&self, host: &str, port: u16) -> BTreeSet<String> {
-        self.routes_to(host, port)
-            .into_iter()
-            .flat_map(|r| r.clusters.iter())
-            .filter(|c| c.weight > 0)
-            .map(|c| c.name.clone())
+    /// The routes a gateway serves for requests with `authority` on its listener `port`.
+    pub fn gateway_routes(&self, authority: &str, port: u16) -> Vec<&Route> {
+        let config = format!("http.{port}");
+        self.routes
+            .iter()
+            .filter(|r| r.route_config == config)
+            .filter(|r| r.domains.iter().any(|d| d == authority))
             .collect()
     }
 
-    /// The endpoints (with their regions) that requests to `host:port` reach while every
-    /// endpoint is healthy: positive route weight, Envoy priority 0, positive locality weight.
-    pub fn endpoints_receiving(&self, host: &str, port: u16) -> BTreeSet<(String, String)> {
+    /// The clusters a request to `host:port` can be sent to (weight above 0), over every route.
+    pub fn clusters_receiving(&self, host: &str, port: u16) -> BTreeSet<String> {
+        clusters_with_weight(self.routes_to(host, port))
+    }
+
+    /// The clusters a gateway sends requests for `authority` on `port` to (weight above 0).
+    pub fn gateway_clusters_receiving(&self, authority: &str, port: u16) -> BTreeSet<String> {
+        clusters_with_weight(self.gateway_routes(authority, port))
+    }
+
+    /// The endpoints (pod IP, region) behind `clusters` while every endpoint is healthy:
+    /// Envoy priority 0 and positive locality weight.
+    pub fn endpoints_of(&self, clusters: &BTreeSet<String>) -> BTreeSet<(String, String)> {
         let mut out = BTreeSet::new();
-        for name in self.clusters_receiving(host, port) {
-            let cluster = self.cluster(&name);
+        for name in clusters {
+            let cluster = self.cluster(name);
             let first = cluster.localities.iter().map(|l| l.priority).min();
             for locality in &cluster.localities {
                 if Some(locality.priority) != first || locality.weight == 0 {
@@ -303,6 +336,12 @@ impl ProxyConfig {
             }
         }
         out
+    }
+
+    /// The endpoints (with their regions) that requests to `host:port` reach while every
+    /// endpoint is healthy: positive route weight, Envoy priority 0, positive locality weight.
+    pub fn endpoints_receiving(&self, host: &str, port: u16) -> BTreeSet<(String, String)> {
+        self.endpoints_of(&self.clusters_receiving(host, port))
     }
 
     /// The cluster named `name`.
@@ -321,6 +360,15 @@ impl ProxyConfig {
             .filter(|(name, _)| name.starts_with(&prefix) && name.ends_with(&suffix))
             .collect()
     }
+}
+
+fn clusters_with_weight(routes: Vec<&Route>) -> BTreeSet<String> {
+    routes
+        .into_iter()
+        .flat_map(|r| r.clusters.iter())
+        .filter(|c| c.weight > 0)
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 impl Cluster {

@@ -54,9 +54,15 @@ fn addresses(reached: &BTreeSet<(String, String)>) -> BTreeSet<&str> {
     reached.iter().map(|(ip, _)| ip.as_str()).collect()
 }
 
-#[tokio::test]
-async fn after_error_rollback_no_client_reaches_the_failing_version() {
-    let cluster = TestCluster::start("iv-rollback").await;
+/// checkout split 80/20 between v1 (us-east-1, us-west-2) and v2 (us-east-1) by subsets, the
+/// VirtualService for `hosts` (and `gateways` when given). Returns the cluster and the world
+/// without the Istio objects, which the tests read back from the API server.
+async fn rollback_setup(
+    prefix: &str,
+    hosts: Value,
+    gateways: Option<Value>,
+) -> (TestCluster, World) {
+    let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     let mesh = Mesh::new(&cluster);
     mesh.create(
@@ -70,15 +76,19 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
         ]}),
     )
     .await;
+    let mut spec = json!({"hosts": hosts, "http": [{"route": [
+        {"destination": {"host": "checkout", "subset": "v1"}, "weight": 80},
+        {"destination": {"host": "checkout", "subset": "v2"}, "weight": 20},
+    ]}]});
+    if let Some(gateways) = gateways {
+        spec["gateways"] = gateways;
+    }
     mesh.create(
         Kind::VirtualService,
         "checkout",
         true,
         json!({"auto-remediation.io/stable-subset": "v1"}),
-        json!({"hosts": ["checkout"], "http": [{"route": [
-            {"destination": {"host": "checkout", "subset": "v1"}, "weight": 80},
-            {"destination": {"host": "checkout", "subset": "v2"}, "weight": 20},
-        ]}]}),
+        spec,
     )
     .await;
     let mut base = world(&ns);
@@ -104,8 +114,23 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
             "us-east-1",
             "10.1.0.2",
         );
+    (cluster, base)
+}
+
+const FAILING_POD: &str = "10.1.0.2";
+
+async fn roll_back(cluster: &TestCluster) {
+    let event = events::fresh("error-rollback-firing.json", &cluster.namespace);
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+}
+
+#[tokio::test]
+async fn after_error_rollback_no_client_reaches_the_failing_version() {
+    let (cluster, base) = rollback_setup("iv-rollback", json!(["checkout"]), None).await;
+    let ns = cluster.namespace.clone();
     let host = fqdn("checkout", &ns);
-    let failing = "10.1.0.2";
+    let failing = FAILING_POD;
 
     let before = with_stored(&cluster, &base, "checkout")
         .await
@@ -120,9 +145,7 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
         );
     }
 
-    let event = events::fresh("error-rollback-firing.json", &ns);
-    let report = cluster.invoke(ErrorRollback, &[], &event).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    roll_back(&cluster).await;
 
     let after = with_stored(&cluster, &base, "checkout")
         .await
@@ -134,6 +157,73 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
             addresses(&reached),
             BTreeSet::from(["10.1.0.1", "10.2.0.1"]),
             "{}: only the stable version's endpoints take traffic",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_error_rollback_neither_the_ingress_gateway_nor_sidecars_reach_the_failing_version() {
+    let (cluster, mut base) = rollback_setup(
+        "iv-rollback-gw",
+        json!(["checkout", "shop.example.com"]),
+        Some(json!(["istio-system/public", "mesh"])),
+    )
+    .await;
+    let ns = cluster.namespace.clone();
+    base.add(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
+    )
+    .add(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "public", "namespace": "istio-system"},
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                 "hosts": ["shop.example.com"]}]}}),
+    );
+    let mut proxies = clients(&ns);
+    proxies.push(Client::gateway(
+        "ingress",
+        "istio-system",
+        "us-west-2",
+        json!({"istio": "ingressgateway"}),
+    ));
+    let host = fqdn("checkout", &ns);
+    let at_gateway = |compiled: &remediation_testkit::istio_oracle::Compiled| {
+        let gateway = compiled.proxy("ingress");
+        gateway.endpoints_of(&gateway.gateway_clusters_receiving("shop.example.com", 80))
+    };
+
+    let before = with_stored(&cluster, &base, "checkout")
+        .await
+        .compile(&proxies);
+    assert_eq!(before.findings(), Vec::<String>::new());
+    assert!(
+        addresses(&at_gateway(&before)).contains(FAILING_POD),
+        "the gateway sends to the canary before: {:?}; gateway routes: {:?}",
+        at_gateway(&before),
+        before
+            .proxy("ingress")
+            .routes
+            .iter()
+            .map(|r| (&r.route_config, &r.domains))
+            .collect::<Vec<_>>()
+    );
+    roll_back(&cluster).await;
+
+    let after = with_stored(&cluster, &base, "checkout")
+        .await
+        .compile(&proxies);
+    assert_eq!(
+        addresses(&at_gateway(&after)),
+        BTreeSet::from(["10.1.0.1", "10.2.0.1"]),
+        "the gateway sends only to the stable version"
+    );
+    for client in clients(&ns) {
+        let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
+        assert!(
+            !addresses(&reached).contains(FAILING_POD),
+            "{}: {reached:?}",
             client.name
         );
     }
