@@ -101,6 +101,40 @@ impl<'a> Mesh<'a> {
         serde_json::to_value(created).expect("json")
     }
 
+    /// An opted-in DestinationRule `name` (host `name`) with `subsets` (name, labels,
+    /// weight), and an opted-in VirtualService `name` with `annotations` that splits one HTTP
+    /// route between them by weight; `spec` holds the VirtualService's other fields (`hosts`,
+    /// `gateways`, ...). Returns the VirtualService as stored.
+    pub async fn subset_split(
+        &self,
+        name: &str,
+        subsets: &[(&str, Value, i64)],
+        annotations: Value,
+        mut spec: Value,
+    ) -> Value {
+        let rule_subsets: Vec<Value> = subsets
+            .iter()
+            .map(|(subset, labels, _)| json!({"name": subset, "labels": labels}))
+            .collect();
+        self.create(
+            Kind::DestinationRule,
+            name,
+            true,
+            json!({}),
+            json!({"host": name, "subsets": rule_subsets}),
+        )
+        .await;
+        let route: Vec<Value> = subsets
+            .iter()
+            .map(|(subset, _, weight)| {
+                json!({"destination": {"host": name, "subset": subset}, "weight": weight})
+            })
+            .collect();
+        spec["http"] = json!([{ "route": route }]);
+        self.create(Kind::VirtualService, name, true, annotations, spec)
+            .await
+    }
+
     /// The object as stored, as JSON.
     pub async fn get(&self, kind: Kind, name: &str) -> Value {
         let object = self

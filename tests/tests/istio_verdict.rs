@@ -64,33 +64,21 @@ async fn rollback_setup(
 ) -> (TestCluster, World) {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "checkout",
-        true,
-        json!({}),
-        json!({"host": "checkout", "subsets": [
-            {"name": "v1", "labels": {"version": "v1"}},
-            {"name": "v2", "labels": {"version": "v2"}},
-        ]}),
-    )
-    .await;
-    let mut spec = json!({"hosts": hosts, "http": [{"route": [
-        {"destination": {"host": "checkout", "subset": "v1"}, "weight": 80},
-        {"destination": {"host": "checkout", "subset": "v2"}, "weight": 20},
-    ]}]});
+    let mut spec = json!({ "hosts": hosts });
     if let Some(gateways) = gateways {
         spec["gateways"] = gateways;
     }
-    mesh.create(
-        Kind::VirtualService,
-        "checkout",
-        true,
-        json!({"auto-remediation.io/stable-subset": "v1"}),
-        spec,
-    )
-    .await;
+    Mesh::new(&cluster)
+        .subset_split(
+            "checkout",
+            &[
+                ("v1", json!({"version": "v1"}), 80),
+                ("v2", json!({"version": "v2"}), 20),
+            ],
+            json!({"auto-remediation.io/stable-subset": "v1"}),
+            spec,
+        )
+        .await;
     let mut base = world(&ns);
     base.service(&ns, "checkout", PORT)
         .pod(
@@ -335,31 +323,19 @@ fn regional_frontend(ns: &str) -> World {
 async fn after_region_failover_no_client_reaches_the_degraded_region() {
     let cluster = TestCluster::start("iv-failover").await;
     let ns = cluster.namespace.clone();
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "frontend",
-        true,
-        json!({}),
-        json!({"host": "frontend", "subsets": [
-            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
-            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
-            {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}},
-        ]}),
-    )
-    .await;
-    mesh.create(
-        Kind::VirtualService,
-        "frontend",
-        true,
-        json!({}),
-        json!({"hosts": ["frontend"], "http": [{"route": [
-            {"destination": {"host": "frontend", "subset": "east"}, "weight": 60},
-            {"destination": {"host": "frontend", "subset": "west"}, "weight": 30},
-            {"destination": {"host": "frontend", "subset": "eu"}, "weight": 10},
-        ]}]}),
-    )
-    .await;
+    let region = |r: &str| json!({"topology.kubernetes.io/region": r});
+    Mesh::new(&cluster)
+        .subset_split(
+            "frontend",
+            &[
+                ("east", region("us-east-1"), 60),
+                ("west", region("us-west-2"), 30),
+                ("eu", region("eu-west-1"), 10),
+            ],
+            json!({}),
+            json!({"hosts": ["frontend"]}),
+        )
+        .await;
     let base = regional_frontend(&ns);
     let host = fqdn("frontend", &ns);
     let regions_reached = |reached: &BTreeSet<(String, String)>| -> BTreeSet<String> {

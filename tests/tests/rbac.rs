@@ -350,29 +350,18 @@ async fn db_circuit_break_works_within_its_rules() {
 #[tokio::test]
 async fn region_failover_works_within_its_rules() {
     let cluster = TestCluster::start_standin("rbac-rf").await;
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "frontend",
-        true,
-        json!({}),
-        json!({"host": "frontend", "subsets": [
-            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
-            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
-        ]}),
-    )
-    .await;
-    mesh.create(
-        Kind::VirtualService,
-        "frontend",
-        true,
-        json!({}),
-        json!({"hosts": ["frontend"], "http": [{"route": [
-            {"destination": {"host": "frontend", "subset": "east"}, "weight": 50},
-            {"destination": {"host": "frontend", "subset": "west"}, "weight": 50},
-        ]}]}),
-    )
-    .await;
+    let region = |r: &str| json!({"topology.kubernetes.io/region": r});
+    Mesh::new(&cluster)
+        .subset_split(
+            "frontend",
+            &[
+                ("east", region("us-east-1"), 50),
+                ("west", region("us-west-2"), 50),
+            ],
+            json!({}),
+            json!({"hosts": ["frontend"]}),
+        )
+        .await;
     let failover = RegionFailover::new(FailoverSettings::from_lookup(|_| None).expect("defaults"));
     let event = events::fresh("region-failover-firing.json", &cluster.namespace);
     istio_function_within_its_rules(&cluster, failover, &event).await;
