@@ -360,6 +360,7 @@ impl<R: Remediation> Pipeline<R> {
                 resource,
                 namespace: request.namespace.clone(),
                 name: Some(request.name.clone()),
+                subject: None,
             },
             request: Request::Revert(request),
             facts: Arc::new(OnceCell::new()),

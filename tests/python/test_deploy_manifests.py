@@ -25,7 +25,12 @@ FUNCTIONS = {
 EVENTS_CREATE = ("events.k8s.io", "events", ("create",))
 RBAC = {
     "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE},
-    "error-rollback": {("networking.istio.io", "virtualservices", ("get", "list", "patch")), EVENTS_CREATE},
+    "error-rollback": {
+        ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
+        ("networking.istio.io", "destinationrules", ("list",)),
+        ("", "services", ("list",)),
+        EVENTS_CREATE,
+    },
     "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE},
     "region-failover": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),

@@ -20,6 +20,7 @@
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 
+use super::hosts;
 use super::istio::{self, OnEdit};
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::{self, Config};
@@ -240,10 +241,8 @@ impl Remediation for DbCircuitBreak {
     }
 
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
-        input
-            .alert
-            .label("service")
-            .is_some_and(|service| istio::rule_for(object, service))
+        let service = input.alert.label("service").unwrap_or_default();
+        hosts::rule_host_is(object, &hosts::alert_host(service, &input.namespace))
     }
 
     fn plan(

@@ -1,241 +1,538 @@
-//! `error-rollback`: route 100 % of a service's traffic to its stable version when the
-//! 5xx alert of a (canary) version fires.
+//! `error-rollback`: send none of a service's traffic to the version whose 5xx alert
+//! fires, and all of it to the stable version.
 //!
 //! Targets every VirtualService in the alert's namespace that is labelled
-//! `auto_remediation=active` and whose `spec.hosts` name the alert's `service`. In each
-//! HTTP route with more than one destination the stable destination gets weight 100 and
-//! every other 0 (destinations are kept, so rolling forward again is a weight change).
-//! Works for subset splits (`checkout/v1` + `checkout/v2`) and host splits
-//! (`checkout-v1` + `checkout-v2`).
+//! `auto_remediation=active` and either routes the alert's `service` (its hosts cover the
+//! service's host, by [`hosts`] rules) or sends traffic to it (a gateway's VirtualService
+//! for `shop.example.com` routing to `checkout`). Every HTTP route that can reach the
+//! failing version is changed: the stable destination gets weight 100 and every other 0
+//! (destinations are kept, so rolling forward is a weight change); a route with no stable
+//! destination of its own (a header-matched canary route) gets the stable one added.
 //!
-//! The stable destination is, in this order:
-//! 1. the one the VirtualService's annotations name: `auto-remediation.io/stable-subset`
-//!    (a subset) and/or `auto-remediation.io/stable-host` (a host);
-//! 2. else the only destination of the route that is not the alert's `version` (a subset
-//!    equal to it, or, without a subset, a host with it as a `-`/`.` separated part).
+//! What a destination reaches is what Istio sends it to: the destination host's Service
+//! selector plus, for a subset, the DestinationRule subset's labels. Its `version` label
+//! is compared with the alert's `version` (the workload label Istio's
+//! `destination_version` comes from), so subsets may be named anything (`stable`,
+//! `canary`). A destination whose workloads carry no `version` label reaches every
+//! version, the failing one included. A host that is no Service in the namespace falls
+//! back to its name: `checkout-v2` is version `v2`.
 //!
-//! Anything else (no annotation and no `version`, two candidates, the stable destination
-//! being the failing version) is refused with the reason. A resolved alert changes
-//! nothing (rolling forward is a human decision); a revert request restores `spec.http`.
+//! The stable destination is the one the VirtualService's annotations name
+//! (`auto-remediation.io/stable-subset` and/or `auto-remediation.io/stable-host`), else
+//! the only destination of another version among the routes of the VirtualService.
+//!
+//! Refused with the reason (nothing changed): no stable destination, the stable one
+//! being the failing version, a TCP/TLS route to the failing version, two mesh-bound
+//! VirtualServices for the host (Istio then picks one of them, which is undefined), a
+//! VirtualService that routes the failing version but is not opted in, and a Service
+//! whose every version sidecars would still reach because no opted-in VirtualService
+//! bound to `mesh` and exported to every namespace routes it.
+//!
+//! A resolved alert changes nothing (rolling forward is a human decision); a revert
+//! request restores `spec.http`.
 
-use kube::api::{ApiResource, DynamicObject};
-use serde_json::Value;
+use std::collections::BTreeMap;
 
+use futures::future::BoxFuture;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use serde_json::{Value, json};
+
+use super::hosts::{self, Labels};
 use super::istio::{self, OnEdit};
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
+use crate::error::{Error, Result};
 use crate::intake::AlertInput;
 use crate::names;
-use crate::record::ActionRecord;
+use crate::record::{self, ActionRecord};
 
 /// VirtualService annotation naming the stable subset.
 pub const STABLE_SUBSET: &str = "auto-remediation.io/stable-subset";
 /// VirtualService annotation naming the stable host.
 pub const STABLE_HOST: &str = "auto-remediation.io/stable-host";
+/// The workload label that names a version (Istio's `destination_version`).
+pub const VERSION_LABEL: &str = "version";
 
 /// Routes all traffic of the alert's `service` to its stable version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorRollback;
 
-/// How the stable destination of a route is recognised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stable {
-    /// Named by the VirtualService's annotations.
-    Annotated {
-        /// `auto-remediation.io/stable-subset`.
-        subset: Option<String>,
-        /// `auto-remediation.io/stable-host`.
-        host: Option<String>,
-        /// The alert's failing version, if it names one.
-        failing: Option<String>,
-    },
-    /// The only destination that is not this (failing) version.
-    NotVersion(String),
+/// What the namespace holds besides the object being planned, read once per alert.
+#[derive(Debug, Clone, Default)]
+pub struct RollbackFacts {
+    /// Every VirtualService in the namespace, opted in or not.
+    pub virtual_services: Vec<DynamicObject>,
+    /// Every DestinationRule in the namespace (the subsets' labels).
+    pub rules: Vec<DynamicObject>,
+    /// The selector of every Service in the namespace, by fully qualified host.
+    pub services: BTreeMap<String, Labels>,
 }
 
-impl Stable {
-    /// From the VirtualService's annotations and the alert's `version` label.
-    pub fn of(object: &DynamicObject, version: Option<&str>) -> Result<Stable, String> {
-        let annotation = |key: &str| {
-            object
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(key))
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        };
-        let (subset, host) = (annotation(STABLE_SUBSET), annotation(STABLE_HOST));
-        if subset.is_some() || host.is_some() {
-            return Ok(Stable::Annotated {
-                subset,
-                host,
-                failing: version.map(str::to_owned),
-            });
+/// The workloads a route destination reaches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reach {
+    /// Only workloads of this `version`.
+    Version(String),
+    /// Every version of the Service (no `version` label selects).
+    Every,
+    /// A subset no DestinationRule defines: Istio sends it nothing (IST0101).
+    Undefined,
+    /// No Service in the namespace: known only by its host name.
+    Named(String),
+}
+
+impl Reach {
+    fn carries(&self, failing: &str) -> bool {
+        match self {
+            Reach::Version(v) => v == failing,
+            Reach::Every => true,
+            Reach::Undefined => false,
+            Reach::Named(host) => host.split(['.', '-']).any(|part| part == failing),
         }
-        version.map(|v| Stable::NotVersion(v.to_owned())).ok_or_else(|| {
-            format!(
-                "cannot tell the stable destination: annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}, or give the alert a `version` label"
-            )
+    }
+
+    /// Reaches workloads, none of them of the failing version.
+    fn is_other_version(&self, failing: Option<&str>) -> bool {
+        match self {
+            Reach::Version(_) | Reach::Named(_) => failing.is_none_or(|f| !self.carries(f)),
+            Reach::Every | Reach::Undefined => false,
+        }
+    }
+}
+
+/// A destination's identity: fully qualified host and subset.
+type Key = (String, Option<String>);
+
+impl RollbackFacts {
+    fn key(destination: &Value, namespace: &str) -> Option<Key> {
+        let host = hosts::qualify(hosts::destination_host(destination)?, namespace);
+        Some((
+            host,
+            hosts::destination_subset(destination).map(str::to_owned),
+        ))
+    }
+
+    fn reach(&self, (host, subset): &Key) -> Reach {
+        let selector = self.services.get(host);
+        let mut labels = selector.cloned().unwrap_or_default();
+        if let Some(subset) = subset {
+            match hosts::subsets(&self.rules, host).remove(subset) {
+                Some(extra) => labels.extend(extra),
+                None => return Reach::Undefined,
+            }
+        }
+        match labels.remove(VERSION_LABEL) {
+            Some(version) => Reach::Version(version),
+            None if selector.is_some() => Reach::Every,
+            None => Reach::Named(host.clone()),
+        }
+    }
+
+    /// Whether the destination host's workloads are some of the service's: the service
+    /// itself, or a Service whose selector narrows the service's (a host split).
+    fn related(&self, (host, _): &Key, service: &str, routes_service: bool) -> bool {
+        if host == service {
+            return true;
+        }
+        match (self.services.get(host), self.services.get(service)) {
+            (Some(narrow), Some(wide)) => {
+                !wide.is_empty() && wide.iter().all(|(k, v)| narrow.get(k) == Some(v))
+            }
+            _ => routes_service,
+        }
+    }
+}
+
+fn describe_key((host, subset): &Key) -> String {
+    match subset {
+        Some(subset) => format!("{host}/{subset}"),
+        None => host.clone(),
+    }
+}
+
+fn route_name(route: &Value, kind: &str, index: usize) -> String {
+    match route.get("name").and_then(Value::as_str) {
+        Some(name) => format!("{kind} route {name}"),
+        None => format!("{kind} route {index}"),
+    }
+}
+
+/// Istio sends a lone destination all of the route's traffic, whatever its weight.
+fn effective_weight(destinations: &[Value], index: usize) -> i64 {
+    if destinations.len() == 1 {
+        100
+    } else {
+        istio::weight(&destinations[index])
+    }
+}
+
+fn annotation(object: &DynamicObject, key: &str) -> Option<String> {
+    object
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+fn opted_in(object: &DynamicObject) -> bool {
+    object
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(record::OPT_IN_LABEL))
+        .is_some_and(|v| v == record::OPT_IN_VALUE)
+}
+
+fn name_of(object: &DynamicObject) -> String {
+    format!(
+        "{}/{}",
+        istio::namespace_of(object),
+        object.metadata.name.as_deref().unwrap_or_default()
+    )
+}
+
+/// One rollback being planned: the object, the service and what the namespace holds.
+#[derive(Clone, Copy)]
+struct Rollback<'a> {
+    object: &'a DynamicObject,
+    namespace: &'a str,
+    service: &'a str,
+    failing: Option<&'a str>,
+    facts: &'a RollbackFacts,
+    routes_service: bool,
+}
+
+impl Rollback<'_> {
+    fn related(&self, key: &Key) -> bool {
+        self.facts.related(key, self.service, self.routes_service)
+    }
+
+    /// Whether any destination with traffic reaches the failing version.
+    fn carries(&self, destinations: &[Value]) -> bool {
+        let Some(failing) = self.failing else {
+            return false;
+        };
+        destinations.iter().enumerate().any(|(i, d)| {
+            effective_weight(destinations, i) > 0
+                && RollbackFacts::key(d, self.namespace)
+                    .is_some_and(|k| self.related(&k) && self.facts.reach(&k).carries(failing))
         })
     }
 
-    /// The index of the stable destination among a route's destinations; `None` when
-    /// the route does not involve the failing version (it is left alone).
-    pub fn find(&self, destinations: &[Value], namespace: &str) -> Result<Option<usize>, String> {
-        match self {
-            Stable::Annotated {
-                subset,
-                host,
-                failing,
-            } => {
-                let matching: Vec<usize> = destinations
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| {
-                        subset.as_deref().is_none_or(|s| subset_of(d) == Some(s))
-                            && host.as_deref().is_none_or(|h| {
-                                host_of(d).is_some_and(|dh| istio::host_matches(h, dh, namespace))
-                            })
-                    })
-                    .map(|(i, _)| i)
-                    .collect();
-                let named = annotated_name(subset.as_deref(), host.as_deref());
-                match matching.as_slice() {
-                    [] => Err(format!("no destination is the annotated stable {named}")),
-                    [one] => {
-                        if let Some(version) = failing
-                            && is_version(&destinations[*one], version)
-                        {
-                            return Err(format!(
-                                "the annotated stable {named} is the failing version {version}; nothing safer to route to"
-                            ));
-                        }
-                        Ok(Some(*one))
-                    }
-                    several => Err(format!(
-                        "{} destinations match the annotated stable {named}; name the subset too ({STABLE_SUBSET})",
-                        several.len()
-                    )),
+    fn http(&self) -> Vec<Value> {
+        istio::http_routes(self.object)
+    }
+
+    /// The stable destination, as a route destination value.
+    fn stable(&self) -> std::result::Result<Value, String> {
+        let (subset, host) = (
+            annotation(self.object, STABLE_SUBSET),
+            annotation(self.object, STABLE_HOST),
+        );
+        let mut candidates: Vec<(Key, Value)> = Vec::new();
+        for route in self.http() {
+            for d in route
+                .get("route")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let Some(key) = RollbackFacts::key(d, self.namespace) else {
+                    continue;
+                };
+                if !self.related(&key) || candidates.iter().any(|(k, _)| *k == key) {
+                    continue;
                 }
-            }
-            Stable::NotVersion(version) => {
-                if !destinations.iter().any(|d| is_version(d, version)) {
-                    return Ok(None);
-                }
-                let others: Vec<usize> = destinations
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| !is_version(d, version))
-                    .map(|(i, _)| i)
-                    .collect();
-                match others.as_slice() {
-                    [] => Err(format!(
-                        "every destination is version {version}; there is no stable one"
-                    )),
-                    [one] => Ok(Some(*one)),
-                    several => Err(format!(
-                        "{} destinations besides version {version} ({}); cannot tell which is stable: annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}",
-                        several.len(),
-                        several
-                            .iter()
-                            .map(|i| istio::destination_name(&destinations[*i]))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )),
+                let annotated = (subset.is_some() || host.is_some())
+                    && subset
+                        .as_deref()
+                        .is_none_or(|s| key.1.as_deref() == Some(s))
+                    && host
+                        .as_deref()
+                        .is_none_or(|h| hosts::qualify(h, self.namespace) == key.0);
+                let wanted = if subset.is_some() || host.is_some() {
+                    annotated
+                } else {
+                    self.facts.reach(&key).is_other_version(self.failing)
+                };
+                if wanted {
+                    let destination = json!({"destination": d["destination"].clone()});
+                    candidates.push((key, destination));
                 }
             }
         }
-    }
-}
-
-fn annotated_name(subset: Option<&str>, host: Option<&str>) -> String {
-    match (subset, host) {
-        (Some(s), Some(h)) => format!("subset {s} of host {h}"),
-        (Some(s), None) => format!("subset {s}"),
-        (None, Some(h)) => format!("host {h}"),
-        (None, None) => "destination".into(),
-    }
-}
-
-fn subset_of(destination: &Value) -> Option<&str> {
-    destination
-        .pointer("/destination/subset")
-        .and_then(Value::as_str)
-}
-
-fn host_of(destination: &Value) -> Option<&str> {
-    destination
-        .pointer("/destination/host")
-        .and_then(Value::as_str)
-}
-
-/// Whether a destination is `version`: its subset, or (host splits) a `-`/`.` separated
-/// part of its host.
-pub fn is_version(destination: &Value, version: &str) -> bool {
-    match subset_of(destination) {
-        Some(subset) => subset == version,
-        None => {
-            host_of(destination).is_some_and(|h| h.split(['.', '-']).any(|part| part == version))
+        let named = match (&subset, &host) {
+            (Some(s), Some(h)) => Some(format!("subset {s} of host {h}")),
+            (Some(s), None) => Some(format!("subset {s}")),
+            (None, Some(h)) => Some(format!("host {h}")),
+            (None, None) => None,
+        };
+        let failing = self.failing.unwrap_or_default();
+        match (candidates.as_slice(), &named) {
+            ([(key, destination)], Some(named)) => {
+                let reach = self.facts.reach(key);
+                if self.failing.is_some_and(|f| reach.carries(f)) {
+                    return Err(format!(
+                        "the annotated stable {named} reaches the failing version {failing}; nothing safer to route to"
+                    ));
+                }
+                if reach == Reach::Undefined {
+                    return Err(format!(
+                        "the annotated stable {named} is a subset no DestinationRule defines; Istio would send it nothing"
+                    ));
+                }
+                Ok(destination.clone())
+            }
+            ([(_, destination)], None) => Ok(destination.clone()),
+            ([], Some(named)) => Err(format!("no destination is the annotated stable {named}")),
+            ([], None) => Err(format!(
+                "no destination reaches only a version other than {failing} (by the Service selectors and DestinationRule subset labels); annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}"
+            )),
+            (several, named) => Err(format!(
+                "{} destinations could be the stable one ({}); {}",
+                several.len(),
+                several
+                    .iter()
+                    .map(|(k, _)| describe_key(k))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                match named {
+                    Some(_) => format!("name the subset too ({STABLE_SUBSET})"),
+                    None =>
+                        format!("annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}"),
+                }
+            )),
         }
+    }
+
+    /// Refusals that come from the rest of the namespace (Istio's view of the host).
+    fn check_namespace(&self) -> std::result::Result<(), String> {
+        let Some(failing) = self.failing else {
+            return Ok(());
+        };
+        let me = name_of(self.object);
+        let routing: Vec<&DynamicObject> = self
+            .facts
+            .virtual_services
+            .iter()
+            .filter(|vs| {
+                hosts::routes_host(vs, self.service) || hosts::has_destination(vs, self.service)
+            })
+            .collect();
+        if hosts::binds_mesh(self.object) && hosts::names_host(self.object, self.service) {
+            let twins: Vec<String> = routing
+                .iter()
+                .filter(|vs| {
+                    name_of(vs) != me
+                        && hosts::binds_mesh(vs)
+                        && hosts::names_host(vs, self.service)
+                })
+                .map(|vs| name_of(vs))
+                .collect();
+            if !twins.is_empty() {
+                return Err(format!(
+                    "VirtualServices {me} and {} all bind host {} to mesh; Istio gives sidecars only one of them and which one is undefined: merge them into one",
+                    twins.join(", "),
+                    self.service
+                ));
+            }
+        }
+        for vs in routing.iter().filter(|vs| !opted_in(vs)) {
+            let view = Rollback {
+                object: vs,
+                namespace: istio::namespace_of(vs),
+                routes_service: hosts::routes_host(vs, self.service),
+                ..*self
+            };
+            if view.http().iter().any(|r| {
+                view.carries(
+                    r.get("route")
+                        .and_then(Value::as_array)
+                        .map(Vec::as_slice)
+                        .unwrap_or_default(),
+                )
+            }) {
+                return Err(format!(
+                    "VirtualService {} also routes traffic to version {failing} and is not labelled {}={}; rolling back only some routes would leave it in place",
+                    name_of(vs),
+                    record::OPT_IN_LABEL,
+                    record::OPT_IN_VALUE
+                ));
+            }
+        }
+        let default_reaches_every = self
+            .facts
+            .services
+            .get(self.service)
+            .is_some_and(|s| !s.contains_key(VERSION_LABEL));
+        let covered = routing.iter().any(|vs| {
+            opted_in(vs)
+                && hosts::binds_mesh(vs)
+                && hosts::exported_everywhere(vs)
+                && hosts::routes_host(vs, self.service)
+        });
+        if default_reaches_every && !covered {
+            return Err(format!(
+                "sidecars calling {} would still reach version {failing}: no VirtualService labelled {}={} that is bound to mesh and exported to every namespace routes the host, so Istio sends them to every pod of the Service",
+                self.service,
+                record::OPT_IN_LABEL,
+                record::OPT_IN_VALUE
+            ));
+        }
+        Ok(())
     }
 }
 
 impl ErrorRollback {
-    /// Plans the rollback of one VirtualService; pure.
+    /// Plans the rollback of one VirtualService for the service at fully qualified
+    /// `service`; pure.
     pub fn plan_rollback(
         &self,
         object: &DynamicObject,
+        service: &str,
         version: Option<&str>,
-    ) -> Result<Plan, Refusal> {
-        let stable = Stable::of(object, version).map_err(Refusal::Fail)?;
-        let namespace = istio::namespace_of(object);
-        let http = istio::http_routes(object);
-        let reweighed = istio::reweigh_routes(&http, |index, destinations| {
-            let Some(keep) = stable
-                .find(destinations, namespace)
-                .map_err(|why| Refusal::Fail(format!("route {index}: {why}")))?
-            else {
-                return Ok(None);
+        facts: &RollbackFacts,
+    ) -> std::result::Result<Plan, Refusal> {
+        let rollback = Rollback {
+            object,
+            namespace: istio::namespace_of(object),
+            service,
+            failing: version,
+            facts,
+            routes_service: hosts::routes_host(object, service),
+        };
+        let annotated = annotation(object, STABLE_SUBSET).is_some()
+            || annotation(object, STABLE_HOST).is_some();
+        if version.is_none() && !annotated {
+            return Err(Refusal::Fail(format!(
+                "cannot tell the stable destination: annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}, or give the alert a `version` label"
+            )));
+        }
+        rollback.check_namespace().map_err(Refusal::Fail)?;
+        for kind in ["tcp", "tls"] {
+            let routes = istio::spec(object)
+                .and_then(|s| s.get(kind))
+                .and_then(Value::as_array);
+            for (index, route) in routes.into_iter().flatten().enumerate() {
+                let destinations = route.get("route").and_then(Value::as_array);
+                if rollback.carries(destinations.map(Vec::as_slice).unwrap_or_default()) {
+                    return Err(Refusal::Fail(format!(
+                        "{} reaches the failing version {}; error-rollback changes HTTP routes only",
+                        route_name(route, kind, index),
+                        version.unwrap_or_default()
+                    )));
+                }
+            }
+        }
+        let mut stable: Option<std::result::Result<Value, String>> = None;
+        let mut out = istio::Reweighed {
+            http: rollback.http(),
+            considered: 0,
+            changes: Vec::new(),
+        };
+        for (index, route) in out.http.iter_mut().enumerate() {
+            let name = route_name(route, "http", index);
+            let Some(destinations) = route.get_mut("route").and_then(Value::as_array_mut) else {
+                continue;
             };
-            Ok(Some(
-                (0..destinations.len())
-                    .map(|i| if i == keep { 100 } else { 0 })
-                    .collect(),
-            ))
-        })?;
-        if reweighed.considered == 0 {
-            return Err(Refusal::Skip(match &stable {
-                Stable::NotVersion(version) => {
-                    format!(
-                        "no HTTP route with several destinations sends traffic to version {version}"
-                    )
+            let involved = match version {
+                Some(_) => rollback.carries(destinations),
+                None => destinations.len() > 1,
+            };
+            if !involved {
+                continue;
+            }
+            let keep = stable
+                .get_or_insert_with(|| rollback.stable())
+                .clone()
+                .map_err(|why| Refusal::Fail(format!("{name}: {why}")))?;
+            let keep_key = RollbackFacts::key(&keep, rollback.namespace);
+            let at = destinations
+                .iter()
+                .position(|d| RollbackFacts::key(d, rollback.namespace) == keep_key);
+            if version.is_none() && at.is_none() {
+                continue;
+            }
+            out.considered += 1;
+            let mut moves = Vec::new();
+            for (i, destination) in destinations.iter_mut().enumerate() {
+                let new = if Some(i) == at { 100 } else { 0 };
+                let old = istio::weight(destination);
+                if old != new || destination.get("weight").is_none() {
+                    moves.push(format!(
+                        "{} {old}->{new}",
+                        istio::destination_name(destination)
+                    ));
+                    destination["weight"] = json!(new);
                 }
-                Stable::Annotated { .. } => {
-                    "no HTTP route splits traffic between several destinations".into()
-                }
+            }
+            if at.is_none() {
+                let mut added = keep.clone();
+                added["weight"] = json!(100);
+                moves.push(format!("{} added at 100", istio::destination_name(&added)));
+                destinations.push(added);
+            }
+            if !moves.is_empty() {
+                out.changes.push(format!("{name}: {}", moves.join(", ")));
+            }
+        }
+        if out.considered == 0 {
+            return Err(Refusal::Skip(match version {
+                Some(version) => format!("no HTTP route sends traffic to version {version}"),
+                None => "no HTTP route splits traffic between several destinations".into(),
             }));
         }
-        if reweighed.changes.is_empty() {
+        if out.changes.is_empty() {
             return Err(Refusal::Skip("already routed to stable".into()));
         }
         Ok(istio::http_plan(
             object,
-            reweighed,
+            out,
             "routed 100% to the stable destination",
             "Rollback",
         ))
     }
 }
 
+async fn list_all(
+    client: &kube::Client,
+    namespace: &str,
+    resource: &ApiResource,
+) -> Result<Vec<DynamicObject>> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
+    api.list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|err| Error::kube(format!("list {} in {namespace}", resource.plural), err))
+}
+
+fn service_resource() -> ApiResource {
+    ApiResource {
+        group: String::new(),
+        version: "v1".into(),
+        api_version: "v1".into(),
+        kind: "Service".into(),
+        plural: "services".into(),
+    }
+}
+
+fn alert_host(input: &AlertInput) -> String {
+    hosts::alert_host(
+        input.alert.label("service").unwrap_or_default(),
+        &input.namespace,
+    )
+}
+
 impl Remediation for ErrorRollback {
-    type Facts = ();
+    type Facts = RollbackFacts;
 
     fn name(&self) -> &'static str {
         "error-rollback"
     }
 
-    fn locate(&self, input: &AlertInput, config: &Config) -> Result<Locator, String> {
+    fn locate(&self, input: &AlertInput, config: &Config) -> std::result::Result<Locator, String> {
         istio::service_label(input, self.name())?;
         if let Some(version) = input.alert.label("version") {
             names::label_value("version", version)?;
@@ -246,27 +543,67 @@ impl Remediation for ErrorRollback {
         ))
     }
 
+    fn prepare<'a>(
+        &'a self,
+        input: &'a AlertInput,
+        client: &'a kube::Client,
+        config: &'a Config,
+    ) -> BoxFuture<'a, Result<RollbackFacts>> {
+        Box::pin(async move {
+            let namespace = &input.namespace;
+            let kinds = [
+                istio::virtual_service(config),
+                istio::destination_rule(config),
+                service_resource(),
+            ];
+            let (virtual_services, rules, services) = futures::try_join!(
+                list_all(client, namespace, &kinds[0]),
+                list_all(client, namespace, &kinds[1]),
+                list_all(client, namespace, &kinds[2]),
+            )?;
+            let services = services
+                .iter()
+                .filter_map(|s| {
+                    let name = s.metadata.name.as_deref()?;
+                    Some((hosts::qualify(name, namespace), hosts::selector(s)))
+                })
+                .collect();
+            Ok(RollbackFacts {
+                virtual_services,
+                rules,
+                services,
+            })
+        })
+    }
+
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
-        input
-            .alert
-            .label("service")
-            .is_some_and(|service| istio::routes_service(object, service))
+        let service = alert_host(input);
+        hosts::routes_host(object, &service) || hosts::has_destination(object, &service)
     }
 
     fn plan(
         &self,
         input: &AlertInput,
         object: &DynamicObject,
-        _context: PlanContext<'_>,
-    ) -> Result<Plan, Refusal> {
-        self.plan_rollback(object, input.alert.label("version"))
+        context: PlanContext<'_, RollbackFacts>,
+    ) -> std::result::Result<Plan, Refusal> {
+        self.plan_rollback(
+            object,
+            &alert_host(input),
+            input.alert.label("version"),
+            context.facts,
+        )
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {
         vec![istio::virtual_service(config)]
     }
 
-    fn plan_revert(&self, object: &DynamicObject, record: &ActionRecord) -> Result<Plan, Refusal> {
+    fn plan_revert(
+        &self,
+        object: &DynamicObject,
+        record: &ActionRecord,
+    ) -> std::result::Result<Plan, Refusal> {
         istio::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
     }
 }
@@ -274,28 +611,76 @@ impl Remediation for ErrorRollback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
-    fn vs(annotations: Value, route: Value) -> DynamicObject {
+    const HOST: &str = "checkout.shop.svc.cluster.local";
+
+    fn object(
+        kind: &str,
+        name: &str,
+        labels: Value,
+        annotations: Value,
+        spec: Value,
+    ) -> DynamicObject {
         serde_json::from_value(json!({
-            "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-            "metadata": {"name": "checkout", "namespace": "shop", "annotations": annotations},
-            "spec": {"hosts": ["checkout"], "http": [
-                {"match": [{"headers": {"x-canary": {"exact": "1"}}}],
-                 "route": [{"destination": {"host": "checkout", "subset": "v2"}}]},
-                {"route": route}
-            ]}
+            "apiVersion": "networking.istio.io/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": "shop", "labels": labels, "annotations": annotations},
+            "spec": spec
         }))
         .expect("object")
     }
 
-    fn subsets(v1: i64, v2: i64) -> Value {
-        json!([{"destination": {"host": "checkout", "subset": "v1"}, "weight": v1},
-               {"destination": {"host": "checkout", "subset": "v2"}, "weight": v2}])
+    fn opted() -> Value {
+        json!({"auto_remediation": "active"})
     }
 
-    fn weights(plan: &Plan) -> Vec<i64> {
-        plan.patch["spec"]["http"][1]["route"]
+    fn vs(annotations: Value, route: Value) -> DynamicObject {
+        object(
+            "VirtualService",
+            "checkout",
+            opted(),
+            annotations,
+            json!({"hosts": ["checkout"], "http": [
+                {"name": "testers", "match": [{"headers": {"x-canary": {"exact": "1"}}}],
+                 "route": [{"destination": {"host": "checkout", "subset": "canary"}}]},
+                {"name": "split", "route": route}
+            ]}),
+        )
+    }
+
+    /// A namespace with Service `checkout` (every version) and subsets `stable` (v1) and
+    /// `canary` (v2), holding `virtual_services`.
+    fn facts(virtual_services: Vec<DynamicObject>) -> RollbackFacts {
+        let rule = object(
+            "DestinationRule",
+            "checkout",
+            json!({}),
+            json!({}),
+            json!({"host": "checkout", "subsets": [
+                {"name": "stable", "labels": {"version": "v1"}},
+                {"name": "canary", "labels": {"version": "v2"}}]}),
+        );
+        RollbackFacts {
+            virtual_services,
+            rules: vec![rule],
+            services: [(
+                HOST.to_owned(),
+                [("app".to_owned(), "checkout".to_owned())].into(),
+            )]
+            .into(),
+        }
+    }
+
+    fn split(stable: i64, canary: i64) -> Value {
+        json!([{"destination": {"host": "checkout", "subset": "stable"}, "weight": stable},
+               {"destination": {"host": "checkout", "subset": "canary"}, "weight": canary}])
+    }
+
+    fn plan(object: &DynamicObject, version: Option<&str>) -> std::result::Result<Plan, Refusal> {
+        ErrorRollback.plan_rollback(object, HOST, version, &facts(vec![object.clone()]))
+    }
+
+    fn weights(plan: &Plan, route: usize) -> Vec<i64> {
+        plan.patch["spec"]["http"][route]["route"]
             .as_array()
             .expect("route")
             .iter()
@@ -304,118 +689,174 @@ mod tests {
     }
 
     #[test]
-    fn annotated_stable_subset_gets_all_traffic_and_previous_is_exact() {
-        let object = vs(json!({STABLE_SUBSET: "v1"}), subsets(50, 50));
-        let plan = ErrorRollback.plan_rollback(&object, None).expect("plan");
-        assert_eq!(weights(&plan), vec![100, 0]);
-        let http = &plan.patch["spec"]["http"];
-        assert_eq!(http.as_array().map(Vec::len), Some(2), "whole array sent");
+    fn the_version_is_found_through_the_subset_labels_not_the_subset_name() {
+        let object = vs(json!({}), split(80, 20));
+        let plan = plan(&object, Some("v2")).expect("plan");
+        assert_eq!(weights(&plan, 1), vec![100, 0]);
+        // The header-matched canary route gets the stable destination added.
+        assert_eq!(weights(&plan, 0), vec![0, 100]);
         assert_eq!(
-            http[0], object.data["spec"]["http"][0],
-            "other routes untouched"
+            plan.patch["spec"]["http"][0]["route"][1]["destination"],
+            json!({"host": "checkout", "subset": "stable"})
         );
         assert_eq!(
             plan.previous,
             Some(json!({"http": object.data["spec"]["http"]}))
         );
-        assert_eq!(plan.applied, Some(json!({"http": http})));
-        assert!(
-            plan.summary.contains("checkout/v1 50->100"),
-            "{}",
-            plan.summary
-        );
-    }
-
-    #[test]
-    fn without_annotation_the_stable_one_is_the_other_version() {
-        let object = vs(json!({}), subsets(80, 20));
-        let plan = ErrorRollback
-            .plan_rollback(&object, Some("v2"))
-            .expect("plan");
-        assert_eq!(weights(&plan), vec![100, 0]);
-        let object = vs(json!({}), subsets(20, 80));
-        let plan = ErrorRollback
-            .plan_rollback(&object, Some("v1"))
-            .expect("plan");
-        assert_eq!(weights(&plan), vec![0, 100]);
-    }
-
-    #[test]
-    fn host_splits_are_recognised() {
-        let route = json!([{"destination": {"host": "checkout-v1.shop.svc.cluster.local"}, "weight": 90},
-                           {"destination": {"host": "checkout-v2.shop.svc.cluster.local"}, "weight": 10}]);
-        let object = vs(json!({}), route.clone());
-        assert_eq!(
-            weights(
-                &ErrorRollback
-                    .plan_rollback(&object, Some("v2"))
-                    .expect("plan")
-            ),
-            vec![100, 0]
-        );
-        let object = vs(json!({STABLE_HOST: "checkout-v1"}), route);
-        assert_eq!(
-            weights(&ErrorRollback.plan_rollback(&object, None).expect("plan")),
-            vec![100, 0]
-        );
-        // "v2" must be a whole part of the host, not a substring of "v21".
-        let route = json!([{"destination": {"host": "checkout-v1"}, "weight": 90},
-                           {"destination": {"host": "checkout-v21"}, "weight": 10}]);
+        // v1 failing: the subset named "stable" is the bad one, and the canary is stable.
+        let plan = self::plan(&object, Some("v1")).expect("plan");
+        assert_eq!(weights(&plan, 1), vec![0, 100]);
+        // An alert for a version no subset carries changes nothing.
         assert!(matches!(
-            ErrorRollback.plan_rollback(&vs(json!({}), route), Some("v2")),
+            self::plan(&object, Some("v7")),
             Err(Refusal::Skip(_))
         ));
     }
 
     #[test]
-    fn already_rolled_back_is_skipped() {
-        let object = vs(json!({STABLE_SUBSET: "v1"}), subsets(100, 0));
+    fn an_annotated_stable_subset_that_is_the_failing_version_is_refused() {
+        let object = vs(json!({STABLE_SUBSET: "canary"}), split(50, 50));
+        match plan(&object, Some("v2")) {
+            Err(Refusal::Fail(why)) => {
+                assert!(why.contains("reaches the failing version v2"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let object = vs(json!({STABLE_SUBSET: "stable"}), split(50, 50));
+        let plan = plan(&object, None).expect("annotation alone is enough");
+        assert_eq!(weights(&plan, 1), vec![100, 0]);
+    }
+
+    #[test]
+    fn host_splits_are_told_apart_by_the_service_selectors() {
+        let route = json!([{"destination": {"host": "checkout-a"}, "weight": 90},
+                           {"destination": {"host": "checkout-b"}, "weight": 10}]);
+        let object = vs(json!({}), route);
+        let mut facts = facts(vec![object.clone()]);
+        for (name, version) in [("checkout-a", "v1"), ("checkout-b", "v2")] {
+            facts.services.insert(
+                hosts::qualify(name, "shop"),
+                [("app", "checkout"), ("version", version)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+            );
+        }
+        let plan = ErrorRollback
+            .plan_rollback(&object, HOST, Some("v2"), &facts)
+            .expect("plan");
+        assert_eq!(weights(&plan, 1), vec![100, 0]);
+        // Without Services, host names decide: "v2" must be a whole part of the host.
+        let route = json!([{"destination": {"host": "checkout-v1"}, "weight": 90},
+                           {"destination": {"host": "checkout-v21"}, "weight": 10}]);
+        let object = vs(json!({}), route);
+        let bare = RollbackFacts {
+            virtual_services: vec![object.clone()],
+            ..RollbackFacts::default()
+        };
         assert_eq!(
-            ErrorRollback.plan_rollback(&object, Some("v2")),
-            Err(Refusal::Skip("already routed to stable".into()))
+            ErrorRollback.plan_rollback(&object, HOST, Some("v2"), &bare),
+            Err(Refusal::Skip(
+                "no HTTP route sends traffic to version v2".into()
+            )),
+            "checkout-v21 is not v2, and an undefined subset reaches nothing"
         );
     }
 
     #[test]
+    fn already_rolled_back_is_skipped() {
+        let object = object(
+            "VirtualService",
+            "checkout",
+            opted(),
+            json!({}),
+            json!({"hosts": ["checkout"], "http": [{"route": split(100, 0)}]}),
+        );
+        assert_eq!(
+            plan(&object, Some("v2")),
+            Err(Refusal::Skip(
+                "no HTTP route sends traffic to version v2".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn istio_semantics_the_rollback_cannot_cover_are_refused() {
+        let mesh = vs(json!({}), split(50, 50));
+        let fail = |object: &DynamicObject, others: Vec<DynamicObject>, expected: &str| {
+            let mut all = vec![object.clone()];
+            all.extend(others);
+            match ErrorRollback.plan_rollback(object, HOST, Some("v2"), &facts(all)) {
+                Err(Refusal::Fail(why)) => assert!(why.contains(expected), "{why}"),
+                other => panic!("{expected}: {other:?}"),
+            }
+        };
+        // Two VirtualServices binding the host to mesh.
+        let mut twin = mesh.clone();
+        twin.metadata.name = Some("checkout-2".into());
+        fail(&mesh, vec![twin.clone()], "which one is undefined");
+        // A second one that routes the canary and is not opted in.
+        twin.metadata.labels = None;
+        twin.data["spec"]["hosts"] = json!(["www.example.com"]);
+        twin.data["spec"]["gateways"] = json!(["istio-system/public"]);
+        fail(&mesh, vec![twin], "is not labelled auto_remediation=active");
+        // Only a gateway's VirtualService: sidecars still reach every version.
+        let mut gateway = mesh.clone();
+        gateway.data["spec"]["hosts"] = json!(["www.example.com"]);
+        gateway.data["spec"]["gateways"] = json!(["istio-system/public"]);
+        fail(
+            &gateway,
+            vec![],
+            "sidecars calling checkout.shop.svc.cluster.local would still reach",
+        );
+        // Exported to its own namespace only: the same for clients elsewhere.
+        let mut local = mesh.clone();
+        local.data["spec"]["exportTo"] = json!(["."]);
+        fail(&local, vec![], "exported to every namespace");
+        // A gateway's VirtualService beside a mesh one is rolled back.
+        let plan = ErrorRollback
+            .plan_rollback(
+                &gateway,
+                HOST,
+                Some("v2"),
+                &facts(vec![gateway.clone(), mesh.clone()]),
+            )
+            .expect("plan");
+        assert_eq!(weights(&plan, 1), vec![100, 0]);
+        // A TCP route to the canary.
+        let mut tcp = mesh.clone();
+        tcp.data["spec"]["tcp"] =
+            json!([{"route": [{"destination": {"host": "checkout", "subset": "canary"}}]}]);
+        fail(&tcp, vec![], "tcp route 0 reaches the failing version");
+    }
+
+    #[test]
     fn no_stable_destination_is_refused_with_the_reason() {
+        let three = json!([{"destination": {"host": "checkout", "subset": "stable"}, "weight": 40},
+                           {"destination": {"host": "checkout", "subset": "canary"}, "weight": 30},
+                           {"destination": {"host": "checkout", "subset": "other"}, "weight": 30}]);
+        let mut facts = facts(vec![]);
+        facts.rules[0].data["spec"]["subsets"]
+            .as_array_mut()
+            .expect("subsets")
+            .push(json!({"name": "other", "labels": {"version": "v3"}}));
         let cases = [
+            (vs(json!({}), split(50, 50)), None, "cannot tell the stable"),
             (
-                vs(json!({}), subsets(50, 50)),
-                None,
-                "cannot tell the stable",
-            ),
-            (
-                vs(json!({STABLE_SUBSET: "v3"}), subsets(50, 50)),
+                vs(json!({STABLE_SUBSET: "v3"}), split(50, 50)),
                 None,
                 "no destination is the annotated stable subset v3",
             ),
             (
-                vs(json!({STABLE_SUBSET: "v2"}), subsets(50, 50)),
+                vs(json!({}), three),
                 Some("v2"),
-                "is the failing version v2",
-            ),
-            (
-                vs(
-                    json!({}),
-                    json!([{"destination": {"host": "checkout", "subset": "v1"}, "weight": 40},
-                           {"destination": {"host": "checkout", "subset": "v2"}, "weight": 30},
-                           {"destination": {"host": "checkout", "subset": "v3"}, "weight": 30}]),
-                ),
-                Some("v3"),
-                "2 destinations besides version v3",
-            ),
-            (
-                vs(
-                    json!({}),
-                    json!([{"destination": {"host": "checkout", "subset": "v2"}, "weight": 50},
-                           {"destination": {"host": "checkout", "subset": "v2"}, "weight": 50}]),
-                ),
-                Some("v2"),
-                "every destination is version v2",
+                "2 destinations could be the stable one",
             ),
         ];
         for (object, version, expected) in cases {
-            match ErrorRollback.plan_rollback(&object, version) {
+            let mut facts = facts.clone();
+            facts.virtual_services = vec![object.clone()];
+            match ErrorRollback.plan_rollback(&object, HOST, version, &facts) {
                 Err(Refusal::Fail(why)) => assert!(why.contains(expected), "{why}"),
                 other => panic!("{expected}: {other:?}"),
             }

@@ -59,31 +59,13 @@ pub fn service_label<'a>(input: &'a AlertInput, remediation: &str) -> Result<&'a
 
 /// A list locator for the opted-in objects of `resource` in the alert's namespace.
 pub fn opted_in_objects(resource: ApiResource, input: &AlertInput) -> super::Locator {
+    let service = input.alert.label("service").unwrap_or_default();
     super::Locator {
         resource,
         namespace: input.namespace.clone(),
         name: None,
+        subject: Some(super::hosts::alert_host(service, &input.namespace)),
     }
-}
-
-/// The fully qualified form of a mesh host written in `namespace`: `checkout`,
-/// `checkout.shop` and `checkout.shop.svc` all mean `checkout.shop.svc.cluster.local`;
-/// anything longer is taken as written.
-pub fn qualify(host: &str, namespace: &str) -> String {
-    let host = host.to_ascii_lowercase();
-    match host.split('.').count() {
-        1 => format!("{host}.{namespace}.svc.{CLUSTER_DOMAIN}"),
-        2 => format!("{host}.svc.{CLUSTER_DOMAIN}"),
-        3 if host.ends_with(".svc") => format!("{host}.{CLUSTER_DOMAIN}"),
-        _ => host,
-    }
-}
-
-/// Whether `host` (as written in an object in `namespace`) is the alert's `service`: a
-/// short name matches its every qualified form in the namespace; an FQDN matches itself
-/// and, when it lies in the namespace, its short forms.
-pub fn host_matches(service: &str, host: &str, namespace: &str) -> bool {
-    qualify(service, namespace) == qualify(host, namespace)
 }
 
 /// The object's `spec`, if it is an object.
@@ -94,28 +76,6 @@ pub fn spec(object: &DynamicObject) -> Option<&Map<String, Value>> {
 /// The namespace an object lives in.
 pub fn namespace_of(object: &DynamicObject) -> &str {
     object.metadata.namespace.as_deref().unwrap_or_default()
-}
-
-/// Whether a VirtualService's `spec.hosts` names the service.
-pub fn routes_service(object: &DynamicObject, service: &str) -> bool {
-    let namespace = namespace_of(object);
-    spec(object)
-        .and_then(|s| s.get("hosts"))
-        .and_then(Value::as_array)
-        .is_some_and(|hosts| {
-            hosts
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|host| host_matches(service, host, namespace))
-        })
-}
-
-/// Whether a DestinationRule's `spec.host` is the service.
-pub fn rule_for(object: &DynamicObject, service: &str) -> bool {
-    spec(object)
-        .and_then(|s| s.get("host"))
-        .and_then(Value::as_str)
-        .is_some_and(|host| host_matches(service, host, namespace_of(object)))
 }
 
 /// A spec fragment as recorded: `{key: spec[key]}`, `null` for an absent key.
@@ -418,50 +378,6 @@ mod tests {
             "spec": {"hosts": hosts, "http": http}
         }))
         .expect("object")
-    }
-
-    #[test]
-    fn short_names_match_every_qualified_form_in_the_namespace() {
-        for host in [
-            "checkout",
-            "checkout.shop",
-            "checkout.shop.svc",
-            "checkout.shop.svc.cluster.local",
-        ] {
-            assert!(host_matches("checkout", host, "shop"), "{host}");
-            assert!(
-                host_matches("checkout.shop.svc.cluster.local", host, "shop"),
-                "FQDN label vs {host}"
-            );
-        }
-        for host in [
-            "checkout.other",
-            "checkout.other.svc.cluster.local",
-            "checkout-v2",
-            "orders",
-            "checkout.example.com",
-            "*.shop.svc.cluster.local",
-        ] {
-            assert!(!host_matches("checkout", host, "shop"), "{host}");
-        }
-        // An FQDN in another namespace is not the short name here.
-        assert!(!host_matches(
-            "checkout.other.svc.cluster.local",
-            "checkout",
-            "shop"
-        ));
-        assert!(host_matches(
-            "checkout.example.com",
-            "checkout.example.com",
-            "shop"
-        ));
-    }
-
-    #[test]
-    fn virtual_services_route_a_service_by_any_host() {
-        let object = vs(json!(["www.example.com", "checkout.shop.svc"]), json!([]));
-        assert!(routes_service(&object, "checkout"));
-        assert!(!routes_service(&object, "orders"));
     }
 
     #[test]

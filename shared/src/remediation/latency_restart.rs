@@ -38,6 +38,7 @@ impl Remediation for LatencyRestart {
             resource: ApiResource::erase::<Deployment>(&()),
             namespace: input.namespace.clone(),
             name: Some(deployment.to_owned()),
+            subject: None,
         })
     }
 

@@ -14,6 +14,7 @@ use crate::record::ActionRecord;
 
 pub mod db_circuit_break;
 pub mod error_rollback;
+pub mod hosts;
 pub mod istio;
 pub mod latency_restart;
 pub mod region_failover;
@@ -32,17 +33,22 @@ pub struct Locator {
     pub namespace: String,
     /// The object's name; `None` means "every opted-in object the remediation selects".
     pub name: Option<String>,
+    /// For list locators, what the selection is about (the fully qualified mesh host):
+    /// alerts about different subjects in one namespace are different targets, not
+    /// duplicates of each other.
+    pub subject: Option<String>,
 }
 
 impl Locator {
     /// A stable key for grouping alerts that target the same object(s).
     pub fn key(&self) -> String {
         format!(
-            "{}/{}/{}/{}",
+            "{}/{}/{}/{}#{}",
             self.resource.group,
             self.resource.plural,
             self.namespace,
-            self.name.as_deref().unwrap_or("*")
+            self.name.as_deref().unwrap_or("*"),
+            self.subject.as_deref().unwrap_or_default()
         )
     }
 }

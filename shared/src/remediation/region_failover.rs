@@ -34,6 +34,7 @@ use futures::future::BoxFuture;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
+use super::hosts;
 use super::istio::{self, OnEdit};
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::{self, Config};
@@ -578,9 +579,9 @@ impl Remediation for RegionFailover {
     }
 
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
-        input.alert.label("service").is_some_and(|service| {
-            istio::routes_service(object, service) || istio::rule_for(object, service)
-        })
+        let service = input.alert.label("service").unwrap_or_default();
+        let host = hosts::alert_host(service, &input.namespace);
+        hosts::routes_host(object, &host) || hosts::rule_host_is(object, &host)
     }
 
     fn prepare<'a>(
@@ -590,7 +591,10 @@ impl Remediation for RegionFailover {
         config: &'a Config,
     ) -> BoxFuture<'a, Result<RegionFacts>> {
         Box::pin(async move {
-            let service = input.alert.label("service").unwrap_or_default();
+            let host = hosts::alert_host(
+                input.alert.label("service").unwrap_or_default(),
+                &input.namespace,
+            );
             let degraded = degraded_region(input);
             let namespace = &input.namespace;
             let rules: Api<DynamicObject> =
@@ -610,7 +614,7 @@ impl Remediation for RegionFailover {
                     .collect(),
                 ..RegionFacts::default()
             };
-            for rule in rules.items.iter().filter(|r| istio::rule_for(r, service)) {
+            for rule in rules.items.iter().filter(|r| hosts::rule_host_is(r, &host)) {
                 let subsets = istio::spec(rule)
                     .and_then(|s| s.get("subsets"))
                     .and_then(Value::as_array);
@@ -640,7 +644,7 @@ impl Remediation for RegionFailover {
                 .await
                 .map_err(|err| Error::kube(format!("list virtualservices in {namespace}"), err))?;
             facts.split_by_virtual_service = services.items.iter().any(|vs| {
-                istio::routes_service(vs, service)
+                hosts::routes_host(vs, &host)
                     && istio::http_routes(vs).iter().any(|route| {
                         route
                             .get("route")
