@@ -278,7 +278,7 @@ async fn no_stable_destination_is_refused_with_the_reason() {
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
     assert!(
-        reason(&outcome).contains("is the failing version v2"),
+        reason(&outcome).contains("reaches the failing version v2"),
         "{outcome:#?}"
     );
     assert_eq!(virtual_service(&cluster).await["spec"], before["spec"]);

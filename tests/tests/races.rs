@@ -128,9 +128,9 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
         json!({"host": "checkout", "subsets": [
             {"name": "v1", "labels": {"version": "v1"}},
             {"name": "v2", "labels": {"version": "v2"}},
-            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
-            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
-            {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}},
+            {"name": "east", "labels": {"version": "v1", "topology.kubernetes.io/region": "us-east-1"}},
+            {"name": "west", "labels": {"version": "v1", "topology.kubernetes.io/region": "us-west-2"}},
+            {"name": "eu", "labels": {"version": "v1", "topology.kubernetes.io/region": "eu-west-1"}},
         ]}),
     )
     .await;

@@ -279,6 +279,17 @@ async fn error_rollback_works_within_its_rules() {
     let cluster = TestCluster::start_standin("rbac-er").await;
     let mesh = Mesh::new(&cluster);
     mesh.create(
+        Kind::DestinationRule,
+        "checkout",
+        false,
+        json!({}),
+        json!({"host": "checkout", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ]}),
+    )
+    .await;
+    mesh.create(
         Kind::VirtualService,
         "checkout",
         true,

@@ -34,6 +34,7 @@
 use std::collections::BTreeMap;
 
 use futures::future::BoxFuture;
+use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
@@ -73,7 +74,8 @@ pub struct RollbackFacts {
 enum Reach {
     /// Only workloads of this `version`.
     Version(String),
-    /// Every version of the Service (no `version` label selects).
+    /// Every version of the Service (no `version` label selects): a subset by region,
+    /// or a Service whose selector names no version.
     Every,
     /// A subset no DestinationRule defines: Istio sends it nothing (IST0101).
     Undefined,
@@ -123,7 +125,7 @@ impl RollbackFacts {
         }
         match labels.remove(VERSION_LABEL) {
             Some(version) => Reach::Version(version),
-            None if selector.is_some() => Reach::Every,
+            None if selector.is_some() || subset.is_some() => Reach::Every,
             None => Reach::Named(host.clone()),
         }
     }
@@ -221,18 +223,45 @@ impl Rollback<'_> {
         })
     }
 
+    /// Whether some HTTP route names a destination of the failing version at all.
+    fn names_failing(&self) -> bool {
+        let Some(failing) = self.failing else {
+            return false;
+        };
+        self.http().iter().any(|route| {
+            route
+                .get("route")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|d| {
+                    RollbackFacts::key(d, self.namespace).is_some_and(|k| {
+                        self.related(&k)
+                            && self.facts.reach(&k) == Reach::Version(failing.to_owned())
+                    })
+                })
+        })
+    }
+
     fn http(&self) -> Vec<Value> {
         istio::http_routes(self.object)
     }
 
-    /// The stable destination, as a route destination value.
-    fn stable(&self) -> std::result::Result<Value, String> {
+    /// The stable destination, as a route destination value: the annotated one, else the
+    /// only one of another version in the route (`within`), else in the whole object.
+    fn stable(&self, within: Option<&[Value]>) -> std::result::Result<Value, String> {
         let (subset, host) = (
             annotation(self.object, STABLE_SUBSET),
             annotation(self.object, STABLE_HOST),
         );
+        let routes = match within {
+            Some(destinations) if subset.is_none() && host.is_none() => {
+                vec![json!({ "route": destinations })]
+            }
+            _ => self.http(),
+        };
         let mut candidates: Vec<(Key, Value)> = Vec::new();
-        for route in self.http() {
+        for route in routes {
             for d in route
                 .get("route")
                 .and_then(Value::as_array)
@@ -287,6 +316,7 @@ impl Rollback<'_> {
             }
             ([(_, destination)], None) => Ok(destination.clone()),
             ([], Some(named)) => Err(format!("no destination is the annotated stable {named}")),
+            ([], None) if within.is_some() => self.stable(None),
             ([], None) => Err(format!(
                 "no destination reaches only a version other than {failing} (by the Service selectors and DestinationRule subset labels); annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}"
             )),
@@ -426,7 +456,6 @@ impl ErrorRollback {
                 }
             }
         }
-        let mut stable: Option<std::result::Result<Value, String>> = None;
         let mut out = istio::Reweighed {
             http: rollback.http(),
             considered: 0,
@@ -444,9 +473,8 @@ impl ErrorRollback {
             if !involved {
                 continue;
             }
-            let keep = stable
-                .get_or_insert_with(|| rollback.stable())
-                .clone()
+            let keep = rollback
+                .stable(Some(destinations))
                 .map_err(|why| Refusal::Fail(format!("{name}: {why}")))?;
             let keep_key = RollbackFacts::key(&keep, rollback.namespace);
             let at = destinations
@@ -480,6 +508,11 @@ impl ErrorRollback {
         }
         if out.considered == 0 {
             return Err(Refusal::Skip(match version {
+                Some(version) if rollback.names_failing() => {
+                    format!(
+                        "already routed to stable: no HTTP route sends traffic to version {version}"
+                    )
+                }
                 Some(version) => format!("no HTTP route sends traffic to version {version}"),
                 None => "no HTTP route splits traffic between several destinations".into(),
             }));
@@ -506,16 +539,6 @@ async fn list_all(
         .await
         .map(|list| list.items)
         .map_err(|err| Error::kube(format!("list {} in {namespace}", resource.plural), err))
-}
-
-fn service_resource() -> ApiResource {
-    ApiResource {
-        group: String::new(),
-        version: "v1".into(),
-        api_version: "v1".into(),
-        kind: "Service".into(),
-        plural: "services".into(),
-    }
 }
 
 fn alert_host(input: &AlertInput) -> String {
@@ -554,18 +577,24 @@ impl Remediation for ErrorRollback {
             let kinds = [
                 istio::virtual_service(config),
                 istio::destination_rule(config),
-                service_resource(),
             ];
+            let services: Api<Service> = Api::namespaced(client.clone(), namespace);
             let (virtual_services, rules, services) = futures::try_join!(
                 list_all(client, namespace, &kinds[0]),
                 list_all(client, namespace, &kinds[1]),
-                list_all(client, namespace, &kinds[2]),
+                async {
+                    services
+                        .list(&ListParams::default())
+                        .await
+                        .map_err(|err| Error::kube(format!("list services in {namespace}"), err))
+                },
             )?;
             let services = services
-                .iter()
+                .items
+                .into_iter()
                 .filter_map(|s| {
-                    let name = s.metadata.name.as_deref()?;
-                    Some((hosts::qualify(name, namespace), hosts::selector(s)))
+                    let name = hosts::qualify(s.metadata.name.as_deref()?, namespace);
+                    Some((name, s.spec?.selector?.into_iter().collect()))
                 })
                 .collect();
             Ok(RollbackFacts {
@@ -775,7 +804,7 @@ mod tests {
         assert_eq!(
             plan(&object, Some("v2")),
             Err(Refusal::Skip(
-                "no HTTP route sends traffic to version v2".into()
+                "already routed to stable: no HTTP route sends traffic to version v2".into()
             ))
         );
     }

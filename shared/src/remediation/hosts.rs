@@ -175,11 +175,6 @@ pub fn subsets(rules: &[DynamicObject], host: &str) -> BTreeMap<String, Labels> 
     out
 }
 
-/// A Service's selector, from the object as the API server returns it.
-pub fn selector(service: &DynamicObject) -> Labels {
-    labels(service.data.pointer("/spec/selector"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,17 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     ResourceDef {
         group: "",
         versions: &["v1"],
+        plural: "services",
+        singular: "service",
+        kind: "Service",
+        namespaced: true,
+        short_names: &["svc"],
+        status_subresource: true,
+        istio: false,
+    },
+    ResourceDef {
+        group: "",
+        versions: &["v1"],
         plural: "events",
         singular: "event",
         kind: "Event",
