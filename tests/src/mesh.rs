@@ -28,6 +28,8 @@ pub enum Kind {
     VirtualService,
     /// `networking.istio.io` DestinationRule.
     DestinationRule,
+    /// `networking.istio.io` ServiceEntry (a database outside the cluster).
+    ServiceEntry,
 }
 
 impl Kind {
@@ -37,6 +39,12 @@ impl Kind {
         match self {
             Kind::VirtualService => istio::virtual_service(&config),
             Kind::DestinationRule => istio::destination_rule(&config),
+            Kind::ServiceEntry => {
+                let mut resource = istio::destination_rule(&config);
+                resource.kind = "ServiceEntry".into();
+                resource.plural = "serviceentries".into();
+                resource
+            }
         }
     }
 
@@ -45,6 +53,7 @@ impl Kind {
         match self {
             Kind::VirtualService => "VirtualService",
             Kind::DestinationRule => "DestinationRule",
+            Kind::ServiceEntry => "ServiceEntry",
         }
     }
 }

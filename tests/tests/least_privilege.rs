@@ -101,6 +101,23 @@ async fn mesh_objects(cluster: &TestCluster) {
     .await;
 }
 
+/// The header-matched canary route with `destination` added at weight 100 (and the canary at 0).
+fn with_added(before: &Value, destination: Value) -> Value {
+    let mut route = before["spec"]["http"][0].clone();
+    route["route"][0]["weight"] = json!(0);
+    route["route"]
+        .as_array_mut()
+        .expect("destinations")
+        .push(json!({"destination": destination, "weight": 100}));
+    route
+}
+
+fn with_added_extra(before: &Value) -> Value {
+    let mut route = with_added(before, json!({"host": "checkout", "subset": "v1"}));
+    route["route"][1]["headers"] = json!({"request": {"set": {"x-forwarded-host": "evil"}}});
+    route
+}
+
 fn istio(cluster: &TestCluster, client: &kube::Client, kind: Kind) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), &cluster.namespace, &kind.resource())
 }
@@ -305,6 +322,16 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
                 only_weights.to_owned(),
             ),
             (
+                "add a destination no route has (traffic sent elsewhere)",
+                json!({"spec": {"http": [with_added(&before, json!({"host": "collector.example.com"})), default_route.clone()]}}),
+                only_weights.to_owned(),
+            ),
+            (
+                "add a known destination with other fields (a header rewrite)",
+                json!({"spec": {"http": [with_added_extra(&before), default_route.clone()]}}),
+                only_weights.to_owned(),
+            ),
+            (
                 "edit the stable-subset annotation",
                 json!({"metadata": {"annotations": {"auto-remediation.io/stable-subset": "v2"}}}),
                 format!("may change only its own annotation auto-remediation.io/{function}"),
@@ -318,6 +345,23 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
                 version(&before),
                 "{function}: {what}: nothing stored"
             );
+        }
+        // The canary's header route gets the stable destination added: error-rollback only.
+        let added = json!({"spec": {"http": [with_added(&before, json!({"host": "checkout", "subset": "v1"})), default_route.clone()]}});
+        let answer = api
+            .patch(
+                VS,
+                &PatchParams {
+                    dry_run: true,
+                    ..params()
+                },
+                &merge(added),
+            )
+            .await;
+        if function == "error-rollback" {
+            answer.expect("error-rollback may add the stable destination to a route");
+        } else {
+            assert_denied_by_policy(&refused(answer), only_weights);
         }
         assert_denied_by_rbac(
             &refused(api.delete(VS, &DeleteParams::default()).await),

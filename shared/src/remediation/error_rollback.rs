@@ -398,17 +398,14 @@ impl Rollback<'_> {
             .get(self.service)
             .is_some_and(|s| !s.contains_key(VERSION_LABEL));
         let covered = routing.iter().any(|vs| {
-            opted_in(vs)
-                && hosts::binds_mesh(vs)
+            hosts::binds_mesh(vs)
                 && hosts::exported_everywhere(vs)
                 && hosts::routes_host(vs, self.service)
         });
         if default_reaches_every && !covered {
             return Err(format!(
-                "sidecars calling {} would still reach version {failing}: no VirtualService labelled {}={} that is bound to mesh and exported to every namespace routes the host, so Istio sends them to every pod of the Service",
-                self.service,
-                record::OPT_IN_LABEL,
-                record::OPT_IN_VALUE
+                "sidecars calling {} would still reach version {failing}: no VirtualService bound to mesh and exported to every namespace routes the host, so Istio sends them to every pod of the Service; route it with one (no `gateways`, or `mesh` among them, and no `exportTo` or `*`)",
+                self.service
             ));
         }
         Ok(())
