@@ -53,7 +53,7 @@ COMMON = {"namespace": "shop", "severity": "critical", "cluster": "demo", "auto_
 SCENARIOS = {
     "latency-restart": {"alertname": "IstioHighLatencyP95", "deployment": "checkout-v2", "service": "checkout"},
     "error-rollback": {"alertname": "IstioHigh5xxRate", "service": "checkout", "version": "v2"},
-    "db-circuit-break": {"alertname": "DatabaseTimeoutsHigh", "service": "orders"},
+    "db-circuit-break": {"alertname": "DatabaseTimeoutsHigh", "service": "orders", "db_host": "orders-db"},
     "region-failover": {"alertname": "RegionUnreachable", "service": "frontend", "region": "us-east-1"},
 }
 

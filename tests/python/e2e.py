@@ -135,8 +135,8 @@ class MeshMetrics:
             errors = 2.0 if failing else 0.0
             rates[f'istio_requests_total{{{series},response_code="200"}}'] = total - errors
             rates[f'istio_requests_total{{{series},response_code="500"}}'] = errors
-        rates['db_client_requests_total{namespace="shop",app="orders"}'] = 10.0
-        rates['db_client_timeouts_total{namespace="shop",app="orders"}'] = 2.0 if bad else 0.0
+        rates['db_client_requests_total{namespace="shop",app="orders",db="orders-db"}'] = 10.0
+        rates['db_client_timeouts_total{namespace="shop",app="orders",db="orders-db"}'] = 2.0 if bad else 0.0
         self._rates = rates
 
     def _advance(self) -> None:

@@ -58,9 +58,9 @@ def test_each_trigger_acts_once_reports_once_and_recovery_follows_policy():
         # error-rollback: all traffic to the stable version.
         assert weights(after[("VirtualService", "checkout")]) == {"v1": 100, "v2": 0}
         # db-circuit-break: circuit breaking on the orders DestinationRule, the rest kept.
-        policy = after[("DestinationRule", "orders")]["spec"]["trafficPolicy"]
+        policy = after[("DestinationRule", "orders-db")]["spec"]["trafficPolicy"]
         assert "outlierDetection" in policy and "connectionPool" in policy
-        assert policy["tls"] == before[("DestinationRule", "orders")]["spec"]["trafficPolicy"]["tls"]
+        assert policy["tls"] == before[("DestinationRule", "orders-db")]["spec"]["trafficPolicy"]["tls"]
         # region-failover: us-east-1 drained, its weight spread over the healthy regions.
         frontend = weights(after[("VirtualService", "frontend")])
         assert frontend["us-east-1"] == 0 and sum(frontend.values()) == 100, frontend
@@ -85,7 +85,7 @@ def test_each_trigger_acts_once_reports_once_and_recovery_follows_policy():
         # recovery record, an annotation.)
         assert recovered[("Deployment", "checkout-v2")]["spec"] == dep_after["spec"]
         # RESTORE_ON_RESOLVE defaults to true: the exact previous traffic policy is back.
-        assert recovered[("DestinationRule", "orders")]["spec"] == before[("DestinationRule", "orders")]["spec"]
+        assert recovered[("DestinationRule", "orders-db")]["spec"] == before[("DestinationRule", "orders-db")]["spec"]
         # FAILBACK_ON_RESOLVE defaults to false: traffic stays on the healthy regions.
         assert weights(recovered[("VirtualService", "frontend")]) == frontend
         # error-rollback does not roll forward by itself.

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 const FIRING: &str = "db-circuit-break-firing.json";
 const RESOLVED: &str = "db-circuit-break-resolved.json";
 const REVERT: &str = "db-circuit-break-revert.json";
-const DR: &str = "orders";
+const DR: &str = "orders-db";
 
 fn breaker(vars: &[(&str, &str)]) -> DbCircuitBreak {
     let map: HashMap<&str, &str> = vars.iter().copied().collect();
@@ -34,7 +34,7 @@ fn defaults() -> DbCircuitBreak {
 /// The demo rule: TLS and subsets the breaker must keep.
 fn orders_spec(namespace: &str) -> Value {
     json!({
-        "host": format!("orders.{namespace}.svc.cluster.local"),
+        "host": format!("orders-db.{namespace}.svc.cluster.local"),
         "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
         "subsets": [{"name": "primary", "labels": {"role": "primary"}}],
     })
@@ -64,6 +64,9 @@ fn breaker_policy() -> Value {
             "tcp": {"maxConnections": 100, "connectTimeout": "2s"},
             "http": {"http1MaxPendingRequests": 64},
         },
+        // CB_LOCALITY_LB=preserve: outlier detection does not move traffic to the
+        // clients' own regions.
+        "loadBalancer": {"localityLbSetting": {"enabled": false}},
     })
 }
 
@@ -101,8 +104,8 @@ async fn firing_alert_sets_the_breaker_once_and_keeps_the_rest_of_the_rule() {
         .collect();
     assert_eq!(
         sent,
-        ["connectionPool", "outlierDetection"],
-        "only those two blocks"
+        ["connectionPool", "loadBalancer", "outlierDetection"],
+        "only the breaker's blocks and the locality switch"
     );
     let events = cluster.events_about(DR).await;
     assert_eq!(events.len(), 1, "{events:#?}");
@@ -135,6 +138,7 @@ async fn settings_come_from_the_environment() {
                                  "baseEjectionTime": "1m", "maxEjectionPercent": 34},
             "connectionPool": {"tcp": {"maxConnections": 20, "connectTimeout": "750ms"},
                                "http": {"http1MaxPendingRequests": 8}},
+            "loadBalancer": {"localityLbSetting": {"enabled": false}},
         })
     );
     assert_schema_valid(&after);
@@ -194,10 +198,9 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
             "{event_name}: {outcome:#?}"
         );
         let patch = outcome.patch.as_ref().expect("patch");
-        assert_eq!(
-            patch["spec"]["trafficPolicy"],
-            CircuitBreaker::default().policy_patch()
-        );
+        let mut expected = CircuitBreaker::default().policy_patch();
+        expected["loadBalancer"] = json!({"localityLbSetting": {"enabled": false}});
+        assert_eq!(patch["spec"]["trafficPolicy"], expected);
         assert_eq!(rule(&cluster).await, before, "nothing stored");
         assert!(cluster.events_about(DR).await.is_empty());
         assert_one_dry_run_patch(&cluster, patch);
@@ -292,7 +295,7 @@ async fn objects_not_opted_in_are_skipped() {
 
 #[tokio::test]
 async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edit() {
-    let bare = json!({"host": "orders"});
+    let bare = json!({"host": "orders-db"});
     let (cluster, before) = setup("cb-revert", true, Some(bare)).await;
     let firing = events::fresh(FIRING, &cluster.namespace);
     cluster.invoke(defaults(), &[], &firing).await;

@@ -169,7 +169,7 @@ async fn the_istio_functions_reject_invalid_names_before_any_request() {
         &cluster,
         || DbCircuitBreak::new(CircuitBreaker::from_lookup(|_| None).expect("defaults")),
         "db-circuit-break-firing.json",
-        &["namespace", "service"],
+        &["namespace", "db_host"],
     )
     .await;
     istio_labels_rejected(

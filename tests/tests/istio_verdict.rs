@@ -221,11 +221,11 @@ async fn after_error_rollback_neither_the_ingress_gateway_nor_sidecars_reach_the
 async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of_the_host() {
     let cluster = TestCluster::start("iv-breaker").await;
     let ns = cluster.namespace.clone();
-    let host = fqdn("orders", &ns);
+    let host = fqdn("orders-db", &ns);
     Mesh::new(&cluster)
         .create(
             Kind::DestinationRule,
-            "orders",
+            "orders-db",
             true,
             json!({}),
             json!({"host": host, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
@@ -233,16 +233,16 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
         )
         .await;
     let mut base = world(&ns);
-    base.service(&ns, "orders", PORT);
+    base.service(&ns, "orders-db", PORT);
     for (region, ip) in [
         ("us-east-1", "10.1.0.5"),
         ("us-west-2", "10.2.0.5"),
         ("eu-west-1", "10.3.0.5"),
     ] {
-        base.pod(&ns, "orders", json!({"role": "primary"}), region, ip);
+        base.pod(&ns, "orders-db", json!({"role": "primary"}), region, ip);
     }
 
-    let before = with_stored(&cluster, &base, "orders")
+    let before = with_stored(&cluster, &base, "orders-db")
         .await
         .compile(&clients(&ns));
     let unlimited = before.proxy("same-ns-east").clusters_of(&host, PORT);
@@ -265,11 +265,11 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
     let report = cluster.invoke(breaker, &[], &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     let stored = Mesh::new(&cluster)
-        .get(Kind::DestinationRule, "orders")
+        .get(Kind::DestinationRule, "orders-db")
         .await;
     let pool = &stored["spec"]["trafficPolicy"]["connectionPool"];
 
-    let after = with_stored(&cluster, &base, "orders")
+    let after = with_stored(&cluster, &base, "orders-db")
         .await
         .compile(&clients(&ns));
     assert_eq!(after.findings(), Vec::<String>::new());

@@ -89,7 +89,7 @@ async fn error_rollback_bootstrap_rolls_back_and_reverts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
     let (standin, kubeconfig) = demo_mesh("cb").await;
-    let before = stored(&standin, "DestinationRule", "orders");
+    let before = stored(&standin, "DestinationRule", "orders-db");
     let emulator = emulate(
         "db-circuit-break",
         &kubeconfig,
@@ -99,7 +99,7 @@ async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
     let firing = events::fresh("db-circuit-break-firing.json", "shop");
     let result = outcome(&emulator, &firing, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    let after = stored(&standin, "DestinationRule", "orders");
+    let after = stored(&standin, "DestinationRule", "orders-db");
     let policy = &after["spec"]["trafficPolicy"];
     assert_eq!(
         policy["tls"],
@@ -116,7 +116,7 @@ async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
     let result = outcome(&emulator, &revert, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
     assert_eq!(
-        stored(&standin, "DestinationRule", "orders")["spec"],
+        stored(&standin, "DestinationRule", "orders-db")["spec"],
         before["spec"]
     );
 }

@@ -25,8 +25,8 @@ use serde_json::{Value, json};
 
 const APP: &str = "checkout-v2";
 const VS: &str = "checkout";
-/// The DestinationRule of the database the db-circuit-break samples name (`service=orders`).
-const DB: &str = "orders";
+/// The DestinationRule of the database the db-circuit-break samples name (`db_host=orders-db`).
+const DB: &str = "orders-db";
 
 /// What a refused request answered.
 #[derive(Debug)]
@@ -391,12 +391,12 @@ async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
     for (function, allowed, own_field) in [
         (
             "db-circuit-break",
-            "may change only spec.trafficPolicy.connectionPool and spec.trafficPolicy.outlierDetection",
+            "may change only connectionPool, outlierDetection and loadBalancer.localityLbSetting of a DestinationRule traffic policy",
             json!({"connectionPool": {"tcp": {"maxConnections": 10}}}),
         ),
         (
             "region-failover",
-            "may change only spec.trafficPolicy.loadBalancer.localityLbSetting and spec.trafficPolicy.outlierDetection",
+            "may change only loadBalancer.localityLbSetting and outlierDetection of a DestinationRule traffic policy",
             json!({"loadBalancer": {"localityLbSetting": {"failover": [{"from": "us-east-1", "to": "us-west-2"}]}}}),
         ),
     ] {
@@ -412,6 +412,22 @@ async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
                 json!({"spec": {"trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}}}}),
             ),
             ("delete the subsets", json!({"spec": {"subsets": []}})),
+            (
+                "widen a subset (its labels)",
+                json!({"spec": {"subsets": [{"name": "v1", "labels": {"app": "checkout"}},
+                                            before["spec"]["subsets"][1].clone()]}}),
+            ),
+            (
+                "turn mTLS off for one subset",
+                json!({"spec": {"subsets": [
+                    {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": {"tls": {"mode": "DISABLE"}}},
+                    before["spec"]["subsets"][1].clone()]}}),
+            ),
+            (
+                "turn mTLS off for one port",
+                json!({"spec": {"trafficPolicy": {"portLevelSettings": [
+                    {"port": {"number": 8080}, "tls": {"mode": "DISABLE"}}]}}}),
+            ),
             ("change the host", json!({"spec": {"host": "payments"}})),
         ] {
             let refusal = refused(api.patch(VS, &params(), &merge(patch)).await);
@@ -423,18 +439,23 @@ async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
                 "{function}: {what}: nothing stored"
             );
         }
-        // Its own field is admitted, dry run first (stores nothing).
-        let own = json!({"spec": {"trafficPolicy": own_field}});
-        api.patch(
-            VS,
-            &PatchParams {
-                dry_run: true,
-                ..params()
-            },
-            &merge(own),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{function}: its own field is admitted: {e}"));
+        // Its own field is admitted, at the top level and in a subset, dry run first
+        // (stores nothing).
+        let in_subset = json!({"spec": {"subsets": [
+            {"name": "v1", "labels": {"version": "v1"}, "trafficPolicy": own_field.clone()},
+            before["spec"]["subsets"][1].clone()]}});
+        for own in [json!({"spec": {"trafficPolicy": own_field}}), in_subset] {
+            api.patch(
+                VS,
+                &PatchParams {
+                    dry_run: true,
+                    ..params()
+                },
+                &merge(own),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{function}: its own field is admitted: {e}"));
+        }
         assert_eq!(
             version(&mesh.get(Kind::DestinationRule, VS).await),
             version(&before)
@@ -477,7 +498,7 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
             DB,
             true,
             json!({}),
-            json!({"host": "orders"}),
+            json!({"host": "orders-db"}),
         )
         .await;
     let client = cluster.impersonating(&user, &[]).await;

@@ -347,10 +347,10 @@ async fn db_circuit_break_works_within_its_rules() {
     Mesh::new(&cluster)
         .create(
             Kind::DestinationRule,
-            "orders",
+            "orders-db",
             true,
             json!({}),
-            json!({"host": format!("orders.{}.svc.cluster.local", cluster.namespace)}),
+            json!({"host": format!("orders-db.{}.svc.cluster.local", cluster.namespace)}),
         )
         .await;
     let breaker = DbCircuitBreak::new(CircuitBreaker::from_lookup(|_| None).expect("defaults"));

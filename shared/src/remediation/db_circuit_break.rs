@@ -1,21 +1,35 @@
-//! `db-circuit-break`: turn on circuit breaking for a service whose database timeouts
+//! `db-circuit-break`: put a circuit breaker in front of a database whose client timeouts
 //! alert fires.
 //!
-//! Targets every DestinationRule in the alert's namespace that is labelled
-//! `auto_remediation=active` and whose `spec.host` is the alert's `service`. The merge
-//! patch sets `spec.trafficPolicy.outlierDetection` and `spec.trafficPolicy.connectionPool`
-//! fields from [`CircuitBreaker`] settings and keeps everything else in the rule
-//! (TLS mode, load balancer, subsets, fields of those two blocks it does not set).
+//! The alert names the database's mesh host in `db_host` (a Service name in the alert's
+//! namespace, or a fully qualified host: another namespace's Service, or a `ServiceEntry`
+//! for a managed database). Targets every DestinationRule in the alert's namespace that is
+//! labelled `auto_remediation=active` and whose `spec.host` is that host (Istio's host
+//! rules: only a dot-less name is short). The breaker throttles the calls to the database,
+//! not the calling application's own callers.
+//!
+//! The breaker is the `connectionPool` limits (`tcp.maxConnections`, `tcp.connectTimeout`,
+//! `http.http1MaxPendingRequests`) and `outlierDetection` (`consecutive5xxErrors` and the
+//! ejection settings). Istio replaces a block wholesale where a subset or a
+//! `portLevelSettings` entry sets its own (`MergeTrafficPolicy`), so the fields are set at
+//! every level that has the block, as well as at the top level; everything else in the
+//! rule is kept, and a limit the rule already sets lower stays. For a database with one
+//! endpoint the pool limits are what bite: Envoy's panic threshold keeps sending to a lone
+//! ejected endpoint.
+//!
+//! Outlier detection switches on Istio's locality-prioritised load balancing for the host
+//! (clients prefer endpoints in their own region). `CB_LOCALITY_LB=preserve` (the default)
+//! keeps the spread as it was by setting `loadBalancer.localityLbSetting.enabled: false`
+//! where the rule has no locality setting of its own; `prioritize` lets it happen. The
+//! outcome says which.
 //!
 //! Only `consecutive5xxErrors` counts errors: for HTTP it covers every 5xx (gateway
 //! errors included) and for opaque TCP (how databases are meshed) connect timeouts and
-//! connection failures count towards it. `consecutiveGatewayErrors` is left as the rule
-//! has it: at the same threshold it would add nothing, and a stricter value the owner
-//! chose stays in force.
+//! connection failures count towards it.
 //!
-//! The record keeps the exact previous `trafficPolicy` (or `null`). A resolved alert
-//! restores it exactly when `RESTORE_ON_RESOLVE` is on (the default), unless someone
-//! edited the policy since; a revert request does the same on demand.
+//! The record keeps the exact previous `trafficPolicy` (and `subsets`, when they change).
+//! A resolved alert restores them exactly when `RESTORE_ON_RESOLVE` is on (the default),
+//! unless someone edited them since; a revert request does the same on demand.
 
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
@@ -27,6 +41,9 @@ use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::intake::AlertInput;
 use crate::record::ActionRecord;
+
+/// The alert label naming the database's mesh host.
+pub const DB_HOST_LABEL: &str = "db_host";
 
 /// Circuit-breaker settings, from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +64,20 @@ pub struct CircuitBreaker {
     pub max_pending_requests: u32,
     /// `RESTORE_ON_RESOLVE`: a resolved alert restores the previous policy (default true).
     pub restore_on_resolve: bool,
+    /// `CB_LOCALITY_LB`: what happens to locality-prioritised load balancing, which outlier
+    /// detection switches on (default [`LocalityLb::Preserve`]).
+    pub locality_lb: LocalityLb,
+}
+
+/// `CB_LOCALITY_LB`: whether the breaker may change where traffic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LocalityLb {
+    /// `preserve`: turn locality-prioritised load balancing off where the rule has no
+    /// locality setting, so the spread across regions stays as it was.
+    #[default]
+    Preserve,
+    /// `prioritize`: let outlier detection switch it on (clients prefer their region).
+    Prioritize,
 }
 
 impl Default for CircuitBreaker {
@@ -60,6 +91,7 @@ impl Default for CircuitBreaker {
             connect_timeout: "2s".into(),
             max_pending_requests: 64,
             restore_on_resolve: true,
+            locality_lb: LocalityLb::Preserve,
         }
     }
 }
@@ -119,6 +151,19 @@ impl CircuitBreaker {
                 "RESTORE_ON_RESOLVE",
                 defaults.restore_on_resolve,
             )?,
+            locality_lb: match get("CB_LOCALITY_LB").as_deref() {
+                None | Some("preserve") => LocalityLb::Preserve,
+                Some("prioritize") => LocalityLb::Prioritize,
+                Some(other) => {
+                    return Err(Error::Config {
+                        var: "CB_LOCALITY_LB",
+                        message: format!(
+                            "\"{}\" is neither preserve nor prioritize",
+                            crate::names::printable(other)
+                        ),
+                    });
+                }
+            },
         })
     }
 
@@ -176,53 +221,122 @@ impl DbCircuitBreak {
 
     /// Plans the circuit breaker for one DestinationRule; pure.
     pub fn plan_circuit_break(&self, object: &DynamicObject) -> Result<Plan, Refusal> {
-        let previous = istio::fragment(object, ["trafficPolicy"]);
-        let current = match &previous["trafficPolicy"] {
-            Value::Null => json!({}),
-            policy => policy.clone(),
-        };
-        let patch = self.settings.policy_patch();
-        let applied = istio::merged(&current, &patch);
-        if applied == current {
+        let previous = istio::fragment(object, ["trafficPolicy", "subsets"]);
+        let mut after = previous.clone();
+        let mut levels = Vec::new();
+        let top = &mut after["trafficPolicy"];
+        if top.is_null() {
+            *top = json!({});
+        }
+        self.set_level(top, true, "trafficPolicy", &mut levels);
+        if let Some(subsets) = after["subsets"].as_array_mut() {
+            for (index, subset) in subsets.iter_mut().enumerate() {
+                let name = subset["name"]
+                    .as_str()
+                    .map_or_else(|| index.to_string(), str::to_owned);
+                if let Some(policy) = subset.get_mut("trafficPolicy").filter(|p| p.is_object()) {
+                    self.set_level(policy, false, &format!("subset {name}"), &mut levels);
+                }
+            }
+        }
+        if after == previous {
             return Err(Refusal::Skip(
                 "circuit breaker already set as configured".into(),
             ));
         }
+        // Record only what changes: `subsets` is left out when no subset changes.
+        let keys: Vec<&str> = ["trafficPolicy", "subsets"]
+            .into_iter()
+            .filter(|k| *k == "trafficPolicy" || after[*k] != previous[*k])
+            .collect();
+        let pick = |v: &Value| {
+            Value::Object(
+                keys.iter()
+                    .map(|k| ((*k).to_owned(), v[*k].clone()))
+                    .collect(),
+            )
+        };
+        let (previous, applied) = (pick(&previous), pick(&after));
         let mut summary = self.settings.summary();
-        let overriding = subsets_overriding(object);
-        if !overriding.is_empty() {
+        if levels.len() > 1 {
             summary.push_str(&format!(
-                " (note: subsets {} set their own outlierDetection/connectionPool, which take precedence for them)",
-                overriding.join(", ")
+                "; also where Istio would replace them: {}",
+                levels[1..].join(", ")
             ));
         }
+        summary.push_str(match self.settings.locality_lb {
+            LocalityLb::Preserve => {
+                "; locality-prioritised load balancing kept off where the rule did not set it (CB_LOCALITY_LB=preserve), so traffic spreads across regions as before"
+            }
+            LocalityLb::Prioritize => {
+                "; outlier detection switches on locality-prioritised load balancing: clients now prefer endpoints in their own region (CB_LOCALITY_LB=prioritize)"
+            }
+        });
         Ok(Plan {
-            patch: json!({ "spec": { "trafficPolicy": patch } }),
+            patch: json!({ "spec": istio::merge_diff(&previous, &applied) }),
             summary,
             action: "CircuitBreak",
             previous: Some(previous),
-            applied: Some(json!({ "trafficPolicy": applied })),
+            applied: Some(applied),
         })
+    }
+
+    /// Sets the breaker in one traffic policy level and its `portLevelSettings`: both
+    /// blocks at the top level, elsewhere the blocks the level sets itself (Istio takes
+    /// those instead of the top level's).
+    fn set_level(&self, policy: &mut Value, top: bool, name: &str, levels: &mut Vec<String>) {
+        let before = policy.clone();
+        self.set_blocks(policy, top);
+        if let Some(ports) = policy
+            .get_mut("portLevelSettings")
+            .and_then(Value::as_array_mut)
+        {
+            for port in ports {
+                self.set_blocks(port, false);
+            }
+        }
+        if top || *policy != before {
+            levels.push(name.to_owned());
+        }
+    }
+
+    fn set_blocks(&self, level: &mut Value, top: bool) {
+        let wanted = self.settings.policy_patch();
+        for block in ["connectionPool", "outlierDetection"] {
+            if top || level.get(block).is_some() {
+                let current = level.get(block).cloned().unwrap_or_else(|| json!({}));
+                level[block] = keep_lower_limits(&current, &wanted[block]);
+            }
+        }
+        let has_locality = level.pointer("/loadBalancer/localityLbSetting").is_some();
+        if self.settings.locality_lb == LocalityLb::Preserve
+            && !has_locality
+            && (top || level.get("loadBalancer").is_some())
+        {
+            level["loadBalancer"]["localityLbSetting"] = json!({"enabled": false});
+        }
     }
 }
 
-/// Subsets whose own traffic policy overrides the rule-level blocks this sets.
-fn subsets_overriding(object: &DynamicObject) -> Vec<String> {
-    istio::spec(object)
-        .and_then(|s| s.get("subsets"))
-        .and_then(Value::as_array)
-        .map(|subsets| {
-            subsets
-                .iter()
-                .filter(|s| {
-                    let policy = &s["trafficPolicy"];
-                    policy.get("outlierDetection").is_some()
-                        || policy.get("connectionPool").is_some()
-                })
-                .filter_map(|s| s["name"].as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Limits a rule already sets lower than the breaker's stay: the breaker never loosens.
+const LIMITS: [&str; 3] = [
+    "/tcp/maxConnections",
+    "/http/http1MaxPendingRequests",
+    "/consecutive5xxErrors",
+];
+
+fn keep_lower_limits(current: &Value, wanted: &Value) -> Value {
+    let mut out = istio::merged(current, wanted);
+    for pointer in LIMITS {
+        if let (Some(old), Some(slot)) = (
+            current.pointer(pointer).and_then(Value::as_u64),
+            out.pointer_mut(pointer),
+        ) && slot.as_u64().is_some_and(|new| old < new)
+        {
+            *slot = json!(old);
+        }
+    }
+    out
 }
 
 impl Remediation for DbCircuitBreak {
@@ -233,16 +347,21 @@ impl Remediation for DbCircuitBreak {
     }
 
     fn locate(&self, input: &AlertInput, config: &Config) -> Result<Locator, String> {
-        istio::service_label(input, self.name())?;
+        istio::host_label(input, DB_HOST_LABEL, self.name()).map_err(|why| {
+            format!(
+                "{why}: the database's mesh host, a Service name or a ServiceEntry host (the shipped DatabaseTimeoutsHigh rule copies it from the counters' `db` label)"
+            )
+        })?;
         Ok(istio::opted_in_objects(
             istio::destination_rule(config),
             input,
+            DB_HOST_LABEL,
         ))
     }
 
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
-        let service = input.alert.label("service").unwrap_or_default();
-        hosts::rule_host_is(object, &hosts::alert_host(service, &input.namespace))
+        let host = input.alert.label(DB_HOST_LABEL).unwrap_or_default();
+        hosts::rule_host_is(object, &hosts::alert_host(host, &input.namespace))
     }
 
     fn plan(
@@ -332,8 +451,17 @@ mod tests {
         }
     }
 
+    fn breaker() -> Value {
+        json!({
+            "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s",
+                                 "baseEjectionTime": "30s", "maxEjectionPercent": 50},
+            "connectionPool": {"tcp": {"maxConnections": 100, "connectTimeout": "2s"},
+                               "http": {"http1MaxPendingRequests": 64}},
+        })
+    }
+
     #[test]
-    fn the_patch_touches_only_the_two_blocks_and_keeps_the_rest() {
+    fn the_patch_sets_the_breaker_keeps_the_rest_and_preserves_the_spread() {
         let object = rule(json!({
             "host": "orders",
             "trafficPolicy": {
@@ -344,30 +472,22 @@ mod tests {
         let plan = DbCircuitBreak::default()
             .plan_circuit_break(&object)
             .expect("plan");
-        assert_eq!(
-            plan.patch,
-            json!({"spec": {"trafficPolicy": CircuitBreaker::default().policy_patch()}})
-        );
+        let mut applied = breaker();
+        applied["tls"] = json!({"mode": "ISTIO_MUTUAL"});
+        applied["outlierDetection"]["consecutiveGatewayErrors"] = json!(2);
+        applied["loadBalancer"] = json!({"localityLbSetting": {"enabled": false}});
+        assert_eq!(plan.applied, Some(json!({"trafficPolicy": applied})));
         assert_eq!(
             plan.previous,
-            Some(json!({"trafficPolicy": {
-                "tls": {"mode": "ISTIO_MUTUAL"},
-                "outlierDetection": {"consecutiveGatewayErrors": 2},
-            }}))
+            Some(json!({"trafficPolicy": object.data["spec"]["trafficPolicy"]})),
+            "subsets did not change, so they are not recorded"
         );
-        assert_eq!(
-            plan.applied,
-            Some(json!({"trafficPolicy": {
-                "tls": {"mode": "ISTIO_MUTUAL"},
-                "outlierDetection": {
-                    "consecutiveGatewayErrors": 2, "consecutive5xxErrors": 5, "interval": "10s",
-                    "baseEjectionTime": "30s", "maxEjectionPercent": 50,
-                },
-                "connectionPool": {
-                    "tcp": {"maxConnections": 100, "connectTimeout": "2s"},
-                    "http": {"http1MaxPendingRequests": 64},
-                },
-            }}))
+        let stored = istio::merged(&object.data["spec"], &plan.patch["spec"]);
+        assert_eq!(stored["trafficPolicy"], applied);
+        assert!(
+            plan.summary.contains("CB_LOCALITY_LB=preserve"),
+            "{}",
+            plan.summary
         );
     }
 
@@ -388,14 +508,69 @@ mod tests {
     }
 
     #[test]
-    fn subset_overrides_are_pointed_out() {
-        let object = rule(json!({"host": "orders", "subsets": [
-            {"name": "primary", "labels": {"role": "primary"},
-             "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 5}}}}
-        ]}));
+    fn every_level_istio_would_take_instead_gets_the_breaker() {
+        let object = rule(json!({"host": "orders",
+            "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 5432}, "connectionPool": {"tcp": {"maxConnections": 5}}},
+                {"port": {"number": 9187}, "tls": {"mode": "DISABLE"}}]},
+            "subsets": [
+                {"name": "primary", "labels": {"role": "primary"},
+                 "trafficPolicy": {"connectionPool": {"http": {"http2MaxRequests": 500}},
+                                   "loadBalancer": {"simple": "LEAST_REQUEST"}}},
+                {"name": "replica", "labels": {"role": "replica"}}]}));
         let plan = DbCircuitBreak::default()
             .plan_circuit_break(&object)
             .expect("plan");
-        assert!(plan.summary.contains("subsets primary"), "{}", plan.summary);
+        let applied = plan.applied.clone().expect("applied");
+        let ports = &applied["trafficPolicy"]["portLevelSettings"];
+        // A lower limit the owner set stays; the other fields are the breaker's.
+        assert_eq!(ports[0]["connectionPool"]["tcp"]["maxConnections"], 5);
+        assert_eq!(
+            ports[0]["connectionPool"]["http"]["http1MaxPendingRequests"],
+            64
+        );
+        assert!(
+            ports[0].get("outlierDetection").is_none(),
+            "taken from the top level"
+        );
+        assert_eq!(
+            ports[1],
+            json!({"port": {"number": 9187}, "tls": {"mode": "DISABLE"}})
+        );
+        let primary = &applied["subsets"][0]["trafficPolicy"];
+        assert_eq!(primary["connectionPool"]["http"]["http2MaxRequests"], 500);
+        assert_eq!(primary["connectionPool"]["tcp"]["maxConnections"], 100);
+        assert_eq!(
+            primary["loadBalancer"],
+            json!({"simple": "LEAST_REQUEST", "localityLbSetting": {"enabled": false}})
+        );
+        assert_eq!(applied["subsets"][1], object.data["spec"]["subsets"][1]);
+        assert_eq!(
+            plan.previous.expect("previous")["subsets"],
+            object.data["spec"]["subsets"]
+        );
+        assert!(plan.summary.contains("subset primary"), "{}", plan.summary);
+    }
+
+    #[test]
+    fn prioritize_lets_outlier_detection_prefer_the_clients_region() {
+        let settings = settings(&[("CB_LOCALITY_LB", "prioritize")]).expect("valid");
+        let plan = DbCircuitBreak::new(settings)
+            .plan_circuit_break(&rule(json!({"host": "orders"})))
+            .expect("plan");
+        assert_eq!(plan.applied, Some(json!({"trafficPolicy": breaker()})));
+        assert!(
+            plan.summary
+                .contains("prefer endpoints in their own region"),
+            "{}",
+            plan.summary
+        );
+        assert!(matches!(
+            self::settings(&[("CB_LOCALITY_LB", "off")]),
+            Err(Error::Config {
+                var: "CB_LOCALITY_LB",
+                ..
+            })
+        ));
     }
 }

@@ -560,6 +560,7 @@ impl Remediation for ErrorRollback {
         Ok(istio::opted_in_objects(
             istio::virtual_service(config),
             input,
+            "service",
         ))
     }
 

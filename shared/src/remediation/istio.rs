@@ -49,22 +49,32 @@ fn resource(config: &Config, kind: &str, plural: &str) -> ApiResource {
 
 /// The alert's `service` label (a short name or an FQDN), validated as a host name.
 pub fn service_label<'a>(input: &'a AlertInput, remediation: &str) -> Result<&'a str, String> {
-    let service = input
-        .alert
-        .label("service")
-        .ok_or_else(|| format!("alert has no `service` label ({remediation} needs it)"))?;
-    names::dns_subdomain("service", service)?;
-    Ok(service)
+    host_label(input, "service", remediation)
 }
 
-/// A list locator for the opted-in objects of `resource` in the alert's namespace.
-pub fn opted_in_objects(resource: ApiResource, input: &AlertInput) -> super::Locator {
-    let service = input.alert.label("service").unwrap_or_default();
+/// The alert's host label `label` (a short name or an FQDN), validated as a host name.
+pub fn host_label<'a>(
+    input: &'a AlertInput,
+    label: &str,
+    remediation: &str,
+) -> Result<&'a str, String> {
+    let host = input
+        .alert
+        .label(label)
+        .ok_or_else(|| format!("alert has no `{label}` label ({remediation} needs it)"))?;
+    names::dns_subdomain(label, host)?;
+    Ok(host)
+}
+
+/// A list locator for the opted-in objects of `resource` in the alert's namespace that
+/// concern the mesh host the alert's `label` names.
+pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) -> super::Locator {
+    let host = input.alert.label(label).unwrap_or_default();
     super::Locator {
         resource,
         namespace: input.namespace.clone(),
         name: None,
-        subject: Some(super::hosts::alert_host(service, &input.namespace)),
+        subject: Some(super::hosts::alert_host(host, &input.namespace)),
     }
 }
 

@@ -569,12 +569,13 @@ impl Remediation for RegionFailover {
         Ok(istio::opted_in_objects(
             istio::virtual_service(config),
             input,
+            "service",
         ))
     }
 
     fn targets(&self, input: &AlertInput, config: &Config) -> Result<Vec<Locator>, String> {
         let weights = self.locate(input, config)?;
-        let rules = istio::opted_in_objects(istio::destination_rule(config), input);
+        let rules = istio::opted_in_objects(istio::destination_rule(config), input, "service");
         Ok(vec![weights, rules])
     }
 

@@ -58,8 +58,8 @@ pub(crate) fn demo_istio_objects() -> Vec<Value> {
         }),
         json!({
             "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "orders", "namespace": "shop", "labels": labels},
-            "spec": {"host": "orders.shop.svc.cluster.local",
+            "metadata": {"name": "orders-db", "namespace": "shop", "labels": labels},
+            "spec": {"host": "orders-db.shop.svc.cluster.local",
                      "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}},
         }),
         json!({
@@ -91,8 +91,8 @@ pub(crate) fn demo_istio_objects() -> Vec<Value> {
 ///   `app` image `example/<name>:1.0`, settled status;
 /// * VirtualService `checkout` (subsets v1/v2 at 50/50, annotation
 ///   `auto-remediation.io/stable-subset: v1`) and DestinationRule `checkout` (v1/v2);
-/// * DestinationRule `orders` (host `orders.shop.svc.cluster.local`, `ISTIO_MUTUAL`, no
-///   outlierDetection);
+/// * DestinationRule `orders-db` (host `orders-db.shop.svc.cluster.local`, the database
+///   `orders` calls; `ISTIO_MUTUAL`, no outlierDetection);
 /// * VirtualService `frontend` (us-east-1 60, us-west-2 30, eu-west-1 10) and
 ///   DestinationRule `frontend` (subsets by `topology.kubernetes.io/region`);
 /// * namespace `kube-system` with an opted-in Deployment `coredns` (protected namespace).

@@ -435,19 +435,19 @@ async fn server_side_apply() {
     );
     let cfg = json!({
         "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": "orders", "namespace": "shop"},
+        "metadata": {"name": "orders-db", "namespace": "shop"},
         "spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"}}},
     });
     let out = dr
         .patch(
-            "orders",
+            "orders-db",
             &PatchParams::apply("remediator"),
             &Patch::Apply(&cfg),
         )
         .await
         .expect("apply");
     // Merged into the existing object: host and tls kept.
-    assert_eq!(out.data["spec"]["host"], "orders.shop.svc.cluster.local");
+    assert_eq!(out.data["spec"]["host"], "orders-db.shop.svc.cluster.local");
     assert_eq!(
         out.data["spec"]["trafficPolicy"]["tls"]["mode"],
         "ISTIO_MUTUAL"
@@ -701,7 +701,7 @@ async fn istio_objects_share_storage_and_are_validated() {
     );
     let e = api_err(
         dr.patch(
-            "orders",
+            "orders-db",
             &PatchParams::default(),
             &Patch::Merge(json!({"spec": {"trafficPolicy": {"tls": {"mode": "NOPE"}}}})),
         )
