@@ -129,7 +129,7 @@ func newProxy(spec proxySpec, index int) (*model.Proxy, error) {
 }
 
 func routesOf(server *xds.FakeDiscoveryServer, proxy *model.Proxy) []routeEntry {
-	var out []routeEntry
+	out := []routeEntry{}
 	for _, rc := range server.Routes(proxy) {
 		for _, vh := range rc.GetVirtualHosts() {
 			for _, r := range vh.GetRoutes() {

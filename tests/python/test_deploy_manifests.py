@@ -64,6 +64,7 @@ FUNCTION_ENV = {
         "CB_MAX_CONNECTIONS": ("CbMaxConnections", 100),
         "CB_CONNECT_TIMEOUT": ("CbConnectTimeout", "2s"),
         "CB_MAX_PENDING_REQUESTS": ("CbMaxPendingRequests", 64),
+        "CB_LOCALITY_LB": ("CbLocalityLb", "preserve"),
     },
     "region-failover": {
         "FAILBACK_ON_RESOLVE": ("FailbackOnResolve", "false"),

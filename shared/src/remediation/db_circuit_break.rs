@@ -10,10 +10,12 @@
 //!
 //! The breaker is the `connectionPool` limits (`tcp.maxConnections`, `tcp.connectTimeout`,
 //! `http.http1MaxPendingRequests`) and `outlierDetection` (`consecutive5xxErrors` and the
-//! ejection settings). Istio replaces a block wholesale where a subset or a
-//! `portLevelSettings` entry sets its own (`MergeTrafficPolicy`), so the fields are set at
-//! every level that has the block, as well as at the top level; everything else in the
-//! rule is kept, and a limit the rule already sets lower stays. For a database with one
+//! ejection settings). Istio takes a subset's own block instead of the top level's
+//! (`MergeTrafficPolicy`), and a `portLevelSettings` entry for a port inherits nothing at
+//! all (`GetPortLevelTrafficPolicy`), so the breaker is set at the top level, in every
+//! `portLevelSettings` entry (top level and subsets) and in every block a subset sets
+//! itself; everything else in the rule is kept, and a limit the rule already sets lower
+//! stays. For a database with one
 //! endpoint the pool limits are what bite: Envoy's panic threshold keeps sending to a lone
 //! ejected endpoint.
 //!
@@ -281,9 +283,11 @@ impl DbCircuitBreak {
         })
     }
 
-    /// Sets the breaker in one traffic policy level and its `portLevelSettings`: both
-    /// blocks at the top level, elsewhere the blocks the level sets itself (Istio takes
-    /// those instead of the top level's).
+    /// Sets the breaker in one traffic policy level and its `portLevelSettings`. A
+    /// `portLevelSettings` entry inherits nothing (Istio's `GetPortLevelTrafficPolicy`: the
+    /// fields it omits take Envoy's defaults), so it gets the whole breaker, as does the top
+    /// level; a subset's own policy overrides the top level block by block, so there the
+    /// blocks it sets get the breaker's fields.
     fn set_level(&self, policy: &mut Value, top: bool, name: &str, levels: &mut Vec<String>) {
         let before = policy.clone();
         self.set_blocks(policy, top);
@@ -292,7 +296,7 @@ impl DbCircuitBreak {
             .and_then(Value::as_array_mut)
         {
             for port in ports {
-                self.set_blocks(port, false);
+                self.set_blocks(port, true);
             }
         }
         if top || *policy != before {
@@ -300,10 +304,11 @@ impl DbCircuitBreak {
         }
     }
 
-    fn set_blocks(&self, level: &mut Value, top: bool) {
+    /// `whole`: every block (a level that inherits nothing); else only the blocks set.
+    fn set_blocks(&self, level: &mut Value, whole: bool) {
         let wanted = self.settings.policy_patch();
         for block in ["connectionPool", "outlierDetection"] {
-            if top || level.get(block).is_some() {
+            if whole || level.get(block).is_some() {
                 let current = level.get(block).cloned().unwrap_or_else(|| json!({}));
                 level[block] = keep_lower_limits(&current, &wanted[block]);
             }
@@ -311,7 +316,7 @@ impl DbCircuitBreak {
         let has_locality = level.pointer("/loadBalancer/localityLbSetting").is_some();
         if self.settings.locality_lb == LocalityLb::Preserve
             && !has_locality
-            && (top || level.get("loadBalancer").is_some())
+            && (whole || level.get("loadBalancer").is_some())
         {
             level["loadBalancer"]["localityLbSetting"] = json!({"enabled": false});
         }
@@ -529,13 +534,16 @@ mod tests {
             ports[0]["connectionPool"]["http"]["http1MaxPendingRequests"],
             64
         );
-        assert!(
-            ports[0].get("outlierDetection").is_none(),
-            "taken from the top level"
-        );
         assert_eq!(
-            ports[1],
-            json!({"port": {"number": 9187}, "tls": {"mode": "DISABLE"}})
+            ports[0]["outlierDetection"],
+            breaker()["outlierDetection"],
+            "a port inherits nothing from the top level"
+        );
+        assert_eq!(ports[1]["tls"], json!({"mode": "DISABLE"}));
+        assert_eq!(ports[1]["connectionPool"], breaker()["connectionPool"]);
+        assert_eq!(
+            ports[1]["loadBalancer"],
+            json!({"localityLbSetting": {"enabled": false}})
         );
         let primary = &applied["subsets"][0]["trafficPolicy"];
         assert_eq!(primary["connectionPool"]["http"]["http2MaxRequests"], 500);
