@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mesh_remediation::remediation::RegionFailover;
-use mesh_remediation::remediation::region_failover::{
-    FailoverSettings, failover_outlier_detection,
-};
+use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::mesh::{
     HealthEndpoint, Kind, Mesh, assert_one_winner, assert_schema_valid, only, race, reason, record,
@@ -351,7 +349,7 @@ async fn objects_not_opted_in_are_skipped() {
 }
 
 #[tokio::test]
-async fn without_a_region_split_the_destination_rule_gets_locality_failover() {
+async fn without_a_region_split_the_destination_rule_drains_the_region_with_distribute() {
     let cluster = TestCluster::start("rf-locality").await;
     let mesh = Mesh::new(&cluster);
     let spec = json!({"host": "frontend", "trafficPolicy": {
@@ -361,7 +359,7 @@ async fn without_a_region_split_the_destination_rule_gets_locality_failover() {
     let before = mesh
         .create(Kind::DestinationRule, NAME, true, json!({}), spec)
         .await;
-    // us-west-2 is first in preference but unhealthy: eu-west-1 is the target.
+    // us-west-2 is unhealthy: eu-west-1 takes every client's calls.
     let regions = Regions::start(503, 200).await;
     let outcome = fire(&cluster, checked(&regions)).await;
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
@@ -372,9 +370,8 @@ async fn without_a_region_split_the_destination_rule_gets_locality_failover() {
             "tls": {"mode": "ISTIO_MUTUAL"},
             "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {
                 "enabled": true,
-                "failover": [{"from": "us-east-1", "to": "eu-west-1"}],
+                "distribute": [{"from": "*", "to": {"eu-west-1/*": 100}}],
             }},
-            "outlierDetection": failover_outlier_detection(),
         })
     );
     assert_schema_valid(&after);

@@ -36,7 +36,7 @@
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Value, json};
 
-use super::hosts;
+use super::hosts::{self, PolicyLevel};
 use super::istio::{self, OnEdit};
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::{self, Config};
@@ -226,21 +226,15 @@ impl DbCircuitBreak {
         let previous = istio::fragment(object, ["trafficPolicy", "subsets"]);
         let mut after = previous.clone();
         let mut levels = Vec::new();
-        let top = &mut after["trafficPolicy"];
-        if top.is_null() {
-            *top = json!({});
-        }
-        self.set_level(top, true, "trafficPolicy", &mut levels);
-        if let Some(subsets) = after["subsets"].as_array_mut() {
-            for (index, subset) in subsets.iter_mut().enumerate() {
-                let name = subset["name"]
-                    .as_str()
-                    .map_or_else(|| index.to_string(), str::to_owned);
-                if let Some(policy) = subset.get_mut("trafficPolicy").filter(|p| p.is_object()) {
-                    self.set_level(policy, false, &format!("subset {name}"), &mut levels);
-                }
+        hosts::for_each_policy_level(&mut after, |policy, level, name| {
+            let before = policy.clone();
+            // A subset's policy overrides block by block: only the blocks it sets need the
+            // breaker. The top level and port entries (which inherit nothing) get all of it.
+            self.set_blocks(policy, level != PolicyLevel::Subset);
+            if level == PolicyLevel::Top || *policy != before {
+                levels.push(name.to_owned());
             }
-        }
+        });
         if after == previous {
             return Err(Refusal::Skip(
                 "circuit breaker already set as configured".into(),
@@ -281,27 +275,6 @@ impl DbCircuitBreak {
             previous: Some(previous),
             applied: Some(applied),
         })
-    }
-
-    /// Sets the breaker in one traffic policy level and its `portLevelSettings`. A
-    /// `portLevelSettings` entry inherits nothing (Istio's `GetPortLevelTrafficPolicy`: the
-    /// fields it omits take Envoy's defaults), so it gets the whole breaker, as does the top
-    /// level; a subset's own policy overrides the top level block by block, so there the
-    /// blocks it sets get the breaker's fields.
-    fn set_level(&self, policy: &mut Value, top: bool, name: &str, levels: &mut Vec<String>) {
-        let before = policy.clone();
-        self.set_blocks(policy, top);
-        if let Some(ports) = policy
-            .get_mut("portLevelSettings")
-            .and_then(Value::as_array_mut)
-        {
-            for port in ports {
-                self.set_blocks(port, true);
-            }
-        }
-        if top || *policy != before {
-            levels.push(name.to_owned());
-        }
     }
 
     /// `whole`: every block (a level that inherits nothing); else only the blocks set.

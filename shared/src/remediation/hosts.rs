@@ -10,6 +10,10 @@
 //! - An object without `exportTo` is visible in every namespace; `.` means its own.
 //! - A route's subset is the DestinationRule subset of that name for the destination
 //!   host; the workloads it reaches are the Service's selector plus the subset's labels.
+//! - A DestinationRule's traffic policy applies at several levels: a subset's own policy
+//!   replaces the top level's block by block (`MergeTrafficPolicy`), and a
+//!   `portLevelSettings` entry for the port replaces everything and inherits nothing
+//!   (`GetPortLevelTrafficPolicy`: what it omits takes Envoy's defaults).
 
 use std::collections::BTreeMap;
 
@@ -175,6 +179,59 @@ pub fn subsets(rules: &[DynamicObject], host: &str) -> BTreeMap<String, Labels> 
     out
 }
 
+/// Where a traffic policy sits in a DestinationRule, which says what it inherits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyLevel {
+    /// `spec.trafficPolicy`.
+    Top,
+    /// A subset's `trafficPolicy`: its blocks replace the top level's, one by one.
+    Subset,
+    /// A `portLevelSettings` entry (top level or subset): inherits nothing.
+    Port,
+}
+
+/// Calls `visit` with every traffic policy of a DestinationRule fragment
+/// (`{"trafficPolicy": ..., "subsets": [...]}`), its level and a name for messages: the top
+/// level (created when absent), its `portLevelSettings` entries, each subset's own policy
+/// (when it has one) and that policy's `portLevelSettings` entries.
+pub fn for_each_policy_level(
+    fragment: &mut Value,
+    mut visit: impl FnMut(&mut Value, PolicyLevel, &str),
+) {
+    fn ports(
+        policy: &mut Value,
+        owner: &str,
+        visit: &mut impl FnMut(&mut Value, PolicyLevel, &str),
+    ) {
+        let entries = policy
+            .get_mut("portLevelSettings")
+            .and_then(Value::as_array_mut);
+        for entry in entries.into_iter().flatten() {
+            let port = entry
+                .pointer("/port/number")
+                .and_then(Value::as_u64)
+                .unwrap_or_default();
+            visit(entry, PolicyLevel::Port, &format!("{owner} port {port}"));
+        }
+    }
+    let top = &mut fragment["trafficPolicy"];
+    if top.is_null() {
+        *top = Value::Object(serde_json::Map::new());
+    }
+    visit(top, PolicyLevel::Top, "trafficPolicy");
+    ports(top, "trafficPolicy", &mut visit);
+    let subsets = fragment.get_mut("subsets").and_then(Value::as_array_mut);
+    for (index, subset) in subsets.into_iter().flatten().enumerate() {
+        let name = subset["name"]
+            .as_str()
+            .map_or_else(|| format!("subset {index}"), |n| format!("subset {n}"));
+        if let Some(policy) = subset.get_mut("trafficPolicy").filter(|p| p.is_object()) {
+            visit(policy, PolicyLevel::Subset, &name);
+            ports(policy, &name, &mut visit);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +312,26 @@ mod tests {
             "VirtualService",
             json!({"exportTo": ["."]})
         )));
+    }
+
+    #[test]
+    fn every_traffic_policy_level_is_visited_with_what_it_inherits() {
+        let mut fragment = json!({"trafficPolicy": null, "subsets": [
+            {"name": "a", "trafficPolicy": {"portLevelSettings": [{"port": {"number": 5432}}]}},
+            {"name": "b"}]});
+        let mut seen = Vec::new();
+        for_each_policy_level(&mut fragment, |_, level, name| {
+            seen.push((level, name.to_owned()))
+        });
+        assert_eq!(
+            seen,
+            vec![
+                (PolicyLevel::Top, "trafficPolicy".to_owned()),
+                (PolicyLevel::Subset, "subset a".to_owned()),
+                (PolicyLevel::Port, "subset a port 5432".to_owned()),
+            ]
+        );
+        assert_eq!(fragment["trafficPolicy"], json!({}));
     }
 
     #[test]

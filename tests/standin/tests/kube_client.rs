@@ -458,11 +458,11 @@ async fn server_side_apply() {
     );
 
     // Another manager changing an owned field conflicts, unless forced.
-    let other = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "orders"},
+    let other = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "orders-db"},
         "spec": {"trafficPolicy": {"outlierDetection": {"consecutive5xxErrors": 7}}}});
     let e = api_err(
         dr.patch(
-            "orders",
+            "orders-db",
             &PatchParams::apply("someone-else"),
             &Patch::Apply(&other),
         )
@@ -478,7 +478,7 @@ async fn server_side_apply() {
     );
     let out = dr
         .patch(
-            "orders",
+            "orders-db",
             &PatchParams::apply("someone-else").force(),
             &Patch::Apply(&other),
         )
@@ -490,11 +490,11 @@ async fn server_side_apply() {
     );
 
     // A manager dropping a field it applied removes it.
-    let less = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "orders"},
+    let less = json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "orders-db"},
         "spec": {"trafficPolicy": {"outlierDetection": {"interval": "10s", "baseEjectionTime": "30s"}}}});
     let out = dr
         .patch(
-            "orders",
+            "orders-db",
             &PatchParams::apply("remediator"),
             &Patch::Apply(&less),
         )
@@ -716,7 +716,7 @@ async fn istio_objects_share_storage_and_are_validated() {
     );
     let e = api_err(
         dr.patch(
-            "orders",
+            "orders-db",
             &PatchParams::default().validation_strict(),
             &unknown,
         )
@@ -729,7 +729,7 @@ async fn istio_objects_share_storage_and_are_validated() {
         "strict decoding error: unknown field \"spec.trafficPolicy.outlierDetection.bogus\""
     );
     let out = dr
-        .patch("orders", &PatchParams::default(), &unknown)
+        .patch("orders-db", &PatchParams::default(), &unknown)
         .await
         .expect("pruned");
     assert_eq!(

@@ -1,0 +1,235 @@
+//! `region-failover`: drain a degraded region of a service's traffic, for every client.
+//!
+//! Two levers, on objects labelled `auto_remediation=active` in the alert's namespace:
+//!
+//! 1. **VirtualService weights** (preferred: explicit and immediate) — [`weights`]. In every
+//!    HTTP route that splits the service per region, the degraded region's weight goes to 0
+//!    and is spread over the *healthy* remaining regions in proportion to their current
+//!    weights (integers, the total kept, largest remainder, ties to the earlier destination).
+//!    Regions that fail their health check keep their weight but receive nothing more. A
+//!    destination's region is, in this order: the `topology.kubernetes.io/region` label of
+//!    its DestinationRule subset; its subset name when that is a known or AWS-shaped region
+//!    name; a region name inside its host (`frontend-us-east-1`, `frontend.eu-west-1.example.com`).
+//! 2. **DestinationRule locality distribution**, only when no opted-in VirtualService splits
+//!    the service per region — [`locality`]: `localityLbSetting.distribute` from every
+//!    client locality (`*`) to the healthy regions in equal shares, at every traffic-policy
+//!    level Istio would otherwise take instead. It acts at once; a locality `failover`
+//!    entry acts only once outlier detection has ejected the degraded region's endpoints,
+//!    and only for clients in that region, so it is replaced (and restored on revert).
+//!
+//! Health ([`health`]): with `REGION_HEALTH_URLS` unset, every region but the degraded one
+//! counts as healthy (the alert is the only signal). Once it is set, a region is healthy
+//! only if its URL answers 2xx within `HEALTH_CHECK_TIMEOUT_MS`; a region without a URL is
+//! unknown and gets no traffic. No healthy region left: nothing changes and the alert fails
+//! with the health of each region as the reason.
+//!
+//! A resolved alert restores the previous weights / policy when `FAILBACK_ON_RESOLVE` is
+//! on (default off: failing back into a region that just recovered is a human call); a
+//! revert request does the same on demand.
+
+use std::sync::OnceLock;
+
+use futures::future::BoxFuture;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use serde_json::Value;
+
+use super::hosts;
+use super::istio::{self, OnEdit};
+use super::{Locator, Plan, PlanContext, Refusal, Remediation};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::intake::AlertInput;
+use crate::names;
+use crate::record::{self, ActionRecord};
+
+pub mod health;
+pub mod locality;
+pub mod settings;
+pub mod weights;
+
+pub use health::RegionFacts;
+pub use settings::FailoverSettings;
+pub use weights::{destination_region, looks_like_region, route_regions, shift_weights};
+
+/// The node label holding a node's region, used on DestinationRule subsets.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+
+/// Shifts traffic away from the alert's `region`.
+#[derive(Debug, Clone, Default)]
+pub struct RegionFailover {
+    /// The settings in force.
+    pub settings: FailoverSettings,
+    http: OnceLock<reqwest::Client>,
+}
+
+impl RegionFailover {
+    /// With settings from the process environment.
+    pub fn from_env() -> Result<Self> {
+        FailoverSettings::from_env().map(Self::new)
+    }
+
+    /// With these settings.
+    pub fn new(settings: FailoverSettings) -> Self {
+        RegionFailover {
+            settings,
+            http: OnceLock::new(),
+        }
+    }
+}
+
+fn degraded_region(input: &AlertInput) -> &str {
+    input.alert.label("region").unwrap_or_default()
+}
+
+fn is_destination_rule(object: &DynamicObject) -> bool {
+    match &object.types {
+        Some(types) => types.kind == "DestinationRule",
+        None => istio::spec(object).is_some_and(|s| s.contains_key("host")),
+    }
+}
+
+impl Remediation for RegionFailover {
+    type Facts = RegionFacts;
+
+    fn name(&self) -> &'static str {
+        "region-failover"
+    }
+
+    fn locate(&self, input: &AlertInput, config: &Config) -> Result<Locator, String> {
+        istio::service_label(input, self.name())?;
+        let region = input
+            .alert
+            .label("region")
+            .ok_or("alert has no `region` label (region-failover needs it)")?;
+        names::label_value("region", region)?;
+        Ok(istio::opted_in_objects(
+            istio::virtual_service(config),
+            input,
+            "service",
+        ))
+    }
+
+    fn targets(&self, input: &AlertInput, config: &Config) -> Result<Vec<Locator>, String> {
+        let weights = self.locate(input, config)?;
+        let rules = istio::opted_in_objects(istio::destination_rule(config), input, "service");
+        Ok(vec![weights, rules])
+    }
+
+    fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
+        let service = input.alert.label("service").unwrap_or_default();
+        let host = hosts::alert_host(service, &input.namespace);
+        hosts::routes_host(object, &host) || hosts::rule_host_is(object, &host)
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        input: &'a AlertInput,
+        client: &'a kube::Client,
+        config: &'a Config,
+    ) -> BoxFuture<'a, Result<RegionFacts>> {
+        Box::pin(async move {
+            let host = hosts::alert_host(
+                input.alert.label("service").unwrap_or_default(),
+                &input.namespace,
+            );
+            let degraded = degraded_region(input);
+            let namespace = &input.namespace;
+            let rules: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &istio::destination_rule(config));
+            let rules = rules
+                .list(&ListParams::default())
+                .await
+                .map_err(|err| Error::kube(format!("list destinationrules in {namespace}"), err))?;
+            let mut facts = RegionFacts {
+                checked: !self.settings.health_urls.is_empty(),
+                health: self.check_health(degraded).await?,
+                known_regions: self
+                    .settings
+                    .health_urls
+                    .iter()
+                    .map(|(r, _)| r.clone())
+                    .collect(),
+                ..RegionFacts::default()
+            };
+            for rule in rules.items.iter().filter(|r| hosts::rule_host_is(r, &host)) {
+                let subsets = istio::spec(rule)
+                    .and_then(|s| s.get("subsets"))
+                    .and_then(Value::as_array);
+                for subset in subsets.into_iter().flatten() {
+                    let (Some(name), Some(region)) = (
+                        subset.get("name").and_then(Value::as_str),
+                        subset
+                            .pointer("/labels")
+                            .and_then(|l| l.get(REGION_LABEL))
+                            .and_then(Value::as_str),
+                    ) else {
+                        continue;
+                    };
+                    facts
+                        .subset_regions
+                        .insert(name.to_owned(), region.to_owned());
+                    if !facts.known_regions.iter().any(|r| r == region) {
+                        facts.known_regions.push(region.to_owned());
+                    }
+                }
+            }
+            let services: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &istio::virtual_service(config));
+            let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
+            let services = services
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|err| Error::kube(format!("list virtualservices in {namespace}"), err))?;
+            facts.split_by_virtual_service = services.items.iter().any(|vs| {
+                hosts::routes_host(vs, &host)
+                    && istio::http_routes(vs).iter().any(|route| {
+                        route
+                            .get("route")
+                            .and_then(Value::as_array)
+                            .is_some_and(|d| {
+                                d.len() > 1 && route_regions(d, degraded, &facts).is_some()
+                            })
+                    })
+            });
+            Ok(facts)
+        })
+    }
+
+    fn plan(
+        &self,
+        input: &AlertInput,
+        object: &DynamicObject,
+        context: PlanContext<'_, RegionFacts>,
+    ) -> std::result::Result<Plan, Refusal> {
+        let degraded = degraded_region(input);
+        if is_destination_rule(object) {
+            self.plan_locality_drain(object, degraded, context.facts)
+        } else {
+            self.plan_weights(object, degraded, context.facts)
+        }
+    }
+
+    fn plan_resolved(
+        &self,
+        _input: &AlertInput,
+        object: &DynamicObject,
+        record: &ActionRecord,
+        _context: PlanContext<'_>,
+    ) -> Option<std::result::Result<Plan, Refusal>> {
+        self.settings
+            .failback_on_resolve
+            .then(|| istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Skip))
+    }
+
+    fn revertible(&self, config: &Config) -> Vec<ApiResource> {
+        istio::revertible(config)
+    }
+
+    fn plan_revert(
+        &self,
+        object: &DynamicObject,
+        record: &ActionRecord,
+    ) -> std::result::Result<Plan, Refusal> {
+        istio::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
+    }
+}
