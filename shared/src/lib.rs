@@ -13,6 +13,7 @@
 pub mod alert;
 pub mod config;
 pub mod connect;
+pub mod controllers;
 pub mod decide;
 pub mod eks;
 pub mod error;

@@ -645,6 +645,13 @@ impl<R: Remediation> Pipeline<R> {
                 return Step::Done(Outcome::new(OutcomeKind::Escalated, source).because(reason));
             }
         };
+        if let Some(controller) = crate::controllers::blocking_controller(object) {
+            let why = format!(
+                "{target} is managed by {controller}, which would undo this change or fight over it; not changing it. To let mesh-remediation act on it anyway, annotate it {}=true",
+                crate::controllers::ALLOW_ANNOTATION
+            );
+            return Step::Done(Outcome::failed(source, &Error::Plan(why)));
+        }
         let facts = match work
             .facts
             .get_or_init(|| self.remediation.prepare(input, client, &self.config))

@@ -418,3 +418,104 @@ async fn revert_requests_for_other_kinds_or_functions_fail_clearly() {
         "{outcome:#?}"
     );
 }
+
+#[tokio::test]
+async fn one_message_with_alerts_for_two_services_rolls_back_both() {
+    // Alertmanager groups by remediation, namespace and alertname: 5xx alerts for two
+    // services of one namespace arrive in one message. Each is its own target.
+    let (cluster, _) = stable_annotated("er-two-services").await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "payments",
+        true,
+        json!({}),
+        json!({"host": "payments", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}},
+        ]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "payments",
+        true,
+        json!({}),
+        json!({"hosts": ["payments"], "http": [{"route": [
+            {"destination": {"host": "payments", "subset": "v1"}, "weight": 70},
+            {"destination": {"host": "payments", "subset": "v2"}, "weight": 30}]}]}),
+    )
+    .await;
+    let mut event = events::fresh(FIRING, &cluster.namespace);
+    let mut message = events::message(&event);
+    let mut second = message["alerts"][0].clone();
+    second["labels"]["service"] = json!("payments");
+    second["fingerprint"] = json!("0123456789abcdef");
+    message["alerts"]
+        .as_array_mut()
+        .expect("alerts")
+        .push(second);
+    message["commonLabels"]
+        .as_object_mut()
+        .expect("labels")
+        .remove("service");
+    events::set_message(&mut event, &message);
+
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_eq!(report.outcomes.len(), 2, "{report:#?}");
+    for outcome in &report.outcomes {
+        assert_eq!(outcome.outcome, OutcomeKind::Applied, "{report:#?}");
+    }
+    for name in [VS, "payments"] {
+        let stored = mesh.get(Kind::VirtualService, name).await;
+        let weights: Vec<i64> = stored["spec"]["http"][0]["route"]
+            .as_array()
+            .expect("route")
+            .iter()
+            .map(|d| d["weight"].as_i64().unwrap_or(0))
+            .collect();
+        assert_eq!(weights, vec![100, 0], "{name}");
+    }
+}
+
+#[tokio::test]
+async fn an_object_another_controller_manages_is_left_alone_unless_its_owner_allows_it() {
+    let (cluster, before) = setup(
+        "er-controller",
+        true,
+        json!({"auto-remediation.io/stable-subset": "v1",
+               "argo-rollouts.argoproj.io/managed-by-rollouts": "checkout"}),
+    )
+    .await;
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    assert!(!outcome.retryable);
+    assert!(
+        reason(outcome).contains("managed by Argo Rollouts"),
+        "{report:#?}"
+    );
+    assert!(
+        reason(outcome).contains("auto-remediation.io/allow-with-controller=true"),
+        "{report:#?}"
+    );
+    assert_eq!(
+        spec_text(&virtual_service(&cluster).await),
+        spec_text(&before)
+    );
+
+    Mesh::new(&cluster)
+        .api(Kind::VirtualService)
+        .patch(
+            VS,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "auto-remediation.io/allow-with-controller": "true"}}})),
+        )
+        .await
+        .expect("allow");
+    let event = events::fresh(FIRING, &cluster.namespace);
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+}
