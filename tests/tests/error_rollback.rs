@@ -86,11 +86,15 @@ async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() 
     let record = record(&after, "error-rollback").expect("action record on the object");
     assert_eq!(record.fingerprint, "87f033c73d9cf5eb");
     assert_eq!(record.trace_id, report.trace_id);
+    // Only the changed route's destinations are recorded.
     assert_eq!(
         record.previous,
-        Some(json!({"http": before["spec"]["http"]}))
+        Some(json!({"httpRoutes": {"0": before["spec"]["http"][0]["route"]}}))
     );
-    assert_eq!(record.applied, Some(json!({"http": after["spec"]["http"]})));
+    assert_eq!(
+        record.applied,
+        Some(json!({"httpRoutes": {"0": after["spec"]["http"][0]["route"]}}))
+    );
     let patch = outcome.patch.as_ref().expect("patch reported");
     assert_eq!(
         patch["spec"]["http"], after["spec"]["http"],

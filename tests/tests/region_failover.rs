@@ -144,8 +144,14 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
         "both regions checked"
     );
     let rec = record(&after, "region-failover").expect("record");
-    assert_eq!(rec.previous, Some(json!({"http": before["spec"]["http"]})));
-    assert_eq!(rec.applied, Some(json!({"http": after["spec"]["http"]})));
+    assert_eq!(
+        rec.previous,
+        Some(json!({"httpRoutes": {"0": before["spec"]["http"][0]["route"]}}))
+    );
+    assert_eq!(
+        rec.applied,
+        Some(json!({"httpRoutes": {"0": after["spec"]["http"][0]["route"]}}))
+    );
     let target = format!("VirtualService {}/{NAME}", cluster.namespace);
     let patch = &outcome.patch.as_ref().expect("patches by target")[&target];
     assert_eq!(patch["spec"]["http"], after["spec"]["http"]);

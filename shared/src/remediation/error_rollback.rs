@@ -726,9 +726,11 @@ mod tests {
             plan.patch["spec"]["http"][0]["route"][1]["destination"],
             json!({"host": "checkout", "subset": "stable"})
         );
+        // Only the changed routes are recorded, by index.
+        let http = &object.data["spec"]["http"];
         assert_eq!(
             plan.previous,
-            Some(json!({"http": object.data["spec"]["http"]}))
+            Some(json!({"httpRoutes": {"0": http[0]["route"], "1": http[1]["route"]}}))
         );
         // v1 failing: the subset named "stable" is the bad one, and the canary is stable.
         let plan = self::plan(&object, Some("v1")).expect("plan");

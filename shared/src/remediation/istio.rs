@@ -5,10 +5,13 @@
 //! so a weight change sends the whole `spec.http` array; the pipeline's `resourceVersion`
 //! precondition guarantees that array is the one just read.
 //!
-//! `previous` and `applied` in the action record are spec fragments keyed by field:
-//! `{"http": [...]}` for a VirtualService, `{"trafficPolicy": {...}}` (or `null` when
-//! absent) for a DestinationRule. A revert compares the object's current fragment with
-//! `applied` and sends the merge patch that turns it back into `previous`.
+//! `previous` and `applied` in the action record hold only what changed, so the record of a
+//! change to any valid object fits in its annotations: for a VirtualService the `route`
+//! array of each changed HTTP route, by index (`{"httpRoutes": {"3": [...]}}`); for a
+//! DestinationRule the changed spec fields (`{"trafficPolicy": {...}}`, `null` when absent,
+//! and `subsets` when they changed). A revert compares the object's current values with
+//! `applied` and writes `previous` back exactly. Records that hold a whole `{"http": [...]}`
+//! (written before routes were recorded one by one) are restored the same way.
 
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::{Map, Value, json};
@@ -165,6 +168,11 @@ pub fn plan_restore(
             record_annotation(remediation)
         )));
     };
+    if let (Some(Value::Object(before)), Some(Value::Object(after))) =
+        (previous.get(HTTP_ROUTES), applied.get(HTTP_ROUTES))
+    {
+        return plan_restore_routes(object, record, remediation, action, on_edit, before, after);
+    }
     let keys: Vec<&str> = applied.keys().map(String::as_str).collect();
     let fields = keys
         .iter()
@@ -179,17 +187,13 @@ pub fn plan_restore(
         )));
     }
     if current != Value::Object(applied.clone()) {
-        let target = object_name(object);
-        let why = format!(
-            "{target} was edited after the action at {} ({fields} no longer equals what was applied); \
-             not overwriting that edit. The configuration from before the action is in annotation {}",
-            record.at.to_rfc3339(),
-            record_annotation(remediation)
-        );
-        return Err(match on_edit {
-            OnEdit::Fail => Refusal::Fail(why),
-            OnEdit::Skip => Refusal::Skip(why),
-        });
+        return Err(edited_refusal(
+            object,
+            record,
+            remediation,
+            &fields,
+            on_edit,
+        ));
     }
     Ok(Plan {
         patch: json!({ "spec": merge_diff(&current, previous) }),
@@ -201,6 +205,91 @@ pub fn plan_restore(
         action,
         previous: Some(current),
         applied: Some(previous.clone()),
+    })
+}
+
+/// The record key for changed HTTP routes: `{index: route array}`.
+pub const HTTP_ROUTES: &str = "httpRoutes";
+
+fn edited_refusal(
+    object: &DynamicObject,
+    record: &ActionRecord,
+    remediation: &str,
+    fields: &str,
+    on_edit: OnEdit,
+) -> Refusal {
+    let why = format!(
+        "{} was edited after the action at {} ({fields} no longer equals what was applied); \
+         not overwriting that edit. The configuration from before the action is in annotation {}",
+        object_name(object),
+        record.at.to_rfc3339(),
+        record_annotation(remediation)
+    );
+    match on_edit {
+        OnEdit::Fail => Refusal::Fail(why),
+        OnEdit::Skip => Refusal::Skip(why),
+    }
+}
+
+/// [`plan_restore`] for a record of changed HTTP routes.
+fn plan_restore_routes(
+    object: &DynamicObject,
+    record: &ActionRecord,
+    remediation: &str,
+    action: &'static str,
+    on_edit: OnEdit,
+    before: &Map<String, Value>,
+    after: &Map<String, Value>,
+) -> Result<Plan, Refusal> {
+    let mut http = http_routes(object);
+    let fields = after
+        .keys()
+        .map(|i| format!("spec.http[{i}].route"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let current: Map<String, Value> = after
+        .keys()
+        .map(|i| {
+            let route = i
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| http.get(i))
+                .and_then(|r| r.get("route"))
+                .cloned()
+                .unwrap_or(Value::Null);
+            (i.clone(), route)
+        })
+        .collect();
+    if &current == before {
+        return Err(Refusal::Skip(format!(
+            "{fields} already equals the configuration from before the action at {}",
+            record.at.to_rfc3339()
+        )));
+    }
+    if &current != after {
+        return Err(edited_refusal(
+            object,
+            record,
+            remediation,
+            &fields,
+            on_edit,
+        ));
+    }
+    for (i, route) in before {
+        if let Some(slot) = i.parse::<usize>().ok().and_then(|i| http.get_mut(i)) {
+            slot["route"] = route.clone();
+        }
+    }
+    Ok(Plan {
+        patch: json!({ "spec": { "http": http } }),
+        summary: format!(
+            "restored {fields} exactly as before the action at {} (trace {})",
+            record.at.to_rfc3339(),
+            record.trace_id
+        ),
+        action,
+        previous: Some(json!({ HTTP_ROUTES: current })),
+        applied: Some(json!({ HTTP_ROUTES: before })),
     })
 }
 
@@ -304,21 +393,30 @@ pub fn reweigh_routes(
     Ok(out)
 }
 
-/// The plan that writes a new `spec.http`, recording the old and new arrays.
+/// The plan that writes a new `spec.http`, recording only the `route` arrays that change.
 pub fn http_plan(
     object: &DynamicObject,
     reweighed: Reweighed,
     what: &str,
     action: &'static str,
 ) -> Plan {
-    let previous = fragment(object, ["http"]);
-    let http = Value::Array(reweighed.http);
+    let old = http_routes(object);
+    let mut previous = Map::new();
+    let mut applied = Map::new();
+    for (index, route) in reweighed.http.iter().enumerate() {
+        let before = old.get(index).and_then(|r| r.get("route"));
+        let after = route.get("route");
+        if before != after {
+            previous.insert(index.to_string(), before.cloned().unwrap_or(Value::Null));
+            applied.insert(index.to_string(), after.cloned().unwrap_or(Value::Null));
+        }
+    }
     Plan {
-        patch: json!({ "spec": { "http": http } }),
+        patch: json!({ "spec": { "http": reweighed.http } }),
         summary: format!("{what}: {}", reweighed.changes.join("; ")),
         action,
-        previous: Some(previous),
-        applied: Some(json!({ "http": http })),
+        previous: Some(json!({ HTTP_ROUTES: previous })),
+        applied: Some(json!({ HTTP_ROUTES: applied })),
     }
 }
 
@@ -475,6 +573,47 @@ mod tests {
             Err(Refusal::Skip(why)) => assert!(why.contains("already equals"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn route_records_hold_only_the_changed_routes_and_restore_them_exactly() {
+        let untouched = json!({"name": "tenant", "match": [{"headers": {"x-t": {"exact": "1"}}}],
+                               "route": [{"destination": {"host": "a"}}]});
+        let split = |a: i64, b: i64| {
+            json!({"route": [{"destination": {"host": "a"}, "weight": a},
+                                                      {"destination": {"host": "b"}, "weight": b}]})
+        };
+        let object = vs(json!(["a"]), json!([untouched, split(50, 50)]));
+        let reweighed = reweigh_routes(&http_routes(&object), |_, d| {
+            Ok(Some(
+                (0..d.len()).map(|i| if i == 0 { 100 } else { 0 }).collect(),
+            ))
+        })
+        .expect("reweighed");
+        let plan = http_plan(&object, reweighed, "rolled back", "Rollback");
+        assert_eq!(
+            plan.previous,
+            Some(json!({"httpRoutes": {"1": split(50, 50)["route"]}})),
+            "the untouched route is not recorded"
+        );
+        let rec = record(
+            plan.previous.clone().expect("previous"),
+            plan.applied.clone().expect("applied"),
+        );
+        let changed = vs(json!(["a"]), plan.patch["spec"]["http"].clone());
+        let restore =
+            plan_restore(&changed, &rec, "error-rollback", "Revert", OnEdit::Fail).expect("plan");
+        assert_eq!(restore.patch["spec"]["http"], object.data["spec"]["http"]);
+        // Edited since: refused; restored already: skipped.
+        let edited = vs(json!(["a"]), json!([untouched, split(90, 10)]));
+        assert!(matches!(
+            plan_restore(&edited, &rec, "error-rollback", "Revert", OnEdit::Fail),
+            Err(Refusal::Fail(why)) if why.contains("spec.http[1].route")
+        ));
+        assert!(matches!(
+            plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Fail),
+            Err(Refusal::Skip(_))
+        ));
     }
 
     #[test]

@@ -354,11 +354,11 @@ mod tests {
         assert_eq!(got, vec![0, 75, 25]);
         assert_eq!(
             plan.previous,
-            Some(json!({"http": vs.data["spec"]["http"]}))
+            Some(json!({"httpRoutes": {"0": vs.data["spec"]["http"][0]["route"]}}))
         );
         assert_eq!(
             plan.applied,
-            Some(json!({"http": plan.patch["spec"]["http"]}))
+            Some(json!({"httpRoutes": {"0": plan.patch["spec"]["http"][0]["route"]}}))
         );
         // No healthy region: refused with each region's health.
         let facts = RegionFacts {
