@@ -166,3 +166,65 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_for_every
         &host,
     );
 }
+
+#[tokio::test]
+async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_rule() {
+    let (cluster, mut world) = frontend("ivf-gateway").await;
+    let ns = cluster.namespace.clone();
+    world
+        .add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}))
+        .add(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+            "metadata": {"name": "public", "namespace": "istio-system"},
+            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                 "hosts": ["www.example.com"]}]}}),
+        );
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": [
+            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
+            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
+            {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "public",
+        true,
+        json!({}),
+        json!({"hosts": ["www.example.com"], "gateways": ["istio-system/public"],
+               "http": [{"route": [
+                   {"destination": {"host": "frontend", "subset": "east"}, "weight": 60},
+                   {"destination": {"host": "frontend", "subset": "west"}, "weight": 40}]}]}),
+    )
+    .await;
+    let mut proxies = clients(&ns);
+    proxies.push(Client::gateway(
+        "ingress",
+        "istio-system",
+        "us-west-2",
+        json!({"istio": "ingressgateway"}),
+    ));
+    let at_gateway = |compiled: &Compiled| -> BTreeSet<String> {
+        let gateway = compiled.proxy("ingress");
+        gateway
+            .endpoints_of(&gateway.gateway_clusters_receiving("www.example.com", 80))
+            .into_iter()
+            .map(|(_, region)| region)
+            .collect()
+    };
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let before = world.with_stored(&cluster).await.compile(&proxies);
+    assert!(at_gateway(&before).contains(DEGRADED));
+    assert!(regions_reached(&before, "same-ns-west", &host).contains(DEGRADED));
+
+    drain(&cluster).await;
+    let after = world.with_stored(&cluster).await.compile(&proxies);
+    assert_eq!(at_gateway(&after), BTreeSet::from(["us-west-2".to_owned()]));
+    assert_drained(&after, &ns, &host);
+}

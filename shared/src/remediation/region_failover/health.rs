@@ -17,7 +17,8 @@ pub struct RegionFacts {
     pub subset_regions: BTreeMap<String, String>,
     /// Regions known by name, in preference order (health URLs first, then subsets).
     pub known_regions: Vec<String>,
-    /// An opted-in VirtualService splits the service per region, degraded one included.
+    /// An opted-in VirtualService that every sidecar takes (bound to `mesh`, exported to
+    /// every namespace) splits the service per region, degraded one included.
     pub split_by_virtual_service: bool,
 }
 

@@ -118,7 +118,9 @@ impl Remediation for RegionFailover {
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
         let service = input.alert.label("service").unwrap_or_default();
         let host = hosts::alert_host(service, &input.namespace);
-        hosts::routes_host(object, &host) || hosts::rule_host_is(object, &host)
+        hosts::routes_host(object, &host)
+            || hosts::has_destination(object, &host)
+            || hosts::rule_host_is(object, &host)
     }
 
     fn prepare<'a>(
@@ -151,27 +153,14 @@ impl Remediation for RegionFailover {
                     .collect(),
                 ..RegionFacts::default()
             };
-            for rule in rules.items.iter().filter(|r| hosts::rule_host_is(r, &host)) {
-                let subsets = istio::spec(rule)
-                    .and_then(|s| s.get("subsets"))
-                    .and_then(Value::as_array);
-                for subset in subsets.into_iter().flatten() {
-                    let (Some(name), Some(region)) = (
-                        subset.get("name").and_then(Value::as_str),
-                        subset
-                            .pointer("/labels")
-                            .and_then(|l| l.get(REGION_LABEL))
-                            .and_then(Value::as_str),
-                    ) else {
-                        continue;
-                    };
-                    facts
-                        .subset_regions
-                        .insert(name.to_owned(), region.to_owned());
-                    if !facts.known_regions.iter().any(|r| r == region) {
-                        facts.known_regions.push(region.to_owned());
-                    }
+            for (name, labels) in hosts::subsets(&rules.items, &host) {
+                let Some(region) = labels.get(REGION_LABEL) else {
+                    continue;
+                };
+                if !facts.known_regions.contains(region) {
+                    facts.known_regions.push(region.clone());
                 }
+                facts.subset_regions.insert(name, region.clone());
             }
             let services: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), namespace, &istio::virtual_service(config));
@@ -180,8 +169,13 @@ impl Remediation for RegionFailover {
                 .list(&ListParams::default().labels(&selector))
                 .await
                 .map_err(|err| Error::kube(format!("list virtualservices in {namespace}"), err))?;
+            // Only a VirtualService every sidecar takes makes the DestinationRule drain
+            // unnecessary: one bound to gateways only, or exported to some namespaces only,
+            // leaves the other clients on the Service's default route to every region.
             facts.split_by_virtual_service = services.items.iter().any(|vs| {
                 hosts::routes_host(vs, &host)
+                    && hosts::binds_mesh(vs)
+                    && hosts::exported_everywhere(vs)
                     && istio::http_routes(vs).iter().any(|route| {
                         route
                             .get("route")
