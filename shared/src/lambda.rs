@@ -159,14 +159,49 @@ impl<R: Remediation> Function<R> {
     }
 }
 
-/// Lambda gives the deadline as epoch milliseconds.
+/// Epoch milliseconds before this (2001-09-09) are not a deadline but a duration.
+const EPOCH_MS_FLOOR: u64 = 1_000_000_000_000;
+
+/// Lambda and its Runtime Interface Emulator give the deadline as epoch milliseconds;
+/// `cargo lambda watch` sends the invocation's timeout instead (`600000` for ten minutes),
+/// which read as a date lies in 1970 and would leave no time at all.
 fn deadline_instant(deadline_ms: u64) -> Option<Instant> {
     if deadline_ms == 0 {
         return None;
+    }
+    if deadline_ms < EPOCH_MS_FLOOR {
+        return Some(Instant::now() + Duration::from_millis(deadline_ms));
     }
     let deadline = UNIX_EPOCH + Duration::from_millis(deadline_ms);
     let remaining = deadline
         .duration_since(SystemTime::now())
         .unwrap_or_default();
     Some(Instant::now() + remaining)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_are_epoch_milliseconds_or_the_emulators_duration() {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let left = |deadline: Option<Instant>| {
+            deadline
+                .expect("a deadline")
+                .saturating_duration_since(Instant::now())
+        };
+        let epoch = left(deadline_instant(now_ms + 30_000));
+        assert!(
+            epoch > Duration::from_secs(29) && epoch <= Duration::from_secs(30),
+            "{epoch:?}"
+        );
+        let relative = left(deadline_instant(600_000));
+        assert!(relative > Duration::from_secs(599), "{relative:?}");
+        assert_eq!(left(deadline_instant(now_ms - 1_000)), Duration::ZERO);
+        assert!(deadline_instant(0).is_none());
+    }
 }
