@@ -53,6 +53,7 @@ SHARED_ENV = {
     "ISTIO_API_VERSION": ("IstioApiVersion", "v1"),
     "RUST_LOG": ("LogLevel", "info"),
     "MIMALLOC_ALLOW_THP": None,
+    "KUBECONFIG": None,
 }
 FUNCTION_ENV = {
     "db-circuit-break": {
@@ -167,6 +168,7 @@ def test_functions_get_the_configuration_contract_with_documented_defaults():
     assert shared["NOTIFY_TOPIC_ARN"] == {"Ref": "NotificationTopic"}
     assert shared["ALERT_TOPIC_ARN"] == {"Ref": "AlertTopic"}
     assert shared["MIMALLOC_ALLOW_THP"] == "0"
+    assert shared["KUBECONFIG"] == "", "only local invoke sets it"
 
     def check(env: dict, contract: dict):
         for var, spec in contract.items():

@@ -67,6 +67,16 @@ fn free_port() -> u16 {
 impl Emulator {
     /// Starts the emulator for `bootstrap` with `env` (plus the usual Lambda variables).
     pub async fn start(bootstrap: &Path, env: &[(&str, &str)]) -> Emulator {
+        Self::start_in(bootstrap, env, None).await
+    }
+
+    /// [`Emulator::start`] with the function's working directory at `task_root`, as Lambda
+    /// runs it in `/var/task` (relative paths in the environment resolve there).
+    pub async fn start_in(
+        bootstrap: &Path,
+        env: &[(&str, &str)],
+        task_root: Option<&Path>,
+    ) -> Emulator {
         let rie = emulator_path().expect(
             "AWS Lambda Runtime Interface Emulator not found: run scripts/setup (installs aws-sam-cli into .venv) or set LAMBDA_RIE",
         );
@@ -94,6 +104,9 @@ impl Emulator {
             .kill_on_drop(true);
         for (k, v) in env {
             command.env(k, v);
+        }
+        if let Some(root) = task_root {
+            command.current_dir(root);
         }
         let child = command.spawn().expect("start emulator");
         let emulator = Emulator { child, port, log };
