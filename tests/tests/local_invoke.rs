@@ -16,15 +16,30 @@ use remediation_testkit::events::workspace_root;
 use remediation_testkit::lambda_emulator::{Emulator, emulator_path, function_binary};
 use serde_json::{Value, json};
 
-/// A process group, stopped (SIGTERM to the group) on drop.
+/// A process group, stopped on drop as Ctrl-C stops it (SIGINT to the group), then killed
+/// if it is still there after 30 s.
 struct Group(Child);
+
+impl Group {
+    fn signal(&self, signal: &str) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-s", signal, "--", &group])
+            .status();
+    }
+}
 
 impl Drop for Group {
     fn drop(&mut self) {
-        let pid = self.0.id() as i32;
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{pid}")])
-            .status();
+        self.signal("INT");
+        let start = Instant::now();
+        while matches!(self.0.try_wait(), Ok(None)) {
+            if start.elapsed() > Duration::from_secs(30) {
+                self.signal("KILL");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.0.wait();
     }
 }
@@ -41,10 +56,16 @@ fn path_with_venv() -> String {
 fn command(line: &str) -> Command {
     let mut parts = line.split_whitespace();
     let mut command = Command::new(parts.next().expect("program"));
+    // As a user runs them: not under the test runner's cargo jobserver, whose file
+    // descriptors mean something else (or nothing) in the children.
     command
         .args(parts)
         .current_dir(workspace_root())
-        .env("PATH", path_with_venv());
+        .env("PATH", path_with_venv())
+        .env_remove("CARGO_MAKEFLAGS")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .stdin(Stdio::null());
     command
 }
 
