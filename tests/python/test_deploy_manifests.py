@@ -211,3 +211,17 @@ def test_runtime_build_and_failure_handling():
     assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
     assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"GetAtt": "DeadLetterQueue.QueueName"}}]
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+def test_local_sam_settings_only_name_variables_the_template_declares():
+    # `sam local invoke --env-vars` ignores variables the template does not declare.
+    template = load_template()
+    declared = set(template["Globals"]["Function"]["Environment"]["Variables"])
+    for resource in template["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            declared |= set(resource["Properties"].get("Environment", {}).get("Variables", {}))
+    settings = json.loads((REPO / "local" / "sam-env.json").read_text())
+    assert set(settings) == {"Parameters"}
+    assert set(settings["Parameters"]) <= declared, set(settings["Parameters"]) - declared
+    assert settings["Parameters"]["KUBECONFIG"] == "kubeconfig"
+    assert settings["Parameters"]["MAX_DELIVERY_AGE_SECONDS"] == "0"
