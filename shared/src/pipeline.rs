@@ -588,6 +588,15 @@ impl<R: Remediation> Pipeline<R> {
                         tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
                         continue;
                     }
+                    // No retry left, but the write may have landed: read once more before
+                    // calling it failed, or the Lambda retry would find the change, call
+                    // it a cooldown and it would never be reported.
+                    if let Some(landed) = self
+                        .confirm_landed(api, client, resource, name, unanswered.take(), invocation)
+                        .await
+                    {
+                        return landed.on(&target);
+                    }
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             }
@@ -597,6 +606,28 @@ impl<R: Remediation> Pipeline<R> {
             attempts: MAX_WRITE_ATTEMPTS,
         };
         Outcome::failed(work.source.clone(), &err).on(&target)
+    }
+
+    /// The outcome of a write whose answer was lost, when a fresh read shows it landed.
+    async fn confirm_landed(
+        &self,
+        api: &Api<DynamicObject>,
+        client: &kube::Client,
+        resource: &ApiResource,
+        name: &str,
+        unanswered: Option<Unanswered>,
+        invocation: &Invocation,
+    ) -> Option<Outcome> {
+        let (sent, outcome, event) = unanswered?;
+        let object = api.get_opt(name).await.ok().flatten()?;
+        if !record_landed(&object, self.remediation.name(), &sent) {
+            return None;
+        }
+        if let Some((action, note)) = event {
+            self.record_event(client, resource, &object, action, &note, invocation)
+                .await;
+        }
+        Some(outcome)
     }
 
     fn read_record(&self, object: &DynamicObject) -> Result<Option<ActionRecord>, Error> {
@@ -1059,8 +1090,9 @@ fn merge_by_alert(mut outcomes: Vec<(usize, Outcome)>) -> Vec<Outcome> {
     merged
 }
 
-/// One alert aimed at several objects still gets one outcome: failures win, then
-/// changes, then skips; targets, reasons and patches are listed together.
+/// One alert aimed at several objects still gets one outcome, the most important by
+/// [`OutcomeKind::importance`] (failed, escalated, applied, dry-run, skipped); targets,
+/// reasons and patches are listed together.
 fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
     let same_as_first = |o: &Outcome| {
         o.target.is_none()
@@ -1071,17 +1103,12 @@ fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
     if outcomes.len() == 1 || outcomes.iter().all(same_as_first) {
         return outcomes.remove(0);
     }
-    let rank = |kind: OutcomeKind| match kind {
-        OutcomeKind::Failed => 0,
-        OutcomeKind::Applied => 1,
-        OutcomeKind::DryRun => 2,
-        OutcomeKind::Escalated => 3,
-        OutcomeKind::Skipped => 4,
-    };
+    // The one ranking reports use too: an alert with one applied and one escalated
+    // target is escalated, so it pages.
     let kind = outcomes
         .iter()
         .map(|o| o.outcome)
-        .min_by_key(|k| rank(*k))
+        .max_by_key(|k| k.importance())
         .unwrap_or(OutcomeKind::Skipped);
     let mut merged = Outcome::new(kind, outcomes[0].source.clone());
     let label = |o: &Outcome| o.target.clone().unwrap_or_default();
@@ -1189,5 +1216,11 @@ mod tests {
                 .as_deref()
                 .is_some_and(|r| r.contains("shop/b: skipped cooldown"))
         );
+        // Applied on one target and escalated on the other: escalated, as reports rank it.
+        let a = Outcome::new(OutcomeKind::Applied, Source::default()).on("VirtualService shop/a");
+        let e = Outcome::new(OutcomeKind::Escalated, Source::default())
+            .because("3 actions without recovery")
+            .on("DestinationRule shop/a");
+        assert_eq!(merge_outcomes(vec![a, e]).outcome, OutcomeKind::Escalated);
     }
 }

@@ -324,6 +324,35 @@ async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
 }
 
 #[tokio::test]
+async fn a_lost_answer_on_the_last_retry_is_confirmed_by_reading_before_the_outcome() {
+    let (cluster, generation_before) = setup_standin("rel-lost-last").await;
+    let standin = cluster.faults();
+    // Two writes refused (503), the third, the last one allowed, stored with its answer
+    // lost: without a re-read the alert would be reported failed, and the Lambda retry would
+    // find the change and call it a cooldown, so it would never be reported applied.
+    standin.add_fault(
+        on_writes(Fault::new(FaultKind::DropResponse))
+            .after(2)
+            .times(1),
+    );
+    standin.add_fault(on_writes(Fault::status(503)).times(2));
+    let report = fire(&cluster, &[]).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    assert_eq!(
+        target_requests(standin, "PATCH").len(),
+        3,
+        "no fourth write"
+    );
+    assert_restarted_once(&cluster, generation_before).await;
+    assert_eq!(
+        cluster.events_about(TARGET).await.len(),
+        1,
+        "the Event of the confirmed change"
+    );
+}
+
+#[tokio::test]
 async fn an_api_that_is_down_is_a_quick_retryable_failure() {
     let cluster = TestCluster::start("rel-down").await;
     // A port nobody listens on.
