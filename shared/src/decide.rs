@@ -65,6 +65,8 @@ pub enum SkipReason {
     Resolved(String),
     /// Alertmanager's template left alerts out of the message.
     AlertsOmitted(u64),
+    /// An operator paused the remediations, or the object does not accept this one.
+    Paused(String),
 }
 
 impl fmt::Display for SkipReason {
@@ -112,6 +114,7 @@ impl fmt::Display for SkipReason {
             ),
             SkipReason::Declined(why) => f.write_str(why),
             SkipReason::Resolved(what) => write!(f, "resolved: {what}"),
+            SkipReason::Paused(why) => write!(f, "paused: {why}"),
             SkipReason::AlertsOmitted(n) => write!(
                 f,
                 "{n} alerts of this group were left out of the message by the Alertmanager template cap (truncatedAlerts); they get no action"

@@ -21,6 +21,7 @@ pub mod intake;
 pub mod lambda;
 pub mod names;
 pub mod notify;
+pub mod pause;
 pub mod pipeline;
 pub mod record;
 pub mod remediation;

@@ -16,6 +16,7 @@ use crate::connect::KubeConnector;
 use crate::decide::{self, Gate, SkipReason, Verdict};
 use crate::error::Error;
 use crate::intake::{self, AlertInput, Rejection, RevertDelivery, RevertRequest};
+use crate::pause;
 use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Locator, Plan, PlanContext, Refusal, Remediation, describe};
 use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
@@ -482,6 +483,9 @@ impl<R: Remediation> Pipeline<R> {
         let mut transient_retries = 0;
         // A write whose answer never came (reset, timeout, 5xx): it may have landed.
         let mut unanswered: Option<Unanswered> = None;
+        // The operator's brakes, read once the object is, for alerts only (a revert is a
+        // person's own request).
+        let mut brakes: Option<pause::Brakes> = None;
         for attempt in 0..MAX_WRITE_ATTEMPTS {
             if let Some(deadline) = invocation.deadline
                 && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
@@ -505,6 +509,30 @@ impl<R: Remediation> Pipeline<R> {
                     return Outcome::failed(work.source.clone(), &err).on(&target);
                 }
             };
+            if brakes.is_none() && matches!(work.request, Request::Alert { .. }) {
+                match pause::read(client, &work.locator.namespace).await {
+                    Ok(read) => brakes = Some(read),
+                    Err(err) if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES => {
+                        transient_retries += 1;
+                        tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
+                        continue;
+                    }
+                    Err(err) => return Outcome::failed(work.source.clone(), &err).on(&target),
+                }
+            }
+            if let Some(brakes) = &brakes
+                && let Some(reason) = pause::refusal(
+                    brakes,
+                    self.remediation.name(),
+                    &target,
+                    &work.locator.namespace,
+                    object.metadata.annotations.as_ref(),
+                )
+            {
+                return Outcome::new(OutcomeKind::Skipped, work.source.clone())
+                    .because(reason)
+                    .on(&target);
+            }
             if let Some((sent, outcome, event)) = unanswered.take()
                 && record_landed(&object, self.remediation.name(), &sent)
             {

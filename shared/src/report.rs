@@ -42,6 +42,18 @@ fn judge_drill(function: &str, o: &mut Outcome) {
     });
 }
 
+impl Outcome {
+    /// Whether the report sinks hear of it: anything but a skip, and the skips a person
+    /// must know about (an operator's pause, so nobody forgets to lift it).
+    pub fn needs_a_report(&self) -> bool {
+        self.outcome != OutcomeKind::Skipped
+            || self
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("paused: "))
+    }
+}
+
 impl OutcomeKind {
     /// Ranks outcomes for headlines: failed > escalated > applied > dry-run > skipped.
     pub fn importance(self) -> u8 {

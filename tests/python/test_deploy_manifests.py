@@ -23,19 +23,22 @@ FUNCTIONS = {
     "RegionFailover": "region-failover",
 }
 EVENTS_CREATE = ("events.k8s.io", "events", ("create",))
+PAUSE_READS = {("", "namespaces", ("get",)), ("", "configmaps", ("get",))}
 RBAC = {
-    "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE},
+    "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE, *PAUSE_READS},
     "error-rollback": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("list",)),
         ("", "services", ("list",)),
         EVENTS_CREATE,
+        *PAUSE_READS,
     },
-    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE},
+    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE, *PAUSE_READS},
     "region-failover": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("get", "list", "patch")),
         EVENTS_CREATE,
+        *PAUSE_READS,
     },
 }
 SHARED_ENV = {
@@ -99,7 +102,12 @@ def test_rbac_is_exactly_least_privilege():
             for resource in rule["resources"]
         }
         assert rules == expected, function
-        assert all(set(rule) == {"apiGroups", "resources", "verbs"} for rule in roles[name]["rules"])
+        for rule in roles[name]["rules"]:
+            if rule["resources"] == ["configmaps"]:
+                # Only the pause switch, by name.
+                assert rule["resourceNames"] == ["mesh-remediation"], rule
+            else:
+                assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
         binding = bindings[name]
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name}
         assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": name}]

@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::{DbCircuitBreak, Remediation};
@@ -501,6 +501,26 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
             json!({"host": "orders-db"}),
         )
         .await;
+    // The pause switches every function reads first (cluster-scoped, so a ClusterRole).
+    let reads: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": format!("pause-reads-{user}")},
+        "rules": [
+            {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
+            {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mesh-remediation"], "verbs": ["get"]}]}))
+    .expect("cluster role");
+    Api::<ClusterRole>::all(cluster.client.clone())
+        .create(&PostParams::default(), &reads)
+        .await
+        .expect("create cluster role");
+    let bind: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": format!("pause-reads-{user}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("pause-reads-{user}")},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]}))
+    .expect("cluster role binding");
+    Api::<ClusterRoleBinding>::all(cluster.client.clone())
+        .create(&PostParams::default(), &bind)
+        .await
+        .expect("create cluster role binding");
     let client = cluster.impersonating(&user, &[]).await;
     let pipeline = pipeline_with(client, DbCircuitBreak::default(), &[]);
     let event = events::fresh("db-circuit-break-firing.json", &cluster.namespace);

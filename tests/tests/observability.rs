@@ -372,3 +372,35 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
         "{outcome}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_alert_is_reported_so_nobody_forgets_the_pause() {
+    let w = world(200).await;
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(w.cluster.client.clone(), &w.cluster.namespace);
+    deployments
+        .patch(
+            "checkout-v2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {"auto-remediation.io/paused": "load test"}}}),
+            ),
+        )
+        .await
+        .expect("pause");
+    let (status, response) = w.invoke_sample("latency-restart-firing.json").await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["outcomes"][0]["outcome"], "skipped", "{response}");
+    assert!(
+        response["outcomes"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("paused: ") && r.contains("load test")),
+        "{response}"
+    );
+    let envelopes = w.moto.receive(&w.all_reports, Duration::from_secs(5)).await;
+    assert_eq!(envelopes.len(), 1, "{envelopes:#?}");
+    assert_eq!(attribute(&envelopes[0], "outcome"), "skipped");
+    // Skips do not page.
+    let pages = w.moto.receive(&w.pages, Duration::from_secs(1)).await;
+    assert!(pages.is_empty(), "{pages:#?}");
+}

@@ -33,6 +33,17 @@ pub(crate) static RESOURCES: &[ResourceDef] = &[
     ResourceDef {
         group: "",
         versions: &["v1"],
+        plural: "configmaps",
+        singular: "configmap",
+        kind: "ConfigMap",
+        namespaced: true,
+        short_names: &["cm"],
+        status_subresource: false,
+        istio: false,
+    },
+    ResourceDef {
+        group: "",
+        versions: &["v1"],
         plural: "services",
         singular: "service",
         kind: "Service",
