@@ -14,7 +14,7 @@ use crate::connect::{AwsClusterDirectory, EksConnector, KubeConnector, Kubeconfi
 use crate::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
-use crate::report::{InvocationReport, Outcome};
+use crate::report::InvocationReport;
 
 /// The error type `main` returns.
 pub type BoxError = lambda_runtime::Error;
@@ -126,8 +126,7 @@ impl<R: Remediation> Function<R> {
                 tracing::warn!(trace_id = %report.trace_id, error = %err, "cannot write metrics");
             }
         }
-        let noteworthy = report.outcomes.iter().any(Outcome::needs_a_report);
-        if noteworthy && !self.notifiers.is_empty() {
+        if !self.notifiers.is_empty() {
             let timeout = self.pipeline.config().sinks.timeout;
             report.notifications = notify::deliver_all(&self.notifiers, &report, timeout).await;
             for failed in report.notifications.iter().filter(|d| !d.ok) {

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::alert::AlertStatus;
 use crate::error::{Error, Result};
 use crate::report::{InvocationReport, Outcome, OutcomeKind};
 
@@ -18,6 +19,11 @@ pub trait Notifier: Send + Sync {
     fn name(&self) -> &'static str;
     /// Publishes the report.
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>>;
+    /// Whether this sink hears of the report: by default when an outcome needs a report
+    /// (anything but a routine skip).
+    fn wants(&self, report: &InvocationReport) -> bool {
+        report.outcomes.iter().any(Outcome::needs_a_report)
+    }
 }
 
 /// What happened to one sink's delivery.
@@ -32,27 +38,31 @@ pub struct Delivery {
     pub error: Option<String>,
 }
 
-/// Sends the report to every sink at once, each bounded by `timeout`.
+/// Sends the report to every sink that wants it ([`Notifier::wants`]) at once, each bounded
+/// by `timeout`.
 pub async fn deliver_all(
     sinks: &[Arc<dyn Notifier>],
     report: &InvocationReport,
     timeout: Duration,
 ) -> Vec<Delivery> {
-    let sends = sinks.iter().map(|sink| async move {
-        let result = match tokio::time::timeout(timeout, sink.notify(report)).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Aws {
-                operation: "notify",
-                message: format!("no answer within {} ms", timeout.as_millis()),
-                retryable: true,
-            }),
-        };
-        Delivery {
-            sink: sink.name(),
-            ok: result.is_ok(),
-            error: result.err().map(|e| e.to_string()),
-        }
-    });
+    let sends = sinks
+        .iter()
+        .filter(|sink| sink.wants(report))
+        .map(|sink| async move {
+            let result = match tokio::time::timeout(timeout, sink.notify(report)).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::Aws {
+                    operation: "notify",
+                    message: format!("no answer within {} ms", timeout.as_millis()),
+                    retryable: true,
+                }),
+            };
+            Delivery {
+                sink: sink.name(),
+                ok: result.is_ok(),
+                error: result.err().map(|e| e.to_string()),
+            }
+        });
     futures::future::join_all(sends).await
 }
 
@@ -244,7 +254,9 @@ impl Notifier for SlackNotifier {
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// PagerDuty Events API v2: pages for failed and escalated outcomes (never for drills),
-/// deduplicated on the alert fingerprint so repeats update one incident.
+/// deduplicated on the alert fingerprint so repeats update one incident, and resolves that
+/// incident when the alert resolves (same key; PagerDuty ignores a resolve for a key it never
+/// opened).
 pub struct PagerDutyNotifier {
     routing_key: Secret,
     url: String,
@@ -256,28 +268,31 @@ impl PagerDutyNotifier {
         PagerDutyNotifier { routing_key, url }
     }
 
-    /// The Events API v2 bodies for a report (one per outcome that pages).
+    /// The Events API v2 bodies for a report: a trigger per outcome that pages, a resolve
+    /// per resolved alert.
     pub fn events(&self, report: &InvocationReport) -> Vec<Value> {
         report
             .outcomes
             .iter()
-            .filter(|o| {
-                matches!(o.outcome, OutcomeKind::Failed | OutcomeKind::Escalated) && !o.source.drill
+            .filter(|o| !o.source.drill)
+            .filter_map(|o| {
+                if matches!(o.outcome, OutcomeKind::Failed | OutcomeKind::Escalated) {
+                    Some(self.event(report, o))
+                } else if o.source.status == Some(AlertStatus::Resolved) {
+                    Some(json!({
+                        "routing_key": self.routing_key.expose(),
+                        "event_action": "resolve",
+                        "dedup_key": dedup_key(report, o),
+                    }))
+                } else {
+                    None
+                }
             })
-            .map(|o| self.event(report, o))
             .collect()
     }
 
     fn event(&self, report: &InvocationReport, o: &Outcome) -> Value {
-        let dedup = format!(
-            "{}:{}",
-            report.function,
-            o.source
-                .fingerprint
-                .as_deref()
-                .or(o.source.message_id.as_deref())
-                .unwrap_or(&report.trace_id)
-        );
+        let dedup = dedup_key(report, o);
         let severity = match (o.outcome, o.source.severity.as_deref()) {
             (OutcomeKind::Escalated, _) | (_, Some("critical")) => "critical",
             _ => "error",
@@ -310,9 +325,27 @@ impl PagerDutyNotifier {
     }
 }
 
+/// One incident per function and alert: the alert's fingerprint, which Alertmanager keeps
+/// from firing to resolved.
+fn dedup_key(report: &InvocationReport, o: &Outcome) -> String {
+    format!(
+        "{}:{}",
+        report.function,
+        o.source
+            .fingerprint
+            .as_deref()
+            .or(o.source.message_id.as_deref())
+            .unwrap_or(&report.trace_id)
+    )
+}
+
 impl Notifier for PagerDutyNotifier {
     fn name(&self) -> &'static str {
         "pagerduty"
+    }
+
+    fn wants(&self, report: &InvocationReport) -> bool {
+        !self.events(report).is_empty()
     }
 
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
