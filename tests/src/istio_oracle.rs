@@ -40,6 +40,21 @@ pub fn oracle_path() -> PathBuf {
     .clone()
 }
 
+/// The namespace clients call the service from when they are not in its own.
+pub const CLIENTS_NS: &str = "storefront";
+/// The regions of the test worlds, one node each.
+pub const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
+
+/// Clients in the service's own namespace and in [`CLIENTS_NS`], in two regions each.
+pub fn clients(namespace: &str) -> Vec<Client> {
+    vec![
+        Client::sidecar("same-ns-east", namespace, "us-east-1"),
+        Client::sidecar("same-ns-west", namespace, "us-west-2"),
+        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
+        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
+    ]
+}
+
 /// A client proxy to compile configuration for.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -100,6 +115,32 @@ impl World {
                            "topology.kubernetes.io/zone": format!("{region}a")}}}));
         }
         world
+    }
+
+    /// `namespace` and [`CLIENTS_NS`], with a node in each of [`REGIONS`].
+    pub fn regional(namespace: &str) -> World {
+        World::new(&[namespace, CLIENTS_NS], &REGIONS)
+    }
+
+    /// Adds the ingress Gateway `istio-system/public` serving `host` on port 80, and returns
+    /// its proxy, `ingress` in us-west-2.
+    pub fn ingress_gateway(&mut self, host: &str) -> Client {
+        self.add(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
+        )
+        .add(
+            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                "metadata": {"name": "public", "namespace": "istio-system"},
+                "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
+                    {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
+                     "hosts": [host]}]}}),
+        );
+        Client::gateway(
+            "ingress",
+            "istio-system",
+            "us-west-2",
+            json!({"istio": "ingressgateway"}),
+        )
     }
 
     /// Adds an object (a stored object's server-side fields are dropped).

@@ -10,33 +10,15 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::remediation::{DbCircuitBreak, ErrorRollback, RegionFailover};
 use mesh_remediation::report::OutcomeKind;
-use remediation_testkit::istio_oracle::{Client, World};
+use remediation_testkit::istio_oracle::{World, clients};
 use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
-const CLIENTS_NS: &str = "storefront";
 const PORT: u16 = 8080;
 
 fn fqdn(service: &str, namespace: &str) -> String {
     format!("{service}.{namespace}.svc.cluster.local")
-}
-
-/// Clients in the service's own namespace and in another one, in two regions.
-fn clients(namespace: &str) -> Vec<Client> {
-    vec![
-        Client::sidecar("same-ns-east", namespace, "us-east-1"),
-        Client::sidecar("same-ns-west", namespace, "us-west-2"),
-        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
-        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
-    ]
-}
-
-fn world(namespace: &str) -> World {
-    World::new(
-        &[namespace, CLIENTS_NS],
-        &["us-east-1", "us-west-2", "eu-west-1"],
-    )
 }
 
 /// The world plus the stored VirtualService and DestinationRule named `name`.
@@ -79,7 +61,7 @@ async fn rollback_setup(
             spec,
         )
         .await;
-    let mut base = world(&ns);
+    let mut base = World::regional(&ns);
     base.service(&ns, "checkout", PORT)
         .pod(
             &ns,
@@ -159,23 +141,8 @@ async fn after_error_rollback_neither_the_ingress_gateway_nor_sidecars_reach_the
     )
     .await;
     let ns = cluster.namespace.clone();
-    base.add(
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}),
-    )
-    .add(
-        json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-            "metadata": {"name": "public", "namespace": "istio-system"},
-            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
-                 "hosts": ["shop.example.com"]}]}}),
-    );
     let mut proxies = clients(&ns);
-    proxies.push(Client::gateway(
-        "ingress",
-        "istio-system",
-        "us-west-2",
-        json!({"istio": "ingressgateway"}),
-    ));
+    proxies.push(base.ingress_gateway("shop.example.com"));
     let host = fqdn("checkout", &ns);
     let at_gateway = |compiled: &remediation_testkit::istio_oracle::Compiled| {
         let gateway = compiled.proxy("ingress");
@@ -232,7 +199,7 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
                    "subsets": [{"name": "primary", "labels": {"role": "primary"}}]}),
         )
         .await;
-    let mut base = world(&ns);
+    let mut base = World::regional(&ns);
     base.service(&ns, "orders-db", PORT);
     for (region, ip) in [
         ("us-east-1", "10.1.0.5"),
@@ -311,7 +278,7 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
 /// Pods of `frontend` in three regions, subsets named by region label (Istio adds the
 /// locality labels to every endpoint, so subsets can select a region).
 fn regional_frontend(ns: &str) -> World {
-    let mut base = world(ns);
+    let mut base = World::regional(ns);
     base.service(ns, "frontend", PORT)
         .pod(ns, "frontend", json!({}), "us-east-1", "10.1.0.9")
         .pod(ns, "frontend", json!({}), "us-west-2", "10.2.0.9")

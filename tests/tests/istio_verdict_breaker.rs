@@ -10,27 +10,12 @@ use std::collections::BTreeSet;
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::OutcomeKind;
-use remediation_testkit::istio_oracle::{Client, Compiled, World, store_service};
+use remediation_testkit::istio_oracle::{Compiled, REGIONS, World, clients, store_service};
 use remediation_testkit::mesh::{Kind, Mesh, only};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
-const CLIENTS_NS: &str = "storefront";
-const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
 const UNLIMITED: u64 = u32::MAX as u64;
-
-fn clients(namespace: &str) -> Vec<Client> {
-    vec![
-        Client::sidecar("same-ns-east", namespace, "us-east-1"),
-        Client::sidecar("same-ns-west", namespace, "us-west-2"),
-        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
-        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
-    ]
-}
-
-fn world(ns: &str) -> World {
-    World::new(&[ns, CLIENTS_NS], &REGIONS)
-}
 
 /// The db-circuit-break sample naming `db_host`.
 fn alert(ns: &str, db_host: &str) -> Value {
@@ -74,7 +59,7 @@ async fn replicated_database(prefix: &str) -> (TestCluster, World, String) {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     store_service(&cluster, "orders-db", json!({"app": "orders-db"}), 5432).await;
-    let mut world = world(&ns);
+    let mut world = World::regional(&ns);
     for (i, region) in REGIONS.iter().enumerate() {
         let role = if i == 0 { "primary" } else { "replica" };
         world.pod(
@@ -226,7 +211,7 @@ async fn a_managed_database_behind_a_service_entry_gets_the_breaker() {
         json!({"host": host}),
     )
     .await;
-    let world = world(&ns);
+    let world = World::regional(&ns);
     let cluster_name = format!("outbound|5432||{host}");
     let before = world.with_stored(&cluster).await.compile(&clients(&ns));
     for client in clients(&ns) {

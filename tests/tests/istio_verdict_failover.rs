@@ -9,24 +9,13 @@ use std::collections::{BTreeSet, HashMap};
 use mesh_remediation::remediation::RegionFailover;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::OutcomeKind;
-use remediation_testkit::istio_oracle::{Client, Compiled, World, store_service};
+use remediation_testkit::istio_oracle::{Compiled, REGIONS, World, clients, store_service};
 use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
-const CLIENTS_NS: &str = "storefront";
 const PORT: u16 = 8080;
-const REGIONS: [&str; 3] = ["us-east-1", "us-west-2", "eu-west-1"];
 const DEGRADED: &str = "us-east-1";
-
-fn clients(namespace: &str) -> Vec<Client> {
-    vec![
-        Client::sidecar("same-ns-east", namespace, "us-east-1"),
-        Client::sidecar("same-ns-west", namespace, "us-west-2"),
-        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
-        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
-    ]
-}
 
 /// frontend's pods, one per region (label `region` too, for Services per region), and the
 /// Service `frontend` on the API server.
@@ -34,7 +23,7 @@ async fn frontend(prefix: &str) -> (TestCluster, World) {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     store_service(&cluster, "frontend", json!({"app": "frontend"}), PORT).await;
-    let mut world = World::new(&[&ns, CLIENTS_NS], &REGIONS);
+    let mut world = World::regional(&ns);
     for (i, region) in REGIONS.iter().enumerate() {
         world.pod(
             &ns,
@@ -171,15 +160,7 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_for_every
 async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_rule() {
     let (cluster, mut world) = frontend("ivf-gateway").await;
     let ns = cluster.namespace.clone();
-    world
-        .add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}))
-        .add(
-            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-            "metadata": {"name": "public", "namespace": "istio-system"},
-            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
-                 "hosts": ["www.example.com"]}]}}),
-        );
+    let gateway = world.ingress_gateway("www.example.com");
     let mesh = Mesh::new(&cluster);
     mesh.create(
         Kind::DestinationRule,
@@ -204,12 +185,7 @@ async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_
     )
     .await;
     let mut proxies = clients(&ns);
-    proxies.push(Client::gateway(
-        "ingress",
-        "istio-system",
-        "us-west-2",
-        json!({"istio": "ingressgateway"}),
-    ));
+    proxies.push(gateway);
     let at_gateway = |compiled: &Compiled| -> BTreeSet<String> {
         let gateway = compiled.proxy("ingress");
         gateway

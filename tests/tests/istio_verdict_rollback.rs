@@ -9,24 +9,16 @@ use std::collections::BTreeSet;
 
 use mesh_remediation::remediation::ErrorRollback;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
-use remediation_testkit::istio_oracle::{Client, Compiled, World, store_service};
+use remediation_testkit::istio_oracle::{
+    CLIENTS_NS, Client, Compiled, World, clients, store_service,
+};
 use remediation_testkit::mesh::{Kind, Mesh, only, reason, spec_text};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
-const CLIENTS_NS: &str = "storefront";
 const PORT: u16 = 8080;
 const FAILING_POD: &str = "10.1.0.2";
 const STABLE_PODS: [&str; 2] = ["10.1.0.1", "10.2.0.1"];
-
-fn clients(namespace: &str) -> Vec<Client> {
-    vec![
-        Client::sidecar("same-ns-east", namespace, "us-east-1"),
-        Client::sidecar("same-ns-west", namespace, "us-west-2"),
-        Client::sidecar("other-ns-east", CLIENTS_NS, "us-east-1"),
-        Client::sidecar("other-ns-eu", CLIENTS_NS, "eu-west-1"),
-    ]
-}
 
 /// checkout's pods: v1 in us-east-1 and us-west-2, v2 (the failing canary) in us-east-1;
 /// the Service `checkout` (every version) is stored on the API server.
@@ -34,7 +26,7 @@ async fn checkout(prefix: &str) -> (TestCluster, World) {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     store_service(&cluster, "checkout", json!({"app": "checkout"}), PORT).await;
-    let mut world = World::new(&[&ns, CLIENTS_NS], &["us-east-1", "us-west-2", "eu-west-1"]);
+    let mut world = World::regional(&ns);
     for (version, region, ip) in [
         ("v1", "us-east-1", STABLE_PODS[0]),
         ("v1", "us-west-2", STABLE_PODS[1]),
@@ -299,22 +291,8 @@ async fn a_gateway_only_virtual_service_is_refused_and_rolled_back_once_mesh_is_
     let (cluster, mut world) = checkout("ivr-gateway").await;
     let ns = cluster.namespace.clone();
     subsets(&cluster).await;
-    world
-        .add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "istio-system"}}))
-        .add(
-            json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-            "metadata": {"name": "public", "namespace": "istio-system"},
-            "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
-                {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
-                 "hosts": ["shop.example.com"]}]}}),
-        );
     let mut proxies = clients(&ns);
-    proxies.push(Client::gateway(
-        "ingress",
-        "istio-system",
-        "us-west-2",
-        json!({"istio": "ingressgateway"}),
-    ));
+    proxies.push(world.ingress_gateway("shop.example.com"));
     let mesh = Mesh::new(&cluster);
     mesh.create(
         Kind::VirtualService,

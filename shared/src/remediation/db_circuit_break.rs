@@ -241,18 +241,7 @@ impl DbCircuitBreak {
             ));
         }
         // Record only what changes: `subsets` is left out when no subset changes.
-        let keys: Vec<&str> = ["trafficPolicy", "subsets"]
-            .into_iter()
-            .filter(|k| *k == "trafficPolicy" || after[*k] != previous[*k])
-            .collect();
-        let pick = |v: &Value| {
-            Value::Object(
-                keys.iter()
-                    .map(|k| ((*k).to_owned(), v[*k].clone()))
-                    .collect(),
-            )
-        };
-        let (previous, applied) = (pick(&previous), pick(&after));
+        let (previous, applied) = hosts::recorded_policy(&previous, &after);
         let mut summary = self.settings.summary();
         if levels.len() > 1 {
             summary.push_str(&format!(

@@ -232,6 +232,24 @@ pub fn for_each_policy_level(
     }
 }
 
+/// The record of a change to a DestinationRule fragment walked by
+/// [`for_each_policy_level`]: `(previous, applied)` holding `trafficPolicy`, and `subsets`
+/// only when they changed.
+pub fn recorded_policy(previous: &Value, after: &Value) -> (Value, Value) {
+    let keys: Vec<&str> = ["trafficPolicy", "subsets"]
+        .into_iter()
+        .filter(|k| *k == "trafficPolicy" || after[*k] != previous[*k])
+        .collect();
+    let pick = |v: &Value| {
+        Value::Object(
+            keys.iter()
+                .map(|k| ((*k).to_owned(), v[*k].clone()))
+                .collect(),
+        )
+    };
+    (pick(previous), pick(after))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

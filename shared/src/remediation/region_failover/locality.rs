@@ -91,18 +91,7 @@ impl RegionFailover {
                 "already drained: {degraded} gets no share in localityLbSetting.distribute"
             )));
         }
-        let keys: Vec<&str> = ["trafficPolicy", "subsets"]
-            .into_iter()
-            .filter(|k| *k == "trafficPolicy" || after[*k] != previous[*k])
-            .collect();
-        let pick = |v: &Value| {
-            Value::Object(
-                keys.iter()
-                    .map(|k| ((*k).to_owned(), v[*k].clone()))
-                    .collect(),
-            )
-        };
-        let (previous, applied) = (pick(&previous), pick(&after));
+        let (previous, applied) = hosts::recorded_policy(&previous, &after);
         let shares = equal_shares(&healthy)
             .iter()
             .map(|(locality, weight)| format!("{} {weight}%", locality.trim_end_matches("/*")))
