@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::alert::AlertStatus;
 use crate::error::{Error, Result};
-use crate::report::{InvocationReport, Outcome, OutcomeKind};
+use crate::report::{Delivery, InvocationReport, Outcome, OutcomeKind};
 
 /// Sends an invocation report somewhere humans see it.
 pub trait Notifier: Send + Sync {
@@ -24,18 +23,6 @@ pub trait Notifier: Send + Sync {
     fn wants(&self, report: &InvocationReport) -> bool {
         report.outcomes.iter().any(Outcome::needs_a_report)
     }
-}
-
-/// What happened to one sink's delivery.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Delivery {
-    /// The sink.
-    pub sink: &'static str,
-    /// Whether it was accepted.
-    pub ok: bool,
-    /// Why not (never contains the sink's URL or key).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 /// Sends the report to every sink that wants it ([`Notifier::wants`]) at once, each bounded

@@ -211,7 +211,19 @@ pub struct InvocationReport {
     pub outcomes: Vec<Outcome>,
     /// What happened to the report's own deliveries (SNS, Slack, PagerDuty).
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub notifications: Vec<crate::notify::Delivery>,
+    pub notifications: Vec<Delivery>,
+}
+
+/// What happened to one sink's delivery.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Delivery {
+    /// The sink.
+    pub sink: &'static str,
+    /// Whether it was accepted.
+    pub ok: bool,
+    /// Why not (never contains the sink's URL or key).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl InvocationReport {

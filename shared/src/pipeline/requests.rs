@@ -1,0 +1,188 @@
+//! Intake stage of the pipeline: parse, validate and screen; what needs no API call is
+//! settled here, the rest becomes [`Work`].
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::sync::OnceCell;
+
+use super::{Invocation, Pipeline, Request, Work};
+use crate::decide::{self, Gate, SkipReason};
+use crate::error::Error;
+use crate::intake::{self, Rejection, RevertDelivery};
+use crate::remediation::{Locator, Remediation};
+use crate::report::{Outcome, OutcomeKind, Source};
+
+impl<R: Remediation> Pipeline<R> {
+    /// Parses, validates and screens; settles every alert that needs no API call.
+    pub(super) fn intake(
+        &self,
+        event: &Value,
+        invocation: &Invocation,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        work: &mut Vec<Work<R::Facts>>,
+    ) {
+        let deliveries = match intake::parse_event(event, self.config.alert_topic_arn.as_deref()) {
+            Ok(deliveries) => deliveries,
+            Err(err) => {
+                outcomes.push((0, Outcome::failed(Source::default(), &err)));
+                return;
+            }
+        };
+        let mut order = 0;
+        for delivery in deliveries {
+            let base = Source {
+                message_id: delivery.message_id.clone(),
+                ..Source::default()
+            };
+            let group = match delivery.content {
+                Ok(group) => group,
+                Err(err) => {
+                    outcomes.push((order, Outcome::failed(base, &err)));
+                    order += 1;
+                    continue;
+                }
+            };
+            if group.alerts.is_empty() && group.truncated_alerts == 0 {
+                let err = Error::Input("Alertmanager message holds no alerts".into());
+                outcomes.push((order, Outcome::failed(base.clone(), &err)));
+                order += 1;
+            }
+            if group.truncated_alerts > 0 {
+                let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
+                outcomes.push((
+                    order,
+                    Outcome::new(OutcomeKind::Skipped, base.clone()).because(reason),
+                ));
+                order += 1;
+            }
+            for alert in &group.alerts {
+                let mut source = Source::for_alert(&base, alert, group.external_url.as_deref());
+                let this = order;
+                order += 1;
+                let input = match intake::validate_alert(alert, self.remediation.name()) {
+                    Ok(input) => input,
+                    Err(Rejection::Invalid(why)) => {
+                        outcomes.push((this, Outcome::failed(source, &Error::Input(why))));
+                        continue;
+                    }
+                    Err(Rejection::OtherFunction(why)) => {
+                        let reason = SkipReason::OtherFunction(why);
+                        outcomes.push((
+                            this,
+                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
+                        ));
+                        continue;
+                    }
+                };
+                source.namespace = Some(input.namespace.clone());
+                let resolved = match decide::screen(
+                    &input,
+                    delivery.published_at,
+                    self.config.cluster_name.as_deref(),
+                    &self.config.policy,
+                    invocation.now,
+                ) {
+                    Gate::Firing => false,
+                    Gate::Resolved => true,
+                    Gate::Skip(reason) => {
+                        outcomes.push((
+                            this,
+                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
+                        ));
+                        continue;
+                    }
+                };
+                match self.remediation.targets(&input, &self.config) {
+                    Ok(locators) if !locators.is_empty() => {
+                        let facts = Arc::new(OnceCell::new());
+                        for locator in locators {
+                            work.push(Work {
+                                order: this,
+                                source: source.clone(),
+                                locator,
+                                request: Request::Alert {
+                                    input: input.clone(),
+                                    resolved,
+                                },
+                                facts: facts.clone(),
+                            });
+                        }
+                    }
+                    Ok(_) => {
+                        let err = Error::Input("the alert names no target".into());
+                        outcomes.push((this, Outcome::failed(source, &err)));
+                    }
+                    Err(why) => outcomes.push((this, Outcome::failed(source, &Error::Input(why)))),
+                }
+            }
+        }
+    }
+
+    /// Validates and screens a revert request; it becomes one piece of work on one object.
+    pub(super) fn intake_revert(
+        &self,
+        delivery: RevertDelivery,
+        invocation: &Invocation,
+        outcomes: &mut Vec<(usize, Outcome)>,
+        work: &mut Vec<Work<R::Facts>>,
+    ) {
+        let mut source = Source {
+            message_id: delivery.message_id,
+            alert: Some("RevertRequest".into()),
+            ..Source::default()
+        };
+        let request = match delivery.request.and_then(|request| {
+            intake::validate_revert(&request, self.remediation.name())
+                .map(|()| request)
+                .map_err(Error::Input)
+        }) {
+            Ok(request) => request,
+            Err(err) => return outcomes.push((0, Outcome::failed(source, &err))),
+        };
+        source.namespace = Some(request.namespace.clone());
+        let screened = decide::Request {
+            namespace: &request.namespace,
+            cluster: request.cluster.as_deref(),
+            published_at: delivery.published_at,
+        };
+        if let Some(reason) = decide::screen_request(
+            &screened,
+            self.config.cluster_name.as_deref(),
+            &self.config.policy,
+            invocation.now,
+        ) {
+            return outcomes.push((
+                0,
+                Outcome::new(OutcomeKind::Skipped, source).because(reason),
+            ));
+        }
+        let revertible = self.remediation.revertible(&self.config);
+        let Some(resource) = revertible.iter().find(|r| r.kind == request.kind).cloned() else {
+            let kinds: Vec<&str> = revertible.iter().map(|r| r.kind.as_str()).collect();
+            let why = if kinds.is_empty() {
+                format!("{} changes cannot be reverted", self.remediation.name())
+            } else {
+                format!(
+                    "{} reverts {} objects, not {}",
+                    self.remediation.name(),
+                    kinds.join(" and "),
+                    crate::names::printable(&request.kind)
+                )
+            };
+            return outcomes.push((0, Outcome::failed(source, &Error::Input(why))));
+        };
+        work.push(Work {
+            order: 0,
+            source,
+            locator: Locator {
+                resource,
+                namespace: request.namespace.clone(),
+                name: Some(request.name.clone()),
+                subject: None,
+            },
+            request: Request::Revert(request),
+            facts: Arc::new(OnceCell::new()),
+        });
+    }
+}
