@@ -55,9 +55,12 @@ pub struct Sinks {
 pub struct Policy {
     /// `COOLDOWN_SECONDS`: minimum time between two actions on one target (default 900).
     pub cooldown: Duration,
-    /// `MAX_TARGETS_PER_INVOCATION`: blast radius of one invocation (default 10).
+    /// `MAX_TARGETS_PER_INVOCATION`: objects one invocation may change (default 10).
     pub max_targets: usize,
-    /// `ESCALATE_AFTER`: actions without recovery before humans take over (default 3).
+    /// Budgets across invocations and functions, kept in the cluster.
+    pub budget: crate::budget::Limits,
+    /// `ESCALATE_AFTER`: actions without recovery before humans take over (default 3;
+    /// 0 switches escalation off).
     pub escalate_after: u32,
     /// `ESCALATION_WINDOW_SECONDS`: actions further apart than this count as recovered (default 3600).
     pub escalation_window: Duration,
@@ -74,6 +77,7 @@ impl Default for Policy {
         Policy {
             cooldown: Duration::from_secs(900),
             max_targets: 10,
+            budget: crate::budget::Limits::default(),
             escalate_after: 3,
             escalation_window: Duration::from_secs(3600),
             protected_namespaces: split_list(DEFAULT_PROTECTED_NAMESPACES),
@@ -96,7 +100,23 @@ impl Config {
         let policy = Policy {
             cooldown: seconds(&get, "COOLDOWN_SECONDS", defaults.cooldown)?,
             max_targets: number(&get, "MAX_TARGETS_PER_INVOCATION", defaults.max_targets, 1)?,
-            escalate_after: number(&get, "ESCALATE_AFTER", defaults.escalate_after, 1)?,
+            budget: crate::budget::Limits {
+                window: seconds(&get, "BUDGET_WINDOW_SECONDS", defaults.budget.window)?,
+                per_function: number(
+                    &get,
+                    "MAX_ACTIONS_PER_WINDOW",
+                    defaults.budget.per_function,
+                    0,
+                )?,
+                cluster: number(
+                    &get,
+                    "MAX_CLUSTER_ACTIONS_PER_WINDOW",
+                    defaults.budget.cluster,
+                    0,
+                )?,
+                namespace: get("BUDGET_NAMESPACE").unwrap_or(defaults.budget.namespace),
+            },
+            escalate_after: number(&get, "ESCALATE_AFTER", defaults.escalate_after, 0)?,
             escalation_window: seconds(
                 &get,
                 "ESCALATION_WINDOW_SECONDS",
@@ -119,6 +139,19 @@ impl Config {
                     .map_err(|message| Error::Config { var, message })?;
             }
         }
+        crate::names::dns_label("namespace", &policy.budget.namespace).map_err(|message| {
+            Error::Config {
+                var: "BUDGET_NAMESPACE",
+                message,
+            }
+        })?;
+        if policy.budget.enabled() && policy.budget.window.is_zero() {
+            return Err(Error::Config {
+                var: "BUDGET_WINDOW_SECONDS",
+                message: "0 leaves no window to count changes in; set MAX_ACTIONS_PER_WINDOW=0 and MAX_CLUSTER_ACTIONS_PER_WINDOW=0 to run without budgets".into(),
+            });
+        }
+        validate_escalation(&policy)?;
         let cluster_name = get("CLUSTER_NAME");
         if let Some(name) = &cluster_name {
             let valid = name.len() <= 100
@@ -162,6 +195,35 @@ impl Config {
             },
         })
     }
+}
+
+/// Escalation needs actions to land within one window: with no cooldown every delivery of
+/// one alert acts again at once, and with a window no longer than the cooldown no two
+/// actions ever fall in one window, so escalation would silently never happen.
+fn validate_escalation(policy: &Policy) -> Result<()> {
+    if policy.escalate_after == 0 {
+        return Ok(());
+    }
+    let after = policy.escalate_after;
+    if policy.cooldown.is_zero() {
+        return Err(Error::Config {
+            var: "COOLDOWN_SECONDS",
+            message: format!(
+                "0 with ESCALATE_AFTER={after}: every delivery of an alert would act again at once; give a cooldown, or set ESCALATE_AFTER=0 to switch escalation off"
+            ),
+        });
+    }
+    if policy.escalation_window <= policy.cooldown {
+        return Err(Error::Config {
+            var: "ESCALATION_WINDOW_SECONDS",
+            message: format!(
+                "{}s is not longer than COOLDOWN_SECONDS={}s: no two actions would fall in one window and ESCALATE_AFTER={after} would never escalate",
+                policy.escalation_window.as_secs(),
+                policy.cooldown.as_secs()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// A lookup that treats empty and blank values as unset.

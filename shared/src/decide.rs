@@ -67,6 +67,42 @@ pub enum SkipReason {
     AlertsOmitted(u64),
     /// An operator paused the remediations, or the object does not accept this one.
     Paused(String),
+    /// The remediation held back and a person should know (see [`Refusal::Hold`]).
+    ///
+    /// [`Refusal::Hold`]: crate::remediation::Refusal::Hold
+    Held(String),
+    /// The cluster-wide or per-function action budget of the rolling window is spent.
+    BudgetSpent(String),
+    /// The target was escalated to a person, who has not handed it back yet.
+    HandedOff(String),
+}
+
+impl SkipReason {
+    /// Whether a person must hear of this skip (it goes to the notification topic): the
+    /// alert keeps firing and nothing is done about it until someone acts. Routine skips
+    /// (cooldown, duplicates, stale or foreign deliveries, objects not opted in, work already
+    /// done, an escalation already reported) stay in the log and the metrics.
+    pub fn needs_a_person(&self) -> bool {
+        match self {
+            SkipReason::Paused(_)
+            | SkipReason::Held(_)
+            | SkipReason::BudgetSpent(_)
+            | SkipReason::BlastRadius { .. }
+            | SkipReason::AlertsOmitted(_) => true,
+            SkipReason::StaleDelivery { .. }
+            | SkipReason::AlertEnded { .. }
+            | SkipReason::ProtectedNamespace(_)
+            | SkipReason::NamespaceNotAllowed(_)
+            | SkipReason::NotOptedIn(_)
+            | SkipReason::Cooldown { .. }
+            | SkipReason::Duplicate { .. }
+            | SkipReason::OtherFunction(_)
+            | SkipReason::OtherCluster { .. }
+            | SkipReason::Declined(_)
+            | SkipReason::Resolved(_)
+            | SkipReason::HandedOff(_) => false,
+        }
+    }
 }
 
 impl fmt::Display for SkipReason {
@@ -115,6 +151,9 @@ impl fmt::Display for SkipReason {
             SkipReason::Declined(why) => f.write_str(why),
             SkipReason::Resolved(what) => write!(f, "resolved: {what}"),
             SkipReason::Paused(why) => write!(f, "paused: {why}"),
+            SkipReason::Held(why) => write!(f, "held: {why}"),
+            SkipReason::BudgetSpent(why) => write!(f, "budget spent: {why}"),
+            SkipReason::HandedOff(why) => write!(f, "handed off: {why}"),
             SkipReason::AlertsOmitted(n) => write!(
                 f,
                 "{n} alerts of this group were left out of the message by the Alertmanager template cap (truncatedAlerts); they get no action"
@@ -256,7 +295,7 @@ pub fn decide(
     } else {
         record.streak.saturating_add(1)
     };
-    if streak > policy.escalate_after {
+    if policy.escalate_after > 0 && streak > policy.escalate_after {
         Verdict::Escalate {
             streak: record.streak,
         }
@@ -305,6 +344,7 @@ mod tests {
         ActionRecord {
             fingerprint: "abc".into(),
             trace_id: "t".into(),
+            request_id: None,
             at: now() - chrono::Duration::minutes(minutes_ago),
             streak,
             change: "restart".into(),
@@ -312,6 +352,7 @@ mod tests {
             applied: None,
             recovered_at: None,
             reverted: None,
+            escalated_at: None,
         }
     }
 

@@ -4,8 +4,6 @@
 //! dead-letter queue). That is right for transient API trouble and wrong for bad input,
 //! which no retry can fix, so every error says which it is.
 
-use std::time::Duration;
-
 /// Everything that can go wrong between an SNS record and a change in the cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,9 +58,10 @@ pub enum Error {
         retryable: bool,
     },
 
-    /// The invocation ran out of time before this work could start.
-    #[error("not started: less than {0:?} left before the Lambda deadline")]
-    Deadline(Duration),
+    /// The invocation ran out of time: an API call was not started, or got no answer before
+    /// the Lambda deadline. The text says which and what that means for the change.
+    #[error("out of time: {0}")]
+    OutOfTime(String),
 }
 
 impl Error {
@@ -74,7 +73,7 @@ impl Error {
         match self {
             Error::Config { .. } | Error::Input(_) | Error::Plan(_) => false,
             Error::Kube { source, .. } => kube_error_is_retryable(source),
-            Error::ConflictStorm { .. } | Error::Deadline(_) => true,
+            Error::ConflictStorm { .. } | Error::OutOfTime(_) => true,
             Error::Connect(_) => true,
             Error::Aws { retryable, .. } => *retryable,
         }

@@ -11,12 +11,14 @@
 //! a call to [`run`].
 
 pub mod alert;
+pub mod budget;
 pub mod config;
 pub mod connect;
 pub mod controllers;
 pub mod decide;
 pub mod eks;
 pub mod error;
+pub mod escalation;
 pub mod intake;
 pub mod lambda;
 pub mod names;

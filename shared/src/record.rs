@@ -31,6 +31,10 @@ pub struct ActionRecord {
     pub fingerprint: String,
     /// Trace id of the invocation that made the change (find its logs with it).
     pub trace_id: String,
+    /// Lambda request id of that invocation: Lambda's retries of an invocation keep it, so
+    /// a retry recognises a change its earlier attempt made but could not report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
     /// When the change was made.
     pub at: DateTime<Utc>,
     /// Actions without recovery in a row, this one included.
@@ -49,6 +53,9 @@ pub struct ActionRecord {
     /// Set when a revert request restored `previous`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted: Option<Reversal>,
+    /// When this streak was escalated to a person (see [`crate::escalation`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escalated_at: Option<DateTime<Utc>>,
 }
 
 /// A revert request that undid the recorded action.

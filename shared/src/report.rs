@@ -44,13 +44,9 @@ fn judge_drill(function: &str, o: &mut Outcome) {
 
 impl Outcome {
     /// Whether the report sinks hear of it: anything but a skip, and the skips a person
-    /// must know about (an operator's pause, so nobody forgets to lift it).
+    /// must act on ([`crate::decide::SkipReason::needs_a_person`]).
     pub fn needs_a_report(&self) -> bool {
-        self.outcome != OutcomeKind::Skipped
-            || self
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.contains("paused: "))
+        self.outcome != OutcomeKind::Skipped || self.needs_a_person
     }
 }
 
@@ -158,6 +154,9 @@ pub struct Outcome {
     /// Whether retrying the invocation could change a failed outcome.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub retryable: bool,
+    /// A skip a person must act on; it is reported like a failure.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub needs_a_person: bool,
 }
 
 impl Outcome {
@@ -171,7 +170,15 @@ impl Outcome {
             change: None,
             patch: None,
             retryable: false,
+            needs_a_person: false,
         }
+    }
+
+    /// A skip, for `reason`; one a person must act on is marked so and reported.
+    pub fn skipped(source: Source, reason: &crate::decide::SkipReason) -> Self {
+        let mut outcome = Outcome::new(OutcomeKind::Skipped, source).because(reason);
+        outcome.needs_a_person = reason.needs_a_person();
+        outcome
     }
 
     /// Sets the reason.

@@ -24,20 +24,24 @@ FUNCTIONS = {
 }
 EVENTS_CREATE = ("events.k8s.io", "events", ("create",))
 PAUSE_READS = {("", "namespaces", ("get",)), ("", "configmaps", ("get",))}
+# The action budgets every function spends (one ConfigMap, by name).
+BUDGET_WRITES = ("", "configmaps", ("get", "patch"))
 RBAC = {
-    "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE, *PAUSE_READS},
+    "latency-restart": {("apps", "deployments", ("get", "patch")), EVENTS_CREATE, BUDGET_WRITES, *PAUSE_READS},
     "error-rollback": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("list",)),
         ("", "services", ("list",)),
         EVENTS_CREATE,
+        BUDGET_WRITES,
         *PAUSE_READS,
     },
-    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE, *PAUSE_READS},
+    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE, BUDGET_WRITES, *PAUSE_READS},
     "region-failover": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("get", "list", "patch")),
         EVENTS_CREATE,
+        BUDGET_WRITES,
         *PAUSE_READS,
     },
 }
@@ -50,6 +54,10 @@ SHARED_ENV = {
     "MAX_TARGETS_PER_INVOCATION": ("MaxTargetsPerInvocation", 10),
     "ESCALATE_AFTER": ("EscalateAfter", 3),
     "ESCALATION_WINDOW_SECONDS": ("EscalationWindowSeconds", 3600),
+    "BUDGET_WINDOW_SECONDS": ("BudgetWindowSeconds", 3600),
+    "MAX_ACTIONS_PER_WINDOW": ("MaxActionsPerWindow", 20),
+    "MAX_CLUSTER_ACTIONS_PER_WINDOW": ("MaxClusterActionsPerWindow", 40),
+    "BUDGET_NAMESPACE": ("BudgetNamespace", "kube-system"),
     "PROTECTED_NAMESPACES": ("ProtectedNamespaces", "kube-system,kube-public,kube-node-lease,istio-system"),
     "ALLOWED_NAMESPACES": ("AllowedNamespaces", ""),
     "MAX_DELIVERY_AGE_SECONDS": ("MaxDeliveryAgeSeconds", 900),
@@ -104,8 +112,9 @@ def test_rbac_is_exactly_least_privilege():
         assert rules == expected, function
         for rule in roles[name]["rules"]:
             if rule["resources"] == ["configmaps"]:
-                # Only the pause switch, by name.
-                assert rule["resourceNames"] == ["mesh-remediation"], rule
+                # Only the pause switch (read) and the budgets (read and patch), by name.
+                allowed = {("get",): ["mesh-remediation"], ("get", "patch"): ["mesh-remediation-budget"]}
+                assert rule["resourceNames"] == allowed[tuple(rule["verbs"])], rule
             else:
                 assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
         binding = bindings[name]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube_standin::StandIn;
 use mesh_remediation::config::Config;
@@ -100,6 +100,16 @@ impl TestCluster {
             .create(&PostParams::default(), &ns)
             .await
             .expect("create namespace");
+        // Each test keeps its own action budgets (BUDGET_NAMESPACE is the test's namespace,
+        // see `TestCluster::vars`): one cluster-wide budget would be spent by every test.
+        let budget: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": mesh_remediation::budget::BUDGET_CONFIGMAP, "namespace": namespace}
+        }))
+        .expect("budget configmap");
+        Api::<ConfigMap>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &budget)
+            .await
+            .expect("create the budget ConfigMap");
         TestCluster {
             client,
             namespace,
@@ -252,7 +262,14 @@ impl TestCluster {
     /// (`DRY_RUN` defaults to `false` here so tests see real changes).
     pub fn pipeline<R: Remediation>(&self, remediation: R, vars: &[(&str, &str)]) -> Pipeline<R> {
         let client = self.function_client(remediation.name());
-        pipeline_with(client, remediation, vars)
+        pipeline_with(client, remediation, &self.vars(vars))
+    }
+
+    /// `vars` plus this test's budget location (`BUDGET_NAMESPACE`, unless `vars` sets it).
+    pub fn vars<'a>(&'a self, vars: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut all = vec![("BUDGET_NAMESPACE", self.namespace.as_str())];
+        all.extend_from_slice(vars);
+        all
     }
 
     /// A client for this cluster whose requests time out after `timeout`, as
@@ -268,7 +285,7 @@ impl TestCluster {
         remediation: R,
         vars: &[(&str, &str)],
     ) -> Pipeline<R> {
-        let config = config(vars);
+        let config = config(&self.vars(vars));
         let path = self
             .function_kubeconfig_path(remediation.name())
             .to_path_buf();

@@ -162,7 +162,11 @@ async fn the_same_event_three_times_changes_once() {
     );
     assert_eq!(cluster.events_about(DR).await.len(), 1);
     let report = cluster
-        .invoke(defaults(), &[("COOLDOWN_SECONDS", "0")], &event)
+        .invoke(
+            defaults(),
+            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
+            &event,
+        )
         .await;
     assert!(
         reason(only(&report)).contains("already set as configured"),
@@ -322,7 +326,7 @@ async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edi
     assert_schema_valid(&reverted);
 
     // Again, then a foreign edit: refused, edit kept.
-    let vars = [("COOLDOWN_SECONDS", "0")];
+    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     assert_eq!(
         only(&cluster.invoke(defaults(), &vars, &firing).await).outcome,
         OutcomeKind::Applied

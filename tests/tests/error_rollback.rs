@@ -163,7 +163,11 @@ async fn the_same_event_three_times_changes_once() {
     assert_eq!(cluster.events_about(VS).await.len(), 1);
     // Past the cooldown it is already at 100/0: nothing to write.
     let report = cluster
-        .invoke(ErrorRollback, &[("COOLDOWN_SECONDS", "0")], &event)
+        .invoke(
+            ErrorRollback,
+            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
+            &event,
+        )
         .await;
     assert_eq!(only(&report).outcome, OutcomeKind::Skipped);
     assert!(reason(only(&report)).contains("already routed to stable"));
@@ -245,6 +249,10 @@ async fn objects_not_opted_in_are_skipped() {
         reason(&outcome).contains("labelled auto_remediation=active matches the alert"),
         "{outcome:#?}"
     );
+    assert!(
+        outcome.needs_a_report(),
+        "nothing acts on a firing alert: a person hears of it"
+    );
     assert_eq!(virtual_service(&cluster).await, before);
 }
 
@@ -323,7 +331,7 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     assert!(reason(&again).contains("already reverted"), "{again:#?}");
 
     // Act again, then someone edits the weights: the revert must not clobber that edit.
-    let vars = [("COOLDOWN_SECONDS", "0")];
+    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     assert_eq!(
         only(&cluster.invoke(ErrorRollback, &vars, &firing).await).outcome,
         OutcomeKind::Applied

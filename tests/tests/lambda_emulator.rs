@@ -18,6 +18,7 @@ async fn bootstrap_restarts_under_the_lambda_emulator() {
             ("KUBECONFIG", kubeconfig.as_str()),
             ("DRY_RUN", "false"),
             ("RUST_LOG", "info"),
+            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
         ],
     )
     .await;
@@ -87,7 +88,11 @@ async fn transient_api_failure_is_a_function_error_for_lambda_to_retry() {
     let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
     let emulator = Emulator::start(
         &bootstrap,
-        &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("DRY_RUN", "false"),
+            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
+        ],
     )
     .await;
     let (_, body) = emulator

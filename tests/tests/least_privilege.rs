@@ -522,7 +522,7 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
         .await
         .expect("create cluster role binding");
     let client = cluster.impersonating(&user, &[]).await;
-    let pipeline = pipeline_with(client, DbCircuitBreak::default(), &[]);
+    let pipeline = pipeline_with(client, DbCircuitBreak::default(), &cluster.vars(&[]));
     let event = events::fresh("db-circuit-break-firing.json", &cluster.namespace);
     let report = pipeline
         .handle(&event, &Invocation::new("req-lp", None, None))

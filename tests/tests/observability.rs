@@ -49,6 +49,7 @@ async fn world(slack_status: u16) -> World {
         ("KUBECONFIG", kubeconfig),
         ("DRY_RUN", "false".to_owned()),
         ("RUST_LOG", "debug".to_owned()),
+        ("BUDGET_NAMESPACE", cluster.namespace.clone()),
         ("NOTIFY_TOPIC_ARN", reports_topic.clone()),
         ("SLACK_WEBHOOK_URL", slack_url),
         ("PAGERDUTY_ROUTING_KEY", PD_SECRET.to_owned()),

@@ -58,7 +58,7 @@ async fn as_function<R: Remediation>(
     )
     .expect("write kubeconfig");
     let client = client_from(&path).await;
-    pipeline_with(client, remediation, vars)
+    pipeline_with(client, remediation, &cluster.vars(vars))
 }
 
 async fn run<R: Remediation>(pipeline: &Pipeline<R>, event: &Value) -> InvocationReport {
@@ -315,7 +315,7 @@ async fn error_rollback_works_within_its_rules() {
         &cluster,
         standin,
         ErrorRollback,
-        &[("COOLDOWN_SECONDS", "0")],
+        &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
     )
     .await;
     mesh.edit_spec(

@@ -247,7 +247,11 @@ async fn the_same_event_three_times_changes_once() {
     assert_eq!(cluster.events_about(NAME).await.len(), 1);
     // Past the cooldown: already at 0.
     let report = cluster
-        .invoke(checked(&regions), &[("COOLDOWN_SECONDS", "0")], &event)
+        .invoke(
+            checked(&regions),
+            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
+            &event,
+        )
         .await;
     assert!(
         reason(only(&report)).contains("already failed over"),
@@ -412,7 +416,7 @@ async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_e
             .is_some()
     );
 
-    let vars = [("COOLDOWN_SECONDS", "0")];
+    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(checked(&regions), &vars, &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied);

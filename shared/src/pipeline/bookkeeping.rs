@@ -4,9 +4,11 @@
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
+use super::timebox::Call;
 use super::{Invocation, Pipeline, Work};
 use crate::decide::{self, SkipReason, Verdict};
 use crate::error::Error;
+use crate::escalation::{self, ESCALATED_ANNOTATION, Escalation, HandOff};
 use crate::intake::{AlertInput, RevertRequest};
 use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
@@ -50,28 +52,56 @@ impl<R: Remediation> Pipeline<R> {
             Ok(record) => record,
             Err(err) => return Step::Done(Outcome::failed(source, &err)),
         };
+        if let Some(earlier) = &record
+            && earlier.request_id.as_deref() == Some(invocation.request_id.as_str())
+            && earlier.fingerprint == input.alert.fingerprint
+            && !earlier.recovered()
+            && earlier.reverted.is_none()
+        {
+            // A Lambda retry of this very invocation: its earlier attempt made the change
+            // and lost the answer (cut at the deadline, a reset). Report it; do not redo it.
+            let mut outcome = Outcome::new(OutcomeKind::Applied, source);
+            outcome.change = Some(earlier.change.clone());
+            outcome.reason = Some(format!(
+                "made at {} by an earlier attempt of this invocation (Lambda request id {}), whose answer was lost; found on the retry, not made again",
+                earlier.at.to_rfc3339(),
+                invocation.request_id
+            ));
+            return Step::Done(outcome);
+        }
         let opted_in = record::opted_in(object.metadata.labels.as_ref());
-        let streak = match decide::decide(
+        let hand_off = escalation::check(
+            target,
+            object.metadata.annotations.as_ref(),
+            record.as_ref(),
+            &input.alert.fingerprint,
+            input.alert.starts_at,
+            invocation.now,
+            self.config.policy.escalation_window,
+        );
+        if let HandOff::Held(reason) = &hand_off
+            && opted_in
+        {
+            return Step::Done(Outcome::skipped(source, reason));
+        }
+        let verdict = decide::decide(
             target,
             opted_in,
             record.as_ref(),
             &self.config.policy,
             invocation.now,
-        ) {
+        );
+        let verdict = match hand_off {
+            HandOff::StayedResolved | HandOff::Acknowledged => escalation::afresh(verdict),
+            HandOff::Free | HandOff::Held(_) => verdict,
+        };
+        let streak = match verdict {
             Verdict::Act { streak } => streak,
             Verdict::Skip(reason) => {
-                return Step::Done(Outcome::new(OutcomeKind::Skipped, source).because(reason));
+                return Step::Done(Outcome::skipped(source, &reason));
             }
             Verdict::Escalate { streak } => {
-                let since = record
-                    .as_ref()
-                    .map(|r| r.at.to_rfc3339())
-                    .unwrap_or_default();
-                let reason = format!(
-                    "{streak} actions without recovery (last at {since}); not acting again, humans must look (ESCALATE_AFTER={})",
-                    self.config.policy.escalate_after
-                );
-                return Step::Done(Outcome::new(OutcomeKind::Escalated, source).because(reason));
+                return self.escalate_step(work, input, object, record, streak, invocation);
             }
         };
         if let Some(controller) = crate::controllers::blocking_controller(object) {
@@ -83,7 +113,14 @@ impl<R: Remediation> Pipeline<R> {
         }
         let facts = match work
             .facts
-            .get_or_init(|| self.remediation.prepare(input, client, &self.config))
+            .get_or_init(|| async {
+                let timebox = self.timebox(invocation);
+                let facts = self.remediation.prepare(input, client, &self.config);
+                timebox
+                    .call(Call::Read, "read what the plan needs", facts)
+                    .await
+                    .and_then(|facts| facts)
+            })
             .await
         {
             Ok(facts) => facts,
@@ -97,9 +134,10 @@ impl<R: Remediation> Pipeline<R> {
         let plan = match self.remediation.plan(input, object, context) {
             Ok(plan) => plan,
             Err(Refusal::Skip(why)) => {
-                return Step::Done(
-                    Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
-                );
+                return Step::Done(Outcome::skipped(source, &SkipReason::Declined(why)));
+            }
+            Err(Refusal::Hold(why)) => {
+                return Step::Done(Outcome::skipped(source, &SkipReason::Held(why)));
             }
             Err(Refusal::Fail(why)) => {
                 return Step::Done(Outcome::failed(source, &Error::Plan(why)));
@@ -108,6 +146,7 @@ impl<R: Remediation> Pipeline<R> {
         let new_record = ActionRecord {
             fingerprint: input.alert.fingerprint.clone(),
             trace_id: invocation.trace_id.clone(),
+            request_id: Some(invocation.request_id.clone()),
             at: invocation.now,
             streak,
             change: plan.summary.clone(),
@@ -115,8 +154,79 @@ impl<R: Remediation> Pipeline<R> {
             applied: plan.applied.clone(),
             recovered_at: None,
             reverted: None,
+            escalated_at: None,
         };
-        self.write_step(work, object, &plan, &new_record, invocation, true)
+        let mut step = self.write_step(work, object, &plan, &new_record, invocation, true);
+        if hand_off == HandOff::StayedResolved
+            && let Step::Write { body, .. } = &mut step
+        {
+            // Handed back: the annotation goes in the same write as the new action.
+            body["metadata"]["annotations"][ESCALATED_ANNOTATION] = Value::Null;
+        }
+        step
+    }
+
+    /// Hands the target to a person: the annotation [`ESCALATED_ANNOTATION`] and the record's
+    /// `escalatedAt`, in one guarded write; no change to the object's spec.
+    fn escalate_step(
+        &self,
+        work: &Work<R::Facts>,
+        input: &AlertInput,
+        object: &DynamicObject,
+        record: Option<ActionRecord>,
+        streak: u32,
+        invocation: &Invocation,
+    ) -> Step {
+        let Some(mut record) = record else {
+            let err = Error::Plan("escalation without an action record".into());
+            return Step::Done(Outcome::failed(work.source.clone(), &err));
+        };
+        let reason = format!(
+            "{streak} actions without recovery (last at {}); not acting again, handed to a person (ESCALATE_AFTER={}). No function acts on it until the alert stays resolved for {}s or someone removes the annotation {ESCALATED_ANNOTATION}",
+            record.at.to_rfc3339(),
+            self.config.policy.escalate_after,
+            self.config.policy.escalation_window.as_secs()
+        );
+        let marker = Escalation {
+            remediation: self.remediation.name().to_owned(),
+            alert: crate::names::printable(input.alert.name()),
+            fingerprint: input.alert.fingerprint.clone(),
+            at: invocation.now,
+            trace_id: invocation.trace_id.clone(),
+            streak,
+            resolved_at: None,
+        };
+        record.escalated_at = Some(invocation.now);
+        let plan = Plan {
+            patch: json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: marker.to_annotation()}}}),
+            summary: format!("escalated to a person after {streak} actions without recovery"),
+            action: "Escalated",
+            previous: None,
+            applied: None,
+        };
+        match self.write_step(work, object, &plan, &record, invocation, false) {
+            Step::Write {
+                body,
+                dry_run,
+                mut outcome,
+                event,
+                ..
+            } => {
+                outcome.outcome = OutcomeKind::Escalated;
+                outcome.reason = Some(match outcome.reason.take() {
+                    Some(dry) => format!("{reason} ({dry})"),
+                    None => reason,
+                });
+                Step::Write {
+                    body,
+                    dry_run,
+                    outcome,
+                    event,
+                    counts_against_budget: false,
+                }
+            }
+            done => done,
+        }
     }
 
     pub(super) fn resolved_step(
@@ -129,10 +239,10 @@ impl<R: Remediation> Pipeline<R> {
     ) -> Step {
         let source = work.source.clone();
         let skip = |what: String| {
-            Step::Done(
-                Outcome::new(OutcomeKind::Skipped, source.clone())
-                    .because(SkipReason::Resolved(what)),
-            )
+            Step::Done(Outcome::skipped(
+                source.clone(),
+                &SkipReason::Resolved(what),
+            ))
         };
         let record = match self.read_record(object) {
             Ok(Some(record)) => record,
@@ -150,8 +260,55 @@ impl<R: Remediation> Pipeline<R> {
                 record.fingerprint
             ));
         }
+        // An escalated target notes each resolution: it is handed back once the alert stays
+        // resolved long enough.
+        let escalation = escalation::on_resolved(
+            object.metadata.annotations.as_ref(),
+            self.remediation.name(),
+            &input.alert.fingerprint,
+            invocation.now,
+        );
+        let noted = escalation.as_ref().map_or(String::new(), |_| {
+            format!(
+                "; the escalation notes the resolution: handed back if the alert stays resolved for {}s",
+                self.config.policy.escalation_window.as_secs()
+            )
+        });
+        let dry_run = work.dry_run(self.config.dry_run).is_some();
+        let marker = json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: escalation}}});
+        let bookkeeping = |plan: Plan, new_record: &ActionRecord, what: String| match self
+            .write_step(work, object, &plan, new_record, invocation, false)
+        {
+            Step::Write {
+                body,
+                dry_run,
+                event,
+                ..
+            } => {
+                let mut outcome = Outcome::skipped(source.clone(), &SkipReason::Resolved(what));
+                outcome.patch = Some(body.clone());
+                Step::Write {
+                    body,
+                    dry_run,
+                    outcome,
+                    event,
+                    counts_against_budget: false,
+                }
+            }
+            done => done,
+        };
         if record.recovered() {
-            return skip("recovery already recorded".into());
+            if escalation.is_none() || dry_run {
+                return skip("recovery already recorded".into());
+            }
+            let plan = Plan {
+                patch: marker,
+                summary: "resolution after the escalation recorded".into(),
+                action: "Recovered",
+                previous: None,
+                applied: None,
+            };
+            return bookkeeping(plan, &record, format!("recovery already recorded{noted}"));
         }
         let context = PlanContext {
             now: invocation.now,
@@ -160,51 +317,48 @@ impl<R: Remediation> Pipeline<R> {
         };
         let mut new_record = record.clone();
         new_record.recovered_at = Some(invocation.now);
+        let with_marker = |mut plan: Plan| {
+            if escalation.is_some() {
+                json_patch::merge(&mut plan.patch, &marker);
+            }
+            plan
+        };
         match self
             .remediation
             .plan_resolved(input, object, &record, context)
         {
             None => {
-                if work.dry_run(self.config.dry_run).is_some() {
+                if dry_run {
                     return skip("nothing to change (dry run: recovery not recorded)".into());
                 }
-                let plan = Plan {
+                let plan = with_marker(Plan {
                     patch: json!({}),
                     summary: "recovery recorded; escalation streak reset".into(),
                     action: "Recovered",
                     previous: None,
                     applied: None,
-                };
-                match self.write_step(work, object, &plan, &new_record, invocation, false) {
-                    Step::Write {
-                        body,
-                        dry_run,
-                        event,
-                        ..
-                    } => Step::Write {
-                        body: body.clone(),
-                        dry_run,
-                        outcome: {
-                            let mut o =
-                                Outcome::new(OutcomeKind::Skipped, source.clone())
-                                    .because(SkipReason::Resolved(
-                                    "nothing to change; recovery recorded, escalation streak reset"
-                                        .into(),
-                                ));
-                            o.patch = Some(body);
-                            o
-                        },
-                        event,
-                        counts_against_budget: false,
-                    },
-                    done => done,
-                }
+                });
+                bookkeeping(
+                    plan,
+                    &new_record,
+                    format!("nothing to change; recovery recorded, escalation streak reset{noted}"),
+                )
             }
             Some(Ok(plan)) => {
                 new_record.change = plan.summary.clone();
-                self.write_step(work, object, &plan, &new_record, invocation, false)
+                self.write_step(
+                    work,
+                    object,
+                    &with_marker(plan),
+                    &new_record,
+                    invocation,
+                    false,
+                )
             }
             Some(Err(Refusal::Skip(why))) => skip(why),
+            Some(Err(Refusal::Hold(why))) => {
+                Step::Done(Outcome::skipped(source, &SkipReason::Held(why)))
+            }
             Some(Err(Refusal::Fail(why))) => Step::Done(Outcome::failed(source, &Error::Plan(why))),
         }
     }
@@ -244,9 +398,7 @@ impl<R: Remediation> Pipeline<R> {
                 done.at.to_rfc3339(),
                 done.trace_id
             );
-            return Step::Done(
-                Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
-            );
+            return Step::Done(Outcome::skipped(source, &SkipReason::Declined(why)));
         }
         if let Some(meant) = &request.trace_id
             && meant != &record.trace_id
@@ -261,11 +413,10 @@ impl<R: Remediation> Pipeline<R> {
         let plan = match self.remediation.plan_revert(object, &record) {
             Ok(plan) => plan,
             Err(Refusal::Skip(why)) => {
-                return Step::Done(
-                    Outcome::new(OutcomeKind::Skipped, source).because(SkipReason::Declined(why)),
-                );
+                return Step::Done(Outcome::skipped(source, &SkipReason::Declined(why)));
             }
-            Err(Refusal::Fail(why)) => return fail(why),
+            // A person asked for this revert: what holds it back is theirs to see, as a failure.
+            Err(Refusal::Fail(why) | Refusal::Hold(why)) => return fail(why),
         };
         let mut new_record = record;
         new_record.reverted = Some(Reversal {

@@ -2,29 +2,50 @@
 //! guarded patch (409 loop, transient retries, dry run), confirm a lost answer, write the Event.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use serde_json::{Value, json};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use serde_json::Value;
 
 use super::bookkeeping::Step;
+use super::timebox::{CONFIRM_READ_TIME, Call, TimeBox};
 use super::{Invocation, Pipeline, Request, Work};
+use crate::budget;
 use crate::decide::SkipReason;
 use crate::error::Error;
 use crate::pause;
 use crate::record;
 use crate::remediation::{Remediation, describe};
-use crate::report::{Outcome, OutcomeKind};
+use crate::report::Outcome;
 
 /// Writes refused with 409 before giving up (each one re-reads and decides again).
 const MAX_WRITE_ATTEMPTS: u32 = 6;
 /// Transient API failures (5xx, 429, timeouts) retried within one invocation.
 const MAX_TRANSIENT_RETRIES: u32 = 2;
-/// No new target is started with less time than this before the Lambda deadline.
-const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+/// What one object's attempt spent of the budgets, given back unless a change may have landed.
+#[derive(Default)]
+struct Spending {
+    /// Counted against `MAX_TARGETS_PER_INVOCATION`.
+    counted: bool,
+    /// The slot taken in the cluster's budgets.
+    slot: Option<budget::Slot>,
+    /// A change landed, or may have (its answer was lost): nothing is given back.
+    landed: bool,
+}
+
+/// What a re-read says about a write whose answer was lost.
+enum Landed {
+    /// It landed: this is its outcome.
+    Yes(Box<Outcome>),
+    /// The object does not carry it: nothing was changed.
+    No,
+    /// The re-read failed too.
+    Unknown,
+}
 
 impl<R: Remediation> Pipeline<R> {
-    #[allow(clippy::too_many_arguments)]
+    /// Works on one object; what it took of the budgets is given back if no change landed.
     pub(super) async fn act_on(
         &self,
         api: &Api<DynamicObject>,
@@ -32,30 +53,77 @@ impl<R: Remediation> Pipeline<R> {
         work: &Work<R::Facts>,
         name: &str,
         invocation: &Invocation,
-        budget: &AtomicUsize,
-        budget_taken: &mut bool,
+        changed: &AtomicUsize,
+    ) -> Outcome {
+        let mut spending = Spending::default();
+        let outcome = self
+            .attempt(api, client, work, name, invocation, changed, &mut spending)
+            .await;
+        if !spending.landed {
+            if spending.counted {
+                changed.fetch_sub(1, Ordering::SeqCst);
+            }
+            if let Some(slot) = &spending.slot {
+                let limits = &self.config.policy.budget;
+                let give_back = budget::release(client, limits, self.remediation.name(), slot);
+                // Best effort within the time left; a slot not given back stays spent.
+                let _ = self
+                    .timebox(invocation)
+                    .call(Call::Read, "give back a budget slot", async {
+                        give_back.await;
+                        Ok::<(), ()>(())
+                    })
+                    .await;
+            }
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        api: &Api<DynamicObject>,
+        client: &kube::Client,
+        work: &Work<R::Facts>,
+        name: &str,
+        invocation: &Invocation,
+        changed: &AtomicUsize,
+        spending: &mut Spending,
     ) -> Outcome {
         let resource = &work.locator.resource;
         let target = describe(resource, &work.locator.namespace, name);
+        let timebox = self.timebox(invocation);
+        let failed = |err: &Error| Outcome::failed(work.source.clone(), err).on(&target);
         let mut transient_retries = 0;
         // A write whose answer never came (reset, timeout, 5xx): it may have landed.
         let mut unanswered: Option<Unanswered> = None;
+        // Out of time while a write may have landed: say so, and keep what it spent.
+        let out_of_time = |err: Error, unanswered: &Option<Unanswered>, spending: &mut Spending| {
+            if unanswered.is_none() {
+                return failed(&err);
+            }
+            spending.landed = true;
+            let why = format!(
+                "{err}; an earlier write to {target} got no answer and may have landed: its annotation {} names trace {} if it did",
+                record::record_annotation(self.remediation.name()),
+                invocation.trace_id
+            );
+            failed(&Error::OutOfTime(why))
+        };
         // The operator's brakes, read once the object is, for alerts only (a revert is a
         // person's own request).
         let mut brakes: Option<pause::Brakes> = None;
         for attempt in 0..MAX_WRITE_ATTEMPTS {
-            if let Some(deadline) = invocation.deadline
-                && deadline.saturating_duration_since(Instant::now()) < DEADLINE_MARGIN
+            let got = match timebox
+                .call(Call::Read, &format!("get {target}"), api.get_opt(name))
+                .await
             {
-                return Outcome::failed(work.source.clone(), &Error::Deadline(DEADLINE_MARGIN))
-                    .on(&target);
-            }
-            let object = match api.get_opt(name).await {
+                Ok(got) => got,
+                Err(err) => return out_of_time(err, &unanswered, spending),
+            };
+            let object = match got {
                 Ok(Some(object)) => object,
-                Ok(None) => {
-                    let err = Error::Plan(format!("{target} not found"));
-                    return Outcome::failed(work.source.clone(), &err).on(&target);
-                }
+                Ok(None) => return failed(&Error::Plan(format!("{target} not found"))),
                 Err(err) => {
                     let err = Error::kube(format!("get {target}"), err);
                     if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES {
@@ -63,18 +131,36 @@ impl<R: Remediation> Pipeline<R> {
                         tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
                         continue;
                     }
-                    return Outcome::failed(work.source.clone(), &err).on(&target);
+                    return failed(&err);
                 }
             };
+            if let Some((sent, outcome, event)) = unanswered.take()
+                && record_landed(&object, self.remediation.name(), &sent)
+            {
+                // Our own write landed; only its answer was lost. Report it, do not redo it.
+                spending.landed = true;
+                if let Some((action, note)) = event {
+                    self.record_event(client, resource, &object, action, &note, invocation)
+                        .await;
+                }
+                return outcome.on(&target);
+            }
             if brakes.is_none() && matches!(work.request, Request::Alert { .. }) {
-                match pause::read(client, &work.locator.namespace).await {
+                let read = timebox
+                    .call(
+                        Call::Read,
+                        "read the pause switches",
+                        pause::read(client, &work.locator.namespace),
+                    )
+                    .await;
+                match read.and_then(|read| read) {
                     Ok(read) => brakes = Some(read),
                     Err(err) if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES => {
                         transient_retries += 1;
                         tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
                         continue;
                     }
-                    Err(err) => return Outcome::failed(work.source.clone(), &err).on(&target),
+                    Err(err) => return failed(&err),
                 }
             }
             if let Some(brakes) = &brakes
@@ -86,19 +172,7 @@ impl<R: Remediation> Pipeline<R> {
                     object.metadata.annotations.as_ref(),
                 )
             {
-                return Outcome::new(OutcomeKind::Skipped, work.source.clone())
-                    .because(reason)
-                    .on(&target);
-            }
-            if let Some((sent, outcome, event)) = unanswered.take()
-                && record_landed(&object, self.remediation.name(), &sent)
-            {
-                // Our own write landed; only its answer was lost. Report it, do not redo it.
-                if let Some((action, note)) = event {
-                    self.record_event(client, resource, &object, action, &note, invocation)
-                        .await;
-                }
-                return outcome.on(&target);
+                return Outcome::skipped(work.source.clone(), &reason).on(&target);
             }
             let step = match &work.request {
                 Request::Alert {
@@ -126,24 +200,94 @@ impl<R: Remediation> Pipeline<R> {
                     counts_against_budget,
                 } => (body, dry_run, outcome, event, counts_against_budget),
             };
-            if counts && !*budget_taken {
-                if budget.fetch_add(1, Ordering::SeqCst) >= self.config.policy.max_targets {
-                    let reason = SkipReason::BlastRadius {
-                        max_targets: self.config.policy.max_targets,
-                    };
-                    return Outcome::new(OutcomeKind::Skipped, work.source.clone())
-                        .because(reason)
-                        .on(&target);
+            if counts && !spending.counted {
+                let max_targets = self.config.policy.max_targets;
+                if changed.fetch_add(1, Ordering::SeqCst) >= max_targets {
+                    changed.fetch_sub(1, Ordering::SeqCst);
+                    let reason = SkipReason::BlastRadius { max_targets };
+                    return Outcome::skipped(work.source.clone(), &reason).on(&target);
                 }
-                *budget_taken = true;
+                spending.counted = true;
+            }
+            if counts && !dry_run && spending.slot.is_none() && self.config.policy.budget.enabled()
+            {
+                let slot = budget::Slot {
+                    at: invocation.now,
+                    target: target.clone(),
+                    trace_id: invocation.trace_id.clone(),
+                };
+                let limits = &self.config.policy.budget;
+                let reserved = timebox
+                    .call(
+                        Call::Read,
+                        "take a budget slot",
+                        budget::reserve(client, limits, self.remediation.name(), &slot),
+                    )
+                    .await;
+                match reserved.and_then(|r| r) {
+                    Ok(Ok(())) => spending.slot = Some(slot),
+                    Ok(Err(spent)) => {
+                        return Outcome::skipped(work.source.clone(), &spent).on(&target);
+                    }
+                    Err(err) => return failed(&err),
+                }
             }
             let mut params = PatchParams {
                 field_manager: Some(record::FIELD_MANAGER.to_owned()),
                 ..PatchParams::default()
             };
             params.dry_run = dry_run;
-            match api.patch(name, &params, &Patch::Merge(&body)).await {
+            let what = format!("patch {target}");
+            let answer = timebox
+                .call(
+                    Call::Write,
+                    &what,
+                    api.patch(name, &params, &Patch::Merge(&body)),
+                )
+                .await;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(cut) => {
+                    // Cut at the deadline with the write in flight: one read says whether
+                    // it landed, in the time kept for that.
+                    let sent = (!dry_run)
+                        .then(|| sent_record(&body, self.remediation.name()))
+                        .flatten()
+                        .map(|sent| (sent, outcome, event));
+                    let Some(sent) = sent else {
+                        return failed(&cut);
+                    };
+                    return match self
+                        .confirm_landed(api, client, resource, name, sent, invocation)
+                        .await
+                    {
+                        Landed::Yes(outcome) => {
+                            spending.landed = true;
+                            (*outcome).on(&target)
+                        }
+                        Landed::No => {
+                            // A request cut on our side can still be in flight at the
+                            // server: keep its slot; the Lambda retry (same request id)
+                            // recognises the change if it lands.
+                            spending.landed = true;
+                            failed(&Error::OutOfTime(format!(
+                                "{cut}; a re-read shows it had not landed (a request still in flight can land later: the Lambda retry re-reads and recognises it by its request id)"
+                            )))
+                        }
+                        Landed::Unknown => {
+                            spending.landed = true;
+                            failed(&Error::OutOfTime(format!(
+                                "{cut}; it may have landed: the annotation {} of {target} names trace {} if it did",
+                                record::record_annotation(self.remediation.name()),
+                                invocation.trace_id
+                            )))
+                        }
+                    };
+                }
+            };
+            match answer {
                 Ok(updated) => {
+                    spending.landed = !dry_run;
                     if !dry_run && let Some((action, note)) = event {
                         self.record_event(client, resource, &updated, action, &note, invocation)
                             .await;
@@ -163,12 +307,13 @@ impl<R: Remediation> Pipeline<R> {
                     // Safe to retry: the write is guarded by resourceVersion, so if the
                     // failed attempt did land, the retry re-reads, finds this very record
                     // and reports the write instead of making it again.
-                    if !dry_run {
-                        unanswered = sent_record(&body, self.remediation.name())
-                            .map(|sent| (sent, outcome, event));
-                    }
+                    let sent = (!dry_run)
+                        .then(|| sent_record(&body, self.remediation.name()))
+                        .flatten()
+                        .map(|sent| (sent, outcome, event));
                     let err = Error::kube(format!("patch {target}"), err);
                     if err.is_retryable() && transient_retries < MAX_TRANSIENT_RETRIES {
+                        unanswered = sent;
                         transient_retries += 1;
                         tokio::time::sleep(transient_backoff(&err, transient_retries)).await;
                         continue;
@@ -176,108 +321,60 @@ impl<R: Remediation> Pipeline<R> {
                     // No retry left, but the write may have landed: read once more before
                     // calling it failed, or the Lambda retry would find the change, call
                     // it a cooldown and it would never be reported.
-                    if let Some(landed) = self
-                        .confirm_landed(api, client, resource, name, unanswered.take(), invocation)
+                    let Some(sent) = sent else {
+                        return failed(&err);
+                    };
+                    return match self
+                        .confirm_landed(api, client, resource, name, sent, invocation)
                         .await
                     {
-                        return landed.on(&target);
-                    }
-                    return Outcome::failed(work.source.clone(), &err).on(&target);
+                        Landed::Yes(outcome) => {
+                            spending.landed = true;
+                            (*outcome).on(&target)
+                        }
+                        Landed::No => failed(&err),
+                        Landed::Unknown => {
+                            spending.landed = true;
+                            failed(&err)
+                        }
+                    };
                 }
             }
         }
-        let err = Error::ConflictStorm {
+        failed(&Error::ConflictStorm {
             target: target.clone(),
             attempts: MAX_WRITE_ATTEMPTS,
-        };
-        Outcome::failed(work.source.clone(), &err).on(&target)
+        })
     }
 
-    /// The outcome of a write whose answer was lost, when a fresh read shows it landed.
-    pub(super) async fn confirm_landed(
+    /// Whether a write whose answer was lost landed, by one fresh read.
+    async fn confirm_landed(
         &self,
         api: &Api<DynamicObject>,
         client: &kube::Client,
         resource: &ApiResource,
         name: &str,
-        unanswered: Option<Unanswered>,
+        (sent, outcome, event): Unanswered,
         invocation: &Invocation,
-    ) -> Option<Outcome> {
-        let (sent, outcome, event) = unanswered?;
-        let object = api.get_opt(name).await.ok().flatten()?;
+    ) -> Landed {
+        // The time kept back for exactly this read (see `TimeBox`).
+        let read = tokio::time::timeout(CONFIRM_READ_TIME, api.get_opt(name)).await;
+        let Ok(Ok(Some(object))) = read else {
+            return Landed::Unknown;
+        };
         if !record_landed(&object, self.remediation.name(), &sent) {
-            return None;
+            return Landed::No;
         }
         if let Some((action, note)) = event {
             self.record_event(client, resource, &object, action, &note, invocation)
                 .await;
         }
-        Some(outcome)
+        Landed::Yes(Box::new(outcome))
     }
-    /// Records a Kubernetes Event on the changed object. Best effort: the change is made
-    /// and recorded on the object already, so a failed Event is logged, not fatal.
-    pub(super) async fn record_event(
-        &self,
-        client: &kube::Client,
-        resource: &ApiResource,
-        object: &DynamicObject,
-        action: &str,
-        note: &str,
-        invocation: &Invocation,
-    ) {
-        let namespace = object.metadata.namespace.clone().unwrap_or_default();
-        let name = object.metadata.name.clone().unwrap_or_default();
-        let events: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &namespace, &event_resource());
-        let stamp = invocation.now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let unique = invocation.now.timestamp_nanos_opt().unwrap_or_default();
-        let base: String = name.chars().take(200).collect();
-        let mut note = note.to_owned();
-        if note.len() > 1000 {
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let event: DynamicObject = match serde_json::from_value(json!({
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {
-                "name": format!("{base}.{unique:x}"),
-                "namespace": namespace,
-                "annotations": { format!("{}trace-id", record::ANNOTATION_PREFIX): invocation.trace_id },
-            },
-            "eventTime": stamp,
-            "reportingController": format!("{}{}", record::ANNOTATION_PREFIX, self.remediation.name()),
-            "reportingInstance": self.remediation.name(),
-            "action": action,
-            "reason": "AutoRemediation",
-            "type": "Normal",
-            "note": note,
-            "regarding": {
-                "apiVersion": resource.api_version,
-                "kind": resource.kind,
-                "namespace": namespace,
-                "name": name,
-                "uid": object.metadata.uid,
-                "resourceVersion": object.metadata.resource_version,
-            },
-        })) {
-            Ok(event) => event,
-            Err(err) => {
-                tracing::warn!(trace_id = %invocation.trace_id, error = %err, "cannot build Event");
-                return;
-            }
-        };
-        if let Err(err) = events.create(&PostParams::default(), &event).await {
-            tracing::warn!(
-                trace_id = %invocation.trace_id,
-                target = %describe(resource, &namespace, &name),
-                error = %err,
-                "change applied but recording the Kubernetes Event failed"
-            );
-        }
+
+    /// The time budget of `invocation`.
+    pub(super) fn timebox(&self, invocation: &Invocation) -> TimeBox {
+        TimeBox::new(invocation.deadline, self.config.sinks.timeout)
     }
 }
 
@@ -301,17 +398,6 @@ fn record_landed(object: &DynamicObject, remediation: &str, sent: &str) -> bool 
         .as_ref()
         .and_then(|a| a.get(&record::record_annotation(remediation)))
         .is_some_and(|stored| stored == sent)
-}
-
-/// `events.k8s.io/v1` Event.
-pub fn event_resource() -> ApiResource {
-    ApiResource {
-        group: "events.k8s.io".into(),
-        version: "v1".into(),
-        api_version: "events.k8s.io/v1".into(),
-        kind: "Event".into(),
-        plural: "events".into(),
-    }
 }
 
 /// Exponential backoff with jitter between conflicting writes: 10, 20, 40 ms ... plus up

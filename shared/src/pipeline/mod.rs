@@ -20,11 +20,15 @@ use crate::record;
 use crate::remediation::{Locator, Remediation, describe};
 use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
 
+mod audit;
 mod bookkeeping;
 mod enact;
 mod requests;
+mod timebox;
 
-pub use enact::event_resource;
+use timebox::Call;
+
+pub use audit::event_resource;
 
 /// Facts about one invocation.
 #[derive(Debug, Clone)]
@@ -165,9 +169,10 @@ impl<R: Remediation> Pipeline<R> {
         for item in work {
             groups.entry(item.locator.key()).or_default().push(item);
         }
-        let budget = AtomicUsize::new(0);
+        // Objects changed by this invocation, against MAX_TARGETS_PER_INVOCATION.
+        let changed = AtomicUsize::new(0);
         let mut acted: Vec<(usize, Outcome)> = futures::stream::iter(groups.into_values())
-            .map(|items| self.handle_target(items, invocation, &budget))
+            .map(|items| self.handle_target(items, invocation, &changed))
             .buffer_unordered(self.config.max_concurrency)
             .flat_map(futures::stream::iter)
             .collect()
@@ -188,7 +193,7 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         mut items: Vec<Work<R::Facts>>,
         invocation: &Invocation,
-        budget: &AtomicUsize,
+        changed: &AtomicUsize,
     ) -> Vec<(usize, Outcome)> {
         items.sort_by_key(|w| (w.resolved(), w.order));
         let mut items = items.into_iter();
@@ -201,13 +206,10 @@ impl<R: Remediation> Pipeline<R> {
                 let reason = SkipReason::Duplicate {
                     handled_by: crate::names::printable(&handled_by),
                 };
-                (
-                    dup.order,
-                    Outcome::new(OutcomeKind::Skipped, dup.source).because(reason),
-                )
+                (dup.order, Outcome::skipped(dup.source, &reason))
             })
             .collect();
-        let outcome = self.act(&primary, invocation, budget).await;
+        let outcome = self.act(&primary, invocation, changed).await;
         out.push((primary.order, outcome));
         out
     }
@@ -216,25 +218,43 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         work: &Work<R::Facts>,
         invocation: &Invocation,
-        budget: &AtomicUsize,
+        changed: &AtomicUsize,
     ) -> Outcome {
+        let locator = &work.locator;
+        let timebox = self.timebox(invocation);
+        let subject = describe(
+            &locator.resource,
+            &locator.namespace,
+            locator.name.as_deref().unwrap_or("*"),
+        );
+        if let Err(err) = timebox.check(&subject) {
+            return Outcome::failed(work.source.clone(), &err).on(subject);
+        }
         let client = match self.kube.client().await {
             Ok(client) => client,
             Err(err) => return Outcome::failed(work.source.clone(), &err),
         };
-        let locator = &work.locator;
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource);
         let names = match &locator.name {
             Some(name) => vec![name.clone()],
-            None => match self.select(&api, work).await {
+            None => match timebox
+                .call(
+                    Call::Read,
+                    &format!("list {subject}"),
+                    self.select(&api, work),
+                )
+                .await
+                .and_then(|listed| listed)
+            {
                 Ok(names) if names.is_empty() => {
                     let why = format!(
                         "no {} in namespace {} labelled auto_remediation=active matches the alert",
                         locator.resource.kind, locator.namespace
                     );
-                    return Outcome::new(OutcomeKind::Skipped, work.source.clone())
-                        .because(SkipReason::Declined(why))
+                    // The alert keeps firing and nothing here acts on it: a person must
+                    // opt the right object in or fix the alert's labels.
+                    return Outcome::skipped(work.source.clone(), &SkipReason::Held(why))
                         .on(describe(&locator.resource, &locator.namespace, "*"));
                 }
                 Ok(names) => names,
@@ -242,18 +262,9 @@ impl<R: Remediation> Pipeline<R> {
             },
         };
         let mut outcomes = Vec::with_capacity(names.len());
-        let mut budget_taken = false;
         for name in &names {
             let outcome = self
-                .act_on(
-                    &api,
-                    &client,
-                    work,
-                    name,
-                    invocation,
-                    budget,
-                    &mut budget_taken,
-                )
+                .act_on(&api, &client, work, name, invocation, changed)
                 .await;
             outcomes.push(outcome);
         }
@@ -355,6 +366,7 @@ fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
         .collect();
     merged.patch = (!patches.is_empty()).then_some(Value::Object(patches));
     merged.retryable = outcomes.iter().any(|o| o.retryable);
+    merged.needs_a_person = outcomes.iter().any(|o| o.needs_a_person);
     merged
 }
 

@@ -11,7 +11,7 @@ use crate::decide::{self, Gate, SkipReason};
 use crate::error::Error;
 use crate::intake::{self, Rejection, RevertDelivery};
 use crate::remediation::{Locator, Remediation};
-use crate::report::{Outcome, OutcomeKind, Source};
+use crate::report::{Outcome, Source};
 
 impl<R: Remediation> Pipeline<R> {
     /// Parses, validates and screens; settles every alert that needs no API call.
@@ -50,10 +50,7 @@ impl<R: Remediation> Pipeline<R> {
             }
             if group.truncated_alerts > 0 {
                 let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
-                outcomes.push((
-                    order,
-                    Outcome::new(OutcomeKind::Skipped, base.clone()).because(reason),
-                ));
+                outcomes.push((order, Outcome::skipped(base.clone(), &reason)));
                 order += 1;
             }
             for alert in &group.alerts {
@@ -68,10 +65,7 @@ impl<R: Remediation> Pipeline<R> {
                     }
                     Err(Rejection::OtherFunction(why)) => {
                         let reason = SkipReason::OtherFunction(why);
-                        outcomes.push((
-                            this,
-                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
-                        ));
+                        outcomes.push((this, Outcome::skipped(source, &reason)));
                         continue;
                     }
                 };
@@ -86,10 +80,7 @@ impl<R: Remediation> Pipeline<R> {
                     Gate::Firing => false,
                     Gate::Resolved => true,
                     Gate::Skip(reason) => {
-                        outcomes.push((
-                            this,
-                            Outcome::new(OutcomeKind::Skipped, source).because(reason),
-                        ));
+                        outcomes.push((this, Outcome::skipped(source, &reason)));
                         continue;
                     }
                 };
@@ -152,10 +143,7 @@ impl<R: Remediation> Pipeline<R> {
             &self.config.policy,
             invocation.now,
         ) {
-            return outcomes.push((
-                0,
-                Outcome::new(OutcomeKind::Skipped, source).because(reason),
-            ));
+            return outcomes.push((0, Outcome::skipped(source, &reason)));
         }
         let revertible = self.remediation.revertible(&self.config);
         let Some(resource) = revertible.iter().find(|r| r.kind == request.kind).cloned() else {

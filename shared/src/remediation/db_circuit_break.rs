@@ -349,7 +349,7 @@ impl Remediation for DbCircuitBreak {
     ) -> Option<Result<Plan, Refusal>> {
         self.settings
             .restore_on_resolve
-            .then(|| istio::plan_restore(object, record, self.name(), "Restore", OnEdit::Skip))
+            .then(|| istio::plan_restore(object, record, self.name(), "Restore", OnEdit::Hold))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {

@@ -504,15 +504,17 @@ impl ErrorRollback {
             }
         }
         if out.considered == 0 {
-            return Err(Refusal::Skip(match version {
-                Some(version) if rollback.names_failing() => {
-                    format!(
-                        "already routed to stable: no HTTP route sends traffic to version {version}"
-                    )
+            return Err(match version {
+                Some(version) if rollback.names_failing() => Refusal::Skip(format!(
+                    "already routed to stable: no HTTP route sends traffic to version {version}"
+                )),
+                Some(version) => {
+                    Refusal::Hold(format!("no HTTP route sends traffic to version {version}"))
                 }
-                Some(version) => format!("no HTTP route sends traffic to version {version}"),
-                None => "no HTTP route splits traffic between several destinations".into(),
-            }));
+                None => Refusal::Hold(
+                    "no HTTP route splits traffic between several destinations".into(),
+                ),
+            });
         }
         if out.changes.is_empty() {
             return Err(Refusal::Skip("already routed to stable".into()));
@@ -738,7 +740,7 @@ mod tests {
         // An alert for a version no subset carries changes nothing.
         assert!(matches!(
             self::plan(&object, Some("v7")),
-            Err(Refusal::Skip(_))
+            Err(Refusal::Hold(_))
         ));
     }
 
@@ -785,7 +787,7 @@ mod tests {
         };
         assert_eq!(
             ErrorRollback.plan_rollback(&object, HOST, Some("v2"), &bare),
-            Err(Refusal::Skip(
+            Err(Refusal::Hold(
                 "no HTTP route sends traffic to version v2".into()
             )),
             "checkout-v21 is not v2, and an undefined subset reaches nothing"

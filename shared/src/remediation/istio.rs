@@ -149,8 +149,8 @@ pub fn merged(value: &Value, patch: &Value) -> Value {
 pub enum OnEdit {
     /// Refuse with a failure (an explicit revert request that cannot be honoured).
     Fail,
-    /// Leave the edit alone and skip (a resolved alert restoring on its own).
-    Skip,
+    /// Leave the edit alone and hold, reported (a resolved alert restoring on its own).
+    Hold,
 }
 
 /// Plans the exact restoration of the recorded `previous` fragment, provided the object
@@ -227,7 +227,7 @@ fn edited_refusal(
     );
     match on_edit {
         OnEdit::Fail => Refusal::Fail(why),
-        OnEdit::Skip => Refusal::Skip(why),
+        OnEdit::Hold => Refusal::Hold(why),
     }
 }
 
@@ -529,6 +529,7 @@ mod tests {
         ActionRecord {
             fingerprint: "f".into(),
             trace_id: "t-1".into(),
+            request_id: None,
             at: chrono::Utc::now(),
             streak: 1,
             change: "x".into(),
@@ -536,6 +537,7 @@ mod tests {
             applied: Some(applied),
             recovered_at: None,
             reverted: None,
+            escalated_at: None,
         }
     }
 
@@ -564,8 +566,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Skip),
-            Err(Refusal::Skip(_))
+            plan_restore(&object, &rec, "error-rollback", "Revert", OnEdit::Hold),
+            Err(Refusal::Hold(_))
         ));
         // Already restored: nothing to do.
         let object = vs(json!(["a"]), before);

@@ -51,7 +51,7 @@ impl Remediation for LatencyRestart {
         let deployment = as_deployment(object)
             .map_err(|err| Refusal::Fail(format!("object is not a readable Deployment: {err}")))?;
         if let Some(why) = rollout_in_progress(&deployment) {
-            return Err(Refusal::Skip(why));
+            return Err(Refusal::Hold(why));
         }
         let previous = deployment
             .spec

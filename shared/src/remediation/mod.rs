@@ -77,8 +77,12 @@ pub struct Plan {
 /// Why a remediation will not plan a change for this object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Not now, and that is fine (e.g. a rollout is in progress).
+    /// Not now, and that is fine (e.g. already done).
     Skip(String),
+    /// Not done, and a person should know: the alert keeps firing and nothing here helps
+    /// (e.g. a rollout is in progress, no route reaches the failing version, a foreign edit
+    /// blocks the restore). Reported like a failure is, as a skip.
+    Hold(String),
     /// Cannot be done safely; humans must look (e.g. no stable version to route to).
     Fail(String),
 }

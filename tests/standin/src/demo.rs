@@ -131,11 +131,17 @@ pub fn demo_mesh_objects() -> Vec<Value> {
     objects
 }
 
-/// Seeds the demo mesh ([`demo_mesh_objects`]) into the stand-in.
+/// Seeds the demo mesh ([`demo_mesh_objects`]) into the stand-in, with the empty budget
+/// ConfigMap `kube-system/mesh-remediation-budget` that `deploy/rbac.yaml` creates.
 pub fn seed_demo_mesh(standin: &StandIn) {
     for o in demo_mesh_objects() {
         standin.seed(o);
     }
+    standin.seed(json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "mesh-remediation-budget", "namespace": "kube-system",
+                     "labels": {"app.kubernetes.io/name": "mesh-remediation"}},
+    }));
 }
 
 #[cfg(test)]

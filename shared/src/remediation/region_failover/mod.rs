@@ -212,7 +212,7 @@ impl Remediation for RegionFailover {
     ) -> Option<std::result::Result<Plan, Refusal>> {
         self.settings
             .failback_on_resolve
-            .then(|| istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Skip))
+            .then(|| istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Hold))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {

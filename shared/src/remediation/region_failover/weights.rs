@@ -33,7 +33,7 @@ impl RegionFailover {
                 })
         })?;
         if reweighed.considered == 0 {
-            return Err(Refusal::Skip(format!(
+            return Err(Refusal::Hold(format!(
                 "no HTTP route splits traffic per region including {degraded}"
             )));
         }

@@ -1,0 +1,342 @@
+//! Action budgets that hold across invocations and functions: at most
+//! `MAX_ACTIONS_PER_WINDOW` changes per function and `MAX_CLUSTER_ACTIONS_PER_WINDOW` changes
+//! by all functions together within `BUDGET_WINDOW_SECONDS`.
+//!
+//! The spending is kept in the cluster, in the ConfigMap [`BUDGET_CONFIGMAP`] (in
+//! `BUDGET_NAMESPACE`, default `kube-system`): one data key per function, each a JSON list of
+//! the changes it made within the window. A slot is taken by a merge patch carrying the
+//! ConfigMap's `resourceVersion`, so two invocations that read the same spending cannot both
+//! take the last slot: one gets 409, reads again and counts the other's slot. One object holds
+//! every function's key, so the cluster-wide count and the function's own are taken in the
+//! same write. A slot is taken just before a change is written and given back when the change
+//! did not land.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, Patch, PatchParams};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::decide::SkipReason;
+use crate::error::{Error, Result};
+
+/// The ConfigMap holding the spending (created by `deploy/rbac.yaml`).
+pub const BUDGET_CONFIGMAP: &str = "mesh-remediation-budget";
+
+/// Writes refused with 409 before giving up: every invocation of every function writes this
+/// one object, so under a burst it is contended; each refusal means another took a slot.
+const MAX_ATTEMPTS: u32 = 24;
+
+/// The limits in force (`0` switches one off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `BUDGET_WINDOW_SECONDS`: the rolling window (default 3600).
+    pub window: Duration,
+    /// `MAX_ACTIONS_PER_WINDOW`: changes by this function per window (default 20).
+    pub per_function: usize,
+    /// `MAX_CLUSTER_ACTIONS_PER_WINDOW`: changes by all functions per window (default 40).
+    pub cluster: usize,
+    /// `BUDGET_NAMESPACE`: where [`BUDGET_CONFIGMAP`] lives (default `kube-system`).
+    pub namespace: String,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            window: Duration::from_secs(3600),
+            per_function: 20,
+            cluster: 40,
+            namespace: "kube-system".into(),
+        }
+    }
+}
+
+impl Limits {
+    /// Whether any budget applies (else the ConfigMap is never read).
+    pub fn enabled(&self) -> bool {
+        self.per_function > 0 || self.cluster > 0
+    }
+}
+
+/// One change counted against the budgets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Slot {
+    /// When it was taken.
+    pub at: DateTime<Utc>,
+    /// The object changed, e.g. `Deployment shop/checkout-v2`.
+    pub target: String,
+    /// The invocation's trace id.
+    pub trace_id: String,
+}
+
+/// Decides on one more change by `function` given the spending in `data`: the new list for
+/// the function's key (its slots within the window plus `slot`), or why not.
+pub fn take(
+    data: &BTreeMap<String, String>,
+    function: &str,
+    limits: &Limits,
+    slot: &Slot,
+) -> std::result::Result<String, SkipReason> {
+    let window = chrono::Duration::from_std(limits.window).unwrap_or(chrono::Duration::MAX);
+    let since = slot
+        .at
+        .checked_sub_signed(window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let live = |key: &str| -> Vec<Slot> {
+        data.get(key)
+            .map(|raw| {
+                // A value this code did not write is counted as full rather than ignored:
+                // an unreadable budget must not become an unlimited one.
+                serde_json::from_str::<Vec<Slot>>(raw).unwrap_or_else(|_| {
+                    vec![
+                        Slot {
+                            at: slot.at,
+                            target: format!("unreadable budget key {key}"),
+                            trace_id: String::new(),
+                        };
+                        limits.cluster.max(limits.per_function)
+                    ]
+                })
+            })
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.at > since)
+            .collect()
+    };
+    let mut own = live(function);
+    let everyone: usize = data.keys().map(|key| live(key).len()).sum();
+    let seconds = limits.window.as_secs();
+    if limits.per_function > 0 && own.len() >= limits.per_function {
+        return Err(SkipReason::BudgetSpent(format!(
+            "{function} already made {} changes in the last {seconds}s (MAX_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
+            own.len(),
+            limits.per_function,
+            leaves_window(&own, window)
+        )));
+    }
+    if limits.cluster > 0 && everyone >= limits.cluster {
+        let all: Vec<Slot> = data.keys().flat_map(|key| live(key)).collect();
+        return Err(SkipReason::BudgetSpent(format!(
+            "the functions already made {everyone} changes in this cluster in the last {seconds}s (MAX_CLUSTER_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
+            limits.cluster,
+            leaves_window(&all, window)
+        )));
+    }
+    own.push(slot.clone());
+    Ok(serde_json::to_string(&own).unwrap_or_else(|_| "[]".into()))
+}
+
+fn leaves_window(slots: &[Slot], window: chrono::Duration) -> String {
+    slots
+        .iter()
+        .map(|s| s.at)
+        .min()
+        .and_then(|at| at.checked_add_signed(window))
+        .map_or_else(|| "an unknown time".into(), |at| at.to_rfc3339())
+}
+
+/// The function's list with `slot` given back.
+pub fn give_back(data: &BTreeMap<String, String>, function: &str, slot: &Slot) -> Option<String> {
+    let mut own: Vec<Slot> = serde_json::from_str(data.get(function)?).ok()?;
+    let before = own.len();
+    own.retain(|s| s != slot);
+    (own.len() != before).then(|| serde_json::to_string(&own).unwrap_or_else(|_| "[]".into()))
+}
+
+/// Takes a slot for `function` in the cluster's budget: `Ok(Err(reason))` when a budget is
+/// spent, `Err` when the budget cannot be read or written (nothing is changed then).
+pub async fn reserve(
+    client: &kube::Client,
+    limits: &Limits,
+    function: &str,
+    slot: &Slot,
+) -> Result<std::result::Result<(), SkipReason>> {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &limits.namespace);
+    for attempt in 0..MAX_ATTEMPTS {
+        let (data, version) = read(&api, limits).await?;
+        let list = match take(&data, function, limits, slot) {
+            Ok(list) => list,
+            Err(spent) => return Ok(Err(spent)),
+        };
+        match write(&api, function, &list, version).await {
+            Ok(()) => return Ok(Ok(())),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tokio::time::sleep(contention_backoff(attempt)).await;
+            }
+            Err(err) => return Err(Error::kube(format!("update {}", describe(limits)), err)),
+        }
+    }
+    Err(Error::ConflictStorm {
+        target: describe(limits),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// Gives a slot back after a change that did not land. Best effort: a slot that cannot be
+/// given back stays spent until it leaves the window, which errs on the safe side.
+pub async fn release(client: &kube::Client, limits: &Limits, function: &str, slot: &Slot) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &limits.namespace);
+    for attempt in 0..MAX_ATTEMPTS {
+        let Ok((data, version)) = read(&api, limits).await else {
+            break;
+        };
+        let Some(list) = give_back(&data, function, slot) else {
+            return;
+        };
+        match write(&api, function, &list, version).await {
+            Ok(()) => return,
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                tokio::time::sleep(contention_backoff(attempt)).await;
+            }
+            Err(_) => break,
+        }
+    }
+    tracing::warn!(
+        trace_id = %slot.trace_id,
+        target = %slot.target,
+        "could not give back a budget slot; it stays spent until it leaves the window"
+    );
+}
+
+fn describe(limits: &Limits) -> String {
+    format!(
+        "configmap {}/{BUDGET_CONFIGMAP} (the action budgets)",
+        limits.namespace
+    )
+}
+
+async fn read(
+    api: &Api<ConfigMap>,
+    limits: &Limits,
+) -> Result<(BTreeMap<String, String>, Option<String>)> {
+    match api.get_opt(BUDGET_CONFIGMAP).await {
+        Ok(Some(map)) => Ok((map.data.unwrap_or_default(), map.metadata.resource_version)),
+        Ok(None) => Err(Error::Plan(format!(
+            "{} does not exist: apply deploy/rbac.yaml, which creates it, or set MAX_ACTIONS_PER_WINDOW=0 and MAX_CLUSTER_ACTIONS_PER_WINDOW=0 to run without budgets",
+            describe(limits)
+        ))),
+        Err(err) => Err(Error::kube(format!("get {}", describe(limits)), err)),
+    }
+}
+
+async fn write(
+    api: &Api<ConfigMap>,
+    function: &str,
+    list: &str,
+    version: Option<String>,
+) -> std::result::Result<(), kube::Error> {
+    let body = json!({"metadata": {"resourceVersion": version}, "data": {function: list}});
+    let params = PatchParams {
+        field_manager: Some(crate::record::FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch(BUDGET_CONFIGMAP, &params, &Patch::Merge(&body))
+        .await
+        .map(|_| ())
+}
+
+/// 5 to 40 ms plus jitter: a slot write is one small request, so contenders are soon done.
+fn contention_backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(3);
+    let jitter = u64::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos(),
+    ) % (base * 2 + 1);
+    Duration::from_millis(base + jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(minute: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 12, minute, 0)
+            .single()
+            .expect("time")
+    }
+
+    fn slot(minute: u32, target: &str) -> Slot {
+        Slot {
+            at: at(minute),
+            target: target.into(),
+            trace_id: "t".into(),
+        }
+    }
+
+    fn limits(per_function: usize, cluster: usize) -> Limits {
+        Limits {
+            window: Duration::from_secs(600),
+            per_function,
+            cluster,
+            namespace: "kube-system".into(),
+        }
+    }
+
+    fn data(entries: &[(&str, Vec<Slot>)]) -> BTreeMap<String, String> {
+        entries
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::to_string(v).expect("json")))
+            .collect()
+    }
+
+    #[test]
+    fn a_function_budget_counts_its_own_changes_in_the_window() {
+        let spent = data(&[("latency-restart", vec![slot(1, "a"), slot(9, "b")])]);
+        let reason = take(&spent, "latency-restart", &limits(2, 0), &slot(10, "c"))
+            .expect_err("two of two spent");
+        let text = reason.to_string();
+        assert!(text.contains("MAX_ACTIONS_PER_WINDOW=2"), "{text}");
+        assert!(
+            text.contains("12:11:00"),
+            "the oldest leaves at 12:11: {text}"
+        );
+        // Eleven minutes on, the first slot has left the 10-minute window; it is pruned.
+        let list = take(&spent, "latency-restart", &limits(2, 0), &slot(12, "c")).expect("free");
+        let kept: Vec<Slot> = serde_json::from_str(&list).expect("list");
+        assert_eq!(kept, vec![slot(9, "b"), slot(12, "c")]);
+        // Another function's budget is its own.
+        assert!(take(&spent, "error-rollback", &limits(2, 0), &slot(10, "c")).is_ok());
+    }
+
+    #[test]
+    fn the_cluster_budget_counts_every_function() {
+        let spent = data(&[
+            ("latency-restart", vec![slot(1, "a")]),
+            ("error-rollback", vec![slot(2, "b"), slot(3, "c")]),
+        ]);
+        let reason = take(&spent, "region-failover", &limits(5, 3), &slot(4, "d"))
+            .expect_err("three of three spent cluster-wide");
+        assert!(
+            reason
+                .to_string()
+                .contains("MAX_CLUSTER_ACTIONS_PER_WINDOW=3")
+        );
+        assert!(reason.needs_a_person());
+        assert!(take(&spent, "region-failover", &limits(5, 4), &slot(4, "d")).is_ok());
+        assert!(take(&spent, "region-failover", &limits(5, 0), &slot(4, "d")).is_ok());
+    }
+
+    #[test]
+    fn an_unreadable_budget_counts_as_spent() {
+        let mut spent = BTreeMap::new();
+        spent.insert("latency-restart".to_owned(), "not json".to_owned());
+        assert!(take(&spent, "error-rollback", &limits(5, 5), &slot(4, "d")).is_err());
+    }
+
+    #[test]
+    fn a_slot_is_given_back_exactly() {
+        let spent = data(&[("latency-restart", vec![slot(1, "a"), slot(2, "b")])]);
+        let list = give_back(&spent, "latency-restart", &slot(2, "b")).expect("given back");
+        assert_eq!(
+            serde_json::from_str::<Vec<Slot>>(&list).expect("list"),
+            vec![slot(1, "a")]
+        );
+        assert_eq!(give_back(&spent, "latency-restart", &slot(3, "z")), None);
+    }
+}
