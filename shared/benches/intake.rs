@@ -127,13 +127,7 @@ fn decide_all(
                 continue;
             };
             source.namespace = Some(input.namespace.clone());
-            let gate = decide::screen(
-                &input,
-                delivery.published_at,
-                config.cluster_name.as_deref(),
-                &config.policy,
-                now,
-            );
+            let gate = decide::screen(&input, delivery.published_at, &config.policy, now);
             if gate == Gate::Firing && remediation.targets(&input, config).is_ok() {
                 firing += 1;
             }

@@ -16,8 +16,9 @@ pub const DEFAULT_PROTECTED_NAMESPACES: &str =
 /// Settings shared by every function.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `CLUSTER_NAME`: EKS cluster to act on; `None` means kubeconfig / in-cluster.
-    pub cluster_name: Option<String>,
+    /// `CLUSTER_NAMES` / `CLUSTER_NAME`: the clusters to act on (see [`crate::clusters`]);
+    /// none listed means kubeconfig / in-cluster.
+    pub clusters: crate::clusters::Clusters,
     /// `DRY_RUN`: server-side dry run for every alert (default `true`).
     pub dry_run: bool,
     /// `NOTIFY_TOPIC_ARN`: where reports are published.
@@ -152,24 +153,9 @@ impl Config {
             });
         }
         validate_escalation(&policy)?;
-        let cluster_name = get("CLUSTER_NAME");
-        if let Some(name) = &cluster_name {
-            let valid = name.len() <= 100
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !valid {
-                return Err(Error::Config {
-                    var: "CLUSTER_NAME",
-                    message: format!(
-                        "\"{}\" is not a valid EKS cluster name",
-                        crate::names::printable(name)
-                    ),
-                });
-            }
-        }
+        let clusters = crate::clusters::Clusters::from_lookup(&get)?;
         Ok(Config {
-            cluster_name,
+            clusters,
             dry_run: boolean(&get, "DRY_RUN", true)?,
             notify_topic_arn: arn(&get, "NOTIFY_TOPIC_ARN")?,
             alert_topic_arn: arn(&get, "ALERT_TOPIC_ARN")?,
@@ -336,7 +322,7 @@ mod tests {
         assert!(cfg.policy.protected_namespaces.contains("kube-system"));
         assert!(cfg.policy.protected_namespaces.contains("istio-system"));
         assert_eq!(cfg.policy.cooldown, Duration::from_secs(900));
-        assert_eq!(cfg.cluster_name, None);
+        assert!(cfg.clusters.specs.is_empty());
     }
 
     #[test]
@@ -391,6 +377,6 @@ mod tests {
         assert!(!cfg.dry_run);
         assert_eq!(cfg.policy.cooldown, Duration::from_secs(60));
         assert_eq!(cfg.policy.allowed_namespaces.len(), 2);
-        assert_eq!(cfg.cluster_name.as_deref(), Some("prod-eu"));
+        assert_eq!(cfg.clusters.specs[0].name, "prod-eu");
     }
 }

@@ -1,9 +1,12 @@
-//! Connection to the Kubernetes API: EKS (DescribeCluster + bearer token) when
-//! `CLUSTER_NAME` is set, else the standard kubeconfig / in-cluster resolution.
+//! Connection to the Kubernetes API: one connection per listed cluster (EKS DescribeCluster
+//! and a bearer token, or a kubeconfig file named in `CLUSTER_KUBECONFIGS`), else the
+//! standard kubeconfig / in-cluster resolution.
 //!
 //! Clients are built on first use, not at start, so a cold start stays a few
 //! milliseconds, and are reused across warm invocations until the token must refresh.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,6 +14,7 @@ use base64::Engine as _;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
+use crate::clusters::Clusters;
 use crate::eks;
 use crate::error::{Error, Result};
 
@@ -31,15 +35,22 @@ pub struct ClusterEndpoint {
 
 /// AWS calls the EKS connection needs, behind a small trait.
 pub trait ClusterDirectory: Send + Sync {
-    /// `eks:DescribeCluster`.
-    fn describe(&self, cluster: &str) -> BoxFuture<'_, Result<ClusterEndpoint>>;
+    /// `eks:DescribeCluster`, in `region` when the cluster is not in the function's own.
+    fn describe(
+        &self,
+        cluster: &str,
+        region: Option<&str>,
+    ) -> BoxFuture<'_, Result<ClusterEndpoint>>;
     /// Current credentials and region for signing the token.
     fn credentials(&self) -> BoxFuture<'_, Result<(aws_credential_types::Credentials, String)>>;
 }
 
-/// Standard kubeconfig / in-cluster resolution (`KUBECONFIG`), built once.
+/// Standard kubeconfig / in-cluster resolution (`KUBECONFIG`), or one kubeconfig file,
+/// built once.
 pub struct KubeconfigConnector {
     timeout: Duration,
+    /// A kubeconfig file of its own (its current context); `None`: the standard resolution.
+    file: Option<PathBuf>,
     client: tokio::sync::OnceCell<kube::Client>,
 }
 
@@ -48,8 +59,33 @@ impl KubeconfigConnector {
     pub fn new(timeout: Duration) -> Self {
         KubeconfigConnector {
             timeout,
+            file: None,
             client: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// A connector for the current context of the kubeconfig file at `path`.
+    pub fn from_file(path: PathBuf, timeout: Duration) -> Self {
+        KubeconfigConnector {
+            file: Some(path),
+            ..Self::new(timeout)
+        }
+    }
+
+    async fn config(&self) -> Result<kube::Config> {
+        let Some(path) = &self.file else {
+            return kube::Config::infer().await.map_err(|err| {
+                Error::Connect(format!("no kubeconfig or in-cluster config: {err}"))
+            });
+        };
+        let kubeconfig = kube::config::Kubeconfig::read_from(path)
+            .map_err(|err| Error::Connect(format!("kubeconfig {}: {err}", path.display())))?;
+        kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|err| Error::Connect(format!("kubeconfig {}: {err}", path.display())))
     }
 }
 
@@ -58,9 +94,7 @@ impl KubeConnector for KubeconfigConnector {
         Box::pin(async move {
             self.client
                 .get_or_try_init(|| async {
-                    let mut config = kube::Config::infer().await.map_err(|err| {
-                        Error::Connect(format!("no kubeconfig or in-cluster config: {err}"))
-                    })?;
+                    let mut config = self.config().await?;
                     tune(&mut config, self.timeout);
                     kube::Client::try_from(config)
                         .map_err(|err| Error::Connect(format!("cannot build client: {err}")))
@@ -74,6 +108,8 @@ impl KubeConnector for KubeconfigConnector {
 /// An EKS cluster reached with a presigned-STS bearer token.
 pub struct EksConnector {
     cluster: String,
+    /// The cluster's region when not the function's own.
+    region: Option<String>,
     timeout: Duration,
     directory: Arc<dyn ClusterDirectory>,
     state: Mutex<EksState>,
@@ -90,10 +126,17 @@ impl EksConnector {
     pub fn new(cluster: String, timeout: Duration, directory: Arc<dyn ClusterDirectory>) -> Self {
         EksConnector {
             cluster,
+            region: None,
             timeout,
             directory,
             state: Mutex::new(EksState::default()),
         }
+    }
+
+    /// The same, for a cluster in `region` (described there, its token signed for it).
+    pub fn in_region(mut self, region: Option<String>) -> Self {
+        self.region = region;
+        self
     }
 }
 
@@ -109,16 +152,85 @@ impl KubeConnector for EksConnector {
             let endpoint = match &state.endpoint {
                 Some(endpoint) => endpoint.clone(),
                 None => {
-                    let endpoint = self.directory.describe(&self.cluster).await?;
+                    let endpoint = self
+                        .directory
+                        .describe(&self.cluster, self.region.as_deref())
+                        .await?;
                     state.endpoint = Some(endpoint.clone());
                     endpoint
                 }
             };
-            let (credentials, region) = self.directory.credentials().await?;
-            let token = eks::token(&credentials, &region, &self.cluster, SystemTime::now())?;
+            let (credentials, own_region) = self.directory.credentials().await?;
+            let region = self.region.as_deref().unwrap_or(&own_region);
+            let token = eks::token(&credentials, region, &self.cluster, SystemTime::now())?;
             let client = client_for(&endpoint, token, self.timeout)?;
             state.client = Some((client.clone(), Instant::now()));
             Ok(client)
+        })
+    }
+}
+
+/// One connection per cluster the functions serve.
+pub struct Connections {
+    /// The connection for requests that name no cluster: the kubeconfig default, or the
+    /// single connection a caller gave.
+    default: Option<Arc<dyn KubeConnector>>,
+    /// Connections by cluster name.
+    named: BTreeMap<String, Arc<dyn KubeConnector>>,
+}
+
+impl Connections {
+    /// One connection for every request, whatever cluster it names.
+    pub fn single(connector: Arc<dyn KubeConnector>) -> Self {
+        Connections {
+            default: Some(connector),
+            named: BTreeMap::new(),
+        }
+    }
+
+    /// One connection per listed cluster (a kubeconfig file where `CLUSTER_KUBECONFIGS`
+    /// names one, else EKS through `directory`); the kubeconfig default when none is
+    /// listed. Nothing is contacted until a client is asked for.
+    pub fn for_clusters(
+        clusters: &Clusters,
+        timeout: Duration,
+        directory: Arc<dyn ClusterDirectory>,
+    ) -> Self {
+        if clusters.specs.is_empty() {
+            return Self::single(Arc::new(KubeconfigConnector::new(timeout)));
+        }
+        let named = clusters
+            .specs
+            .iter()
+            .map(|spec| {
+                let connector: Arc<dyn KubeConnector> = match &spec.kubeconfig {
+                    Some(path) => Arc::new(KubeconfigConnector::from_file(path.clone(), timeout)),
+                    None => Arc::new(
+                        EksConnector::new(spec.name.clone(), timeout, directory.clone())
+                            .in_region(spec.region.clone()),
+                    ),
+                };
+                (spec.name.clone(), connector)
+            })
+            .collect();
+        Connections {
+            default: None,
+            named,
+        }
+    }
+
+    /// The connection for `cluster` (`None`: the one cluster of the default).
+    pub fn get(&self, cluster: Option<&str>) -> Result<&Arc<dyn KubeConnector>> {
+        if let Some(name) = cluster
+            && let Some(connector) = self.named.get(name)
+        {
+            return Ok(connector);
+        }
+        self.default.as_ref().ok_or_else(|| {
+            Error::Connect(format!(
+                "no connection for cluster {}",
+                cluster.unwrap_or("(none named)")
+            ))
         })
     }
 }
@@ -174,10 +286,19 @@ impl AwsClusterDirectory {
 }
 
 impl ClusterDirectory for AwsClusterDirectory {
-    fn describe(&self, cluster: &str) -> BoxFuture<'_, Result<ClusterEndpoint>> {
+    fn describe(
+        &self,
+        cluster: &str,
+        region: Option<&str>,
+    ) -> BoxFuture<'_, Result<ClusterEndpoint>> {
         let cluster = cluster.to_owned();
+        let region = region.map(|r| aws_sdk_eks::config::Region::new(r.to_owned()));
         Box::pin(async move {
-            let eks = aws_sdk_eks::Client::new(self.sdk().await);
+            let mut eks_config = aws_sdk_eks::config::Builder::from(self.sdk().await);
+            if let Some(region) = region {
+                eks_config = eks_config.region(region);
+            }
+            let eks = aws_sdk_eks::Client::from_conf(eks_config.build());
             let out = eks
                 .describe_cluster()
                 .name(&cluster)

@@ -56,7 +56,7 @@ pub enum SkipReason {
     OtherCluster {
         /// The alert's `cluster` label.
         alert: String,
-        /// `CLUSTER_NAME`.
+        /// The one cluster served (`CLUSTER_NAME` / `CLUSTER_NAMES`).
         ours: String,
     },
     /// The remediation itself declined (e.g. a rollout is still in progress).
@@ -146,7 +146,7 @@ impl fmt::Display for SkipReason {
             SkipReason::OtherFunction(why) => write!(f, "not for this function: {why}"),
             SkipReason::OtherCluster { alert, ours } => write!(
                 f,
-                "alert is for cluster {alert}; this function acts on {ours} (CLUSTER_NAME)"
+                "alert is for cluster {alert}; this function acts on {ours} (CLUSTER_NAMES)"
             ),
             SkipReason::Declined(why) => f.write_str(why),
             SkipReason::Resolved(what) => write!(f, "resolved: {what}"),
@@ -177,16 +177,14 @@ pub enum Gate {
 pub fn screen(
     input: &AlertInput,
     published_at: Option<DateTime<Utc>>,
-    cluster_name: Option<&str>,
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Gate {
     let request = Request {
         namespace: &input.namespace,
-        cluster: input.alert.label("cluster"),
         published_at,
     };
-    if let Some(reason) = screen_request(&request, cluster_name, policy, now) {
+    if let Some(reason) = screen_request(&request, policy, now) {
         return Gate::Skip(reason);
     }
     match input.alert.status {
@@ -203,27 +201,17 @@ pub fn screen(
 pub struct Request<'a> {
     /// Namespace of the target.
     pub namespace: &'a str,
-    /// The cluster the request is meant for, if it says.
-    pub cluster: Option<&'a str>,
     /// When SNS accepted the publish, for requests that came through SNS.
     pub published_at: Option<DateTime<Utc>>,
 }
 
-/// The rules that need no object: cluster, protected and allowed namespaces, staleness.
+/// The rules that need no object: protected and allowed namespaces, staleness. (Which
+/// cluster a request is for is settled before, by [`crate::clusters::Clusters::route`].)
 pub fn screen_request(
     request: &Request<'_>,
-    cluster_name: Option<&str>,
     policy: &Policy,
     now: DateTime<Utc>,
 ) -> Option<SkipReason> {
-    if let (Some(theirs), Some(ours)) = (request.cluster, cluster_name)
-        && theirs != ours
-    {
-        return Some(SkipReason::OtherCluster {
-            alert: crate::names::printable(theirs),
-            ours: ours.to_owned(),
-        });
-    }
     let namespace = request.namespace;
     if policy.protected_namespaces.contains(namespace) {
         return Some(SkipReason::ProtectedNamespace(namespace.to_owned()));
@@ -363,7 +351,6 @@ mod tests {
             screen(
                 &input(AlertStatus::Firing, "shop"),
                 Some(now()),
-                None,
                 &policy,
                 now()
             ),
@@ -373,7 +360,6 @@ mod tests {
             screen(
                 &input(AlertStatus::Resolved, "shop"),
                 Some(now()),
-                None,
                 &policy,
                 now()
             ),
@@ -388,7 +374,6 @@ mod tests {
         let gate = screen(
             &input(AlertStatus::Firing, "shop"),
             Some(old),
-            None,
             &policy,
             now(),
         );
@@ -400,7 +385,7 @@ mod tests {
         let mut long_firing = input(AlertStatus::Firing, "shop");
         long_firing.alert.starts_at = now() - chrono::Duration::days(2);
         assert_eq!(
-            screen(&long_firing, Some(now()), None, &policy, now()),
+            screen(&long_firing, Some(now()), &policy, now()),
             Gate::Firing
         );
     }
@@ -409,14 +394,14 @@ mod tests {
     fn ended_alerts_are_stale() {
         let mut alert = input(AlertStatus::Firing, "shop");
         alert.alert.ends_at = Some(now() - chrono::Duration::minutes(1));
-        let gate = screen(&alert, Some(now()), None, &Policy::default(), now());
+        let gate = screen(&alert, Some(now()), &Policy::default(), now());
         assert!(
             matches!(gate, Gate::Skip(SkipReason::AlertEnded { .. })),
             "{gate:?}"
         );
         alert.alert.ends_at = Some(now() + chrono::Duration::minutes(4));
         assert_eq!(
-            screen(&alert, Some(now()), None, &Policy::default(), now()),
+            screen(&alert, Some(now()), &Policy::default(), now()),
             Gate::Firing
         );
     }
@@ -427,7 +412,6 @@ mod tests {
         let gate = screen(
             &input(AlertStatus::Firing, "kube-system"),
             Some(now()),
-            None,
             &policy,
             now(),
         );
@@ -439,28 +423,12 @@ mod tests {
         let gate = screen(
             &input(AlertStatus::Firing, "shop"),
             Some(now()),
-            None,
             &policy,
             now(),
         );
         assert_eq!(
             gate,
             Gate::Skip(SkipReason::NamespaceNotAllowed("shop".into()))
-        );
-    }
-
-    #[test]
-    fn other_cluster_is_skipped() {
-        let mut alert = input(AlertStatus::Firing, "shop");
-        alert.alert.labels.insert("cluster".into(), "eu".into());
-        let gate = screen(&alert, Some(now()), Some("us"), &Policy::default(), now());
-        assert!(
-            matches!(gate, Gate::Skip(SkipReason::OtherCluster { .. })),
-            "{gate:?}"
-        );
-        assert_eq!(
-            screen(&alert, Some(now()), Some("eu"), &Policy::default(), now()),
-            Gate::Firing
         );
     }
 

@@ -333,7 +333,8 @@ pub struct RevertRequest {
     /// Validate with a server-side dry run only.
     #[serde(default)]
     pub dry_run: bool,
-    /// The cluster meant, when one function serves several (compared with `CLUSTER_NAME`).
+    /// The cluster meant, when one function serves several (one of `CLUSTER_NAMES`, or
+    /// `all` for every one of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
 }

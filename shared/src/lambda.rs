@@ -10,7 +10,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 
 use crate::config::Config;
-use crate::connect::{AwsClusterDirectory, EksConnector, KubeConnector, KubeconfigConnector};
+use crate::connect::{AwsClusterDirectory, Connections};
 use crate::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
@@ -37,17 +37,15 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
     let config = Config::from_env().inspect_err(|err| {
         tracing::error!(error = %err, "invalid configuration; the function cannot start");
     })?;
-    let kube: Arc<dyn KubeConnector> = match &config.cluster_name {
-        Some(cluster) => Arc::new(EksConnector::new(
-            cluster.clone(),
-            config.api_timeout,
-            Arc::new(AwsClusterDirectory::default()),
-        )),
-        None => Arc::new(KubeconfigConnector::new(config.api_timeout)),
-    };
+    // One connection per cluster, each built on first use and cached across invocations.
+    let connections = Connections::for_clusters(
+        &config.clusters,
+        config.api_timeout,
+        Arc::new(AwsClusterDirectory::default()),
+    );
     let notifiers = notifiers(&config);
-    let function =
-        Function::new(Pipeline::new(config, remediation, kube)).with_notifiers(notifiers);
+    let function = Function::new(Pipeline::with_connections(config, remediation, connections))
+        .with_notifiers(notifiers);
     let function = &function;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         function.invoke(event).await

@@ -12,6 +12,7 @@
 
 pub mod alert;
 pub mod budget;
+pub mod clusters;
 pub mod config;
 pub mod connect;
 pub mod controllers;

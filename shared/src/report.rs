@@ -157,6 +157,10 @@ pub struct Outcome {
     /// A skip a person must act on; it is reported like a failure.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub needs_a_person: bool,
+    /// When several clusters are served: the outcome in each cluster the alert reached
+    /// (for a mesh-wide drain, which clusters were drained and which were not).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub clusters: BTreeMap<String, OutcomeKind>,
 }
 
 impl Outcome {
@@ -171,6 +175,22 @@ impl Outcome {
             patch: None,
             retryable: false,
             needs_a_person: false,
+            clusters: BTreeMap::new(),
+        }
+    }
+
+    /// Marks this as the outcome in `cluster` (the target names it already).
+    pub fn in_cluster(mut self, cluster: &str) -> Self {
+        self.clusters.clear();
+        self.add_cluster(cluster, self.outcome);
+        self
+    }
+
+    /// Adds `cluster`'s outcome; a cluster reached twice keeps the more important one.
+    pub fn add_cluster(&mut self, cluster: &str, kind: OutcomeKind) {
+        let slot = self.clusters.entry(cluster.to_owned()).or_insert(kind);
+        if kind.importance() > slot.importance() {
+            *slot = kind;
         }
     }
 

@@ -32,3 +32,22 @@ CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 def load_template(path: Path = TEMPLATE) -> dict:
     return yaml.load(path.read_text(), Loader=CfnLoader)
+
+
+def resources(template: dict) -> dict:
+    """The template's resources, without the Fn::ForEach loops (see ``expanded``)."""
+    return {k: v for k, v in template["Resources"].items() if not k.startswith("Fn::ForEach")}
+
+
+def expanded(clusters: list[str], region: str = "us-east-1") -> dict:
+    """template.yaml with its AWS::LanguageExtensions loops expanded for ``clusters`` by SAM
+    CLI's own expander (what ``sam build --language-extensions`` and CloudFormation do), in
+    CloudFormation's long form (``{"Fn::GetAtt": [...]}``)."""
+    from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
+    from samcli.yamlhelper import yaml_parse
+
+    template = yaml_parse(TEMPLATE.read_text())
+    result = expand_language_extensions(
+        template, {"ClusterNames": clusters, "AWS::Region": region}, enabled=True
+    )
+    return result.expanded_template

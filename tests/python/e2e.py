@@ -340,7 +340,7 @@ class Flow:
         self.lambdas: dict[str, LambdaFunction] = {}
         for function in self.functions:
             env = template_environment(function)
-            env.pop("CLUSTER_NAME", None)  # local: kubeconfig instead of EKS
+            env.pop("CLUSTER_NAMES", None)  # local: kubeconfig instead of EKS
             env.update({
                 "KUBECONFIG": self.kube.kubeconfig(function), "DRY_RUN": "true" if self.dry_run else "false",
                 "NOTIFY_TOPIC_ARN": self.report_topic, "ALERT_TOPIC_ARN": self.alert_topic,

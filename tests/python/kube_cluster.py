@@ -75,7 +75,12 @@ class RealCluster:
                                     stdout=out, stderr=self.log)
         stack.callback(stop_process, proc)
         # A cold machine builds the control plane first (minutes); a warm one starts in seconds.
-        wait_for(lambda: ready.stat().st_size > 0, 1800, "the control plane to start", proc)
+        try:
+            wait_for(lambda: ready.stat().st_size > 0, 1800, "the control plane to start", proc)
+        except RuntimeError as failed:
+            self.log.flush()
+            harness = (cluster_dir / "harness.log").read_text(errors="replace")[-4000:]
+            raise RuntimeError(f"{failed}; its log ({cluster_dir}):\n{harness}") from None
         self.info = json.loads(ready.read_text())
         admin = yaml.safe_load(Path(self.info["kubeconfig"]).read_text())
         self.token = admin["users"][0]["user"]["token"]

@@ -14,7 +14,7 @@ import json
 import yaml
 
 from am_harness import REPO
-from cfn import load_template
+from cfn import expanded, load_template, resources as plain_resources
 
 FUNCTIONS = {
     "LatencyRestart": "latency-restart",
@@ -46,7 +46,7 @@ RBAC = {
     },
 }
 SHARED_ENV = {
-    "CLUSTER_NAME": ("ClusterName", None),
+    "CLUSTER_NAMES": None,
     "DRY_RUN": ("DryRun", "true"),
     "NOTIFY_TOPIC_ARN": None,
     "ALERT_TOPIC_ARN": None,
@@ -82,6 +82,7 @@ FUNCTION_ENV = {
         "FAILBACK_ON_RESOLVE": ("FailbackOnResolve", "false"),
         "REGION_HEALTH_URLS": ("RegionHealthUrls", ""),
         "HEALTH_CHECK_TIMEOUT_MS": ("HealthCheckTimeoutMs", 2000),
+        "MESH_CLUSTERS": ("MeshClusters", ""),
     },
 }
 
@@ -123,22 +124,48 @@ def test_rbac_is_exactly_least_privilege():
     assert "*" not in json.dumps(docs)
 
 
-def test_access_entries_map_each_role_to_its_rbac_group():
-    resources = load_template()["Resources"]
+def test_each_cluster_gets_an_access_entry_per_role_mapped_to_its_rbac_group():
     outputs = load_template()["Outputs"]
-    groups = []
-    for prefix, function in FUNCTIONS.items():
-        entry = resources[f"{prefix}AccessEntry"]["Properties"]
-        assert entry["PrincipalArn"] == {"GetAtt": f"{prefix}Role.Arn"}
-        assert entry["Type"] == "STANDARD"
-        assert entry["KubernetesGroups"] == [f"mesh-remediation-{function}"]
-        assert not any(g.startswith("system:") for g in entry["KubernetesGroups"])
-        groups += entry["KubernetesGroups"]
-    assert outputs["KubernetesGroups"]["Value"].split(",") == groups
+    clusters = ["prod-use1", "prod-usw2@us-west-2", "prod-euw1@eu-west-1"]
+    resources = expanded(clusters)["Resources"]
+    for cluster in clusters:
+        name, key = cluster.split("@")[0], "".join(c for c in cluster if c.isalnum())
+        groups = []
+        for prefix, function in FUNCTIONS.items():
+            entry = resources[f"{prefix}AccessEntry{key}"]
+            assert entry["Condition"] == "CreateAccessEntries"
+            props = entry["Properties"]
+            assert props["ClusterName"] == name
+            assert props["PrincipalArn"] == {"Fn::GetAtt": [f"{prefix}Role", "Arn"]}
+            assert props["Type"] == "STANDARD"
+            assert props["KubernetesGroups"] == [f"mesh-remediation-{function}"]
+            assert not any(g.startswith("system:") for g in props["KubernetesGroups"])
+            groups += props["KubernetesGroups"]
+        assert outputs["KubernetesGroups"]["Value"].split(",") == groups
+    entries = [k for k, r in resources.items() if r["Type"] == "AWS::EKS::AccessEntry"]
+    assert len(entries) == 4 * len(clusters)
+
+
+def test_each_cluster_is_described_by_its_own_arn_and_region():
+    clusters = ["prod-use1", "prod-usw2@us-west-2"]
+    resources = expanded(clusters, region="us-east-1")["Resources"]
+    want = {
+        "ClusterAccessproduse1": "arn:aws:eks:us-east-1::cluster/prod-use1",
+        "ClusterAccessprodusw2uswest2": "arn:aws:eks:us-west-2::cluster/prod-usw2",
+    }
+    for key, arn in want.items():
+        policy = resources[key]
+        assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+        assert [r["Ref"] for r in policy["Properties"]["Roles"]] == [f"{p}Role" for p in FUNCTIONS]
+        [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+        # The account id is a pseudo parameter SAM leaves empty when expanding offline.
+        assert (statement["Action"], statement["Resource"]) == ("eks:DescribeCluster", arn), statement
+    described = [k for k, r in resources.items() if k.startswith("ClusterAccess")]
+    assert sorted(described) == sorted(want)
 
 
 def test_iam_names_every_resource_it_can():
-    resources = load_template()["Resources"]
+    resources = plain_resources(load_template())
     statements = [
         s
         for r in resources.values()
@@ -154,10 +181,7 @@ def test_iam_names_every_resource_it_can():
             # X-Ray's PutTraceSegments / PutTelemetryRecords support no resource ARNs.
             assert sorted(actions) == ["xray:PutTelemetryRecords", "xray:PutTraceSegments"], s
     by_sid = {s.get("Sid"): s for s in statements}
-    assert by_sid["DescribeTheCluster"]["Action"] == "eks:DescribeCluster"
-    assert by_sid["DescribeTheCluster"]["Resource"] == {
-        "Sub": "arn:${AWS::Partition}:eks:${AWS::Region}:${AWS::AccountId}:cluster/${ClusterName}"
-    }
+    assert "DescribeTheCluster" not in by_sid, "each cluster is granted by its own ClusterAccess policy"
     assert by_sid["Report"]["Resource"] == {"Ref": "NotificationTopic"}
     assert by_sid["DeadLetters"]["Resource"] == {"GetAtt": "DeadLetterQueue.Arn"}
     assert by_sid["PublishAlerts"] == {
@@ -197,7 +221,9 @@ def test_functions_get_the_configuration_contract_with_documented_defaults():
             assert params[param].get("Description"), param
 
     check(shared, SHARED_ENV)
-    assert "Default" not in params["ClusterName"]
+    assert shared["CLUSTER_NAMES"] == {"Join": [",", {"Ref": "ClusterNames"}]}
+    assert params["ClusterNames"]["Type"] == "CommaDelimitedList"
+    assert "Default" not in params["ClusterNames"], "a deployer names the clusters"
     for prefix, function in FUNCTIONS.items():
         own = resources[f"{prefix}Function"]["Properties"].get("Environment", {}).get("Variables", {})
         assert set(own) == set(FUNCTION_ENV.get(function, {})), function
@@ -234,7 +260,7 @@ def test_local_sam_settings_only_name_variables_the_template_declares():
     # `sam local invoke --env-vars` ignores variables the template does not declare.
     template = load_template()
     declared = set(template["Globals"]["Function"]["Environment"]["Variables"])
-    for resource in template["Resources"].values():
+    for resource in plain_resources(template).values():
         if resource["Type"] == "AWS::Serverless::Function":
             declared |= set(resource["Properties"].get("Environment", {}).get("Variables", {}))
     settings = json.loads((REPO / "local" / "sam-env.json").read_text())

@@ -37,7 +37,7 @@ def sns_subscriptions(template: dict) -> dict[str, dict]:
     """function name -> {topic, FilterPolicy, FilterPolicyScope} for every SNS event in the template."""
     subs = {}
     for logical_id, resource in template["Resources"].items():
-        if resource["Type"] != "AWS::Serverless::Function":
+        if logical_id.startswith("Fn::ForEach") or resource["Type"] != "AWS::Serverless::Function":
             continue
         binary = resource["Metadata"]["BuildProperties"]["Binary"]
         for event in resource["Properties"].get("Events", {}).values():

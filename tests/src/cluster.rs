@@ -69,6 +69,13 @@ impl TestCluster {
     }
 
     async fn connect(prefix: &str, kubeconfig: PathBuf) -> TestCluster {
+        Self::connect_in(unique_name(prefix), kubeconfig).await
+    }
+
+    /// A real cluster from its admin `kubeconfig` (function kubeconfigs beside it, as the
+    /// test control plane writes them), creating `namespace` in it: several clusters of one
+    /// test hold the same namespace.
+    pub async fn connect_in(namespace: String, kubeconfig: PathBuf) -> TestCluster {
         let mut functions = HashMap::new();
         let dir = kubeconfig
             .parent()
@@ -81,7 +88,7 @@ impl TestCluster {
                 functions.insert(function.to_owned(), (client, path));
             }
         }
-        Self::with_kubeconfig(unique_name(prefix), kubeconfig, functions).await
+        Self::with_kubeconfig(namespace, kubeconfig, functions).await
     }
 
     async fn with_kubeconfig(
@@ -334,7 +341,8 @@ const FUNCTIONS: [&str; 4] = [
     "region-failover",
 ];
 
-fn unique_name(prefix: &str) -> String {
+/// A namespace name for one test: `prefix`, the process and a counter.
+pub fn unique_name(prefix: &str) -> String {
     format!(
         "{}-{}-{}",
         prefix,

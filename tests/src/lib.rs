@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod events;
+pub mod fleet;
 pub mod http_capture;
 pub mod istio_oracle;
 pub mod lambda_emulator;

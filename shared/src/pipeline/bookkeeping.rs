@@ -40,7 +40,7 @@ impl<R: Remediation> Pipeline<R> {
 
     pub(super) async fn firing_step(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         input: &AlertInput,
         client: &kube::Client,
         object: &DynamicObject,
@@ -111,11 +111,27 @@ impl<R: Remediation> Pipeline<R> {
             );
             return Step::Done(Outcome::failed(source, &Error::Plan(why)));
         }
+        let timebox = self.timebox(invocation);
+        let observed = match work
+            .observed
+            .get_or_init(|| async {
+                let observed = self.remediation.observe(input);
+                timebox
+                    .call(Call::Read, "observe what the plan needs", observed)
+                    .await
+                    .and_then(|observed| observed)
+            })
+            .await
+        {
+            Ok(observed) => observed,
+            Err(err) => return Step::Done(Outcome::failed(source, err)),
+        };
         let facts = match work
             .facts
             .get_or_init(|| async {
-                let timebox = self.timebox(invocation);
-                let facts = self.remediation.prepare(input, client, &self.config);
+                let facts = self
+                    .remediation
+                    .prepare(input, client, &self.config, observed);
                 timebox
                     .call(Call::Read, "read what the plan needs", facts)
                     .await
@@ -170,7 +186,7 @@ impl<R: Remediation> Pipeline<R> {
     /// `escalatedAt`, in one guarded write; no change to the object's spec.
     fn escalate_step(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         input: &AlertInput,
         object: &DynamicObject,
         record: Option<ActionRecord>,
@@ -231,7 +247,7 @@ impl<R: Remediation> Pipeline<R> {
 
     pub(super) fn resolved_step(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         input: &AlertInput,
         object: &DynamicObject,
         target: &str,
@@ -367,7 +383,7 @@ impl<R: Remediation> Pipeline<R> {
     /// object whose last action is the one meant and was not edited since.
     pub(super) fn revert_step(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         request: &RevertRequest,
         object: &DynamicObject,
         target: &str,
@@ -432,7 +448,7 @@ impl<R: Remediation> Pipeline<R> {
     /// object's `resourceVersion` as precondition.
     pub(super) fn write_step(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         object: &DynamicObject,
         plan: &Plan,
         new_record: &ActionRecord,

@@ -15,7 +15,7 @@ use crate::decide::SkipReason;
 use crate::error::Error;
 use crate::pause;
 use crate::record;
-use crate::remediation::{Remediation, describe};
+use crate::remediation::Remediation;
 use crate::report::Outcome;
 
 /// Writes refused with 409 before giving up (each one re-reads and decides again).
@@ -50,7 +50,7 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         api: &Api<DynamicObject>,
         client: &kube::Client,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         name: &str,
         invocation: &Invocation,
         changed: &AtomicUsize,
@@ -84,14 +84,14 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         api: &Api<DynamicObject>,
         client: &kube::Client,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         name: &str,
         invocation: &Invocation,
         changed: &AtomicUsize,
         spending: &mut Spending,
     ) -> Outcome {
         let resource = &work.locator.resource;
-        let target = describe(resource, &work.locator.namespace, name);
+        let target = self.describe_target(&work.locator, name);
         let timebox = self.timebox(invocation);
         let failed = |err: &Error| Outcome::failed(work.source.clone(), err).on(&target);
         let mut transient_retries = 0;
@@ -123,6 +123,11 @@ impl<R: Remediation> Pipeline<R> {
             };
             let object = match got {
                 Ok(Some(object)) => object,
+                // A revert sent to every cluster finds the object in some only.
+                Ok(None) if work.fanned_out => {
+                    let why = SkipReason::Declined(format!("{target} not found in this cluster"));
+                    return Outcome::skipped(work.source.clone(), &why).on(&target);
+                }
                 Ok(None) => return failed(&Error::Plan(format!("{target} not found"))),
                 Err(err) => {
                     let err = Error::kube(format!("get {target}"), err);

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use crate::config::Config;
-use crate::connect::KubeConnector;
+use crate::connect::{Connections, KubeConnector};
 use crate::decide::{self, SkipReason};
 use crate::error::Error;
 use crate::intake::{self, AlertInput, RevertRequest};
@@ -71,17 +71,22 @@ fn xray_root(header: &str) -> Option<&str> {
 pub struct Pipeline<R> {
     config: Config,
     remediation: R,
-    kube: Arc<dyn KubeConnector>,
+    connections: Connections,
 }
 
 /// A request that passed intake and screening and awaits its target.
-pub(super) struct Work<F> {
+pub(super) struct Work<R: Remediation> {
     order: usize,
     source: Source,
     locator: Locator,
     request: Request,
-    /// Facts gathered once per alert, shared by all its targets; filled on first need.
-    facts: Arc<OnceCell<crate::Result<F>>>,
+    /// What is observed outside the clusters, once per alert for all its clusters.
+    observed: Arc<OnceCell<crate::Result<R::Observed>>>,
+    /// Facts gathered once per alert and cluster, shared by its targets there.
+    facts: Arc<OnceCell<crate::Result<R::Facts>>>,
+    /// One of several clusters a request was sent to (a revert for `all`): an object
+    /// that is not in this cluster is no failure.
+    fanned_out: bool,
 }
 
 /// What a piece of work asks for.
@@ -92,7 +97,7 @@ pub(super) enum Request {
     Revert(RevertRequest),
 }
 
-impl<F> Work<F> {
+impl<R: Remediation> Work<R> {
     fn resolved(&self) -> bool {
         matches!(self.request, Request::Alert { resolved: true, .. })
     }
@@ -142,12 +147,26 @@ impl<F> Work<F> {
 }
 
 impl<R: Remediation> Pipeline<R> {
-    /// A pipeline for `remediation`.
+    /// A pipeline for `remediation` with one connection for every request.
     pub fn new(config: Config, remediation: R, kube: Arc<dyn KubeConnector>) -> Self {
+        Self::with_connections(config, remediation, Connections::single(kube))
+    }
+
+    /// A pipeline for `remediation` with one connection per cluster.
+    pub fn with_connections(config: Config, remediation: R, connections: Connections) -> Self {
         Pipeline {
             config,
             remediation,
-            kube,
+            connections,
+        }
+    }
+
+    /// How reports name an object: with its cluster when several are served.
+    pub(super) fn describe_target(&self, locator: &Locator, name: &str) -> String {
+        let object = describe(&locator.resource, &locator.namespace, name);
+        match &locator.cluster {
+            Some(cluster) if self.config.clusters.several() => format!("{cluster}: {object}"),
+            _ => object,
         }
     }
 
@@ -165,7 +184,7 @@ impl<R: Remediation> Pipeline<R> {
             None => self.intake(event, invocation, &mut outcomes, &mut work),
         }
 
-        let mut groups: BTreeMap<String, Vec<Work<R::Facts>>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<Work<R>>> = BTreeMap::new();
         for item in work {
             groups.entry(item.locator.key()).or_default().push(item);
         }
@@ -191,7 +210,7 @@ impl<R: Remediation> Pipeline<R> {
     /// resolved one) is acted on; the rest are duplicates of it.
     async fn handle_target(
         &self,
-        mut items: Vec<Work<R::Facts>>,
+        mut items: Vec<Work<R>>,
         invocation: &Invocation,
         changed: &AtomicUsize,
     ) -> Vec<(usize, Outcome)> {
@@ -214,25 +233,39 @@ impl<R: Remediation> Pipeline<R> {
         out
     }
 
-    async fn act(
+    async fn act(&self, work: &Work<R>, invocation: &Invocation, changed: &AtomicUsize) -> Outcome {
+        let locator = &work.locator;
+        let timebox = self.timebox(invocation);
+        let subject = self.describe_target(locator, locator.name.as_deref().unwrap_or("*"));
+        let outcome = match timebox.check(&subject) {
+            Err(err) => Outcome::failed(work.source.clone(), &err).on(&subject),
+            Ok(()) => {
+                self.act_in_cluster(work, invocation, changed, &subject)
+                    .await
+            }
+        };
+        match &locator.cluster {
+            Some(cluster) if self.config.clusters.several() => outcome.in_cluster(cluster),
+            _ => outcome,
+        }
+    }
+
+    async fn act_in_cluster(
         &self,
-        work: &Work<R::Facts>,
+        work: &Work<R>,
         invocation: &Invocation,
         changed: &AtomicUsize,
+        subject: &str,
     ) -> Outcome {
         let locator = &work.locator;
         let timebox = self.timebox(invocation);
-        let subject = describe(
-            &locator.resource,
-            &locator.namespace,
-            locator.name.as_deref().unwrap_or("*"),
-        );
-        if let Err(err) = timebox.check(&subject) {
-            return Outcome::failed(work.source.clone(), &err).on(subject);
-        }
-        let client = match self.kube.client().await {
+        let connector = match self.connections.get(locator.cluster.as_deref()) {
+            Ok(connector) => connector,
+            Err(err) => return Outcome::failed(work.source.clone(), &err).on(subject),
+        };
+        let client = match connector.client().await {
             Ok(client) => client,
-            Err(err) => return Outcome::failed(work.source.clone(), &err),
+            Err(err) => return Outcome::failed(work.source.clone(), &err).on(subject),
         };
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource);
@@ -255,10 +288,10 @@ impl<R: Remediation> Pipeline<R> {
                     // The alert keeps firing and nothing here acts on it: a person must
                     // opt the right object in or fix the alert's labels.
                     return Outcome::skipped(work.source.clone(), &SkipReason::Held(why))
-                        .on(describe(&locator.resource, &locator.namespace, "*"));
+                        .on(subject);
                 }
                 Ok(names) => names,
-                Err(err) => return Outcome::failed(work.source.clone(), &err),
+                Err(err) => return Outcome::failed(work.source.clone(), &err).on(subject),
             },
         };
         let mut outcomes = Vec::with_capacity(names.len());
@@ -271,11 +304,7 @@ impl<R: Remediation> Pipeline<R> {
         merge_outcomes(outcomes)
     }
 
-    async fn select(
-        &self,
-        api: &Api<DynamicObject>,
-        work: &Work<R::Facts>,
-    ) -> Result<Vec<String>, Error> {
+    async fn select(&self, api: &Api<DynamicObject>, work: &Work<R>) -> Result<Vec<String>, Error> {
         let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
         let list = api
             .list(&ListParams::default().labels(&selector))
@@ -367,6 +396,11 @@ fn merge_outcomes(mut outcomes: Vec<Outcome>) -> Outcome {
     merged.patch = (!patches.is_empty()).then_some(Value::Object(patches));
     merged.retryable = outcomes.iter().any(|o| o.retryable);
     merged.needs_a_person = outcomes.iter().any(|o| o.needs_a_person);
+    for o in &outcomes {
+        for (cluster, kind) in &o.clusters {
+            merged.add_cluster(cluster, *kind);
+        }
+    }
     merged
 }
 

@@ -7,6 +7,7 @@ use serde_json::Value;
 use tokio::sync::OnceCell;
 
 use super::{Invocation, Pipeline, Request, Work};
+use crate::clusters::Route;
 use crate::decide::{self, Gate, SkipReason};
 use crate::error::Error;
 use crate::intake::{self, Rejection, RevertDelivery};
@@ -20,7 +21,7 @@ impl<R: Remediation> Pipeline<R> {
         event: &Value,
         invocation: &Invocation,
         outcomes: &mut Vec<(usize, Outcome)>,
-        work: &mut Vec<Work<R::Facts>>,
+        work: &mut Vec<Work<R>>,
     ) {
         let deliveries = match intake::parse_event(event, self.config.alert_topic_arn.as_deref()) {
             Ok(deliveries) => deliveries,
@@ -70,10 +71,28 @@ impl<R: Remediation> Pipeline<R> {
                     }
                 };
                 source.namespace = Some(input.namespace.clone());
+                let route = self.config.clusters.route(input.alert.label("cluster"));
+                let clusters = match &route {
+                    Route::Skip(reason) => {
+                        outcomes.push((this, Outcome::skipped(source, reason)));
+                        continue;
+                    }
+                    Route::Unknown(why) => {
+                        let err = Error::Input(format!(
+                            "{why}; an alert names its cluster with the `cluster` label (a Prometheus external label)"
+                        ));
+                        outcomes.push((this, Outcome::failed(source, &err)));
+                        continue;
+                    }
+                    Route::Default | Route::One(_) if self.remediation.mesh_wide() => {
+                        self.config.clusters.mesh_targets(&route)
+                    }
+                    Route::Default => vec![None],
+                    Route::One(name) => vec![Some(name.clone())],
+                };
                 let resolved = match decide::screen(
                     &input,
                     delivery.published_at,
-                    self.config.cluster_name.as_deref(),
                     &self.config.policy,
                     invocation.now,
                 ) {
@@ -86,18 +105,27 @@ impl<R: Remediation> Pipeline<R> {
                 };
                 match self.remediation.targets(&input, &self.config) {
                     Ok(locators) if !locators.is_empty() => {
-                        let facts = Arc::new(OnceCell::new());
-                        for locator in locators {
-                            work.push(Work {
-                                order: this,
-                                source: source.clone(),
-                                locator,
-                                request: Request::Alert {
-                                    input: input.clone(),
-                                    resolved,
-                                },
-                                facts: facts.clone(),
-                            });
+                        // Observed once for the alert; facts once per cluster.
+                        let observed = Arc::new(OnceCell::new());
+                        for cluster in clusters {
+                            let facts = Arc::new(OnceCell::new());
+                            for locator in &locators {
+                                work.push(Work {
+                                    order: this,
+                                    source: source.clone(),
+                                    locator: Locator {
+                                        cluster: cluster.clone(),
+                                        ..locator.clone()
+                                    },
+                                    request: Request::Alert {
+                                        input: input.clone(),
+                                        resolved,
+                                    },
+                                    observed: observed.clone(),
+                                    facts: facts.clone(),
+                                    fanned_out: false,
+                                });
+                            }
                         }
                     }
                     Ok(_) => {
@@ -116,7 +144,7 @@ impl<R: Remediation> Pipeline<R> {
         delivery: RevertDelivery,
         invocation: &Invocation,
         outcomes: &mut Vec<(usize, Outcome)>,
-        work: &mut Vec<Work<R::Facts>>,
+        work: &mut Vec<Work<R>>,
     ) {
         let mut source = Source {
             message_id: delivery.message_id,
@@ -132,17 +160,17 @@ impl<R: Remediation> Pipeline<R> {
             Err(err) => return outcomes.push((0, Outcome::failed(source, &err))),
         };
         source.namespace = Some(request.namespace.clone());
+        let clusters = match self.revert_clusters(request.cluster.as_deref()) {
+            Ok(clusters) => clusters,
+            Err(Ok(reason)) => return outcomes.push((0, Outcome::skipped(source, &reason))),
+            Err(Err(err)) => return outcomes.push((0, Outcome::failed(source, &err))),
+        };
         let screened = decide::Request {
             namespace: &request.namespace,
-            cluster: request.cluster.as_deref(),
             published_at: delivery.published_at,
         };
-        if let Some(reason) = decide::screen_request(
-            &screened,
-            self.config.cluster_name.as_deref(),
-            &self.config.policy,
-            invocation.now,
-        ) {
+        if let Some(reason) = decide::screen_request(&screened, &self.config.policy, invocation.now)
+        {
             return outcomes.push((0, Outcome::skipped(source, &reason)));
         }
         let revertible = self.remediation.revertible(&self.config);
@@ -160,17 +188,46 @@ impl<R: Remediation> Pipeline<R> {
             };
             return outcomes.push((0, Outcome::failed(source, &Error::Input(why))));
         };
-        work.push(Work {
-            order: 0,
-            source,
-            locator: Locator {
-                resource,
-                namespace: request.namespace.clone(),
-                name: Some(request.name.clone()),
-                subject: None,
-            },
-            request: Request::Revert(request),
-            facts: Arc::new(OnceCell::new()),
-        });
+        let fanned_out = clusters.len() > 1;
+        for cluster in clusters {
+            work.push(Work {
+                order: 0,
+                source: source.clone(),
+                locator: Locator {
+                    resource: resource.clone(),
+                    namespace: request.namespace.clone(),
+                    name: Some(request.name.clone()),
+                    subject: None,
+                    cluster,
+                },
+                request: Request::Revert(request.clone()),
+                observed: Arc::new(OnceCell::new()),
+                facts: Arc::new(OnceCell::new()),
+                fanned_out,
+            });
+        }
+    }
+
+    /// The clusters a revert request goes to: the one it names, or every listed cluster
+    /// for `all`. With several clusters served it must say which. `Err(Ok)`: not for this
+    /// deployment; `Err(Err)`: cannot be told.
+    fn revert_clusters(
+        &self,
+        named: Option<&str>,
+    ) -> Result<Vec<Option<String>>, Result<SkipReason, Error>> {
+        if named == Some(ALL_CLUSTERS) {
+            return Ok(self.config.clusters.all());
+        }
+        match self.config.clusters.route(named) {
+            Route::Default => Ok(vec![None]),
+            Route::One(name) => Ok(vec![Some(name)]),
+            Route::Skip(reason) => Err(Ok(reason)),
+            Route::Unknown(why) => Err(Err(Error::Input(format!(
+                "{why}; a revert request names its cluster, or \"{ALL_CLUSTERS}\" for every one"
+            )))),
+        }
     }
 }
+
+/// What a revert request's `cluster` says to revert in every cluster served.
+pub const ALL_CLUSTERS: &str = "all";

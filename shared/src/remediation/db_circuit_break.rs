@@ -308,6 +308,7 @@ fn keep_lower_limits(current: &Value, wanted: &Value) -> Value {
 
 impl Remediation for DbCircuitBreak {
     type Facts = ();
+    type Observed = ();
 
     fn name(&self) -> &'static str {
         "db-circuit-break"

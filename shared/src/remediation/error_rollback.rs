@@ -549,6 +549,7 @@ fn alert_host(input: &AlertInput) -> String {
 
 impl Remediation for ErrorRollback {
     type Facts = RollbackFacts;
+    type Observed = ();
 
     fn name(&self) -> &'static str {
         "error-rollback"
@@ -571,6 +572,7 @@ impl Remediation for ErrorRollback {
         input: &'a AlertInput,
         client: &'a kube::Client,
         config: &'a Config,
+        _observed: &'a (),
     ) -> BoxFuture<'a, Result<RollbackFacts>> {
         Box::pin(async move {
             let namespace = &input.namespace;

@@ -78,6 +78,7 @@ pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) 
         namespace: input.namespace.clone(),
         name: None,
         subject: Some(super::hosts::alert_host(host, &input.namespace)),
+        cluster: None,
     }
 }
 

@@ -23,6 +23,7 @@ pub struct LatencyRestart;
 
 impl Remediation for LatencyRestart {
     type Facts = ();
+    type Observed = ();
 
     fn name(&self) -> &'static str {
         "latency-restart"
@@ -39,6 +40,7 @@ impl Remediation for LatencyRestart {
             namespace: input.namespace.clone(),
             name: Some(deployment.to_owned()),
             subject: None,
+            cluster: None,
         })
     }
 

@@ -37,13 +37,17 @@ pub struct Locator {
     /// alerts about different subjects in one namespace are different targets, not
     /// duplicates of each other.
     pub subject: Option<String>,
+    /// The cluster it lives in (`None`: the one cluster of the kubeconfig default). Set by
+    /// the pipeline from the alert's `cluster` label, or for each mesh cluster.
+    pub cluster: Option<String>,
 }
 
 impl Locator {
     /// A stable key for grouping alerts that target the same object(s).
     pub fn key(&self) -> String {
         format!(
-            "{}/{}/{}/{}#{}",
+            "{}:{}/{}/{}/{}#{}",
+            self.cluster.as_deref().unwrap_or_default(),
             self.resource.group,
             self.resource.plural,
             self.namespace,
@@ -113,6 +117,10 @@ pub trait Remediation: Send + Sync + 'static {
     /// plan from the object alone.
     type Facts: Default + Send + Sync + 'static;
 
+    /// What [`Remediation::observe`] learns outside the clusters (health checks); `()` for
+    /// remediations that need nothing.
+    type Observed: Default + Send + Sync + 'static;
+
     /// The function and `remediation` label value, e.g. `latency-restart`.
     fn name(&self) -> &'static str;
 
@@ -127,14 +135,33 @@ pub trait Remediation: Send + Sync + 'static {
         self.locate(input, config).map(|locator| vec![locator])
     }
 
-    /// Gathers facts by I/O (health checks, related objects) once per alert, before the
-    /// first plan and only when a plan is needed, so that planning itself stays pure.
-    /// An `Err` fails the alert (retryable when the error is). The default learns nothing.
+    /// Whether one alert's change applies to every cluster of the mesh (`MESH_CLUSTERS`)
+    /// rather than to the alert's own cluster only: each cluster's proxies read their own
+    /// cluster's configuration. The default is the alert's cluster only.
+    fn mesh_wide(&self) -> bool {
+        false
+    }
+
+    /// Observes what lies outside the clusters (health endpoints) once per alert, however
+    /// many clusters it reaches, before the first plan and only when one is needed. An
+    /// `Err` fails the alert (retryable when the error is). The default observes nothing.
+    fn observe<'a>(
+        &'a self,
+        _input: &'a AlertInput,
+    ) -> BoxFuture<'a, crate::Result<Self::Observed>> {
+        Box::pin(async { Ok(Self::Observed::default()) })
+    }
+
+    /// Gathers facts from one cluster (related objects) once per alert and cluster, before
+    /// the first plan there and only when a plan is needed, so that planning itself stays
+    /// pure. An `Err` fails the alert in that cluster (retryable when the error is). The
+    /// default learns nothing.
     fn prepare<'a>(
         &'a self,
         _input: &'a AlertInput,
         _client: &'a kube::Client,
         _config: &'a Config,
+        _observed: &'a Self::Observed,
     ) -> BoxFuture<'a, crate::Result<Self::Facts>> {
         Box::pin(async { Ok(Self::Facts::default()) })
     }

@@ -51,12 +51,8 @@ func main() {
 		os.Exit(2)
 	}
 	began := time.Now()
-	cluster, err := up(*binDir, *dir, applies)
+	cluster, err := upWithRetries(*binDir, *dir, applies)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "testcluster: %v (logs in %s)\n", err, *dir)
-		if cluster != nil {
-			cluster.down()
-		}
 		os.Exit(1)
 	}
 	cluster.info.StartupSeconds = time.Since(began).Seconds()
@@ -79,6 +75,39 @@ func main() {
 		os.Exit(1)
 	}
 	cluster.down()
+}
+
+// startAttempts bounds the starts of a control plane. A port the kernel handed out as free
+// can be taken by another process's outgoing connection before the component binds it (many
+// clusters and clients share loopback in a test run); a fresh start picks fresh ports.
+const startAttempts = 3
+
+// upWithRetries starts the control plane, starting afresh after a failed attempt; every
+// failure is reported on stderr.
+func upWithRetries(binDir, dir string, applies []string) (*cluster, error) {
+	var err error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		var c *cluster
+		c, err = up(binDir, dir, applies)
+		if err == nil {
+			return c, nil
+		}
+		fmt.Fprintf(os.Stderr, "testcluster: start %d of %d failed: %v (logs in %s)\n", attempt, startAttempts, err, dir)
+		if c != nil {
+			c.down()
+		}
+		// Keep the failed attempt's logs for a look; the next attempt writes its own.
+		logs, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+		for _, log := range logs {
+			if !strings.Contains(filepath.Base(log), ".attempt") {
+				_ = os.Rename(log, strings.TrimSuffix(log, ".log")+fmt.Sprintf(".attempt%d.log", attempt))
+			}
+		}
+		if rmErr := os.RemoveAll(filepath.Join(dir, "etcd-data")); rmErr != nil {
+			return nil, rmErr
+		}
+	}
+	return nil, err
 }
 
 // cluster is a running control plane.
@@ -121,7 +150,7 @@ func up(binDir, dir string, applies []string) (*cluster, error) {
 		return nil, err
 	}
 
-	etcdClient, etcdPeer, apiPort := mustPort(), mustPort(), mustPort()
+	etcdClient, etcdPeer := mustPort(), mustPort()
 	c.info.Etcd = fmt.Sprintf("http://127.0.0.1:%d", etcdClient)
 	etcd, err := start(dir, binDir, "etcd",
 		"--name=default", "--data-dir="+filepath.Join(dir, "etcd-data"),
@@ -138,6 +167,8 @@ func up(binDir, dir string, applies []string) (*cluster, error) {
 		return c, fmt.Errorf("etcd: %w", err)
 	}
 
+	// Picked only now, so the window in which another process can take it is short.
+	apiPort := mustPort()
 	c.info.Server = fmt.Sprintf("https://127.0.0.1:%d", apiPort)
 	apiserver, err := start(dir, binDir, "kube-apiserver",
 		"--etcd-servers="+c.info.Etcd,

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use super::RegionFailover;
 use crate::error::{Error, Result};
 
+/// Each region's health check result: `Ok` or why not.
+pub type Health = BTreeMap<String, std::result::Result<(), String>>;
+
 /// What [`RegionFailover`] learns before planning.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RegionFacts {
     /// Whether health URLs are configured (if not, every other region counts as healthy).
     pub checked: bool,
-    /// The result of each region's health check: `Ok` or why not.
-    pub health: BTreeMap<String, std::result::Result<(), String>>,
+    /// The result of each region's health check (done once for every cluster).
+    pub health: Health,
     /// Subset name -> region, from the service's DestinationRule subsets.
     pub subset_regions: BTreeMap<String, String>,
     /// Regions known by name, in preference order (health URLs first, then subsets).
@@ -71,10 +74,7 @@ impl RegionFailover {
     }
 
     /// Checks every configured region but the degraded one, concurrently.
-    pub(super) async fn check_health(
-        &self,
-        degraded: &str,
-    ) -> Result<BTreeMap<String, std::result::Result<(), String>>> {
+    pub(super) async fn check_health(&self, degraded: &str) -> Result<Health> {
         let checks: Vec<_> = self
             .settings
             .health_urls

@@ -47,7 +47,7 @@ pub mod locality;
 pub mod settings;
 pub mod weights;
 
-pub use health::RegionFacts;
+pub use health::{Health, RegionFacts};
 pub use settings::FailoverSettings;
 pub use weights::{destination_region, looks_like_region, route_regions, shift_weights};
 
@@ -90,6 +90,8 @@ fn is_destination_rule(object: &DynamicObject) -> bool {
 
 impl Remediation for RegionFailover {
     type Facts = RegionFacts;
+    /// Each region's health check, once per alert for every cluster of the mesh.
+    type Observed = Health;
 
     fn name(&self) -> &'static str {
         "region-failover"
@@ -123,11 +125,20 @@ impl Remediation for RegionFailover {
             || hosts::rule_host_is(object, &host)
     }
 
+    fn mesh_wide(&self) -> bool {
+        true
+    }
+
+    fn observe<'a>(&'a self, input: &'a AlertInput) -> BoxFuture<'a, Result<Health>> {
+        Box::pin(self.check_health(degraded_region(input)))
+    }
+
     fn prepare<'a>(
         &'a self,
         input: &'a AlertInput,
         client: &'a kube::Client,
         config: &'a Config,
+        health: &'a Health,
     ) -> BoxFuture<'a, Result<RegionFacts>> {
         Box::pin(async move {
             let host = hosts::alert_host(
@@ -144,7 +155,7 @@ impl Remediation for RegionFailover {
                 .map_err(|err| Error::kube(format!("list destinationrules in {namespace}"), err))?;
             let mut facts = RegionFacts {
                 checked: !self.settings.health_urls.is_empty(),
-                health: self.check_health(degraded).await?,
+                health: health.clone(),
                 known_regions: self
                     .settings
                     .health_urls

@@ -1,0 +1,420 @@
+//! One deployment, several clusters, on real API servers: three control planes of their own
+//! (`remediation_testkit::fleet`), each function reaching each cluster with its own group's
+//! kubeconfig (RBAC and the admission policies apply in every cluster).
+//!
+//! - Alerts are routed by their `cluster` label; an alert naming no known cluster fails and
+//!   changes nothing anywhere.
+//! - A region drain applies to every cluster of the mesh, each with its own record and Event,
+//!   with one health check per region for all of them; Istio's compiler shows that clients in
+//!   every cluster stop sending traffic to the degraded region. A revert request names one
+//!   cluster or all; failback on resolve follows the drain into every cluster.
+//! - With one cluster down, the drain still lands in the others and the outcome says which
+//!   clusters were drained and which were not.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use mesh_remediation::remediation::region_failover::FailoverSettings;
+use mesh_remediation::remediation::{LatencyRestart, RegionFailover};
+use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::events;
+use remediation_testkit::fleet::{Fleet, Member};
+use remediation_testkit::istio_oracle::{REGIONS, World, clients, store_service};
+use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only, reason, record};
+use serde_json::{Value, json};
+
+const CLUSTERS: [&str; 3] = ["use1", "usw2", "euw1"];
+const PORT: u16 = 8080;
+const DEGRADED: &str = "us-east-1";
+const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// The region-failover sample for `service`, labelled for `cluster` (`None`: no label).
+fn drain_alert(fleet: &Fleet, sample: &str, service: &str, cluster: Option<&str>) -> Value {
+    let mut event = events::fresh(sample, &fleet.namespace);
+    let mut message = events::message(&event);
+    set_label(&mut message, "service", Some(service));
+    set_label(&mut message, "cluster", cluster);
+    message["alerts"][0]["fingerprint"] = json!(format!("fp-{service}"));
+    events::set_message(&mut event, &message);
+    event
+}
+
+/// Sets (or, for `None`, removes) a label of the message's alert and its common labels.
+fn set_label(message: &mut Value, key: &str, value: Option<&str>) {
+    for pointer in ["/alerts/0/labels", "/commonLabels"] {
+        let Some(labels) = message.pointer_mut(pointer).and_then(Value::as_object_mut) else {
+            continue;
+        };
+        match value {
+            Some(value) => labels.insert(key.to_owned(), json!(value)),
+            None => labels.remove(key),
+        };
+    }
+}
+
+/// The latency-restart sample labelled for `cluster` (`None`: no label).
+fn restart_alert(fleet: &Fleet, cluster: Option<&str>) -> Value {
+    let mut event = events::fresh("latency-restart-firing.json", &fleet.namespace);
+    let mut message = events::message(&event);
+    set_label(&mut message, "cluster", cluster);
+    events::set_message(&mut event, &message);
+    event
+}
+
+/// The revert sample for the DestinationRule `service`, for `cluster` (`None`: unnamed).
+fn revert(fleet: &Fleet, service: &str, cluster: Option<&str>) -> Value {
+    let mut event = events::raw("region-failover-revert.json");
+    let request = &mut event["revert"];
+    request["namespace"] = json!(fleet.namespace);
+    request["kind"] = json!("DestinationRule");
+    request["name"] = json!(service);
+    if let Some(cluster) = cluster {
+        request["cluster"] = json!(cluster);
+    }
+    event
+}
+
+/// A service with one pod per region and a DestinationRule that balances by locality (a
+/// passive failover), opted in: what every cluster of the mesh holds for it.
+async fn regional_service(member: &Member, service: &str) {
+    let cluster = &member.cluster;
+    store_service(cluster, service, json!({"app": service}), PORT).await;
+    Mesh::new(cluster)
+        .create(
+            Kind::DestinationRule,
+            service,
+            true,
+            json!({}),
+            json!({"host": service, "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
+                "loadBalancer": {"localityLbSetting": {"enabled": true,
+                    "failover": [{"from": "us-east-1", "to": "us-west-2"}]}}}}),
+        )
+        .await;
+}
+
+/// The mesh world of `service` as each cluster sees it: its pods in every region.
+fn world(fleet: &Fleet, service: &str) -> World {
+    let ns = &fleet.namespace;
+    let mut world = World::regional(ns);
+    for (i, region) in REGIONS.iter().enumerate() {
+        world.pod(
+            ns,
+            service,
+            json!({"app": service}),
+            region,
+            &format!("10.{}.0.9", i + 1),
+        );
+    }
+    world
+}
+
+/// Regions each client of `member` sends `service`'s calls to, by Istio's compiled config.
+async fn regions_reached(
+    fleet: &Fleet,
+    member: &Member,
+    service: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let ns = &fleet.namespace;
+    let host = format!("{service}.{ns}.svc.cluster.local");
+    let compiled = world(fleet, service)
+        .with_stored(&member.cluster)
+        .await
+        .compile(&clients(ns));
+    assert_eq!(compiled.findings(), Vec::<String>::new());
+    clients(ns)
+        .iter()
+        .map(|client| {
+            let regions = compiled
+                .proxy(client.name)
+                .endpoints_receiving(&host, PORT)
+                .into_iter()
+                .map(|(_, region)| region)
+                .collect();
+            (format!("{}/{}", member.name, client.name), regions)
+        })
+        .collect()
+}
+
+fn healthy_regions_only(reached: &BTreeMap<String, BTreeSet<String>>) {
+    let healthy = BTreeSet::from(["eu-west-1".to_owned(), "us-west-2".to_owned()]);
+    for (client, regions) in reached {
+        assert_eq!(
+            regions, &healthy,
+            "{client}: only the healthy regions take its calls"
+        );
+    }
+}
+
+async fn rule(member: &Member, name: &str) -> Value {
+    Mesh::new(&member.cluster)
+        .get(Kind::DestinationRule, name)
+        .await
+}
+
+fn clusters_of(outcome: &Outcome) -> BTreeMap<String, OutcomeKind> {
+    outcome.clusters.clone()
+}
+
+async fn restarted(member: &Member) -> bool {
+    member
+        .cluster
+        .deployment("checkout-v2")
+        .await
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .is_some_and(|a| a.contains_key(RESTARTED_AT))
+}
+
+/// Health endpoints for the two healthy regions, and region-failover checking them.
+struct Health {
+    west: HealthEndpoint,
+    eu: HealthEndpoint,
+}
+
+impl Health {
+    async fn start() -> Health {
+        Health {
+            west: HealthEndpoint::start(200).await,
+            eu: HealthEndpoint::start(200).await,
+        }
+    }
+
+    fn failover(&self, failback_on_resolve: bool) -> RegionFailover {
+        let urls = format!("us-west-2={},eu-west-1={}", self.west.url(), self.eu.url());
+        let failback = failback_on_resolve.to_string();
+        let vars: HashMap<&str, &str> = HashMap::from([
+            ("REGION_HEALTH_URLS", urls.as_str()),
+            ("FAILBACK_ON_RESOLVE", failback.as_str()),
+        ]);
+        RegionFailover::new(
+            FailoverSettings::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned()))
+                .expect("settings"),
+        )
+    }
+}
+
+fn all_applied(report: &InvocationReport) -> &Outcome {
+    let outcome = only(report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(
+        clusters_of(outcome),
+        CLUSTERS
+            .iter()
+            .map(|c| ((*c).to_owned(), OutcomeKind::Applied))
+            .collect(),
+        "{outcome:#?}"
+    );
+    outcome
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
+    let fleet = Fleet::start("mc-drain", &CLUSTERS).await;
+    for member in &fleet.members {
+        member.cluster.create_deployment("checkout-v2", true).await;
+        regional_service(member, "frontend").await;
+    }
+
+    // An alert acts in the cluster its `cluster` label names, and nowhere else.
+    let report = fleet
+        .invoke(LatencyRestart, &[], &restart_alert(&fleet, Some("usw2")))
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_eq!(
+        clusters_of(outcome),
+        BTreeMap::from([("usw2".to_owned(), OutcomeKind::Applied)])
+    );
+    assert!(
+        outcome
+            .target
+            .as_deref()
+            .is_some_and(|t| t.starts_with("usw2: Deployment ")),
+        "{outcome:#?}"
+    );
+    for member in &fleet.members {
+        assert_eq!(
+            restarted(member).await,
+            member.name == "usw2",
+            "{}",
+            member.name
+        );
+    }
+    // No known cluster: failed, not retried, nothing changed anywhere.
+    for cluster in [None, Some("apse1")] {
+        let report = fleet
+            .invoke(LatencyRestart, &[], &restart_alert(&fleet, cluster))
+            .await;
+        let outcome = only(&report);
+        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+        assert!(!outcome.retryable, "{outcome:#?}");
+        assert!(reason(outcome).contains("unknown cluster"), "{outcome:#?}");
+        assert!(reason(outcome).contains("use1, usw2, euw1"), "{outcome:#?}");
+    }
+    for member in &fleet.members {
+        assert_eq!(
+            restarted(member).await,
+            member.name == "usw2",
+            "{}",
+            member.name
+        );
+    }
+
+    // Before: a passive failover, so us-east-1 clients keep calling us-east-1.
+    let mut before = BTreeMap::new();
+    for member in &fleet.members {
+        let reached = regions_reached(&fleet, member, "frontend").await;
+        let east = format!("{}/same-ns-east", member.name);
+        assert!(reached[&east].contains(DEGRADED), "{reached:#?}");
+        before.insert(
+            member.name.clone(),
+            rule(member, "frontend").await["spec"].clone(),
+        );
+    }
+
+    // One alert, seen in use1, drains us-east-1 in every cluster of the mesh.
+    let health = Health::start().await;
+    let firing = drain_alert(
+        &fleet,
+        "region-failover-firing.json",
+        "frontend",
+        Some("use1"),
+    );
+    let report = fleet.invoke(health.failover(true), &[], &firing).await;
+    let outcome = all_applied(&report);
+    for name in CLUSTERS {
+        assert!(
+            outcome
+                .target
+                .as_deref()
+                .is_some_and(|t| t.contains(&format!("{name}: DestinationRule"))),
+            "{outcome:#?}"
+        );
+    }
+    assert_eq!(
+        (health.west.hits(), health.eu.hits()),
+        (1, 1),
+        "each region is checked once per invocation, not once per cluster"
+    );
+    for member in &fleet.members {
+        let stored = rule(member, "frontend").await;
+        let recorded = record(&stored, "region-failover").expect("the action record");
+        assert_eq!(
+            recorded.request_id.as_deref().map(str::is_empty),
+            Some(false)
+        );
+        let events = member.cluster.events_about("frontend").await;
+        assert_eq!(events.len(), 1, "{}: one Event: {events:#?}", member.name);
+        healthy_regions_only(&regions_reached(&fleet, member, "frontend").await);
+    }
+
+    // A revert request names a cluster, or all; one that names none is refused.
+    let unnamed = fleet
+        .invoke(
+            health.failover(true),
+            &[],
+            &revert(&fleet, "frontend", None),
+        )
+        .await;
+    assert_eq!(only(&unnamed).outcome, OutcomeKind::Failed, "{unnamed:#?}");
+    assert!(reason(only(&unnamed)).contains("\"all\""), "{unnamed:#?}");
+    let reverted = fleet
+        .invoke(
+            health.failover(true),
+            &[],
+            &revert(&fleet, "frontend", Some("usw2")),
+        )
+        .await;
+    assert_eq!(
+        only(&reverted).outcome,
+        OutcomeKind::Applied,
+        "{reverted:#?}"
+    );
+    assert_eq!(
+        rule(fleet.member("usw2"), "frontend").await["spec"],
+        before["usw2"]
+    );
+    healthy_regions_only(&regions_reached(&fleet, fleet.member("use1"), "frontend").await);
+
+    // The alert resolves: failback restores the rule in every cluster it drained.
+    let resolved = drain_alert(
+        &fleet,
+        "region-failover-resolved.json",
+        "frontend",
+        Some("use1"),
+    );
+    let report = fleet.invoke(health.failover(true), &[], &resolved).await;
+    assert_ne!(only(&report).outcome, OutcomeKind::Failed, "{report:#?}");
+    for member in &fleet.members {
+        assert_eq!(
+            rule(member, "frontend").await["spec"],
+            before[&member.name],
+            "{}: {report:#?}",
+            member.name
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
+    let mut fleet = Fleet::start("mc-down", &CLUSTERS).await;
+    for member in &fleet.members {
+        regional_service(member, "checkout").await;
+    }
+    fleet.stop("euw1");
+
+    let health = Health::start().await;
+    let firing = drain_alert(
+        &fleet,
+        "region-failover-firing.json",
+        "checkout",
+        Some("use1"),
+    );
+    let report = fleet.invoke(health.failover(false), &[], &firing).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    assert!(
+        outcome.retryable,
+        "Lambda retries the cluster that was down: {outcome:#?}"
+    );
+    assert!(outcome.needs_a_report());
+    assert_eq!(
+        clusters_of(outcome),
+        BTreeMap::from([
+            ("euw1".to_owned(), OutcomeKind::Failed),
+            ("use1".to_owned(), OutcomeKind::Applied),
+            ("usw2".to_owned(), OutcomeKind::Applied),
+        ]),
+        "the outcome says which clusters were drained: {outcome:#?}"
+    );
+    assert!(
+        reason(outcome).contains("euw1: DestinationRule"),
+        "{outcome:#?}"
+    );
+    for name in ["use1", "usw2"] {
+        let member = fleet.member(name);
+        assert!(record(&rule(member, "checkout").await, "region-failover").is_some());
+        healthy_regions_only(&regions_reached(&fleet, member, "checkout").await);
+    }
+
+    // Lambda's retry finds the drained clusters done (cooldown) and fails only the one
+    // still down: nothing is drained twice.
+    let retry = fleet.invoke(health.failover(false), &[], &firing).await;
+    let outcome = only(&retry);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{retry:#?}");
+    assert_eq!(
+        outcome.clusters["use1"],
+        OutcomeKind::Skipped,
+        "{outcome:#?}"
+    );
+    assert_eq!(
+        outcome.clusters["usw2"],
+        OutcomeKind::Skipped,
+        "{outcome:#?}"
+    );
+    for name in ["use1", "usw2"] {
+        let events = fleet.member(name).cluster.events_about("checkout").await;
+        assert_eq!(events.len(), 1, "{name}: {events:#?}");
+    }
+}
