@@ -358,3 +358,99 @@ impl ClusterDirectory for AwsClusterDirectory {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex as StdMutex;
+
+    /// A self-signed CA certificate (public test data) for the described endpoints.
+    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
+MIIBlDCCATugAwIBAgIUPAvd2H3M3X0VKd5fuwllenTX95IwCgYIKoZIzj0EAwIw
+HzEdMBsGA1UEAwwUa3ViZS1zdGFuZGluIHRlc3QgQ0EwIBcNMjYxMTI1MjM1MTQy
+WhgPMjEyNjExMDEyMzUxNDJaMB8xHTAbBgNVBAMMFGt1YmUtc3RhbmRpbiB0ZXN0
+IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEHWYBJOQIIST7LFyOYef20g0z
+yR5cnwJ0CqH4dI5sUN33R4zpJPXk0qBN9mB7gZqrfG9bYOUx862kgEnoDIAwfqNT
+MFEwHQYDVR0OBBYEFG8Ml/ZeY0ScGeVMJOZmVa8D5ZrZMB8GA1UdIwQYMBaAFG8M
+l/ZeY0ScGeVMJOZmVa8D5ZrZMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
+RwAwRAIgY7G8nH3AraXBCZR7suOYZUyvMmPvOj1b6J5/IJbLLk8CIETrIrfInnD2
+aIAwMzmLmNYKBqqz5TxA/KlPS4fLlTZ+
+-----END CERTIFICATE-----
+";
+
+    /// Answers DescribeCluster for any cluster and records every call.
+    #[derive(Default)]
+    struct CountingDirectory {
+        described: StdMutex<Vec<(String, Option<String>)>>,
+    }
+
+    impl ClusterDirectory for CountingDirectory {
+        fn describe(
+            &self,
+            cluster: &str,
+            region: Option<&str>,
+        ) -> BoxFuture<'_, Result<ClusterEndpoint>> {
+            self.described
+                .lock()
+                .expect("lock")
+                .push((cluster.to_owned(), region.map(str::to_owned)));
+            let endpoint = format!("https://{cluster}.eks.example.com");
+            Box::pin(async move {
+                Ok(ClusterEndpoint {
+                    endpoint,
+                    ca_pem: TEST_CA.as_bytes().to_vec(),
+                })
+            })
+        }
+
+        fn credentials(
+            &self,
+        ) -> BoxFuture<'_, Result<(aws_credential_types::Credentials, String)>> {
+            Box::pin(async {
+                let credentials = aws_credential_types::Credentials::new(
+                    "AKIDEXAMPLE",
+                    "secret",
+                    None,
+                    None,
+                    "test",
+                );
+                Ok((credentials, "us-east-1".to_owned()))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn each_cluster_gets_one_cached_eks_client_described_in_its_region() {
+        let clusters = Clusters::from_lookup(&|k: &str| {
+            (k == "CLUSTER_NAMES").then(|| "prod-use1,prod-usw2@us-west-2".to_owned())
+        })
+        .expect("clusters");
+        let directory = Arc::new(CountingDirectory::default());
+        let connections =
+            Connections::for_clusters(&clusters, Duration::from_secs(5), directory.clone());
+        for _ in 0..3 {
+            for cluster in ["prod-use1", "prod-usw2"] {
+                connections
+                    .get(Some(cluster))
+                    .expect("a connection")
+                    .client()
+                    .await
+                    .expect("a client");
+            }
+        }
+        assert_eq!(
+            *directory.described.lock().expect("lock"),
+            [
+                ("prod-use1".to_owned(), None),
+                ("prod-usw2".to_owned(), Some("us-west-2".to_owned()))
+            ],
+            "described once per cluster, each in its own region; clients are cached"
+        );
+        let err = connections.get(Some("prod-euw1")).err().expect("unknown");
+        assert!(err.to_string().contains("prod-euw1"), "{err}");
+        assert!(
+            connections.get(None).is_err(),
+            "several clusters: one must be named"
+        );
+    }
+}

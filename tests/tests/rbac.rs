@@ -61,9 +61,16 @@ async fn as_function<R: Remediation>(
     pipeline_with(client, remediation, &cluster.vars(vars))
 }
 
+/// One delivery, as its own Lambda invocation (a request id of its own: the same id would
+/// be Lambda's retry of one invocation, which recognises its own earlier change).
 async fn run<R: Remediation>(pipeline: &Pipeline<R>, event: &Value) -> InvocationReport {
+    static INVOCATIONS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = INVOCATIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     pipeline
-        .handle(event, &Invocation::new("req-rbac", None, None))
+        .handle(
+            event,
+            &Invocation::new(&format!("req-rbac-{n}"), None, None),
+        )
         .await
 }
 
