@@ -6,6 +6,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -42,12 +45,20 @@ def resources(template: dict) -> dict:
 def expanded(clusters: list[str], region: str = "us-east-1") -> dict:
     """template.yaml with its AWS::LanguageExtensions loops expanded for ``clusters`` by SAM
     CLI's own expander (what ``sam build --language-extensions`` and CloudFormation do), in
-    CloudFormation's long form (``{"Fn::GetAtt": [...]}``)."""
-    from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
-    from samcli.yamlhelper import yaml_parse
+    CloudFormation's long form (``{"Fn::GetAtt": [...]}``).
 
-    template = yaml_parse(TEMPLATE.read_text())
-    result = expand_language_extensions(
-        template, {"ClusterNames": clusters, "AWS::Region": region}, enabled=True
-    )
-    return result.expanded_template
+    It runs in a process of its own: importing SAM CLI's YAML helper re-registers PyYAML's
+    mapping constructors for the whole process (mappings load as OrderedDict, which
+    ``yaml.safe_dump`` then refuses), which would break every later test that writes YAML."""
+    script = """
+import json, sys
+from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
+from samcli.yamlhelper import yaml_parse
+clusters, region, path = json.loads(sys.argv[1])
+template = yaml_parse(open(path).read())
+result = expand_language_extensions(template, {"ClusterNames": clusters, "AWS::Region": region}, enabled=True)
+print(json.dumps(result.expanded_template))
+"""
+    args = json.dumps([clusters, region, str(TEMPLATE)])
+    out = subprocess.run([sys.executable, "-c", script, args], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)

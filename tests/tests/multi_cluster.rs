@@ -358,63 +358,87 @@ async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
+    const SERVICES: [&str; 2] = ["checkout", "cart"];
     let mut fleet = Fleet::start("mc-down", &CLUSTERS).await;
     for member in &fleet.members {
-        regional_service(member, "checkout").await;
+        for service in SERVICES {
+            regional_service(member, service).await;
+        }
     }
     fleet.stop("euw1");
 
+    // One message, two services failing over from the same region.
     let health = Health::start().await;
-    let firing = drain_alert(
+    let mut firing = drain_alert(
         &fleet,
         "region-failover-firing.json",
         "checkout",
         Some("use1"),
     );
+    let mut message = events::message(&firing);
+    let mut cart = message["alerts"][0].clone();
+    cart["labels"]["service"] = json!("cart");
+    cart["fingerprint"] = json!("fp-cart");
+    message["alerts"].as_array_mut().expect("alerts").push(cart);
+    if let Some(common) = message["commonLabels"].as_object_mut() {
+        common.remove("service");
+    }
+    events::set_message(&mut firing, &message);
+
     let report = fleet.invoke(health.failover(false), &[], &firing).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    assert!(
-        outcome.retryable,
-        "Lambda retries the cluster that was down: {outcome:#?}"
-    );
-    assert!(outcome.needs_a_report());
+    assert_eq!(report.outcomes.len(), 2, "{report:#?}");
     assert_eq!(
-        clusters_of(outcome),
-        BTreeMap::from([
-            ("euw1".to_owned(), OutcomeKind::Failed),
-            ("use1".to_owned(), OutcomeKind::Applied),
-            ("usw2".to_owned(), OutcomeKind::Applied),
-        ]),
-        "the outcome says which clusters were drained: {outcome:#?}"
+        (health.west.hits(), health.eu.hits()),
+        (1, 1),
+        "one round of health checks for both alerts and all clusters"
     );
-    assert!(
-        reason(outcome).contains("euw1: DestinationRule"),
-        "{outcome:#?}"
-    );
-    for name in ["use1", "usw2"] {
-        let member = fleet.member(name);
-        assert!(record(&rule(member, "checkout").await, "region-failover").is_some());
-        healthy_regions_only(&regions_reached(&fleet, member, "checkout").await);
+    for (outcome, service) in report.outcomes.iter().zip(SERVICES) {
+        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+        assert!(
+            outcome.retryable,
+            "Lambda retries the cluster that was down: {outcome:#?}"
+        );
+        assert!(outcome.needs_a_report());
+        assert_eq!(
+            clusters_of(outcome),
+            BTreeMap::from([
+                ("euw1".to_owned(), OutcomeKind::Failed),
+                ("use1".to_owned(), OutcomeKind::Applied),
+                ("usw2".to_owned(), OutcomeKind::Applied),
+            ]),
+            "the outcome says which clusters were drained: {outcome:#?}"
+        );
+        assert!(
+            reason(outcome).contains("euw1: DestinationRule"),
+            "{outcome:#?}"
+        );
+        for name in ["use1", "usw2"] {
+            let member = fleet.member(name);
+            assert!(record(&rule(member, service).await, "region-failover").is_some());
+            healthy_regions_only(&regions_reached(&fleet, member, service).await);
+        }
     }
 
     // Lambda's retry finds the drained clusters done (cooldown) and fails only the one
     // still down: nothing is drained twice.
     let retry = fleet.invoke(health.failover(false), &[], &firing).await;
-    let outcome = only(&retry);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{retry:#?}");
-    assert_eq!(
-        outcome.clusters["use1"],
-        OutcomeKind::Skipped,
-        "{outcome:#?}"
-    );
-    assert_eq!(
-        outcome.clusters["usw2"],
-        OutcomeKind::Skipped,
-        "{outcome:#?}"
-    );
+    for outcome in &retry.outcomes {
+        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{retry:#?}");
+        assert_eq!(
+            outcome.clusters["use1"],
+            OutcomeKind::Skipped,
+            "{outcome:#?}"
+        );
+        assert_eq!(
+            outcome.clusters["usw2"],
+            OutcomeKind::Skipped,
+            "{outcome:#?}"
+        );
+    }
     for name in ["use1", "usw2"] {
-        let events = fleet.member(name).cluster.events_about("checkout").await;
-        assert_eq!(events.len(), 1, "{name}: {events:#?}");
+        for service in SERVICES {
+            let events = fleet.member(name).cluster.events_about(service).await;
+            assert_eq!(events.len(), 1, "{name} {service}: {events:#?}");
+        }
     }
 }

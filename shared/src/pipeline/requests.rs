@@ -1,6 +1,7 @@
 //! Intake stage of the pipeline: parse, validate and screen; what needs no API call is
 //! settled here, the rest becomes [`Work`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -31,6 +32,8 @@ impl<R: Remediation> Pipeline<R> {
             }
         };
         let mut order = 0;
+        // Observations shared by alerts with the same key (see `Remediation::observation_key`).
+        let mut observations: HashMap<String, Observation<R>> = HashMap::new();
         for delivery in deliveries {
             let base = Source {
                 message_id: delivery.message_id.clone(),
@@ -105,8 +108,11 @@ impl<R: Remediation> Pipeline<R> {
                 };
                 match self.remediation.targets(&input, &self.config) {
                     Ok(locators) if !locators.is_empty() => {
-                        // Observed once for the alert; facts once per cluster.
-                        let observed = Arc::new(OnceCell::new());
+                        // Observed once for the alert (or its key); facts once per cluster.
+                        let observed = match self.remediation.observation_key(&input) {
+                            Some(key) => observations.entry(key).or_default().clone(),
+                            None => Observation::<R>::default(),
+                        };
                         for cluster in clusters {
                             let facts = Arc::new(OnceCell::new());
                             for locator in &locators {
@@ -228,6 +234,9 @@ impl<R: Remediation> Pipeline<R> {
         }
     }
 }
+
+/// One observation outside the clusters, shared by the work it was made for.
+type Observation<R> = Arc<OnceCell<crate::Result<<R as Remediation>::Observed>>>;
 
 /// What a revert request's `cluster` says to revert in every cluster served.
 pub const ALL_CLUSTERS: &str = "all";

@@ -142,9 +142,17 @@ pub trait Remediation: Send + Sync + 'static {
         false
     }
 
-    /// Observes what lies outside the clusters (health endpoints) once per alert, however
-    /// many clusters it reaches, before the first plan and only when one is needed. An
-    /// `Err` fails the alert (retryable when the error is). The default observes nothing.
+    /// What [`Remediation::observe`] depends on: alerts of one invocation with the same key
+    /// share one observation (two services failing over from one region: one round of
+    /// health checks). `None` (the default): each alert observes for itself.
+    fn observation_key(&self, _input: &AlertInput) -> Option<String> {
+        None
+    }
+
+    /// Observes what lies outside the clusters (health endpoints) once per alert (or per
+    /// [`Remediation::observation_key`]), however many clusters it reaches, before the first
+    /// plan and only when one is needed. An `Err` fails the alert (retryable when the error
+    /// is). The default observes nothing.
     fn observe<'a>(
         &'a self,
         _input: &'a AlertInput,

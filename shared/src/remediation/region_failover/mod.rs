@@ -129,6 +129,11 @@ impl Remediation for RegionFailover {
         true
     }
 
+    fn observation_key(&self, input: &AlertInput) -> Option<String> {
+        // The health checks depend on the degraded region alone.
+        Some(degraded_region(input).to_owned())
+    }
+
     fn observe<'a>(&'a self, input: &'a AlertInput) -> BoxFuture<'a, Result<Health>> {
         Box::pin(self.check_health(degraded_region(input)))
     }
