@@ -241,13 +241,7 @@ async fn write(
 /// 5 to 40 ms plus jitter: a slot write is one small request, so contenders are soon done.
 fn contention_backoff(attempt: u32) -> Duration {
     let base = 5u64 << attempt.min(3);
-    let jitter = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos(),
-    ) % (base * 2 + 1);
-    Duration::from_millis(base + jitter)
+    crate::backoff::jittered(base, base * 2)
 }
 
 #[cfg(test)]

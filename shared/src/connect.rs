@@ -364,19 +364,9 @@ mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
 
-    /// A self-signed CA certificate (public test data) for the described endpoints.
-    const TEST_CA: &str = "-----BEGIN CERTIFICATE-----
-MIIBlDCCATugAwIBAgIUPAvd2H3M3X0VKd5fuwllenTX95IwCgYIKoZIzj0EAwIw
-HzEdMBsGA1UEAwwUa3ViZS1zdGFuZGluIHRlc3QgQ0EwIBcNMjYxMTI1MjM1MTQy
-WhgPMjEyNjExMDEyMzUxNDJaMB8xHTAbBgNVBAMMFGt1YmUtc3RhbmRpbiB0ZXN0
-IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEHWYBJOQIIST7LFyOYef20g0z
-yR5cnwJ0CqH4dI5sUN33R4zpJPXk0qBN9mB7gZqrfG9bYOUx862kgEnoDIAwfqNT
-MFEwHQYDVR0OBBYEFG8Ml/ZeY0ScGeVMJOZmVa8D5ZrZMB8GA1UdIwQYMBaAFG8M
-l/ZeY0ScGeVMJOZmVa8D5ZrZMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID
-RwAwRAIgY7G8nH3AraXBCZR7suOYZUyvMmPvOj1b6J5/IJbLLk8CIETrIrfInnD2
-aIAwMzmLmNYKBqqz5TxA/KlPS4fLlTZ+
------END CERTIFICATE-----
-";
+    /// A self-signed CA certificate (public test data, shared with tests/tests/secrets.rs)
+    /// for the described endpoints.
+    const TEST_CA: &str = include_str!("../../tests/fixtures/test-ca.pem");
 
     /// Answers DescribeCluster for any cluster and records every call.
     #[derive(Default)]

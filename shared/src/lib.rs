@@ -11,6 +11,7 @@
 //! a call to [`run`].
 
 pub mod alert;
+mod backoff;
 pub mod budget;
 pub mod clusters;
 pub mod config;

@@ -409,13 +409,7 @@ fn record_landed(object: &DynamicObject, remediation: &str, sent: &str) -> bool 
 /// to the same again, so racing invocations spread out instead of colliding again.
 fn conflict_backoff(attempt: u32) -> Duration {
     let base = 10u64 << attempt.min(6);
-    let jitter = u64::from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .subsec_nanos(),
-    ) % (base + 1);
-    Duration::from_millis(base + jitter)
+    crate::backoff::jittered(base, base)
 }
 
 /// Backoff before retrying a transient failure: 100 ms, 200 ms (plus jitter), or the
