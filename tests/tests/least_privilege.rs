@@ -548,3 +548,53 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
     assert_eq!(version(&after), version(&before), "nothing stored");
     assert!(record(&after, DbCircuitBreak::default().name()).is_none());
 }
+
+#[tokio::test]
+async fn each_function_may_spend_only_its_own_budget() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use mesh_remediation::budget::BUDGET_CONFIGMAP;
+
+    let cluster = TestCluster::start("lp-budget").await;
+    let client = cluster.identity_of("latency-restart").await;
+    let budgets: Api<ConfigMap> = Api::namespaced(client, &cluster.namespace);
+    let spend = |key: &str| merge(json!({"data": {key: "[]"}}));
+
+    budgets
+        .patch(BUDGET_CONFIGMAP, &params(), &spend("latency-restart"))
+        .await
+        .expect("a function's own key is admitted");
+    let other = refused(
+        budgets
+            .patch(BUDGET_CONFIGMAP, &params(), &spend("error-rollback"))
+            .await,
+    );
+    assert_denied_by_policy(&other, "may change only its own key latency-restart");
+    let labels = refused(
+        budgets
+            .patch(
+                BUDGET_CONFIGMAP,
+                &params(),
+                &merge(json!({"metadata": {"labels": {"owner": "me"}}})),
+            )
+            .await,
+    );
+    assert_denied_by_policy(&labels, "may not change the labels or annotations");
+    let pause = refused(
+        budgets
+            .patch("mesh-remediation", &params(), &spend("paused"))
+            .await,
+    );
+    assert_denied_by_rbac(&pause, "latency-restart");
+
+    let stored = Api::<ConfigMap>::namespaced(cluster.client.clone(), &cluster.namespace)
+        .get(BUDGET_CONFIGMAP)
+        .await
+        .expect("the budget")
+        .data
+        .unwrap_or_default();
+    assert_eq!(
+        stored.keys().collect::<Vec<_>>(),
+        ["latency-restart"],
+        "only the function's own key was written"
+    );
+}
