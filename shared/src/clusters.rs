@@ -11,7 +11,6 @@
 //! one cluster listed an alert without the label is for it and one for another cluster is
 //! skipped; with several, an alert must name one of them or it fails and changes nothing.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::decide::SkipReason;
@@ -53,6 +52,7 @@ pub enum Route {
 impl Clusters {
     /// Reads `CLUSTER_NAMES` (or `CLUSTER_NAME`), `CLUSTER_KUBECONFIGS` and `MESH_CLUSTERS`.
     pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Clusters> {
+        let kubeconfigs = kubeconfig_pairs(get("CLUSTER_KUBECONFIGS").as_deref())?;
         let (var, listed) = match (get("CLUSTER_NAMES"), get("CLUSTER_NAME")) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config {
@@ -62,18 +62,14 @@ impl Clusters {
             }
             (Some(list), None) => ("CLUSTER_NAMES", list),
             (None, Some(one)) => ("CLUSTER_NAME", one),
+            // Kubeconfig-only clusters (tests, local runs) may be listed there alone.
             (None, None) => (
                 "CLUSTER_KUBECONFIGS",
-                // Kubeconfig-only clusters (tests, local runs) may be listed there alone.
-                get("CLUSTER_KUBECONFIGS")
-                    .map(|pairs| {
-                        pairs
-                            .split(',')
-                            .filter_map(|p| p.split_once('=').map(|(n, _)| n.trim().to_owned()))
-                            .collect::<Vec<_>>()
-                            .join(",")
-                    })
-                    .unwrap_or_default(),
+                kubeconfigs
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
             ),
         };
         let mut specs: Vec<ClusterSpec> = Vec::new();
@@ -87,24 +83,18 @@ impl Clusters {
             }
             specs.push(spec);
         }
-        if let Some(pairs) = get("CLUSTER_KUBECONFIGS") {
-            for pair in pairs.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-                let (name, path) = pair.split_once('=').ok_or_else(|| Error::Config {
+        for (name, path) in kubeconfigs {
+            let spec = specs
+                .iter_mut()
+                .find(|s| s.name == name)
+                .ok_or_else(|| Error::Config {
                     var: "CLUSTER_KUBECONFIGS",
-                    message: format!("\"{}\" is not name=path", crate::names::printable(pair)),
+                    message: format!(
+                        "names cluster {} that {var} does not list",
+                        crate::names::printable(&name)
+                    ),
                 })?;
-                let spec = specs
-                    .iter_mut()
-                    .find(|s| s.name == name.trim())
-                    .ok_or_else(|| Error::Config {
-                        var: "CLUSTER_KUBECONFIGS",
-                        message: format!(
-                            "names cluster {} that {var} does not list",
-                            crate::names::printable(name.trim())
-                        ),
-                    })?;
-                spec.kubeconfig = Some(PathBuf::from(path.trim()));
-            }
+            spec.kubeconfig = Some(path);
         }
         let mesh = match get("MESH_CLUSTERS") {
             None => specs.iter().map(|s| s.name.clone()).collect(),
@@ -194,11 +184,25 @@ impl Clusters {
     pub fn spec(&self, name: &str) -> Option<&ClusterSpec> {
         self.specs.iter().find(|s| s.name == name)
     }
+}
 
-    /// Listed clusters by name, for building one connection each.
-    pub fn by_name(&self) -> BTreeMap<&str, &ClusterSpec> {
-        self.specs.iter().map(|s| (s.name.as_str(), s)).collect()
-    }
+/// `name=path,...` pairs.
+fn kubeconfig_pairs(value: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
+    let Some(value) = value else {
+        return Ok(Vec::new());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, path)) => Ok((name.trim().to_owned(), PathBuf::from(path.trim()))),
+            None => Err(Error::Config {
+                var: "CLUSTER_KUBECONFIGS",
+                message: format!("\"{}\" is not name=path", crate::names::printable(pair)),
+            }),
+        })
+        .collect()
 }
 
 /// `name` or `name@region`.

@@ -344,3 +344,41 @@ impl Notifier for PagerDutyNotifier {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::Source;
+
+    fn report(kind: OutcomeKind, status: AlertStatus) -> InvocationReport {
+        let source = Source {
+            fingerprint: Some("7fb675b975cf0c44".into()),
+            status: Some(status),
+            ..Source::default()
+        };
+        let outcome = Outcome::new(kind, source).because("3 actions without recovery");
+        InvocationReport::new("latency-restart", "t-1", "req-1", false, vec![outcome])
+    }
+
+    #[test]
+    fn the_alert_resolving_resolves_the_incident_its_escalation_opened() {
+        let pagerduty = PagerDutyNotifier::new(Secret::new("key".into()), "http://pd".into());
+        let opened = pagerduty.events(&report(OutcomeKind::Escalated, AlertStatus::Firing));
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        assert_eq!(opened[0]["event_action"], "trigger");
+        assert_eq!(opened[0]["payload"]["severity"], "critical");
+        let closed = pagerduty.events(&report(OutcomeKind::Skipped, AlertStatus::Resolved));
+        assert_eq!(closed.len(), 1, "{closed:#?}");
+        assert_eq!(closed[0]["event_action"], "resolve");
+        assert_eq!(
+            closed[0]["dedup_key"], opened[0]["dedup_key"],
+            "the same incident"
+        );
+        // A routine skip of a firing alert neither pages nor resolves.
+        assert!(
+            pagerduty
+                .events(&report(OutcomeKind::Skipped, AlertStatus::Firing))
+                .is_empty()
+        );
+    }
+}

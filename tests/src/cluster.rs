@@ -231,6 +231,16 @@ impl TestCluster {
         self.deployments().get(name).await.expect("get deployment")
     }
 
+    /// The stored `metadata.generation` of the Deployment `name` (it moves on every change
+    /// to the spec or the annotations).
+    pub async fn generation(&self, name: &str) -> i64 {
+        self.deployment(name)
+            .await
+            .metadata
+            .generation
+            .expect("generation")
+    }
+
     /// Waits (up to two minutes on a real cluster) until the Deployment's rollout settled.
     pub async fn wait_settled(&self, name: &str) -> Deployment {
         for _ in 0..240 {

@@ -51,15 +51,6 @@ fn assert_out_of_time(outcome: &Outcome, why: &str) {
     assert!(reason(outcome).contains(why), "{why:?} not in {outcome:#?}");
 }
 
-async fn generation(cluster: &TestCluster, name: &str) -> i64 {
-    cluster
-        .deployment(name)
-        .await
-        .metadata
-        .generation
-        .expect("generation")
-}
-
 #[tokio::test]
 async fn a_function_timeout_below_the_api_latency_still_gives_every_alert_an_outcome() {
     let cluster = TestCluster::start_standin("deadline-slow").await;
@@ -97,7 +88,7 @@ async fn a_function_timeout_below_the_api_latency_still_gives_every_alert_an_out
         "the screened alert needs no API: {report:#?}"
     );
     for name in names {
-        assert_eq!(generation(&cluster, name).await, 1, "{name} unchanged");
+        assert_eq!(cluster.generation(name).await, 1, "{name} unchanged");
     }
 
     // With no time left at all, nothing is even sent.
@@ -150,8 +141,8 @@ async fn a_write_cut_at_the_deadline_is_reported_and_the_retry_does_not_redo_wha
         "{report:#?}"
     );
     assert_out_of_time(outcome_for(&report, "orders"), "had not landed");
-    assert_eq!(generation(&cluster, "checkout-v2").await, 2);
-    assert_eq!(generation(&cluster, "orders").await, 1);
+    assert_eq!(cluster.generation("checkout-v2").await, 2);
+    assert_eq!(cluster.generation("orders").await, 1);
 
     // Lambda retries the invocation (same request id): checkout-v2 is reported applied by
     // the earlier attempt, not skipped as a cooldown, and not restarted twice.
@@ -170,8 +161,8 @@ async fn a_write_cut_at_the_deadline_is_reported_and_the_retry_does_not_redo_wha
         OutcomeKind::Applied,
         "{retry:#?}"
     );
-    assert_eq!(generation(&cluster, "checkout-v2").await, 2, "not twice");
-    assert_eq!(generation(&cluster, "orders").await, 2);
+    assert_eq!(cluster.generation("checkout-v2").await, 2, "not twice");
+    assert_eq!(cluster.generation("orders").await, 2);
     assert_eq!(cluster.events_about("checkout-v2").await.len(), 1);
     assert_eq!(cluster.events_about("orders").await.len(), 1);
 }

@@ -365,6 +365,11 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
             regional_service(member, service).await;
         }
     }
+    let mut before = BTreeMap::new();
+    for name in ["use1", "usw2"] {
+        let spec = rule(fleet.member(name), "checkout").await["spec"].clone();
+        before.insert(name, spec);
+    }
     fleet.stop("euw1");
 
     // One message, two services failing over from the same region.
@@ -440,5 +445,32 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
             let events = fleet.member(name).cluster.events_about(service).await;
             assert_eq!(events.len(), 1, "{name} {service}: {events:#?}");
         }
+    }
+
+    // A revert for all clusters restores every reachable one and fails the one down.
+    let all = fleet
+        .invoke(
+            health.failover(false),
+            &[],
+            &revert(&fleet, "checkout", Some("all")),
+        )
+        .await;
+    let outcome = only(&all);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{all:#?}");
+    assert_eq!(
+        clusters_of(outcome),
+        BTreeMap::from([
+            ("euw1".to_owned(), OutcomeKind::Failed),
+            ("use1".to_owned(), OutcomeKind::Applied),
+            ("usw2".to_owned(), OutcomeKind::Applied),
+        ]),
+        "{outcome:#?}"
+    );
+    for (name, spec) in &before {
+        assert_eq!(
+            &rule(fleet.member(name), "checkout").await["spec"],
+            spec,
+            "{name}"
+        );
     }
 }

@@ -112,15 +112,6 @@ fn assert_nothing_refused(standin: &StandIn) {
     );
 }
 
-async fn generation(cluster: &TestCluster) -> i64 {
-    cluster
-        .deployment(TARGET)
-        .await
-        .metadata
-        .generation
-        .expect("generation")
-}
-
 #[tokio::test]
 async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
     let cluster = TestCluster::start_standin("rbac-lr").await;
@@ -130,7 +121,7 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
     let granted = policy.grants(&role("latency-restart"));
     standin.enforce_rbac(policy);
     let pipeline = as_function(&cluster, standin, LatencyRestart, &[]).await;
-    let before = generation(&cluster).await;
+    let before = cluster.generation(TARGET).await;
 
     // Every path: a drill (server-side dry run), the firing alert, a repeat (cooldown),
     // the resolved alert (recovery recorded on the object).
@@ -158,7 +149,7 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
     // Two writes: the restart and the recovery record. A Deployment's generation counts
     // annotation changes too (as a real API server's does); the drill and the repeat wrote nothing.
     assert_eq!(
-        generation(&cluster).await,
+        cluster.generation(TARGET).await,
         before + 2,
         "one restart, one recovery record"
     );
@@ -181,7 +172,7 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
     let cluster = TestCluster::start_standin("rbac-missing").await;
     let standin = cluster.faults();
     cluster.create_deployment(TARGET, true).await;
-    let before = generation(&cluster).await;
+    let before = cluster.generation(TARGET).await;
     let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
     for verb in ["patch", "get"] {
         standin.enforce_rbac(project_policy().without_verb(
@@ -218,7 +209,7 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
             .expect("a configuration error is answered, not retried");
         assert_eq!(answer["summary"]["failed"], 1, "{answer}");
         assert_eq!(
-            generation(&cluster).await,
+            cluster.generation(TARGET).await,
             before,
             "{verb}: nothing changed"
         );
@@ -236,7 +227,7 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
     let pipeline = as_function(&cluster, standin, LatencyRestart, &[]).await;
     let report = run(&pipeline, &firing).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    assert_eq!(generation(&cluster).await, before + 1);
+    assert_eq!(cluster.generation(TARGET).await, before + 1);
     let refused: Vec<_> = standin
         .requests()
         .into_iter()

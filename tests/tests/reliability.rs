@@ -32,15 +32,6 @@ async fn setup_standin(prefix: &str) -> (TestCluster, i64) {
     (cluster, before.metadata.generation.expect("generation"))
 }
 
-async fn generation(cluster: &TestCluster, name: &str) -> i64 {
-    cluster
-        .deployment(name)
-        .await
-        .metadata
-        .generation
-        .expect("generation")
-}
-
 /// A new invocation, with a request id of its own (a Lambda retry would keep the same one).
 fn invocation(deadline: Option<Instant>) -> Invocation {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -131,7 +122,7 @@ async fn assert_lambda_retries(cluster: &TestCluster, vars: &[(&str, &str)], why
 /// Exactly one restart happened: generation +1 and one Event.
 async fn assert_restarted_once(cluster: &TestCluster, generation_before: i64) {
     assert_eq!(
-        generation(cluster, TARGET).await,
+        cluster.generation(TARGET).await,
         generation_before + 1,
         "exactly one rollout"
     );
@@ -141,7 +132,7 @@ async fn assert_restarted_once(cluster: &TestCluster, generation_before: i64) {
 
 async fn assert_untouched(cluster: &TestCluster, generation_before: i64) {
     assert_eq!(
-        generation(cluster, TARGET).await,
+        cluster.generation(TARGET).await,
         generation_before,
         "no rollout"
     );
@@ -232,7 +223,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
     standin.clear_requests();
     standin.add_fault(on_writes(Fault::throttle(30)));
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
-    let generation_now = generation(&cluster, TARGET).await;
+    let generation_now = cluster.generation(TARGET).await;
     let started = Instant::now();
     let report = fire(&cluster, &vars).await;
     let elapsed = started.elapsed();
@@ -242,7 +233,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
         "two waits capped at 2 s: {elapsed:?}"
     );
     assert_eq!(target_requests(standin, "PATCH").len(), 3);
-    assert_eq!(generation(&cluster, TARGET).await, generation_now);
+    assert_eq!(cluster.generation(TARGET).await, generation_now);
 }
 
 #[tokio::test]

@@ -112,32 +112,22 @@ impl<R: Remediation> Pipeline<R> {
             return Step::Done(Outcome::failed(source, &Error::Plan(why)));
         }
         let timebox = self.timebox(invocation);
-        let observed = match work
-            .observed
-            .get_or_init(|| async {
-                let observed = self.remediation.observe(input);
-                timebox
-                    .call(Call::Read, "observe what the plan needs", observed)
-                    .await
-                    .and_then(|observed| observed)
-            })
-            .await
+        let observed = match gathered(
+            &work.observed,
+            timebox,
+            "observe what the plan needs",
+            || self.remediation.observe(input),
+        )
+        .await
         {
             Ok(observed) => observed,
             Err(err) => return Step::Done(Outcome::failed(source, err)),
         };
-        let facts = match work
-            .facts
-            .get_or_init(|| async {
-                let facts = self
-                    .remediation
-                    .prepare(input, client, &self.config, observed);
-                timebox
-                    .call(Call::Read, "read what the plan needs", facts)
-                    .await
-                    .and_then(|facts| facts)
-            })
-            .await
+        let facts = match gathered(&work.facts, timebox, "read what the plan needs", || {
+            self.remediation
+                .prepare(input, client, &self.config, observed)
+        })
+        .await
         {
             Ok(facts) => facts,
             Err(err) => return Step::Done(Outcome::failed(source, err)),
@@ -495,4 +485,24 @@ impl<R: Remediation> Pipeline<R> {
             counts_against_budget: counts,
         }
     }
+}
+
+/// What `cell` holds, gathered by `gather` within the time box on first need: every target
+/// sharing the cell (an alert's clusters, or one cluster's objects) reuses the answer.
+async fn gathered<'c, T, F>(
+    cell: &'c tokio::sync::OnceCell<crate::Result<T>>,
+    timebox: super::timebox::TimeBox,
+    what: &str,
+    gather: impl FnOnce() -> F,
+) -> &'c crate::Result<T>
+where
+    F: std::future::Future<Output = crate::Result<T>>,
+{
+    cell.get_or_init(|| async move {
+        timebox
+            .call(Call::Read, what, gather())
+            .await
+            .and_then(|gathered| gathered)
+    })
+    .await
 }
