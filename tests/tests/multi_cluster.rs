@@ -194,6 +194,15 @@ impl Health {
     }
 }
 
+/// Each cluster's outcome when everything but the stopped euw1 was done.
+fn drained_but_euw1() -> BTreeMap<String, OutcomeKind> {
+    BTreeMap::from([
+        ("euw1".to_owned(), OutcomeKind::Failed),
+        ("use1".to_owned(), OutcomeKind::Applied),
+        ("usw2".to_owned(), OutcomeKind::Applied),
+    ])
+}
+
 fn all_applied(report: &InvocationReport) -> &Outcome {
     let outcome = only(report);
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{report:#?}");
@@ -406,11 +415,7 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
         assert!(outcome.needs_a_report());
         assert_eq!(
             clusters_of(outcome),
-            BTreeMap::from([
-                ("euw1".to_owned(), OutcomeKind::Failed),
-                ("use1".to_owned(), OutcomeKind::Applied),
-                ("usw2".to_owned(), OutcomeKind::Applied),
-            ]),
+            drained_but_euw1(),
             "the outcome says which clusters were drained: {outcome:#?}"
         );
         assert!(
@@ -457,15 +462,7 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
         .await;
     let outcome = only(&all);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{all:#?}");
-    assert_eq!(
-        clusters_of(outcome),
-        BTreeMap::from([
-            ("euw1".to_owned(), OutcomeKind::Failed),
-            ("use1".to_owned(), OutcomeKind::Applied),
-            ("usw2".to_owned(), OutcomeKind::Applied),
-        ]),
-        "{outcome:#?}"
-    );
+    assert_eq!(clusters_of(outcome), drained_but_euw1(), "{outcome:#?}");
     for (name, spec) in &before {
         assert_eq!(
             &rule(fleet.member(name), "checkout").await["spec"],
