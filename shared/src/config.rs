@@ -31,6 +31,9 @@ pub struct Config {
     pub api_timeout: Duration,
     /// `ISTIO_API_VERSION`: version of `networking.istio.io` to use (default `v1`).
     pub istio_api_version: String,
+    /// `ISTIO_ROOT_NAMESPACE`: Istio's root configuration namespace, where mesh-wide
+    /// DestinationRules live (default `istio-system`, meshConfig `rootNamespace`).
+    pub istio_root_namespace: String,
     /// `MAX_CONCURRENCY`: targets worked on at once within one invocation (default 8).
     pub max_concurrency: usize,
     /// Direct report sinks besides the SNS topic.
@@ -169,6 +172,18 @@ impl Config {
                         var: "ISTIO_API_VERSION",
                         message: format!("\"{other}\" is not one of v1, v1beta1, v1alpha3"),
                     });
+                }
+            },
+            istio_root_namespace: match get("ISTIO_ROOT_NAMESPACE") {
+                None => "istio-system".to_owned(),
+                Some(ns) => {
+                    crate::names::dns_label("ISTIO_ROOT_NAMESPACE", &ns).map_err(|message| {
+                        Error::Config {
+                            var: "ISTIO_ROOT_NAMESPACE",
+                            message,
+                        }
+                    })?;
+                    ns
                 }
             },
             max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,

@@ -36,7 +36,9 @@ RBAC = {
         BUDGET_WRITES,
         *PAUSE_READS,
     },
-    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")), EVENTS_CREATE, BUDGET_WRITES, *PAUSE_READS},
+    "db-circuit-break": {("networking.istio.io", "destinationrules", ("get", "list", "patch")),
+                         ("networking.istio.io", "serviceentries", ("list",)),
+                         EVENTS_CREATE, BUDGET_WRITES, *PAUSE_READS},
     "region-failover": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("get", "list", "patch")),
@@ -62,6 +64,7 @@ SHARED_ENV = {
     "ALLOWED_NAMESPACES": ("AllowedNamespaces", ""),
     "MAX_DELIVERY_AGE_SECONDS": ("MaxDeliveryAgeSeconds", 900),
     "ISTIO_API_VERSION": ("IstioApiVersion", "v1"),
+    "ISTIO_ROOT_NAMESPACE": ("IstioRootNamespace", "istio-system"),
     "RUST_LOG": ("LogLevel", "info"),
     "MIMALLOC_ALLOW_THP": None,
     "KUBECONFIG": None,

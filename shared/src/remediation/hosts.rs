@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
-use super::istio::{self, CLUSTER_DOMAIN};
+use super::object::{self as istio, CLUSTER_DOMAIN, strings};
 
 /// Istio's reserved gateway name for the sidecars of the mesh.
 pub const MESH_GATEWAY: &str = "mesh";
@@ -48,19 +48,6 @@ pub fn covers(pattern: &str, host: &str) -> bool {
 /// Service of that name in the alert's namespace.
 pub fn alert_host(service: &str, namespace: &str) -> String {
     qualify(service, namespace)
-}
-
-fn strings(object: &DynamicObject, key: &str) -> Option<Vec<String>> {
-    istio::spec(object)
-        .and_then(|s| s.get(key))
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
 }
 
 /// A VirtualService's `spec.hosts`, fully qualified.
@@ -150,7 +137,8 @@ pub fn rule_host_is(object: &DynamicObject, host: &str) -> bool {
 /// Labels, as a sorted map.
 pub type Labels = BTreeMap<String, String>;
 
-fn labels(value: Option<&Value>) -> Labels {
+/// A label map from a JSON object (non-string values are skipped).
+pub fn labels(value: Option<&Value>) -> Labels {
     value
         .and_then(Value::as_object)
         .map(|m| {

@@ -26,8 +26,7 @@ use crate::record::{ActionRecord, record_annotation};
 /// API group of the Istio networking kinds.
 pub const GROUP: &str = "networking.istio.io";
 
-/// The cluster DNS domain short host names are qualified with.
-pub const CLUSTER_DOMAIN: &str = "cluster.local";
+pub use super::object::{CLUSTER_DOMAIN, namespace_of, spec};
 
 /// `VirtualService` at `ISTIO_API_VERSION`.
 pub fn virtual_service(config: &Config) -> ApiResource {
@@ -37,6 +36,11 @@ pub fn virtual_service(config: &Config) -> ApiResource {
 /// `DestinationRule` at `ISTIO_API_VERSION`.
 pub fn destination_rule(config: &Config) -> ApiResource {
     resource(config, "DestinationRule", "destinationrules")
+}
+
+/// `ServiceEntry` at `ISTIO_API_VERSION`.
+pub fn service_entry(config: &Config) -> ApiResource {
+    resource(config, "ServiceEntry", "serviceentries")
 }
 
 fn resource(config: &Config, kind: &str, plural: &str) -> ApiResource {
@@ -80,16 +84,6 @@ pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) 
         subject: Some(super::hosts::alert_host(host, &input.namespace)),
         cluster: None,
     }
-}
-
-/// The object's `spec`, if it is an object.
-pub fn spec(object: &DynamicObject) -> Option<&Map<String, Value>> {
-    object.data.get("spec").and_then(Value::as_object)
-}
-
-/// The namespace an object lives in.
-pub fn namespace_of(object: &DynamicObject) -> &str {
-    object.metadata.namespace.as_deref().unwrap_or_default()
 }
 
 /// A spec fragment as recorded: `{key: spec[key]}`, `null` for an absent key.
@@ -433,18 +427,27 @@ pub fn duration_setting(var: &'static str, raw: &str) -> Result<String, Error> {
         var,
         message: format!("\"{}\" {why}", names::printable(raw)),
     };
+    let nanos = duration_nanos(raw).map_err(bad)?;
+    if nanos < 1e6 {
+        return Err(bad("is shorter than 1ms, which Istio refuses"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// A Go duration (`10s`, `1m30s`, `500ms`) in nanoseconds.
+pub fn duration_nanos(raw: &str) -> std::result::Result<f64, &'static str> {
     let mut rest = raw;
     let mut nanos = 0f64;
     if rest.is_empty() {
-        return Err(bad("is empty"));
+        return Err("is empty");
     }
     while !rest.is_empty() {
         let digits = rest
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| bad("has no unit (use e.g. 10s, 500ms, 1m)"))?;
+            .ok_or("has no unit (use e.g. 10s, 500ms, 1m)")?;
         let number: f64 = rest[..digits]
             .parse()
-            .map_err(|_| bad("is not a duration (use e.g. 10s, 500ms, 1m)"))?;
+            .map_err(|_| "is not a duration (use e.g. 10s, 500ms, 1m)")?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -456,15 +459,12 @@ pub fn duration_setting(var: &'static str, raw: &str) -> Result<String, Error> {
             "ms" => 1e6,
             "us" | "µs" => 1e3,
             "ns" => 1.0,
-            _ => return Err(bad("has an unknown unit (use h, m, s, ms)")),
+            _ => return Err("has an unknown unit (use h, m, s, ms)"),
         };
         nanos += number * scale;
         rest = &rest[unit_len..];
     }
-    if nanos < 1e6 {
-        return Err(bad("is shorter than 1ms, which Istio refuses"));
-    }
-    Ok(raw.to_owned())
+    Ok(nanos)
 }
 
 /// The target of a plan, for messages.

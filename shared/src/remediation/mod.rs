@@ -17,7 +17,9 @@ pub mod error_rollback;
 pub mod hosts;
 pub mod istio;
 pub mod latency_restart;
+pub mod object;
 pub mod region_failover;
+pub mod resolution;
 
 pub use db_circuit_break::DbCircuitBreak;
 pub use error_rollback::ErrorRollback;
