@@ -238,3 +238,384 @@ async fn a_managed_database_behind_a_service_entry_gets_the_breaker() {
         assert_eq!(c.connect_timeout.as_deref(), Some("2s"), "{}", client.name);
     }
 }
+
+// ---- Which rule a client uses: Istio's resolution, judged by its compiler.
+
+/// A namespace of clients beside the test's, created on the API server.
+async fn client_namespace(cluster: &TestCluster, suffix: &str) -> String {
+    let name = format!("{}-{suffix}", cluster.namespace);
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone())
+        .create(&kube::api::PostParams::default(), &namespace)
+        .await
+        .expect("create namespace");
+    name
+}
+
+/// Stores a DestinationRule in `namespace` (any namespace) and returns it as stored.
+async fn store_rule(
+    cluster: &TestCluster,
+    namespace: &str,
+    name: &str,
+    opted_in: bool,
+    spec: Value,
+) -> Value {
+    let labels = if opted_in {
+        json!({"auto_remediation": "active"})
+    } else {
+        json!({})
+    };
+    let object: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": spec}))
+    .expect("rule");
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        cluster.client.clone(),
+        namespace,
+        &Kind::DestinationRule.resource(),
+    );
+    let stored = api
+        .create(&kube::api::PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("create DestinationRule {namespace}/{name}: {err}"));
+    serde_json::to_value(stored).expect("json")
+}
+
+/// The database `orders-db` (one pod per region) and a world with clients in the test
+/// namespace, in `others` and in [`remediation_testkit::istio_oracle::CLIENTS_NS`].
+async fn database_world(prefix: &str) -> (TestCluster, World, String) {
+    let cluster = TestCluster::start(prefix).await;
+    let ns = cluster.namespace.clone();
+    store_service(&cluster, "orders-db", json!({"app": "orders-db"}), 5432).await;
+    let mut world = World::regional(&ns);
+    for (i, region) in REGIONS.iter().enumerate() {
+        world.pod(
+            &ns,
+            "orders-db",
+            json!({}),
+            region,
+            &format!("10.{}.0.9", i + 1),
+        );
+    }
+    (cluster, world, format!("orders-db.{ns}.svc.cluster.local"))
+}
+
+/// The spec of every stored DestinationRule of `namespaces`, by `namespace/name`.
+async fn rule_specs(cluster: &TestCluster, namespaces: &[&str]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for namespace in namespaces {
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+            cluster.client.clone(),
+            namespace,
+            &Kind::DestinationRule.resource(),
+        );
+        for rule in api.list(&Default::default()).await.expect("list").items {
+            let value = serde_json::to_value(&rule).expect("json");
+            out.push((
+                format!("{namespace}/{}", rule.metadata.name.unwrap_or_default()),
+                remediation_testkit::mesh::spec_text(&value),
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_rule_in_a_client_namespace_takes_precedence_so_the_breaker_is_refused_and_named() {
+    let (cluster, mut world, host) = database_world("ivb-client-ns").await;
+    let ns = cluster.namespace.clone();
+    let web = client_namespace(&cluster, "web").await;
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db"}),
+        )
+        .await;
+    // The web team's own rule for the database: Istio looks in the client's namespace first.
+    let theirs = store_rule(
+        &cluster,
+        &web,
+        "orders-db",
+        false,
+        json!({"host": host, "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}),
+    )
+    .await;
+    world.add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": web}}));
+    let clients = vec![
+        remediation_testkit::istio_oracle::Client::sidecar("same-ns", &ns, "us-east-1"),
+        remediation_testkit::istio_oracle::Client::sidecar("web", &web, "us-west-2"),
+    ];
+    let before_specs = rule_specs(&cluster, &[&ns, &web]).await;
+    let with_theirs = |w: &World| {
+        let mut w = w.clone();
+        w.add(theirs.clone());
+        w
+    };
+    let before = with_theirs(&world.with_stored(&cluster).await).compile(&clients);
+    let default_cluster = format!("outbound|5432||{host}");
+    assert_eq!(
+        before
+            .proxy("web")
+            .cluster(&default_cluster)
+            .threshold("max_connections"),
+        Some(7),
+        "Istio gives web clients their own namespace's rule"
+    );
+
+    let report = cluster
+        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains(&format!("clients in namespace {web}"))
+            && why.contains(&format!("{web}/orders-db")),
+        "{why}"
+    );
+    assert_eq!(
+        rule_specs(&cluster, &[&ns, &web]).await,
+        before_specs,
+        "nothing changed"
+    );
+    let after = with_theirs(&world.with_stored(&cluster).await).compile(&clients);
+    for client in &clients {
+        assert_eq!(
+            after
+                .proxy(client.name)
+                .cluster(&default_cluster)
+                .threshold("max_connections"),
+            before
+                .proxy(client.name)
+                .cluster(&default_cluster)
+                .threshold("max_connections"),
+            "{}",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_older_rule_not_opted_in_holds_the_policy_so_writing_a_newer_one_is_refused() {
+    let (cluster, world, host) = database_world("ivb-shadowed").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    // The same name order as creation order: Istio keeps `a-legacy`'s top-level policy.
+    mesh.create(
+        Kind::DestinationRule,
+        "a-legacy",
+        false,
+        json!({}),
+        json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+    )
+    .await;
+    mesh.create(
+        Kind::DestinationRule,
+        "b-managed",
+        true,
+        json!({}),
+        json!({"host": "orders-db"}),
+    )
+    .await;
+    let before_specs = rule_specs(&cluster, &[&ns]).await;
+    let report = cluster
+        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains(&format!("{ns}/a-legacy"))
+            && why.contains("not labelled auto_remediation=active"),
+        "{why}"
+    );
+    assert_eq!(rule_specs(&cluster, &[&ns]).await, before_specs);
+    // What the old behaviour (the breaker written into b-managed) would have meant: Istio
+    // keeps a-legacy's policy, so no client would have had the breaker.
+    let mut planted = world.clone();
+    let service =
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client.clone(), &ns)
+            .get("orders-db")
+            .await
+            .expect("service");
+    let mut service = serde_json::to_value(service).expect("json");
+    service["apiVersion"] = json!("v1");
+    service["kind"] = json!("Service");
+    let mut managed = mesh.get(Kind::DestinationRule, "b-managed").await;
+    managed["spec"]["trafficPolicy"] = json!({"connectionPool": {"tcp": {"maxConnections": 100}}});
+    planted
+        .add(service)
+        .add(mesh.get(Kind::DestinationRule, "a-legacy").await)
+        .add(managed);
+    let compiled = planted.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            compiled
+                .proxy(client.name)
+                .cluster(&format!("outbound|5432||{host}"))
+                .threshold("max_connections"),
+            Some(UNLIMITED),
+            "{}: a newer rule's top-level policy is dropped by Istio's merge",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn of_two_opted_in_rules_the_breaker_goes_where_istio_reads_it() {
+    let (cluster, world, host) = database_world("ivb-two-rules").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "a-primary",
+        true,
+        json!({}),
+        json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+               "subsets": [{"name": "primary", "labels": {"role": "primary"}}]}),
+    )
+    .await;
+    let newer = mesh
+        .create(
+            Kind::DestinationRule,
+            "b-replicas",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "DISABLE"}},
+                   "subsets": [{"name": "replicas", "labels": {"role": "replica"}}]}),
+        )
+        .await;
+    let report = cluster
+        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let stored_newer = mesh.get(Kind::DestinationRule, "b-replicas").await;
+    assert_eq!(
+        remediation_testkit::mesh::spec_text(&stored_newer),
+        remediation_testkit::mesh::spec_text(&newer),
+        "the newer rule's policy is not what Istio uses: it is left alone"
+    );
+    assert!(remediation_testkit::mesh::record(&stored_newer, "db-circuit-break").is_none());
+    let compiled = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(compiled.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let clusters = compiled.proxy(client.name).clusters_of(&host, 5432);
+        assert_eq!(
+            clusters.len(),
+            3,
+            "{}: default, primary, replicas",
+            client.name
+        );
+        for (name, c) in clusters {
+            assert_eq!(
+                c.threshold("max_connections"),
+                Some(100),
+                "{}: {name}",
+                client.name
+            );
+            assert!(c.outlier_detection.is_some(), "{}: {name}", client.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn ejection_switched_off_is_switched_on_and_a_stricter_connect_timeout_stays() {
+    let (cluster, world, host) = database_world("ivb-values").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 3},
+                "connectionPool": {"tcp": {"connectTimeout": "500ms"}}}}),
+        )
+        .await;
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let default_cluster = format!("outbound|5432||{host}");
+    let outlier = |c: &remediation_testkit::istio_oracle::Compiled, name: &str| {
+        c.proxy(name)
+            .cluster(&default_cluster)
+            .outlier_detection
+            .clone()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        outlier(&before, "same-ns-east")["enforcing_consecutive_5xx"],
+        json!(0),
+        "Istio reads consecutive5xxErrors: 0 as 5xx ejection off"
+    );
+    break_circuit(&cluster, "preserve", "orders-db").await;
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        let od = outlier(&after, client.name);
+        assert_eq!(od["consecutive_5xx"], json!(5), "{}: {od}", client.name);
+        assert_eq!(
+            od["enforcing_consecutive_5xx"],
+            json!(100),
+            "{}: {od}",
+            client.name
+        );
+        assert_eq!(
+            od["consecutive_gateway_failure"],
+            json!(3),
+            "{}: kept",
+            client.name
+        );
+        assert_eq!(
+            after
+                .proxy(client.name)
+                .cluster(&default_cluster)
+                .connect_timeout
+                .as_deref(),
+            Some("500ms"),
+            "{}: a connect timeout stricter than the breaker's stays",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged() {
+    let (cluster, world, host) = database_world("ivb-failover").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+                "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}),
+        )
+        .await;
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            regions_called(&before, client.name, &default_cluster).len(),
+            3,
+            "{}: failover without outlier detection is dormant",
+            client.name
+        );
+    }
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(!change.contains("as before"), "{change}");
+    assert!(
+        change.contains("failover") && change.contains("now active"),
+        "{change}"
+    );
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_called(&after, "same-ns-east", &default_cluster),
+        BTreeSet::from(["us-east-1".to_owned()]),
+        "what the outcome says is what Istio does: the client now prefers its own region"
+    );
+}

@@ -201,7 +201,7 @@ impl Remediation for DbCircuitBreak {
                 None => {
                     let mut declaring: Vec<&DynamicObject> = entries
                         .iter()
-                        .filter(|e| hosts::hosts(e).iter().any(|h| *h == host))
+                        .filter(|e| hosts::hosts(e).contains(&host))
                         .collect();
                     declaring.sort_by_key(|e| {
                         (
