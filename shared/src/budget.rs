@@ -20,8 +20,8 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::decide::SkipReason;
 use crate::error::{Error, Result};
+use crate::skip::SkipReason;
 
 /// The ConfigMap holding the spending (created by `deploy/rbac.yaml`).
 pub const BUDGET_CONFIGMAP: &str = "mesh-remediation-budget";

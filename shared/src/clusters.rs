@@ -13,8 +13,8 @@
 
 use std::path::PathBuf;
 
-use crate::decide::SkipReason;
 use crate::error::{Error, Result};
+use crate::skip::SkipReason;
 
 /// One cluster the functions act on.
 #[derive(Debug, Clone, PartialEq, Eq)]

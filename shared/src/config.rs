@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::notify::Secret;
 
 /// Namespaces never touched unless `PROTECTED_NAMESPACES` says otherwise.
 pub const DEFAULT_PROTECTED_NAMESPACES: &str =
@@ -52,6 +51,30 @@ pub struct Sinks {
     pub pagerduty_events_url: String,
     /// `NOTIFY_TIMEOUT_MS`: time each sink gets (default 3000).
     pub timeout: Duration,
+}
+
+/// The PagerDuty Events API v2 endpoint, the default of `PAGERDUTY_EVENTS_URL`.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// A secret from configuration: usable, but never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 /// The safety rules of the decision stage.
@@ -191,7 +214,7 @@ impl Config {
                 slack_webhook_url: url(&get, "SLACK_WEBHOOK_URL")?.map(Secret::new),
                 pagerduty_routing_key: get("PAGERDUTY_ROUTING_KEY").map(Secret::new),
                 pagerduty_events_url: url(&get, "PAGERDUTY_EVENTS_URL")?
-                    .unwrap_or_else(|| crate::notify::PAGERDUTY_EVENTS_URL.to_owned()),
+                    .unwrap_or_else(|| PAGERDUTY_EVENTS_URL.to_owned()),
                 timeout: Duration::from_millis(number(&get, "NOTIFY_TIMEOUT_MS", 3000, 1)?),
             },
         })

@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod record;
 pub mod remediation;
 pub mod report;
+pub mod skip;
 pub mod telemetry;
 
 pub use error::{Error, Result};

@@ -9,6 +9,7 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 use crate::alert::AlertStatus;
+use crate::config::Secret;
 use crate::error::{Error, Result};
 use crate::report::{Delivery, InvocationReport, Outcome, OutcomeKind};
 
@@ -51,27 +52,6 @@ pub async fn deliver_all(
             }
         });
     futures::future::join_all(sends).await
-}
-
-/// A secret from configuration: usable, but never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
 }
 
 /// Publishes reports to an SNS topic, with attributes subscribers can filter on.
@@ -236,9 +216,6 @@ impl Notifier for SlackNotifier {
         })
     }
 }
-
-/// The PagerDuty Events API v2 endpoint.
-pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// PagerDuty Events API v2: pages for failed and escalated outcomes (never for drills),
 /// deduplicated on the alert fingerprint so repeats update one incident, and resolves that

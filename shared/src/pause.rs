@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::Api;
 
-use crate::decide::SkipReason;
 use crate::error::{Error, Result};
 use crate::names;
+use crate::skip::SkipReason;
 
 /// The annotation that pauses a namespace or an object; its value says why.
 pub const PAUSE_ANNOTATION: &str = "auto-remediation.io/paused";

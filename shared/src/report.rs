@@ -44,7 +44,7 @@ fn judge_drill(function: &str, o: &mut Outcome) {
 
 impl Outcome {
     /// Whether the report sinks hear of it: anything but a skip, and the skips a person
-    /// must act on ([`crate::decide::SkipReason::needs_a_person`]).
+    /// must act on ([`crate::skip::SkipReason::needs_a_person`]).
     pub fn needs_a_report(&self) -> bool {
         self.outcome != OutcomeKind::Skipped || self.needs_a_person
     }
@@ -195,7 +195,7 @@ impl Outcome {
     }
 
     /// A skip, for `reason`; one a person must act on is marked so and reported.
-    pub fn skipped(source: Source, reason: &crate::decide::SkipReason) -> Self {
+    pub fn skipped(source: Source, reason: &crate::skip::SkipReason) -> Self {
         let mut outcome = Outcome::new(OutcomeKind::Skipped, source).because(reason);
         outcome.needs_a_person = reason.needs_a_person();
         outcome

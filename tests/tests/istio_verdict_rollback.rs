@@ -456,3 +456,124 @@ async fn a_100_kib_virtual_service_is_rolled_back_and_reverted_exactly() {
         "restored byte for byte"
     );
 }
+
+// ---- What still reaches a version, for every client: Istio's resolution.
+
+#[tokio::test]
+async fn an_annotated_stable_subset_no_route_has_yet_takes_the_traffic_and_the_revert_restores() {
+    let (cluster, mut world) = checkout("ivr-annotated").await;
+    let ns = cluster.namespace.clone();
+    // A third version, v0, the one the owner names stable; no route sends to it yet.
+    world.pod(
+        &ns,
+        "checkout",
+        json!({"version": "v0"}),
+        "us-west-2",
+        "10.2.0.5",
+    );
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "checkout",
+            true,
+            json!({}),
+            json!({"host": "checkout", "subsets": [
+                {"name": "stable", "labels": {"version": "v1"}},
+                {"name": "canary", "labels": {"version": "v2"}},
+                {"name": "previous", "labels": {"version": "v0"}}]}),
+        )
+        .await;
+    Mesh::new(&cluster)
+        .create(
+            Kind::VirtualService,
+            "checkout",
+            true,
+            json!({"auto-remediation.io/stable-subset": "previous"}),
+            json!({"hosts": ["checkout"], "http": [split("checkout", 50, 50)]}),
+        )
+        .await;
+    let before = compile(&cluster, &world, &clients(&ns)).await;
+    let report = roll_back(&cluster).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let after = compile(&cluster, &world, &clients(&ns)).await;
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        assert_eq!(
+            reached(&after, &ns, &client),
+            BTreeSet::from(["10.2.0.5".to_owned()]),
+            "{}: the annotated stable subset takes every request",
+            client.name
+        );
+    }
+    let mut revert = events::fresh("error-rollback-revert.json", &ns);
+    revert["revert"]["namespace"] = json!(ns);
+    let report = cluster.invoke(ErrorRollback, &[], &revert).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let restored = compile(&cluster, &world, &clients(&ns)).await;
+    for client in clients(&ns) {
+        assert_eq!(
+            reached(&restored, &ns, &client),
+            reached(&before, &ns, &client),
+            "{}: the revert gives back what Istio compiled before",
+            client.name
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_mirror_to_the_failing_version_is_refused_and_nothing_changes() {
+    let (cluster, _world) = checkout("ivr-mirror").await;
+    subsets(&cluster).await;
+    let mut route = split("checkout", 80, 20);
+    route["mirror"] = json!({"host": "checkout", "subset": "canary"});
+    route["mirrorPercentage"] = json!({"value": 10.0});
+    Mesh::new(&cluster)
+        .create(
+            Kind::VirtualService,
+            "checkout",
+            true,
+            json!({}),
+            json!({"hosts": ["checkout"], "http": [route]}),
+        )
+        .await;
+    assert_refused(&cluster, "mirrors requests to").await;
+}
+
+#[tokio::test]
+async fn a_client_namespace_own_virtual_service_to_the_failing_version_is_refused_and_named() {
+    let (cluster, _world) = checkout("ivr-client-vs").await;
+    let ns = cluster.namespace.clone();
+    subsets(&cluster).await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::VirtualService,
+        "checkout",
+        true,
+        json!({}),
+        json!({"hosts": ["checkout"], "http": [split("checkout", 80, 20)]}),
+    )
+    .await;
+    // The web team routes checkout for their own clients (exportTo "."), canary included.
+    let web = format!("{ns}-web");
+    let namespace: k8s_openapi::api::core::v1::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": web}})).expect("namespace");
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone())
+        .create(&Default::default(), &namespace)
+        .await
+        .expect("create namespace");
+    let theirs: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "checkout-for-web", "namespace": web,
+                     "labels": {"auto_remediation": "active"}},
+        "spec": {"hosts": [fqdn(&ns)], "exportTo": ["."], "http": [split(&fqdn(&ns), 50, 50)]}}))
+    .expect("vs");
+    kube::Api::<kube::api::DynamicObject>::namespaced_with(
+        cluster.client.clone(),
+        &web,
+        &Kind::VirtualService.resource(),
+    )
+    .create(&Default::default(), &theirs)
+    .await
+    .expect("create");
+    assert_refused(&cluster, &format!("{web}/checkout-for-web")).await;
+}

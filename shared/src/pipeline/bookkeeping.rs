@@ -6,13 +6,14 @@ use serde_json::{Value, json};
 
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Work};
-use crate::decide::{self, SkipReason, Verdict};
+use crate::decide::{self, Verdict};
 use crate::error::Error;
 use crate::escalation::{self, ESCALATED_ANNOTATION, Escalation, HandOff};
 use crate::intake::{AlertInput, RevertRequest};
 use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
 use crate::report::{Outcome, OutcomeKind};
+use crate::skip::SkipReason;
 
 /// What one attempt on one object comes to.
 pub(super) enum Step {

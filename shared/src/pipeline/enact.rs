@@ -11,12 +11,12 @@ use super::bookkeeping::Step;
 use super::timebox::{CONFIRM_READ_TIME, Call, TimeBox};
 use super::{Invocation, Pipeline, Request, Work};
 use crate::budget;
-use crate::decide::SkipReason;
 use crate::error::Error;
 use crate::pause;
 use crate::record;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
+use crate::skip::SkipReason;
 
 /// Writes refused with 409 before giving up (each one re-reads and decides again).
 const MAX_WRITE_ATTEMPTS: u32 = 6;

@@ -13,12 +13,13 @@ use tokio::sync::OnceCell;
 
 use crate::config::Config;
 use crate::connect::{Connections, KubeConnector};
-use crate::decide::{self, SkipReason};
+use crate::decide;
 use crate::error::Error;
 use crate::intake::{self, AlertInput, RevertRequest};
 use crate::record;
 use crate::remediation::{Locator, Remediation, describe};
 use crate::report::{InvocationReport, Outcome, OutcomeKind, Source};
+use crate::skip::SkipReason;
 
 mod audit;
 mod bookkeeping;

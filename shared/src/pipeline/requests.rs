@@ -9,11 +9,12 @@ use tokio::sync::OnceCell;
 
 use super::{Invocation, Pipeline, Request, Work};
 use crate::clusters::Route;
-use crate::decide::{self, Gate, SkipReason};
+use crate::decide::{self, Gate};
 use crate::error::Error;
 use crate::intake::{self, Rejection, RevertDelivery};
 use crate::remediation::{Locator, Remediation};
 use crate::report::{Outcome, Source};
+use crate::skip::SkipReason;
 
 impl<R: Remediation> Pipeline<R> {
     /// Parses, validates and screens; settles every alert that needs no API call.

@@ -13,12 +13,12 @@
 //! `applied` and writes `previous` back exactly. Records that hold a whole `{"http": [...]}`
 //! (written before routes were recorded one by one) are restored the same way.
 
-use kube::api::{ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Map, Value, json};
 
 use super::{Plan, Refusal, describe};
 use crate::config::Config;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::intake::AlertInput;
 use crate::names;
 use crate::record::{ActionRecord, record_annotation};
@@ -52,6 +52,27 @@ fn resource(config: &Config, kind: &str, plural: &str) -> ApiResource {
         kind: kind.into(),
         plural: plural.into(),
     }
+}
+
+/// Every object of `resource` in the cluster: which rule a client uses depends on every
+/// namespace's rules.
+pub async fn list_everywhere(
+    client: &kube::Client,
+    resource: &ApiResource,
+) -> Result<Vec<DynamicObject>> {
+    Api::<DynamicObject>::all_with(client.clone(), resource)
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|err| {
+            Error::kube(
+                format!(
+                    "list {} in all namespaces (which rule each client uses depends on every namespace's)",
+                    resource.plural
+                ),
+                err,
+            )
+        })
 }
 
 /// The alert's `service` label (a short name or an FQDN), validated as a host name.

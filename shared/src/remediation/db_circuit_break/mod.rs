@@ -43,7 +43,7 @@
 //! unless someone edited them since; a revert request does the same on demand.
 
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject};
 
 use super::hosts;
 use super::istio::{self, OnEdit};
@@ -51,7 +51,7 @@ use super::object::name_of;
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::intake::AlertInput;
 use crate::record::ActionRecord;
 
@@ -139,25 +139,6 @@ fn db_host(input: &AlertInput) -> String {
     )
 }
 
-async fn list_everywhere(
-    client: &kube::Client,
-    resource: &ApiResource,
-) -> Result<Vec<DynamicObject>> {
-    Api::<DynamicObject>::all_with(client.clone(), resource)
-        .list(&ListParams::default())
-        .await
-        .map(|list| list.items)
-        .map_err(|err| {
-            Error::kube(
-                format!(
-                    "list {} in all namespaces (which rule each client uses depends on every namespace's)",
-                    resource.plural
-                ),
-                err,
-            )
-        })
-}
-
 impl Remediation for DbCircuitBreak {
     type Facts = BreakerFacts;
     type Observed = ();
@@ -193,8 +174,8 @@ impl Remediation for DbCircuitBreak {
                 istio::service_entry(config),
             );
             let (rules, entries) = futures::try_join!(
-                list_everywhere(client, &rule_kind),
-                list_everywhere(client, &entry_kind),
+                istio::list_everywhere(client, &rule_kind),
+                istio::list_everywhere(client, &entry_kind),
             )?;
             let service_namespace = match Resolver::service_namespace_of(&host) {
                 Some(ns) => Some(ns.to_owned()),

@@ -31,21 +31,26 @@
 //! A resolved alert changes nothing (rolling forward is a human decision); a revert
 //! request restores `spec.http`.
 
-use std::collections::BTreeMap;
-
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
-use super::hosts::{self, Labels};
+use super::hosts;
 use super::istio::{self, OnEdit};
+use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::intake::AlertInput;
 use crate::names;
-use crate::record::{self, ActionRecord};
+use crate::record::ActionRecord;
+
+mod reach;
+mod rollback;
+
+pub use reach::{Reach, Reaches, RollbackFacts};
+use rollback::{Rollback, annotation, route_name};
 
 /// VirtualService annotation naming the stable subset.
 pub const STABLE_SUBSET: &str = "auto-remediation.io/stable-subset";
@@ -57,360 +62,6 @@ pub const VERSION_LABEL: &str = "version";
 /// Routes all traffic of the alert's `service` to its stable version.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ErrorRollback;
-
-/// What the namespace holds besides the object being planned, read once per alert.
-#[derive(Debug, Clone, Default)]
-pub struct RollbackFacts {
-    /// Every VirtualService in the namespace, opted in or not.
-    pub virtual_services: Vec<DynamicObject>,
-    /// Every DestinationRule in the namespace (the subsets' labels).
-    pub rules: Vec<DynamicObject>,
-    /// The selector of every Service in the namespace, by fully qualified host.
-    pub services: BTreeMap<String, Labels>,
-}
-
-/// The workloads a route destination reaches.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Reach {
-    /// Only workloads of this `version`.
-    Version(String),
-    /// Every version of the Service (no `version` label selects): a subset by region,
-    /// or a Service whose selector names no version.
-    Every,
-    /// A subset no DestinationRule defines: Istio sends it nothing (IST0101).
-    Undefined,
-    /// No Service in the namespace: known only by its host name.
-    Named(String),
-}
-
-impl Reach {
-    fn carries(&self, failing: &str) -> bool {
-        match self {
-            Reach::Version(v) => v == failing,
-            Reach::Every => true,
-            Reach::Undefined => false,
-            Reach::Named(host) => host.split(['.', '-']).any(|part| part == failing),
-        }
-    }
-
-    /// Reaches workloads, none of them of the failing version.
-    fn is_other_version(&self, failing: Option<&str>) -> bool {
-        match self {
-            Reach::Version(_) | Reach::Named(_) => failing.is_none_or(|f| !self.carries(f)),
-            Reach::Every | Reach::Undefined => false,
-        }
-    }
-}
-
-/// A destination's identity: fully qualified host and subset.
-type Key = (String, Option<String>);
-
-impl RollbackFacts {
-    fn key(destination: &Value, namespace: &str) -> Option<Key> {
-        let host = hosts::qualify(hosts::destination_host(destination)?, namespace);
-        Some((
-            host,
-            hosts::destination_subset(destination).map(str::to_owned),
-        ))
-    }
-
-    fn reach(&self, (host, subset): &Key) -> Reach {
-        let selector = self.services.get(host);
-        let mut labels = selector.cloned().unwrap_or_default();
-        if let Some(subset) = subset {
-            match hosts::subsets(&self.rules, host).remove(subset) {
-                Some(extra) => labels.extend(extra),
-                None => return Reach::Undefined,
-            }
-        }
-        match labels.remove(VERSION_LABEL) {
-            Some(version) => Reach::Version(version),
-            None if selector.is_some() || subset.is_some() => Reach::Every,
-            None => Reach::Named(host.clone()),
-        }
-    }
-
-    /// Whether the destination host's workloads are some of the service's: the service
-    /// itself, or a Service whose selector narrows the service's (a host split).
-    fn related(&self, (host, _): &Key, service: &str, routes_service: bool) -> bool {
-        if host == service {
-            return true;
-        }
-        match (self.services.get(host), self.services.get(service)) {
-            (Some(narrow), Some(wide)) => {
-                !wide.is_empty() && wide.iter().all(|(k, v)| narrow.get(k) == Some(v))
-            }
-            _ => routes_service,
-        }
-    }
-}
-
-fn describe_key((host, subset): &Key) -> String {
-    match subset {
-        Some(subset) => format!("{host}/{subset}"),
-        None => host.clone(),
-    }
-}
-
-fn route_name(route: &Value, kind: &str, index: usize) -> String {
-    match route.get("name").and_then(Value::as_str) {
-        Some(name) => format!("{kind} route {name}"),
-        None => format!("{kind} route {index}"),
-    }
-}
-
-/// Istio sends a lone destination all of the route's traffic, whatever its weight.
-fn effective_weight(destinations: &[Value], index: usize) -> i64 {
-    if destinations.len() == 1 {
-        100
-    } else {
-        istio::weight(&destinations[index])
-    }
-}
-
-fn annotation(object: &DynamicObject, key: &str) -> Option<String> {
-    object
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(key))
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-}
-
-fn opted_in(object: &DynamicObject) -> bool {
-    object
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(record::OPT_IN_LABEL))
-        .is_some_and(|v| v == record::OPT_IN_VALUE)
-}
-
-fn name_of(object: &DynamicObject) -> String {
-    format!(
-        "{}/{}",
-        istio::namespace_of(object),
-        object.metadata.name.as_deref().unwrap_or_default()
-    )
-}
-
-/// One rollback being planned: the object, the service and what the namespace holds.
-#[derive(Clone, Copy)]
-struct Rollback<'a> {
-    object: &'a DynamicObject,
-    namespace: &'a str,
-    service: &'a str,
-    failing: Option<&'a str>,
-    facts: &'a RollbackFacts,
-    routes_service: bool,
-}
-
-impl Rollback<'_> {
-    fn related(&self, key: &Key) -> bool {
-        self.facts.related(key, self.service, self.routes_service)
-    }
-
-    /// Whether any destination with traffic reaches the failing version.
-    fn carries(&self, destinations: &[Value]) -> bool {
-        let Some(failing) = self.failing else {
-            return false;
-        };
-        destinations.iter().enumerate().any(|(i, d)| {
-            effective_weight(destinations, i) > 0
-                && RollbackFacts::key(d, self.namespace)
-                    .is_some_and(|k| self.related(&k) && self.facts.reach(&k).carries(failing))
-        })
-    }
-
-    /// Whether some HTTP route names a destination of the failing version at all.
-    fn names_failing(&self) -> bool {
-        let Some(failing) = self.failing else {
-            return false;
-        };
-        self.http().iter().any(|route| {
-            route
-                .get("route")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .any(|d| {
-                    RollbackFacts::key(d, self.namespace).is_some_and(|k| {
-                        self.related(&k)
-                            && self.facts.reach(&k) == Reach::Version(failing.to_owned())
-                    })
-                })
-        })
-    }
-
-    fn http(&self) -> Vec<Value> {
-        istio::http_routes(self.object)
-    }
-
-    /// The stable destination, as a route destination value: the annotated one, else the
-    /// only one of another version in the route (`within`), else in the whole object.
-    fn stable(&self, within: Option<&[Value]>) -> std::result::Result<Value, String> {
-        let (subset, host) = (
-            annotation(self.object, STABLE_SUBSET),
-            annotation(self.object, STABLE_HOST),
-        );
-        let routes = match within {
-            Some(destinations) if subset.is_none() && host.is_none() => {
-                vec![json!({ "route": destinations })]
-            }
-            _ => self.http(),
-        };
-        let mut candidates: Vec<(Key, Value)> = Vec::new();
-        for route in routes {
-            for d in route
-                .get("route")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let Some(key) = RollbackFacts::key(d, self.namespace) else {
-                    continue;
-                };
-                if !self.related(&key) || candidates.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                let annotated = (subset.is_some() || host.is_some())
-                    && subset
-                        .as_deref()
-                        .is_none_or(|s| key.1.as_deref() == Some(s))
-                    && host
-                        .as_deref()
-                        .is_none_or(|h| hosts::qualify(h, self.namespace) == key.0);
-                let wanted = if subset.is_some() || host.is_some() {
-                    annotated
-                } else {
-                    self.facts.reach(&key).is_other_version(self.failing)
-                };
-                if wanted {
-                    let destination = json!({"destination": d["destination"].clone()});
-                    candidates.push((key, destination));
-                }
-            }
-        }
-        let named = match (&subset, &host) {
-            (Some(s), Some(h)) => Some(format!("subset {s} of host {h}")),
-            (Some(s), None) => Some(format!("subset {s}")),
-            (None, Some(h)) => Some(format!("host {h}")),
-            (None, None) => None,
-        };
-        let failing = self.failing.unwrap_or_default();
-        match (candidates.as_slice(), &named) {
-            ([(key, destination)], Some(named)) => {
-                let reach = self.facts.reach(key);
-                if self.failing.is_some_and(|f| reach.carries(f)) {
-                    return Err(format!(
-                        "the annotated stable {named} reaches the failing version {failing}; nothing safer to route to"
-                    ));
-                }
-                if reach == Reach::Undefined {
-                    return Err(format!(
-                        "the annotated stable {named} is a subset no DestinationRule defines; Istio would send it nothing"
-                    ));
-                }
-                Ok(destination.clone())
-            }
-            ([(_, destination)], None) => Ok(destination.clone()),
-            ([], Some(named)) => Err(format!("no destination is the annotated stable {named}")),
-            ([], None) if within.is_some() => self.stable(None),
-            ([], None) => Err(format!(
-                "no destination reaches only a version other than {failing} (by the Service selectors and DestinationRule subset labels); annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}"
-            )),
-            (several, named) => Err(format!(
-                "{} destinations could be the stable one ({}); {}",
-                several.len(),
-                several
-                    .iter()
-                    .map(|(k, _)| describe_key(k))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                match named {
-                    Some(_) => format!("name the subset too ({STABLE_SUBSET})"),
-                    None =>
-                        format!("annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}"),
-                }
-            )),
-        }
-    }
-
-    /// Refusals that come from the rest of the namespace (Istio's view of the host).
-    fn check_namespace(&self) -> std::result::Result<(), String> {
-        let Some(failing) = self.failing else {
-            return Ok(());
-        };
-        let me = name_of(self.object);
-        let routing: Vec<&DynamicObject> = self
-            .facts
-            .virtual_services
-            .iter()
-            .filter(|vs| {
-                hosts::routes_host(vs, self.service) || hosts::has_destination(vs, self.service)
-            })
-            .collect();
-        if hosts::binds_mesh(self.object) && hosts::names_host(self.object, self.service) {
-            let twins: Vec<String> = routing
-                .iter()
-                .filter(|vs| {
-                    name_of(vs) != me
-                        && hosts::binds_mesh(vs)
-                        && hosts::names_host(vs, self.service)
-                })
-                .map(|vs| name_of(vs))
-                .collect();
-            if !twins.is_empty() {
-                return Err(format!(
-                    "VirtualServices {me} and {} all bind host {} to mesh; Istio gives sidecars only one of them and which one is undefined: merge them into one",
-                    twins.join(", "),
-                    self.service
-                ));
-            }
-        }
-        for vs in routing.iter().filter(|vs| !opted_in(vs)) {
-            let view = Rollback {
-                object: vs,
-                namespace: istio::namespace_of(vs),
-                routes_service: hosts::routes_host(vs, self.service),
-                ..*self
-            };
-            if view.http().iter().any(|r| {
-                view.carries(
-                    r.get("route")
-                        .and_then(Value::as_array)
-                        .map(Vec::as_slice)
-                        .unwrap_or_default(),
-                )
-            }) {
-                return Err(format!(
-                    "VirtualService {} also routes traffic to version {failing} and is not labelled {}={}; rolling back only some routes would leave it in place",
-                    name_of(vs),
-                    record::OPT_IN_LABEL,
-                    record::OPT_IN_VALUE
-                ));
-            }
-        }
-        let default_reaches_every = self
-            .facts
-            .services
-            .get(self.service)
-            .is_some_and(|s| !s.contains_key(VERSION_LABEL));
-        let covered = routing.iter().any(|vs| {
-            hosts::binds_mesh(vs)
-                && hosts::exported_everywhere(vs)
-                && hosts::routes_host(vs, self.service)
-        });
-        if default_reaches_every && !covered {
-            return Err(format!(
-                "sidecars calling {} would still reach version {failing}: no VirtualService bound to mesh and exported to every namespace routes the host, so Istio sends them to every pod of the Service; route it with one (no `gateways`, or `mesh` among them, and no `exportTo` or `*`)",
-                self.service
-            ));
-        }
-        Ok(())
-    }
-}
 
 impl ErrorRollback {
     /// Plans the rollback of one VirtualService for the service at fully qualified
@@ -429,6 +80,11 @@ impl ErrorRollback {
             failing: version,
             facts,
             routes_service: hosts::routes_host(object, service),
+            alert_namespace: if facts.namespace.is_empty() {
+                istio::namespace_of(object)
+            } else {
+                &facts.namespace
+            },
         };
         let annotated = annotation(object, STABLE_SUBSET).is_some()
             || annotation(object, STABLE_HOST).is_some();
@@ -437,7 +93,7 @@ impl ErrorRollback {
                 "cannot tell the stable destination: annotate the VirtualService with {STABLE_SUBSET} or {STABLE_HOST}, or give the alert a `version` label"
             )));
         }
-        rollback.check_namespace().map_err(Refusal::Fail)?;
+        rollback.check_cluster().map_err(Refusal::Fail)?;
         for kind in ["tcp", "tls"] {
             let routes = istio::spec(object)
                 .and_then(|s| s.get(kind))
@@ -528,16 +184,12 @@ impl ErrorRollback {
     }
 }
 
-async fn list_all(
-    client: &kube::Client,
-    namespace: &str,
-    resource: &ApiResource,
-) -> Result<Vec<DynamicObject>> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
-    api.list(&ListParams::default())
+async fn list_services(client: &kube::Client, namespace: &str) -> Result<Vec<Service>> {
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
         .await
         .map(|list| list.items)
-        .map_err(|err| Error::kube(format!("list {} in {namespace}", resource.plural), err))
+        .map_err(|err| Error::kube(format!("list services in {namespace}"), err))
 }
 
 fn alert_host(input: &AlertInput) -> String {
@@ -576,26 +228,30 @@ impl Remediation for ErrorRollback {
     ) -> BoxFuture<'a, Result<RollbackFacts>> {
         Box::pin(async move {
             let namespace = &input.namespace;
-            let kinds = [
+            let host = alert_host(input);
+            let mut namespaces = vec![namespace.clone()];
+            if let Some(own) = Resolver::service_namespace_of(&host)
+                && own != namespace
+            {
+                namespaces.push(own.to_owned());
+            }
+            let (vs_kind, rule_kind) = (
                 istio::virtual_service(config),
                 istio::destination_rule(config),
-            ];
-            let services: Api<Service> = Api::namespaced(client.clone(), namespace);
+            );
             let (virtual_services, rules, services) = futures::try_join!(
-                list_all(client, namespace, &kinds[0]),
-                list_all(client, namespace, &kinds[1]),
-                async {
-                    services
-                        .list(&ListParams::default())
-                        .await
-                        .map_err(|err| Error::kube(format!("list services in {namespace}"), err))
-                },
+                istio::list_everywhere(client, &vs_kind),
+                istio::list_everywhere(client, &rule_kind),
+                futures::future::try_join_all(
+                    namespaces.iter().map(|ns| list_services(client, ns))
+                ),
             )?;
             let services = services
-                .items
                 .into_iter()
+                .flatten()
                 .filter_map(|s| {
-                    let name = hosts::qualify(s.metadata.name.as_deref()?, namespace);
+                    let ns = s.metadata.namespace.clone()?;
+                    let name = hosts::qualify(s.metadata.name.as_deref()?, &ns);
                     Some((name, s.spec?.selector?.into_iter().collect()))
                 })
                 .collect();
@@ -603,6 +259,8 @@ impl Remediation for ErrorRollback {
                 virtual_services,
                 rules,
                 services,
+                root: config.istio_root_namespace.clone(),
+                namespace: namespace.clone(),
             })
         })
     }
@@ -698,6 +356,8 @@ mod tests {
                 [("app".to_owned(), "checkout".to_owned())].into(),
             )]
             .into(),
+            root: "istio-system".into(),
+            namespace: String::new(),
         }
     }
 
@@ -878,7 +538,7 @@ mod tests {
             (
                 vs(json!({STABLE_SUBSET: "v3"}), split(50, 50)),
                 None,
-                "no destination is the annotated stable subset v3",
+                "the annotated stable subset v3 is a subset no DestinationRule defines",
             ),
             (
                 vs(json!({}), three),
@@ -894,5 +554,62 @@ mod tests {
                 other => panic!("{expected}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn an_annotated_stable_subset_no_route_has_yet_is_added() {
+        let mut facts = facts(vec![]);
+        facts.rules[0].data["spec"]["subsets"]
+            .as_array_mut()
+            .expect("subsets")
+            .push(json!({"name": "previous", "labels": {"version": "v0"}}));
+        let object = vs(json!({STABLE_SUBSET: "previous"}), split(50, 50));
+        facts.virtual_services = vec![object.clone()];
+        let plan = ErrorRollback
+            .plan_rollback(&object, HOST, Some("v2"), &facts)
+            .expect("plan");
+        let routes = &plan.patch["spec"]["http"];
+        for route in routes.as_array().expect("routes") {
+            let last = route["route"]
+                .as_array()
+                .and_then(|r| r.last())
+                .expect("last");
+            assert_eq!(
+                last,
+                &json!({"destination": {"host": "checkout", "subset": "previous"}, "weight": 100}),
+                "{route}"
+            );
+            assert!(
+                route["route"]
+                    .as_array()
+                    .expect("route")
+                    .iter()
+                    .all(|d| d == last || istio::weight(d) == 0),
+                "{route}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_mirror_to_the_failing_version_is_refused_unless_its_percentage_is_zero() {
+        let mut object = vs(json!({}), split(50, 50));
+        object.data["spec"]["http"][1]["mirror"] = json!({"host": "checkout", "subset": "canary"});
+        let facts = facts(vec![object.clone()]);
+        match ErrorRollback.plan_rollback(&object, HOST, Some("v2"), &facts) {
+            Err(Refusal::Fail(why)) => {
+                assert!(
+                    why.contains("http route split mirrors requests to"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        object.data["spec"]["http"][1]["mirrorPercentage"] = json!({"value": 0.0});
+        let facts = self::facts(vec![object.clone()]);
+        assert!(
+            ErrorRollback
+                .plan_rollback(&object, HOST, Some("v2"), &facts)
+                .is_ok()
+        );
     }
 }
