@@ -204,3 +204,207 @@ async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_
     assert_eq!(at_gateway(&after), BTreeSet::from(["us-west-2".to_owned()]));
     assert_drained(&after, &ns, &host);
 }
+
+// ---- What still reaches a region, and the locality policy already in place.
+
+/// Runs region-failover for us-east-1 (every other region healthy) and returns the report.
+async fn try_drain(cluster: &TestCluster) -> mesh_remediation::report::InvocationReport {
+    let event = events::fresh("region-failover-firing.json", &cluster.namespace);
+    cluster.invoke(RegionFailover::default(), &[], &event).await
+}
+
+/// The spec of every stored VirtualService and DestinationRule of the test namespace.
+async fn stored(cluster: &TestCluster) -> Vec<String> {
+    let mesh = Mesh::new(cluster);
+    let mut out = Vec::new();
+    for kind in [Kind::VirtualService, Kind::DestinationRule] {
+        for object in mesh
+            .api(kind)
+            .list(&Default::default())
+            .await
+            .expect("list")
+            .items
+        {
+            out.push(remediation_testkit::mesh::spec_text(
+                &serde_json::to_value(object).expect("json"),
+            ));
+        }
+    }
+    out
+}
+
+/// Subsets keyed on the region label, one per region.
+fn region_subsets() -> serde_json::Value {
+    json!([{"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
+           {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
+           {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}}])
+}
+
+#[tokio::test]
+async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_empty_it() {
+    let (cluster, world) = frontend("ivf-pinned-subset").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": region_subsets()}),
+    )
+    .await;
+    // A tenant's requests pinned to us-east-1, by a VirtualService the function does not own.
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        false,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [
+            {"name": "acme", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
+             "route": [{"destination": {"host": "frontend", "subset": "east"}}]},
+            {"route": [{"destination": {"host": "frontend"}}]}]}),
+    )
+    .await;
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let east = format!("outbound|{PORT}|east|{host}");
+    // What the drain by locality alone would do: Istio leaves the subset no endpoint.
+    let rule = mesh.get(Kind::DestinationRule, "frontend").await;
+    let object: kube::api::DynamicObject = serde_json::from_value(rule.clone()).expect("rule");
+    let facts = mesh_remediation::remediation::region_failover::RegionFacts {
+        known_regions: REGIONS.iter().map(|r| (*r).to_owned()).collect(),
+        ..Default::default()
+    };
+    let plan = RegionFailover::default()
+        .plan_locality_drain(&object, DEGRADED, &facts)
+        .expect("the drain on its own");
+    let mut drained = rule.clone();
+    drained["spec"] =
+        mesh_remediation::remediation::istio::merged(&rule["spec"], &plan.patch["spec"]);
+    let mut planted = world.clone();
+    planted.add(drained);
+    for vs in mesh
+        .api(Kind::VirtualService)
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+    {
+        planted.add(serde_json::to_value(vs).expect("json"));
+    }
+    // The Service, as the API server stores it.
+    let service =
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client.clone(), &ns)
+            .get("frontend")
+            .await
+            .expect("service");
+    let mut service = serde_json::to_value(service).expect("json");
+    service["apiVersion"] = json!("v1");
+    service["kind"] = json!("Service");
+    planted.add(service);
+    let compiled = planted.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            compiled
+                .proxy(client.name)
+                .endpoints_of(&BTreeSet::from([east.clone()])),
+            BTreeSet::new(),
+            "{}: the tenant's route would reach no endpoint",
+            client.name
+        );
+    }
+
+    let before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("subset east") && why.contains("reach no endpoint"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_route_whose_only_destination_is_the_degraded_region_is_refused() {
+    let (cluster, _world) = frontend("ivf-pinned-route").await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": region_subsets()}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        true,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [
+            {"name": "acme", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
+             "route": [{"destination": {"host": "frontend", "subset": "east"}}]},
+            {"name": "split", "route": [
+                {"destination": {"host": "frontend", "subset": "east"}, "weight": 50},
+                {"destination": {"host": "frontend", "subset": "west"}, "weight": 25},
+                {"destination": {"host": "frontend", "subset": "eu"}, "weight": 25}]}]}),
+    )
+    .await;
+    let before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("route acme") && why.contains("only destination"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_distribution_per_client_locality_is_kept_for_clients_that_never_reached_the_region() {
+    let (cluster, world) = frontend("ivf-per-client").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "frontend",
+            true,
+            json!({}),
+            json!({"host": "frontend", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+                "distribute": [
+                    {"from": "eu-west-1/*", "to": {"eu-west-1/*": 100}},
+                    {"from": "us-east-1/*", "to": {"us-east-1/*": 60, "us-west-2/*": 40}},
+                    {"from": "us-west-2/*", "to": {"us-west-2/*": 100}}]}}}}),
+        )
+        .await;
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_reached(&before, "other-ns-eu", &host),
+        BTreeSet::from(["eu-west-1".to_owned()]),
+        "Europe stays in Europe"
+    );
+    let change = drain(&cluster).await;
+    assert!(change.contains("keeps its own"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = regions_reached(&after, client.name, &host);
+        assert!(!reached.contains(DEGRADED), "{}: {reached:?}", client.name);
+        if client.region != DEGRADED {
+            assert_eq!(
+                reached,
+                regions_reached(&before, client.name, &host),
+                "{}: a client that never reached {DEGRADED} keeps its distribution",
+                client.name
+            );
+        }
+    }
+    assert_eq!(
+        regions_reached(&after, "same-ns-east", &host),
+        BTreeSet::from(["us-west-2".to_owned()])
+    );
+}

@@ -504,10 +504,12 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
             json!({"host": "orders-db"}),
         )
         .await;
-    // The pause switches every function reads first (cluster-scoped, so a ClusterRole).
+    // The pause switches every function reads first, and the rules of every namespace
+    // (which rule a client takes depends on all of them): cluster-wide, so a ClusterRole.
     let reads: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": format!("pause-reads-{user}")},
         "rules": [
+            {"apiGroups": ["networking.istio.io"], "resources": ["destinationrules", "serviceentries"], "verbs": ["list"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
             {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mesh-remediation"], "verbs": ["get"]}]}))
     .expect("cluster role");

@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod istio;
 pub mod latency_restart;
 pub mod object;
+pub mod placement;
 pub mod region_failover;
 pub mod resolution;
 

@@ -58,7 +58,7 @@ use crate::record::ActionRecord;
 mod plan;
 mod settings;
 
-pub use plan::{Outlook, Scope, Writes};
+pub use super::placement::{Outlook, Scope, Writes};
 pub use settings::{CircuitBreaker, LocalityLb};
 
 /// The alert label naming the database's mesh host.
@@ -112,15 +112,9 @@ impl DbCircuitBreak {
             .cloned()
             .collect();
         rules.push(object.clone());
-        let outlook = self.settings.outlook(&rules, scope);
-        if let Some(first) = outlook.gaps.first() {
-            let more = match outlook.gaps.len() {
-                1 => String::new(),
-                n => format!(" (and {} more: {})", n - 1, outlook.gaps[1..].join("; ")),
-            };
-            return Err(Refusal::Fail(format!(
-                "the breaker would not be in force for every client, so nothing is changed: {first}{more}"
-            )));
+        let outlook = super::placement::outlook(&self.settings, &rules, scope);
+        if let Some(why) = outlook.refusal("the breaker") {
+            return Err(Refusal::Fail(why));
         }
         match outlook.writes.get(&me) {
             Some(writes) => plan::plan_rule(&self.settings, object, writes),

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub type Health = BTreeMap<String, std::result::Result<(), String>>;
 
 /// What [`RegionFailover`] learns before planning.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RegionFacts {
     /// Whether health URLs are configured (if not, every other region counts as healthy).
     pub checked: bool,
@@ -23,6 +23,14 @@ pub struct RegionFacts {
     /// An opted-in VirtualService that every sidecar takes (bound to `mesh`, exported to
     /// every namespace) splits the service per region, degraded one included.
     pub split_by_virtual_service: bool,
+    /// Routes (in any namespace) to a subset of the service keyed on a locality label that
+    /// is, or may be, the degraded region's: a drain by locality would leave them with no
+    /// endpoint there. In words, for the refusal.
+    pub pinned_subsets: Vec<String>,
+    /// Every DestinationRule in the cluster (which rule each client takes).
+    pub rules: Vec<kube::api::DynamicObject>,
+    /// Istio's root namespace (`ISTIO_ROOT_NAMESPACE`).
+    pub root: String,
 }
 
 impl RegionFacts {

@@ -11,6 +11,8 @@ use super::RegionFailover;
 use super::health::RegionFacts;
 use crate::remediation::hosts::{self, PolicyLevel};
 use crate::remediation::istio;
+use crate::remediation::object::name_of;
+use crate::remediation::placement::{self, PolicyChange, Scope, Writes};
 use crate::remediation::{Plan, Refusal};
 
 /// `distribute` weights: 100 split equally over `regions` (the remainder to the first
@@ -27,13 +29,211 @@ pub fn equal_shares(regions: &[String]) -> Map<String, Value> {
         .collect()
 }
 
+/// The region of a locality (`us-east-1/us-east-1a/*` -> `us-east-1`).
+fn region_of(locality: &str) -> &str {
+    locality.split('/').next().unwrap_or_default()
+}
+
+/// The `distribute` entries after draining `degraded`. Without entries: one from every
+/// locality to the healthy regions in equal shares. With entries (a distribution per client
+/// locality): each keeps its shares, the degraded region's moved to the entry's healthy
+/// regions in proportion (to all healthy regions equally when the entry has none), and
+/// the known regions no entry's `from` names get the equal shares, so no client is left on
+/// the default. Clients whose entries do not send to the degraded region keep theirs.
+fn drained(
+    existing: Option<&[Value]>,
+    degraded: &str,
+    healthy: &[String],
+    facts: &RegionFacts,
+) -> Value {
+    let equal = Value::Object(equal_shares(healthy));
+    let Some(entries) = existing.filter(|e| !e.is_empty()) else {
+        return json!([{"from": "*", "to": equal}]);
+    };
+    let mut out: Vec<Value> = entries
+        .iter()
+        .map(|entry| {
+            let Some(to) = entry.get("to").and_then(Value::as_object) else {
+                return entry.clone();
+            };
+            let keys: Vec<&String> = to.keys().collect();
+            let weights: Vec<i64> = to.values().map(|w| w.as_i64().unwrap_or(0)).collect();
+            let regions: Vec<String> = keys.iter().map(|k| region_of(k).to_owned()).collect();
+            let mut entry = entry.clone();
+            entry["to"] = match super::shift_weights(&weights, &regions, degraded, |r| {
+                facts.healthy(r).is_ok()
+            }) {
+                Some(new) => Value::Object(
+                    keys.iter()
+                        .zip(new)
+                        // Istio takes weights of 1 to 100 only; a locality left out gets none.
+                        .filter(|(k, w)| region_of(k) != degraded && *w > 0)
+                        .map(|(k, w)| ((*k).clone(), json!(w)))
+                        .collect(),
+                ),
+                None => equal.clone(),
+            };
+            entry
+        })
+        .collect();
+    let named = |region: &str| {
+        entries.iter().any(|e| {
+            e.get("from")
+                .and_then(Value::as_str)
+                .is_some_and(|from| from == "*" || region_of(from) == region)
+        })
+    };
+    for region in std::iter::once(degraded).chain(facts.known_regions.iter().map(String::as_str)) {
+        if !named(region) && !out.iter().any(|e| e["from"] == format!("{region}/*")) {
+            out.push(json!({"from": format!("{region}/*"), "to": equal}));
+        }
+    }
+    Value::Array(out)
+}
+
+/// The drain as a change to DestinationRules, for [`placement`].
+pub struct Drain<'a> {
+    /// The degraded region.
+    pub degraded: &'a str,
+    /// The regions that take its traffic.
+    pub healthy: Vec<String>,
+    /// What the alert's checks learnt.
+    pub facts: &'a RegionFacts,
+}
+
+/// One rule drained where `writes` says.
+struct Drained {
+    previous: Value,
+    after: Value,
+    levels: Vec<String>,
+    replaced: Vec<String>,
+    per_client: Vec<String>,
+    disabled: Option<String>,
+}
+
+impl Drain<'_> {
+    fn drain(&self, object: &DynamicObject, writes: &Writes) -> Drained {
+        let previous = istio::fragment(object, ["trafficPolicy", "subsets"]);
+        let mut after = previous.clone();
+        let mut out = Drained {
+            previous: Value::Null,
+            after: Value::Null,
+            levels: Vec::new(),
+            replaced: Vec::new(),
+            per_client: Vec::new(),
+            disabled: None,
+        };
+        hosts::for_each_policy_level(&mut after, |policy, level, name| {
+            // A subset's policy takes the top level's loadBalancer unless it sets its own;
+            // the top level and port entries (which inherit nothing) always need it.
+            if !writes.covers(level, name)
+                || level == PolicyLevel::Subset && policy.get("loadBalancer").is_none()
+            {
+                return;
+            }
+            let setting = &mut policy["loadBalancer"]["localityLbSetting"];
+            if setting.get("enabled") == Some(&Value::Bool(false)) {
+                out.disabled.get_or_insert_with(|| name.to_owned());
+                return;
+            }
+            if setting.is_null() {
+                *setting = json!({});
+            }
+            if let Some(map) = setting.as_object_mut() {
+                if map.remove("failover").is_some() {
+                    out.replaced.push(name.to_owned());
+                }
+                let existing = map.get("distribute").and_then(Value::as_array);
+                let distribute = drained(
+                    existing.map(Vec::as_slice),
+                    self.degraded,
+                    &self.healthy,
+                    self.facts,
+                );
+                if existing.is_some_and(|e| !e.is_empty()) {
+                    out.per_client.push(name.to_owned());
+                }
+                map.insert("distribute".into(), distribute);
+            }
+            out.levels.push(name.to_owned());
+        });
+        if !writes.top {
+            after["trafficPolicy"] = previous["trafficPolicy"].clone();
+        }
+        out.previous = previous;
+        out.after = after;
+        out
+    }
+
+    /// Whether every client locality's `distribute` leaves the degraded region out.
+    fn drains(&self, setting: Option<&Value>) -> bool {
+        let Some(entries) = setting
+            .and_then(|s| s.get("distribute"))
+            .and_then(Value::as_array)
+            .filter(|e| !e.is_empty())
+        else {
+            return false;
+        };
+        let spares = entries.iter().all(|e| {
+            e.get("to")
+                .and_then(Value::as_object)
+                .is_some_and(|to| to.keys().all(|k| region_of(k) != self.degraded))
+        });
+        let from = |region: &str| {
+            entries.iter().any(|e| {
+                e["from"]
+                    .as_str()
+                    .is_some_and(|f| f == "*" || region_of(f) == region)
+            })
+        };
+        spares
+            && std::iter::once(self.degraded)
+                .chain(self.facts.known_regions.iter().map(String::as_str))
+                .all(from)
+    }
+}
+
+impl PolicyChange for Drain<'_> {
+    fn function(&self) -> &'static str {
+        "region-failover"
+    }
+
+    fn written(&self, rule: &DynamicObject, writes: &Writes) -> Value {
+        self.drain(rule, writes).after
+    }
+
+    fn in_force(&self, policy: &Value, level: PolicyLevel) -> bool {
+        if level == PolicyLevel::Subset && policy.get("loadBalancer").is_none() {
+            return true;
+        }
+        self.drains(policy.pointer("/loadBalancer/localityLbSetting"))
+    }
+
+    fn beside(&self, policy: &Value) -> Value {
+        placement::without(policy, &[], true)
+    }
+}
+
 impl RegionFailover {
-    /// Plans the drain of `degraded` on one DestinationRule; pure.
+    /// Plans the drain of `degraded` on one DestinationRule on its own, at every level; pure.
     pub fn plan_locality_drain(
         &self,
         object: &DynamicObject,
         degraded: &str,
         facts: &RegionFacts,
+    ) -> Result<Plan, Refusal> {
+        self.plan_drain(object, degraded, facts, None)
+    }
+
+    /// Plans the drain of `degraded` on `object` so that every client of the host takes it
+    /// (`scope`: resolution across the cluster's rules in `facts.rules`), or on the rule
+    /// alone (`None`); pure.
+    pub fn plan_drain(
+        &self,
+        object: &DynamicObject,
+        degraded: &str,
+        facts: &RegionFacts,
+        scope: Option<&Scope<'_>>,
     ) -> Result<Plan, Refusal> {
         if facts.split_by_virtual_service {
             return Err(Refusal::Skip(
@@ -53,58 +253,79 @@ impl RegionFailover {
                 facts.health_report(degraded, &[])
             )));
         }
-        let distribute = json!([{"from": "*", "to": equal_shares(&healthy)}]);
-        let previous = istio::fragment(object, ["trafficPolicy", "subsets"]);
-        let mut after = previous.clone();
-        let mut levels = Vec::new();
-        let mut replaced = Vec::new();
-        let mut refused = None;
-        hosts::for_each_policy_level(&mut after, |policy, level, name| {
-            // A subset's policy takes the top level's loadBalancer unless it sets its own;
-            // the top level and port entries (which inherit nothing) always need it.
-            if level == PolicyLevel::Subset && policy.get("loadBalancer").is_none() {
-                return;
-            }
-            let setting = &mut policy["loadBalancer"]["localityLbSetting"];
-            if setting.get("enabled") == Some(&Value::Bool(false)) {
-                refused.get_or_insert_with(|| name.to_owned());
-                return;
-            }
-            if setting.is_null() {
-                *setting = json!({});
-            }
-            if let Some(map) = setting.as_object_mut() {
-                if map.remove("failover").is_some() {
-                    replaced.push(name.to_owned());
+        if let Some(first) = facts.pinned_subsets.first() {
+            return Err(Refusal::Fail(format!(
+                "a drain by locality removes {degraded}'s endpoints from every subset, and {first}{}: those requests would reach no endpoint there (503); shift them with VirtualService weights (subsets labelled {}) or drain by hand",
+                match facts.pinned_subsets.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                },
+                super::REGION_LABEL
+            )));
+        }
+        let drain = Drain {
+            degraded,
+            healthy: healthy.clone(),
+            facts,
+        };
+        let writes = match scope {
+            None => Writes::all(object),
+            Some(scope) => {
+                let me = name_of(object);
+                let mut rules: Vec<DynamicObject> = facts
+                    .rules
+                    .iter()
+                    .filter(|r| name_of(r) != me)
+                    .cloned()
+                    .collect();
+                rules.push(object.clone());
+                let outlook = placement::outlook(&drain, &rules, scope);
+                if let Some(why) = outlook.refusal("the drain") {
+                    return Err(Refusal::Fail(why));
                 }
-                map.insert("distribute".into(), distribute.clone());
+                match outlook.writes.get(&me) {
+                    Some(writes) => writes.clone(),
+                    None => {
+                        return Err(Refusal::Skip(format!(
+                            "no client takes this rule's policy for {}: Istio merges it into an older rule or another rule applies (the drain goes where clients read it)",
+                            scope.host
+                        )));
+                    }
+                }
             }
-            levels.push(name.to_owned());
-        });
-        if let Some(name) = refused {
+        };
+        let drained = drain.drain(object, &writes);
+        if let Some(name) = drained.disabled {
             return Err(Refusal::Fail(format!(
                 "locality load balancing is disabled at {name} (localityLbSetting.enabled: false); not enabling it automatically"
             )));
         }
-        if after == previous {
+        if drained.after == drained.previous {
             return Err(Refusal::Skip(format!(
                 "already drained: {degraded} gets no share in localityLbSetting.distribute"
             )));
         }
-        let (previous, applied) = hosts::recorded_policy(&previous, &after);
+        let (previous, applied) = hosts::recorded_policy(&drained.previous, &drained.after);
         let shares = equal_shares(&healthy)
             .iter()
             .map(|(locality, weight)| format!("{} {weight}%", locality.trim_end_matches("/*")))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut summary = format!(
-            "drained {degraded}: every client's calls go to {shares} (localityLbSetting.distribute from *, set at {})",
-            levels.join(", ")
-        );
-        if !replaced.is_empty() {
+        let mut summary = if drained.per_client.is_empty() {
+            format!(
+                "drained {degraded}: every client's calls go to {shares} (localityLbSetting.distribute from *, set at {})",
+                drained.levels.join(", ")
+            )
+        } else {
+            format!(
+                "drained {degraded}: each client locality keeps its own localityLbSetting.distribute, with {degraded}'s share moved to its healthy regions in proportion, and localities it did not list go to {shares} (set at {})",
+                drained.levels.join(", ")
+            )
+        };
+        if !drained.replaced.is_empty() {
             summary.push_str(&format!(
                 "; it replaces the passive localityLbSetting.failover at {} (Istio allows only one; a revert or failback restores it)",
-                replaced.join(", ")
+                drained.replaced.join(", ")
             ));
         }
         Ok(Plan {
@@ -239,6 +460,47 @@ mod tests {
             &RegionFacts::default(),
         ) {
             Err(Refusal::Fail(why)) => assert!(why.contains("no healthy region"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_distribution_per_client_locality_keeps_what_never_reached_the_degraded_region() {
+        let object = rule(
+            json!({"host": "frontend", "trafficPolicy": {"loadBalancer": {
+            "localityLbSetting": {"distribute": [
+                {"from": "eu-west-1/*", "to": {"eu-west-1/*": 100}},
+                {"from": "us-east-1/*", "to": {"us-east-1/*": 60, "us-west-2/*": 40}}]}}}}),
+        );
+        let plan = RegionFailover::default()
+            .plan_locality_drain(&object, "us-east-1", &facts())
+            .expect("plan");
+        let applied = plan.applied.expect("applied");
+        assert_eq!(
+            applied["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"],
+            json!([
+                {"from": "eu-west-1/*", "to": {"eu-west-1/*": 100}},
+                {"from": "us-east-1/*", "to": {"us-west-2/*": 100}},
+                {"from": "us-west-2/*", "to": {"us-west-2/*": 50, "eu-west-1/*": 50}}]),
+            "Europe stays in Europe; the unlisted locality is drained too"
+        );
+        assert!(plan.summary.contains("keeps its own"), "{}", plan.summary);
+    }
+
+    #[test]
+    fn a_routed_subset_keyed_on_a_locality_is_not_emptied() {
+        let facts = RegionFacts {
+            pinned_subsets: vec![
+                "VirtualService shop/frontend http route 0 sends to subset east (topology.istio.io/cluster=c1)".into(),
+            ],
+            ..facts()
+        };
+        match RegionFailover::default().plan_locality_drain(
+            &rule(json!({"host": "frontend"})),
+            "us-east-1",
+            &facts,
+        ) {
+            Err(Refusal::Fail(why)) => assert!(why.contains("reach no endpoint"), "{why}"),
             other => panic!("{other:?}"),
         }
     }

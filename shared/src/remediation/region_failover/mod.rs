@@ -30,17 +30,19 @@
 use std::sync::OnceLock;
 
 use futures::future::BoxFuture;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value;
 
 use super::hosts;
 use super::istio::{self, OnEdit};
+use super::placement::Scope;
+use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::intake::AlertInput;
 use crate::names;
-use crate::record::{self, ActionRecord};
+use crate::record::ActionRecord;
 
 pub mod health;
 pub mod locality;
@@ -75,6 +77,83 @@ impl RegionFailover {
             http: OnceLock::new(),
         }
     }
+}
+
+/// Locality labels a subset may be keyed on, and whether a value of it names `degraded`:
+/// `Some(true)` it does, `Some(false)` it does not, `None` it cannot be told (a cluster or
+/// network name says nothing of its region).
+fn locality_key(key: &str, value: &str, degraded: &str) -> Option<Option<bool>> {
+    match key {
+        REGION_LABEL | "failure-domain.beta.kubernetes.io/region" => Some(Some(value == degraded)),
+        "topology.kubernetes.io/zone" | "failure-domain.beta.kubernetes.io/zone" => {
+            Some(Some(value.starts_with(degraded)))
+        }
+        "topology.istio.io/cluster" | "topology.istio.io/network" => Some(None),
+        _ => None,
+    }
+}
+
+/// Every route of every VirtualService that sends traffic to a subset of `host` keyed on a
+/// locality that is (or may be) `degraded`'s, in words.
+fn pinned_subsets(
+    services: &[DynamicObject],
+    host: &str,
+    subsets: &std::collections::BTreeMap<String, hosts::Labels>,
+    degraded: &str,
+    alert_namespace: &str,
+    facts: &RegionFacts,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for vs in services {
+        let namespace = istio::namespace_of(vs);
+        for kind in ["http", "tcp", "tls"] {
+            let routes = istio::spec(vs)
+                .and_then(|s| s.get(kind))
+                .and_then(Value::as_array);
+            for (index, route) in routes.into_iter().flatten().enumerate() {
+                let destinations = route
+                    .get("route")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                // The weights lever drains a region split of an opted-in VirtualService of
+                // the alert's namespace itself.
+                let shifted = istio::namespace_of(vs) == alert_namespace
+                    && super::object::opted_in(vs)
+                    && destinations.len() > 1
+                    && route_regions(destinations, degraded, facts).is_some();
+                for destination in destinations {
+                    if shifted || destinations.len() > 1 && istio::weight(destination) == 0 {
+                        continue;
+                    }
+                    let to_host = hosts::destination_host(destination)
+                        .is_some_and(|h| hosts::qualify(h, namespace) == host);
+                    let Some(subset) = hosts::destination_subset(destination) else {
+                        continue;
+                    };
+                    let Some(labels) = subsets.get(subset).filter(|_| to_host) else {
+                        continue;
+                    };
+                    let keyed = labels.iter().find_map(|(k, v)| {
+                        locality_key(k, v, degraded)
+                            .filter(|names| *names != Some(false))
+                            .map(|_| format!("{k}={v}"))
+                    });
+                    if let Some(keyed) = keyed {
+                        let name = route.get("name").and_then(Value::as_str).map_or_else(
+                            || format!("{kind} route {index}"),
+                            |n| format!("{kind} route {n}"),
+                        );
+                        out.push(format!(
+                            "VirtualService {} {name} sends to subset {subset} ({keyed})",
+                            super::object::name_of(vs)
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 fn degraded_region(input: &AlertInput) -> &str {
@@ -152,12 +231,14 @@ impl Remediation for RegionFailover {
             );
             let degraded = degraded_region(input);
             let namespace = &input.namespace;
-            let rules: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), namespace, &istio::destination_rule(config));
-            let rules = rules
-                .list(&ListParams::default())
-                .await
-                .map_err(|err| Error::kube(format!("list destinationrules in {namespace}"), err))?;
+            let (rule_kind, vs_kind) = (
+                istio::destination_rule(config),
+                istio::virtual_service(config),
+            );
+            let (rules, services) = futures::try_join!(
+                istio::list_everywhere(client, &rule_kind),
+                istio::list_everywhere(client, &vs_kind),
+            )?;
             let mut facts = RegionFacts {
                 checked: !self.settings.health_urls.is_empty(),
                 health: health.clone(),
@@ -169,27 +250,26 @@ impl Remediation for RegionFailover {
                     .collect(),
                 ..RegionFacts::default()
             };
-            for (name, labels) in hosts::subsets(&rules.items, &host) {
+            let subsets = hosts::subsets(&rules, &host);
+            for (name, labels) in &subsets {
                 let Some(region) = labels.get(REGION_LABEL) else {
                     continue;
                 };
                 if !facts.known_regions.contains(region) {
                     facts.known_regions.push(region.clone());
                 }
-                facts.subset_regions.insert(name, region.clone());
+                facts.subset_regions.insert(name.clone(), region.clone());
             }
-            let services: Api<DynamicObject> =
-                Api::namespaced_with(client.clone(), namespace, &istio::virtual_service(config));
-            let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
-            let services = services
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|err| Error::kube(format!("list virtualservices in {namespace}"), err))?;
+            facts.pinned_subsets =
+                pinned_subsets(&services, &host, &subsets, degraded, namespace, &facts);
+            facts.root = config.istio_root_namespace.clone();
             // Only a VirtualService every sidecar takes makes the DestinationRule drain
             // unnecessary: one bound to gateways only, or exported to some namespaces only,
             // leaves the other clients on the Service's default route to every region.
-            facts.split_by_virtual_service = services.items.iter().any(|vs| {
-                hosts::routes_host(vs, &host)
+            facts.split_by_virtual_service = services.iter().any(|vs| {
+                istio::namespace_of(vs) == namespace
+                    && super::object::opted_in(vs)
+                    && hosts::routes_host(vs, &host)
                     && hosts::binds_mesh(vs)
                     && hosts::exported_everywhere(vs)
                     && istio::http_routes(vs).iter().any(|route| {
@@ -201,6 +281,7 @@ impl Remediation for RegionFailover {
                             })
                     })
             });
+            facts.rules = rules;
             Ok(facts)
         })
     }
@@ -213,7 +294,17 @@ impl Remediation for RegionFailover {
     ) -> std::result::Result<Plan, Refusal> {
         let degraded = degraded_region(input);
         if is_destination_rule(object) {
-            self.plan_locality_drain(object, degraded, context.facts)
+            let host = hosts::alert_host(
+                input.alert.label("service").unwrap_or_default(),
+                &input.namespace,
+            );
+            let scope = Scope {
+                host: &host,
+                namespace: &input.namespace,
+                service_namespace: Resolver::service_namespace_of(&host),
+                root: &context.facts.root,
+            };
+            self.plan_drain(object, degraded, context.facts, Some(&scope))
         } else {
             self.plan_weights(object, degraded, context.facts)
         }

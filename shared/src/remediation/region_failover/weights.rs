@@ -18,6 +18,22 @@ impl RegionFailover {
         facts: &RegionFacts,
     ) -> std::result::Result<Plan, Refusal> {
         let http = istio::http_routes(object);
+        // A route with one destination sends it everything, whatever the weights say.
+        for (index, route) in http.iter().enumerate() {
+            let destinations = route.get("route").and_then(Value::as_array);
+            if let Some([only]) = destinations.map(Vec::as_slice)
+                && destination_region(only, degraded, facts).as_deref() == Some(degraded)
+            {
+                let name = route
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| format!("route {index}"), |n| format!("route {n}"));
+                return Err(Refusal::Fail(format!(
+                    "{name} sends all its requests to {} in {degraded} (its only destination): shifting weights cannot move them, so nothing is changed; give the route destinations in the other regions",
+                    istio::destination_name(only)
+                )));
+            }
+        }
         let reweighed = istio::reweigh_routes(&http, |_, destinations| {
             let Some(regions) = route_regions(destinations, degraded, facts) else {
                 return Ok(None);
