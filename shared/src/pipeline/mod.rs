@@ -26,6 +26,7 @@ mod bookkeeping;
 mod enact;
 mod requests;
 mod timebox;
+mod undo;
 
 use timebox::Call;
 

@@ -46,7 +46,8 @@ use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
 
 use super::hosts;
-use super::istio::{self, OnEdit};
+use super::istio;
+use super::istio::restore::{self, OnEdit};
 use super::object::name_of;
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
@@ -223,7 +224,7 @@ impl Remediation for DbCircuitBreak {
     ) -> Option<Result<Plan, Refusal>> {
         self.settings
             .restore_on_resolve
-            .then(|| istio::plan_restore(object, record, self.name(), "Restore", OnEdit::Hold))
+            .then(|| restore::plan_restore(object, record, self.name(), "Restore", OnEdit::Hold))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {
@@ -231,7 +232,7 @@ impl Remediation for DbCircuitBreak {
     }
 
     fn plan_revert(&self, object: &DynamicObject, record: &ActionRecord) -> Result<Plan, Refusal> {
-        istio::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
+        restore::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
     }
 }
 

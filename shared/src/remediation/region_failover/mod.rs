@@ -34,7 +34,8 @@ use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value;
 
 use super::hosts;
-use super::istio::{self, OnEdit};
+use super::istio;
+use super::istio::restore::{self, OnEdit};
 use super::placement::Scope;
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
@@ -319,7 +320,7 @@ impl Remediation for RegionFailover {
     ) -> Option<std::result::Result<Plan, Refusal>> {
         self.settings
             .failback_on_resolve
-            .then(|| istio::plan_restore(object, record, self.name(), "Failback", OnEdit::Hold))
+            .then(|| restore::plan_restore(object, record, self.name(), "Failback", OnEdit::Hold))
     }
 
     fn revertible(&self, config: &Config) -> Vec<ApiResource> {
@@ -331,6 +332,6 @@ impl Remediation for RegionFailover {
         object: &DynamicObject,
         record: &ActionRecord,
     ) -> std::result::Result<Plan, Refusal> {
-        istio::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
+        restore::plan_restore(object, record, self.name(), "Revert", OnEdit::Fail)
     }
 }
