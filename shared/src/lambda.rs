@@ -1,13 +1,15 @@
 //! The Lambda edge: typed config and lazy clients at start, then one call to the pipeline
 //! per invocation. Bad input answers normally (a retry cannot fix it); transient
-//! failures answer with an error so Lambda retries and, after that, dead-letters.
+//! failures answer with a typed error ([`InvocationError`], `errorType`
+//! `MeshRemediation.Retryable`) so Lambda retries and, after that, dead-letters.
 
 use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lambda_runtime::{LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
+use tracing::instrument;
 
 use crate::config::Config;
 use crate::connect::{AwsClusterDirectory, Connections};
@@ -18,6 +20,46 @@ use crate::report::InvocationReport;
 
 /// The error type `main` returns.
 pub type BoxError = lambda_runtime::Error;
+
+/// Why an invocation fails: Lambda retries a failed asynchronous invocation (twice, then
+/// the dead-letter queue), and reports the `errorType` of each one.
+#[derive(Debug, thiserror::Error)]
+pub enum InvocationError {
+    /// Alerts failed in a way a retry may fix (API trouble, conflicts, the deadline).
+    #[error(
+        "{count} alert(s) failed transiently, retry will re-evaluate them (trace {trace_id}): {reasons}",
+        count = .reasons.len(),
+        reasons = .reasons.join("; ")
+    )]
+    Retryable {
+        /// The invocation's trace id.
+        trace_id: String,
+        /// Each retryable failure's reason.
+        reasons: Vec<String>,
+    },
+    /// The report could not be turned into the response.
+    #[error("cannot serialise the report: {0}")]
+    Report(#[from] serde_json::Error),
+}
+
+impl InvocationError {
+    /// The Lambda `errorType`: what alarms and the dead-letter queue's readers match on.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InvocationError::Retryable { .. } => "MeshRemediation.Retryable",
+            InvocationError::Report(_) => "MeshRemediation.Report",
+        }
+    }
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(error: InvocationError) -> Self {
+        Diagnostic {
+            error_type: error.error_type().to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
 
 /// Like [`run`], for a remediation with settings of its own: `settings` reads them once
 /// logging is up, so a bad value is logged with its variable's name and stops the start.
@@ -93,7 +135,7 @@ impl<R: Remediation> Function<R> {
     }
 
     /// Handles one Lambda invocation.
-    pub async fn invoke(&self, event: LambdaEvent<Value>) -> Result<Value, BoxError> {
+    pub async fn invoke(&self, event: LambdaEvent<Value>) -> Result<Value, InvocationError> {
         let started = Instant::now();
         let context = &event.context;
         let invocation = Invocation::new(
@@ -106,11 +148,12 @@ impl<R: Remediation> Function<R> {
     }
 
     /// Logs, emits metrics and notifies; turns retryable failures into an invocation error.
+    #[instrument(name = "report", skip_all, fields(trace_id = %report.trace_id))]
     pub async fn finish(
         &self,
         mut report: InvocationReport,
         started: Instant,
-    ) -> Result<Value, BoxError> {
+    ) -> Result<Value, InvocationError> {
         report.log();
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -121,7 +164,7 @@ impl<R: Remediation> Function<R> {
         if !metrics.is_empty() {
             metrics.push('\n');
             if let Err(err) = std::io::stdout().lock().write_all(metrics.as_bytes()) {
-                tracing::warn!(trace_id = %report.trace_id, error = %err, "cannot write metrics");
+                tracing::warn!(error = %err, "cannot write metrics");
             }
         }
         if !self.notifiers.is_empty() {
@@ -129,25 +172,21 @@ impl<R: Remediation> Function<R> {
             report.notifications = notify::deliver_all(&self.notifiers, &report, timeout).await;
             for failed in report.notifications.iter().filter(|d| !d.ok) {
                 tracing::warn!(
-                    trace_id = %report.trace_id,
                     sink = failed.sink,
                     error = failed.error.as_deref().unwrap_or(""),
                     "report delivery failed; the remediation itself stands"
                 );
             }
         }
-        let retryable: Vec<String> = report
+        let reasons: Vec<String> = report
             .retryable_failures()
             .map(|o| o.reason.clone().unwrap_or_default())
             .collect();
-        if !retryable.is_empty() {
-            return Err(format!(
-                "{} alert(s) failed transiently, retry will re-evaluate them (trace {}): {}",
-                retryable.len(),
-                report.trace_id,
-                retryable.join("; ")
-            )
-            .into());
+        if !reasons.is_empty() {
+            return Err(InvocationError::Retryable {
+                trace_id: report.trace_id,
+                reasons,
+            });
         }
         Ok(serde_json::to_value(&report)?)
     }
@@ -197,5 +236,19 @@ mod tests {
         assert!(relative > Duration::from_secs(599), "{relative:?}");
         assert_eq!(left(deadline_instant(now_ms - 1_000)), Duration::ZERO);
         assert!(deadline_instant(0).is_none());
+    }
+
+    #[test]
+    fn retryable_failures_leave_as_a_typed_lambda_error() {
+        let error = InvocationError::Retryable {
+            trace_id: "1-abc".into(),
+            reasons: vec!["out of time: x".into(), "kubernetes API get: 503".into()],
+        };
+        let diagnostic = Diagnostic::from(error);
+        assert_eq!(diagnostic.error_type, "MeshRemediation.Retryable");
+        assert_eq!(
+            diagnostic.error_message,
+            "2 alert(s) failed transiently, retry will re-evaluate them (trace 1-abc): out of time: x; kubernetes API get: 503"
+        );
     }
 }

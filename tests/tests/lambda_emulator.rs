@@ -107,6 +107,10 @@ async fn transient_api_failure_is_a_function_error_for_lambda_to_retry() {
             .is_some_and(|m| m.contains("failed transiently")),
         "expected a function error: {body}"
     );
+    assert_eq!(
+        body["errorType"], "MeshRemediation.Retryable",
+        "a typed error: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -193,6 +193,21 @@ async fn an_action_is_reported_everywhere_with_one_trace_id() {
         .find(|l| l["outcome"] == "applied")
         .expect("outcome log line");
     assert_eq!(outcome_line["trace_id"], trace_id.as_str());
+    // Every line logged inside a pipeline stage carries the stage's span, with the trace id.
+    assert_eq!(outcome_line["span"]["name"], "report", "{outcome_line}");
+    assert_eq!(outcome_line["span"]["trace_id"], trace_id.as_str());
+    let mut staged = 0;
+    for line in &logs {
+        let spans = line["spans"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        for id in spans.iter().filter_map(|span| span.get("trace_id")) {
+            assert_eq!(id, trace_id.as_str(), "{line}");
+            staged += 1;
+        }
+    }
+    assert!(staged > 1, "lines inside the stages carry the trace id");
     let emf: Vec<&Value> = logs.iter().filter(|l| l["_aws"].is_object()).collect();
     let count = emf
         .iter()

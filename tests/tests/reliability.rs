@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kube_standin::{Fault, FaultKind, RecordedRequest, StandIn};
 use lambda_runtime::{Context, LambdaEvent};
-use mesh_remediation::lambda::Function;
+use mesh_remediation::lambda::{Function, InvocationError};
 use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
@@ -93,7 +93,7 @@ async fn lambda_answer(
     vars: &[(&str, &str)],
     event: Value,
     deadline: Option<SystemTime>,
-) -> Result<Value, lambda_runtime::Error> {
+) -> Result<Value, InvocationError> {
     let function = Function::new(cluster.timed_pipeline(LatencyRestart, vars).await);
     let mut context = Context::default();
     context.request_id = "req-lambda".into();
@@ -114,6 +114,8 @@ async fn assert_lambda_retries(cluster: &TestCluster, vars: &[(&str, &str)], why
     let err = lambda_answer(cluster, vars, firing(cluster), None)
         .await
         .expect_err("a transient failure must fail the invocation so Lambda retries it");
+    // A typed Lambda error: Lambda reports this errorType for each failed attempt.
+    assert_eq!(err.error_type(), "MeshRemediation.Retryable", "{err}");
     let message = err.to_string();
     assert!(message.contains("failed transiently"), "{message}");
     assert!(message.contains(why), "{why:?} not in {message}");

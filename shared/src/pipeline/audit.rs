@@ -3,71 +3,50 @@
 
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::json;
+use tracing::instrument;
 
 use super::timebox::Call;
-use super::{Invocation, Pipeline};
+use super::{Invocation, Pipeline, Subject};
 use crate::record;
-use crate::remediation::{Remediation, describe};
+use crate::remediation::Remediation;
+
+/// The Event a change gets: its action (`Restarted`, `Escalated`, ...) and its note.
+#[derive(Debug, Clone)]
+pub(super) struct EventNote {
+    /// The Event's `action`.
+    pub(super) action: &'static str,
+    /// The Event's `note`: the change, where it came from and the trace id.
+    pub(super) note: String,
+}
 
 impl<R: Remediation> Pipeline<R> {
     /// Records a Kubernetes Event on the changed object. Best effort: the change is made
     /// and recorded on the object already, so a failed Event is logged, not fatal.
+    #[instrument(
+        name = "audit",
+        skip_all,
+        fields(trace_id = %at.invocation.trace_id, alert = at.alert(), target = %at.target)
+    )]
     pub(super) async fn record_event(
         &self,
         client: &kube::Client,
-        resource: &ApiResource,
+        at: &Subject<'_, R>,
         object: &DynamicObject,
-        action: &str,
-        note: &str,
-        invocation: &Invocation,
+        event: &EventNote,
     ) {
         let namespace = object.metadata.namespace.clone().unwrap_or_default();
-        let name = object.metadata.name.clone().unwrap_or_default();
         let events: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &namespace, &event_resource());
-        let stamp = invocation.now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
-        let unique = invocation.now.timestamp_nanos_opt().unwrap_or_default();
-        let base: String = name.chars().take(200).collect();
-        let mut note = note.to_owned();
-        if note.len() > 1000 {
-            let mut cut = 1000;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-        }
-        let event: DynamicObject = match serde_json::from_value(json!({
-            "apiVersion": "events.k8s.io/v1",
-            "kind": "Event",
-            "metadata": {
-                "name": format!("{base}.{unique:x}"),
-                "namespace": namespace,
-                "annotations": { format!("{}trace-id", record::ANNOTATION_PREFIX): invocation.trace_id },
-            },
-            "eventTime": stamp,
-            "reportingController": format!("{}{}", record::ANNOTATION_PREFIX, self.remediation.name()),
-            "reportingInstance": self.remediation.name(),
-            "action": action,
-            "reason": "AutoRemediation",
-            "type": "Normal",
-            "note": note,
-            "regarding": {
-                "apiVersion": resource.api_version,
-                "kind": resource.kind,
-                "namespace": namespace,
-                "name": name,
-                "uid": object.metadata.uid,
-                "resourceVersion": object.metadata.resource_version,
-            },
-        })) {
+        let resource = &at.work.locator.resource;
+        let event = match self.event(resource, object, event, at.invocation) {
             Ok(event) => event,
             Err(err) => {
-                tracing::warn!(trace_id = %invocation.trace_id, error = %err, "cannot build Event");
+                tracing::warn!(error = %err, "cannot build Event");
                 return;
             }
         };
         let created = self
-            .timebox(invocation)
+            .timebox(at.invocation)
             .call(
                 Call::Read,
                 "create the Event",
@@ -81,13 +60,62 @@ impl<R: Remediation> Pipeline<R> {
         };
         if let Some(err) = failed {
             tracing::warn!(
-                trace_id = %invocation.trace_id,
-                target = %describe(resource, &namespace, &name),
                 error = %err,
                 "change applied but recording the Kubernetes Event failed"
             );
         }
     }
+
+    /// The `events.k8s.io/v1` Event about `object`.
+    fn event(
+        &self,
+        resource: &ApiResource,
+        object: &DynamicObject,
+        event: &EventNote,
+        invocation: &Invocation,
+    ) -> serde_json::Result<DynamicObject> {
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let name = object.metadata.name.clone().unwrap_or_default();
+        let stamp = invocation.now.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        let unique = invocation.now.timestamp_nanos_opt().unwrap_or_default();
+        let base: String = name.chars().take(200).collect();
+        serde_json::from_value(json!({
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "name": format!("{base}.{unique:x}"),
+                "namespace": namespace,
+                "annotations": { format!("{}trace-id", record::ANNOTATION_PREFIX): invocation.trace_id },
+            },
+            "eventTime": stamp,
+            "reportingController": format!("{}{}", record::ANNOTATION_PREFIX, self.remediation.name()),
+            "reportingInstance": self.remediation.name(),
+            "action": event.action,
+            "reason": "AutoRemediation",
+            "type": "Normal",
+            "note": truncated(&event.note, 1000),
+            "regarding": {
+                "apiVersion": resource.api_version,
+                "kind": resource.kind,
+                "namespace": namespace,
+                "name": name,
+                "uid": object.metadata.uid,
+                "resourceVersion": object.metadata.resource_version,
+            },
+        }))
+    }
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }
 
 /// `events.k8s.io/v1` Event.

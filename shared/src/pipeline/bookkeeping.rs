@@ -1,31 +1,45 @@
-//! Record bookkeeping: what each request means for one object, given its action record, as
-//! a [`Step`]: act or escalate on a firing alert, and the guarded write every step makes.
-//! What a resolved alert or a revert request does is in [`super::undo`].
+//! Decide, for a firing alert: what it means for one object, given its action record, as a
+//! [`Step`]: act or escalate, and the guarded write every step makes. What a resolved
+//! alert or a revert request does is in [`super::undo`].
 
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
+use tracing::instrument;
 
+use super::audit::EventNote;
 use super::timebox::Call;
-use super::{Invocation, Pipeline, Work};
+use super::{Invocation, Pipeline, Subject};
 use crate::decide::{self, Verdict};
 use crate::error::Error;
 use crate::escalation::{self, ESCALATED_ANNOTATION, Escalation, HandOff};
 use crate::intake::AlertInput;
 use crate::record::{self, ActionRecord};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
-use crate::report::{Outcome, OutcomeKind};
+use crate::report::{Outcome, OutcomeKind, Source};
 use crate::skip::SkipReason;
 
 /// What one attempt on one object comes to.
 pub(super) enum Step {
+    /// Settled without a write.
     Done(Outcome),
-    Write {
-        body: Value,
-        dry_run: bool,
-        outcome: Outcome,
-        event: Option<(&'static str, String)>,
-        counts_against_budget: bool,
-    },
+    /// A guarded write to make.
+    Write(Write),
+}
+
+/// A guarded write: the change and the record in one merge patch, with the object's
+/// `resourceVersion` as precondition, and what it comes to once it lands.
+pub(super) struct Write {
+    /// The merge patch.
+    pub(super) body: Value,
+    /// Sent as a server-side dry run: validated, nothing stored.
+    pub(super) dry_run: bool,
+    /// The outcome once it lands.
+    pub(super) outcome: Outcome,
+    /// The Event it gets once it lands (not in a dry run).
+    pub(super) event: EventNote,
+    /// Counted against `MAX_TARGETS_PER_INVOCATION` and the budgets: a change to the
+    /// object, not bookkeeping on it.
+    pub(super) counts_against_budget: bool,
 }
 
 impl<R: Remediation> Pipeline<R> {
@@ -40,117 +54,48 @@ impl<R: Remediation> Pipeline<R> {
         .map_err(Error::Plan)
     }
 
+    /// Firing alert: act (with a new record), escalate, or say why not.
+    #[instrument(
+        name = "decide",
+        skip_all,
+        fields(trace_id = %at.invocation.trace_id, alert = at.alert(), target = %at.target)
+    )]
     pub(super) async fn firing_step(
         &self,
-        work: &Work<R>,
+        at: &Subject<'_, R>,
         input: &AlertInput,
         client: &kube::Client,
         object: &DynamicObject,
-        target: &str,
-        invocation: &Invocation,
     ) -> Step {
-        let source = work.source.clone();
+        let source = at.work.source.clone();
         let record = match self.read_record(object) {
             Ok(record) => record,
             Err(err) => return Step::Done(Outcome::failed(source, &err)),
         };
-        if let Some(earlier) = &record
-            && earlier.request_id.as_deref() == Some(invocation.request_id.as_str())
-            && earlier.fingerprint == input.alert.fingerprint
-            && !earlier.recovered()
-            && earlier.reverted.is_none()
-        {
-            // A Lambda retry of this very invocation: its earlier attempt made the change
-            // and lost the answer (cut at the deadline, a reset). Report it; do not redo it.
-            let mut outcome = Outcome::new(OutcomeKind::Applied, source);
-            outcome.change = Some(earlier.change.clone());
-            outcome.reason = Some(format!(
-                "made at {} by an earlier attempt of this invocation (Lambda request id {}), whose answer was lost; found on the retry, not made again",
-                earlier.at.to_rfc3339(),
-                invocation.request_id
-            ));
-            return Step::Done(outcome);
+        if let Some(found) = found_on_retry(record.as_ref(), input, at.invocation, &source) {
+            return Step::Done(found);
         }
-        let opted_in = record::opted_in(object.metadata.labels.as_ref());
-        let hand_off = escalation::check(
-            target,
-            object.metadata.annotations.as_ref(),
-            record.as_ref(),
-            &input.alert.fingerprint,
-            input.alert.starts_at,
-            invocation.now,
-            self.config.policy.escalation_window,
-        );
-        if let HandOff::Held(reason) = &hand_off
-            && opted_in
-        {
-            return Step::Done(Outcome::skipped(source, reason));
-        }
-        let verdict = decide::decide(
-            target,
-            opted_in,
-            record.as_ref(),
-            &self.config.policy,
-            invocation.now,
-        );
-        let verdict = match hand_off {
-            HandOff::StayedResolved | HandOff::Acknowledged => escalation::afresh(verdict),
-            HandOff::Free | HandOff::Held(_) => verdict,
-        };
+        let (verdict, hand_off) = self.firing_verdict(at, input, object, record.as_ref());
         let streak = match verdict {
             Verdict::Act { streak } => streak,
-            Verdict::Skip(reason) => {
-                return Step::Done(Outcome::skipped(source, &reason));
-            }
+            Verdict::Skip(reason) => return Step::Done(Outcome::skipped(source, &reason)),
             Verdict::Escalate { streak } => {
-                return self.escalate_step(work, input, object, record, streak, invocation);
+                return self.escalate_step(at, input, object, record, streak);
             }
         };
         if let Some(controller) = crate::controllers::blocking_controller(object) {
             let why = format!(
-                "{target} is managed by {controller}, which would undo this change or fight over it; not changing it. To let mesh-remediation act on it anyway, annotate it {}=true",
+                "{} is managed by {controller}, which would undo this change or fight over it; not changing it. To let mesh-remediation act on it anyway, annotate it {}=true",
+                at.target,
                 crate::controllers::ALLOW_ANNOTATION
             );
             return Step::Done(Outcome::failed(source, &Error::Plan(why)));
         }
-        let timebox = self.timebox(invocation);
-        let observed = match gathered(
-            &work.observed,
-            timebox,
-            "observe what the plan needs",
-            || self.remediation.observe(input),
-        )
-        .await
-        {
-            Ok(observed) => observed,
-            Err(err) => return Step::Done(Outcome::failed(source, err)),
-        };
-        let facts = match gathered(&work.facts, timebox, "read what the plan needs", || {
-            self.remediation
-                .prepare(input, client, &self.config, observed)
-        })
-        .await
-        {
-            Ok(facts) => facts,
-            Err(err) => return Step::Done(Outcome::failed(source, err)),
-        };
-        let context = PlanContext {
-            now: invocation.now,
-            config: &self.config,
-            facts,
-        };
-        let plan = match self.remediation.plan(input, object, context) {
+        let plan = match self.plan_firing(at, input, client, object).await {
             Ok(plan) => plan,
-            Err(Refusal::Skip(why)) => {
-                return Step::Done(Outcome::skipped(source, &SkipReason::Declined(why)));
-            }
-            Err(Refusal::Hold(why)) => {
-                return Step::Done(Outcome::skipped(source, &SkipReason::Held(why)));
-            }
-            Err(Refusal::Fail(why)) => {
-                return Step::Done(Outcome::failed(source, &Error::Plan(why)));
-            }
+            Err(outcome) => return Step::Done(*outcome),
         };
+        let invocation = at.invocation;
         let new_record = ActionRecord {
             fingerprint: input.alert.fingerprint.clone(),
             trace_id: invocation.trace_id.clone(),
@@ -164,47 +109,128 @@ impl<R: Remediation> Pipeline<R> {
             reverted: None,
             escalated_at: None,
         };
-        let mut step = self.write_step(work, object, &plan, &new_record, invocation, true);
+        let mut step = self.write_step(at, object, &plan, &new_record, true);
         if hand_off == HandOff::StayedResolved
-            && let Step::Write { body, .. } = &mut step
+            && let Step::Write(write) = &mut step
         {
             // Handed back: the annotation goes in the same write as the new action.
-            body["metadata"]["annotations"][ESCALATED_ANNOTATION] = Value::Null;
+            write.body["metadata"]["annotations"][ESCALATED_ANNOTATION] = Value::Null;
         }
         step
+    }
+
+    /// The verdict on a firing alert: held while a person has the target, else the brakes
+    /// of [`decide::decide`], started afresh when an escalation was handed back.
+    fn firing_verdict(
+        &self,
+        at: &Subject<'_, R>,
+        input: &AlertInput,
+        object: &DynamicObject,
+        record: Option<&ActionRecord>,
+    ) -> (Verdict, HandOff) {
+        let now = at.invocation.now;
+        let opted_in = record::opted_in(object.metadata.labels.as_ref());
+        let hand_off = escalation::check(
+            &at.target,
+            object.metadata.annotations.as_ref(),
+            record,
+            &input.alert.fingerprint,
+            input.alert.starts_at,
+            now,
+            self.config.policy.escalation_window,
+        );
+        if let HandOff::Held(reason) = &hand_off
+            && opted_in
+        {
+            return (Verdict::Skip(reason.clone()), hand_off);
+        }
+        let verdict = decide::decide(&at.target, opted_in, record, &self.config.policy, now);
+        let verdict = match hand_off {
+            HandOff::StayedResolved | HandOff::Acknowledged => escalation::afresh(verdict),
+            HandOff::Free | HandOff::Held(_) => verdict,
+        };
+        (verdict, hand_off)
+    }
+
+    /// The remediation's plan for a firing alert, from what it observed and gathered (once
+    /// per alert and cluster); `Err` is the outcome when it plans none.
+    async fn plan_firing(
+        &self,
+        at: &Subject<'_, R>,
+        input: &AlertInput,
+        client: &kube::Client,
+        object: &DynamicObject,
+    ) -> Result<Plan, Box<Outcome>> {
+        let work = at.work;
+        let failed = |err: &Error| Box::new(Outcome::failed(work.source.clone(), err));
+        let timebox = self.timebox(at.invocation);
+        let observe = || self.remediation.observe(input);
+        let observed = gathered(
+            &work.observed,
+            timebox,
+            "observe what the plan needs",
+            observe,
+        )
+        .await
+        .as_ref()
+        .map_err(failed)?;
+        let prepare = || {
+            self.remediation
+                .prepare(input, client, &self.config, observed)
+        };
+        let facts = gathered(&work.facts, timebox, "read what the plan needs", prepare)
+            .await
+            .as_ref()
+            .map_err(failed)?;
+        let context = PlanContext {
+            now: at.invocation.now,
+            config: &self.config,
+            facts,
+        };
+        self.remediation
+            .plan(input, object, context)
+            .map_err(|refusal| {
+                let source = work.source.clone();
+                Box::new(match refusal {
+                    Refusal::Skip(why) => Outcome::skipped(source, &SkipReason::Declined(why)),
+                    Refusal::Hold(why) => Outcome::skipped(source, &SkipReason::Held(why)),
+                    Refusal::Fail(why) => Outcome::failed(source, &Error::Plan(why)),
+                })
+            })
     }
 
     /// Hands the target to a person: the annotation [`ESCALATED_ANNOTATION`] and the record's
     /// `escalatedAt`, in one guarded write; no change to the object's spec.
     fn escalate_step(
         &self,
-        work: &Work<R>,
+        at: &Subject<'_, R>,
         input: &AlertInput,
         object: &DynamicObject,
         record: Option<ActionRecord>,
         streak: u32,
-        invocation: &Invocation,
     ) -> Step {
         let Some(mut record) = record else {
             let err = Error::Plan("escalation without an action record".into());
-            return Step::Done(Outcome::failed(work.source.clone(), &err));
+            return Step::Done(Outcome::failed(at.work.source.clone(), &err));
         };
+        let policy = &self.config.policy;
         let reason = format!(
             "{streak} actions without recovery (last at {}); not acting again, handed to a person (ESCALATE_AFTER={}). No function acts on it until the alert stays resolved for {}s or someone removes the annotation {ESCALATED_ANNOTATION}",
             record.at.to_rfc3339(),
-            self.config.policy.escalate_after,
-            self.config.policy.escalation_window.as_secs()
+            policy.escalate_after,
+            policy.escalation_window.as_secs()
         );
+        let now = at.invocation.now;
         let marker = Escalation {
             remediation: self.remediation.name().to_owned(),
             alert: crate::names::printable(input.alert.name()),
             fingerprint: input.alert.fingerprint.clone(),
-            at: invocation.now,
-            trace_id: invocation.trace_id.clone(),
+            at: now,
+            trace_id: at.invocation.trace_id.clone(),
             streak,
             resolved_at: None,
         };
-        record.escalated_at = Some(invocation.now);
+        record.escalated_at = Some(now);
         let plan = Plan {
             patch: json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: marker.to_annotation()}}}),
             summary: format!("escalated to a person after {streak} actions without recovery"),
@@ -212,26 +238,15 @@ impl<R: Remediation> Pipeline<R> {
             previous: None,
             applied: None,
         };
-        match self.write_step(work, object, &plan, &record, invocation, false) {
-            Step::Write {
-                body,
-                dry_run,
-                mut outcome,
-                event,
-                ..
-            } => {
+        match self.write_step(at, object, &plan, &record, false) {
+            Step::Write(mut write) => {
+                let outcome = &mut write.outcome;
                 outcome.outcome = OutcomeKind::Escalated;
                 outcome.reason = Some(match outcome.reason.take() {
                     Some(dry) => format!("{reason} ({dry})"),
                     None => reason,
                 });
-                Step::Write {
-                    body,
-                    dry_run,
-                    outcome,
-                    event,
-                    counts_against_budget: false,
-                }
+                Step::Write(write)
             }
             done => done,
         }
@@ -241,13 +256,13 @@ impl<R: Remediation> Pipeline<R> {
     /// object's `resourceVersion` as precondition.
     pub(super) fn write_step(
         &self,
-        work: &Work<R>,
+        at: &Subject<'_, R>,
         object: &DynamicObject,
         plan: &Plan,
         new_record: &ActionRecord,
-        invocation: &Invocation,
-        counts: bool,
+        counts_against_budget: bool,
     ) -> Step {
+        let work = at.work;
         let Some(resource_version) = object.metadata.resource_version.clone() else {
             let err =
                 Error::Plan("object has no resourceVersion; refusing an unguarded write".into());
@@ -263,14 +278,12 @@ impl<R: Remediation> Pipeline<R> {
         );
         let dry_run_reason = work.dry_run(self.config.dry_run);
         let dry_run = dry_run_reason.is_some();
-        let mut outcome = Outcome::new(
-            if dry_run {
-                OutcomeKind::DryRun
-            } else {
-                OutcomeKind::Applied
-            },
-            work.source.clone(),
-        );
+        let kind = if dry_run {
+            OutcomeKind::DryRun
+        } else {
+            OutcomeKind::Applied
+        };
+        let mut outcome = Outcome::new(kind, work.source.clone());
         outcome.reason = dry_run_reason.map(Into::into);
         outcome.change = Some(plan.summary.clone());
         outcome.patch = Some(body.clone());
@@ -278,16 +291,45 @@ impl<R: Remediation> Pipeline<R> {
             "{} ({}, trace {})",
             plan.summary,
             work.origin(),
-            invocation.trace_id
+            at.invocation.trace_id
         );
-        Step::Write {
+        Step::Write(Write {
             body,
             dry_run,
             outcome,
-            event: Some((plan.action, note)),
-            counts_against_budget: counts,
-        }
+            event: EventNote {
+                action: plan.action,
+                note,
+            },
+            counts_against_budget,
+        })
     }
+}
+
+/// A Lambda retry of this very invocation: its earlier attempt made the change and lost the
+/// answer (cut at the deadline, a reset). Reported, not redone.
+fn found_on_retry(
+    record: Option<&ActionRecord>,
+    input: &AlertInput,
+    invocation: &Invocation,
+    source: &Source,
+) -> Option<Outcome> {
+    let earlier = record?;
+    let ours = earlier.request_id.as_deref() == Some(invocation.request_id.as_str())
+        && earlier.fingerprint == input.alert.fingerprint
+        && !earlier.recovered()
+        && earlier.reverted.is_none();
+    if !ours {
+        return None;
+    }
+    let mut outcome = Outcome::new(OutcomeKind::Applied, source.clone());
+    outcome.change = Some(earlier.change.clone());
+    outcome.reason = Some(format!(
+        "made at {} by an earlier attempt of this invocation (Lambda request id {}), whose answer was lost; found on the retry, not made again",
+        earlier.at.to_rfc3339(),
+        invocation.request_id
+    ));
+    Some(outcome)
 }
 
 /// What `cell` holds, gathered by `gather` within the time box on first need: every target

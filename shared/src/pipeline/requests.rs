@@ -1,40 +1,70 @@
-//! Intake stage of the pipeline: parse, validate and screen; what needs no API call is
-//! settled here, the rest becomes [`Work`].
+//! Intake stage of the pipeline: parse, validate and screen. What needs no API call is
+//! settled here; the rest becomes [`Work`]. Input: the event; output: an [`Intake`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tokio::sync::OnceCell;
+use tracing::instrument;
 
 use super::{Invocation, Pipeline, Request, Work};
+use crate::alert::{Alert, AlertGroup};
 use crate::clusters::Route;
 use crate::decide::{self, Gate};
 use crate::error::Error;
-use crate::intake::{self, Rejection, RevertDelivery};
+use crate::intake::{self, AlertInput, Rejection, RevertDelivery};
 use crate::remediation::{Locator, Remediation};
 use crate::report::{Outcome, Source};
 use crate::skip::SkipReason;
 
+/// What intake makes of an event.
+pub(super) struct Intake<R: Remediation> {
+    /// Outcomes settled without an API call, with their alert's order.
+    pub(super) settled: Vec<(usize, Outcome)>,
+    /// Requests that await their targets.
+    pub(super) work: Vec<Work<R>>,
+}
+
+impl<R: Remediation> Intake<R> {
+    fn new() -> Self {
+        Intake {
+            settled: Vec::new(),
+            work: Vec::new(),
+        }
+    }
+
+    /// Only this outcome, for the event's one request.
+    fn settled(outcome: Outcome) -> Self {
+        let mut intake = Self::new();
+        intake.settled.push((0, outcome));
+        intake
+    }
+}
+
+/// One alert as delivered: its place in the event, where it came from and when.
+struct Delivered<'a> {
+    order: usize,
+    alert: &'a Alert,
+    source: Source,
+    published_at: Option<DateTime<Utc>>,
+}
+
+/// Observations shared by alerts with the same key (see `Remediation::observation_key`).
+type Observations<R> = HashMap<String, Observation<R>>;
+
 impl<R: Remediation> Pipeline<R> {
     /// Parses, validates and screens; settles every alert that needs no API call.
-    pub(super) fn intake(
-        &self,
-        event: &Value,
-        invocation: &Invocation,
-        outcomes: &mut Vec<(usize, Outcome)>,
-        work: &mut Vec<Work<R>>,
-    ) {
+    #[instrument(name = "intake", skip_all, fields(trace_id = %invocation.trace_id))]
+    pub(super) fn intake(&self, event: &Value, invocation: &Invocation) -> Intake<R> {
         let deliveries = match intake::parse_event(event, self.config.alert_topic_arn.as_deref()) {
             Ok(deliveries) => deliveries,
-            Err(err) => {
-                outcomes.push((0, Outcome::failed(Source::default(), &err)));
-                return;
-            }
+            Err(err) => return Intake::settled(Outcome::failed(Source::default(), &err)),
         };
+        let mut intake = Intake::new();
         let mut order = 0;
-        // Observations shared by alerts with the same key (see `Remediation::observation_key`).
-        let mut observations: HashMap<String, Observation<R>> = HashMap::new();
+        let mut observations = Observations::<R>::new();
         for delivery in deliveries {
             let base = Source {
                 message_id: delivery.message_id.clone(),
@@ -43,116 +73,127 @@ impl<R: Remediation> Pipeline<R> {
             let group = match delivery.content {
                 Ok(group) => group,
                 Err(err) => {
-                    outcomes.push((order, Outcome::failed(base, &err)));
+                    intake.settled.push((order, Outcome::failed(base, &err)));
                     order += 1;
                     continue;
                 }
             };
-            if group.alerts.is_empty() && group.truncated_alerts == 0 {
-                let err = Error::Input("Alertmanager message holds no alerts".into());
-                outcomes.push((order, Outcome::failed(base.clone(), &err)));
-                order += 1;
-            }
-            if group.truncated_alerts > 0 {
-                let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
-                outcomes.push((order, Outcome::skipped(base.clone(), &reason)));
+            for outcome in group_outcomes(&group, &base) {
+                intake.settled.push((order, outcome));
                 order += 1;
             }
             for alert in &group.alerts {
-                let mut source = Source::for_alert(&base, alert, group.external_url.as_deref());
-                let this = order;
-                order += 1;
-                let input = match intake::validate_alert(alert, self.remediation.name()) {
-                    Ok(input) => input,
-                    Err(Rejection::Invalid(why)) => {
-                        outcomes.push((this, Outcome::failed(source, &Error::Input(why))));
-                        continue;
-                    }
-                    Err(Rejection::OtherFunction(why)) => {
-                        let reason = SkipReason::OtherFunction(why);
-                        outcomes.push((this, Outcome::skipped(source, &reason)));
-                        continue;
-                    }
+                let delivered = Delivered {
+                    order,
+                    alert,
+                    source: Source::for_alert(&base, alert, group.external_url.as_deref()),
+                    published_at: delivery.published_at,
                 };
-                source.namespace = Some(input.namespace.clone());
-                let route = self.config.clusters.route(input.alert.label("cluster"));
-                let clusters = match &route {
-                    Route::Skip(reason) => {
-                        outcomes.push((this, Outcome::skipped(source, reason)));
-                        continue;
-                    }
-                    Route::Unknown(why) => {
-                        let err = Error::Input(format!(
-                            "{why}; an alert names its cluster with the `cluster` label (a Prometheus external label)"
-                        ));
-                        outcomes.push((this, Outcome::failed(source, &err)));
-                        continue;
-                    }
-                    Route::Default | Route::One(_) if self.remediation.mesh_wide() => {
-                        self.config.clusters.mesh_targets(&route)
-                    }
-                    Route::Default => vec![None],
-                    Route::One(name) => vec![Some(name.clone())],
-                };
-                let resolved = match decide::screen(
-                    &input,
-                    delivery.published_at,
-                    &self.config.policy,
-                    invocation.now,
-                ) {
-                    Gate::Firing => false,
-                    Gate::Resolved => true,
-                    Gate::Skip(reason) => {
-                        outcomes.push((this, Outcome::skipped(source, &reason)));
-                        continue;
-                    }
-                };
-                match self.remediation.targets(&input, &self.config) {
-                    Ok(locators) if !locators.is_empty() => {
-                        // Observed once for the alert (or its key); facts once per cluster.
-                        let observed = match self.remediation.observation_key(&input) {
-                            Some(key) => observations.entry(key).or_default().clone(),
-                            None => Observation::<R>::default(),
-                        };
-                        for cluster in clusters {
-                            let facts = Arc::new(OnceCell::new());
-                            for locator in &locators {
-                                work.push(Work {
-                                    order: this,
-                                    source: source.clone(),
-                                    locator: Locator {
-                                        cluster: cluster.clone(),
-                                        ..locator.clone()
-                                    },
-                                    request: Request::Alert {
-                                        input: input.clone(),
-                                        resolved,
-                                    },
-                                    observed: observed.clone(),
-                                    facts: facts.clone(),
-                                    fanned_out: false,
-                                });
-                            }
-                        }
-                    }
-                    Ok(_) => {
-                        let err = Error::Input("the alert names no target".into());
-                        outcomes.push((this, Outcome::failed(source, &err)));
-                    }
-                    Err(why) => outcomes.push((this, Outcome::failed(source, &Error::Input(why)))),
+                match self.intake_alert(delivered, invocation, &mut observations) {
+                    Ok(mut work) => intake.work.append(&mut work),
+                    Err(outcome) => intake.settled.push((order, *outcome)),
                 }
+                order += 1;
             }
+        }
+        intake
+    }
+
+    /// Validates, routes and screens one alert: the work it makes, or its outcome.
+    fn intake_alert(
+        &self,
+        delivered: Delivered<'_>,
+        invocation: &Invocation,
+        observations: &mut Observations<R>,
+    ) -> Result<Vec<Work<R>>, Box<Outcome>> {
+        let Delivered {
+            order,
+            alert,
+            mut source,
+            published_at,
+        } = delivered;
+        let input = match intake::validate_alert(alert, self.remediation.name()) {
+            Ok(input) => input,
+            Err(Rejection::Invalid(why)) => {
+                return Err(Box::new(Outcome::failed(source, &Error::Input(why))));
+            }
+            Err(Rejection::OtherFunction(why)) => {
+                let reason = SkipReason::OtherFunction(why);
+                return Err(Box::new(Outcome::skipped(source, &reason)));
+            }
+        };
+        source.namespace = Some(input.namespace.clone());
+        let clusters = match self.alert_clusters(&input) {
+            Ok(clusters) => clusters,
+            Err(refused) => return Err(Box::new(refused.outcome(source))),
+        };
+        let resolved =
+            match decide::screen(&input, published_at, &self.config.policy, invocation.now) {
+                Gate::Firing => false,
+                Gate::Resolved => true,
+                Gate::Skip(reason) => return Err(Box::new(Outcome::skipped(source, &reason))),
+            };
+        let locators = match self.remediation.targets(&input, &self.config) {
+            Ok(locators) if !locators.is_empty() => locators,
+            Ok(_) => {
+                let err = Error::Input("the alert names no target".into());
+                return Err(Box::new(Outcome::failed(source, &err)));
+            }
+            Err(why) => return Err(Box::new(Outcome::failed(source, &Error::Input(why)))),
+        };
+        // Observed once for the alert (or its key); facts once per cluster.
+        let observed = match self.remediation.observation_key(&input) {
+            Some(key) => observations.entry(key).or_default().clone(),
+            None => Observation::<R>::default(),
+        };
+        let mut work = Vec::with_capacity(clusters.len() * locators.len());
+        for cluster in clusters {
+            let facts = Arc::new(OnceCell::new());
+            for locator in &locators {
+                work.push(Work {
+                    order,
+                    source: source.clone(),
+                    locator: Locator {
+                        cluster: cluster.clone(),
+                        ..locator.clone()
+                    },
+                    request: Request::Alert {
+                        input: input.clone(),
+                        resolved,
+                    },
+                    observed: observed.clone(),
+                    facts: facts.clone(),
+                    fanned_out: false,
+                });
+            }
+        }
+        Ok(work)
+    }
+
+    /// The clusters an alert is acted on in: the one its `cluster` label names, every
+    /// mesh cluster for a mesh-wide remediation, or why none.
+    fn alert_clusters(&self, input: &AlertInput) -> Result<Vec<Option<String>>, Refused> {
+        let route = self.config.clusters.route(input.alert.label("cluster"));
+        match &route {
+            Route::Skip(reason) => Err(Refused::Skip(reason.clone())),
+            Route::Unknown(why) => Err(Refused::Fail(Error::Input(format!(
+                "{why}; an alert names its cluster with the `cluster` label (a Prometheus external label)"
+            )))),
+            Route::Default | Route::One(_) if self.remediation.mesh_wide() => {
+                Ok(self.config.clusters.mesh_targets(&route))
+            }
+            Route::Default => Ok(vec![None]),
+            Route::One(name) => Ok(vec![Some(name.clone())]),
         }
     }
 
     /// Validates and screens a revert request; it becomes one piece of work on one object.
+    #[instrument(name = "intake", skip_all, fields(trace_id = %invocation.trace_id))]
     pub(super) fn intake_revert(
         &self,
         delivery: RevertDelivery,
         invocation: &Invocation,
-        outcomes: &mut Vec<(usize, Outcome)>,
-        work: &mut Vec<Work<R>>,
-    ) {
+    ) -> Intake<R> {
         let mut source = Source {
             message_id: delivery.message_id,
             alert: Some("RevertRequest".into()),
@@ -164,13 +205,12 @@ impl<R: Remediation> Pipeline<R> {
                 .map_err(Error::Input)
         }) {
             Ok(request) => request,
-            Err(err) => return outcomes.push((0, Outcome::failed(source, &err))),
+            Err(err) => return Intake::settled(Outcome::failed(source, &err)),
         };
         source.namespace = Some(request.namespace.clone());
         let clusters = match self.revert_clusters(request.cluster.as_deref()) {
             Ok(clusters) => clusters,
-            Err(Ok(reason)) => return outcomes.push((0, Outcome::skipped(source, &reason))),
-            Err(Err(err)) => return outcomes.push((0, Outcome::failed(source, &err))),
+            Err(refused) => return Intake::settled(refused.outcome(source)),
         };
         let screened = decide::Request {
             namespace: &request.namespace,
@@ -178,7 +218,7 @@ impl<R: Remediation> Pipeline<R> {
         };
         if let Some(reason) = decide::screen_request(&screened, &self.config.policy, invocation.now)
         {
-            return outcomes.push((0, Outcome::skipped(source, &reason)));
+            return Intake::settled(Outcome::skipped(source, &reason));
         }
         let revertible = self.remediation.revertible(&self.config);
         let Some(resource) = revertible.iter().find(|r| r.kind == request.kind).cloned() else {
@@ -193,11 +233,12 @@ impl<R: Remediation> Pipeline<R> {
                     crate::names::printable(&request.kind)
                 )
             };
-            return outcomes.push((0, Outcome::failed(source, &Error::Input(why))));
+            return Intake::settled(Outcome::failed(source, &Error::Input(why)));
         };
         let fanned_out = clusters.len() > 1;
+        let mut intake = Intake::new();
         for cluster in clusters {
-            work.push(Work {
+            intake.work.push(Work {
                 order: 0,
                 source: source.clone(),
                 locator: Locator {
@@ -213,23 +254,20 @@ impl<R: Remediation> Pipeline<R> {
                 fanned_out,
             });
         }
+        intake
     }
 
     /// The clusters a revert request goes to: the one it names, or every listed cluster
-    /// for `all`. With several clusters served it must say which. `Err(Ok)`: not for this
-    /// deployment; `Err(Err)`: cannot be told.
-    fn revert_clusters(
-        &self,
-        named: Option<&str>,
-    ) -> Result<Vec<Option<String>>, Result<SkipReason, Error>> {
+    /// for `all`. With several clusters served it must say which.
+    fn revert_clusters(&self, named: Option<&str>) -> Result<Vec<Option<String>>, Refused> {
         if named == Some(ALL_CLUSTERS) {
             return Ok(self.config.clusters.all());
         }
         match self.config.clusters.route(named) {
             Route::Default => Ok(vec![None]),
             Route::One(name) => Ok(vec![Some(name)]),
-            Route::Skip(reason) => Err(Ok(reason)),
-            Route::Unknown(why) => Err(Err(Error::Input(format!(
+            Route::Skip(reason) => Err(Refused::Skip(reason)),
+            Route::Unknown(why) => Err(Refused::Fail(Error::Input(format!(
                 "{why}; a revert request names its cluster, or \"{ALL_CLUSTERS}\" for every one"
             )))),
         }
@@ -241,3 +279,35 @@ type Observation<R> = Arc<OnceCell<crate::Result<<R as Remediation>::Observed>>>
 
 /// What a revert request's `cluster` says to revert in every cluster served.
 pub const ALL_CLUSTERS: &str = "all";
+
+/// What a delivery says about its alerts as a whole: an empty message fails, and alerts
+/// the template left out are reported as such.
+fn group_outcomes(group: &AlertGroup, base: &Source) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    if group.alerts.is_empty() && group.truncated_alerts == 0 {
+        let err = Error::Input("Alertmanager message holds no alerts".into());
+        outcomes.push(Outcome::failed(base.clone(), &err));
+    }
+    if group.truncated_alerts > 0 {
+        let reason = SkipReason::AlertsOmitted(group.truncated_alerts);
+        outcomes.push(Outcome::skipped(base.clone(), &reason));
+    }
+    outcomes
+}
+
+/// Why an alert or request is not acted on in any cluster.
+enum Refused {
+    /// Not for this deployment.
+    Skip(SkipReason),
+    /// Cannot be told.
+    Fail(Error),
+}
+
+impl Refused {
+    fn outcome(self, source: Source) -> Outcome {
+        match self {
+            Refused::Skip(reason) => Outcome::skipped(source, &reason),
+            Refused::Fail(err) => Outcome::failed(source, &err),
+        }
+    }
+}

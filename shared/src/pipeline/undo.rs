@@ -1,50 +1,88 @@
-//! Undoing, as a [`Step`] for one object with an action record: a resolved alert records
-//! the recovery or restores the previous configuration; a revert request restores it exactly.
+//! Decide, for undoing, as a [`Step`] for one object with an action record: a resolved alert
+//! records the recovery or restores the previous configuration; a revert request restores
+//! it exactly.
 
 use kube::api::DynamicObject;
-use serde_json::json;
+use serde_json::{Value, json};
+use tracing::instrument;
 
 use super::bookkeeping::Step;
-use super::{Invocation, Pipeline, Work};
+use super::{Pipeline, Subject};
 use crate::error::Error;
 use crate::escalation::{self, ESCALATED_ANNOTATION};
 use crate::intake::{AlertInput, RevertRequest};
 use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
-use crate::report::Outcome;
+use crate::report::{Outcome, Source};
 use crate::skip::SkipReason;
 
+/// What a resolution notes on an escalated target.
+struct Noted {
+    /// The escalation's annotation with the resolution noted, when the target is escalated
+    /// for this alert.
+    escalation: Option<String>,
+    /// The words for it in the report (empty when nothing is noted).
+    words: String,
+}
+
+impl Noted {
+    /// The merge patch that writes the noted escalation.
+    fn marker(&self) -> Value {
+        json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: self.escalation}}})
+    }
+
+    /// `plan` with the noted escalation written too, when there is one.
+    fn on(&self, mut plan: Plan) -> Plan {
+        if self.escalation.is_some() {
+            json_patch::merge(&mut plan.patch, &self.marker());
+        }
+        plan
+    }
+}
+
+fn resolved(source: &Source, what: String) -> Step {
+    Step::Done(Outcome::skipped(
+        source.clone(),
+        &SkipReason::Resolved(what),
+    ))
+}
+
 impl<R: Remediation> Pipeline<R> {
+    /// Resolved alert: record the recovery on the object its alert acted on, and restore
+    /// what the remediation restores.
+    #[instrument(
+        name = "decide",
+        skip_all,
+        fields(trace_id = %at.invocation.trace_id, alert = at.alert(), target = %at.target)
+    )]
     pub(super) fn resolved_step(
         &self,
-        work: &Work<R>,
+        at: &Subject<'_, R>,
         input: &AlertInput,
         object: &DynamicObject,
-        target: &str,
-        invocation: &Invocation,
     ) -> Step {
-        let source = work.source.clone();
-        let skip = |what: String| {
-            Step::Done(Outcome::skipped(
-                source.clone(),
-                &SkipReason::Resolved(what),
-            ))
-        };
+        let source = &at.work.source;
+        let target = &at.target;
         let record = match self.read_record(object) {
             Ok(Some(record)) => record,
-            Ok(None) => return skip(format!("nothing to undo; no action recorded on {target}")),
-            Err(err) => return Step::Done(Outcome::failed(source, &err)),
+            Ok(None) => {
+                return resolved(
+                    source,
+                    format!("nothing to undo; no action recorded on {target}"),
+                );
+            }
+            Err(err) => return Step::Done(Outcome::failed(source.clone(), &err)),
         };
         if !record::opted_in(object.metadata.labels.as_ref()) {
-            return skip(format!(
-                "{target} is no longer labelled auto_remediation=active; left as is"
-            ));
+            let why = format!("{target} is no longer labelled auto_remediation=active; left as is");
+            return resolved(source, why);
         }
         if record.fingerprint != input.alert.fingerprint {
-            return skip(format!(
+            let why = format!(
                 "the action on {target} was for another alert ({})",
                 record.fingerprint
-            ));
+            );
+            return resolved(source, why);
         }
         // An escalated target notes each resolution: it is handed back once the alert stays
         // resolved long enough.
@@ -52,114 +90,136 @@ impl<R: Remediation> Pipeline<R> {
             object.metadata.annotations.as_ref(),
             self.remediation.name(),
             &input.alert.fingerprint,
-            invocation.now,
+            at.invocation.now,
         );
-        let noted = escalation.as_ref().map_or(String::new(), |_| {
+        let words = escalation.as_ref().map_or(String::new(), |_| {
             format!(
                 "; the escalation notes the resolution: handed back if the alert stays resolved for {}s",
                 self.config.policy.escalation_window.as_secs()
             )
         });
-        let dry_run = work.dry_run(self.config.dry_run).is_some();
-        let marker = json!({"metadata": {"annotations": {ESCALATED_ANNOTATION: escalation}}});
-        let bookkeeping = |plan: Plan, new_record: &ActionRecord, what: String| match self
-            .write_step(work, object, &plan, new_record, invocation, false)
-        {
-            Step::Write {
-                body,
-                dry_run,
-                event,
-                ..
-            } => {
-                let mut outcome = Outcome::skipped(source.clone(), &SkipReason::Resolved(what));
-                outcome.patch = Some(body.clone());
-                Step::Write {
-                    body,
-                    dry_run,
-                    outcome,
-                    event,
-                    counts_against_budget: false,
-                }
-            }
-            done => done,
-        };
+        let noted = Noted { escalation, words };
         if record.recovered() {
-            if escalation.is_none() || dry_run {
-                return skip("recovery already recorded".into());
-            }
-            let plan = Plan {
-                patch: marker,
-                summary: "resolution after the escalation recorded".into(),
-                action: "Recovered",
-                previous: None,
-                applied: None,
-            };
-            return bookkeeping(plan, &record, format!("recovery already recorded{noted}"));
+            return self.note_resolution(at, object, &record, &noted);
         }
+        self.recover(at, input, object, record, &noted)
+    }
+
+    /// The recovery is recorded already: only an escalation's note of this resolution is
+    /// written.
+    fn note_resolution(
+        &self,
+        at: &Subject<'_, R>,
+        object: &DynamicObject,
+        record: &ActionRecord,
+        noted: &Noted,
+    ) -> Step {
+        let dry_run = at.work.dry_run(self.config.dry_run).is_some();
+        if noted.escalation.is_none() || dry_run {
+            return resolved(&at.work.source, "recovery already recorded".into());
+        }
+        let plan = Plan {
+            patch: noted.marker(),
+            summary: "resolution after the escalation recorded".into(),
+            action: "Recovered",
+            previous: None,
+            applied: None,
+        };
+        let what = format!("recovery already recorded{}", noted.words);
+        self.bookkeeping(at, object, plan, record, what)
+    }
+
+    /// Records the recovery, with the restoring change the remediation plans, if any.
+    fn recover(
+        &self,
+        at: &Subject<'_, R>,
+        input: &AlertInput,
+        object: &DynamicObject,
+        record: ActionRecord,
+        noted: &Noted,
+    ) -> Step {
+        let source = &at.work.source;
         let context = PlanContext {
-            now: invocation.now,
+            now: at.invocation.now,
             config: &self.config,
             facts: &(),
         };
-        let mut new_record = record.clone();
-        new_record.recovered_at = Some(invocation.now);
-        let with_marker = |mut plan: Plan| {
-            if escalation.is_some() {
-                json_patch::merge(&mut plan.patch, &marker);
-            }
-            plan
-        };
-        match self
+        let planned = self
             .remediation
-            .plan_resolved(input, object, &record, context)
-        {
+            .plan_resolved(input, object, &record, context);
+        let mut new_record = record;
+        new_record.recovered_at = Some(at.invocation.now);
+        match planned {
+            None if at.work.dry_run(self.config.dry_run).is_some() => resolved(
+                source,
+                "nothing to change (dry run: recovery not recorded)".into(),
+            ),
             None => {
-                if dry_run {
-                    return skip("nothing to change (dry run: recovery not recorded)".into());
-                }
-                let plan = with_marker(Plan {
+                let plan = noted.on(Plan {
                     patch: json!({}),
                     summary: "recovery recorded; escalation streak reset".into(),
                     action: "Recovered",
                     previous: None,
                     applied: None,
                 });
-                bookkeeping(
-                    plan,
-                    &new_record,
-                    format!("nothing to change; recovery recorded, escalation streak reset{noted}"),
-                )
+                let what = format!(
+                    "nothing to change; recovery recorded, escalation streak reset{}",
+                    noted.words
+                );
+                self.bookkeeping(at, object, plan, &new_record, what)
             }
             Some(Ok(plan)) => {
                 new_record.change = plan.summary.clone();
-                self.write_step(
-                    work,
-                    object,
-                    &with_marker(plan),
-                    &new_record,
-                    invocation,
-                    false,
-                )
+                self.write_step(at, object, &noted.on(plan), &new_record, false)
             }
-            Some(Err(Refusal::Skip(why))) => skip(why),
+            Some(Err(Refusal::Skip(why))) => resolved(source, why),
             Some(Err(Refusal::Hold(why))) => {
-                Step::Done(Outcome::skipped(source, &SkipReason::Held(why)))
+                Step::Done(Outcome::skipped(source.clone(), &SkipReason::Held(why)))
             }
-            Some(Err(Refusal::Fail(why))) => Step::Done(Outcome::failed(source, &Error::Plan(why))),
+            Some(Err(Refusal::Fail(why))) => {
+                Step::Done(Outcome::failed(source.clone(), &Error::Plan(why)))
+            }
+        }
+    }
+
+    /// A write that changes only the record (and the escalation's note): reported as the
+    /// skip it is, with its patch, counted against no budget.
+    fn bookkeeping(
+        &self,
+        at: &Subject<'_, R>,
+        object: &DynamicObject,
+        plan: Plan,
+        new_record: &ActionRecord,
+        what: String,
+    ) -> Step {
+        match self.write_step(at, object, &plan, new_record, false) {
+            Step::Write(mut write) => {
+                let mut outcome =
+                    Outcome::skipped(at.work.source.clone(), &SkipReason::Resolved(what));
+                outcome.patch = Some(write.body.clone());
+                write.outcome = outcome;
+                write.counts_against_budget = false;
+                Step::Write(write)
+            }
+            done => done,
         }
     }
 
     /// Revert request: restore the recorded `previous` exactly, only on an opted-in
     /// object whose last action is the one meant and was not edited since.
+    #[instrument(
+        name = "decide",
+        skip_all,
+        fields(trace_id = %at.invocation.trace_id, alert = at.alert(), target = %at.target)
+    )]
     pub(super) fn revert_step(
         &self,
-        work: &Work<R>,
+        at: &Subject<'_, R>,
         request: &RevertRequest,
         object: &DynamicObject,
-        target: &str,
-        invocation: &Invocation,
     ) -> Step {
-        let source = work.source.clone();
+        let source = at.work.source.clone();
+        let target = &at.target;
         let fail = |why: String| Step::Done(Outcome::failed(source.clone(), &Error::Plan(why)));
         let annotation = record::record_annotation(self.remediation.name());
         if !record::opted_in(object.metadata.labels.as_ref()) {
@@ -206,11 +266,11 @@ impl<R: Remediation> Pipeline<R> {
         };
         let mut new_record = record;
         new_record.reverted = Some(Reversal {
-            at: invocation.now,
-            trace_id: invocation.trace_id.clone(),
+            at: at.invocation.now,
+            trace_id: at.invocation.trace_id.clone(),
             reason: request.reason.clone(),
             requested_by: request.requested_by.clone(),
         });
-        self.write_step(work, object, &plan, &new_record, invocation, false)
+        self.write_step(at, object, &plan, &new_record, false)
     }
 }

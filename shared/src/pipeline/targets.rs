@@ -1,0 +1,184 @@
+//! Targets: the work grouped by locator (one alert acts on an object, the rest are its
+//! duplicates), and the objects each locator names in its cluster, each handed to enact.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicUsize;
+
+use futures::StreamExt as _;
+use kube::api::{Api, DynamicObject, ListParams};
+use tracing::instrument;
+
+use super::timebox::Call;
+use super::{Invocation, Pipeline, Request, Subject, Work, merge};
+use crate::error::Error;
+use crate::record;
+use crate::remediation::Remediation;
+use crate::report::Outcome;
+use crate::skip::SkipReason;
+
+impl<R: Remediation> Pipeline<R> {
+    /// Works every target, up to `MAX_CONCURRENCY` at a time: one outcome per piece of
+    /// work, with its alert's order.
+    pub(super) async fn act_on_targets(
+        &self,
+        work: Vec<Work<R>>,
+        invocation: &Invocation,
+    ) -> Vec<(usize, Outcome)> {
+        let mut groups: BTreeMap<String, Vec<Work<R>>> = BTreeMap::new();
+        for item in work {
+            groups.entry(item.locator.key()).or_default().push(item);
+        }
+        // Objects changed by this invocation, against MAX_TARGETS_PER_INVOCATION.
+        let changed = AtomicUsize::new(0);
+        futures::stream::iter(groups.into_values())
+            .map(|items| self.handle_target(items, invocation, &changed))
+            .buffer_unordered(self.config.max_concurrency)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
+    }
+
+    /// Handles every alert aimed at one locator: the first firing alert (else the first
+    /// resolved one) is acted on; the rest are duplicates of it.
+    async fn handle_target(
+        &self,
+        mut items: Vec<Work<R>>,
+        invocation: &Invocation,
+        changed: &AtomicUsize,
+    ) -> Vec<(usize, Outcome)> {
+        items.sort_by_key(|w| (w.resolved(), w.order));
+        let mut items = items.into_iter();
+        let Some(primary) = items.next() else {
+            return Vec::new();
+        };
+        let handled_by = primary.fingerprint().to_owned();
+        let mut out: Vec<(usize, Outcome)> = items
+            .map(|dup| {
+                let reason = SkipReason::Duplicate {
+                    handled_by: crate::names::printable(&handled_by),
+                };
+                (dup.order, Outcome::skipped(dup.source, &reason))
+            })
+            .collect();
+        let outcome = self.act(&primary, invocation, changed).await;
+        out.push((primary.order, outcome));
+        out
+    }
+
+    /// One locator's outcome, tagged with its cluster when several are served.
+    #[instrument(
+        name = "target",
+        skip_all,
+        fields(trace_id = %invocation.trace_id, alert = work.source.alert.as_deref(), target)
+    )]
+    async fn act(&self, work: &Work<R>, invocation: &Invocation, changed: &AtomicUsize) -> Outcome {
+        let locator = &work.locator;
+        let subject = self.describe_target(locator, locator.name.as_deref().unwrap_or("*"));
+        tracing::Span::current().record("target", subject.as_str());
+        let outcome = match self.timebox(invocation).check(&subject) {
+            Err(err) => Outcome::failed(work.source.clone(), &err).on(&subject),
+            Ok(()) => {
+                self.act_in_cluster(work, invocation, changed, &subject)
+                    .await
+            }
+        };
+        match &locator.cluster {
+            Some(cluster) if self.config.clusters.several() => outcome.in_cluster(cluster),
+            _ => outcome,
+        }
+    }
+
+    /// Connects to the locator's cluster, finds the objects it names and works each one.
+    async fn act_in_cluster(
+        &self,
+        work: &Work<R>,
+        invocation: &Invocation,
+        changed: &AtomicUsize,
+        subject: &str,
+    ) -> Outcome {
+        let failed = |err: &Error| Outcome::failed(work.source.clone(), err).on(subject);
+        let locator = &work.locator;
+        let connector = match self.connections.get(locator.cluster.as_deref()) {
+            Ok(connector) => connector,
+            Err(err) => return failed(&err),
+        };
+        let client = match connector.client().await {
+            Ok(client) => client,
+            Err(err) => return failed(&err),
+        };
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource);
+        let names = match self.names(&api, work, invocation, subject).await {
+            Ok(names) => names,
+            Err(outcome) => return *outcome,
+        };
+        let mut outcomes = Vec::with_capacity(names.len());
+        for name in &names {
+            let at = Subject {
+                work,
+                name,
+                target: self.describe_target(locator, name),
+                invocation,
+            };
+            outcomes.push(self.act_on(&api, &client, &at, changed).await);
+        }
+        merge::merge_outcomes(outcomes)
+    }
+
+    /// The objects a locator names: its one name, or the opted-in objects the
+    /// remediation selects; `Err` is the outcome when there are none or they cannot be listed.
+    async fn names(
+        &self,
+        api: &Api<DynamicObject>,
+        work: &Work<R>,
+        invocation: &Invocation,
+        subject: &str,
+    ) -> Result<Vec<String>, Box<Outcome>> {
+        let locator = &work.locator;
+        if let Some(name) = &locator.name {
+            return Ok(vec![name.clone()]);
+        }
+        let listed = self
+            .timebox(invocation)
+            .call(
+                Call::Read,
+                &format!("list {subject}"),
+                self.select(api, work),
+            )
+            .await
+            .and_then(|listed| listed);
+        match listed {
+            Ok(names) if names.is_empty() => {
+                let why = format!(
+                    "no {} in namespace {} labelled auto_remediation=active matches the alert",
+                    locator.resource.kind, locator.namespace
+                );
+                // The alert keeps firing and nothing here acts on it: a person must
+                // opt the right object in or fix the alert's labels.
+                let held = Outcome::skipped(work.source.clone(), &SkipReason::Held(why));
+                Err(Box::new(held.on(subject)))
+            }
+            Ok(names) => Ok(names),
+            Err(err) => Err(Box::new(
+                Outcome::failed(work.source.clone(), &err).on(subject),
+            )),
+        }
+    }
+
+    async fn select(&self, api: &Api<DynamicObject>, work: &Work<R>) -> Result<Vec<String>, Error> {
+        let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
+        let list = api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|err| Error::kube(format!("list {}", work.locator.resource.plural), err))?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|obj| match &work.request {
+                Request::Alert { input, .. } => self.remediation.selects(input, obj),
+                Request::Revert(_) => true,
+            })
+            .filter_map(|obj| obj.metadata.name.clone())
+            .collect())
+    }
+}
