@@ -619,3 +619,38 @@ async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged()
         "what the outcome says is what Istio does: the client now prefers its own region"
     );
 }
+
+#[tokio::test]
+async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
+    // Found by the generated meshes: with outlier detection already on, Istio's locality
+    // preference already acts, so "preserve" must not switch it off.
+    let (cluster, world, host) = database_world("ivb-already-detecting").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "trafficPolicy": {"outlierDetection": {}}}),
+        )
+        .await;
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_called(&before, "same-ns-east", &default_cluster),
+        BTreeSet::from(["us-east-1".to_owned()]),
+        "outlier detection on: each client prefers its own region"
+    );
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(change.contains("as before"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            regions_called(&after, client.name, &default_cluster),
+            regions_called(&before, client.name, &default_cluster),
+            "{}: the outcome says the spread is as before, and it is",
+            client.name
+        );
+    }
+}

@@ -31,7 +31,8 @@
 //! Outlier detection switches on Istio's locality-prioritised load balancing for the host
 //! (clients prefer endpoints in their own region). `CB_LOCALITY_LB=preserve` (the default)
 //! keeps the spread as it was by setting `loadBalancer.localityLbSetting.enabled: false`
-//! where the rule has no locality setting of its own; `prioritize` lets it happen. The
+//! where the rule has no locality setting of its own and no outlier detection yet (with it,
+//! the preference already acts); `prioritize` lets it happen. The
 //! outcome says which.
 //!
 //! Only `consecutive5xxErrors` counts errors: for HTTP it covers every 5xx (gateway
@@ -274,8 +275,19 @@ mod tests {
         let mut applied = breaker();
         applied["tls"] = json!({"mode": "ISTIO_MUTUAL"});
         applied["outlierDetection"]["consecutiveGatewayErrors"] = json!(2);
-        applied["loadBalancer"] = json!({"localityLbSetting": {"enabled": false}});
+        // Outlier detection was on already, so Istio's locality preference already acted:
+        // nothing to keep off.
         assert_eq!(plan.applied, Some(json!({"trafficPolicy": applied})));
+        let fresh = DbCircuitBreak::default()
+            .plan_circuit_break(&rule(
+                json!({"host": "orders", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
+            ))
+            .expect("plan");
+        assert_eq!(
+            fresh.applied.expect("applied")["trafficPolicy"]["loadBalancer"],
+            json!({"localityLbSetting": {"enabled": false}}),
+            "without outlier detection before, preserve keeps the locality preference off"
+        );
         assert_eq!(
             plan.previous,
             Some(json!({"trafficPolicy": object.data["spec"]["trafficPolicy"]})),

@@ -70,7 +70,7 @@ impl CircuitBreaker {
             };
             // A subset's policy overrides block by block: only the blocks it sets need the
             // breaker. The top level and port entries (which inherit nothing) get all of it.
-            self.set_blocks(policy, level != PolicyLevel::Subset);
+            self.set_blocks(policy, level != PolicyLevel::Subset, detected);
             if !detected && policy.get("outlierDetection").is_some() && wakes(locality.as_ref()) {
                 woken.push(name.to_owned());
             }
@@ -91,7 +91,9 @@ impl CircuitBreaker {
     }
 
     /// `whole`: every block (a level that inherits nothing); else only the blocks set.
-    fn set_blocks(&self, level: &mut Value, whole: bool) {
+    /// `detected`: outlier detection was already on for the level, so locality-prioritised
+    /// load balancing already acted and `preserve` has nothing to keep off.
+    fn set_blocks(&self, level: &mut Value, whole: bool, detected: bool) {
         let wanted = self.policy_patch();
         for block in ["connectionPool", "outlierDetection"] {
             if whole || level.get(block).is_some() {
@@ -101,6 +103,7 @@ impl CircuitBreaker {
         }
         let has_locality = level.pointer("/loadBalancer/localityLbSetting").is_some();
         if self.locality_lb == LocalityLb::Preserve
+            && !detected
             && !has_locality
             && (whole || level.get("loadBalancer").is_some())
         {
@@ -116,7 +119,8 @@ impl CircuitBreaker {
         } else {
             policy.clone()
         };
-        self.set_blocks(&mut again, whole);
+        // Once written, the level has outlier detection: nothing more to keep off.
+        self.set_blocks(&mut again, whole, true);
         again == *policy
     }
 }
