@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
+use super::object::{name_of, opted_in};
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
@@ -66,8 +67,41 @@ pub struct ErrorRollback;
 
 impl ErrorRollback {
     /// Plans the rollback of one VirtualService for the service at fully qualified
-    /// `service`; pure.
+    /// `service`; pure. All or nothing: when another VirtualService the alert changes
+    /// (opted in, in the alert's namespace, routing the service) cannot be rolled back,
+    /// this one is not either, since rolling back only some would leave the failing version
+    /// its traffic through the others.
     pub fn plan_rollback(
+        &self,
+        object: &DynamicObject,
+        service: &str,
+        version: Option<&str>,
+        facts: &RollbackFacts,
+    ) -> std::result::Result<Plan, Refusal> {
+        let plan = self.plan_one(object, service, version, facts)?;
+        let me = name_of(object);
+        let alert_namespace = if facts.namespace.is_empty() {
+            istio::namespace_of(object)
+        } else {
+            &facts.namespace
+        };
+        for sibling in facts.virtual_services.iter().filter(|vs| {
+            name_of(vs) != me
+                && istio::namespace_of(vs) == alert_namespace
+                && opted_in(vs)
+                && (hosts::routes_host(vs, service) || hosts::has_destination(vs, service))
+        }) {
+            if let Err(Refusal::Fail(why)) = self.plan_one(sibling, service, version, facts) {
+                return Err(Refusal::Fail(format!(
+                    "VirtualService {} cannot be rolled back ({why}); rolling back only the others would leave the failing version its traffic through it, so nothing is changed",
+                    name_of(sibling)
+                )));
+            }
+        }
+        Ok(plan)
+    }
+
+    fn plan_one(
         &self,
         object: &DynamicObject,
         service: &str,

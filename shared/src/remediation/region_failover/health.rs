@@ -29,6 +29,8 @@ pub struct RegionFacts {
     pub pinned_subsets: Vec<String>,
     /// Every DestinationRule in the cluster (which rule each client takes).
     pub rules: Vec<kube::api::DynamicObject>,
+    /// The VirtualServices the alert changes: opted in, in its namespace, routing the service.
+    pub virtual_services: Vec<kube::api::DynamicObject>,
     /// Istio's root namespace (`ISTIO_ROOT_NAMESPACE`).
     pub root: String,
 }

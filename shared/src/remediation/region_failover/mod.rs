@@ -282,6 +282,14 @@ impl Remediation for RegionFailover {
                             })
                     })
             });
+            facts.virtual_services = services
+                .into_iter()
+                .filter(|vs| {
+                    istio::namespace_of(vs) == namespace
+                        && super::object::opted_in(vs)
+                        && (hosts::routes_host(vs, &host) || hosts::has_destination(vs, &host))
+                })
+                .collect();
             facts.rules = rules;
             Ok(facts)
         })
@@ -294,21 +302,52 @@ impl Remediation for RegionFailover {
         context: PlanContext<'_, RegionFacts>,
     ) -> std::result::Result<Plan, Refusal> {
         let degraded = degraded_region(input);
-        if is_destination_rule(object) {
-            let host = hosts::alert_host(
-                input.alert.label("service").unwrap_or_default(),
-                &input.namespace,
-            );
-            let scope = Scope {
-                host: &host,
-                namespace: &input.namespace,
-                service_namespace: Resolver::service_namespace_of(&host),
-                root: &context.facts.root,
-            };
-            self.plan_drain(object, degraded, context.facts, Some(&scope))
+        let host = hosts::alert_host(
+            input.alert.label("service").unwrap_or_default(),
+            &input.namespace,
+        );
+        let facts = context.facts;
+        let scope = Scope {
+            host: &host,
+            namespace: &input.namespace,
+            service_namespace: Resolver::service_namespace_of(&host),
+            root: &facts.root,
+        };
+        let plan = if is_destination_rule(object) {
+            self.plan_drain(object, degraded, facts, Some(&scope))
         } else {
-            self.plan_weights(object, degraded, context.facts)
+            self.plan_weights(object, degraded, facts)
+        }?;
+        // All or nothing: when another object of the alert cannot take its part of the
+        // drain, draining only this one would leave clients on the degraded region.
+        let me = super::object::name_of(object);
+        let others = facts
+            .virtual_services
+            .iter()
+            .chain(facts.rules.iter().filter(|r| scope.writable(r)))
+            .filter(|other| {
+                super::object::name_of(other) != me
+                    || is_destination_rule(other) != is_destination_rule(object)
+            });
+        for other in others {
+            let planned = if is_destination_rule(other) {
+                self.plan_drain(other, degraded, facts, Some(&scope))
+            } else {
+                self.plan_weights(other, degraded, facts)
+            };
+            if let Err(Refusal::Fail(why)) = planned {
+                return Err(Refusal::Fail(format!(
+                    "{} {} cannot take its part ({why}); draining only the others would leave clients on {degraded}, so nothing is changed",
+                    if is_destination_rule(other) {
+                        "DestinationRule"
+                    } else {
+                        "VirtualService"
+                    },
+                    super::object::name_of(other)
+                )));
+            }
         }
+        Ok(plan)
     }
 
     fn plan_resolved(
