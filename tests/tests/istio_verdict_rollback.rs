@@ -577,3 +577,44 @@ async fn a_client_namespace_own_virtual_service_to_the_failing_version_is_refuse
     .expect("create");
     assert_refused(&cluster, &format!("{web}/checkout-for-web")).await;
 }
+
+#[tokio::test]
+async fn when_one_virtual_service_cannot_be_rolled_back_none_is() {
+    // Found by the generated meshes: `checkout` has no stable destination to roll back to,
+    // while `public` (another host, routing to checkout) could be; rolling back only
+    // `public` would leave the sidecars on v2 and change an object of a failed alert.
+    let (cluster, _world) = checkout("ivr-all-or-nothing").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "checkout",
+            true,
+            json!({}),
+            json!({"host": "checkout", "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}}]}),
+        )
+        .await;
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::VirtualService,
+        "checkout",
+        true,
+        json!({}),
+        json!({"hosts": ["checkout"], "http": [
+            {"route": [{"destination": {"host": "checkout", "subset": "v2"}}]}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "public",
+        true,
+        json!({}),
+        json!({"hosts": [format!("{ns}.example.com")], "http": [{"route": [
+            {"destination": {"host": "checkout", "subset": "v1"}, "weight": 0},
+            {"destination": {"host": "checkout", "subset": "v2"}, "weight": 100}]}]}),
+    )
+    .await;
+    assert_refused(&cluster, "VirtualService").await;
+}
