@@ -145,15 +145,25 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_for_every
     );
     let change = drain(&cluster).await;
     assert!(change.contains("replaces the passive"), "{change}");
-    assert!(
-        change.contains(&format!("trafficPolicy port {PORT}")),
-        "{change}"
-    );
-    assert_drained(
-        &world.with_stored(&cluster).await.compile(&clients(&ns)),
-        &ns,
-        &host,
-    );
+    assert!(change.contains("keep calling their own region"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = regions_reached(&after, client.name, &host);
+        let earlier = regions_reached(&before, client.name, &host);
+        assert!(
+            !reached.contains(DEGRADED) && !reached.is_empty(),
+            "{}: {reached:?}",
+            client.name
+        );
+        if !earlier.contains(DEGRADED) {
+            assert_eq!(
+                reached, earlier,
+                "{}: a client that never called {DEGRADED} keeps its regions",
+                client.name
+            );
+        }
+    }
 }
 
 #[tokio::test]
@@ -207,10 +217,18 @@ async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_
 
 // ---- What still reaches a region, and the locality policy already in place.
 
-/// Runs region-failover for us-east-1 (every other region healthy) and returns the report.
+/// Runs region-failover for us-east-1 with us-west-2 and eu-west-1 answering their health
+/// checks, and returns the report.
 async fn try_drain(cluster: &TestCluster) -> mesh_remediation::report::InvocationReport {
+    let west = HealthEndpoint::start(200).await;
+    let eu = HealthEndpoint::start(200).await;
+    let urls = format!("us-west-2={},eu-west-1={}", west.url(), eu.url());
+    let vars: HashMap<&str, &str> = HashMap::from([("REGION_HEALTH_URLS", urls.as_str())]);
+    let failover = RegionFailover::new(
+        FailoverSettings::from_lookup(|k| vars.get(k).map(|v| (*v).to_owned())).expect("settings"),
+    );
     let event = events::fresh("region-failover-firing.json", &cluster.namespace);
-    cluster.invoke(RegionFailover::default(), &[], &event).await
+    cluster.invoke(failover, &[], &event).await
 }
 
 /// The spec of every stored VirtualService and DestinationRule of the test namespace.
@@ -407,4 +425,98 @@ async fn a_distribution_per_client_locality_is_kept_for_clients_that_never_reach
         regions_reached(&after, "same-ns-east", &host),
         BTreeSet::from(["us-west-2".to_owned()])
     );
+}
+
+#[tokio::test]
+async fn a_region_split_by_host_the_function_does_not_own_blocks_the_drain() {
+    // Found by the generated meshes: hosts per region routed by a VirtualService that is not
+    // opted in keep sending to the degraded region whatever the service's own rule says.
+    let (cluster, _world) = frontend("ivf-foreign-split").await;
+    let mut route = Vec::new();
+    for (region, weight) in REGIONS.iter().zip([60, 30, 10]) {
+        let name = format!("frontend-{region}");
+        store_service(
+            &cluster,
+            &name,
+            json!({"app": "frontend", "region": region}),
+            PORT,
+        )
+        .await;
+        route.push(json!({"destination": {"host": name}, "weight": weight}));
+    }
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        false,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [{"route": route}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend"}),
+    )
+    .await;
+    let before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("frontend-us-east-1") && why.contains("cannot move"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn with_outlier_detection_on_the_other_regions_clients_keep_their_own_region() {
+    // Found by the generated meshes: outlier detection makes each client prefer its own
+    // region; a drain from every locality spread the clients of healthy regions out.
+    let (cluster, world) = frontend("ivf-preference").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "frontend",
+            true,
+            json!({}),
+            json!({"host": "frontend", "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 7},
+                "loadBalancer": {"simple": "LEAST_REQUEST",
+                                 "localityLbSetting": {"enabled": true}}}}),
+        )
+        .await;
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_reached(&before, "same-ns-west", &host),
+        BTreeSet::from(["us-west-2".to_owned()])
+    );
+    let change = drain(&cluster).await;
+    assert!(change.contains("keep calling their own region"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(after.findings(), Vec::<String>::new());
+    for client in clients(&ns) {
+        let reached = regions_reached(&after, client.name, &host);
+        if client.region == DEGRADED {
+            assert_eq!(
+                reached,
+                BTreeSet::from(["eu-west-1".to_owned(), "us-west-2".to_owned()]),
+                "{}",
+                client.name
+            );
+        } else {
+            assert_eq!(
+                reached,
+                regions_reached(&before, client.name, &host),
+                "{}: keeps its own region",
+                client.name
+            );
+        }
+    }
 }

@@ -123,12 +123,30 @@ fn pinned_subsets(
                     && super::object::opted_in(vs)
                     && destinations.len() > 1
                     && route_regions(destinations, degraded, facts).is_some();
+                let target =
+                    istio::namespace_of(vs) == alert_namespace && super::object::opted_in(vs);
                 for destination in destinations {
                     if shifted || destinations.len() > 1 && istio::weight(destination) == 0 {
                         continue;
                     }
                     let to_host = hosts::destination_host(destination)
                         .is_some_and(|h| hosts::qualify(h, namespace) == host);
+                    // Another host in the degraded region (`frontend-us-west-2`), routed for
+                    // the service by a VirtualService the function does not change: a drain
+                    // of the service's own endpoints does not reach it.
+                    if !target
+                        && !to_host
+                        && hosts::routes_host(vs, host)
+                        && destination_region(destination, degraded, facts).as_deref()
+                            == Some(degraded)
+                    {
+                        out.push(format!(
+                            "VirtualService {} {kind} route {index} sends to {} in {degraded} and is not one the function changes (opted in, in namespace {alert_namespace})",
+                            super::object::name_of(vs),
+                            istio::destination_name(destination)
+                        ));
+                        continue;
+                    }
                     let Some(subset) = hosts::destination_subset(destination) else {
                         continue;
                     };

@@ -40,14 +40,27 @@ fn region_of(locality: &str) -> &str {
 /// regions in proportion (to all healthy regions equally when the entry has none), and
 /// the known regions no entry's `from` names get the equal shares, so no client is left on
 /// the default. Clients whose entries do not send to the degraded region keep theirs.
+///
+/// `prioritized`: outlier detection is on and the locality preference acts (each client
+/// calls its own region first): the clients of each healthy region keep calling it alone,
+/// and the degraded region's clients get the equal shares.
 fn drained(
     existing: Option<&[Value]>,
     degraded: &str,
     healthy: &[String],
     facts: &RegionFacts,
+    prioritized: bool,
 ) -> Value {
     let equal = Value::Object(equal_shares(healthy));
     let Some(entries) = existing.filter(|e| !e.is_empty()) else {
+        if prioritized {
+            let mut out: Vec<Value> = healthy
+                .iter()
+                .map(|r| json!({"from": format!("{r}/*"), "to": {format!("{r}/*"): 100}}))
+                .collect();
+            out.push(json!({"from": format!("{degraded}/*"), "to": equal}));
+            return Value::Array(out);
+        }
         return json!([{"from": "*", "to": equal}]);
     };
     let mut out: Vec<Value> = entries
@@ -108,6 +121,7 @@ struct Drained {
     levels: Vec<String>,
     replaced: Vec<String>,
     per_client: Vec<String>,
+    own_region: Vec<String>,
     disabled: Option<String>,
 }
 
@@ -121,9 +135,15 @@ impl Drain<'_> {
             levels: Vec::new(),
             replaced: Vec::new(),
             per_client: Vec::new(),
+            own_region: Vec::new(),
             disabled: None,
         };
+        let top_detects = previous
+            .pointer("/trafficPolicy/outlierDetection")
+            .is_some();
         hosts::for_each_policy_level(&mut after, |policy, level, name| {
+            let detects = policy.get("outlierDetection").is_some()
+                || level == PolicyLevel::Subset && top_detects;
             // A subset's policy takes the top level's loadBalancer unless it sets its own;
             // the top level and port entries (which inherit nothing) always need it.
             if !writes.covers(level, name)
@@ -149,9 +169,12 @@ impl Drain<'_> {
                     self.degraded,
                     &self.healthy,
                     self.facts,
+                    detects,
                 );
                 if existing.is_some_and(|e| !e.is_empty()) {
                     out.per_client.push(name.to_owned());
+                } else if detects {
+                    out.own_region.push(name.to_owned());
                 }
                 map.insert("distribute".into(), distribute);
             }
@@ -255,7 +278,7 @@ impl RegionFailover {
         }
         if let Some(first) = facts.pinned_subsets.first() {
             return Err(Refusal::Fail(format!(
-                "a drain by locality removes {degraded}'s endpoints from every subset, and {first}{}: those requests would reach no endpoint there (503); shift them with VirtualService weights (subsets labelled {}) or drain by hand",
+                "{first}{}: a drain by locality cannot move those requests (it removes {degraded}'s endpoints from every subset of the service, so they would reach no endpoint there, or they go to another host), so nothing is changed; shift them with VirtualService weights (subsets labelled {}, the VirtualService opted in) or drain by hand",
                 match facts.pinned_subsets.len() {
                     1 => String::new(),
                     n => format!(" (and {} more)", n - 1),
@@ -311,7 +334,12 @@ impl RegionFailover {
             .map(|(locality, weight)| format!("{} {weight}%", locality.trim_end_matches("/*")))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut summary = if drained.per_client.is_empty() {
+        let mut summary = if !drained.own_region.is_empty() && drained.per_client.is_empty() {
+            format!(
+                "drained {degraded}: its clients' calls go to {shares}, and the clients of every other region keep calling their own region, as Istio's locality preference (outlier detection on) had them (localityLbSetting.distribute per region, set at {}; while drained they do not fail over to other regions)",
+                drained.own_region.join(", ")
+            )
+        } else if drained.per_client.is_empty() {
             format!(
                 "drained {degraded}: every client's calls go to {shares} (localityLbSetting.distribute from *, set at {})",
                 drained.levels.join(", ")
