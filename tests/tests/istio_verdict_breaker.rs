@@ -654,3 +654,44 @@ async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_subset_with_its_own_outlier_detection_keeps_preferring_its_clients_region() {
+    // Found by the generated meshes: the subset inherits the top level's `loadBalancer`, so
+    // keeping the preference off there switched it off for a subset where it already acted.
+    let (cluster, world, host) = database_world("ivb-subset-detecting").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "subsets": [
+                {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
+        )
+        .await;
+    let replicas = format!("outbound|5432|replicas|{host}");
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(change.contains("as before"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        for name in [&replicas, &default_cluster] {
+            assert_eq!(
+                regions_called(&after, client.name, name),
+                regions_called(&before, client.name, name),
+                "{}: {name}",
+                client.name
+            );
+        }
+        assert_eq!(
+            after
+                .proxy(client.name)
+                .cluster(&replicas)
+                .threshold("max_connections"),
+            Some(100)
+        );
+    }
+}

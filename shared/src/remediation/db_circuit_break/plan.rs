@@ -81,12 +81,65 @@ impl CircuitBreaker {
         if !writes.top {
             // No client takes this rule's top level: it stays as it was.
             after["trafficPolicy"] = previous["trafficPolicy"].clone();
+        } else {
+            self.keep_subset_preference(&previous, &mut after, writes, &mut woken);
         }
         Written {
             previous,
             after,
             levels,
             woken,
+        }
+    }
+
+    /// A subset with outlier detection of its own and no `loadBalancer` inherits the top
+    /// level's: when `preserve` switched the locality preference off there, the subset, whose
+    /// preference was already on, keeps it with `localityLbSetting.enabled: true` of its own
+    /// (Istio's default, so its clusters compile as before). Where the top level's
+    /// `loadBalancer` also sets other fields (not the breaker's to copy), the subset's
+    /// preference goes off and the outcome says so.
+    fn keep_subset_preference(
+        &self,
+        previous: &Value,
+        after: &mut Value,
+        writes: &Writes,
+        woken: &mut Vec<String>,
+    ) {
+        let switched_off = previous
+            .pointer("/trafficPolicy/loadBalancer/localityLbSetting")
+            .is_none()
+            && after.pointer("/trafficPolicy/loadBalancer/localityLbSetting/enabled")
+                == Some(&json!(false));
+        if !switched_off {
+            return;
+        }
+        let top_lb_only_locality = previous
+            .pointer("/trafficPolicy/loadBalancer")
+            .and_then(Value::as_object)
+            .is_none_or(|lb| lb.keys().all(|k| k == "localityLbSetting"));
+        let subsets = after.get_mut("subsets").and_then(Value::as_array_mut);
+        for subset in subsets.into_iter().flatten() {
+            let name = subset["name"].as_str().unwrap_or_default().to_owned();
+            let Some(policy) = subset
+                .get_mut("trafficPolicy")
+                .and_then(Value::as_object_mut)
+            else {
+                continue;
+            };
+            if !writes.subsets.contains(&name)
+                || !policy.contains_key("outlierDetection")
+                || policy.contains_key("loadBalancer")
+            {
+                continue;
+            }
+            if top_lb_only_locality {
+                policy.insert(
+                    "loadBalancer".into(),
+                    json!({"localityLbSetting": {"enabled": true}}),
+                );
+            } else {
+                woken.push(format!("subset {name}"));
+            }
         }
     }
 
