@@ -14,6 +14,7 @@ import (
 	"istio.io/istio/pilot/pkg/config/kube/crd"
 	"istio.io/istio/pilot/pkg/model"
 	"istio.io/istio/pilot/test/xds"
+	"istio.io/istio/pkg/config/mesh"
 )
 
 type proxySpec struct {
@@ -72,7 +73,21 @@ type endpointEntry struct {
 	Health  string `json:"health"`
 }
 
-func compile(objects meshObjects, specs []proxySpec) ([]proxyConfig, error) {
+// compile runs Istio's config compiler on the objects, with rootNamespace as the mesh's root
+// configuration namespace, and returns each requested proxy's configuration. A failure inside
+// Istio's fake discovery server (input it rejects) is returned as an error.
+func compile(objects meshObjects, specs []proxySpec, rootNamespace string) (out []proxyConfig, err error) {
+	t := &failer{}
+	defer func() {
+		t.close()
+		if r := recover(); r != nil {
+			f, ok := r.(failure)
+			if !ok {
+				panic(r)
+			}
+			out, err = nil, fmt.Errorf("Istio rejected the input: %s", string(f))
+		}
+	}()
 	configs, _, err := crd.ParseInputs(objects.istioConfig)
 	if err != nil {
 		return nil, fmt.Errorf("reading the Istio configuration: %w", err)
@@ -82,13 +97,14 @@ func compile(objects meshObjects, specs []proxySpec) ([]proxyConfig, error) {
 		// which short host names expand with; the config parser leaves it empty.
 		configs[i].Domain = "cluster.local"
 	}
-	t := &failer{}
-	defer t.close()
+	meshConfig := mesh.DefaultMeshConfig()
+	meshConfig.RootNamespace = rootNamespace
 	server := xds.NewFakeDiscoveryServer(t, xds.FakeOptions{
 		Configs:                configs,
 		KubernetesObjectString: objects.kubeObjects,
+		MeshConfig:             meshConfig,
 	})
-	out := make([]proxyConfig, 0, len(specs))
+	out = make([]proxyConfig, 0, len(specs))
 	for i, spec := range specs {
 		proxy, err := newProxy(spec, i)
 		if err != nil {
@@ -148,6 +164,14 @@ func routesOf(server *xds.FakeDiscoveryServer, proxy *model.Proxy) []routeEntry 
 			}
 		}
 	}
+	// Istio returns route configurations (and their virtual hosts) in no fixed order; the
+	// order of routes within a virtual host (first match wins) is kept.
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].RouteConfig != out[j].RouteConfig {
+			return out[i].RouteConfig < out[j].RouteConfig
+		}
+		return out[i].VirtualHost < out[j].VirtualHost
+	})
 	return out
 }
 
@@ -194,6 +218,17 @@ func localitiesOf(cla *endpoint.ClusterLoadAssignment) []localityGroup {
 		sort.Slice(entry.Endpoints, func(i, j int) bool { return entry.Endpoints[i].Address < entry.Endpoints[j].Address })
 		out = append(out, entry)
 	}
+	// Envoy reads a locality's priority and weight, not its place in the list.
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Priority != b.Priority {
+			return a.Priority < b.Priority
+		}
+		if a.Region != b.Region {
+			return a.Region < b.Region
+		}
+		return a.Zone < b.Zone
+	})
 	return out
 }
 

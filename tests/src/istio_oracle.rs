@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -55,6 +55,9 @@ pub fn clients(namespace: &str) -> Vec<Client> {
     ]
 }
 
+/// Istio's default root configuration namespace (meshConfig `rootNamespace`).
+pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
+
 /// A client proxy to compile configuration for.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -66,6 +69,8 @@ pub struct Client {
     pub region: &'static str,
     /// A gateway (Envoy `router`) with these workload labels, or a sidecar when `None`.
     pub gateway_labels: Option<Value>,
+    /// A sidecar's workload labels (what a DestinationRule's `workloadSelector` matches).
+    pub labels: Value,
 }
 
 impl Client {
@@ -76,6 +81,15 @@ impl Client {
             namespace: namespace.into(),
             region,
             gateway_labels: None,
+            labels: json!({}),
+        }
+    }
+
+    /// A sidecar whose workload carries `labels`, with a name and region made at run time.
+    pub fn labelled(name: &str, namespace: &str, region: &str, labels: Value) -> Client {
+        Client {
+            labels,
+            ..Client::sidecar(interned(name), namespace, interned(region))
         }
     }
 
@@ -226,6 +240,14 @@ impl World {
 
     /// Compiles the world for `clients` with Istio's config compiler.
     pub fn compile(&self, clients: &[Client]) -> Compiled {
+        let request = self.request(clients, DEFAULT_ROOT_NAMESPACE, true);
+        let report = run_oracle(&request);
+        Compiled::from_report(report).unwrap_or_else(|err| panic!("istio-oracle: {err}"))
+    }
+
+    /// The oracle's request compiling this world for `clients`, with `root_namespace` as the
+    /// mesh's root configuration namespace, with or without the analyzers.
+    pub fn request(&self, clients: &[Client], root_namespace: &str, analyze: bool) -> Value {
         let proxies: Vec<Value> = clients
             .iter()
             .map(|c| {
@@ -236,34 +258,111 @@ impl World {
                 };
                 json!({"name": c.name, "namespace": c.namespace, "region": c.region,
                        "zone": format!("{}a", c.region), "type": kind,
-                       "labels": c.gateway_labels.clone().unwrap_or_else(|| json!({}))})
+                       "labels": c.gateway_labels.clone().unwrap_or_else(|| c.labels.clone())})
             })
             .collect();
-        let request = json!({"objects": self.yaml(), "proxies": proxies});
-        let mut child = Command::new(oracle_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("istio-oracle starts");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(request.to_string().as_bytes())
-            .expect("request written");
-        let out = child.wait_with_output().expect("istio-oracle runs");
-        assert!(
-            out.status.success(),
-            "istio-oracle failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .filter(|l| l.contains("istio-oracle"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        serde_json::from_slice(&out.stdout).expect("istio-oracle prints its report")
+        json!({"objects": self.yaml(), "proxies": proxies,
+               "rootNamespace": root_namespace, "analyze": analyze})
     }
+}
+
+/// One mesh to compile in a batch: the world, the client proxies and the root namespace.
+pub type CompileJob = (World, Vec<Client>, String);
+
+/// Worlds one oracle process compiles at most: Istio's fake discovery server keeps a few
+/// MiB per world until the process ends.
+const BATCH_LIMIT: usize = 50;
+
+/// Compiles many worlds without the analyzers, in a few oracle processes side by side (one
+/// per core; Istio's compiler starts once per process, not per world, and one process
+/// compiles on one core). Each answer is the compiled configuration, or why Istio rejected
+/// that world's objects (invalid configuration), in the order given.
+pub fn compile_many(jobs: &[CompileJob]) -> Vec<Result<Compiled, String>> {
+    if jobs.is_empty() {
+        return Vec::new();
+    }
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let processes = jobs
+        .len()
+        .div_ceil(BATCH_LIMIT)
+        .max(cores.min(jobs.len().div_ceil(4)));
+    let size = jobs.len().div_ceil(processes);
+    let chunks: Vec<&[CompileJob]> = jobs.chunks(size).collect();
+    let mut out = Vec::with_capacity(jobs.len());
+    // One process per core at a time.
+    for wave in chunks.chunks(cores) {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = wave
+                .iter()
+                .map(|chunk| scope.spawn(move || compile_batch(chunk)))
+                .collect();
+            for handle in handles {
+                out.extend(handle.join().expect("oracle thread"));
+            }
+        });
+    }
+    out
+}
+
+/// One oracle process compiling `jobs` (its batch mode).
+fn compile_batch(jobs: &[CompileJob]) -> Vec<Result<Compiled, String>> {
+    let batch: Vec<Value> = jobs
+        .iter()
+        .map(|(world, clients, root)| world.request(clients, root, false))
+        .collect();
+    let report = run_oracle(&json!({ "batch": batch }));
+    let Some(Value::Array(reports)) = report.get("batch").cloned() else {
+        panic!("istio-oracle: no batch in its answer");
+    };
+    assert_eq!(
+        reports.len(),
+        jobs.len(),
+        "istio-oracle: one report per request"
+    );
+    reports.into_iter().map(Compiled::from_report).collect()
+}
+
+/// A name made at run time, as the `&'static str` that [`Client`] holds (kept once per
+/// distinct name).
+fn interned(name: &str) -> &'static str {
+    static NAMES: OnceLock<Mutex<BTreeSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
+
+/// Runs the oracle on one request (single or batch) and returns its JSON answer.
+fn run_oracle(request: &Value) -> Value {
+    let mut child = Command::new(oracle_path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("istio-oracle starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.to_string().as_bytes())
+        .expect("request written");
+    let out = child.wait_with_output().expect("istio-oracle runs");
+    assert!(
+        out.status.success(),
+        "istio-oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .filter(|l| l.contains("istio-oracle"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    serde_json::from_slice(&out.stdout).expect("istio-oracle prints its report")
 }
 
 /// Stores a ClusterIP Service `name` selecting `selector` on one HTTP port in the test
@@ -285,8 +384,11 @@ pub async fn store_service(cluster: &TestCluster, name: &str, selector: Value, p
 pub struct Compiled {
     /// One entry per client, in the order asked.
     pub proxies: Vec<ProxyConfig>,
-    /// `istioctl analyze` messages for the objects.
+    /// `istioctl analyze` messages for the objects (none when compiled without the analyzers).
     pub analysis: Vec<Value>,
+    /// The oracle's answer as printed, every field included: for exact comparisons.
+    #[serde(skip)]
+    pub raw: Value,
 }
 
 /// The Envoy configuration of one proxy.
@@ -357,6 +459,25 @@ pub struct Endpoint {
 }
 
 impl Compiled {
+    /// The compiled configuration from one oracle report, or the error it carries.
+    pub fn from_report(report: Value) -> Result<Compiled, String> {
+        if let Some(error) = report.get("error").and_then(Value::as_str) {
+            return Err(error.to_owned());
+        }
+        let mut compiled: Compiled = serde_json::from_value(report.clone())
+            .map_err(|err| format!("unreadable report: {err}"))?;
+        compiled.raw = report;
+        Ok(compiled)
+    }
+
+    /// The raw JSON of the client named `name` (routes, clusters), every field included.
+    pub fn raw_proxy(&self, name: &str) -> &Value {
+        self.raw["proxies"]
+            .as_array()
+            .and_then(|proxies| proxies.iter().find(|p| p["name"] == name))
+            .unwrap_or_else(|| panic!("no proxy {name}"))
+    }
+
     /// The configuration of the client named `name`.
     pub fn proxy(&self, name: &str) -> &ProxyConfig {
         self.proxies

@@ -8,10 +8,12 @@
 pub mod cluster;
 pub mod events;
 pub mod fleet;
+pub mod gen_rollback;
 pub mod http_capture;
 pub mod istio_oracle;
 pub mod lambda_emulator;
 pub mod mesh;
+pub mod mesh_gen;
 pub mod moto;
 
 pub use cluster::TestCluster;

@@ -181,7 +181,8 @@ func up(binDir, dir string, applies []string) (*cluster, error) {
 		"--service-account-issuer=https://kubernetes.default.svc",
 		"--service-account-key-file="+certs.SAPublicFile,
 		"--service-account-signing-key-file="+certs.SAPrivateFile,
-		"--service-cluster-ip-range=10.0.0.0/24",
+		// Room for the Services of every test and every generated mesh at once.
+		"--service-cluster-ip-range=10.0.0.0/16",
 		"--profiling=false",
 		// Loopback cannot be the kubernetes Service endpoint; no in-cluster client needs it.
 		"--endpoint-reconciler-type=none")

@@ -1,0 +1,403 @@
+//! The invariants db-circuit-break keeps on a generated mesh, checked on what Istio
+//! compiled before the change, after it and after reverting it, and on the objects the API
+//! server stores.
+
+use std::collections::BTreeMap;
+
+use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::istio_oracle::{Cluster, Compiled};
+use remediation_testkit::mesh_gen::run::key;
+use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
+use serde_json::Value;
+
+use super::{setting_vars, settings};
+
+/// Envoy's own defaults, for a field the compiled cluster leaves out.
+const ENVOY_THRESHOLD: u64 = 1024;
+const ENVOY_CONNECT_TIMEOUT_S: f64 = 5.0;
+const ENVOY_CONSECUTIVE_5XX: u64 = 5;
+
+/// Everything known about one mesh's run.
+pub(super) struct Trial<'a> {
+    pub(super) mesh: &'a GeneratedMesh,
+    pub(super) outcome: &'a Outcome,
+    pub(super) before: &'a Compiled,
+    pub(super) after: Result<&'a Compiled, &'a String>,
+    pub(super) reverted: Result<&'a Compiled, &'a String>,
+    pub(super) before_objects: &'a [Value],
+    pub(super) reverted_objects: &'a [Value],
+    pub(super) changed: &'a [Value],
+    pub(super) reverts: &'a [(String, Outcome)],
+}
+
+/// Collects violations, one per class (details joined, the first few kept).
+#[derive(Default)]
+struct Findings(BTreeMap<&'static str, Vec<String>>);
+
+impl Findings {
+    fn add(&mut self, class: &'static str, detail: String) {
+        self.0.entry(class).or_default().push(detail);
+    }
+
+    fn into_violations(self, context: &str) -> Vec<Violation> {
+        self.0
+            .into_iter()
+            .map(|(class, details)| {
+                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
+                let more = details.len().saturating_sub(shown.len());
+                let more = if more > 0 {
+                    format!(" (+{more} more)")
+                } else {
+                    String::new()
+                };
+                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
+            })
+            .collect()
+    }
+}
+
+pub(super) fn check(t: &Trial) -> Vec<Violation> {
+    let mut f = Findings::default();
+    let outcome = t.outcome;
+    let change = outcome.change.clone().unwrap_or_default();
+    let context = format!(
+        "settings {:?}, outcome {} ({})",
+        setting_vars(t.mesh),
+        outcome.outcome.as_str(),
+        outcome.reason.as_deref().unwrap_or(&change)
+    );
+    let after = match t.after {
+        Ok(after) => after,
+        Err(why) => {
+            f.add(
+                "invalid-after",
+                format!("Istio rejects the stored objects: {why}"),
+            );
+            return f.into_violations(&context);
+        }
+    };
+    match outcome.outcome {
+        OutcomeKind::Applied => breaker(t, after, &mut f),
+        OutcomeKind::Skipped | OutcomeKind::Failed => {
+            if !t.changed.is_empty() {
+                let names: Vec<String> = t.changed.iter().map(key).collect();
+                f.add(
+                    "refused-but-changed",
+                    format!("changed {}", names.join(", ")),
+                );
+            }
+            if let Some(diff) =
+                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
+            {
+                f.add("refused-but-compiled-differs", diff);
+            }
+        }
+        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    }
+    beyond_breaker(t, after, &mut f);
+    localities(t, after, &change, &mut f);
+    reverting(t, &mut f);
+    f.into_violations(&context)
+}
+
+/// Applied: every cluster of the database host on its port, for every client, carries the
+/// breaker.
+fn breaker(t: &Trial, after: &Compiled, f: &mut Findings) {
+    let host = t.mesh.db_fqdn();
+    let settings = settings(t.mesh);
+    let max_connections = u64::from(settings.max_connections);
+    let max_pending = u64::from(settings.max_pending_requests);
+    let connect_timeout_s = go_seconds(&settings.connect_timeout).expect("a duration");
+    let consecutive_errors = u64::from(settings.consecutive_errors);
+    for client in t.mesh.client_proxies() {
+        let before = t.before.proxy(client.name);
+        for (name, now) in after.proxy(client.name).clusters_of(&host, DB_PORT) {
+            let Some(was) = before.clusters.get(name) else {
+                continue;
+            };
+            let at = format!(
+                "{} ({}, {}): {name}",
+                client.name, client.namespace, client.region
+            );
+            let mut wrong = Vec::new();
+            let want = threshold(was, "max_connections").min(max_connections);
+            let got = threshold(now, "max_connections");
+            if got != want {
+                wrong.push(format!("max_connections {got}, want {want}"));
+            }
+            let want = threshold(was, "max_pending_requests").min(max_pending);
+            let got = threshold(now, "max_pending_requests");
+            if got != want {
+                wrong.push(format!("max_pending_requests {got}, want {want}"));
+            }
+            let want = connect_timeout(was).min(connect_timeout_s);
+            let got = connect_timeout(now);
+            if (got - want).abs() > 1e-9 {
+                wrong.push(format!("connect_timeout {got}s, want {want}s"));
+            }
+            let ejection = ejects_on_5xx(now, consecutive_errors);
+            let untouched = was.circuit_breakers == now.circuit_breakers
+                && was.outlier_detection == now.outlier_detection
+                && was.connect_timeout == now.connect_timeout;
+            if !wrong.is_empty() && untouched {
+                f.add(
+                    "breaker-missed-a-client",
+                    format!("{at}: nothing changed: {}", wrong.join(", ")),
+                );
+            } else if !wrong.is_empty() {
+                f.add("breaker-limit-wrong", format!("{at}: {}", wrong.join(", ")));
+            } else if let Err(why) = ejection {
+                f.add("no-5xx-ejection", format!("{at}: {why}"));
+            }
+        }
+    }
+}
+
+fn threshold(cluster: &Cluster, field: &str) -> u64 {
+    cluster.threshold(field).unwrap_or(ENVOY_THRESHOLD)
+}
+
+fn connect_timeout(cluster: &Cluster) -> f64 {
+    cluster
+        .connect_timeout
+        .as_deref()
+        .map_or(ENVOY_CONNECT_TIMEOUT_S, |d| {
+            go_seconds(d).unwrap_or_else(|| panic!("unreadable duration {d}"))
+        })
+}
+
+/// A Go `time.Duration` string (`2s`, `1.5s`, `500ms`, `1m30s`) in seconds.
+fn go_seconds(text: &str) -> Option<f64> {
+    let mut total = 0.0;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += number * scale;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
+}
+
+/// Whether Envoy ejects an endpoint after consecutive 5xx: outlier detection on, the
+/// threshold (Envoy's default 5 when left out) between 1 and the breaker's, and enforced
+/// (Istio writes `enforcing_consecutive_5xx: 0` for `consecutive5xxErrors: 0`).
+fn ejects_on_5xx(cluster: &Cluster, at_most: u64) -> Result<(), String> {
+    let Some(outlier) = &cluster.outlier_detection else {
+        return Err("no outlier detection".into());
+    };
+    let consecutive = outlier
+        .get("consecutive_5xx")
+        .map_or(Some(ENVOY_CONSECUTIVE_5XX), Value::as_u64)
+        .unwrap_or_default();
+    let enforcing = outlier
+        .get("enforcing_consecutive_5xx")
+        .map_or(Some(100), Value::as_u64)
+        .unwrap_or_default();
+    if !(1..=at_most).contains(&consecutive) || enforcing == 0 {
+        return Err(format!(
+            "consecutive_5xx {consecutive}, enforcing_consecutive_5xx {enforcing}: {outlier}"
+        ));
+    }
+    Ok(())
+}
+
+/// Fields of a database cluster the breaker may change.
+const BREAKER_FIELDS: [&str; 5] = [
+    "circuit_breakers",
+    "outlier_detection",
+    "connect_timeout",
+    "common_lb_config",
+    "localities",
+];
+
+/// Routes and every cluster are as before, but for the breaker's fields of the database's
+/// clusters.
+fn beyond_breaker(t: &Trial, after: &Compiled, f: &mut Findings) {
+    let suffix = format!("|{}", t.mesh.db_fqdn());
+    for client in t.mesh.client_proxies() {
+        let was = t.before.raw_proxy(client.name);
+        let now = after.raw_proxy(client.name);
+        if let Some(diff) = first_difference(&was["routes"], &now["routes"], "routes") {
+            f.add("routes-changed", format!("{}: {diff}", client.name));
+        }
+        let (Some(was), Some(now)) = (was["clusters"].as_object(), now["clusters"].as_object())
+        else {
+            continue;
+        };
+        let names = |m: &serde_json::Map<String, Value>| m.keys().cloned().collect::<Vec<_>>();
+        if names(was) != names(now) {
+            f.add(
+                "clusters-changed",
+                format!("{}: the set of clusters differs", client.name),
+            );
+            continue;
+        }
+        for (name, cluster) in was {
+            let (mut a, mut b) = (cluster.clone(), now[name].clone());
+            if name.ends_with(&suffix) {
+                for field in BREAKER_FIELDS {
+                    for c in [&mut a, &mut b] {
+                        if let Some(map) = c.as_object_mut() {
+                            map.remove(field);
+                        }
+                    }
+                }
+            }
+            if let Some(diff) = first_difference(&a, &b, name) {
+                f.add("beyond-breaker-changed", format!("{}: {diff}", client.name));
+            }
+        }
+    }
+}
+
+/// The endpoints each client uses while all are healthy (Envoy priority 0, locality weight
+/// above 0) stay as they were when the outcome says "as before". When it says that clients
+/// now prefer their own region or fail over, a client may use fewer of them (its own region
+/// first), never others; it must say one or the other.
+fn localities(t: &Trial, after: &Compiled, change: &str, f: &mut Findings) {
+    if t.outcome.outcome != OutcomeKind::Applied {
+        return;
+    }
+    let announced =
+        change.contains("prefer endpoints in their own region") || change.contains("failover");
+    if !announced && !change.contains("as before") {
+        f.add(
+            "locality-change-unannounced",
+            format!("change says: {change}"),
+        );
+        return;
+    }
+    let host = t.mesh.db_fqdn();
+    for client in t.mesh.client_proxies() {
+        let was = t.before.proxy(client.name);
+        let now = after.proxy(client.name);
+        for (name, _) in was.clusters_of(&host, DB_PORT) {
+            let one = std::collections::BTreeSet::from([name.clone()]);
+            let (before, after) = (was.endpoints_of(&one), now.endpoints_of(&one));
+            let kept = if announced {
+                after.is_subset(&before)
+            } else {
+                after == before
+            };
+            if !kept {
+                f.add(
+                    "locality-changed-though-said-as-before",
+                    format!(
+                        "{} ({}, {}): {name}: {before:?} -> {after:?}",
+                        client.name, client.namespace, client.region
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// Every revert is applied and gives back the exact objects and compiled configuration.
+fn reverting(t: &Trial, f: &mut Findings) {
+    for (object, outcome) in t.reverts {
+        if outcome.outcome != OutcomeKind::Applied {
+            f.add(
+                "revert-refused",
+                format!(
+                    "{object}: {} {}",
+                    outcome.outcome.as_str(),
+                    outcome.reason.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    match t.reverted {
+        Err(why) => f.add(
+            "revert-differs",
+            format!("Istio rejects the reverted objects: {why}"),
+        ),
+        Ok(reverted) => {
+            let was = serde_json::to_string(&t.before.raw["proxies"]).expect("json");
+            let now = serde_json::to_string(&reverted.raw["proxies"]).expect("json");
+            if was != now {
+                let diff = first_difference(
+                    &t.before.raw["proxies"],
+                    &reverted.raw["proxies"],
+                    "proxies",
+                );
+                f.add(
+                    "revert-differs",
+                    diff.unwrap_or_else(|| "the JSON text differs".into()),
+                );
+            }
+        }
+    }
+    for before in t.before_objects {
+        let now = t
+            .reverted_objects
+            .iter()
+            .find(|o| key(o) == key(before) && o["kind"] == before["kind"]);
+        if now.is_none_or(|o| o["spec"] != before["spec"]) {
+            f.add(
+                "revert-spec-differs",
+                format!("{} {}", before["kind"], key(before)),
+            );
+        }
+    }
+}
+
+/// Where two JSON documents first differ, and how: `at /path: before -> after`.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (p, q) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(p, q, &format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        _ if a == b => None,
+        _ => Some(format!("at {at}: {} -> {}", cut(a), cut(b))),
+    }
+}
+
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+#[test]
+fn go_durations_read_as_seconds() {
+    for (text, seconds) in [
+        ("2s", 2.0),
+        ("1.5s", 1.5),
+        ("500ms", 0.5),
+        ("1m30s", 90.0),
+        ("10s", 10.0),
+    ] {
+        assert_eq!(go_seconds(text), Some(seconds), "{text}");
+    }
+    assert_eq!(go_seconds("2 s"), None);
+}

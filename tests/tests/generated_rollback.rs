@@ -1,0 +1,741 @@
+//! error-rollback on generated meshes, judged by Istio's config compiler.
+//!
+//! For seeds `GENERATED_SEED..GENERATED_SEED + GENERATED_MESHES` (defaults below), each
+//! generated mesh ([`RollbackMesh`]: `checkout` with a failing v2 beside a stable v1, its
+//! DestinationRules and VirtualServices, sidecars and sometimes an ingress gateway) is
+//! created on the real API server in namespaces of its own and compiled for every proxy;
+//! the function runs on its alert (with the mesh's root namespace as
+//! `ISTIO_ROOT_NAMESPACE`); everything is read back and compiled again; every changed
+//! VirtualService is reverted through the pipeline, and compiled once more. For every proxy:
+//!
+//! - applied: no route (weight above 0) reaches a pod of the failing version; no mirror of
+//!   a VirtualService the proxy takes copies requests to it (the oracle shows no mirror
+//!   policies, so the stored VirtualServices are read and their mirror's cluster looked up in
+//!   the proxy's compiled config); every route to checkout still reaches some pod;
+//! - refused (failed or skipped): no stored object changed and Istio compiles the same;
+//! - reverting every changed object gives back the exact compiled configuration.
+//!
+//! A violation is shrunk to a minimal mesh (one per class) and printed as YAML with its
+//! seed; `GENERATED_REPORT=<file>` also writes them there as Markdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use mesh_remediation::pipeline::Invocation;
+use mesh_remediation::remediation::ErrorRollback;
+use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::cluster::pipeline_with;
+use remediation_testkit::events;
+use remediation_testkit::gen_rollback::run::{compile_all, deploy, remove, shrink, stored};
+use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
+use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
+use remediation_testkit::mesh_gen::Violation;
+use remediation_testkit::mesh_gen::run::{Harness, ShrinkLimits, fresh_prefix, key};
+use serde_json::{Value, json};
+
+/// The first seed when `GENERATED_SEED` is not set.
+const DEFAULT_SEED: u64 = 20_261_204;
+/// Meshes when `GENERATED_MESHES` is not set.
+const DEFAULT_MESHES: u64 = 100;
+/// Meshes set up, invoked and reverted at once.
+const CONCURRENCY: usize = 8;
+/// Shrinking one class of violation runs at most this many candidates, for about this long
+/// (`GENERATED_SHRINK=0` skips shrinking, for long runs).
+const SHRINK_CANDIDATES: usize = 160;
+const SHRINK_TIME: std::time::Duration = std::time::Duration::from_secs(120);
+/// Meshes that live on the API server together (one Service IP each; the test control
+/// plane's range holds 254).
+const GROUP: usize = 100;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn error_rollback_keeps_its_promises_on_generated_meshes() {
+    let Some(kubeconfig) = std::env::var_os("TEST_KUBECONFIG") else {
+        eprintln!("note: generated meshes need a real API server: set TEST_KUBECONFIG");
+        return;
+    };
+    let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
+    let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
+    println!("generated rollback meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
+    let harness = Harness::connect(kubeconfig.into()).await;
+    let started = Instant::now();
+    let meshes: Vec<RollbackMesh> = (base..base + count)
+        .map(|seed| RollbackMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
+        .collect();
+    let mut found = Vec::new();
+    let mut tally = Tally::default();
+    for group in meshes.chunks(GROUP) {
+        let (violations, outcomes) = run_meshes(&harness, group.to_vec(), true).await;
+        found.extend(violations);
+        tally.add(group, &outcomes);
+    }
+    println!(
+        "{count} meshes set up, compiled, rolled back, reverted and checked in {:.1?}",
+        started.elapsed()
+    );
+    tally.print();
+
+    let mut by_class: BTreeMap<String, Vec<(RollbackMesh, Violation)>> = BTreeMap::new();
+    for (mesh, violations) in meshes.into_iter().zip(found) {
+        for violation in violations {
+            by_class
+                .entry(violation.class.clone())
+                .or_default()
+                .push((mesh.clone(), violation));
+        }
+    }
+    if by_class.is_empty() {
+        return;
+    }
+    let mut report = format!(
+        "# error-rollback on generated meshes: {} classes of violation\n\n\
+         GENERATED_SEED={base} GENERATED_MESHES={count}\n",
+        by_class.len()
+    );
+    for (class, failures) in &by_class {
+        println!(
+            "[{class}] {} meshes, first seed {}: {}",
+            failures.len(),
+            failures[0].0.seed,
+            failures[0].1.detail
+        );
+    }
+    for (class, failures) in &by_class {
+        let seeds: Vec<String> = failures.iter().map(|(m, _)| m.seed.to_string()).collect();
+        let (mesh, violation) = &failures[0];
+        let shrink_started = Instant::now();
+        let limits = ShrinkLimits {
+            max_candidates: if env_u64("GENERATED_SHRINK", 1) == 0 {
+                0
+            } else {
+                SHRINK_CANDIDATES
+            },
+            chunk: 16,
+            max_time: SHRINK_TIME,
+        };
+        let shrunk = shrink(mesh, violation, limits, async |candidates| {
+            run_meshes(&harness, candidates, false).await.0
+        })
+        .await;
+        println!(
+            "[{class}] seed {}: shrunk from size {} to {} in {} steps, {} candidates, {:.1?}",
+            mesh.seed,
+            mesh.size(),
+            shrunk.mesh.size(),
+            shrunk.steps,
+            shrunk.tried,
+            shrink_started.elapsed()
+        );
+        report.push_str(&format!(
+            "\n## {class}\n\nseeds ({}): {}\n\nfirst: seed {}: {}\n\n\
+             minimal (shrunk in {} steps, {} candidates tried): {}\n\n```yaml\n{}```\n",
+            seeds.len(),
+            seeds.join(", "),
+            mesh.seed,
+            violation.detail,
+            shrunk.steps,
+            shrunk.tried,
+            shrunk.violation.detail,
+            shrunk.mesh.to_yaml()
+        ));
+    }
+    if let Some(path) = std::env::var_os("GENERATED_REPORT") {
+        std::fs::write(&path, &report).expect("write GENERATED_REPORT");
+    }
+    panic!("{report}");
+}
+
+/// Outcomes by kind and by the first words of their reason, for the first run's summary.
+#[derive(Default)]
+struct Tally(BTreeMap<String, usize>);
+
+impl Tally {
+    fn add(&mut self, meshes: &[RollbackMesh], outcomes: &[Option<Outcome>]) {
+        for (mesh, outcome) in meshes.iter().zip(outcomes) {
+            let Some(outcome) = outcome else {
+                continue;
+            };
+            let why = outcome.reason.as_deref().unwrap_or_default();
+            let why = why.replace(&mesh.prefix, "{P}");
+            let short: String = why.chars().take(110).collect();
+            *self
+                .0
+                .entry(format!("{} {short}", outcome.outcome.as_str()))
+                .or_default() += 1;
+        }
+    }
+
+    fn print(&self) {
+        for (what, n) in &self.0 {
+            println!("  {n:4} {what}");
+        }
+    }
+}
+
+/// Runs every mesh through the whole cycle; each one's violations and outcome.
+async fn run_meshes(
+    h: &Harness,
+    meshes: Vec<RollbackMesh>,
+    verbose: bool,
+) -> (Vec<Vec<Violation>>, Vec<Option<Outcome>>) {
+    let mut clock = Clock::new(verbose);
+    let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
+    let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
+        .map(|m| deploy(h, m))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("created on the API server");
+    let before_objects = stored(h, &meshes).await;
+    let before = compile_all(&meshes, &before_objects).await;
+    clock.lap("read back and compiled (before)");
+    let mut live = vec![false; meshes.len()];
+    for (i, mesh) in meshes.iter().enumerate() {
+        match (&deployed[i], &before[i]) {
+            (Err(why), _) | (_, Err(why)) => {
+                found[i].push(Violation::new("invalid-mesh", why.clone()));
+            }
+            (Ok(()), Ok(compiled)) => match dead_routes(mesh, compiled).first() {
+                Some(why) => found[i].push(Violation::new(
+                    "invalid-mesh",
+                    format!("before the function: {why}"),
+                )),
+                None => live[i] = true,
+            },
+        }
+    }
+    let outcomes: Vec<Option<Outcome>> = stream::iter(meshes.iter().zip(&live))
+        .map(|(mesh, live)| async move {
+            match live {
+                true => Some(invoke(h, mesh).await),
+                false => None,
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("error-rollback invoked");
+    let after_objects = stored(h, &meshes).await;
+    let after = compile_all(&meshes, &after_objects).await;
+    clock.lap("read back and compiled (after)");
+    let changed: Vec<Vec<Value>> = before_objects
+        .iter()
+        .zip(&after_objects)
+        .map(|(b, a)| changed_objects(b, a))
+        .collect();
+    let reverts: Vec<Vec<(String, Outcome)>> = stream::iter(meshes.iter().zip(&changed))
+        .map(|(mesh, objects)| async move {
+            let mut out = Vec::new();
+            for object in objects {
+                out.push((key(object), revert(h, mesh, object).await));
+            }
+            out
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("reverted");
+    let reverted_objects = stored(h, &meshes).await;
+    let reverted = compile_all(&meshes, &reverted_objects).await;
+    clock.lap("read back and compiled (reverted)");
+    for (i, mesh) in meshes.iter().enumerate() {
+        let (Some(outcome), Ok(before)) = (&outcomes[i], &before[i]) else {
+            continue;
+        };
+        let trial = Trial {
+            mesh,
+            outcome,
+            before,
+            after: after[i].as_ref(),
+            reverted: reverted[i].as_ref(),
+            before_objects: &before_objects[i],
+            after_objects: &after_objects[i],
+            reverted_objects: &reverted_objects[i],
+            changed: &changed[i],
+            reverts: &reverts[i],
+        };
+        found[i].extend(check(&trial));
+    }
+    remove(h, &meshes).await;
+    (found, outcomes)
+}
+
+/// Prints how long each phase took (for the first, full run).
+struct Clock {
+    verbose: bool,
+    last: Instant,
+}
+
+impl Clock {
+    fn new(verbose: bool) -> Clock {
+        Clock {
+            verbose,
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, what: &str) {
+        if self.verbose {
+            println!("  {what}: {:.1?}", self.last.elapsed());
+        }
+        self.last = Instant::now();
+    }
+}
+
+/// The alert of a mesh: its namespace, `service` and the failing `version`.
+fn alert(mesh: &RollbackMesh) -> Value {
+    let mut event = events::fresh("error-rollback-firing.json", &mesh.alert_ns());
+    let mut message = events::message(&event);
+    let labels = json!({"namespace": mesh.alert_ns(), "service": mesh.service_value(),
+                        "version": FAILING});
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        message["commonLabels"][k] = v.clone();
+        for alert in message["alerts"].as_array_mut().expect("alerts") {
+            alert["labels"][k] = v.clone();
+        }
+    }
+    message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
+    events::set_message(&mut event, &message);
+    event
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The function's settings for a mesh: its budgets in the alert's namespace, its root.
+fn vars(mesh: &RollbackMesh) -> [(String, String); 2] {
+    [
+        ("BUDGET_NAMESPACE".into(), mesh.alert_ns()),
+        ("ISTIO_ROOT_NAMESPACE".into(), mesh.root_namespace()),
+    ]
+}
+
+/// Runs `event` through the pipeline with the function's own identity; its one outcome.
+async fn handle(h: &Harness, mesh: &RollbackMesh, event: &Value, id: &str) -> Outcome {
+    let vars = vars(mesh);
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let pipeline = pipeline_with(
+        h.home.function_client("error-rollback"),
+        ErrorRollback,
+        &vars,
+    );
+    let report = pipeline
+        .handle(event, &Invocation::new(id, None, None))
+        .await;
+    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
+    report.outcomes[0].clone()
+}
+
+async fn invoke(h: &Harness, mesh: &RollbackMesh) -> Outcome {
+    handle(h, mesh, &alert(mesh), &format!("alert-{}", mesh.prefix)).await
+}
+
+/// Sends the revert request for one changed object, as a person would.
+async fn revert(h: &Harness, mesh: &RollbackMesh, object: &Value) -> Outcome {
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let mut event = events::fresh("error-rollback-revert.json", namespace);
+    event["revert"]["namespace"] = json!(namespace);
+    event["revert"]["kind"] = object["kind"].clone();
+    event["revert"]["name"] = object["metadata"]["name"].clone();
+    handle(
+        h,
+        mesh,
+        &event,
+        &format!("revert-{}-{}", mesh.prefix, key(object)),
+    )
+    .await
+}
+
+/// The objects (as they were before) whose spec, labels or annotations differ after.
+fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
+    before
+        .iter()
+        .filter(|b| {
+            let now = after
+                .iter()
+                .find(|a| key(a) == key(b) && a["kind"] == b["kind"]);
+            now.is_none_or(|a| {
+                a["spec"] != b["spec"]
+                    || a["metadata"]["labels"] != b["metadata"]["labels"]
+                    || a["metadata"]["annotations"] != b["metadata"]["annotations"]
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Everything known about one mesh's run.
+struct Trial<'a> {
+    mesh: &'a RollbackMesh,
+    outcome: &'a Outcome,
+    before: &'a Compiled,
+    after: Result<&'a Compiled, &'a String>,
+    reverted: Result<&'a Compiled, &'a String>,
+    before_objects: &'a [Value],
+    after_objects: &'a [Value],
+    reverted_objects: &'a [Value],
+    changed: &'a [Value],
+    reverts: &'a [(String, Outcome)],
+}
+
+/// Collects violations, one per class (details joined, the first few kept).
+#[derive(Default)]
+struct Findings(BTreeMap<&'static str, Vec<String>>);
+
+impl Findings {
+    fn add(&mut self, class: &'static str, detail: String) {
+        self.0.entry(class).or_default().push(detail);
+    }
+
+    fn into_violations(self, context: &str) -> Vec<Violation> {
+        self.0
+            .into_iter()
+            .map(|(class, details)| {
+                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
+                let more = details.len().saturating_sub(shown.len());
+                let more = if more > 0 {
+                    format!(" (+{more} more)")
+                } else {
+                    String::new()
+                };
+                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
+            })
+            .collect()
+    }
+}
+
+fn check(t: &Trial) -> Vec<Violation> {
+    let mut f = Findings::default();
+    let outcome = t.outcome;
+    let change = outcome.change.clone().unwrap_or_default();
+    let context = format!(
+        "outcome {} ({})",
+        outcome.outcome.as_str(),
+        outcome.reason.as_deref().unwrap_or(&change)
+    );
+    let after = match t.after {
+        Ok(after) => after,
+        Err(why) => {
+            f.add(
+                "invalid-after",
+                format!("Istio rejects the stored objects: {why}"),
+            );
+            return f.into_violations(&context);
+        }
+    };
+    match outcome.outcome {
+        OutcomeKind::Applied => {
+            if t.changed.is_empty() {
+                f.add("applied-but-unchanged", "no stored object changed".into());
+            }
+            failing_unreached(t, after, &mut f);
+            mirrors_unreached(t, after, &mut f);
+            for why in dead_routes(t.mesh, after) {
+                f.add("route-without-endpoints", why);
+            }
+        }
+        OutcomeKind::Skipped | OutcomeKind::Failed => {
+            if !t.changed.is_empty() {
+                let names: Vec<String> = t.changed.iter().map(key).collect();
+                f.add(
+                    "refused-but-changed",
+                    format!("changed {}", names.join(", ")),
+                );
+            }
+            if let Some(diff) =
+                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
+            {
+                f.add("refused-but-compiled-differs", diff);
+            }
+        }
+        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    }
+    reverting(t, &mut f);
+    f.into_violations(&context)
+}
+
+/// `checkout`'s clusters (`outbound|8080|<subset>|<fqdn>`) a route sends to (weight > 0).
+fn checkout_clusters<'a>(mesh: &RollbackMesh, route: &'a Route) -> BTreeSet<&'a String> {
+    let prefix = format!("outbound|{PORT}|");
+    let suffix = format!("|{}", mesh.fqdn());
+    route
+        .clusters
+        .iter()
+        .filter(|c| c.weight > 0 && c.name.starts_with(&prefix) && c.name.ends_with(&suffix))
+        .map(|c| &c.name)
+        .collect()
+}
+
+fn describe(proxy: &ProxyConfig, route: &Route) -> String {
+    format!(
+        "{} route {} {} match {}",
+        proxy.name,
+        route.route_config,
+        route.domains.first().map_or("?", String::as_str),
+        route
+            .route_match
+            .as_ref()
+            .map_or("-".into(), Value::to_string)
+    )
+}
+
+fn ips(proxy: &ProxyConfig, cluster: &str) -> BTreeSet<String> {
+    if !proxy.clusters.contains_key(cluster) {
+        return BTreeSet::new();
+    }
+    proxy
+        .endpoints_of(&BTreeSet::from([cluster.to_owned()]))
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect()
+}
+
+/// Applied: no route of any proxy (any domain, so literal hosts and the gateway's too) sends
+/// requests to a cluster of checkout holding a pod of the failing version.
+fn failing_unreached(t: &Trial, after: &Compiled, f: &mut Findings) {
+    let failing = t.mesh.pods_of(FAILING);
+    for client in t.mesh.proxies() {
+        let proxy = after.proxy(client.name);
+        for route in &proxy.routes {
+            for cluster in checkout_clusters(t.mesh, route) {
+                let hit: Vec<String> = ips(proxy, cluster)
+                    .intersection(&failing)
+                    .cloned()
+                    .collect();
+                if !hit.is_empty() {
+                    f.add(
+                        "failing-version-reached",
+                        format!(
+                            "{} ({}): {cluster} reaches {}",
+                            describe(proxy, route),
+                            client.namespace,
+                            hit.join(",")
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every route to checkout has endpoints behind each of its clusters, and every sidecar
+/// reaches some pod of checkout. Also the precondition of a generated mesh (before).
+fn dead_routes(mesh: &RollbackMesh, compiled: &Compiled) -> Vec<String> {
+    let mut out = Vec::new();
+    for client in mesh.proxies() {
+        let proxy = compiled.proxy(client.name);
+        for route in &proxy.routes {
+            for cluster in checkout_clusters(mesh, route) {
+                if ips(proxy, cluster).is_empty() {
+                    out.push(format!(
+                        "{}: {cluster} has no endpoint",
+                        describe(proxy, route)
+                    ));
+                }
+            }
+        }
+        let reached: BTreeSet<String> = proxy
+            .clusters_receiving(&mesh.fqdn(), PORT)
+            .iter()
+            .flat_map(|c| ips(proxy, c))
+            .collect();
+        if client.gateway_labels.is_none() && reached.is_empty() {
+            out.push(format!("{} reaches no pod of {}", client.name, mesh.fqdn()));
+        }
+    }
+    out
+}
+
+/// The fully qualified host of a destination written in `namespace`.
+fn qualify(host: &str, namespace: &str) -> String {
+    if host.contains('.') {
+        host.to_owned()
+    } else {
+        format!("{host}.{namespace}.svc.cluster.local")
+    }
+}
+
+/// Whether the proxy (`namespace`, a gateway or not) takes VirtualService `vs`.
+fn takes(vs: &Value, namespace: &str, gateway: bool) -> bool {
+    let own = vs["metadata"]["namespace"].as_str().unwrap_or_default();
+    let exported = vs["spec"]["exportTo"].as_array().is_none_or(|e| {
+        e.iter()
+            .any(|x| x == "*" || x == namespace || (x == "." && own == namespace))
+    });
+    let gateways: Vec<&str> = vs["spec"]["gateways"]
+        .as_array()
+        .map(|g| g.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let bound = if gateway {
+        gateways.iter().any(|g| *g != "mesh")
+    } else {
+        gateways.is_empty() || gateways.contains(&"mesh")
+    };
+    exported && bound
+}
+
+/// Applied: no HTTP route's mirror (percentage not an explicit 0) of a VirtualService a
+/// proxy takes sends copies to a cluster of checkout holding a failing pod, as that proxy
+/// compiles the mirrored subset.
+fn mirrors_unreached(t: &Trial, after: &Compiled, f: &mut Findings) {
+    let failing = t.mesh.pods_of(FAILING);
+    let fqdn = t.mesh.fqdn();
+    for vs in t
+        .after_objects
+        .iter()
+        .filter(|o| o["kind"] == "VirtualService")
+    {
+        let own = vs["metadata"]["namespace"].as_str().unwrap_or_default();
+        for (index, route) in vs["spec"]["http"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let mut mirrors: Vec<(&Value, Option<f64>)> = Vec::new();
+            if let Some(m) = route.get("mirror") {
+                let percent = route
+                    .pointer("/mirrorPercentage/value")
+                    .or_else(|| route.get("mirrorPercent"))
+                    .and_then(Value::as_f64);
+                mirrors.push((m, percent));
+            }
+            for m in route["mirrors"].as_array().into_iter().flatten() {
+                let percent = m.pointer("/percentage/value").and_then(Value::as_f64);
+                mirrors.push((&m["destination"], percent));
+            }
+            for (destination, percent) in mirrors {
+                let host = destination["host"].as_str().unwrap_or_default();
+                if percent == Some(0.0) || qualify(host, own) != fqdn {
+                    continue;
+                }
+                let subset = destination["subset"].as_str().unwrap_or_default();
+                let cluster = format!("outbound|{PORT}|{subset}|{fqdn}");
+                for client in t.mesh.proxies() {
+                    if !takes(vs, &client.namespace, client.gateway_labels.is_some()) {
+                        continue;
+                    }
+                    let hit: Vec<String> = ips(after.proxy(client.name), &cluster)
+                        .intersection(&failing)
+                        .cloned()
+                        .collect();
+                    if !hit.is_empty() {
+                        f.add(
+                            "mirror-reaches-failing",
+                            format!(
+                                "{} http[{index}] mirrors to {cluster} ({}) for {}",
+                                key(vs),
+                                hit.join(","),
+                                client.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every revert is applied and gives back the exact objects and compiled configuration.
+fn reverting(t: &Trial, f: &mut Findings) {
+    for (object, outcome) in t.reverts {
+        if outcome.outcome != OutcomeKind::Applied {
+            f.add(
+                "revert-refused",
+                format!(
+                    "{object}: {} {}",
+                    outcome.outcome.as_str(),
+                    outcome.reason.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    match t.reverted {
+        Err(why) => f.add(
+            "revert-differs",
+            format!("Istio rejects the reverted objects: {why}"),
+        ),
+        Ok(reverted) => {
+            let was = serde_json::to_string(&t.before.raw["proxies"]).expect("json");
+            let now = serde_json::to_string(&reverted.raw["proxies"]).expect("json");
+            if was != now {
+                let diff = first_difference(
+                    &t.before.raw["proxies"],
+                    &reverted.raw["proxies"],
+                    "proxies",
+                );
+                f.add(
+                    "revert-differs",
+                    diff.unwrap_or_else(|| "the JSON text differs".into()),
+                );
+            }
+        }
+    }
+    for before in t.before_objects {
+        let now = t
+            .reverted_objects
+            .iter()
+            .find(|o| key(o) == key(before) && o["kind"] == before["kind"]);
+        if now.is_none_or(|o| o["spec"] != before["spec"]) {
+            f.add(
+                "revert-spec-differs",
+                format!("{} {}", before["kind"], key(before)),
+            );
+        }
+    }
+}
+
+/// Where two JSON documents first differ, and how: `at /path: before -> after`.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (p, q) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(p, q, &format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        _ if a == b => None,
+        _ => Some(format!("at {at}: {} -> {}", cut(a), cut(b))),
+    }
+}
+
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+#[test]
+fn generated_meshes_are_deterministic_and_schema_valid() {
+    for seed in DEFAULT_SEED..DEFAULT_SEED + 200 {
+        let a = RollbackMesh::generate(seed);
+        assert_eq!(a, RollbackMesh::generate(seed), "seed {seed}");
+        assert_eq!(a.invalid(), None, "seed {seed}:\n{}", a.to_yaml());
+        assert!(!a.pods_of(FAILING).is_empty() && !a.pods_of("v1").is_empty());
+        for candidate in a.shrink().iter().take(5) {
+            assert!(candidate.size() <= a.size());
+        }
+    }
+}
