@@ -18,7 +18,7 @@
 mod generate;
 pub mod run;
 mod shrink;
-mod yaml;
+use crate::mesh_gen::yaml;
 
 use std::collections::BTreeSet;
 

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod events;
 pub mod fleet;
+pub mod gen_failover;
 pub mod gen_rollback;
 pub mod http_capture;
 pub mod istio_oracle;

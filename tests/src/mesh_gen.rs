@@ -20,7 +20,7 @@ mod policy;
 pub mod rng;
 pub mod run;
 mod shrink;
-mod yaml;
+pub(crate) mod yaml;
 
 use std::collections::BTreeMap;
 

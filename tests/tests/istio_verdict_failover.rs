@@ -467,7 +467,7 @@ async fn a_region_split_by_host_the_function_does_not_own_blocks_the_drain() {
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
     let why = remediation_testkit::mesh::reason(outcome);
     assert!(
-        why.contains("frontend-us-east-1") && why.contains("cannot move"),
+        why.contains("frontend-us-east-1") && why.contains("neither lever moves"),
         "{why}"
     );
     assert_eq!(stored(&cluster).await, before, "nothing changed");

@@ -129,7 +129,7 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
         Some("7fb675b975cf0c44")
     );
     assert!(
-        reason(outcome).contains("traffic is shifted by VirtualService weights"),
+        reason(outcome).contains("VirtualService weights shift them"),
         "the DestinationRule is left alone: {outcome:#?}"
     );
     let after = vs(&cluster).await;
@@ -219,7 +219,7 @@ async fn no_healthy_region_changes_nothing_and_fails_with_the_reason() {
     assert!(!outcome.retryable);
     let why = reason(&outcome);
     assert!(
-        why.contains("no healthy region to take us-east-1's traffic"),
+        why.contains("no healthy region that every client reaches to take us-east-1's traffic"),
         "{why}"
     );
     assert!(why.contains("us-west-2: HTTP 503"), "{why}");

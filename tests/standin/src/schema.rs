@@ -1,5 +1,5 @@
 //! Structural-schema pruning and validation of Istio objects against the
-//! `openAPIV3Schema` of the Istio CRDs (embedded from `crds/`), following the
+//! `openAPIV3Schema` of the Istio CRDs (embedded from `deploy/crds/`), following the
 //! API server's CRD handling (`apiextensions-apiserver` + `kube-openapi` validate):
 //!
 //! * decoding prunes unknown fields (not listed in `properties`, not under
@@ -23,9 +23,9 @@ use serde_json::{Map, Value};
 use crate::status::Cause;
 
 const CRD_SOURCES: &[&str] = &[
-    include_str!("../crds/virtualservices.yaml"),
-    include_str!("../crds/destinationrules.yaml"),
-    include_str!("../crds/serviceentries.yaml"),
+    include_str!("../../../deploy/crds/virtualservices.yaml"),
+    include_str!("../../../deploy/crds/destinationrules.yaml"),
+    include_str!("../../../deploy/crds/serviceentries.yaml"),
 ];
 
 /// (kind, version) -> openAPIV3Schema

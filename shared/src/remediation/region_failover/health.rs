@@ -20,13 +20,14 @@ pub struct RegionFacts {
     pub subset_regions: BTreeMap<String, String>,
     /// Regions known by name, in preference order (health URLs first, then subsets).
     pub known_regions: Vec<String>,
-    /// An opted-in VirtualService that every sidecar takes (bound to `mesh`, exported to
-    /// every namespace) splits the service per region, degraded one included.
+    /// Every request to the service names its region (a split the weights lever shifts, or a
+    /// subset keyed on a region): the DestinationRule drain is not needed.
     pub split_by_virtual_service: bool,
-    /// Routes (in any namespace) to a subset of the service keyed on a locality label that
-    /// is, or may be, the degraded region's: a drain by locality would leave them with no
-    /// endpoint there. In words, for the refusal.
-    pub pinned_subsets: Vec<String>,
+    /// Where the service's requests go, route by route, and which lever moves them.
+    pub paths: super::paths::Paths,
+    /// Regions whose subsets some clients reach no endpoint of (the `distribute` they take
+    /// gives the region no share): weight is not moved there. Region -> why.
+    pub stranded: BTreeMap<String, String>,
     /// Every DestinationRule in the cluster (which rule each client takes).
     pub rules: Vec<kube::api::DynamicObject>,
     /// The VirtualServices the alert changes: opted in, in its namespace, routing the service.
@@ -44,6 +45,16 @@ impl RegionFacts {
         match self.health.get(region) {
             Some(result) => result.clone(),
             None => Err("no health URL in REGION_HEALTH_URLS".into()),
+        }
+    }
+
+    /// Whether a region split may move weight to `region`, or why not: it is healthy and
+    /// every client reaches its subset.
+    pub fn receives(&self, region: &str) -> std::result::Result<(), String> {
+        self.healthy(region)?;
+        match self.stranded.get(region) {
+            Some(why) => Err(why.clone()),
+            None => Ok(()),
         }
     }
 

@@ -31,7 +31,6 @@ use std::sync::OnceLock;
 
 use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
-use serde_json::Value;
 
 use super::hosts;
 use super::istio;
@@ -47,6 +46,7 @@ use crate::record::ActionRecord;
 
 pub mod health;
 pub mod locality;
+pub mod paths;
 pub mod settings;
 pub mod weights;
 
@@ -80,99 +80,12 @@ impl RegionFailover {
     }
 }
 
-/// Locality labels a subset may be keyed on, and whether a value of it names `degraded`:
-/// `Some(true)` it does, `Some(false)` it does not, `None` it cannot be told (a cluster or
-/// network name says nothing of its region).
-fn locality_key(key: &str, value: &str, degraded: &str) -> Option<Option<bool>> {
-    match key {
-        REGION_LABEL | "failure-domain.beta.kubernetes.io/region" => Some(Some(value == degraded)),
-        "topology.kubernetes.io/zone" | "failure-domain.beta.kubernetes.io/zone" => {
-            Some(Some(value.starts_with(degraded)))
-        }
-        "topology.istio.io/cluster" | "topology.istio.io/network" => Some(None),
-        _ => None,
+/// " (and N more)" for a list of `count` findings named by its first.
+fn more(count: usize) -> String {
+    match count {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
     }
-}
-
-/// Every route of every VirtualService that sends traffic to a subset of `host` keyed on a
-/// locality that is (or may be) `degraded`'s, in words.
-fn pinned_subsets(
-    services: &[DynamicObject],
-    host: &str,
-    subsets: &std::collections::BTreeMap<String, hosts::Labels>,
-    degraded: &str,
-    alert_namespace: &str,
-    facts: &RegionFacts,
-) -> Vec<String> {
-    let mut out = Vec::new();
-    for vs in services {
-        let namespace = istio::namespace_of(vs);
-        for kind in ["http", "tcp", "tls"] {
-            let routes = istio::spec(vs)
-                .and_then(|s| s.get(kind))
-                .and_then(Value::as_array);
-            for (index, route) in routes.into_iter().flatten().enumerate() {
-                let destinations = route
-                    .get("route")
-                    .and_then(Value::as_array)
-                    .map(Vec::as_slice)
-                    .unwrap_or_default();
-                // The weights lever drains a region split of an opted-in VirtualService of
-                // the alert's namespace itself.
-                let shifted = istio::namespace_of(vs) == alert_namespace
-                    && super::object::opted_in(vs)
-                    && destinations.len() > 1
-                    && route_regions(destinations, degraded, facts).is_some();
-                let target =
-                    istio::namespace_of(vs) == alert_namespace && super::object::opted_in(vs);
-                for destination in destinations {
-                    if shifted || destinations.len() > 1 && istio::weight(destination) == 0 {
-                        continue;
-                    }
-                    let to_host = hosts::destination_host(destination)
-                        .is_some_and(|h| hosts::qualify(h, namespace) == host);
-                    // Another host in the degraded region (`frontend-us-west-2`), routed for
-                    // the service by a VirtualService the function does not change: a drain
-                    // of the service's own endpoints does not reach it.
-                    if !target
-                        && !to_host
-                        && hosts::routes_host(vs, host)
-                        && destination_region(destination, degraded, facts).as_deref()
-                            == Some(degraded)
-                    {
-                        out.push(format!(
-                            "VirtualService {} {kind} route {index} sends to {} in {degraded} and is not one the function changes (opted in, in namespace {alert_namespace})",
-                            super::object::name_of(vs),
-                            istio::destination_name(destination)
-                        ));
-                        continue;
-                    }
-                    let Some(subset) = hosts::destination_subset(destination) else {
-                        continue;
-                    };
-                    let Some(labels) = subsets.get(subset).filter(|_| to_host) else {
-                        continue;
-                    };
-                    let keyed = labels.iter().find_map(|(k, v)| {
-                        locality_key(k, v, degraded)
-                            .filter(|names| *names != Some(false))
-                            .map(|_| format!("{k}={v}"))
-                    });
-                    if let Some(keyed) = keyed {
-                        let name = route.get("name").and_then(Value::as_str).map_or_else(
-                            || format!("{kind} route {index}"),
-                            |n| format!("{kind} route {n}"),
-                        );
-                        out.push(format!(
-                            "VirtualService {} {name} sends to subset {subset} ({keyed})",
-                            super::object::name_of(vs)
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    out
 }
 
 fn degraded_region(input: &AlertInput) -> &str {
@@ -218,9 +131,7 @@ impl Remediation for RegionFailover {
     fn selects(&self, input: &AlertInput, object: &DynamicObject) -> bool {
         let service = input.alert.label("service").unwrap_or_default();
         let host = hosts::alert_host(service, &input.namespace);
-        hosts::routes_host(object, &host)
-            || hosts::has_destination(object, &host)
-            || hosts::rule_host_is(object, &host)
+        paths::carries(object, &host) || hosts::rule_host_is(object, &host)
     }
 
     fn mesh_wide(&self) -> bool {
@@ -279,33 +190,17 @@ impl Remediation for RegionFailover {
                 }
                 facts.subset_regions.insert(name.clone(), region.clone());
             }
-            facts.pinned_subsets =
-                pinned_subsets(&services, &host, &subsets, degraded, namespace, &facts);
             facts.root = config.istio_root_namespace.clone();
-            // Only a VirtualService every sidecar takes makes the DestinationRule drain
-            // unnecessary: one bound to gateways only, or exported to some namespaces only,
-            // leaves the other clients on the Service's default route to every region.
-            facts.split_by_virtual_service = services.iter().any(|vs| {
-                istio::namespace_of(vs) == namespace
-                    && super::object::opted_in(vs)
-                    && hosts::routes_host(vs, &host)
-                    && hosts::binds_mesh(vs)
-                    && hosts::exported_everywhere(vs)
-                    && istio::http_routes(vs).iter().any(|route| {
-                        route
-                            .get("route")
-                            .and_then(Value::as_array)
-                            .is_some_and(|d| {
-                                d.len() > 1 && route_regions(d, degraded, &facts).is_some()
-                            })
-                    })
-            });
+            facts.paths = paths::paths(&services, &host, &subsets, degraded, namespace, &facts);
+            // The DestinationRule is left alone only when every request names its region.
+            facts.split_by_virtual_service = facts.paths.unpinned.is_empty();
+            facts.stranded = paths::stranded(&rules, &host, &facts.root, &facts.subset_regions);
             facts.virtual_services = services
                 .into_iter()
                 .filter(|vs| {
                     istio::namespace_of(vs) == namespace
                         && super::object::opted_in(vs)
-                        && (hosts::routes_host(vs, &host) || hosts::has_destination(vs, &host))
+                        && paths::carries(vs, &host)
                 })
                 .collect();
             facts.rules = rules;
@@ -335,7 +230,26 @@ impl Remediation for RegionFailover {
             self.plan_drain(object, degraded, facts, Some(&scope))
         } else {
             self.plan_weights(object, degraded, facts)
-        }?;
+        };
+        // Changing (or leaving) this object is not enough when requests stay on the
+        // degraded region.
+        if let (Ok(_) | Err(Refusal::Skip(_)), Some(first)) = (&plan, facts.paths.unmoved.first()) {
+            return Err(Refusal::Fail(format!(
+                "{first}{}: nothing is changed, since a drain would leave those requests on {degraded}; route them with a region split of an opted-in VirtualService (subsets labelled {REGION_LABEL}) or drain by hand",
+                more(facts.paths.unmoved.len())
+            )));
+        }
+        let plan = plan?;
+        if !facts.split_by_virtual_service
+            && !facts.rules.iter().any(|rule| scope.writable(rule))
+            && let Some(first) = facts.paths.unpinned.first()
+        {
+            return Err(Refusal::Fail(format!(
+                "{first}{}: only a drain by locality moves those requests and no DestinationRule for {host} in namespace {} is opted in (auto_remediation=active), so nothing is changed",
+                more(facts.paths.unpinned.len()),
+                input.namespace
+            )));
+        }
         // All or nothing: when another object of the alert cannot take its part of the
         // drain, draining only this one would leave clients on the degraded region.
         let me = super::object::name_of(object);

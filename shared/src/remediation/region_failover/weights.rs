@@ -39,13 +39,17 @@ impl RegionFailover {
                 return Ok(None);
             };
             let weights: Vec<i64> = destinations.iter().map(istio::weight).collect();
-            shift_weights(&weights, &regions, degraded, |r| facts.healthy(r).is_ok())
+            shift_weights(&weights, &regions, degraded, |r| facts.receives(r).is_ok())
                 .map(Some)
                 .ok_or_else(|| {
                     Refusal::Fail(format!(
-                        "no healthy region to take {degraded}'s traffic ({}); nothing changed, humans must decide",
+                        "no healthy region that every client reaches to take {degraded}'s traffic ({}); nothing changed, humans must decide",
                         facts.health_report(degraded, &regions)
-                    ))
+                    ) + &facts
+                        .stranded
+                        .values()
+                        .map(|why| format!("; {why}"))
+                        .collect::<String>())
                 })
         })?;
         if reweighed.considered == 0 {

@@ -260,7 +260,7 @@ impl RegionFailover {
     ) -> Result<Plan, Refusal> {
         if facts.split_by_virtual_service {
             return Err(Refusal::Skip(
-                "traffic is shifted by VirtualService weights; the DestinationRule is left alone"
+                "every request to the service names its region (VirtualService weights shift them); the DestinationRule is left alone"
                     .into(),
             ));
         }
@@ -276,13 +276,16 @@ impl RegionFailover {
                 facts.health_report(degraded, &[])
             )));
         }
-        if let Some(first) = facts.pinned_subsets.first() {
+        let pinned: Vec<&String> = facts
+            .paths
+            .unmoved
+            .iter()
+            .chain(&facts.paths.emptied)
+            .collect();
+        if let Some(first) = pinned.first() {
             return Err(Refusal::Fail(format!(
-                "{first}{}: a drain by locality cannot move those requests (it removes {degraded}'s endpoints from every subset of the service, so they would reach no endpoint there, or they go to another host), so nothing is changed; shift them with VirtualService weights (subsets labelled {}, the VirtualService opted in) or drain by hand",
-                match facts.pinned_subsets.len() {
-                    1 => String::new(),
-                    n => format!(" (and {} more)", n - 1),
-                },
+                "{first}{}: a drain by locality cannot move those requests (it removes {degraded}'s endpoints, and those of every region it leaves out, from every subset of the service, so they would reach no endpoint there, or they go to another host), so nothing is changed; shift them with VirtualService weights (subsets labelled {}, the VirtualService opted in) or drain by hand",
+                super::more(pinned.len()),
                 super::REGION_LABEL
             )));
         }

@@ -2,6 +2,7 @@
 //! recorded exactly, and its refusals.
 
 use super::*;
+use crate::remediation::region_failover::paths::Paths;
 
 fn rule(spec: Value) -> DynamicObject {
     serde_json::from_value(json!({
@@ -151,9 +152,12 @@ fn a_distribution_per_client_locality_keeps_what_never_reached_the_degraded_regi
 #[test]
 fn a_routed_subset_keyed_on_a_locality_is_not_emptied() {
     let facts = RegionFacts {
-        pinned_subsets: vec![
-            "VirtualService shop/frontend http route 0 sends to subset east (topology.istio.io/cluster=c1)".into(),
-        ],
+        paths: Paths {
+            unmoved: vec![
+                "VirtualService frontend (shop) http route 0 sends to frontend/east (topology.istio.io/cluster=c1), which may be in us-east-1".into(),
+            ],
+            ..Paths::default()
+        },
         ..facts()
     };
     match RegionFailover::default().plan_locality_drain(

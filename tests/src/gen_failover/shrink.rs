@@ -1,0 +1,233 @@
+//! Smaller candidates of a mesh, for reducing a failing one to a minimal example: drop a
+//! client namespace, a rule or VirtualService, a client, the gateway, a pod (each region
+//! keeps one) or Service, any node of a stored object, or the health check. Only valid candidates are proposed,
+//! smallest first.
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::{FailoverMesh, HealthMode, SERVICE};
+
+impl FailoverMesh {
+    /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
+    /// smallest first.
+    pub fn shrink(&self) -> Vec<FailoverMesh> {
+        let mut out = Vec::new();
+        self.drop_namespaces(&mut out);
+        for index in 0..self.objects.len() {
+            let mut smaller = self.clone();
+            smaller.objects.remove(index);
+            out.push(smaller);
+        }
+        if self.clients.len() > 1 {
+            for index in 0..self.clients.len() {
+                let mut smaller = self.clone();
+                smaller.clients.remove(index);
+                out.push(smaller);
+            }
+        }
+        if self.gateway.is_some() {
+            let mut smaller = self.clone();
+            smaller.gateway = None;
+            smaller.world.retain(|o| o["kind"] != "Gateway");
+            out.push(smaller);
+        }
+        // Every region keeps a pod of `frontend` (the generator's promise: without one, a
+        // region the function is told is healthy cannot take traffic, another story).
+        let region_of = |o: &Value| o["metadata"]["labels"]["region"].clone();
+        let pods_in = |region: &Value| {
+            self.world
+                .iter()
+                .filter(|o| o["kind"] == "Pod" && region_of(o) == *region)
+                .count()
+        };
+        for (index, object) in self.world.iter().enumerate() {
+            let last_pod = object["kind"] == "Pod" && pods_in(&region_of(object)) == 1;
+            let main_service = object["kind"] == "Service" && object["metadata"]["name"] == SERVICE;
+            if last_pod || main_service || object["kind"] == "Gateway" {
+                continue;
+            }
+            let mut smaller = self.clone();
+            smaller.world.remove(index);
+            out.push(smaller);
+        }
+        for (index, object) in self.objects.iter().enumerate() {
+            for pointer in removable(object) {
+                let mut smaller = self.clone();
+                let object = &mut smaller.objects[index];
+                remove(object, &pointer);
+                normalize(object);
+                out.push(smaller);
+            }
+        }
+        let simpler = match self.health {
+            HealthMode::Unconfigured => Vec::new(),
+            HealthMode::AllHealthy => vec![HealthMode::Unconfigured],
+            HealthMode::Unhealthy(_) => vec![HealthMode::AllHealthy, HealthMode::Unconfigured],
+        };
+        for health in simpler {
+            out.push(FailoverMesh {
+                health,
+                ..self.clone()
+            });
+        }
+        let mut seen = BTreeSet::new();
+        let mut valid: Vec<FailoverMesh> = out
+            .into_iter()
+            .filter(|m| m != self && m.invalid().is_none())
+            .filter(|m| {
+                seen.insert(format!(
+                    "{:?}{:?}{:?}{:?}{:?}",
+                    m.objects, m.world, m.clients, m.gateway, m.health
+                ))
+            })
+            .collect();
+        valid.sort_by_key(FailoverMesh::size);
+        valid
+    }
+
+    /// A client namespace other than the alert's and the root, with everything in it.
+    fn drop_namespaces(&self, out: &mut Vec<FailoverMesh>) {
+        let keep = [Self::alert_template(), Self::root_template()];
+        for namespace in &self.namespaces {
+            if keep.contains(namespace) {
+                continue;
+            }
+            let mut smaller = self.clone();
+            smaller.namespaces.retain(|n| n != namespace);
+            smaller.clients.retain(|c| c.namespace != *namespace);
+            let elsewhere = |o: &Value| o["metadata"]["namespace"] != namespace.as_str();
+            smaller.objects.retain(elsewhere);
+            smaller.world.retain(elsewhere);
+            if !smaller.clients.is_empty() {
+                out.push(smaller);
+            }
+        }
+    }
+}
+
+/// Every node of a stored object that can go: in `spec` all but a rule's `host` and subset
+/// names, and its labels. JSON pointers, parents before children.
+fn removable(object: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(labels) = object["metadata"]["labels"].as_object() {
+        for key in labels.keys() {
+            out.push(format!("/metadata/labels/{}", escape(key)));
+        }
+    }
+    walk(&object["spec"], "/spec", &mut out);
+    out.retain(|p| p != "/spec/host" && !is_subset_name(p));
+    out
+}
+
+fn is_subset_name(pointer: &str) -> bool {
+    let parts: Vec<&str> = pointer.split('/').collect();
+    matches!(parts.as_slice(), ["", "spec", "subsets", _, "name"])
+}
+
+fn walk(value: &Value, at: &str, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, child) in map {
+                let pointer = format!("{at}/{}", escape(key));
+                out.push(pointer.clone());
+                walk(child, &pointer, out);
+            }
+        }
+        Value::Array(items) => {
+            for (i, child) in items.iter().enumerate() {
+                let pointer = format!("{at}/{i}");
+                out.push(pointer.clone());
+                walk(child, &pointer, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+/// Removes the node at `pointer` (an object key or an array element).
+fn remove(value: &mut Value, pointer: &str) {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let key = last.replace("~1", "/").replace("~0", "~");
+    match value.pointer_mut(parent) {
+        Some(Value::Object(map)) => {
+            map.remove(&key);
+        }
+        Some(Value::Array(items)) => {
+            if let Ok(i) = key.parse::<usize>()
+                && i < items.len()
+            {
+                items.remove(i);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Drops what a removal left empty and meaningless: empty objects and lists (but not an
+/// empty `outlierDetection`, which turns ejection on with Envoy's defaults), and port-level
+/// entries with nothing but their port.
+fn normalize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for child in map.values_mut() {
+                normalize(child);
+            }
+            map.retain(|key, child| key == "outlierDetection" || !is_empty(child));
+            if let Some(Value::Array(entries)) = map.get_mut("portLevelSettings") {
+                entries.retain(|e| e.as_object().is_some_and(|m| m.len() > 1));
+                if entries.is_empty() {
+                    map.remove("portLevelSettings");
+                }
+            }
+        }
+        Value::Array(items) => {
+            for child in items.iter_mut() {
+                normalize(child);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_smaller_valid_and_reach_a_floor() {
+        for seed in 0..40 {
+            let mut mesh = FailoverMesh::generate(seed);
+            let mut steps = 0;
+            loop {
+                let candidates = mesh.shrink();
+                for c in &candidates {
+                    assert!(c.size() < mesh.size(), "seed {seed}");
+                    assert!(c.invalid().is_none());
+                }
+                let Some(first) = candidates.into_iter().next() else {
+                    break;
+                };
+                mesh = first;
+                steps += 1;
+                assert!(steps < 500, "seed {seed}: shrinking does not end");
+            }
+            assert!(mesh.objects.is_empty(), "seed {seed}: {}", mesh.to_yaml());
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! region-failover on generated meshes, judged by Istio's config compiler.
+//!
+//! For seeds `GENERATED_SEED..GENERATED_SEED + GENERATED_MESHES` (defaults below), each
+//! generated mesh ([`FailoverMesh`]) is created on the real API server in namespaces of its
+//! own, compiled for every client proxy (sidecars in every region, and the ingress gateway
+//! when a VirtualService is bound to it), the function runs on its alert (`region` the
+//! degraded region, the mesh's root namespace as `ISTIO_ROOT_NAMESPACE`, and its
+//! `REGION_HEALTH_URLS` if any), everything is read back and compiled again, every object it
+//! changed is reverted through the pipeline, and compiled once more. For every client proxy,
+//! reading where its calls to `frontend` go while every endpoint is healthy (route weight
+//! above 0, Envoy priority 0, locality weight above 0):
+//!
+//! - applied: no client reaches the degraded region; every route it has for the host that
+//!   reached an endpoint still does; a client that never reached the degraded region keeps
+//!   exactly the regions it reached; a region it newly reaches is one the function was told
+//!   is healthy;
+//! - refused (failed or skipped): no stored object changed and Istio compiles the same;
+//! - reverting every changed object gives back the compiled configuration byte for byte,
+//!   and the objects' specs.
+//!
+//! A violation is shrunk to a minimal mesh (one per class of invariant, for at most
+//! `GENERATED_SHRINK_SECONDS`, default 240, each) and printed as YAML with its seed;
+//! `GENERATED_REPORT=<file>` also writes them there as Markdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures::stream::{self, StreamExt};
+use mesh_remediation::pipeline::Invocation;
+use mesh_remediation::remediation::RegionFailover;
+use mesh_remediation::remediation::region_failover::FailoverSettings;
+use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::cluster::pipeline_with;
+use remediation_testkit::events;
+use remediation_testkit::gen_failover::run::{
+    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
+};
+use remediation_testkit::gen_failover::{
+    FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
+};
+use remediation_testkit::istio_oracle::{Client, Compiled, Route};
+use serde_json::{Value, json};
+
+/// The first seed when `GENERATED_SEED` is not set.
+const DEFAULT_SEED: u64 = 20_261_201;
+/// Meshes when `GENERATED_MESHES` is not set.
+const DEFAULT_MESHES: u64 = 100;
+/// Meshes set up, invoked and reverted at once.
+const CONCURRENCY: usize = 8;
+/// Meshes that live on the API server together (a group's namespaces are deleted before
+/// the next group starts).
+const GROUP: usize = 100;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().map_or(default, |v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn region_failover_keeps_its_promises_on_generated_meshes() {
+    let Some(kubeconfig) = std::env::var_os("TEST_KUBECONFIG") else {
+        eprintln!("note: generated meshes need a real API server: set TEST_KUBECONFIG");
+        return;
+    };
+    let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
+    let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
+    println!("generated meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
+    let harness = Harness::connect(kubeconfig.into()).await;
+    let started = Instant::now();
+    let meshes: Vec<FailoverMesh> = (base..base + count)
+        .map(|seed| FailoverMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
+        .collect();
+    let mut found = Vec::new();
+    let mut tally = Tally::default();
+    for group in meshes.chunks(GROUP) {
+        found.extend(run_meshes(&harness, group.to_vec(), Some(&mut tally)).await);
+    }
+    println!(
+        "{count} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
+        started.elapsed()
+    );
+    println!("  {tally}");
+
+    let mut by_class: BTreeMap<String, Vec<(FailoverMesh, Violation)>> = BTreeMap::new();
+    for (mesh, violations) in meshes.into_iter().zip(found) {
+        for violation in violations {
+            by_class
+                .entry(violation.class.clone())
+                .or_default()
+                .push((mesh.clone(), violation));
+        }
+    }
+    if by_class.is_empty() {
+        return;
+    }
+    let mut report = format!(
+        "# region-failover on generated meshes: {} classes of violation\n\n\
+         GENERATED_SEED={base} GENERATED_MESHES={count}\n",
+        by_class.len()
+    );
+    for (class, failures) in &by_class {
+        let seeds: Vec<String> = failures.iter().map(|(m, _)| m.seed.to_string()).collect();
+        let (mesh, violation) = &failures[0];
+        let shrink_started = Instant::now();
+        let limits = ShrinkLimits {
+            max_time: Duration::from_secs(env_u64("GENERATED_SHRINK_SECONDS", 240)),
+            ..ShrinkLimits::default()
+        };
+        let shrunk = shrink(mesh, violation, limits, async |candidates| {
+            run_meshes(&harness, candidates, None).await
+        })
+        .await;
+        println!(
+            "[{class}] seed {}: shrunk from size {} to {} in {} steps, {} candidates, {:.1?}",
+            mesh.seed,
+            mesh.size(),
+            shrunk.mesh.size(),
+            shrunk.steps,
+            shrunk.tried,
+            shrink_started.elapsed()
+        );
+        report.push_str(&format!(
+            "\n## {class}\n\nseeds ({}): {}\n\nfirst: seed {}: {}\n\n\
+             minimal (shrunk in {} steps, {} candidates tried): {}\n\n```yaml\n{}```\n",
+            seeds.len(),
+            seeds.join(", "),
+            mesh.seed,
+            violation.detail,
+            shrunk.steps,
+            shrunk.tried,
+            shrunk.violation.detail,
+            shrunk.mesh.to_yaml()
+        ));
+    }
+    if let Some(path) = std::env::var_os("GENERATED_REPORT") {
+        std::fs::write(&path, &report).expect("write GENERATED_REPORT");
+    }
+    panic!("{report}");
+}
+
+/// What the meshes of a run exercised, to tell a vacuous run from a real one.
+#[derive(Default)]
+struct Tally {
+    outcomes: BTreeMap<String, usize>,
+    changed: BTreeMap<&'static str, usize>,
+    reasons: BTreeMap<String, usize>,
+    reached_degraded_before: usize,
+    gateways: usize,
+    invalid: usize,
+    unreachable: usize,
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "outcomes: {:?}", self.outcomes)?;
+        writeln!(f, "  objects changed by kind: {:?}", self.changed)?;
+        writeln!(
+            f,
+            "  meshes where a client reached the degraded region before: {}; with a gateway: {}; \
+             invalid: {}; with a client reaching no endpoint before: {}",
+            self.reached_degraded_before, self.gateways, self.invalid, self.unreachable
+        )?;
+        write!(f, "  refusals by reason: {:?}", self.reasons)
+    }
+}
+
+/// The gist of a refusal, for grouping: its first target's reason without the target, the
+/// outcome word and the mesh's names; its first words.
+fn gist(mesh: &FailoverMesh, reason: &str) -> String {
+    let reason = reason.replace(&mesh.prefix, "{P}");
+    let mut why = reason.as_str();
+    loop {
+        let trimmed = why.trim_start();
+        let next = ["skipped ", "failed ", "held: ", "cannot plan: "]
+            .iter()
+            .find_map(|p| trimmed.strip_prefix(p))
+            .or_else(|| {
+                let (target, rest) = trimmed.split_once(": ")?;
+                let kinds = ["DestinationRule ", "VirtualService "];
+                kinds.iter().any(|k| target.starts_with(k)).then_some(rest)
+            });
+        match next {
+            Some(rest) => why = rest,
+            None => break,
+        }
+    }
+    why.split([':', '(', ';', ','])
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(9)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs every mesh through the whole cycle and returns each one's violations. Meshes are set
+/// up, invoked and reverted `CONCURRENCY` at a time; each compile phase is one oracle run
+/// for all of them. With a `tally`, the phases' times and what was exercised are printed.
+async fn run_meshes(
+    h: &Harness,
+    meshes: Vec<FailoverMesh>,
+    mut tally: Option<&mut Tally>,
+) -> Vec<Vec<Violation>> {
+    let mut clock = Clock::new(tally.is_some());
+    let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
+    let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
+        .map(|m| h.deploy(m))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("created on the API server");
+    let before_objects = h.stored(&meshes).await;
+    let before = compile_all(&meshes, &before_objects).await;
+    clock.lap("read back and compiled (before)");
+    let mut live = vec![false; meshes.len()];
+    for (i, mesh) in meshes.iter().enumerate() {
+        match (&deployed[i], &before[i]) {
+            (Err(why), _) | (_, Err(why)) => {
+                found[i].push(Violation::new("invalid-mesh", why.clone()));
+            }
+            (Ok(()), Ok(compiled)) => {
+                live[i] = true;
+                if let Some(t) = tally.as_deref_mut() {
+                    t.unreachable += usize::from(unreachable_service(mesh, compiled).is_some());
+                }
+            }
+        }
+    }
+    let outcomes: Vec<Option<Outcome>> = stream::iter(meshes.iter().zip(&live))
+        .map(|(mesh, live)| async move {
+            match live {
+                true => Some(invoke(h, mesh).await),
+                false => None,
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("region-failover invoked");
+    let after_objects = h.stored(&meshes).await;
+    let after = compile_where_changed(&meshes, &after_objects, &before_objects, &before).await;
+    clock.lap("read back and compiled (after)");
+    let changed: Vec<Vec<Value>> = before_objects
+        .iter()
+        .zip(&after_objects)
+        .map(|(b, a)| changed_objects(b, a))
+        .collect();
+    let reverts: Vec<Vec<(String, Outcome)>> = stream::iter(meshes.iter().zip(&changed))
+        .map(|(mesh, objects)| async move {
+            let mut out = Vec::new();
+            for object in objects {
+                out.push((key(object), revert(h, mesh, object).await));
+            }
+            out
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    clock.lap("reverted");
+    let reverted_objects = h.stored(&meshes).await;
+    let reverted =
+        compile_where_changed(&meshes, &reverted_objects, &before_objects, &before).await;
+    clock.lap("read back and compiled (reverted)");
+    for (i, mesh) in meshes.iter().enumerate() {
+        let (Some(outcome), Ok(before)) = (&outcomes[i], &before[i]) else {
+            if let Some(t) = tally.as_deref_mut() {
+                t.invalid += 1;
+            }
+            continue;
+        };
+        if let Some(t) = tally.as_deref_mut() {
+            *t.outcomes
+                .entry(outcome.outcome.as_str().to_owned())
+                .or_default() += 1;
+            for object in &changed[i] {
+                *t.changed
+                    .entry(if object["kind"] == "VirtualService" {
+                        "VirtualService"
+                    } else {
+                        "DestinationRule"
+                    })
+                    .or_default() += 1;
+            }
+            if let Some(reason) = &outcome.reason {
+                *t.reasons.entry(gist(mesh, reason)).or_default() += 1;
+            }
+            let reached = mesh
+                .client_proxies()
+                .iter()
+                .any(|c| regions(mesh, before, c).contains(&mesh.degraded));
+            t.reached_degraded_before += usize::from(reached);
+            t.gateways += usize::from(mesh.gateway.is_some());
+        }
+        let trial = Trial {
+            mesh,
+            outcome,
+            before,
+            after: after[i].as_ref(),
+            reverted: reverted[i].as_ref(),
+            before_objects: &before_objects[i],
+            reverted_objects: &reverted_objects[i],
+            changed: &changed[i],
+            reverts: &reverts[i],
+        };
+        found[i].extend(check(&trial));
+    }
+    h.remove(&meshes).await;
+    found
+}
+
+/// Compiles the meshes whose stored objects are not exactly (every field, the
+/// `resourceVersion` included) the `earlier` ones; the others get the earlier compilation,
+/// which the oracle, a pure function of its input, would give again.
+async fn compile_where_changed(
+    meshes: &[FailoverMesh],
+    stored: &[Vec<Value>],
+    earlier_objects: &[Vec<Value>],
+    earlier: &[Result<Compiled, String>],
+) -> Vec<Result<Compiled, String>> {
+    let todo: Vec<usize> = (0..meshes.len())
+        .filter(|i| stored[*i] != earlier_objects[*i])
+        .collect();
+    let picked: Vec<FailoverMesh> = todo.iter().map(|i| meshes[*i].clone()).collect();
+    let objects: Vec<Vec<Value>> = todo.iter().map(|i| stored[*i].clone()).collect();
+    let mut fresh = compile_all(&picked, &objects).await.into_iter();
+    (0..meshes.len())
+        .map(|i| {
+            if todo.contains(&i) {
+                fresh.next().expect("one compilation per mesh")
+            } else {
+                earlier[i].clone()
+            }
+        })
+        .collect()
+}
+
+/// Prints how long each phase took (for the first, full run).
+struct Clock {
+    verbose: bool,
+    last: Instant,
+}
+
+impl Clock {
+    fn new(verbose: bool) -> Clock {
+        Clock {
+            verbose,
+            last: Instant::now(),
+        }
+    }
+
+    fn lap(&mut self, what: &str) {
+        if self.verbose {
+            println!("  {what}: {:.1?}", self.last.elapsed());
+        }
+        self.last = Instant::now();
+    }
+}
+
+/// A sidecar that reaches no endpoint of `frontend` at all (a route to a subset no rule it
+/// takes defines): counted, since the invariants say little about such a client.
+fn unreachable_service(mesh: &FailoverMesh, compiled: &Compiled) -> Option<String> {
+    mesh.client_proxies()
+        .iter()
+        .filter(|c| c.gateway_labels.is_none())
+        .find_map(|c| {
+            regions(mesh, compiled, c)
+                .is_empty()
+                .then(|| format!("client {} reaches no endpoint of {}", c.name, mesh.fqdn()))
+        })
+}
+
+/// The routes carrying `client`'s calls to `frontend`: a sidecar's for the Service's host
+/// and port, the gateway's for the authority it serves.
+fn routes<'a>(mesh: &FailoverMesh, compiled: &'a Compiled, client: &Client) -> Vec<&'a Route> {
+    let proxy = compiled.proxy(client.name);
+    if client.gateway_labels.is_some() {
+        proxy.gateway_routes(&mesh.authority(), GATEWAY_PORT)
+    } else {
+        proxy.routes_to(&mesh.fqdn(), PORT)
+    }
+}
+
+/// The regions `routes` reach while every endpoint is healthy.
+fn regions_through(compiled: &Compiled, client: &Client, routes: &[&Route]) -> BTreeSet<String> {
+    let clusters: BTreeSet<String> = routes
+        .iter()
+        .flat_map(|r| r.clusters.iter())
+        .filter(|c| c.weight > 0)
+        .map(|c| c.name.clone())
+        .collect();
+    // A route to a cluster the proxy lacks (a subset no rule it takes defines) reaches
+    // nothing: Envoy answers 503.
+    let proxy = compiled.proxy(client.name);
+    let known: BTreeSet<String> = clusters
+        .into_iter()
+        .filter(|c| proxy.clusters.contains_key(c))
+        .collect();
+    proxy
+        .endpoints_of(&known)
+        .into_iter()
+        .map(|(_, region)| region)
+        .collect()
+}
+
+/// The regions `client`'s calls to `frontend` reach.
+fn regions(mesh: &FailoverMesh, compiled: &Compiled, client: &Client) -> BTreeSet<String> {
+    regions_through(compiled, client, &routes(mesh, compiled, client))
+}
+
+/// A route's identity across compilations: its virtual host's domains and its match, with
+/// its place among routes alike.
+fn route_keys<'a>(routes: &[&'a Route]) -> Vec<(String, &'a Route)> {
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    routes
+        .iter()
+        .map(|r| {
+            let base = format!(
+                "{} {:?} {}",
+                r.route_config,
+                r.domains.first(),
+                r.route_match.clone().unwrap_or(Value::Null)
+            );
+            let n = seen.entry(base.clone()).or_default();
+            *n += 1;
+            (format!("{base} #{n}"), *r)
+        })
+        .collect()
+}
+
+/// The alert of a mesh: its namespace, `frontend` and the degraded region.
+fn alert(mesh: &FailoverMesh) -> Value {
+    let mut event = events::fresh("region-failover-firing.json", &mesh.alert_ns());
+    let mut message = events::message(&event);
+    let labels = json!({"namespace": mesh.alert_ns(), "service": SERVICE,
+                        "region": mesh.degraded});
+    for (k, v) in labels.as_object().into_iter().flatten() {
+        message["commonLabels"][k] = v.clone();
+        for alert in message["alerts"].as_array_mut().expect("alerts") {
+            alert["labels"][k] = v.clone();
+        }
+    }
+    message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
+    events::set_message(&mut event, &message);
+    event
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Runs `event` through the pipeline with the function's own identity, its budgets in the
+/// alert's namespace, the mesh's root namespace and health URLs; its one outcome.
+async fn handle(h: &Harness, mesh: &FailoverMesh, event: &Value, id: &str) -> Outcome {
+    let urls = h.health_urls(mesh);
+    let settings = FailoverSettings::from_lookup(|name| match name {
+        "REGION_HEALTH_URLS" => urls.clone(),
+        _ => None,
+    })
+    .expect("failover settings");
+    let (budget, root) = (mesh.alert_ns(), mesh.root_namespace());
+    let vars = [
+        ("BUDGET_NAMESPACE", budget.as_str()),
+        ("ISTIO_ROOT_NAMESPACE", root.as_str()),
+    ];
+    let pipeline = pipeline_with(
+        h.home.function_client("region-failover"),
+        RegionFailover::new(settings),
+        &vars,
+    );
+    let report = pipeline
+        .handle(event, &Invocation::new(id, None, None))
+        .await;
+    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
+    report.outcomes[0].clone()
+}
+
+async fn invoke(h: &Harness, mesh: &FailoverMesh) -> Outcome {
+    handle(h, mesh, &alert(mesh), &format!("alert-{}", mesh.prefix)).await
+}
+
+/// Sends the revert request for one changed object, as a person would.
+async fn revert(h: &Harness, mesh: &FailoverMesh, object: &Value) -> Outcome {
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let mut event = events::fresh("region-failover-revert.json", namespace);
+    event["revert"]["namespace"] = json!(namespace);
+    event["revert"]["kind"] = object["kind"].clone();
+    event["revert"]["name"] = object["metadata"]["name"].clone();
+    handle(
+        h,
+        mesh,
+        &event,
+        &format!("revert-{}-{}", mesh.prefix, key(object)),
+    )
+    .await
+}
+
+/// The objects (as they were before) whose spec, labels or annotations differ after.
+fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
+    before
+        .iter()
+        .filter(|b| {
+            let now = after
+                .iter()
+                .find(|a| key(a) == key(b) && a["kind"] == b["kind"]);
+            now.is_none_or(|a| {
+                a["spec"] != b["spec"]
+                    || a["metadata"]["labels"] != b["metadata"]["labels"]
+                    || a["metadata"]["annotations"] != b["metadata"]["annotations"]
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Everything known about one mesh's run.
+struct Trial<'a> {
+    mesh: &'a FailoverMesh,
+    outcome: &'a Outcome,
+    before: &'a Compiled,
+    after: Result<&'a Compiled, &'a String>,
+    reverted: Result<&'a Compiled, &'a String>,
+    before_objects: &'a [Value],
+    reverted_objects: &'a [Value],
+    changed: &'a [Value],
+    reverts: &'a [(String, Outcome)],
+}
+
+/// Collects violations, one per class (details joined, the first few kept).
+#[derive(Default)]
+struct Findings(BTreeMap<&'static str, Vec<String>>);
+
+impl Findings {
+    fn add(&mut self, class: &'static str, detail: String) {
+        self.0.entry(class).or_default().push(detail);
+    }
+
+    fn into_violations(self, context: &str) -> Vec<Violation> {
+        self.0
+            .into_iter()
+            .map(|(class, details)| {
+                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
+                let more = details.len().saturating_sub(shown.len());
+                let more = if more > 0 {
+                    format!(" (+{more} more)")
+                } else {
+                    String::new()
+                };
+                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
+            })
+            .collect()
+    }
+}
+
+fn check(t: &Trial) -> Vec<Violation> {
+    let mut f = Findings::default();
+    let outcome = t.outcome;
+    let change = outcome.change.clone().unwrap_or_default();
+    let context = format!(
+        "outcome {} ({})",
+        outcome.outcome.as_str(),
+        outcome.reason.as_deref().unwrap_or(&change)
+    );
+    let after = match t.after {
+        Ok(after) => after,
+        Err(why) => {
+            f.add(
+                "invalid-after",
+                format!("Istio rejects the stored objects: {why}"),
+            );
+            return f.into_violations(&context);
+        }
+    };
+    match outcome.outcome {
+        OutcomeKind::Applied => drained(t, after, &mut f),
+        OutcomeKind::Skipped | OutcomeKind::Failed => {
+            if !t.changed.is_empty() {
+                let names: Vec<String> = t.changed.iter().map(key).collect();
+                f.add(
+                    "refused-but-changed",
+                    format!("changed {}", names.join(", ")),
+                );
+            }
+            if let Some(diff) =
+                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
+            {
+                f.add("refused-but-compiled-differs", diff);
+            }
+        }
+        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    }
+    reverting(t, &mut f);
+    f.into_violations(&context)
+}
+
+/// Applied: for every client proxy, the degraded region gets none of its calls, no route
+/// that reached an endpoint is left without one, a client that never reached the degraded
+/// region keeps its regions, and a region newly reached is one said to be healthy.
+fn drained(t: &Trial, after: &Compiled, f: &mut Findings) {
+    let degraded = &t.mesh.degraded;
+    for client in t.mesh.client_proxies() {
+        let at = format!("{} ({}, {})", client.name, client.namespace, client.region);
+        let was = regions(t.mesh, t.before, &client);
+        let now = regions(t.mesh, after, &client);
+        if now.contains(degraded) {
+            // The gateway's routes are a VirtualService's of their own: a class apart.
+            let class = if client.gateway_labels.is_some() {
+                "degraded-region-still-reached-by-gateway"
+            } else {
+                "degraded-region-still-reached"
+            };
+            f.add(class, format!("{at}: reaches {now:?} (before {was:?})"));
+        }
+        if !was.contains(degraded) && now != was {
+            f.add(
+                "untouched-client-regions-changed",
+                format!("{at}: never reached {degraded}, reached {was:?}, now {now:?}"),
+            );
+        }
+        let unhealthy: Vec<&String> = now
+            .difference(&was)
+            .filter(|r| !t.mesh.healthy(r))
+            .collect();
+        if !unhealthy.is_empty() && t.mesh.health != HealthMode::Unconfigured {
+            f.add(
+                "drained-to-unhealthy-region",
+                format!("{at}: newly reaches {unhealthy:?} ({was:?} -> {now:?})"),
+            );
+        }
+        let before_routes = route_keys(&routes(t.mesh, t.before, &client));
+        for (route_key, route) in route_keys(&routes(t.mesh, after, &client)) {
+            let reached_before = before_routes
+                .iter()
+                .find(|(k, _)| *k == route_key)
+                .is_none_or(|(_, r)| !regions_through(t.before, &client, &[*r]).is_empty());
+            if reached_before && regions_through(after, &client, &[route]).is_empty() {
+                f.add(
+                    "route-left-without-endpoints",
+                    format!("{at}: route {route_key} reached an endpoint and reaches none now"),
+                );
+            }
+        }
+    }
+}
+
+/// Every revert is applied and gives back the exact compiled configuration and specs.
+fn reverting(t: &Trial, f: &mut Findings) {
+    for (object, outcome) in t.reverts {
+        if outcome.outcome != OutcomeKind::Applied {
+            f.add(
+                "revert-refused",
+                format!(
+                    "{object}: {} {}",
+                    outcome.outcome.as_str(),
+                    outcome.reason.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    match t.reverted {
+        Err(why) => f.add(
+            "revert-differs",
+            format!("Istio rejects the reverted objects: {why}"),
+        ),
+        Ok(reverted) => {
+            let was = serde_json::to_string(&t.before.raw["proxies"]).expect("json");
+            let now = serde_json::to_string(&reverted.raw["proxies"]).expect("json");
+            if was != now {
+                let diff = first_difference(
+                    &t.before.raw["proxies"],
+                    &reverted.raw["proxies"],
+                    "proxies",
+                );
+                f.add(
+                    "revert-differs",
+                    diff.unwrap_or_else(|| "the JSON text differs".into()),
+                );
+            }
+        }
+    }
+    for before in t.before_objects {
+        let now = t
+            .reverted_objects
+            .iter()
+            .find(|o| key(o) == key(before) && o["kind"] == before["kind"]);
+        if now.is_none_or(|o| o["spec"] != before["spec"]) {
+            f.add(
+                "revert-spec-differs",
+                format!("{} {}", before["kind"], key(before)),
+            );
+        }
+    }
+}
+
+/// Where two JSON documents first differ, and how: `at /path: before -> after`.
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (p, q) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(p, q, &format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        _ if a == b => None,
+        _ => Some(format!("at {at}: {} -> {}", cut(a), cut(b))),
+    }
+}
+
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
