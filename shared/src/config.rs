@@ -99,6 +99,16 @@ pub struct Policy {
     pub max_delivery_age: Duration,
 }
 
+impl Policy {
+    /// The namespaces the functions may change objects in.
+    pub fn namespaces(&self) -> crate::remediation::object::Namespaces {
+        crate::remediation::object::Namespaces {
+            protected: self.protected_namespaces.clone(),
+            allowed: self.allowed_namespaces.clone(),
+        }
+    }
+}
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {

@@ -33,8 +33,8 @@ pub const CONTROL_CONFIGMAP: &str = "mesh-remediation";
 pub struct Brakes {
     /// The cluster-wide pause reason, if any.
     pub cluster: Option<String>,
-    /// The namespace's pause reason, if any.
-    pub namespace: Option<String>,
+    /// The paused namespace and its reason, if any.
+    pub namespace: Option<(String, String)>,
 }
 
 fn reason(value: Option<&String>) -> Option<String> {
@@ -44,9 +44,10 @@ fn reason(value: Option<&String>) -> Option<String> {
         .map(names::printable)
 }
 
-/// Reads the cluster's and `namespace`'s pauses. A brake that cannot be read is an
-/// error: acting without knowing whether someone pulled it is not safe.
-pub async fn read(client: &kube::Client, namespace: &str) -> Result<Brakes> {
+/// Reads the cluster's pause and each of `namespaces`' (the object's, and the alert's when
+/// the object lives elsewhere). A brake that cannot be read is an error: acting without
+/// knowing whether someone pulled it is not safe.
+pub async fn read(client: &kube::Client, namespaces: &[&str]) -> Result<Brakes> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), CONTROL_NAMESPACE);
     let control = configmaps.get_opt(CONTROL_CONFIGMAP).await.map_err(|err| {
         Error::kube(
@@ -54,14 +55,22 @@ pub async fn read(client: &kube::Client, namespace: &str) -> Result<Brakes> {
             err,
         )
     })?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = namespaces
-        .get_opt(namespace)
-        .await
-        .map_err(|err| Error::kube(format!("get namespace {namespace} (its pause)"), err))?;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let mut paused = None;
+    for namespace in namespaces {
+        let ns = api
+            .get_opt(namespace)
+            .await
+            .map_err(|err| Error::kube(format!("get namespace {namespace} (its pause)"), err))?;
+        let why = ns.and_then(|n| reason(n.metadata.annotations.as_ref()?.get(PAUSE_ANNOTATION)));
+        if let Some(why) = why {
+            paused = Some(((*namespace).to_owned(), why));
+            break;
+        }
+    }
     Ok(Brakes {
         cluster: control.and_then(|c| reason(c.data.as_ref().and_then(|d| d.get("paused")))),
-        namespace: ns.and_then(|n| reason(n.metadata.annotations.as_ref()?.get(PAUSE_ANNOTATION))),
+        namespace: paused,
     })
 }
 
@@ -71,10 +80,9 @@ pub fn refusal(
     brakes: &Brakes,
     remediation: &str,
     target: &str,
-    namespace: &str,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Option<SkipReason> {
-    refusal_text(brakes, remediation, target, namespace, annotations).map(|(paused, why)| {
+    refusal_text(brakes, remediation, target, annotations).map(|(paused, why)| {
         if paused {
             SkipReason::Paused(why)
         } else {
@@ -87,7 +95,6 @@ fn refusal_text(
     brakes: &Brakes,
     remediation: &str,
     target: &str,
-    namespace: &str,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Option<(bool, String)> {
     let paused = |why: String| Some((true, why));
@@ -96,7 +103,7 @@ fn refusal_text(
             "paused for the whole cluster (configmap {CONTROL_NAMESPACE}/{CONTROL_CONFIGMAP}: {why})"
         ));
     }
-    if let Some(why) = &brakes.namespace {
+    if let Some((namespace, why)) = &brakes.namespace {
         return paused(format!(
             "paused for namespace {namespace} (annotation {PAUSE_ANNOTATION}: {why})"
         ));
@@ -128,10 +135,9 @@ mod tests {
         brakes: &Brakes,
         remediation: &str,
         target: &str,
-        namespace: &str,
         annotations: Option<&BTreeMap<String, String>>,
     ) -> Option<String> {
-        refusal_text(brakes, remediation, target, namespace, annotations).map(|(_, why)| why)
+        refusal_text(brakes, remediation, target, annotations).map(|(_, why)| why)
     }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -146,13 +152,12 @@ mod tests {
         let object = annotations(&[(PAUSE_ANNOTATION, "canary under study")]);
         let all = Brakes {
             cluster: Some("incident 42".into()),
-            namespace: Some("freeze".into()),
+            namespace: Some(("shop".into(), "freeze".into())),
         };
         let why = text(
             &all,
             "error-rollback",
             "VirtualService shop/checkout",
-            "shop",
             Some(&object),
         );
         assert!(
@@ -162,13 +167,12 @@ mod tests {
         );
         let ns = Brakes {
             cluster: None,
-            namespace: Some("freeze".into()),
+            namespace: Some(("shop".into(), "freeze".into())),
         };
         let why = text(
             &ns,
             "error-rollback",
             "VirtualService shop/checkout",
-            "shop",
             Some(&object),
         );
         assert!(
@@ -179,7 +183,6 @@ mod tests {
             &Brakes::default(),
             "error-rollback",
             "VirtualService shop/checkout",
-            "shop",
             Some(&object),
         );
         assert!(
@@ -189,30 +192,20 @@ mod tests {
         );
         // An empty value is no pause.
         let empty = annotations(&[(PAUSE_ANNOTATION, " ")]);
-        assert_eq!(
-            text(&Brakes::default(), "x", "t", "shop", Some(&empty)),
-            None
-        );
+        assert_eq!(text(&Brakes::default(), "x", "t", Some(&empty)), None);
     }
 
     #[test]
     fn an_object_may_accept_only_some_remediations() {
         let only = annotations(&[(REMEDIATIONS_ANNOTATION, "region-failover, db-circuit-break")]);
         assert_eq!(
-            refusal(
-                &Brakes::default(),
-                "region-failover",
-                "t",
-                "shop",
-                Some(&only)
-            ),
+            refusal(&Brakes::default(), "region-failover", "t", Some(&only)),
             None
         );
         let why = text(
             &Brakes::default(),
             "error-rollback",
             "VirtualService shop/checkout",
-            "shop",
             Some(&only),
         );
         assert!(
@@ -220,9 +213,6 @@ mod tests {
                 .is_some_and(|w| w.contains("accepts only region-failover, db-circuit-break")),
             "{why:?}"
         );
-        assert_eq!(
-            text(&Brakes::default(), "error-rollback", "t", "shop", None),
-            None
-        );
+        assert_eq!(text(&Brakes::default(), "error-rollback", "t", None), None);
     }
 }

@@ -316,14 +316,27 @@ pub fn virtual_service_errors(object: &Value) -> Vec<String> {
         return errors;
     }
     let spec = &object["spec"];
-    if spec["hosts"].as_array().is_none_or(Vec::is_empty) {
-        errors.push("hosts: at least one".into());
+    // No hosts: a delegate, whose routes a root VirtualService takes in (Istio's
+    // `ValidateVirtualService` with delegation on, its default); it binds no gateway and
+    // delegates no further.
+    let delegate = spec["hosts"].as_array().is_none_or(Vec::is_empty);
+    if delegate && spec.get("gateways").is_some() {
+        errors.push("a delegate binds no gateway".into());
     }
     let http = spec["http"].as_array().map_or(&[][..], Vec::as_slice);
     if http.is_empty() {
         errors.push("http: at least one route".into());
     }
     for (i, route) in http.iter().enumerate() {
+        if route.get("delegate").is_some() {
+            if delegate {
+                errors.push(format!("http[{i}]: a delegate delegates no further"));
+            }
+            if route.get("route").is_some() || route.get("redirect").is_some() {
+                errors.push(format!("http[{i}]: a delegating route has no destination"));
+            }
+            continue;
+        }
         let destinations = route["route"].as_array().map_or(&[][..], Vec::as_slice);
         if destinations.is_empty() {
             errors.push(format!("http[{i}]: no destination"));

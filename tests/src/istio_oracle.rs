@@ -229,6 +229,15 @@ impl World {
         world
     }
 
+    /// The objects of `kind` in this world.
+    pub fn objects_of(&self, kind: &str) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|o| o["kind"] == kind)
+            .cloned()
+            .collect()
+    }
+
     /// The stream as YAML (every JSON document is a YAML document).
     pub fn yaml(&self) -> String {
         self.objects

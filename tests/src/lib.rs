@@ -6,6 +6,7 @@
 //! injection are then skipped with a printed note, everything else runs unchanged.
 
 pub mod cluster;
+pub mod endpoints;
 pub mod events;
 pub mod fleet;
 pub mod gen_failover;

@@ -695,3 +695,148 @@ async fn a_subset_with_its_own_outlier_detection_keeps_preferring_its_clients_re
         );
     }
 }
+
+/// The database world of [`database_world`] with a client namespace `web` whose own rule
+/// for the database (opted in when `opted_in`) Istio gives web's clients; the rules as
+/// stored, and the clients.
+async fn database_with_a_client_rule(
+    prefix: &str,
+    opted_in: bool,
+) -> (TestCluster, World, String, String) {
+    let (cluster, mut world, host) = database_world(prefix).await;
+    let web = client_namespace(&cluster, "web").await;
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db"}),
+        )
+        .await;
+    store_rule(
+        &cluster,
+        &web,
+        "orders-db",
+        opted_in,
+        json!({"host": host, "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}),
+    )
+    .await;
+    world.add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": web}}));
+    (cluster, world, host, web)
+}
+
+/// `world` with what the API server stores now, the rules of `web` included.
+async fn stored_with(cluster: &TestCluster, world: &World, web: &str) -> World {
+    let mut world = world.with_stored(cluster).await;
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        cluster.client.clone(),
+        web,
+        &Kind::DestinationRule.resource(),
+    );
+    for rule in api.list(&Default::default()).await.expect("list").items {
+        world.add(serde_json::to_value(rule).expect("json"));
+    }
+    world
+}
+
+#[tokio::test]
+async fn an_opted_in_rule_in_a_client_namespace_gets_the_breaker_where_its_clients_read_it() {
+    let (cluster, world, host, web) = database_with_a_client_rule("ivb-client-opted", true).await;
+    let ns = cluster.namespace.clone();
+    let clients = vec![
+        remediation_testkit::istio_oracle::Client::sidecar("same-ns", &ns, "us-east-1"),
+        remediation_testkit::istio_oracle::Client::sidecar("web", &web, "us-west-2"),
+    ];
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = stored_with(&cluster, &world, &web).await.compile(&clients);
+    assert!(
+        before
+            .proxy("web")
+            .cluster(&default_cluster)
+            .outlier_detection
+            .is_none()
+    );
+    let report = cluster
+        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let after = stored_with(&cluster, &world, &web).await.compile(&clients);
+    for client in &clients {
+        let compiled = after.proxy(client.name).cluster(&default_cluster);
+        assert!(
+            compiled.outlier_detection.is_some(),
+            "{}: the breaker is in the rule it reads",
+            client.name
+        );
+    }
+    assert_eq!(
+        after
+            .proxy("web")
+            .cluster(&default_cluster)
+            .threshold("max_connections"),
+        Some(7),
+        "web's stricter limit stays"
+    );
+}
+
+#[tokio::test]
+async fn an_opted_in_rule_in_a_protected_namespace_is_not_written_and_the_breaker_is_refused() {
+    let (cluster, _world, _host, web) =
+        database_with_a_client_rule("ivb-client-protected", true).await;
+    let ns = cluster.namespace.clone();
+    let before = rule_specs(&cluster, &[&ns, &web]).await;
+    let protected = format!("kube-system,{web}");
+    let report = cluster
+        .invoke(
+            DbCircuitBreak::default(),
+            &[("PROTECTED_NAMESPACES", protected.as_str())],
+            &alert(&ns, "orders-db"),
+        )
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains(&format!("namespace {web} is protected")),
+        "{why}"
+    );
+    assert_eq!(
+        rule_specs(&cluster, &[&ns, &web]).await,
+        before,
+        "nothing changed"
+    );
+}
+
+#[tokio::test]
+async fn a_pause_on_the_alerts_namespace_holds_the_rule_in_another_namespace_too() {
+    let (cluster, _world, _host, web) =
+        database_with_a_client_rule("ivb-client-paused", true).await;
+    let ns = cluster.namespace.clone();
+    let namespaces =
+        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone());
+    namespaces
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+                "auto-remediation.io/paused": "incident 7"}}})),
+        )
+        .await
+        .expect("pause the alert's namespace");
+    let before = rule_specs(&cluster, &[&ns, &web]).await;
+    let report = cluster
+        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
+        .await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{report:#?}");
+    assert!(
+        remediation_testkit::mesh::reason(outcome).contains(&format!("paused for namespace {ns}")),
+        "{report:#?}"
+    );
+    assert_eq!(
+        rule_specs(&cluster, &[&ns, &web]).await,
+        before,
+        "web's rule, in a namespace nobody paused, is held too"
+    );
+}

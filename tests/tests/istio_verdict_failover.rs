@@ -630,3 +630,96 @@ async fn a_route_to_the_whole_service_beside_a_region_split_is_drained_by_the_ru
         &host,
     );
 }
+
+/// frontend with pods of v1 in every region and of v2 in `v2_regions`, in Istio's world and
+/// ready on the API server (region-failover reads where they run); a rule with subsets by
+/// version and a VirtualService whose tenant route goes to v2 alone.
+async fn canary_in(prefix: &str, v2_regions: &[&str]) -> (TestCluster, World) {
+    let cluster = TestCluster::start(prefix).await;
+    let ns = cluster.namespace.clone();
+    store_service(&cluster, "frontend", json!({"app": "frontend"}), PORT).await;
+    remediation_testkit::endpoints::region_nodes(&cluster.client).await;
+    let mut world = World::regional(&ns);
+    let pods = REGIONS
+        .iter()
+        .map(|r| ("v1", *r))
+        .chain(v2_regions.iter().map(|r| ("v2", *r)));
+    for (i, (version, region)) in pods.enumerate() {
+        world.pod(
+            &ns,
+            "frontend",
+            json!({"version": version}),
+            region,
+            &format!("10.{}.0.{}", i + 1, 9),
+        );
+    }
+    for pod in world.objects_of("Pod") {
+        remediation_testkit::endpoints::store_pod(&cluster.client, &pod)
+            .await
+            .expect("pod");
+    }
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": [
+            {"name": "v1", "labels": {"version": "v1"}},
+            {"name": "v2", "labels": {"version": "v2"}}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        true,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [
+            {"name": "tenant", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
+             "route": [{"destination": {"host": "frontend", "subset": "v2"}}]},
+            {"route": [{"destination": {"host": "frontend"}}]}]}),
+    )
+    .await;
+    (cluster, world)
+}
+
+#[tokio::test]
+async fn a_drain_that_would_leave_a_routed_subset_no_endpoint_is_refused() {
+    // Found by the generated meshes: v2 runs only in the degraded region, so the drain by
+    // locality would leave the tenant route no endpoint (503s), reported as applied.
+    let (cluster, world) = canary_in("ivf-v2-degraded", &[DEGRADED]).await;
+    let ns = cluster.namespace.clone();
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(share_to_nowhere(&before, client.name, &host), 0.0);
+    }
+    let stored_before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("subset v2") && why.contains("ready pods run in us-east-1 only"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, stored_before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_subset_with_endpoints_in_a_healthy_region_keeps_them_through_the_drain() {
+    let (cluster, world) = canary_in("ivf-v2-both", &[DEGRADED, "us-west-2"]).await;
+    let ns = cluster.namespace.clone();
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    drain(&cluster).await;
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_drained(&after, &ns, &host);
+    for client in clients(&ns) {
+        assert_eq!(
+            share_to_nowhere(&after, client.name, &host),
+            0.0,
+            "{}: every route keeps an endpoint",
+            client.name
+        );
+    }
+}

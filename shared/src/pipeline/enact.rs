@@ -255,9 +255,14 @@ impl<R: Remediation> WriteLoop<'_, R> {
         if !matches!(at.work.request, Request::Alert { .. }) {
             return Ok(());
         }
-        let namespace = &at.work.locator.namespace;
+        // The object's namespace, and the alert's when the object lives elsewhere.
+        let alert_namespace = at.work.locator.namespace.as_str();
+        let mut namespaces = vec![at.namespace];
+        if alert_namespace != at.namespace {
+            namespaces.push(alert_namespace);
+        }
         if self.brakes.is_none() {
-            let read = pause::read(self.client, namespace);
+            let read = pause::read(self.client, &namespaces);
             let read = self
                 .timebox
                 .call(Call::Read, "read the pause switches", read)
@@ -276,7 +281,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
         let refusal = self.brakes.as_ref().and_then(|brakes| {
             let annotations = object.metadata.annotations.as_ref();
             let name = self.pipeline.remediation.name();
-            pause::refusal(brakes, name, &at.target, namespace, annotations)
+            pause::refusal(brakes, name, &at.target, annotations)
         });
         match refusal {
             Some(reason) => Err(End::settled(Outcome::skipped(

@@ -130,8 +130,8 @@ impl<R: Remediation> Pipeline<R> {
     }
 
     /// How reports name an object: with its cluster when several are served.
-    fn describe_target(&self, locator: &Locator, name: &str) -> String {
-        let object = describe(&locator.resource, &locator.namespace, name);
+    fn describe_target(&self, locator: &Locator, namespace: &str, name: &str) -> String {
+        let object = describe(&locator.resource, namespace, name);
         match &locator.cluster {
             Some(cluster) if self.config.clusters.several() => format!("{cluster}: {object}"),
             _ => object,

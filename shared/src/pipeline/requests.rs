@@ -245,6 +245,7 @@ impl<R: Remediation> Pipeline<R> {
                     resource: resource.clone(),
                     namespace: request.namespace.clone(),
                     name: Some(request.name.clone()),
+                    everywhere: false,
                     subject: None,
                     cluster,
                 },

@@ -73,7 +73,13 @@ impl<R: Remediation> Pipeline<R> {
     )]
     async fn act(&self, work: &Work<R>, invocation: &Invocation, changed: &AtomicUsize) -> Outcome {
         let locator = &work.locator;
-        let subject = self.describe_target(locator, locator.name.as_deref().unwrap_or("*"));
+        let namespace = if locator.everywhere {
+            "*"
+        } else {
+            &locator.namespace
+        };
+        let subject =
+            self.describe_target(locator, namespace, locator.name.as_deref().unwrap_or("*"));
         tracing::Span::current().record("target", subject.as_str());
         let outcome = match self.timebox(invocation).check(&subject) {
             Err(err) => Outcome::failed(work.source.clone(), &err).on(&subject),
@@ -106,18 +112,19 @@ impl<R: Remediation> Pipeline<R> {
             Ok(client) => client,
             Err(err) => return failed(&err),
         };
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource);
-        let names = match self.names(&api, work, invocation, subject).await {
+        let names = match self.names(&client, work, invocation, subject).await {
             Ok(names) => names,
             Err(outcome) => return *outcome,
         };
         let mut outcomes = Vec::with_capacity(names.len());
-        for name in &names {
+        for (namespace, name) in &names {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &locator.resource);
             let at = Subject {
                 work,
+                namespace,
                 name,
-                target: self.describe_target(locator, name),
+                target: self.describe_target(locator, namespace, name),
                 invocation,
             };
             outcomes.push(self.act_on(&api, &client, &at, changed).await);
@@ -125,33 +132,44 @@ impl<R: Remediation> Pipeline<R> {
         merge::merge_outcomes(outcomes)
     }
 
-    /// The objects a locator names: its one name, or the opted-in objects the
-    /// remediation selects; `Err` is the outcome when there are none or they cannot be listed.
+    /// The objects (namespace, name) a locator names: its one name, or the opted-in objects
+    /// the remediation selects, in the locator's namespace or in every one; `Err` is the
+    /// outcome when there are none or they cannot be listed.
     async fn names(
         &self,
-        api: &Api<DynamicObject>,
+        client: &kube::Client,
         work: &Work<R>,
         invocation: &Invocation,
         subject: &str,
-    ) -> Result<Vec<String>, Box<Outcome>> {
+    ) -> Result<Vec<(String, String)>, Box<Outcome>> {
         let locator = &work.locator;
         if let Some(name) = &locator.name {
-            return Ok(vec![name.clone()]);
+            return Ok(vec![(locator.namespace.clone(), name.clone())]);
         }
+        let api: Api<DynamicObject> = if locator.everywhere {
+            Api::all_with(client.clone(), &locator.resource)
+        } else {
+            Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource)
+        };
         let listed = self
             .timebox(invocation)
             .call(
                 Call::Read,
                 &format!("list {subject}"),
-                self.select(api, work),
+                self.select(&api, work),
             )
             .await
             .and_then(|listed| listed);
         match listed {
             Ok(names) if names.is_empty() => {
+                let place = if locator.everywhere {
+                    "any namespace".to_owned()
+                } else {
+                    format!("namespace {}", locator.namespace)
+                };
                 let why = format!(
-                    "no {} in namespace {} labelled auto_remediation=active matches the alert",
-                    locator.resource.kind, locator.namespace
+                    "no {} in {place} labelled auto_remediation=active matches the alert",
+                    locator.resource.kind
                 );
                 // The alert keeps firing and nothing here acts on it: a person must
                 // opt the right object in or fix the alert's labels.
@@ -165,7 +183,12 @@ impl<R: Remediation> Pipeline<R> {
         }
     }
 
-    async fn select(&self, api: &Api<DynamicObject>, work: &Work<R>) -> Result<Vec<String>, Error> {
+    async fn select(
+        &self,
+        api: &Api<DynamicObject>,
+        work: &Work<R>,
+    ) -> Result<Vec<(String, String)>, Error> {
+        let changeable = self.config.policy.namespaces();
         let selector = format!("{}={}", record::OPT_IN_LABEL, record::OPT_IN_VALUE);
         let list = api
             .list(&ListParams::default().labels(&selector))
@@ -178,7 +201,20 @@ impl<R: Remediation> Pipeline<R> {
                 Request::Alert { input, .. } => self.remediation.selects(input, obj),
                 Request::Revert(_) => true,
             })
-            .filter_map(|obj| obj.metadata.name.clone())
+            // Opted-in objects in namespaces the policy closes are not targets (planning
+            // counts them as unchangeable and refuses where that matters).
+            .filter(|obj| {
+                let namespace = obj.metadata.namespace.as_deref().unwrap_or_default();
+                changeable.closed(namespace).is_none()
+            })
+            .filter_map(|obj| {
+                let namespace = obj
+                    .metadata
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| work.locator.namespace.clone());
+                Some((namespace, obj.metadata.name.clone()?))
+            })
             .collect())
     }
 }

@@ -40,6 +40,8 @@ pub(super) enum Request {
 pub(super) struct Subject<'a, R: Remediation> {
     /// The request and where it came from.
     pub(super) work: &'a Work<R>,
+    /// The object's namespace.
+    pub(super) namespace: &'a str,
     /// The object's name.
     pub(super) name: &'a str,
     /// How reports name it, e.g. `Deployment shop/checkout-v2` (with its cluster when

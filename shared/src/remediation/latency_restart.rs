@@ -39,6 +39,7 @@ impl Remediation for LatencyRestart {
             resource: ApiResource::erase::<Deployment>(&()),
             namespace: input.namespace.clone(),
             name: Some(deployment.to_owned()),
+            everywhere: false,
             subject: None,
             cluster: None,
         })

@@ -36,6 +36,9 @@ pub struct Locator {
     pub namespace: String,
     /// The object's name; `None` means "every opted-in object the remediation selects".
     pub name: Option<String>,
+    /// A list locator over every namespace: the opted-in objects the remediation selects
+    /// wherever they are (`namespace` is then the alert's, whose pause also applies).
+    pub everywhere: bool,
     /// For list locators, what the selection is about (the fully qualified mesh host):
     /// alerts about different subjects in one namespace are different targets, not
     /// duplicates of each other.
@@ -53,7 +56,11 @@ impl Locator {
             self.cluster.as_deref().unwrap_or_default(),
             self.resource.group,
             self.resource.plural,
-            self.namespace,
+            if self.everywhere {
+                "*"
+            } else {
+                &self.namespace
+            },
             self.name.as_deref().unwrap_or("*"),
             self.subject.as_deref().unwrap_or_default()
         )

@@ -43,3 +43,44 @@ pub fn strings(object: &DynamicObject, key: &str) -> Option<Vec<String>> {
                 .collect()
         })
 }
+
+/// The namespaces the functions may change objects in: not `PROTECTED_NAMESPACES`, and
+/// within `ALLOWED_NAMESPACES` when that is set. Planning counts on an opted-in object only
+/// where it may change it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    /// Never changed.
+    pub protected: std::collections::BTreeSet<String>,
+    /// When non-empty, the only ones changed.
+    pub allowed: std::collections::BTreeSet<String>,
+}
+
+impl Namespaces {
+    /// Why objects in `namespace` are not changed, if they are not.
+    pub fn closed(&self, namespace: &str) -> Option<String> {
+        if self.protected.contains(namespace) {
+            return Some(format!(
+                "namespace {namespace} is protected (PROTECTED_NAMESPACES)"
+            ));
+        }
+        if !self.allowed.is_empty() && !self.allowed.contains(namespace) {
+            return Some(format!(
+                "namespace {namespace} is not in ALLOWED_NAMESPACES"
+            ));
+        }
+        None
+    }
+
+    /// Whether the functions change `object`: opted in, in a namespace they may change.
+    pub fn changes(&self, object: &DynamicObject) -> bool {
+        opted_in(object) && self.closed(namespace_of(object)).is_none()
+    }
+
+    /// Why the functions do not change `object`, if they do not.
+    pub fn why_unchanged(&self, object: &DynamicObject) -> Option<String> {
+        if !opted_in(object) {
+            return Some("it is not labelled auto_remediation=active".to_owned());
+        }
+        self.closed(namespace_of(object))
+    }
+}

@@ -15,7 +15,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::hosts::{self, PolicyLevel};
-use super::object::{self, name_of, namespace_of};
+use super::object::{self, name_of};
 use super::resolution::{Client, Merged, Resolver};
 
 /// Where in one rule the change is written.
@@ -115,34 +115,27 @@ pub fn without(policy: &Value, blocks: &[&str], locality: bool) -> Value {
 pub struct Scope<'a> {
     /// The host, fully qualified.
     pub host: &'a str,
-    /// The alert's namespace: the rules there that are opted in are the ones written.
+    /// The alert's namespace (how it names the host).
     pub namespace: &'a str,
     /// Namespace of the host's Service or ServiceEntry, when known.
     pub service_namespace: Option<&'a str>,
     /// Istio's root namespace.
     pub root: &'a str,
+    /// The namespaces the function may change objects in.
+    pub changeable: &'a object::Namespaces,
 }
 
 impl Scope<'_> {
-    /// Whether the function writes `rule`: opted in, in the alert's namespace, for the host.
+    /// Whether the function writes `rule`: opted in, in a namespace it may change, for the
+    /// host.
     pub fn writable(&self, rule: &DynamicObject) -> bool {
-        namespace_of(rule) == self.namespace
-            && object::opted_in(rule)
-            && hosts::rule_host_is(rule, self.host)
+        self.changeable.changes(rule) && hosts::rule_host_is(rule, self.host)
     }
 
-    fn unwritable(&self, rule: &DynamicObject, function: &str) -> String {
-        if namespace_of(rule) != self.namespace {
-            format!(
-                "it is in namespace {}, and {function} changes the rules in the alert's namespace {} only",
-                namespace_of(rule),
-                self.namespace
-            )
-        } else if !object::opted_in(rule) {
-            "it is not labelled auto_remediation=active".to_owned()
-        } else {
-            "its host is not the alert's host as written".to_owned()
-        }
+    fn unwritable(&self, rule: &DynamicObject, _function: &str) -> String {
+        self.changeable
+            .why_unchanged(rule)
+            .unwrap_or_else(|| "its host is not the alert's host as written".to_owned())
     }
 }
 

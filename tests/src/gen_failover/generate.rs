@@ -137,6 +137,9 @@ impl FailoverMesh {
             let namespace = g.rng.pick(&others).clone();
             objects.push(g.extra_rule(&namespace));
         }
+        if g.rng.chance(15) {
+            delegate(&mut objects, &alert, &mut g.rng);
+        }
         // Created in name order within a kind and namespace: Istio orders rules for one
         // host by creation time, then name, and the server's timestamps have whole seconds,
         // so any other order would depend on when a second ticks.
@@ -170,6 +173,28 @@ impl FailoverMesh {
             health,
         }
     }
+}
+
+/// Splits the sidecars' VirtualService for `frontend` into a root that keeps its hosts and
+/// delegates every request to `frontend-routes` (no hosts) holding its routes: Istio's
+/// VirtualService delegation. The delegate is opted in as the root was, or sometimes not.
+fn delegate(objects: &mut Vec<Value>, alert: &str, rng: &mut Rng) {
+    let Some(at) = objects.iter().position(|o| {
+        o["kind"] == "VirtualService"
+            && o["metadata"]["name"] == SERVICE
+            && o["metadata"]["namespace"] == alert
+    }) else {
+        return;
+    };
+    let root = &mut objects[at];
+    let opted = root["metadata"]["labels"].get(OPT_IN.0).is_some() != rng.chance(15);
+    let spec = json!({"http": root["spec"]["http"].clone()});
+    root["spec"]["http"] = json!([{"name": "delegated",
+        "delegate": {"name": format!("{SERVICE}-routes"), "namespace": alert}}]);
+    objects.push(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": metadata(&format!("{SERVICE}-routes"), alert, opted), "spec": spec}),
+    );
 }
 
 /// A Service on [`PORT`] selecting `selector`, with a fixed cluster IP (`10.96.0.<n>`).

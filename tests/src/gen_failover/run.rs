@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
 
@@ -36,6 +36,7 @@ impl Harness {
     pub async fn connect(kubeconfig: PathBuf) -> Harness {
         let home =
             TestCluster::connect_in(crate::cluster::unique_name("genfo-home"), kubeconfig).await;
+        crate::endpoints::region_nodes(&home.client).await;
         Harness {
             home,
             ok: HealthEndpoint::start(200).await,
@@ -70,6 +71,29 @@ impl Harness {
         .expect("budget configmap");
         let api = Api::<ConfigMap>::namespaced(client.clone(), &mesh.alert_ns());
         create("the budget ConfigMap", || api.create(&post, &budget)).await?;
+        // Where frontend's endpoints run, as region-failover reads them: its Services and
+        // ready Pods (the oracle compiles its own copies).
+        for object in mesh.world_objects() {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default();
+            let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+            match object["kind"].as_str() {
+                Some("Pod") => crate::endpoints::store_pod(&client, &object).await?,
+                Some("Service") => {
+                    let mut service = object.clone();
+                    if let Some(spec) = service["spec"].as_object_mut() {
+                        spec.remove("clusterIP");
+                    }
+                    let service: Service = serde_json::from_value(service)
+                        .map_err(|err| format!("Service {name}: {err}"))?;
+                    let api = Api::<Service>::namespaced(client.clone(), namespace);
+                    create(&format!("Service {namespace}/{name}"), || {
+                        api.create(&post, &service)
+                    })
+                    .await?;
+                }
+                _ => {}
+            }
+        }
         for object in mesh.api_objects() {
             let kind = object["kind"].as_str().unwrap_or_default().to_owned();
             let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();

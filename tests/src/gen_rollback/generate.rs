@@ -402,6 +402,10 @@ impl RollbackMesh {
             }
         }
 
+        if g.rng.chance(15) {
+            delegate(&mut objects, &alert, &client_namespaces, &mut g.rng);
+        }
+
         let service_label = if g.rng.chance(70) {
             SERVICE.to_owned()
         } else {
@@ -420,4 +424,55 @@ impl RollbackMesh {
             gateway,
         }
     }
+}
+
+/// Splits the service's VirtualService into a root that keeps its hosts (and the metadata,
+/// opted in or not) and delegates every request to a VirtualService without hosts holding
+/// its routes: Istio's VirtualService delegation. The delegate is usually in the alert's
+/// namespace, opted in as the root was; sometimes in a client namespace, or not opted in.
+fn delegate(objects: &mut Vec<Value>, alert: &str, client_namespaces: &[String], rng: &mut Rng) {
+    let Some(at) = objects.iter().position(|o| {
+        o["kind"] == "VirtualService"
+            && o["metadata"]["name"] == SERVICE
+            && o["metadata"]["namespace"] == alert
+    }) else {
+        return;
+    };
+    let main = &mut objects[at];
+    let namespace = if rng.chance(15) {
+        rng.pick(client_namespaces).clone()
+    } else {
+        alert.to_owned()
+    };
+    let mut metadata = main["metadata"].clone();
+    metadata["name"] = json!("checkout-routes");
+    metadata["namespace"] = json!(namespace);
+    if rng.chance(15) {
+        metadata["labels"] = json!({});
+    }
+    let mut spec = json!({"http": main["spec"]["http"].clone()});
+    if namespace != alert {
+        // Short hosts resolve in the delegate's own namespace: name the service fully.
+        for route in spec["http"].as_array_mut().into_iter().flatten() {
+            for destination in route["route"].as_array_mut().into_iter().flatten() {
+                destination["destination"]["host"] = json!(fqdn());
+            }
+            if route.get("mirror").is_some() {
+                route["mirror"]["host"] = json!(fqdn());
+            }
+        }
+    }
+    let mut root = json!({"name": "delegated", "delegate": {"name": "checkout-routes", "namespace": namespace}});
+    if rng.chance(30) {
+        root["match"] = json!([{"uri": {"prefix": "/"}}]);
+    }
+    main["spec"]["http"] = json!([root]);
+    if let Some(annotations) = main["metadata"]
+        .get_mut("annotations")
+        .and_then(Value::as_object_mut)
+    {
+        annotations.remove("auto-remediation.io/stable-subset");
+    }
+    // Created after the root, as a person would add it.
+    objects.push(virtual_service(metadata, spec));
 }

@@ -212,6 +212,7 @@ impl Remediation for DbCircuitBreak {
             namespace: &input.namespace,
             service_namespace: context.facts.service_namespace.as_deref(),
             root: &context.config.istio_root_namespace,
+            changeable: &context.config.policy.namespaces(),
         };
         self.plan_for_clients(object, context.facts, &scope)
     }

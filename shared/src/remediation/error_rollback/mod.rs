@@ -1,7 +1,7 @@
 //! `error-rollback`: send none of a service's traffic to the version whose 5xx alert
 //! fires, and all of it to the stable version.
 //!
-//! Targets every VirtualService in the alert's namespace that is labelled
+//! Targets every VirtualService (in any namespace) that is labelled
 //! `auto_remediation=active` and either routes the alert's `service` (its hosts cover the
 //! service's host, by [`hosts`] rules) or sends traffic to it (a gateway's VirtualService
 //! for `shop.example.com` routing to `checkout`). Every HTTP route that can reach the
@@ -39,7 +39,7 @@ use serde_json::{Value, json};
 use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
-use super::object::{name_of, opted_in};
+use super::object::name_of;
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
@@ -68,7 +68,7 @@ pub struct ErrorRollback;
 impl ErrorRollback {
     /// Plans the rollback of one VirtualService for the service at fully qualified
     /// `service`; pure. All or nothing: when another VirtualService the alert changes
-    /// (opted in, in the alert's namespace, routing the service) cannot be rolled back,
+    /// (opted in, routing the service) cannot be rolled back,
     /// this one is not either, since rolling back only some would leave the failing version
     /// its traffic through the others.
     pub fn plan_rollback(
@@ -80,15 +80,9 @@ impl ErrorRollback {
     ) -> std::result::Result<Plan, Refusal> {
         let plan = self.plan_one(object, service, version, facts)?;
         let me = name_of(object);
-        let alert_namespace = if facts.namespace.is_empty() {
-            istio::namespace_of(object)
-        } else {
-            &facts.namespace
-        };
         for sibling in facts.virtual_services.iter().filter(|vs| {
             name_of(vs) != me
-                && istio::namespace_of(vs) == alert_namespace
-                && opted_in(vs)
+                && facts.changeable.changes(vs)
                 && (hosts::routes_host(vs, service) || hosts::has_destination(vs, service))
         }) {
             if let Err(Refusal::Fail(why)) = self.plan_one(sibling, service, version, facts) {
@@ -115,11 +109,6 @@ impl ErrorRollback {
             failing: version,
             facts,
             routes_service: hosts::routes_host(object, service),
-            alert_namespace: if facts.namespace.is_empty() {
-                istio::namespace_of(object)
-            } else {
-                &facts.namespace
-            },
         };
         let annotated = annotation(object, STABLE_SUBSET).is_some()
             || annotation(object, STABLE_HOST).is_some();
@@ -291,6 +280,7 @@ impl Remediation for ErrorRollback {
                 })
                 .collect();
             Ok(RollbackFacts {
+                changeable: config.policy.namespaces(),
                 virtual_services,
                 rules,
                 services,

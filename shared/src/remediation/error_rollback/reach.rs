@@ -15,6 +15,8 @@ use crate::remediation::resolution::Resolver;
 /// What the cluster holds besides the object being planned, read once per alert.
 #[derive(Debug, Clone, Default)]
 pub struct RollbackFacts {
+    /// The namespaces the function may change VirtualServices in.
+    pub changeable: crate::remediation::object::Namespaces,
     /// Every VirtualService in the cluster, opted in or not.
     pub virtual_services: Vec<DynamicObject>,
     /// Every DestinationRule in the cluster (the subsets' labels, per client).

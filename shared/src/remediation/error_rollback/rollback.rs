@@ -9,7 +9,7 @@ use super::reach::{Key, Reach, RollbackFacts, describe_key};
 use super::{STABLE_HOST, STABLE_SUBSET, VERSION_LABEL};
 use crate::remediation::hosts;
 use crate::remediation::istio;
-use crate::remediation::object::{name_of, opted_in};
+use crate::remediation::object::name_of;
 
 pub(super) fn route_name(route: &Value, kind: &str, index: usize) -> String {
     match route.get("name").and_then(Value::as_str) {
@@ -46,8 +46,6 @@ pub(super) struct Rollback<'a> {
     pub(super) failing: Option<&'a str>,
     pub(super) facts: &'a RollbackFacts,
     pub(super) routes_service: bool,
-    /// The alert's namespace: the opted-in VirtualServices there are the ones changed.
-    pub(super) alert_namespace: &'a str,
 }
 
 impl Rollback<'_> {
@@ -296,9 +294,10 @@ impl Rollback<'_> {
                 ));
             }
         }
-        let changed_here =
-            |vs: &DynamicObject| opted_in(vs) && istio::namespace_of(vs) == self.alert_namespace;
-        for vs in routing.iter().filter(|vs| !changed_here(vs)) {
+        for vs in routing
+            .iter()
+            .filter(|vs| !self.facts.changeable.changes(vs))
+        {
             let view = Rollback {
                 object: vs,
                 namespace: istio::namespace_of(vs),
@@ -313,15 +312,7 @@ impl Rollback<'_> {
                         .unwrap_or_default(),
                 )
             }) {
-                let why = if opted_in(vs) {
-                    format!(
-                        "is in namespace {}, and error-rollback changes the VirtualServices of the alert's namespace {} only",
-                        istio::namespace_of(vs),
-                        self.alert_namespace
-                    )
-                } else {
-                    "is not labelled auto_remediation=active".to_owned()
-                };
+                let why = self.facts.changeable.why_unchanged(vs).unwrap_or_default();
                 return Err(format!(
                     "VirtualService {} also routes traffic to version {failing} and {why}; rolling back only some routes would leave it in place",
                     name_of(vs),

@@ -54,6 +54,7 @@ fn facts(virtual_services: Vec<DynamicObject>) -> RollbackFacts {
         .into(),
         root: "istio-system".into(),
         namespace: String::new(),
+        changeable: Default::default(),
     }
 }
 

@@ -95,7 +95,7 @@ pub fn host_label<'a>(
     Ok(host)
 }
 
-/// A list locator for the opted-in objects of `resource` in the alert's namespace that
+/// A list locator for the opted-in objects of `resource`, in every namespace, that
 /// concern the mesh host the alert's `label` names.
 pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) -> super::Locator {
     let host = input.alert.label(label).unwrap_or_default();
@@ -103,6 +103,7 @@ pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) 
         resource,
         namespace: input.namespace.clone(),
         name: None,
+        everywhere: true,
         subject: Some(super::hosts::alert_host(host, &input.namespace)),
         cluster: None,
     }

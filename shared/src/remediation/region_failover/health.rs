@@ -28,10 +28,15 @@ pub struct RegionFacts {
     /// Regions whose subsets some clients reach no endpoint of (the `distribute` they take
     /// gives the region no share): weight is not moved there. Region -> why.
     pub stranded: BTreeMap<String, String>,
+    /// Where the service's ready endpoints run, per subset, when it is a Service of the
+    /// cluster with ready pods.
+    pub endpoints: Option<super::endpoints::Endpoints>,
     /// Every DestinationRule in the cluster (which rule each client takes).
     pub rules: Vec<kube::api::DynamicObject>,
     /// The VirtualServices the alert changes: opted in, in its namespace, routing the service.
     pub virtual_services: Vec<kube::api::DynamicObject>,
+    /// The namespaces the function may change objects in.
+    pub changeable: crate::remediation::object::Namespaces,
     /// Istio's root namespace (`ISTIO_ROOT_NAMESPACE`).
     pub root: String,
 }
@@ -46,6 +51,19 @@ impl RegionFacts {
             Some(result) => result.clone(),
             None => Err("no health URL in REGION_HEALTH_URLS".into()),
         }
+    }
+
+    /// Why a drain of `degraded` by locality leaves `region` out (it sends only to the
+    /// healthy regions it knows), or `Ok` when it keeps it.
+    pub fn drain_keeps(&self, region: &str, degraded: &str) -> std::result::Result<(), String> {
+        if region == degraded {
+            return Err("the degraded region".into());
+        }
+        self.healthy(region)?;
+        if !self.known_regions.iter().any(|r| r == region) {
+            return Err("not a region the function knows".into());
+        }
+        Ok(())
     }
 
     /// Whether a region split may move weight to `region`, or why not: it is healthy and

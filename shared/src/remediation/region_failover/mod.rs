@@ -1,6 +1,6 @@
 //! `region-failover`: drain a degraded region of a service's traffic, for every client.
 //!
-//! Two levers, on objects labelled `auto_remediation=active` in the alert's namespace:
+//! Two levers, on objects labelled `auto_remediation=active` (in any namespace):
 //!
 //! 1. **VirtualService weights** (preferred: explicit and immediate) — [`weights`]. In every
 //!    HTTP route that splits the service per region, the degraded region's weight goes to 0
@@ -44,6 +44,7 @@ use crate::intake::AlertInput;
 use crate::names;
 use crate::record::ActionRecord;
 
+pub mod endpoints;
 pub mod health;
 pub mod locality;
 pub mod paths;
@@ -160,7 +161,6 @@ impl Remediation for RegionFailover {
                 &input.namespace,
             );
             let degraded = degraded_region(input);
-            let namespace = &input.namespace;
             let (rule_kind, vs_kind) = (
                 istio::destination_rule(config),
                 istio::virtual_service(config),
@@ -191,17 +191,21 @@ impl Remediation for RegionFailover {
                 facts.subset_regions.insert(name.clone(), region.clone());
             }
             facts.root = config.istio_root_namespace.clone();
-            facts.paths = paths::paths(&services, &host, &subsets, degraded, namespace, &facts);
+            facts.changeable = config.policy.namespaces();
+            facts.endpoints = endpoints::read(client, &host, &subsets).await?;
+            // Where the service runs is a region the drain may send to (when healthy).
+            for region in facts.endpoints.iter().flat_map(|e| &e.service) {
+                if !facts.known_regions.contains(region) {
+                    facts.known_regions.push(region.clone());
+                }
+            }
+            facts.paths = paths::paths(&services, &host, &subsets, degraded, &facts);
             // The DestinationRule is left alone only when every request names its region.
             facts.split_by_virtual_service = facts.paths.unpinned.is_empty();
             facts.stranded = paths::stranded(&rules, &host, &facts.root, &facts.subset_regions);
             facts.virtual_services = services
                 .into_iter()
-                .filter(|vs| {
-                    istio::namespace_of(vs) == namespace
-                        && super::object::opted_in(vs)
-                        && paths::carries(vs, &host)
-                })
+                .filter(|vs| facts.changeable.changes(vs) && paths::carries(vs, &host))
                 .collect();
             facts.rules = rules;
             Ok(facts)
@@ -225,6 +229,7 @@ impl Remediation for RegionFailover {
             namespace: &input.namespace,
             service_namespace: Resolver::service_namespace_of(&host),
             root: &facts.root,
+            changeable: &facts.changeable,
         };
         let plan = if is_destination_rule(object) {
             self.plan_drain(object, degraded, facts, Some(&scope))
@@ -245,9 +250,8 @@ impl Remediation for RegionFailover {
             && let Some(first) = facts.paths.unpinned.first()
         {
             return Err(Refusal::Fail(format!(
-                "{first}{}: only a drain by locality moves those requests and no DestinationRule for {host} in namespace {} is opted in (auto_remediation=active), so nothing is changed",
+                "{first}{}: only a drain by locality moves those requests and no DestinationRule for {host} is opted in (auto_remediation=active), so nothing is changed",
                 more(facts.paths.unpinned.len()),
-                input.namespace
             )));
         }
         // All or nothing: when another object of the alert cannot take its part of the

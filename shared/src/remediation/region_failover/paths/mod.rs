@@ -13,7 +13,7 @@ use super::health::RegionFacts;
 use super::{REGION_LABEL, destination_region, route_regions};
 use crate::remediation::hosts::{self, Labels};
 use crate::remediation::istio;
-use crate::remediation::object::{name_of, opted_in};
+use crate::remediation::object::name_of;
 use crate::remediation::resolution::Resolver;
 
 /// What the routes of every VirtualService say about the service's requests.
@@ -63,7 +63,7 @@ pub fn regional_variant(destination: &str, host: &str) -> bool {
         && name
             .strip_prefix(own)
             .and_then(|rest| rest.strip_prefix('-'))
-            .is_some_and(|rest| super::looks_like_region(rest))
+            .is_some_and(super::looks_like_region)
 }
 
 /// Whether a VirtualService carries the service's requests: it routes its host, sends to
@@ -108,14 +108,13 @@ fn route_name(kind: &str, index: usize, route: &Value) -> String {
     )
 }
 
-/// Reads every route of `services` for the service `host` of `alert_namespace`.
+/// Reads every route of `services` for the service `host`.
 /// `subsets`: the service's subsets by name, with their labels.
 pub fn paths(
     services: &[DynamicObject],
     host: &str,
     subsets: &BTreeMap<String, Labels>,
     degraded: &str,
-    alert_namespace: &str,
     facts: &RegionFacts,
 ) -> Paths {
     let mut out = Paths::default();
@@ -129,11 +128,11 @@ pub fn paths(
     }
     for vs in carriers {
         let namespace = istio::namespace_of(vs);
-        let owned = namespace == alert_namespace && opted_in(vs);
+        let owned = facts.changeable.changes(vs);
         for (kind, index, route) in route_lists(vs) {
             let destinations = destinations(route);
             // The weights lever moves the degraded region's share of a region split of an
-            // opted-in VirtualService of the alert's namespace.
+            // opted-in VirtualService.
             let shifted = owned
                 && destinations.len() > 1
                 && route_regions(destinations, degraded, facts).is_some();
@@ -165,7 +164,7 @@ pub fn paths(
                             .unpinned
                             .push(format!("{what} sends to {name}, in every region")),
                         Reach::Stays(detail) => out.unmoved.push(format!(
-                            "{what} sends to {name}{detail}, and neither lever moves it (only a region split of an opted-in VirtualService in namespace {alert_namespace} is shifted)"
+                            "{what} sends to {name}{detail}, and neither lever moves it (only a region split of a VirtualService the function changes, labelled auto_remediation=active, is shifted)"
                         )),
                         Reach::Emptied(detail) => out
                             .emptied
@@ -175,7 +174,42 @@ pub fn paths(
             }
         }
     }
+    if let Some(service) = facts.endpoints.as_ref().map(|e| &e.service)
+        && !out.unpinned.is_empty()
+        && !service.is_empty()
+        && service
+            .iter()
+            .all(|r| facts.drain_keeps(r, degraded).is_err())
+    {
+        let names: Vec<&str> = service.iter().map(String::as_str).collect();
+        out.unmoved.push(format!(
+            "the ready pods of {host} run in {} only, which a drain leaves out: it would leave its requests no endpoint",
+            names.join(", ")
+        ));
+    }
     out
+}
+
+/// What the endpoints say of a destination's region, like a subset keyed on it: the one
+/// region all its ready endpoints run in; `Some(None)` when they run only in regions the
+/// drain leaves out (it would leave the destination no endpoint); `None` when they run in
+/// several regions, some kept, or nothing is known.
+fn by_endpoints(
+    destination: &Value,
+    degraded: &str,
+    facts: &RegionFacts,
+) -> Option<Option<String>> {
+    let regions = facts
+        .endpoints
+        .as_ref()?
+        .regions(hosts::destination_subset(destination))?;
+    let kept = |region: &String| facts.drain_keeps(region, degraded).is_ok();
+    match regions.len() {
+        0 => None,
+        1 => regions.first().cloned().map(Some),
+        _ if !regions.iter().any(kept) => Some(None),
+        _ => None,
+    }
 }
 
 /// Where one destination's requests go, when a lever matters for them.
@@ -203,23 +237,44 @@ fn classify(
             .then(|| Reach::Stays(format!(" in {degraded}")));
     }
     let labels = hosts::destination_subset(destination).and_then(|s| subsets.get(s));
-    let keyed = labels.and_then(keyed_region);
+    let by_labels = labels.and_then(keyed_region);
+    let pods = by_labels
+        .is_none()
+        .then(|| {
+            let regions = facts
+                .endpoints
+                .as_ref()?
+                .regions(hosts::destination_subset(destination))?;
+            let names: Vec<&str> = regions.iter().map(String::as_str).collect();
+            Some(format!(
+                ", whose ready pods run in {} only",
+                names.join(", ")
+            ))
+        })
+        .flatten()
+        .unwrap_or_default();
     let shown = || {
-        labels.map_or_else(String::new, |labels| {
+        let labels = labels.map_or_else(String::new, |labels| {
             let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             format!(" ({})", pairs.join(","))
-        })
+        });
+        format!("{labels}{pods}")
     };
+    let keyed = by_labels.or_else(|| by_endpoints(destination, degraded, facts));
     match keyed {
         None => Some(Reach::Everywhere),
         // The weights lever takes the degraded region's share away.
         Some(Some(region)) if region == degraded => (!shifted).then(|| Reach::Stays(shown())),
-        Some(Some(region)) => facts.healthy(&region).err().map(|why| {
+        Some(Some(region)) => facts.drain_keeps(&region, degraded).err().map(|why| {
             Reach::Emptied(format!(
                 "{}, in {region}, which the drain leaves out ({why})",
                 shown()
             ))
         }),
+        Some(None) if !pods.is_empty() => Some(Reach::Stays(format!(
+            "{}, and the drain leaves those regions out",
+            shown()
+        ))),
         Some(None) => Some(Reach::Stays(format!(
             "{}, which may be in {degraded}",
             shown()

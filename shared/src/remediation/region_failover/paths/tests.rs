@@ -54,14 +54,7 @@ fn split(subsets: &[(&str, i64)]) -> Value {
 }
 
 fn read(services: &[DynamicObject], facts: &RegionFacts) -> Paths {
-    paths(
-        services,
-        HOST,
-        &region_subsets(),
-        "us-east-1",
-        "shop",
-        facts,
-    )
+    paths(services, HOST, &region_subsets(), "us-east-1", facts)
 }
 
 #[test]
@@ -242,4 +235,57 @@ fn a_region_some_clients_cannot_reach_is_stranded() {
     assert!(found["us-west-2"].contains("namespace eu"), "{found:?}");
     let only_first = stranded(&rules[..1], HOST, "istio-system", &facts().subset_regions);
     assert!(only_first.is_empty(), "{only_first:?}");
+}
+
+#[test]
+fn a_subset_whose_pods_run_only_where_the_drain_leaves_out_stays() {
+    use crate::remediation::region_failover::endpoints::{Endpoints, ReadyPod};
+    let pod = |version: &str, region: &str| ReadyPod {
+        labels: Labels::from([("version".to_owned(), version.to_owned())]),
+        region: region.to_owned(),
+    };
+    let versions: BTreeMap<String, Labels> = ["v1", "v2"]
+        .iter()
+        .map(|v| {
+            (
+                (*v).to_owned(),
+                Labels::from([("version".to_owned(), (*v).to_owned())]),
+            )
+        })
+        .collect();
+    let pods = [
+        pod("v1", "us-east-1"),
+        pod("v1", "us-west-2"),
+        pod("v2", "us-east-1"),
+    ];
+    let known = RegionFacts {
+        endpoints: Some(Endpoints::of(&pods, &versions)),
+        ..facts()
+    };
+    let vs = object(
+        "VirtualService",
+        "shop",
+        "frontend",
+        true,
+        json!({"hosts": ["frontend"], "http": [
+            {"name": "tenant", "match": [{"headers": {"x-tenant": {"exact": "a"}}}],
+             "route": [{"destination": {"host": "frontend", "subset": "v2"}}]},
+            {"route": [{"destination": {"host": "frontend", "subset": "v1"}}]}]}),
+    );
+    let found = paths(
+        std::slice::from_ref(&vs),
+        HOST,
+        &versions,
+        "us-east-1",
+        &known,
+    );
+    assert_eq!(found.unmoved.len(), 1, "{found:?}");
+    assert!(
+        found.unmoved[0].contains("subset v2") && found.unmoved[0].contains("us-east-1 only"),
+        "{found:?}"
+    );
+    assert_eq!(found.unpinned.len(), 1, "v1 runs in two regions: {found:?}");
+    // Without pods known, v2 is read as running everywhere.
+    let blind = paths(&[vs], HOST, &versions, "us-east-1", &facts());
+    assert!(blind.unmoved.is_empty(), "{blind:?}");
 }
