@@ -45,13 +45,15 @@ use crate::names;
 use crate::record::ActionRecord;
 
 pub mod endpoints;
+pub mod facts;
 pub mod health;
 pub mod locality;
 pub mod paths;
 pub mod settings;
 pub mod weights;
 
-pub use health::{Health, RegionFacts};
+pub use facts::RegionFacts;
+pub use health::Health;
 pub use settings::FailoverSettings;
 pub use weights::{destination_region, looks_like_region, route_regions, shift_weights};
 

@@ -5,7 +5,7 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::RegionFailover;
-use super::health::RegionFacts;
+use super::facts::RegionFacts;
 use crate::remediation::istio;
 use crate::remediation::{Plan, Refusal};
 

@@ -8,7 +8,7 @@ use kube::api::DynamicObject;
 use serde_json::{Map, Value, json};
 
 use super::RegionFailover;
-use super::health::RegionFacts;
+use super::facts::RegionFacts;
 use crate::remediation::hosts::{self, PolicyLevel};
 use crate::remediation::istio;
 use crate::remediation::object::name_of;

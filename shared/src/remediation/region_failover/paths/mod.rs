@@ -9,28 +9,13 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
-use super::health::RegionFacts;
+pub use super::facts::Paths;
+use super::facts::RegionFacts;
 use super::{REGION_LABEL, destination_region, route_regions};
 use crate::remediation::hosts::{self, Labels};
 use crate::remediation::istio;
 use crate::remediation::object::name_of;
 use crate::remediation::resolution::Resolver;
-
-/// What the routes of every VirtualService say about the service's requests.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Paths {
-    /// Requests that reach the service's endpoints in any region (its host with no subset,
-    /// a subset not keyed on a locality, the Service's default route for sidecars no
-    /// VirtualService takes): only the drain by locality moves them.
-    pub unpinned: Vec<String>,
-    /// Requests neither lever moves off the degraded region: a subset keyed on it (or on a
-    /// cluster or network, which cannot be told) outside a split the weights lever shifts,
-    /// another host in it routed by a VirtualService the function does not change.
-    pub unmoved: Vec<String>,
-    /// Requests to a subset keyed on another region the drain by locality leaves out (it
-    /// failed its health check): the drain would leave them no endpoint.
-    pub emptied: Vec<String>,
-}
 
 /// What a subset's locality labels say of its region: `Some(Some(region))` keyed on a
 /// region or zone, `Some(None)` keyed on something that cannot be told (a cluster or network

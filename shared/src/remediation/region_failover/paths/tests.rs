@@ -4,7 +4,7 @@ use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::remediation::region_failover::health::RegionFacts;
+use crate::remediation::region_failover::facts::RegionFacts;
 
 const HOST: &str = "frontend.shop.svc.cluster.local";
 
