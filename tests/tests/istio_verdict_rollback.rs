@@ -618,3 +618,64 @@ async fn when_one_virtual_service_cannot_be_rolled_back_none_is() {
     .await;
     assert_refused(&cluster, "VirtualService").await;
 }
+
+/// checkout's pods ready on the API server too (error-rollback reads them), and a subset
+/// `old` for version v0, which has no pod.
+async fn with_stored_pods(cluster: &TestCluster, world: &World) {
+    remediation_testkit::endpoints::region_nodes(&cluster.client).await;
+    for pod in world.objects_of("Pod") {
+        remediation_testkit::endpoints::store_pod(&cluster.client, &pod)
+            .await
+            .expect("pod");
+    }
+    Mesh::new(cluster)
+        .create(
+            Kind::DestinationRule,
+            "checkout",
+            true,
+            json!({}),
+            json!({"host": "checkout", "subsets": [
+                {"name": "stable", "labels": {"version": "v1"}},
+                {"name": "canary", "labels": {"version": "v2"}},
+                {"name": "old", "labels": {"version": "v0"}}]}),
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn an_annotated_stable_subset_without_a_ready_pod_is_refused() {
+    let (cluster, world) = checkout("ivr-no-pods").await;
+    let ns = cluster.namespace.clone();
+    with_stored_pods(&cluster, &world).await;
+    Mesh::new(&cluster)
+        .create(
+            Kind::VirtualService,
+            "checkout",
+            true,
+            json!({"auto-remediation.io/stable-subset": "old"}),
+            json!({"hosts": ["checkout"], "http": [split("checkout", 90, 10)]}),
+        )
+        .await;
+    let before = compile(&cluster, &world, &clients(&ns)).await;
+    assert_every_client_reaches_the_canary(&before, &ns);
+    assert_refused(&cluster, "the annotated stable subset old has no ready pod").await;
+}
+
+#[tokio::test]
+async fn with_its_pods_read_a_stable_subset_that_has_them_takes_the_traffic() {
+    let (cluster, world) = checkout("ivr-pods").await;
+    let ns = cluster.namespace.clone();
+    with_stored_pods(&cluster, &world).await;
+    Mesh::new(&cluster)
+        .create(
+            Kind::VirtualService,
+            "checkout",
+            true,
+            json!({"auto-remediation.io/stable-subset": "stable"}),
+            json!({"hosts": ["checkout"], "http": [split("checkout", 90, 10)]}),
+        )
+        .await;
+    let report = roll_back(&cluster).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    assert_only_stable_pods(&compile(&cluster, &world, &clients(&ns)).await, &ns);
+}

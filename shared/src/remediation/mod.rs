@@ -19,6 +19,7 @@ pub mod istio;
 pub mod latency_restart;
 pub mod object;
 pub mod placement;
+pub mod pods;
 pub mod region_failover;
 pub mod resolution;
 

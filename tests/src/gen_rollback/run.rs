@@ -58,6 +58,12 @@ pub async fn deploy(h: &Harness, mesh: &RollbackMesh) -> Result<(), String> {
         })
         .await?;
     }
+    // checkout's ready pods, as error-rollback reads them (the stable destination must have
+    // one); the oracle compiles its own copies.
+    crate::endpoints::region_nodes(&client).await;
+    for pod in mesh.world_objects().iter().filter(|o| o["kind"] == "Pod") {
+        crate::endpoints::store_pod(&client, pod).await?;
+    }
     Ok(())
 }
 

@@ -31,6 +31,8 @@
 //! A resolved alert changes nothing (rolling forward is a human decision); a revert
 //! request restores `spec.http`.
 
+use std::collections::BTreeMap;
+
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
@@ -40,6 +42,7 @@ use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
 use super::object::name_of;
+use super::pods;
 use super::resolution::Resolver;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
@@ -263,13 +266,21 @@ impl Remediation for ErrorRollback {
                 istio::virtual_service(config),
                 istio::destination_rule(config),
             );
-            let (virtual_services, rules, services) = futures::try_join!(
+            let (virtual_services, rules, services, pods) = futures::try_join!(
                 istio::list_everywhere(client, &vs_kind),
                 istio::list_everywhere(client, &rule_kind),
                 futures::future::try_join_all(
                     namespaces.iter().map(|ns| list_services(client, ns))
                 ),
+                // Where the rollback sends everything must have a ready pod to land on.
+                pods::ready_pods(client, &host),
             )?;
+            let ready = pods
+                .map(|(_, pods)| {
+                    let labels = pods.into_iter().map(|pod| pod.labels).collect();
+                    BTreeMap::from([(host.clone(), labels)])
+                })
+                .unwrap_or_default();
             let services = services
                 .into_iter()
                 .flatten()
@@ -284,6 +295,7 @@ impl Remediation for ErrorRollback {
                 virtual_services,
                 rules,
                 services,
+                ready,
                 root: config.istio_root_namespace.clone(),
                 namespace: namespace.clone(),
             })

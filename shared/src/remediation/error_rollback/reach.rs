@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::VERSION_LABEL;
 use crate::remediation::hosts::{self, Labels};
+use crate::remediation::pods;
 use crate::remediation::resolution::Resolver;
 
 /// What the cluster holds besides the object being planned, read once per alert.
@@ -24,6 +25,10 @@ pub struct RollbackFacts {
     /// The selector of every Service read (the alert's and the service's namespace), by
     /// fully qualified host.
     pub services: BTreeMap<String, Labels>,
+    /// The labels of the ready pods of the hosts whose pods were read (the alert's
+    /// service), by fully qualified host; a host absent here, or with no ready pod at all,
+    /// is not judged by its pods.
+    pub ready: BTreeMap<String, Vec<Labels>>,
     /// Istio's root namespace (`ISTIO_ROOT_NAMESPACE`).
     pub root: String,
     /// The alert's namespace, whose opted-in VirtualServices are changed (empty: the
@@ -43,6 +48,8 @@ pub enum Reach {
     Undefined,
     /// No Service read for it: known only by its host name.
     Named(String),
+    /// No ready pod carries its labels: Istio has no endpoint to send it to.
+    Empty,
 }
 
 impl Reach {
@@ -51,7 +58,7 @@ impl Reach {
         match self {
             Reach::Version(v) => v == failing,
             Reach::Every => true,
-            Reach::Undefined => false,
+            Reach::Undefined | Reach::Empty => false,
             Reach::Named(host) => host.split(['.', '-']).any(|part| part == failing),
         }
     }
@@ -60,7 +67,7 @@ impl Reach {
     pub fn is_other_version(&self, failing: Option<&str>) -> bool {
         match self {
             Reach::Version(_) | Reach::Named(_) => failing.is_none_or(|f| !self.carries(f)),
-            Reach::Every | Reach::Undefined => false,
+            Reach::Every | Reach::Undefined | Reach::Empty => false,
         }
     }
 }
@@ -84,6 +91,11 @@ impl Reaches {
     /// No client reaches anything through it.
     pub fn undefined(&self) -> bool {
         self.0.iter().all(|r| *r == Reach::Undefined)
+    }
+
+    /// Some client reaches no ready pod through it.
+    pub fn empty(&self) -> bool {
+        self.0.contains(&Reach::Empty)
     }
 
     /// Every client reaches exactly `version` through it.
@@ -122,6 +134,9 @@ impl RollbackFacts {
         let selector = self.services.get(host);
         let Some(subset) = subset else {
             let mut labels = selector.cloned().unwrap_or_default();
+            if self.lands_nowhere(host, &labels) {
+                return Reaches(vec![Reach::Empty]);
+            }
             return Reaches(vec![match labels.remove(VERSION_LABEL) {
                 Some(version) => Reach::Version(version),
                 None if selector.is_some() => Reach::Every,
@@ -144,9 +159,13 @@ impl RollbackFacts {
                 Some(definition) => {
                     let mut labels = selector.cloned().unwrap_or_default();
                     labels.extend(hosts::labels(definition.get("labels")));
-                    match labels.remove(VERSION_LABEL) {
-                        Some(version) => Reach::Version(version),
-                        None => Reach::Every,
+                    if self.lands_nowhere(host, &labels) {
+                        Reach::Empty
+                    } else {
+                        match labels.remove(VERSION_LABEL) {
+                            Some(version) => Reach::Version(version),
+                            None => Reach::Every,
+                        }
                     }
                 }
             };
@@ -155,6 +174,13 @@ impl RollbackFacts {
             }
         }
         Reaches(out)
+    }
+
+    /// Whether `host`'s ready pods are known and none carries `labels`.
+    fn lands_nowhere(&self, host: &str, labels: &Labels) -> bool {
+        self.ready.get(host).is_some_and(|pods| {
+            !pods.is_empty() && !pods.iter().any(|pod| pods::carries(pod, labels))
+        })
     }
 
     /// Whether the destination host's workloads are some of the service's: the service

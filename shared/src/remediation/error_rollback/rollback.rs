@@ -157,6 +157,11 @@ impl Rollback<'_> {
                     "the annotated stable {named} is a subset no DestinationRule defines; Istio would send it nothing"
                 ));
             }
+            if reach.empty() {
+                return Err(format!(
+                    "the annotated stable {named} has no ready pod (for some clients, by the subset they take): all traffic would go to no endpoint"
+                ));
+            }
             Ok(destination.clone())
         };
         match (candidates.as_slice(), &named) {

@@ -55,6 +55,7 @@ fn facts(virtual_services: Vec<DynamicObject>) -> RollbackFacts {
         root: "istio-system".into(),
         namespace: String::new(),
         changeable: Default::default(),
+        ready: Default::default(),
     }
 }
 

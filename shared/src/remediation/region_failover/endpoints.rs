@@ -4,17 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
-use kube::Api;
-use kube::api::ListParams;
-
-use super::REGION_LABEL;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::remediation::hosts::Labels;
-use crate::remediation::resolution::Resolver;
-
-/// The node labels that may hold a node's region, newest first.
-const NODE_REGION_LABELS: [&str; 2] = [REGION_LABEL, "failure-domain.beta.kubernetes.io/region"];
+use crate::remediation::pods;
 
 /// Where a service's ready endpoints run.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -37,9 +29,7 @@ pub struct ReadyPod {
 impl Endpoints {
     /// From the service's ready pods and the subsets' labels; pure.
     pub fn of(pods: &[ReadyPod], subsets: &BTreeMap<String, Labels>) -> Endpoints {
-        let carries = |pod: &ReadyPod, labels: &Labels| {
-            labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
-        };
+        let carries = |pod: &ReadyPod, labels: &Labels| pods::carries(&pod.labels, labels);
         Endpoints {
             service: pods.iter().map(|p| p.region.clone()).collect(),
             subsets: subsets
@@ -73,73 +63,18 @@ pub async fn read(
     host: &str,
     subsets: &BTreeMap<String, Labels>,
 ) -> Result<Option<Endpoints>> {
-    let Some(namespace) = Resolver::service_namespace_of(host) else {
+    let (pods, regions) = futures::try_join!(pods::ready_pods(client, host), async {
+        pods::node_regions(client).await
+    })?;
+    let Some((_, pods)) = pods else {
         return Ok(None);
     };
-    let name = host.split('.').next().unwrap_or_default();
-    let service = Api::<Service>::namespaced(client.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(|err| Error::kube(format!("get Service {namespace}/{name}"), err))?;
-    let Some(selector) = service
-        .and_then(|s| s.spec)
-        .and_then(|s| s.selector)
-        .filter(|s| !s.is_empty())
-    else {
-        return Ok(None);
-    };
-    let selector = selector
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let (pods, nodes) = futures::try_join!(
-        async {
-            Api::<Pod>::namespaced(client.clone(), namespace)
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map_err(|err| {
-                    Error::kube(
-                        format!(
-                            "list the Pods of Service {namespace}/{name} (where its endpoints run)"
-                        ),
-                        err,
-                    )
-                })
-        },
-        async {
-            Api::<Node>::all(client.clone())
-                .list_metadata(&ListParams::default())
-                .await
-                .map_err(|err| Error::kube("list Nodes (their regions)", err))
-        },
-    )?;
-    let regions: BTreeMap<String, String> = nodes
-        .items
-        .into_iter()
-        .filter_map(|node| {
-            let labels = node.metadata.labels?;
-            let region = NODE_REGION_LABELS
-                .iter()
-                .find_map(|key| labels.get(*key).cloned())?;
-            Some((node.metadata.name?, region))
-        })
-        .collect();
     let ready: Vec<ReadyPod> = pods
-        .items
         .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none() && is_ready(pod))
         .filter_map(|pod| {
-            let node = pod.spec.as_ref()?.node_name.as_ref()?;
-            let region = regions.get(node)?.clone();
             Some(ReadyPod {
-                labels: pod
-                    .metadata
-                    .labels
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                region,
+                region: regions.get(&pod.node)?.clone(),
+                labels: pod.labels,
             })
         })
         .collect();
@@ -147,15 +82,4 @@ pub async fn read(
         return Ok(None);
     }
     Ok(Some(Endpoints::of(&ready, subsets)))
-}
-
-fn is_ready(pod: &Pod) -> bool {
-    pod.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|conditions| {
-            conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
 }
