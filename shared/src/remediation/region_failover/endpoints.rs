@@ -63,12 +63,13 @@ pub async fn read(
     host: &str,
     subsets: &BTreeMap<String, Labels>,
 ) -> Result<Option<Endpoints>> {
-    let (pods, regions) = futures::try_join!(pods::ready_pods(client, host), async {
-        pods::node_regions(client).await
-    })?;
-    let Some((_, pods)) = pods else {
+    let Some((_, pods)) = pods::ready_pods(client, host).await? else {
         return Ok(None);
     };
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let regions = pods::node_regions(client).await?;
     let ready: Vec<ReadyPod> = pods
         .into_iter()
         .filter_map(|pod| {
