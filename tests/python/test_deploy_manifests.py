@@ -31,7 +31,9 @@ RBAC = {
     "error-rollback": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("list",)),
-        ("", "services", ("list",)),
+        ("", "services", ("get", "list")),
+        # The stable destination must have a ready pod: labels and readiness only.
+        ("", "pods", ("list",)),
         EVENTS_CREATE,
         BUDGET_WRITES,
         *PAUSE_READS,
@@ -42,6 +44,10 @@ RBAC = {
     "region-failover": {
         ("networking.istio.io", "virtualservices", ("get", "list", "patch")),
         ("networking.istio.io", "destinationrules", ("get", "list", "patch")),
+        # Where each subset's ready pods run: the Service, its Pods, the Nodes' regions.
+        ("", "services", ("get",)),
+        ("", "pods", ("list",)),
+        ("", "nodes", ("list",)),
         EVENTS_CREATE,
         BUDGET_WRITES,
         *PAUSE_READS,

@@ -304,6 +304,34 @@ mod tests {
     }
 
     #[test]
+    fn a_subset_with_its_own_outlier_detection_keeps_its_preference_on_a_port_switched_off() {
+        // Found by the generated meshes: on port 5432 the subset's cluster starts from the
+        // top level's port entry (Istio's `MergeSubsetTrafficPolicy`), whose preference
+        // `preserve` switches off; the subset's own outlier detection had it on.
+        let object = rule(json!({"host": "orders",
+            "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 6},
+                "portLevelSettings": [
+                    {"port": {"number": 5432}, "connectionPool": {"tcp": {"maxConnections": 5}}}]},
+            "subsets": [{"name": "replicas", "labels": {"role": "replica"},
+                "trafficPolicy": {"outlierDetection": {"interval": "1s"}}}]}));
+        let plan = DbCircuitBreak::default()
+            .plan_circuit_break(&object)
+            .expect("plan");
+        let applied = plan.applied.expect("applied");
+        assert_eq!(
+            applied["trafficPolicy"]["portLevelSettings"][0]["loadBalancer"],
+            json!({"localityLbSetting": {"enabled": false}}),
+            "{applied}"
+        );
+        assert_eq!(
+            applied["subsets"][0]["trafficPolicy"]["loadBalancer"],
+            json!({"localityLbSetting": {"enabled": true}}),
+            "{applied}"
+        );
+    }
+
+    #[test]
     fn absent_policy_is_recorded_as_null_and_a_set_breaker_is_skipped() {
         let plan = DbCircuitBreak::default()
             .plan_circuit_break(&rule(json!({"host": "orders"})))

@@ -105,18 +105,45 @@ impl CircuitBreaker {
         writes: &Writes,
         woken: &mut Vec<String>,
     ) {
-        let switched_off = previous
-            .pointer("/trafficPolicy/loadBalancer/localityLbSetting")
-            .is_none()
-            && after.pointer("/trafficPolicy/loadBalancer/localityLbSetting/enabled")
-                == Some(&json!(false));
-        if !switched_off {
+        // The levels whose preference `preserve` switched off: the top level, and each of its
+        // port entries (a subset cluster on that port starts from the port entry, not the
+        // top level: Istio's `MergeSubsetTrafficPolicy`).
+        let switched = |before: Option<&Value>, now: Option<&Value>| {
+            before.and_then(|lb| lb.get("localityLbSetting")).is_none()
+                && now.and_then(|lb| lb.pointer("/localityLbSetting/enabled"))
+                    == Some(&json!(false))
+        };
+        let mut off = switched(
+            previous.pointer("/trafficPolicy/loadBalancer"),
+            after.pointer("/trafficPolicy/loadBalancer"),
+        );
+        let ports = |v: &Value| {
+            v.pointer("/trafficPolicy/portLevelSettings")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+        };
+        let before_ports = ports(previous);
+        for entry in ports(after) {
+            let number = entry.pointer("/port/number");
+            let before = before_ports
+                .iter()
+                .find(|e| e.pointer("/port/number") == number)
+                .and_then(|e| e.get("loadBalancer"));
+            off |= switched(before, entry.get("loadBalancer"));
+        }
+        if !off {
             return;
         }
-        let top_lb_only_locality = previous
-            .pointer("/trafficPolicy/loadBalancer")
-            .and_then(Value::as_object)
-            .is_none_or(|lb| lb.keys().all(|k| k == "localityLbSetting"));
+        // The subset's own `loadBalancer` replaces, on every port, the one it inherited (the
+        // top level's or a port entry's): only where they all set nothing but the locality
+        // setting is `enabled: true` the same as before.
+        let inherited = std::iter::once(previous.pointer("/trafficPolicy/loadBalancer"))
+            .chain(before_ports.iter().map(|e| e.get("loadBalancer")));
+        let top_lb_only_locality = inherited.into_iter().all(|lb| {
+            lb.and_then(Value::as_object)
+                .is_none_or(|lb| lb.keys().all(|k| k == "localityLbSetting"))
+        });
         let subsets = after.get_mut("subsets").and_then(Value::as_array_mut);
         for subset in subsets.into_iter().flatten() {
             let name = subset["name"].as_str().unwrap_or_default().to_owned();
