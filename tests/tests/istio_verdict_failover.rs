@@ -723,3 +723,35 @@ async fn a_subset_with_endpoints_in_a_healthy_region_keeps_them_through_the_drai
         );
     }
 }
+
+#[tokio::test]
+async fn keeping_clients_in_their_own_region_is_refused_where_a_routed_subset_has_no_pod_there() {
+    // Found by the 2,000-mesh run: with outlier detection on, the drain keeps each healthy
+    // region's clients in their own region; v2 runs only in us-west-2, so us-east-1's
+    // clients, whom Istio's preference sent on to us-west-2, would reach no v2 endpoint.
+    let (cluster, world) = canary_in("ivf-v2-west", &["us-west-2"]).await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .api(Kind::DestinationRule)
+        .patch(
+            "frontend",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"trafficPolicy": {"outlierDetection": {
+                "consecutive5xxErrors": 7, "interval": "10s", "baseEjectionTime": "30s"}}}})),
+        )
+        .await
+        .expect("outlier detection on");
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(share_to_nowhere(&before, "same-ns-east", &host), 0.0);
+    let stored_before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("subset v2 has ready pods in us-west-2 only, none in"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, stored_before, "nothing changed");
+}

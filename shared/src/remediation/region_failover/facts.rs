@@ -107,6 +107,9 @@ pub struct Paths {
     /// Requests to a subset keyed on another region the drain by locality leaves out (it
     /// failed its health check): the drain would leave them no endpoint.
     pub emptied: Vec<String>,
+    /// The subsets of the service that routes send requests to (`None`: the Service
+    /// itself, which every client without a subset reaches).
+    pub routed: std::collections::BTreeSet<Option<String>>,
 }
 
 #[cfg(test)]

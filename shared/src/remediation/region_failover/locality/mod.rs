@@ -237,6 +237,28 @@ impl PolicyChange for Drain<'_> {
     }
 }
 
+/// A routed subset (or the Service) with ready pods that has none in some healthy region:
+/// the clients there, kept in their own region by the drain, would reach no endpoint of it
+/// (before, Istio's locality preference sent them on to another region).
+fn stranded_by_own_region(facts: &RegionFacts, healthy: &[String]) -> Option<String> {
+    let endpoints = facts.endpoints.as_ref()?;
+    facts.paths.routed.iter().find_map(|subset| {
+        let regions = endpoints.regions(subset.as_deref())?;
+        let missing = healthy
+            .iter()
+            .find(|r| !regions.is_empty() && !regions.contains(*r))?;
+        let what = match subset {
+            Some(name) => format!("subset {name}"),
+            None => "the Service".to_owned(),
+        };
+        let runs: Vec<&str> = regions.iter().map(String::as_str).collect();
+        Some(format!(
+            "{what} has ready pods in {} only, none in {missing}",
+            runs.join(", ")
+        ))
+    })
+}
+
 impl RegionFailover {
     /// Plans the drain of `degraded` on one DestinationRule on its own, at every level; pure.
     pub fn plan_locality_drain(
@@ -321,6 +343,13 @@ impl RegionFailover {
             }
         };
         let drained = drain.drain(object, &writes);
+        if !drained.own_region.is_empty()
+            && let Some(why) = stranded_by_own_region(facts, &healthy)
+        {
+            return Err(Refusal::Fail(format!(
+                "{why}: with outlier detection on, the drain keeps each healthy region's clients in their own region (Istio's locality preference, as before), so those requests would reach no endpoint; nothing is changed"
+            )));
+        }
         if let Some(name) = drained.disabled {
             return Err(Refusal::Fail(format!(
                 "locality load balancing is disabled at {name} (localityLbSetting.enabled: false); not enabling it automatically"

@@ -103,6 +103,7 @@ pub fn paths(
     facts: &RegionFacts,
 ) -> Paths {
     let mut out = Paths::default();
+    out.routed.insert(None);
     let carriers: Vec<&DynamicObject> = services.iter().filter(|vs| carries(vs, host)).collect();
     if !carriers.iter().any(|vs| {
         hosts::routes_host(vs, host) && hosts::binds_mesh(vs) && hosts::exported_everywhere(vs)
@@ -130,6 +131,12 @@ pub fn paths(
                 // A route with one destination sends it everything, whatever its weight.
                 if destinations.len() > 1 && istio::weight(destination) == 0 {
                     continue;
+                }
+                if hosts::destination_host(destination)
+                    .is_some_and(|h| hosts::qualify(h, namespace) == host)
+                {
+                    out.routed
+                        .insert(hosts::destination_subset(destination).map(str::to_owned));
                 }
                 if let Some(why) = classify(
                     destination,
