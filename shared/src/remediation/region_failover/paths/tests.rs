@@ -53,6 +53,10 @@ fn split(subsets: &[(&str, i64)]) -> Value {
     json!({"name": "split", "route": route})
 }
 
+fn nothing_to_refuse_or_drain(paths: &Paths) -> bool {
+    paths.unpinned.is_empty() && paths.unmoved.is_empty() && paths.emptied.is_empty()
+}
+
 fn read(services: &[DynamicObject], facts: &RegionFacts) -> Paths {
     paths(services, HOST, &region_subsets(), "us-east-1", facts)
 }
@@ -66,7 +70,7 @@ fn a_region_split_the_function_shifts_needs_no_drain() {
         true,
         json!({"hosts": ["frontend"], "http": [split(&[("us-east-1", 50), ("us-west-2", 50)])]}),
     );
-    assert_eq!(read(&[vs], &facts()), Paths::default());
+    assert!(nothing_to_refuse_or_drain(&read(&[vs], &facts())));
 }
 
 #[test]
@@ -145,7 +149,10 @@ fn subsets_keyed_on_regions_the_drain_leaves_out_are_emptied() {
             {"route": [{"destination": {"host": "frontend.shop.svc.cluster.local", "subset": "eu-west-1"}}]}]}),
     );
     let healthy = read(std::slice::from_ref(&tenant), &facts());
-    assert_eq!(healthy, Paths::default(), "eu-west-1 is healthy: kept");
+    assert!(
+        nothing_to_refuse_or_drain(&healthy),
+        "eu-west-1 is healthy: kept: {healthy:?}"
+    );
     let eu_down = RegionFacts {
         checked: true,
         health: BTreeMap::from([
