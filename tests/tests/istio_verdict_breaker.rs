@@ -696,6 +696,46 @@ async fn a_subset_with_its_own_outlier_detection_keeps_preferring_its_clients_re
     }
 }
 
+#[tokio::test]
+async fn a_subset_with_its_own_outlier_detection_keeps_its_preference_on_a_port_entry() {
+    // Found by the 2,000-mesh run: on port 5432 the subset's cluster starts from the top
+    // level's port entry (Istio's `MergeSubsetTrafficPolicy`), whose preference `preserve`
+    // keeps off; the subset's own outlier detection had it on for its clients.
+    let (cluster, world, host) = database_world("ivb-subset-port").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db",
+                "trafficPolicy": {
+                    "outlierDetection": {"consecutive5xxErrors": 6},
+                    "portLevelSettings": [
+                    {"port": {"number": 5432}, "connectionPool": {"tcp": {"maxConnections": 5}}}]},
+                "subsets": [
+                {"name": "replicas", "trafficPolicy": {"outlierDetection": {"interval": "1s"}}}]}),
+        )
+        .await;
+    let replicas = format!("outbound|5432|replicas|{host}");
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(change.contains("as before"), "{change}");
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        for name in [&replicas, &default_cluster] {
+            assert_eq!(
+                regions_called(&after, client.name, name),
+                regions_called(&before, client.name, name),
+                "{}: {name}",
+                client.name
+            );
+        }
+    }
+}
+
 /// The database world of [`database_world`] with a client namespace `web` whose own rule
 /// for the database (opted in when `opted_in`) Istio gives web's clients; the rules as
 /// stored, and the clients.
