@@ -10,6 +10,7 @@ pub mod endpoints;
 pub mod events;
 pub mod fleet;
 pub mod gen_failover;
+pub mod generated;
 pub mod gen_rollback;
 pub mod http_capture;
 pub mod istio_oracle;

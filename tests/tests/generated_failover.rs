@@ -32,9 +32,8 @@ use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
-use remediation_testkit::gen_failover::run::{
-    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
-};
+use remediation_testkit::gen_failover::run::Harness;
+use remediation_testkit::generated::{ShrinkLimits, compile_all, fresh_prefix, key, shrink};
 use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
