@@ -11,6 +11,7 @@ pub mod events;
 pub mod fleet;
 pub mod gen_failover;
 pub mod gen_rollback;
+pub mod generated;
 pub mod http_capture;
 pub mod istio_oracle;
 pub mod lambda_emulator;

@@ -37,11 +37,11 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
-use remediation_testkit::istio_oracle::Compiled;
-use remediation_testkit::mesh_gen::rng::Rng;
-use remediation_testkit::mesh_gen::run::{
+use remediation_testkit::generated::{
     Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
 };
+use remediation_testkit::istio_oracle::Compiled;
+use remediation_testkit::mesh_gen::rng::Rng;
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::{Value, json};
 
@@ -74,7 +74,7 @@ async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
     let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
     let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
     println!("generated meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
-    let harness = Harness::connect(kubeconfig.into()).await;
+    let harness = Harness::connect(kubeconfig.into(), "gen-home").await;
     let started = Instant::now();
     let meshes: Vec<GeneratedMesh> = (base..base + count)
         .map(|seed| GeneratedMesh::generate(seed).with_prefix(&fresh_prefix(seed)))

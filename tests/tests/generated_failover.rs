@@ -32,12 +32,11 @@ use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
-use remediation_testkit::gen_failover::run::{
-    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
-};
+use remediation_testkit::gen_failover::run::Harness;
 use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
+use remediation_testkit::generated::{ShrinkLimits, compile_all, fresh_prefix, key, shrink};
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
 

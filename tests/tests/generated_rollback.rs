@@ -27,11 +27,12 @@ use mesh_remediation::remediation::ErrorRollback;
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
-use remediation_testkit::gen_rollback::run::{compile_all, deploy, remove, shrink, stored};
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
+use remediation_testkit::generated::{
+    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
+};
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
-use remediation_testkit::mesh_gen::run::{Harness, ShrinkLimits, fresh_prefix, key};
 use serde_json::{Value, json};
 
 /// The first seed when `GENERATED_SEED` is not set.
@@ -65,7 +66,7 @@ async fn error_rollback_keeps_its_promises_on_generated_meshes() {
     let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
     let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
     println!("generated rollback meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
-    let harness = Harness::connect(kubeconfig.into()).await;
+    let harness = Harness::connect(kubeconfig.into(), "genrb-home").await;
     let started = Instant::now();
     let meshes: Vec<RollbackMesh> = (base..base + count)
         .map(|seed| RollbackMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
@@ -189,12 +190,12 @@ async fn run_meshes(
     let mut clock = Clock::new(verbose);
     let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
     let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
-        .map(|m| deploy(h, m))
+        .map(|m| h.deploy(m))
         .buffered(CONCURRENCY)
         .collect()
         .await;
     clock.lap("created on the API server");
-    let before_objects = stored(h, &meshes).await;
+    let before_objects = h.stored(&meshes).await;
     let before = compile_all(&meshes, &before_objects).await;
     clock.lap("read back and compiled (before)");
     let mut live = vec![false; meshes.len()];
@@ -223,7 +224,7 @@ async fn run_meshes(
         .collect()
         .await;
     clock.lap("error-rollback invoked");
-    let after_objects = stored(h, &meshes).await;
+    let after_objects = h.stored(&meshes).await;
     let after = compile_all(&meshes, &after_objects).await;
     clock.lap("read back and compiled (after)");
     let changed: Vec<Vec<Value>> = before_objects
@@ -243,7 +244,7 @@ async fn run_meshes(
         .collect()
         .await;
     clock.lap("reverted");
-    let reverted_objects = stored(h, &meshes).await;
+    let reverted_objects = h.stored(&meshes).await;
     let reverted = compile_all(&meshes, &reverted_objects).await;
     clock.lap("read back and compiled (reverted)");
     for (i, mesh) in meshes.iter().enumerate() {
@@ -264,7 +265,7 @@ async fn run_meshes(
         };
         found[i].extend(check(&trial));
     }
-    remove(h, &meshes).await;
+    h.remove(&meshes).await;
     (found, outcomes)
 }
 

@@ -1,281 +1,48 @@
-//! Generated meshes on a real API server: each mesh's namespaces and objects created in
-//! order (so creation timestamps and names order its rules as Istio does), read back as the
-//! server stores them, compiled in one Istio oracle process per phase; and the shrinking loop
-//! that reduces a failing mesh to a minimal one. What is checked is the caller's.
+//! Breaker meshes on a real API server, through the shared harness ([`crate::generated`]):
+//! what is stored of them (Services, ServiceEntries, DestinationRules) and what is compiled.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use serde_json::Value;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
-use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
-use serde_json::{Value, json};
+use super::GeneratedMesh;
+use crate::generated::Generated;
+use crate::istio_oracle::CompileJob;
 
-use super::{GeneratedMesh, Violation};
-use crate::TestCluster;
-use crate::istio_oracle::{CompileJob, Compiled, compile_many};
-use crate::mesh::Kind;
+impl Generated for GeneratedMesh {
+    const STORED: &'static [&'static str] = &["Service", "ServiceEntry", "DestinationRule"];
 
-/// The kinds of a mesh the API server stores, in the order they are read back.
-const STORED: [&str; 3] = ["Service", "ServiceEntry", "DestinationRule"];
-
-/// The real API server the meshes live on.
-pub struct Harness {
-    /// A cluster of its own for the function identities (and a namespace nobody uses).
-    pub home: TestCluster,
-}
-
-impl Harness {
-    /// Connects with the admin kubeconfig (function kubeconfigs beside it).
-    pub async fn connect(kubeconfig: PathBuf) -> Harness {
-        let home =
-            TestCluster::connect_in(crate::cluster::unique_name("gen-home"), kubeconfig).await;
-        Harness { home }
+    fn seed(&self) -> u64 {
+        self.seed
     }
 
-    /// The admin client.
-    pub fn admin(&self) -> &kube::Client {
-        &self.home.client
+    fn renamed(&self, prefix: &str) -> Self {
+        self.with_prefix(prefix)
     }
 
-    /// Creates the mesh: its namespaces (the alert's with its own action budgets), then its
-    /// objects one by one in order. An object the server refuses as invalid (4xx) is an
-    /// error; the server failing (5xx: the test control plane's small Service IP range is
-    /// full while deleted meshes release theirs) is waited out for a while.
-    pub async fn deploy(&self, mesh: &GeneratedMesh) -> Result<(), String> {
-        let client = self.admin().clone();
-        let post = PostParams::default();
-        for name in mesh.namespace_names() {
-            let ns: Namespace = serde_json::from_value(json!({
-                "metadata": {"name": name, "labels": {"istio-injection": "enabled"}}}))
-            .expect("namespace");
-            let api = Api::<Namespace>::all(client.clone());
-            create(&format!("namespace {name}"), || api.create(&post, &ns)).await?;
-        }
-        let budget: ConfigMap = serde_json::from_value(json!({"metadata": {
-            "name": mesh_remediation::budget::BUDGET_CONFIGMAP, "namespace": mesh.alert_ns()}}))
-        .expect("budget configmap");
-        let api = Api::<ConfigMap>::namespaced(client.clone(), &mesh.alert_ns());
-        create("the budget ConfigMap", || api.create(&post, &budget)).await?;
-        for object in mesh.api_objects() {
-            let kind = object["kind"].as_str().unwrap_or_default().to_owned();
-            let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-            let name = object["metadata"]["name"].as_str().unwrap_or_default();
-            let dynamic: DynamicObject =
-                serde_json::from_value(object.clone()).map_err(|err| format!("{kind}: {err}"))?;
-            let api =
-                Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &resource(&kind));
-            create(&format!("{kind} {namespace}/{name}"), || {
-                api.create(&post, &dynamic)
-            })
-            .await?;
-        }
-        Ok(())
+    fn smaller(&self) -> Vec<Self> {
+        self.shrink()
     }
 
-    /// Deletes the meshes' namespaces (and so everything in them), without waiting for the
-    /// namespace controller; unless `GENERATED_KEEP` is set, to look at them afterwards.
-    pub async fn remove(&self, meshes: &[GeneratedMesh]) {
-        if std::env::var_os("GENERATED_KEEP").is_some() {
-            return;
-        }
-        let api = Api::<Namespace>::all(self.admin().clone());
-        for name in meshes.iter().flat_map(GeneratedMesh::namespace_names) {
-            // Gone already, or never created: either way not there.
-            let _ = api.delete(&name, &Default::default()).await;
-        }
+    fn weight(&self) -> usize {
+        self.size()
     }
 
-    /// For each mesh, its objects as the API server stores them (Services, ServiceEntries,
-    /// DestinationRules of its namespaces, without `managedFields`), in a fixed order. Three
-    /// cluster-wide lists, whatever the number of meshes.
-    pub async fn stored(&self, meshes: &[GeneratedMesh]) -> Vec<Vec<Value>> {
-        let mut owner: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, mesh) in meshes.iter().enumerate() {
-            for namespace in mesh.namespace_names() {
-                owner.insert(namespace, i);
-            }
-        }
-        let mut out: Vec<Vec<Value>> = vec![Vec::new(); meshes.len()];
-        for kind in STORED {
-            let resource = resource(kind);
-            let list = Api::<DynamicObject>::all_with(self.admin().clone(), &resource)
-                .list(&ListParams::default())
-                .await
-                .unwrap_or_else(|err| panic!("list {kind}: {err}"));
-            for item in list.items {
-                let namespace = item.metadata.namespace.clone().unwrap_or_default();
-                let Some(&i) = owner.get(&namespace) else {
-                    continue;
-                };
-                let mut value = serde_json::to_value(item).expect("json");
-                value["apiVersion"] = json!(resource.api_version);
-                value["kind"] = json!(kind);
-                if let Some(metadata) = value["metadata"].as_object_mut() {
-                    metadata.remove("managedFields");
-                }
-                out[i].push(value);
-            }
-        }
-        for objects in &mut out {
-            objects.sort_by_key(|o| {
-                let kind = STORED.iter().position(|k| o["kind"] == *k);
-                (kind, key(o))
-            });
-        }
-        out
+    fn namespaces(&self) -> Vec<String> {
+        self.namespace_names()
     }
-}
 
-/// Runs one create call; retries while the server fails (5xx), for up to two minutes.
-async fn create<T, F: Future<Output = kube::Result<T>>>(
-    what: &str,
-    call: impl Fn() -> F,
-) -> Result<(), String> {
-    let started = Instant::now();
-    loop {
-        match call().await {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(status)) if status.code < 500 => {
-                return Err(format!("create {what}: {} {}", status.code, status.message));
-            }
-            Err(err) if started.elapsed() < Duration::from_secs(120) => {
-                let _ = err;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(err) => panic!("the API server keeps failing to create {what}: {err}"),
-        }
+    fn alert_namespace(&self) -> String {
+        self.alert_ns()
     }
-}
 
-/// `namespace/name` of an object.
-pub fn key(object: &Value) -> String {
-    format!(
-        "{}/{}",
-        object["metadata"]["namespace"].as_str().unwrap_or_default(),
-        object["metadata"]["name"].as_str().unwrap_or_default()
-    )
-}
-
-fn resource(kind: &str) -> ApiResource {
-    match kind {
-        "Service" => ApiResource::erase::<Service>(&()),
-        "ServiceEntry" => Kind::ServiceEntry.resource(),
-        "DestinationRule" => Kind::DestinationRule.resource(),
-        other => panic!("no resource for {other}"),
+    fn objects(&self) -> Vec<Value> {
+        self.api_objects()
     }
-}
 
-/// Compiles every mesh with its `stored` objects for its client proxies, with its own root
-/// namespace, in one oracle process (on a blocking thread). Each answer is the compiled
-/// configuration or why Istio rejected the objects.
-pub async fn compile_all(
-    meshes: &[GeneratedMesh],
-    stored: &[Vec<Value>],
-) -> Vec<Result<Compiled, String>> {
-    let jobs: Vec<CompileJob> = meshes
-        .iter()
-        .zip(stored)
-        .map(|(mesh, objects)| {
-            (
-                mesh.world_with(objects),
-                mesh.client_proxies(),
-                mesh.root_namespace(),
-            )
-        })
-        .collect();
-    tokio::task::spawn_blocking(move || compile_many(&jobs))
-        .await
-        .expect("the oracle thread")
-}
-
-/// A prefix no other mesh of this control plane has: the seed, the process and a counter.
-pub fn fresh_prefix(seed: u64) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    format!("g{seed}-{}x{n}", std::process::id() % 100_000)
-}
-
-/// How much effort shrinking one failing mesh may take.
-#[derive(Debug, Clone, Copy)]
-pub struct ShrinkLimits {
-    /// Candidates run at most.
-    pub max_candidates: usize,
-    /// Candidates run together (one batch of the runner).
-    pub chunk: usize,
-    /// Wall time at most (the round under way finishes).
-    pub max_time: Duration,
-}
-
-impl Default for ShrinkLimits {
-    fn default() -> Self {
-        ShrinkLimits {
-            max_candidates: 400,
-            chunk: 16,
-            max_time: Duration::from_secs(300),
-        }
+    fn compile_job(&self, stored: &[Value]) -> CompileJob {
+        (
+            self.world_with(stored),
+            self.client_proxies(),
+            self.root_namespace(),
+        )
     }
-}
-
-/// The result of shrinking.
-#[derive(Debug, Clone)]
-pub struct Shrunk {
-    /// The smallest mesh found that still breaks the same invariant.
-    pub mesh: GeneratedMesh,
-    /// Its violation.
-    pub violation: Violation,
-    /// Candidates run.
-    pub tried: usize,
-    /// Accepted reductions.
-    pub steps: usize,
-}
-
-/// Reduces `mesh` (which broke `violation`): runs its [`GeneratedMesh::shrink`] candidates
-/// in chunks on fresh prefixes through `run` (which answers each mesh's violations), moves
-/// to the smallest candidate of the first chunk that breaks the same class of invariant,
-/// and repeats until no candidate does or the limits are reached.
-pub async fn shrink(
-    mesh: &GeneratedMesh,
-    violation: &Violation,
-    limits: ShrinkLimits,
-    run: impl AsyncFn(Vec<GeneratedMesh>) -> Vec<Vec<Violation>>,
-) -> Shrunk {
-    let started = Instant::now();
-    let mut best = Shrunk {
-        mesh: mesh.clone(),
-        violation: violation.clone(),
-        tried: 0,
-        steps: 0,
-    };
-    'reduce: loop {
-        let candidates = best.mesh.shrink();
-        for chunk in candidates.chunks(limits.chunk.max(1)) {
-            if best.tried >= limits.max_candidates || started.elapsed() > limits.max_time {
-                break 'reduce;
-            }
-            let fresh: Vec<GeneratedMesh> = chunk
-                .iter()
-                .map(|c| c.with_prefix(&fresh_prefix(c.seed)))
-                .collect();
-            best.tried += fresh.len();
-            let results = run(fresh.clone()).await;
-            let smallest = fresh
-                .into_iter()
-                .zip(results)
-                .filter_map(|(m, found)| {
-                    let same = found.into_iter().find(|v| v.class == best.violation.class);
-                    same.map(|v| (m, v))
-                })
-                .min_by_key(|(m, _)| m.size());
-            if let Some((m, v)) = smallest {
-                best.mesh = m;
-                best.violation = v;
-                best.steps += 1;
-                continue 'reduce;
-            }
-        }
-        break;
-    }
-    best
 }

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::generated::key;
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
-use remediation_testkit::mesh_gen::run::key;
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::Value;
 
