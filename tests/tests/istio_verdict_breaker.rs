@@ -736,6 +736,70 @@ async fn a_subset_with_its_own_outlier_detection_keeps_its_preference_on_a_port_
     }
 }
 
+#[tokio::test]
+async fn a_subset_that_loses_its_preference_is_named_in_the_outcome() {
+    // Found by the 2,000-mesh run (seed 40000684): the top level's `loadBalancer` also sets
+    // `simple`, which a subset's own `loadBalancer` would drop and the breaker may not copy,
+    // so the subset inherits the preference `preserve` keeps off. Its clients, which
+    // preferred their own region, now spread: the outcome must say so, not "as before".
+    let (cluster, world, host) = database_world("ivb-subset-spreads").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db",
+                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+                "subsets": [
+                {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
+        )
+        .await;
+    let replicas = format!("outbound|5432|replicas|{host}");
+    let default_cluster = format!("outbound|5432||{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_called(&before, "same-ns-east", &replicas),
+        BTreeSet::from(["us-east-1".to_owned()]),
+        "the subset's own outlier detection: its clients prefer their own region"
+    );
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(
+        change.contains("clients of subsets replicas preferred their own region and now spread"),
+        "{change}"
+    );
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            regions_called(&after, client.name, &default_cluster),
+            regions_called(&before, client.name, &default_cluster),
+            "{}: the rest of the rule spreads as before",
+            client.name
+        );
+        assert!(
+            regions_called(&after, client.name, &replicas).is_superset(&regions_called(
+                &before,
+                client.name,
+                &replicas
+            )),
+            "{}",
+            client.name
+        );
+        assert_eq!(
+            after
+                .proxy(client.name)
+                .cluster(&replicas)
+                .threshold("max_connections"),
+            Some(100)
+        );
+    }
+    assert!(
+        regions_called(&after, "same-ns-east", &replicas).len() > 1,
+        "what the outcome says is what Istio does: the subset's clients now spread"
+    );
+}
+
 /// The database world of [`database_world`] with a client namespace `web` whose own rule
 /// for the database (opted in when `opted_in`) Istio gives web's clients; the rules as
 /// stored, and the clients.

@@ -269,7 +269,8 @@ fn beyond_breaker(t: &Trial, after: &Compiled, f: &mut Findings) {
 /// The endpoints each client uses while all are healthy (Envoy priority 0, locality weight
 /// above 0) stay as they were when the outcome says "as before". When it says that clients
 /// now prefer their own region or fail over, a client may use fewer of them (its own region
-/// first), never others; it must say one or the other.
+/// first), never others; it must say one or the other. A subset the outcome names as now
+/// spreading across regions may use more of them, never fewer.
 fn localities(t: &Trial, after: &Compiled, change: &str, f: &mut Findings) {
     if t.outcome.outcome != OutcomeKind::Applied {
         return;
@@ -290,7 +291,9 @@ fn localities(t: &Trial, after: &Compiled, change: &str, f: &mut Findings) {
         for (name, _) in was.clusters_of(&host, DB_PORT) {
             let one = std::collections::BTreeSet::from([name.clone()]);
             let (before, after) = (was.endpoints_of(&one), now.endpoints_of(&one));
-            let kept = if announced {
+            let kept = if spread_subset(change, name) {
+                after.is_superset(&before)
+            } else if announced {
                 after.is_subset(&before)
             } else {
                 after == before
@@ -306,6 +309,19 @@ fn localities(t: &Trial, after: &Compiled, change: &str, f: &mut Findings) {
             }
         }
     }
+}
+
+/// Whether the outcome says the clients of this cluster's subset (`outbound|port|subset|host`)
+/// lost their own-region preference and now spread across regions.
+fn spread_subset(change: &str, cluster: &str) -> bool {
+    let Some(subset) = cluster.split('|').nth(2).filter(|s| !s.is_empty()) else {
+        return false;
+    };
+    change.split("; ").any(|part| {
+        part.strip_prefix("clients of subsets ")
+            .and_then(|rest| rest.split_once(" preferred their own region"))
+            .is_some_and(|(names, _)| names.split(", ").any(|n| n == subset))
+    })
 }
 
 /// Every revert is applied and gives back the exact objects and compiled configuration.

@@ -22,6 +22,10 @@ pub struct Written {
     pub levels: Vec<String>,
     /// Levels whose locality setting wakes up now that outlier detection is on.
     pub woken: Vec<String>,
+    /// Subsets whose clients preferred their own region and now spread across regions: they
+    /// inherit a `loadBalancer` that `preserve` switched off and sets more than the locality
+    /// setting, which the breaker may not copy.
+    pub spread: Vec<String>,
 }
 
 /// Limits a rule already sets stricter than the breaker's stay: the breaker never loosens.
@@ -54,6 +58,7 @@ impl CircuitBreaker {
             .cloned();
         let mut levels = Vec::new();
         let mut woken = Vec::new();
+        let mut spread = Vec::new();
         hosts::for_each_policy_level(&mut after, |policy, level, name| {
             let wanted = writes.covers(level, name);
             if !wanted {
@@ -82,29 +87,25 @@ impl CircuitBreaker {
             // No client takes this rule's top level: it stays as it was.
             after["trafficPolicy"] = previous["trafficPolicy"].clone();
         } else {
-            self.keep_subset_preference(&previous, &mut after, writes, &mut woken);
+            spread = Self::keep_subset_preference(&previous, &mut after, writes);
         }
         Written {
             previous,
             after,
             levels,
             woken,
+            spread,
         }
     }
 
     /// A subset with outlier detection of its own and no `loadBalancer` inherits the top
     /// level's: when `preserve` switched the locality preference off there, the subset, whose
     /// preference was already on, keeps it with `localityLbSetting.enabled: true` of its own
-    /// (Istio's default, so its clusters compile as before). Where the top level's
-    /// `loadBalancer` also sets other fields (not the breaker's to copy), the subset's
-    /// preference goes off and the outcome says so.
-    fn keep_subset_preference(
-        &self,
-        previous: &Value,
-        after: &mut Value,
-        writes: &Writes,
-        woken: &mut Vec<String>,
-    ) {
+    /// (Istio's default, so its clusters compile as before). Where the inherited
+    /// `loadBalancer` also sets other fields (the admission policy lets the breaker write only
+    /// the locality setting, and a subset's own `loadBalancer` replaces the inherited one
+    /// whole), the subset's preference goes off: returned, so the outcome says so.
+    fn keep_subset_preference(previous: &Value, after: &mut Value, writes: &Writes) -> Vec<String> {
         // The levels whose preference `preserve` switched off: the top level, and each of its
         // port entries (a subset cluster on that port starts from the port entry, not the
         // top level: Istio's `MergeSubsetTrafficPolicy`).
@@ -133,7 +134,7 @@ impl CircuitBreaker {
             off |= switched(before, entry.get("loadBalancer"));
         }
         if !off {
-            return;
+            return Vec::new();
         }
         // The subset's own `loadBalancer` replaces, on every port, the one it inherited (the
         // top level's or a port entry's): only where they all set nothing but the locality
@@ -144,6 +145,7 @@ impl CircuitBreaker {
             lb.and_then(Value::as_object)
                 .is_none_or(|lb| lb.keys().all(|k| k == "localityLbSetting"))
         });
+        let mut spread = Vec::new();
         let subsets = after.get_mut("subsets").and_then(Value::as_array_mut);
         for subset in subsets.into_iter().flatten() {
             let name = subset["name"].as_str().unwrap_or_default().to_owned();
@@ -165,9 +167,10 @@ impl CircuitBreaker {
                     json!({"localityLbSetting": {"enabled": true}}),
                 );
             } else {
-                woken.push(format!("subset {name}"));
+                spread.push(name);
             }
         }
+        spread
     }
 
     /// `whole`: every block (a level that inherits nothing); else only the blocks set.
@@ -274,6 +277,12 @@ pub fn plan_rule(
     // Record only what changes: `subsets` is left out when no subset changes.
     let (previous, applied) = hosts::recorded_policy(&written.previous, &written.after);
     let mut summary = breaker.summary();
+    if !written.spread.is_empty() {
+        summary.push_str(&format!(
+            "; clients of subsets {} preferred their own region and now spread across regions: they inherit the top level's loadBalancer, where CB_LOCALITY_LB=preserve switches the preference off, and it sets more than the locality setting the breaker may write",
+            written.spread.join(", ")
+        ));
+    }
     if !written.levels.is_empty() {
         summary.push_str(&format!(
             "; also where Istio would replace them: {}",
