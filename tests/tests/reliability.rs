@@ -1,6 +1,6 @@
 //! Reliability under faults: the Kubernetes API stand-in injects latency, 5xx, 429 with
 //! Retry-After, 409 storms, connection resets, lost answers, hangs and a dead API, and
-//! latency-restart must in every case act at most once, give every alert an outcome, and
+//! latency-restart (and the listing of opted-in rules) must in every case act at most once, give every alert an outcome, and
 //! classify transient failures as retryable (so the Lambda invocation fails and Lambda's
 //! retries and dead-letter queue apply).
 //!
@@ -13,11 +13,14 @@ use kube_standin::{Fault, FaultKind, RecordedRequest, StandIn};
 use lambda_runtime::{Context, LambdaEvent};
 use mesh_remediation::lambda::{Function, InvocationError};
 use mesh_remediation::pipeline::{Invocation, Pipeline};
-use mesh_remediation::remediation::LatencyRestart;
+use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
+use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart};
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::cluster::{FixedConnector, config};
+use remediation_testkit::mesh::{Kind, Mesh};
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
+use serde_json::json;
 
 const TARGET: &str = "checkout-v2";
 const TRACE: &str = "Root=1-67a1b2c3-0123456789abcdef01234567;Sampled=1";
@@ -421,4 +424,59 @@ async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
     assert_lambda_retries(&cluster, &vars, "get Deployment").await;
     standin.clear_faults();
     assert_restarted_once(&cluster, generation_before).await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_listing_the_opted_in_rules_is_retried_in_the_invocation() {
+    // One alert can name several lists (a region split beside its drain): a list that gives
+    // up while another acts leaves a half-made change until Lambda retries, so a transient
+    // failure of the list is retried at once.
+    let cluster = TestCluster::start_standin("rel-list").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": format!("orders-db.{ns}.svc.cluster.local")}),
+        )
+        .await;
+    let standin = cluster.faults();
+    standin.clear_requests();
+    standin.add_fault(
+        Fault::new(FaultKind::Reset)
+            .method("GET")
+            .path_contains("/destinationrules")
+            .times(1),
+    );
+    let event = events::fresh("db-circuit-break-firing.json", &ns);
+    let report = cluster
+        .invoke_with(
+            DbCircuitBreak::new(CircuitBreaker::default()),
+            &[],
+            &event,
+            &invocation(None),
+        )
+        .await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let lists = standin
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path.ends_with("/destinationrules")
+                && r.query_param("labelSelector").is_some()
+        })
+        .count();
+    assert_eq!(lists, 2, "the reset list and its retry");
+    let stored = Mesh::new(&cluster)
+        .get(Kind::DestinationRule, "orders-db")
+        .await;
+    assert!(
+        stored
+            .pointer("/spec/trafficPolicy/outlierDetection")
+            .is_some(),
+        "the breaker is stored: {stored:#}"
+    );
 }

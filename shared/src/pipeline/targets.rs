@@ -8,6 +8,7 @@ use futures::StreamExt as _;
 use kube::api::{Api, DynamicObject, ListParams};
 use tracing::instrument;
 
+use super::retry::{MAX_TRANSIENT_RETRIES, transient_backoff};
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Request, Subject, Work, merge};
 use crate::error::Error;
@@ -151,15 +152,32 @@ impl<R: Remediation> Pipeline<R> {
         } else {
             Api::namespaced_with(client.clone(), &locator.namespace, &locator.resource)
         };
-        let listed = self
-            .timebox(invocation)
-            .call(
-                Call::Read,
-                &format!("list {subject}"),
-                self.select(&api, work),
-            )
-            .await
-            .and_then(|listed| listed);
+        // A list is a read: a transient failure is retried here, so one alert's other
+        // locators (a region split beside its drain) do not act while this one gives up.
+        let mut retries = 0;
+        let listed = loop {
+            let listed = self
+                .timebox(invocation)
+                .call(
+                    Call::Read,
+                    &format!("list {subject}"),
+                    self.select(&api, work),
+                )
+                .await
+                .and_then(|listed| listed);
+            match listed {
+                Err(err)
+                    if err.is_retryable()
+                        && !matches!(err, Error::OutOfTime(_))
+                        && retries < MAX_TRANSIENT_RETRIES =>
+                {
+                    tracing::info!(retries, error = %err, "list failed; retrying");
+                    tokio::time::sleep(transient_backoff(&err, retries)).await;
+                    retries += 1;
+                }
+                listed => break listed,
+            }
+        };
         match listed {
             Ok(names) if names.is_empty() => {
                 let place = if locator.everywhere {
