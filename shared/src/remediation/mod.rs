@@ -14,11 +14,9 @@ use crate::record::ActionRecord;
 
 pub mod db_circuit_break;
 pub mod error_rollback;
-pub mod hosts;
 pub mod istio;
 pub mod latency_restart;
 pub mod object;
-pub mod placement;
 pub mod pods;
 pub mod region_failover;
 pub mod resolution;

@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Api;
 use kube::api::ListParams;
 
-use super::hosts::Labels;
 use super::resolution::Resolver;
+use super::resolution::hosts::Labels;
 use crate::error::{Error, Result};
 
 /// The node labels that may hold a node's region, newest first.

@@ -46,11 +46,11 @@
 use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
 
-use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
 use super::object::name_of;
 use super::resolution::Resolver;
+use super::resolution::hosts;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
 use crate::error::Result;
@@ -60,7 +60,7 @@ use crate::record::ActionRecord;
 mod plan;
 mod settings;
 
-pub use super::placement::{Outlook, Scope, Writes};
+pub use super::resolution::placement::{Outlook, Scope, Writes};
 pub use settings::{CircuitBreaker, LocalityLb};
 
 /// The alert label naming the database's mesh host.
@@ -114,7 +114,7 @@ impl DbCircuitBreak {
             .cloned()
             .collect();
         rules.push(object.clone());
-        let outlook = super::placement::outlook(&self.settings, &rules, scope);
+        let outlook = super::resolution::placement::outlook(&self.settings, &rules, scope);
         if let Some(why) = outlook.refusal("the breaker") {
             return Err(Refusal::Fail(why));
         }

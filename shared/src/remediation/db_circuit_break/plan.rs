@@ -1,14 +1,14 @@
 //! Writing the breaker into a rule: at the levels Istio reads it (the top level, port-level
-//! entries, the blocks a subset sets), where [`crate::remediation::placement`] says clients
+//! entries, the blocks a subset sets), where [`crate::remediation::resolution::placement`] says clients
 //! take them.
 
 use kube::api::DynamicObject;
 use serde_json::{Value, json};
 
 use super::settings::{CircuitBreaker, LocalityLb};
-use crate::remediation::hosts::{self, PolicyLevel};
 use crate::remediation::istio;
-use crate::remediation::placement::{self, PolicyChange, Writes};
+use crate::remediation::resolution::hosts::{self, PolicyLevel};
+use crate::remediation::resolution::placement::{self, PolicyChange, Writes};
 use crate::remediation::{Plan, Refusal};
 
 /// One rule with the breaker written where `writes` says.

@@ -38,12 +38,12 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
-use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
 use super::object::name_of;
 use super::pods;
 use super::resolution::Resolver;
+use super::resolution::hosts;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
 use crate::error::{Error, Result};

@@ -9,9 +9,9 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::VERSION_LABEL;
-use crate::remediation::hosts::{self, Labels};
 use crate::remediation::pods;
 use crate::remediation::resolution::Resolver;
+use crate::remediation::resolution::hosts::{self, Labels};
 
 /// What the cluster holds besides the object being planned, read once per alert.
 #[derive(Debug, Clone, Default)]

@@ -7,9 +7,9 @@ use serde_json::{Value, json};
 
 use super::reach::{Key, Reach, RollbackFacts, describe_key};
 use super::{STABLE_HOST, STABLE_SUBSET, VERSION_LABEL};
-use crate::remediation::hosts;
 use crate::remediation::istio;
 use crate::remediation::object::name_of;
+use crate::remediation::resolution::hosts;
 
 pub(super) fn route_name(route: &Value, kind: &str, index: usize) -> String {
     match route.get("name").and_then(Value::as_str) {

@@ -104,7 +104,7 @@ pub fn opted_in_objects(resource: ApiResource, input: &AlertInput, label: &str) 
         namespace: input.namespace.clone(),
         name: None,
         everywhere: true,
-        subject: Some(super::hosts::alert_host(host, &input.namespace)),
+        subject: Some(super::resolution::hosts::alert_host(host, &input.namespace)),
         cluster: None,
     }
 }

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::error::Result;
-use crate::remediation::hosts::Labels;
 use crate::remediation::pods;
+use crate::remediation::resolution::hosts::Labels;
 
 /// Where a service's ready endpoints run.
 #[derive(Debug, Clone, Default, PartialEq)]

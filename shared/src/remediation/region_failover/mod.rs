@@ -32,11 +32,11 @@ use std::sync::OnceLock;
 use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
 
-use super::hosts;
 use super::istio;
 use super::istio::restore::{self, OnEdit};
-use super::placement::Scope;
 use super::resolution::Resolver;
+use super::resolution::hosts;
+use super::resolution::placement::Scope;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
 use crate::error::Result;

@@ -9,10 +9,10 @@ use serde_json::{Map, Value, json};
 
 use super::RegionFailover;
 use super::facts::RegionFacts;
-use crate::remediation::hosts::{self, PolicyLevel};
 use crate::remediation::istio;
 use crate::remediation::object::name_of;
-use crate::remediation::placement::{self, PolicyChange, Scope, Writes};
+use crate::remediation::resolution::hosts::{self, PolicyLevel};
+use crate::remediation::resolution::placement::{self, PolicyChange, Scope, Writes};
 use crate::remediation::{Plan, Refusal};
 
 /// `distribute` weights: 100 split equally over `regions` (the remainder to the first

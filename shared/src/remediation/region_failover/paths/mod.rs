@@ -12,10 +12,10 @@ use serde_json::Value;
 pub use super::facts::Paths;
 use super::facts::RegionFacts;
 use super::{REGION_LABEL, destination_region, route_regions};
-use crate::remediation::hosts::{self, Labels};
 use crate::remediation::istio;
 use crate::remediation::object::name_of;
 use crate::remediation::resolution::Resolver;
+use crate::remediation::resolution::hosts::{self, Labels};
 
 /// What a subset's locality labels say of its region: `Some(Some(region))` keyed on a
 /// region or zone, `Some(None)` keyed on something that cannot be told (a cluster or network

@@ -1,5 +1,5 @@
 //! Where a traffic-policy change goes so that every client of a host takes it: the rules
-//! Istio resolves for each class of client ([`super::resolution`]), the levels of them it
+//! Istio resolves for each class of client ([`super`]), the levels of them it
 //! reads, and what stops the change from being in force for all. Used by every remediation
 //! that changes DestinationRules (the breaker, the locality drain).
 //!
@@ -15,8 +15,8 @@ use kube::api::DynamicObject;
 use serde_json::Value;
 
 use super::hosts::{self, PolicyLevel};
-use super::object::{self, name_of};
-use super::resolution::{Client, Merged, Resolver};
+use super::{Client, Merged, Resolver};
+use crate::remediation::object::{self, name_of};
 
 /// Where in one rule the change is written.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use kube::api::DynamicObject;
 use serde_json::Value;
 
-use super::object::{self as istio, CLUSTER_DOMAIN, strings};
+use crate::remediation::object::{self as istio, CLUSTER_DOMAIN, strings};
 
 /// Istio's reserved gateway name for the sidecars of the mesh.
 pub const MESH_GATEWAY: &str = "mesh";
