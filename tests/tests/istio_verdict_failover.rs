@@ -220,8 +220,16 @@ async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_
 /// Runs region-failover for us-east-1 with us-west-2 and eu-west-1 answering their health
 /// checks, and returns the report.
 async fn try_drain(cluster: &TestCluster) -> mesh_remediation::report::InvocationReport {
+    try_drain_with_eu_answering(cluster, 200).await
+}
+
+/// [`try_drain`] with eu-west-1's health check answering `status`.
+async fn try_drain_with_eu_answering(
+    cluster: &TestCluster,
+    status: u16,
+) -> mesh_remediation::report::InvocationReport {
     let west = HealthEndpoint::start(200).await;
-    let eu = HealthEndpoint::start(200).await;
+    let eu = HealthEndpoint::start(status).await;
     let urls = format!("us-west-2={},eu-west-1={}", west.url(), eu.url());
     let vars: HashMap<&str, &str> = HashMap::from([("REGION_HEALTH_URLS", urls.as_str())]);
     let failover = RegionFailover::new(
@@ -258,6 +266,67 @@ fn region_subsets() -> serde_json::Value {
            {"name": "eu", "labels": {"topology.kubernetes.io/region": "eu-west-1"}}])
 }
 
+/// `world` with what the cluster stores, except the DestinationRule `frontend` as the drain
+/// by locality alone would leave it (the `unhealthy` regions left out as well): what Istio
+/// would do had the function not refused.
+async fn with_the_rule_drained_alone(
+    cluster: &TestCluster,
+    world: &World,
+    unhealthy: &[&str],
+) -> World {
+    let mesh = Mesh::new(cluster);
+    let ns = &cluster.namespace;
+    let rule = mesh.get(Kind::DestinationRule, "frontend").await;
+    let object: kube::api::DynamicObject = serde_json::from_value(rule.clone()).expect("rule");
+    let health = REGIONS
+        .iter()
+        .filter(|r| **r != DEGRADED)
+        .map(|r| {
+            let answer = if unhealthy.contains(r) {
+                Err("HTTP 503".to_owned())
+            } else {
+                Ok(())
+            };
+            ((*r).to_owned(), answer)
+        })
+        .collect();
+    let facts = mesh_remediation::remediation::region_failover::RegionFacts {
+        known_regions: REGIONS.iter().map(|r| (*r).to_owned()).collect(),
+        checked: true,
+        health,
+        ..Default::default()
+    };
+    let plan = RegionFailover::default()
+        .plan_locality_drain(&object, DEGRADED, &facts)
+        .expect("the drain on its own");
+    let mut drained = rule.clone();
+    drained["spec"] =
+        mesh_remediation::remediation::istio::merged(&rule["spec"], &plan.patch["spec"]);
+    let mut planted = world.clone();
+    planted.add(drained);
+    for vs in mesh
+        .api(Kind::VirtualService)
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+    {
+        planted.add(serde_json::to_value(vs).expect("json"));
+    }
+    let services =
+        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client.clone(), ns)
+            .list(&Default::default())
+            .await
+            .expect("services");
+    for service in services.items {
+        let mut service = serde_json::to_value(service).expect("json");
+        service["apiVersion"] = json!("v1");
+        service["kind"] = json!("Service");
+        planted.add(service);
+    }
+    planted
+}
+
 #[tokio::test]
 async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_empty_it() {
     let (cluster, world) = frontend("ivf-pinned-subset").await;
@@ -286,39 +355,7 @@ async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_em
     let host = format!("frontend.{ns}.svc.cluster.local");
     let east = format!("outbound|{PORT}|east|{host}");
     // What the drain by locality alone would do: Istio leaves the subset no endpoint.
-    let rule = mesh.get(Kind::DestinationRule, "frontend").await;
-    let object: kube::api::DynamicObject = serde_json::from_value(rule.clone()).expect("rule");
-    let facts = mesh_remediation::remediation::region_failover::RegionFacts {
-        known_regions: REGIONS.iter().map(|r| (*r).to_owned()).collect(),
-        ..Default::default()
-    };
-    let plan = RegionFailover::default()
-        .plan_locality_drain(&object, DEGRADED, &facts)
-        .expect("the drain on its own");
-    let mut drained = rule.clone();
-    drained["spec"] =
-        mesh_remediation::remediation::istio::merged(&rule["spec"], &plan.patch["spec"]);
-    let mut planted = world.clone();
-    planted.add(drained);
-    for vs in mesh
-        .api(Kind::VirtualService)
-        .list(&Default::default())
-        .await
-        .expect("list")
-        .items
-    {
-        planted.add(serde_json::to_value(vs).expect("json"));
-    }
-    // The Service, as the API server stores it.
-    let service =
-        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client.clone(), &ns)
-            .get("frontend")
-            .await
-            .expect("service");
-    let mut service = serde_json::to_value(service).expect("json");
-    service["apiVersion"] = json!("v1");
-    service["kind"] = json!("Service");
-    planted.add(service);
+    let planted = with_the_rule_drained_alone(&cluster, &world, &[]).await;
     let compiled = planted.compile(&clients(&ns));
     for client in clients(&ns) {
         assert_eq!(
@@ -468,6 +505,131 @@ async fn a_region_split_by_host_the_function_does_not_own_blocks_the_drain() {
     let why = remediation_testkit::mesh::reason(outcome);
     assert!(
         why.contains("frontend-us-east-1") && why.contains("neither lever moves"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_gateways_region_split_by_host_the_function_does_not_own_blocks_the_drain() {
+    // Hosts per region routed at the ingress gateway by a VirtualService that is not opted
+    // in: the rule's drain moves the sidecars' calls, while the gateway's keep reaching the
+    // degraded region through its own host (judged by Istio's compiler), so it is refused.
+    let (cluster, mut world) = frontend("ivf-foreign-gateway").await;
+    let ns = cluster.namespace.clone();
+    let gateway = world.ingress_gateway("www.example.com");
+    let mut route = Vec::new();
+    for (region, weight) in REGIONS.iter().zip([60, 30, 10]) {
+        let name = format!("frontend-{region}");
+        store_service(
+            &cluster,
+            &name,
+            json!({"app": "frontend", "region": region}),
+            PORT,
+        )
+        .await;
+        route.push(json!({"destination": {"host": name}, "weight": weight}));
+    }
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::VirtualService,
+        "public",
+        false,
+        json!({}),
+        json!({"hosts": ["www.example.com"], "gateways": ["istio-system/public"],
+               "http": [{"route": route}]}),
+    )
+    .await;
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend"}),
+    )
+    .await;
+    let mut proxies = clients(&ns);
+    proxies.push(gateway);
+    let at_gateway = |compiled: &Compiled| -> BTreeSet<String> {
+        let gateway = compiled.proxy("ingress");
+        gateway
+            .endpoints_of(&gateway.gateway_clusters_receiving("www.example.com", 80))
+            .into_iter()
+            .map(|(_, region)| region)
+            .collect()
+    };
+    let planted = with_the_rule_drained_alone(&cluster, &world, &[])
+        .await
+        .compile(&proxies);
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    assert_drained(&planted, &ns, &host);
+    assert!(
+        at_gateway(&planted).contains(DEGRADED),
+        "the rule's drain leaves the gateway's route to frontend-{DEGRADED} as it was"
+    );
+
+    let before = stored(&cluster).await;
+    let report = try_drain(&cluster).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("frontend-us-east-1") && why.contains("neither lever moves"),
+        "{why}"
+    );
+    assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_route_to_a_subset_of_a_region_failing_its_health_check_blocks_the_drain() {
+    // eu-west-1 fails its health check, so the drain sends every client to us-west-2 only;
+    // a tenant pinned to the subset of eu-west-1 would then reach no endpoint (judged by
+    // Istio's compiler), so the drain is refused.
+    let (cluster, world) = frontend("ivf-unhealthy-subset").await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": region_subsets()}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        false,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [
+            {"name": "acme", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
+             "route": [{"destination": {"host": "frontend", "subset": "eu"}}]},
+            {"route": [{"destination": {"host": "frontend"}}]}]}),
+    )
+    .await;
+    let host = format!("frontend.{ns}.svc.cluster.local");
+    let eu = format!("outbound|{PORT}|eu|{host}");
+    let planted = with_the_rule_drained_alone(&cluster, &world, &["eu-west-1"])
+        .await
+        .compile(&clients(&ns));
+    for client in clients(&ns) {
+        assert_eq!(
+            planted
+                .proxy(client.name)
+                .endpoints_of(&BTreeSet::from([eu.clone()])),
+            BTreeSet::new(),
+            "{}: the tenant's route would reach no endpoint",
+            client.name
+        );
+    }
+
+    let before = stored(&cluster).await;
+    let report = try_drain_with_eu_answering(&cluster, 503).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let why = remediation_testkit::mesh::reason(outcome);
+    assert!(
+        why.contains("subset eu") && why.contains("in eu-west-1, which the drain leaves out"),
         "{why}"
     );
     assert_eq!(stored(&cluster).await, before, "nothing changed");
