@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use mesh_remediation::config::Config;
-use mesh_remediation::decide::{self, Gate};
+use mesh_remediation::guard::decide::{self, Gate};
 use mesh_remediation::intake;
 use mesh_remediation::remediation::{LatencyRestart, Remediation};
 use mesh_remediation::report::Source;

@@ -15,9 +15,9 @@ pub const DEFAULT_PROTECTED_NAMESPACES: &str =
 /// Settings shared by every function.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `CLUSTER_NAMES` / `CLUSTER_NAME`: the clusters to act on (see [`crate::clusters`]);
+    /// `CLUSTER_NAMES` / `CLUSTER_NAME`: the clusters to act on (see [`crate::guard::clusters`]);
     /// none listed means kubeconfig / in-cluster.
-    pub clusters: crate::clusters::Clusters,
+    pub clusters: crate::guard::clusters::Clusters,
     /// `DRY_RUN`: server-side dry run for every alert (default `true`).
     pub dry_run: bool,
     /// `NOTIFY_TOPIC_ARN`: where reports are published.
@@ -85,7 +85,7 @@ pub struct Policy {
     /// `MAX_TARGETS_PER_INVOCATION`: objects one invocation may change (default 10).
     pub max_targets: usize,
     /// Budgets across invocations and functions, kept in the cluster.
-    pub budget: crate::budget::Limits,
+    pub budget: crate::guard::budget::Limits,
     /// `ESCALATE_AFTER`: actions without recovery before humans take over (default 3;
     /// 0 switches escalation off).
     pub escalate_after: u32,
@@ -114,7 +114,7 @@ impl Default for Policy {
         Policy {
             cooldown: Duration::from_secs(900),
             max_targets: 10,
-            budget: crate::budget::Limits::default(),
+            budget: crate::guard::budget::Limits::default(),
             escalate_after: 3,
             escalation_window: Duration::from_secs(3600),
             protected_namespaces: split_list(DEFAULT_PROTECTED_NAMESPACES),
@@ -137,7 +137,7 @@ impl Config {
         let policy = Policy {
             cooldown: seconds(&get, "COOLDOWN_SECONDS", defaults.cooldown)?,
             max_targets: number(&get, "MAX_TARGETS_PER_INVOCATION", defaults.max_targets, 1)?,
-            budget: crate::budget::Limits {
+            budget: crate::guard::budget::Limits {
                 window: seconds(&get, "BUDGET_WINDOW_SECONDS", defaults.budget.window)?,
                 per_function: number(
                     &get,
@@ -172,16 +172,16 @@ impl Config {
             ("ALLOWED_NAMESPACES", &policy.allowed_namespaces),
         ] {
             for ns in set {
-                crate::names::dns_label("namespace", ns)
+                crate::intake::names::dns_label("namespace", ns)
                     .map_err(|message| Error::Config { var, message })?;
             }
         }
-        crate::names::dns_label("namespace", &policy.budget.namespace).map_err(|message| {
-            Error::Config {
+        crate::intake::names::dns_label("namespace", &policy.budget.namespace).map_err(
+            |message| Error::Config {
                 var: "BUDGET_NAMESPACE",
                 message,
-            }
-        })?;
+            },
+        )?;
         if policy.budget.enabled() && policy.budget.window.is_zero() {
             return Err(Error::Config {
                 var: "BUDGET_WINDOW_SECONDS",
@@ -189,7 +189,7 @@ impl Config {
             });
         }
         validate_escalation(&policy)?;
-        let clusters = crate::clusters::Clusters::from_lookup(&get)?;
+        let clusters = crate::guard::clusters::Clusters::from_lookup(&get)?;
         Ok(Config {
             clusters,
             dry_run: boolean(&get, "DRY_RUN", true)?,
@@ -210,12 +210,12 @@ impl Config {
             istio_root_namespace: match get("ISTIO_ROOT_NAMESPACE") {
                 None => "istio-system".to_owned(),
                 Some(ns) => {
-                    crate::names::dns_label("ISTIO_ROOT_NAMESPACE", &ns).map_err(|message| {
-                        Error::Config {
+                    crate::intake::names::dns_label("ISTIO_ROOT_NAMESPACE", &ns).map_err(
+                        |message| Error::Config {
                             var: "ISTIO_ROOT_NAMESPACE",
                             message,
-                        }
-                    })?;
+                        },
+                    )?;
                     ns
                 }
             },
@@ -344,7 +344,7 @@ fn arn(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Optio
             var,
             message: format!(
                 "\"{}\" is not an SNS topic ARN",
-                crate::names::printable(&v)
+                crate::intake::names::printable(&v)
             ),
         }),
     }

@@ -11,12 +11,12 @@ use lambda_runtime::{Diagnostic, LambdaEvent, service_fn};
 use serde_json::Value;
 use tracing::instrument;
 
+use crate::cluster::connect::{AwsClusterDirectory, Connections};
 use crate::config::Config;
-use crate::connect::{AwsClusterDirectory, Connections};
-use crate::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
 use crate::report::InvocationReport;
+use crate::report::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 
 /// The error type `main` returns.
 pub type BoxError = lambda_runtime::Error;
@@ -66,7 +66,7 @@ impl From<InvocationError> for Diagnostic {
 pub async fn run_with<R: Remediation>(
     settings: impl FnOnce() -> crate::Result<R>,
 ) -> Result<(), BoxError> {
-    crate::telemetry::init();
+    crate::report::telemetry::init();
     let remediation = settings().inspect_err(|err| {
         tracing::error!(error = %err, "invalid configuration; the function cannot start");
     })?;
@@ -75,7 +75,7 @@ pub async fn run_with<R: Remediation>(
 
 /// Runs `remediation` as a Lambda function until the runtime stops it.
 pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
-    crate::telemetry::init();
+    crate::report::telemetry::init();
     let config = Config::from_env().inspect_err(|err| {
         tracing::error!(error = %err, "invalid configuration; the function cannot start");
     })?;

@@ -1,37 +1,34 @@
 //! Serverless auto-remediation for an Istio service mesh on EKS.
 //!
-//! Every function runs the same pipeline, one stage per module:
+//! Every function runs the same pipeline; the tree follows it:
 //!
 //! ```text
-//! SNS event -> intake (parse, validate) -> decide (pure) -> enact (patch + record, dry run, Event)
+//! SNS event -> intake (parse, validate) -> guard (decide, pure; budgets, pauses, escalation)
+//!           -> pipeline (plan with remediation, enact on cluster: patch + record, Event)
 //!           -> report (one outcome per alert: response, log line, notification)
 //! ```
+//!
+//! - [`intake`]: Lambda event to alert groups, and the label checks for API paths;
+//! - [`guard`]: whether to act, and the brakes that hold across invocations;
+//! - [`remediation`]: the four changes, and Istio's resolution they plan against;
+//! - [`pipeline`]: the stages of one invocation, and the write loop;
+//! - [`cluster`]: connections to the served clusters, the action record, other controllers;
+//! - [`report`]: outcomes, notifications and logs;
+//! - [`config`], [`error`], [`lambda`]: settings, the one error type, the Lambda edge.
 //!
 //! A remediation is one module behind [`remediation::Remediation`]; a function's `main` is
 //! a call to [`run`].
 
-pub mod alert;
 mod backoff;
-pub mod budget;
-pub mod clusters;
+pub mod cluster;
 pub mod config;
-pub mod connect;
-pub mod controllers;
-pub mod decide;
-pub mod eks;
 pub mod error;
-pub mod escalation;
+pub mod guard;
 pub mod intake;
 pub mod lambda;
-pub mod names;
-pub mod notify;
-pub mod pause;
 pub mod pipeline;
-pub mod record;
 pub mod remediation;
 pub mod report;
-pub mod skip;
-pub mod telemetry;
 
 pub use error::{Error, Result};
 

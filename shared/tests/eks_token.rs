@@ -4,7 +4,7 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 use base64::Engine as _;
-use mesh_remediation::eks;
+use mesh_remediation::cluster::eks;
 use serde_json::Value;
 
 fn vectors() -> Vec<Value> {

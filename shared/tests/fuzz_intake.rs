@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
 
 use futures::future::BoxFuture;
+use mesh_remediation::cluster::connect::KubeConnector;
 use mesh_remediation::config::Config;
-use mesh_remediation::connect::KubeConnector;
+use mesh_remediation::intake::names;
 use mesh_remediation::intake::{self, Delivery, Rejection};
-use mesh_remediation::names;
 use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::{LatencyRestart, Remediation};
 use proptest::prelude::*;
@@ -192,7 +192,7 @@ fn check_event(event: &Value, expected_topic: Option<&str>) -> Option<Vec<Delive
 }
 
 /// `validate_alert` and `locate` never panic; what they accept is a valid name.
-fn check_alert(alert: &mesh_remediation::alert::Alert) {
+fn check_alert(alert: &mesh_remediation::intake::alert::Alert) {
     let config = config();
     for function in intake::KNOWN_REMEDIATIONS {
         match intake::validate_alert(alert, function) {

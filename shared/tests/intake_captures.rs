@@ -73,7 +73,7 @@ fn resolved_capture_parses_as_resolved() {
     let group = deliveries[0].content.as_ref().expect("valid");
     assert_eq!(
         group.alerts[0].status,
-        mesh_remediation::alert::AlertStatus::Resolved
+        mesh_remediation::intake::alert::AlertStatus::Resolved
     );
     assert!(group.alerts[0].real_end().is_some());
 }

@@ -13,8 +13,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube_standin::StandIn;
+use mesh_remediation::cluster::connect::KubeConnector;
 use mesh_remediation::config::Config;
-use mesh_remediation::connect::KubeConnector;
 use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::report::InvocationReport;
@@ -110,7 +110,7 @@ impl TestCluster {
         // Each test keeps its own action budgets (BUDGET_NAMESPACE is the test's namespace,
         // see `TestCluster::vars`): one cluster-wide budget would be spent by every test.
         let budget: ConfigMap = serde_json::from_value(json!({
-            "metadata": {"name": mesh_remediation::budget::BUDGET_CONFIGMAP, "namespace": namespace}
+            "metadata": {"name": mesh_remediation::guard::budget::BUDGET_CONFIGMAP, "namespace": namespace}
         }))
         .expect("budget configmap");
         Api::<ConfigMap>::namespaced(client.clone(), &namespace)
@@ -169,7 +169,7 @@ impl TestCluster {
         config.auth_info.impersonate = Some(user.to_owned());
         config.auth_info.impersonate_groups =
             Some(groups.iter().map(|g| (*g).to_owned()).collect());
-        mesh_remediation::connect::tune(&mut config, Duration::from_secs(10));
+        mesh_remediation::cluster::connect::tune(&mut config, Duration::from_secs(10));
         kube::Client::try_from(config).expect("client")
     }
 
@@ -268,9 +268,9 @@ impl TestCluster {
             .map(|e| serde_json::to_value(e).expect("event json"))
             .filter(|e| e["regarding"]["name"] == name)
             .filter(|e| {
-                e["reportingController"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with(mesh_remediation::record::ANNOTATION_PREFIX))
+                e["reportingController"].as_str().is_some_and(|c| {
+                    c.starts_with(mesh_remediation::cluster::record::ANNOTATION_PREFIX)
+                })
             })
             .collect()
     }
@@ -380,7 +380,7 @@ pub async fn client_from(path: &Path) -> kube::Client {
 /// the function's (no hidden retries).
 pub async fn client_with_timeout(path: &Path, timeout: Duration) -> kube::Client {
     let mut config = kube_config(path).await;
-    mesh_remediation::connect::tune(&mut config, timeout);
+    mesh_remediation::cluster::connect::tune(&mut config, timeout);
     kube::Client::try_from(config).expect("client")
 }
 

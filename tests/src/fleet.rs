@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mesh_remediation::connect::{AwsClusterDirectory, Connections};
+use mesh_remediation::cluster::connect::{AwsClusterDirectory, Connections};
 use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::report::InvocationReport;

@@ -82,7 +82,7 @@ impl Harness {
             create(&format!("namespace {name}"), || api.create(&post, &ns)).await?;
         }
         let budget: ConfigMap = serde_json::from_value(json!({"metadata": {
-            "name": mesh_remediation::budget::BUDGET_CONFIGMAP,
+            "name": mesh_remediation::guard::budget::BUDGET_CONFIGMAP,
             "namespace": mesh.alert_namespace()}}))
         .expect("budget configmap");
         let api = Api::<ConfigMap>::namespaced(client.clone(), &mesh.alert_namespace());

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube_standin::Fault;
-use mesh_remediation::record::ActionRecord;
+use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::remediation::istio;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};

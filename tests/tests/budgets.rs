@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
-use mesh_remediation::budget::{BUDGET_CONFIGMAP, Slot};
+use mesh_remediation::guard::budget::{BUDGET_CONFIGMAP, Slot};
 use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart};
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};

@@ -6,9 +6,9 @@
 use chrono::{DateTime, Duration, Utc};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
-use mesh_remediation::escalation::{ESCALATED_ANNOTATION, Escalation};
+use mesh_remediation::cluster::record::ActionRecord;
+use mesh_remediation::guard::escalation::{ESCALATED_ANNOTATION, Escalation};
 use mesh_remediation::pipeline::Invocation;
-use mesh_remediation::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};

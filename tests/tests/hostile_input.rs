@@ -4,7 +4,7 @@
 //! API request (the stand-in's request log stays empty). On a real cluster
 //! (TEST_KUBECONFIG) the request-log checks are skipped; the outcome checks still run.
 
-use mesh_remediation::names;
+use mesh_remediation::intake::names;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::remediation::{

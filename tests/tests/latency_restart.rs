@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube_standin::{Fault, FaultKind};
-use mesh_remediation::record::ActionRecord;
+use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};

@@ -554,7 +554,7 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
 #[tokio::test]
 async fn each_function_may_spend_only_its_own_budget() {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use mesh_remediation::budget::BUDGET_CONFIGMAP;
+    use mesh_remediation::guard::budget::BUDGET_CONFIGMAP;
 
     let cluster = TestCluster::start("lp-budget").await;
     let client = cluster.identity_of("latency-restart").await;

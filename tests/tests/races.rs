@@ -74,7 +74,7 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
     let events = cluster.events_about(TARGET).await;
     assert_eq!(events.len(), 1, "one Event: {events:#?}");
     // The record names the winner.
-    let record = mesh_remediation::record::ActionRecord::from_annotations(
+    let record = mesh_remediation::cluster::record::ActionRecord::from_annotations(
         after.metadata.annotations.as_ref(),
         "latency-restart",
     )

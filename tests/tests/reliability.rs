@@ -361,7 +361,7 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
         .port();
     let mut kube_config =
         kube::Config::new(format!("http://127.0.0.1:{port}").parse().expect("URL"));
-    mesh_remediation::connect::tune(&mut kube_config, Duration::from_secs(2));
+    mesh_remediation::cluster::connect::tune(&mut kube_config, Duration::from_secs(2));
     let down = kube::Client::try_from(kube_config).expect("client");
     let pipeline = Pipeline::new(
         config(&[]),

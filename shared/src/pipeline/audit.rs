@@ -7,7 +7,7 @@ use tracing::instrument;
 
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Subject};
-use crate::record;
+use crate::cluster::record;
 use crate::remediation::Remediation;
 
 /// The Event a change gets: its action (`Restarted`, `Escalated`, ...) and its note.

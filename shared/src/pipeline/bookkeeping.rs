@@ -9,14 +9,14 @@ use tracing::instrument;
 use super::audit::EventNote;
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Subject};
-use crate::decide::{self, Verdict};
+use crate::cluster::record::{self, ActionRecord};
 use crate::error::Error;
-use crate::escalation::{self, ESCALATED_ANNOTATION, Escalation, HandOff};
+use crate::guard::decide::{self, Verdict};
+use crate::guard::escalation::{self, ESCALATED_ANNOTATION, Escalation, HandOff};
+use crate::guard::skip::SkipReason;
 use crate::intake::AlertInput;
-use crate::record::{self, ActionRecord};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
 use crate::report::{Outcome, OutcomeKind, Source};
-use crate::skip::SkipReason;
 
 /// What one attempt on one object comes to.
 pub(super) enum Step {
@@ -83,11 +83,11 @@ impl<R: Remediation> Pipeline<R> {
                 return self.escalate_step(at, input, object, record, streak);
             }
         };
-        if let Some(controller) = crate::controllers::blocking_controller(object) {
+        if let Some(controller) = crate::cluster::controllers::blocking_controller(object) {
             let why = format!(
                 "{} is managed by {controller}, which would undo this change or fight over it; not changing it. To let mesh-remediation act on it anyway, annotate it {}=true",
                 at.target,
-                crate::controllers::ALLOW_ANNOTATION
+                crate::cluster::controllers::ALLOW_ANNOTATION
             );
             return Step::Done(Outcome::failed(source, &Error::Plan(why)));
         }
@@ -223,7 +223,7 @@ impl<R: Remediation> Pipeline<R> {
         let now = at.invocation.now;
         let marker = Escalation {
             remediation: self.remediation.name().to_owned(),
-            alert: crate::names::printable(input.alert.name()),
+            alert: crate::intake::names::printable(input.alert.name()),
             fingerprint: input.alert.fingerprint.clone(),
             at: now,
             trace_id: at.invocation.trace_id.clone(),

@@ -28,12 +28,12 @@ use super::retry::{
 use super::spending::Spending;
 use super::timebox::{CONFIRM_READ_TIME, Call, TimeBox};
 use super::{Pipeline, Request, Subject};
+use crate::cluster::record;
 use crate::error::Error;
-use crate::pause;
-use crate::record;
+use crate::guard::pause;
+use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
-use crate::skip::SkipReason;
 
 /// Where the write loop of one object is.
 enum State {

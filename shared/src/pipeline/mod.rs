@@ -19,8 +19,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use tracing::instrument;
 
+use crate::cluster::connect::{Connections, KubeConnector};
 use crate::config::Config;
-use crate::connect::{Connections, KubeConnector};
 use crate::intake;
 use crate::remediation::{Locator, Remediation, describe};
 use crate::report::InvocationReport;

@@ -10,14 +10,14 @@ use tokio::sync::OnceCell;
 use tracing::instrument;
 
 use super::{Invocation, Pipeline, Request, Work};
-use crate::alert::{Alert, AlertGroup};
-use crate::clusters::Route;
-use crate::decide::{self, Gate};
 use crate::error::Error;
+use crate::guard::clusters::Route;
+use crate::guard::decide::{self, Gate};
+use crate::guard::skip::SkipReason;
+use crate::intake::alert::{Alert, AlertGroup};
 use crate::intake::{self, AlertInput, Rejection, RevertDelivery};
 use crate::remediation::{Locator, Remediation};
 use crate::report::{Outcome, Source};
-use crate::skip::SkipReason;
 
 /// What intake makes of an event.
 pub(super) struct Intake<R: Remediation> {
@@ -230,7 +230,7 @@ impl<R: Remediation> Pipeline<R> {
                     "{} reverts {} objects, not {}",
                     self.remediation.name(),
                     kinds.join(" and "),
-                    crate::names::printable(&request.kind)
+                    crate::intake::names::printable(&request.kind)
                 )
             };
             return Intake::settled(Outcome::failed(source, &Error::Input(why)));

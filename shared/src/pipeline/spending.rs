@@ -7,10 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use super::bookkeeping::Write;
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Subject};
-use crate::budget;
+use crate::guard::budget;
+use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
-use crate::skip::SkipReason;
 
 /// What one object's attempt spent of the budgets.
 #[derive(Default)]

@@ -11,11 +11,11 @@ use tracing::instrument;
 use super::retry::{MAX_TRANSIENT_RETRIES, transient_backoff};
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Request, Subject, Work, merge};
+use crate::cluster::record;
 use crate::error::Error;
-use crate::record;
+use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
-use crate::skip::SkipReason;
 
 impl<R: Remediation> Pipeline<R> {
     /// Works every target, up to `MAX_CONCURRENCY` at a time: one outcome per piece of
@@ -56,7 +56,7 @@ impl<R: Remediation> Pipeline<R> {
         let mut out: Vec<(usize, Outcome)> = items
             .map(|dup| {
                 let reason = SkipReason::Duplicate {
-                    handled_by: crate::names::printable(&handled_by),
+                    handled_by: crate::intake::names::printable(&handled_by),
                 };
                 (dup.order, Outcome::skipped(dup.source, &reason))
             })

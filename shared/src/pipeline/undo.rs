@@ -8,13 +8,13 @@ use tracing::instrument;
 
 use super::bookkeeping::Step;
 use super::{Pipeline, Subject};
+use crate::cluster::record::{self, ActionRecord, Reversal};
 use crate::error::Error;
-use crate::escalation::{self, ESCALATED_ANNOTATION};
+use crate::guard::escalation::{self, ESCALATED_ANNOTATION};
+use crate::guard::skip::SkipReason;
 use crate::intake::{AlertInput, RevertRequest};
-use crate::record::{self, ActionRecord, Reversal};
 use crate::remediation::{Plan, PlanContext, Refusal, Remediation};
 use crate::report::{Outcome, Source};
-use crate::skip::SkipReason;
 
 /// What a resolution notes on an escalated target.
 struct Noted {
@@ -253,7 +253,7 @@ impl<R: Remediation> Pipeline<R> {
                 "the last action on {target} is trace {} at {}, not {}; refusing to revert another action",
                 record.trace_id,
                 record.at.to_rfc3339(),
-                crate::names::printable(meant)
+                crate::intake::names::printable(meant)
             ));
         }
         let plan = match self.remediation.plan_revert(object, &record) {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use super::Invocation;
-use crate::decide;
+use crate::guard::decide;
 use crate::intake::{AlertInput, RevertRequest};
 use crate::remediation::{Locator, Remediation};
 use crate::report::Source;
@@ -87,7 +87,7 @@ impl<R: Remediation> Work<R> {
 
     /// Where the change comes from, for the Kubernetes Event.
     pub(super) fn origin(&self) -> String {
-        use crate::names::printable;
+        use crate::intake::names::printable;
         match &self.request {
             Request::Alert { input, .. } => format!(
                 "alert {} fingerprint {}",

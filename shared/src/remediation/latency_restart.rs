@@ -12,7 +12,7 @@ use serde_json::json;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
 use crate::config::Config;
 use crate::intake::AlertInput;
-use crate::names;
+use crate::intake::names;
 
 /// The pod-template annotation `kubectl rollout restart` writes.
 pub const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";

@@ -8,9 +8,9 @@ use futures::future::BoxFuture;
 use kube::api::{ApiResource, DynamicObject};
 use serde_json::Value;
 
+use crate::cluster::record::ActionRecord;
 use crate::config::Config;
 use crate::intake::AlertInput;
-use crate::record::ActionRecord;
 
 pub mod db_circuit_break;
 pub mod error_rollback;

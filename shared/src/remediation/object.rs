@@ -27,7 +27,7 @@ pub fn name_of(object: &DynamicObject) -> String {
 
 /// Whether the object carries the opt-in label `auto_remediation=active`.
 pub fn opted_in(object: &DynamicObject) -> bool {
-    crate::record::opted_in(object.metadata.labels.as_ref())
+    crate::cluster::record::opted_in(object.metadata.labels.as_ref())
 }
 
 /// A spec member that is a list of strings (`hosts`, `exportTo`, `gateways`).

@@ -52,10 +52,10 @@ use super::object::name_of;
 use super::resolution::Resolver;
 use super::resolution::hosts;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
+use crate::cluster::record::ActionRecord;
 use crate::config::Config;
 use crate::error::Result;
 use crate::intake::AlertInput;
-use crate::record::ActionRecord;
 
 mod plan;
 mod settings;

@@ -121,7 +121,7 @@ impl CircuitBreaker {
                         var: "CB_LOCALITY_LB",
                         message: format!(
                             "\"{}\" is neither preserve nor prioritize",
-                            crate::names::printable(other)
+                            crate::intake::names::printable(other)
                         ),
                     });
                 }

@@ -45,11 +45,11 @@ use super::pods;
 use super::resolution::Resolver;
 use super::resolution::hosts;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
+use crate::cluster::record::ActionRecord;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::intake::AlertInput;
-use crate::names;
-use crate::record::ActionRecord;
+use crate::intake::names;
 
 mod reach;
 mod rollback;

@@ -20,7 +20,7 @@ use super::{Plan, Refusal, describe};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::intake::AlertInput;
-use crate::names;
+use crate::intake::names;
 
 pub mod restore;
 

@@ -5,7 +5,7 @@ use kube::api::DynamicObject;
 use serde_json::{Map, Value, json};
 
 use super::{HTTP_ROUTES, fragment, http_routes, merge_diff, namespace_of};
-use crate::record::{ActionRecord, record_annotation};
+use crate::cluster::record::{ActionRecord, record_annotation};
 use crate::remediation::{Plan, Refusal};
 
 /// What a plan that restores the recorded `previous` does when the object was edited

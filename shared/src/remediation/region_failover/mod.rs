@@ -38,11 +38,11 @@ use super::resolution::Resolver;
 use super::resolution::hosts;
 use super::resolution::placement::Scope;
 use super::{Locator, Plan, PlanContext, Refusal, Remediation};
+use crate::cluster::record::ActionRecord;
 use crate::config::Config;
 use crate::error::Result;
 use crate::intake::AlertInput;
-use crate::names;
-use crate::record::ActionRecord;
+use crate::intake::names;
 
 pub mod endpoints;
 pub mod facts;

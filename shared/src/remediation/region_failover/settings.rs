@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config;
 use crate::error::{Error, Result};
-use crate::names;
+use crate::intake::names;
 
 /// Failover settings, from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]

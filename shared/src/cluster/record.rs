@@ -53,7 +53,7 @@ pub struct ActionRecord {
     /// Set when a revert request restored `previous`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reverted: Option<Reversal>,
-    /// When this streak was escalated to a person (see [`crate::escalation`]).
+    /// When this streak was escalated to a person (see [`crate::guard::escalation`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_at: Option<DateTime<Utc>>,
 }

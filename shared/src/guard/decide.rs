@@ -4,11 +4,11 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::alert::AlertStatus;
+use crate::cluster::record::ActionRecord;
 use crate::config::Policy;
+use crate::guard::skip::SkipReason;
 use crate::intake::AlertInput;
-use crate::record::ActionRecord;
-use crate::skip::SkipReason;
+use crate::intake::alert::AlertStatus;
 
 /// The first gate, before any API call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +54,7 @@ pub struct Request<'a> {
 }
 
 /// The rules that need no object: protected and allowed namespaces, staleness. (Which
-/// cluster a request is for is settled before, by [`crate::clusters::Clusters::route`].)
+/// cluster a request is for is settled before, by [`crate::guard::clusters::Clusters::route`].)
 pub fn screen_request(
     request: &Request<'_>,
     policy: &Policy,
@@ -148,7 +148,7 @@ pub fn is_dry_run(config_dry_run: bool, input: &AlertInput) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::alert::Alert;
+    use crate::intake::alert::Alert;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {

@@ -8,9 +8,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::alert::AlertStatus;
 use crate::config::Secret;
 use crate::error::{Error, Result};
+use crate::intake::alert::AlertStatus;
 use crate::report::{Delivery, InvocationReport, Outcome, OutcomeKind};
 
 /// Sends an invocation report somewhere humans see it.
@@ -66,14 +66,6 @@ impl SnsNotifier {
         SnsNotifier {
             topic_arn,
             client: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    /// A notifier with a ready client (local emulators, tests).
-    pub fn with_client(topic_arn: String, client: aws_sdk_sns::Client) -> Self {
-        SnsNotifier {
-            topic_arn,
-            client: tokio::sync::OnceCell::new_with(Some(client)),
         }
     }
 }

@@ -16,9 +16,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::decide::Verdict;
-use crate::record::ActionRecord;
-use crate::skip::SkipReason;
+use crate::cluster::record::ActionRecord;
+use crate::guard::decide::Verdict;
+use crate::guard::skip::SkipReason;
 
 /// The annotation that hands an object to a person.
 pub const ESCALATED_ANNOTATION: &str = "auto-remediation.io/escalated";

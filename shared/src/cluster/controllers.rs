@@ -17,7 +17,7 @@
 
 use kube::api::DynamicObject;
 
-use crate::names;
+use crate::intake::names;
 
 /// The annotation that lets the functions change an object another controller manages.
 pub const ALLOW_ANNOTATION: &str = "auto-remediation.io/allow-with-controller";

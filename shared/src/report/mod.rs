@@ -1,13 +1,16 @@
 //! Report: one outcome per alert, emitted from one place so the JSON response, the log
 //! line and the notification always agree.
 
+pub(crate) mod notify;
+pub(crate) mod telemetry;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::alert::{Alert, AlertStatus};
-use crate::names::printable;
+use crate::intake::alert::{Alert, AlertStatus};
+use crate::intake::names::printable;
 
 /// The result for one alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, Hash)]
@@ -44,7 +47,7 @@ fn judge_drill(function: &str, o: &mut Outcome) {
 
 impl Outcome {
     /// Whether the report sinks hear of it: anything but a skip, and the skips a person
-    /// must act on ([`crate::skip::SkipReason::needs_a_person`]).
+    /// must act on ([`crate::guard::skip::SkipReason::needs_a_person`]).
     pub fn needs_a_report(&self) -> bool {
         self.outcome != OutcomeKind::Skipped || self.needs_a_person
     }
@@ -195,7 +198,7 @@ impl Outcome {
     }
 
     /// A skip, for `reason`; one a person must act on is marked so and reported.
-    pub fn skipped(source: Source, reason: &crate::skip::SkipReason) -> Self {
+    pub fn skipped(source: Source, reason: &crate::guard::skip::SkipReason) -> Self {
         let mut outcome = Outcome::new(OutcomeKind::Skipped, source).because(reason);
         outcome.needs_a_person = reason.needs_a_person();
         outcome

@@ -16,8 +16,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::Api;
 
 use crate::error::{Error, Result};
-use crate::names;
-use crate::skip::SkipReason;
+use crate::guard::skip::SkipReason;
+use crate::intake::names;
 
 /// The annotation that pauses a namespace or an object; its value says why.
 pub const PAUSE_ANNOTATION: &str = "auto-remediation.io/paused";

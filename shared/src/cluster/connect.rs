@@ -14,9 +14,9 @@ use base64::Engine as _;
 use futures::future::BoxFuture;
 use tokio::sync::Mutex;
 
-use crate::clusters::Clusters;
-use crate::eks;
+use crate::cluster::eks;
 use crate::error::{Error, Result};
+use crate::guard::clusters::Clusters;
 
 /// Hands out a ready `kube::Client`. The seam tests replace to point at a stand-in.
 pub trait KubeConnector: Send + Sync {
@@ -366,7 +366,7 @@ mod tests {
 
     /// A self-signed CA certificate (public test data, shared with tests/tests/secrets.rs)
     /// for the described endpoints.
-    const TEST_CA: &str = include_str!("../../tests/fixtures/test-ca.pem");
+    const TEST_CA: &str = include_str!("../../../tests/fixtures/test-ca.pem");
 
     /// Answers DescribeCluster for any cluster and records every call.
     #[derive(Default)]

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::error::{Error, Result};
-use crate::skip::SkipReason;
+use crate::guard::skip::SkipReason;
 
 /// The ConfigMap holding the spending (created by `deploy/rbac.yaml`).
 pub const BUDGET_CONFIGMAP: &str = "mesh-remediation-budget";
@@ -230,7 +230,7 @@ async fn write(
 ) -> std::result::Result<(), kube::Error> {
     let body = json!({"metadata": {"resourceVersion": version}, "data": {function: list}});
     let params = PatchParams {
-        field_manager: Some(crate::record::FIELD_MANAGER.to_owned()),
+        field_manager: Some(crate::cluster::record::FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
     api.patch(BUDGET_CONFIGMAP, &params, &Patch::Merge(&body))

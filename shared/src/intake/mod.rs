@@ -4,6 +4,9 @@
 //! SQS envelope), and a bare Alertmanager webhook payload (direct invoke). Each SNS record
 //! is judged on its own so one bad record cannot hide the others' alerts.
 
+pub mod alert;
+pub mod names;
+
 use std::collections::BTreeMap;
 
 use aws_lambda_events::event::sns::SnsRecord;
@@ -11,9 +14,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::alert::{Alert, AlertGroup};
 use crate::error::{Error, Result};
-use crate::names;
+use alert::{Alert, AlertGroup};
 
 /// Path of the message template users must install in Alertmanager.
 pub const TEMPLATE_PATH: &str = "deploy/alertmanager/sns.tmpl";

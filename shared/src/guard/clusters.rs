@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
-use crate::skip::SkipReason;
+use crate::guard::skip::SkipReason;
 
 /// One cluster the functions act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,7 +91,7 @@ impl Clusters {
                     var: "CLUSTER_KUBECONFIGS",
                     message: format!(
                         "names cluster {} that {var} does not list",
-                        crate::names::printable(&name)
+                        crate::intake::names::printable(&name)
                     ),
                 })?;
             spec.kubeconfig = Some(path);
@@ -106,7 +106,7 @@ impl Clusters {
                             var: "MESH_CLUSTERS",
                             message: format!(
                                 "names cluster {} that {var} does not list",
-                                crate::names::printable(name)
+                                crate::intake::names::printable(name)
                             ),
                         });
                     }
@@ -141,7 +141,7 @@ impl Clusters {
             ([only], None) => Route::One(only.name.clone()),
             ([only], Some(theirs)) if theirs == only.name => Route::One(only.name.clone()),
             ([only], Some(theirs)) => Route::Skip(SkipReason::OtherCluster {
-                alert: crate::names::printable(theirs),
+                alert: crate::intake::names::printable(theirs),
                 ours: only.name.clone(),
             }),
             (_, Some(theirs)) if self.specs.iter().any(|s| s.name == theirs) => {
@@ -149,7 +149,7 @@ impl Clusters {
             }
             (_, Some(theirs)) => Route::Unknown(format!(
                 "unknown cluster {}: this deployment serves {} (CLUSTER_NAMES)",
-                crate::names::printable(theirs),
+                crate::intake::names::printable(theirs),
                 self.names()
             )),
             (_, None) => Route::Unknown(format!(
@@ -199,7 +199,10 @@ fn kubeconfig_pairs(value: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
             Some((name, path)) => Ok((name.trim().to_owned(), PathBuf::from(path.trim()))),
             None => Err(Error::Config {
                 var: "CLUSTER_KUBECONFIGS",
-                message: format!("\"{}\" is not name=path", crate::names::printable(pair)),
+                message: format!(
+                    "\"{}\" is not name=path",
+                    crate::intake::names::printable(pair)
+                ),
             }),
         })
         .collect()
@@ -219,7 +222,7 @@ fn parse_entry(entry: &str) -> std::result::Result<ClusterSpec, String> {
     if !valid_name {
         return Err(format!(
             "\"{}\" is not a valid EKS cluster name",
-            crate::names::printable(name)
+            crate::intake::names::printable(name)
         ));
     }
     if let Some(region) = region {
@@ -231,8 +234,8 @@ fn parse_entry(entry: &str) -> std::result::Result<ClusterSpec, String> {
         if !valid_region {
             return Err(format!(
                 "\"{}\" is not an AWS region (in {})",
-                crate::names::printable(region),
-                crate::names::printable(entry)
+                crate::intake::names::printable(region),
+                crate::intake::names::printable(entry)
             ));
         }
     }
