@@ -1,6 +1,8 @@
 //! A Kubernetes API to test against: a real cluster via `TEST_KUBECONFIG` (the control plane
-//! `scripts/test` starts, or a user's own), else the stand-in; and the stand-in on request, for
-//! what a real server cannot produce (fault injection, the request log, lost answers).
+//! `scripts/test` starts, or a user's own), else the stand-in; the real cluster behind the
+//! [`FaultProxy`] for what a real server cannot produce on demand (injected faults, lost
+//! answers, the request log); and the stand-in on request, for what stays on it (see its
+//! README).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +15,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube_standin::StandIn;
+
+use crate::fault_proxy::{Credentials, FaultProxy, RecordedRequest};
 use mesh_remediation::cluster::connect::KubeConnector;
 use mesh_remediation::config::Config;
 use mesh_remediation::pipeline::{Invocation, Pipeline};
@@ -29,6 +33,7 @@ pub struct TestCluster {
     /// The test's namespace (created on start).
     pub namespace: String,
     standin: Option<StandIn>,
+    proxy: Option<FaultProxy>,
     kubeconfig: PathBuf,
     /// Per function, a client and kubeconfig with that function's group identity, when the
     /// cluster provides them (the test control plane writes
@@ -47,15 +52,6 @@ impl KubeConnector for FixedConnector {
 }
 
 impl TestCluster {
-    /// The cluster for a behaviour test: the real cluster named by `TEST_KUBECONFIG` when set
-    /// (what `scripts/test` does), else the stand-in. Creates a namespace named after `prefix`.
-    pub async fn start(prefix: &str) -> TestCluster {
-        match std::env::var_os("TEST_KUBECONFIG") {
-            Some(path) => Self::connect(prefix, PathBuf::from(path)).await,
-            None => Self::start_standin(prefix).await,
-        }
-    }
-
     /// The stand-in, always: for tests of what a real API server cannot be made to do on
     /// demand (injected faults, latency, lost answers) or that read its request log.
     pub async fn start_standin(prefix: &str) -> TestCluster {
@@ -68,8 +64,46 @@ impl TestCluster {
         cluster
     }
 
-    async fn connect(prefix: &str, kubeconfig: PathBuf) -> TestCluster {
-        Self::connect_in(unique_name(prefix), kubeconfig).await
+    /// The cluster for a behaviour test: the real cluster named by `TEST_KUBECONFIG` (what
+    /// `scripts/test` starts) behind a [`FaultProxy`], with a namespace named after
+    /// `prefix`. Every request of the test's clients (the admin's and each function's, with
+    /// its own token, so RBAC and the admission policies apply) passes the proxy, which
+    /// injects the faults the test adds ([`TestCluster::faults`]) and logs the requests
+    /// ([`TestCluster::requests`]).
+    pub async fn start(prefix: &str) -> TestCluster {
+        let Some(admin) = std::env::var_os("TEST_KUBECONFIG") else {
+            panic!(
+                "fault injection needs a real API server behind the fault proxy: run \
+                 scripts/test, which starts one, or set TEST_KUBECONFIG"
+            );
+        };
+        let admin = PathBuf::from(admin);
+        let dir = admin.parent().map(Path::to_path_buf).unwrap_or_default();
+        let admin = Credentials::read(&admin);
+        let functions: Vec<(&str, Credentials)> = FUNCTIONS
+            .iter()
+            .map(|f| (*f, dir.join(format!("mesh-remediation-{f}.kubeconfig"))))
+            .filter(|(_, path)| path.exists())
+            .map(|(f, path)| (f, Credentials::read(&path)))
+            .collect();
+        let others: Vec<&Credentials> = functions.iter().map(|(_, c)| c).collect();
+        let proxy = FaultProxy::start(&admin, &others).await;
+        let unique = unique_name(prefix);
+        let write = |who: &str, credentials: &Credentials| {
+            let path = std::env::temp_dir().join(format!("kubeconfig-{unique}-{who}.yaml"));
+            std::fs::write(&path, credentials.kubeconfig_via(&proxy.url(), "default"))
+                .expect("write kubeconfig");
+            path
+        };
+        let admin_path = write("admin", &admin);
+        let mut clients = HashMap::new();
+        for (function, credentials) in &functions {
+            let path = write(function, credentials);
+            clients.insert((*function).to_owned(), (client_from(&path).await, path));
+        }
+        let mut cluster = Self::with_kubeconfig(unique, admin_path, clients).await;
+        cluster.proxy = Some(proxy);
+        cluster
     }
 
     /// A real cluster from its admin `kubeconfig` (function kubeconfigs beside it, as the
@@ -121,6 +155,7 @@ impl TestCluster {
             client,
             namespace,
             standin: None,
+            proxy: None,
             kubeconfig,
             functions,
         }
@@ -131,8 +166,15 @@ impl TestCluster {
         self.standin.is_some()
     }
 
+    /// The fault proxy in front of the cluster.
+    pub fn faults(&self) -> &FaultProxy {
+        self.proxy.as_ref().expect(
+            "a cluster connected directly has no fault proxy: start it with TestCluster::start",
+        )
+    }
+
     /// The stand-in of a cluster from [`TestCluster::start_standin`].
-    pub fn faults(&self) -> &StandIn {
+    pub fn standin_server(&self) -> &StandIn {
         self.standin
             .as_ref()
             .expect("this test needs the stand-in: start it with TestCluster::start_standin")
@@ -181,13 +223,36 @@ impl TestCluster {
             .map_or(self.kubeconfig.as_path(), |(_, path)| path.as_path())
     }
 
-    /// The stand-in, when not running against a real cluster: for extra checks of the
-    /// request log that a real server cannot give (the behaviour itself is asserted on both).
+    /// The stand-in, when not running against a real cluster.
     pub fn standin(&self) -> Option<&StandIn> {
-        if self.standin.is_none() {
-            eprintln!("note: real API server: request-log checks are for the stand-in");
-        }
         self.standin.as_ref()
+    }
+
+    /// Every request the test's clients sent so far (the proxy's log on a real cluster, the
+    /// stand-in's on the stand-in); empty for a cluster connected directly.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        match (&self.proxy, &self.standin) {
+            (Some(proxy), _) => proxy.requests(),
+            (None, Some(standin)) => standin
+                .requests()
+                .into_iter()
+                .map(|r| {
+                    serde_json::from_value(serde_json::to_value(r).expect("json"))
+                        .expect("the same fields")
+                })
+                .collect(),
+            (None, None) => panic!("a cluster connected directly keeps no request log"),
+        }
+    }
+
+    /// Forgets the requests so far.
+    pub fn clear_requests(&self) {
+        if let Some(proxy) = &self.proxy {
+            proxy.clear_requests();
+        }
+        if let Some(standin) = &self.standin {
+            standin.clear_requests();
+        }
     }
 
     /// A kubeconfig file for subprocesses (the Lambda emulator).

@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod endpoints;
 pub mod events;
+pub mod fault_proxy;
 pub mod fleet;
 pub mod gen_failover;
 pub mod gen_rollback;

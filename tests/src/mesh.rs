@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use crate::fault_proxy::Fault;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use kube_standin::Fault;
 use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::remediation::istio;
@@ -312,13 +312,10 @@ pub fn record(object: &Value, remediation: &str) -> Option<ActionRecord> {
     ActionRecord::from_annotations(annotations.as_ref(), remediation).expect("readable record")
 }
 
-/// Asserts the stand-in saw exactly one PATCH, a server-side dry run whose body is
-/// the reported `patch` (skipped on a real cluster).
+/// Asserts the request log holds exactly one PATCH, a server-side dry run whose body is
+/// the reported `patch`.
 pub fn assert_one_dry_run_patch(cluster: &TestCluster, patch: &Value) {
-    let Some(standin) = cluster.standin() else {
-        return;
-    };
-    let patches: Vec<_> = standin
+    let patches: Vec<_> = cluster
         .requests()
         .into_iter()
         .filter(|r| r.method == "PATCH")
@@ -368,30 +365,27 @@ pub fn assert_one_winner(cluster: &TestCluster, a: &InvocationReport, b: &Invoca
         only(b)
     };
     assert!(reason(loser).contains("cooldown"), "{loser:#?}");
-    if let Some(standin) = cluster.standin() {
-        let conflicts = standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.status == 409)
-            .count();
-        assert_eq!(
-            conflicts, 1,
-            "the loser's write must have been refused by the precondition"
-        );
-    }
+    let conflicts = cluster
+        .requests()
+        .iter()
+        // The budget ConfigMap's guarded writes race too: only the object's count.
+        .filter(|r| r.method == "PATCH" && !r.path.contains("/configmaps/") && r.status == 409)
+        .count();
+    assert_eq!(
+        conflicts, 1,
+        "the loser's write must have been refused by the precondition"
+    );
 }
 
 /// Holds the first two writes of one object a moment, so two racing invocations both
 /// read it before either write lands and the `resourceVersion` precondition decides the
-/// race, however the test threads are scheduled (stand-in only).
+/// race, however the test threads are scheduled.
 fn hold_writes(cluster: &TestCluster, kind: Kind, name: &str) {
-    if let Some(standin) = cluster.standin() {
-        let path = format!("/{}/{name}", kind.resource().plural);
-        standin.add_fault(
-            Fault::latency(300)
-                .method("PATCH")
-                .path_contains(&path)
-                .times(2),
-        );
-    }
+    let path = format!("/{}/{name}", kind.resource().plural);
+    cluster.faults().add_fault(
+        Fault::latency(300)
+            .method("PATCH")
+            .path_contains(&path)
+            .times(2),
+    );
 }

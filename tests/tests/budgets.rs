@@ -151,8 +151,8 @@ async fn ten_concurrent_invocations_of_two_functions_never_exceed_a_budget() {
 
 #[tokio::test]
 async fn a_change_that_does_not_land_gives_its_slot_back() {
-    // The stand-in refuses the write (a fault a real server cannot be told to produce).
-    let cluster = TestCluster::start_standin("budgets-refund").await;
+    // The proxy refuses the write (a fault a real server cannot be told to produce).
+    let cluster = TestCluster::start("budgets-refund").await;
     cluster.create_deployment("app-0", true).await;
     let event = alert(
         &cluster,
@@ -162,7 +162,7 @@ async fn a_change_that_does_not_land_gives_its_slot_back() {
     );
     let one = [("MAX_ACTIONS_PER_WINDOW", "1")];
     cluster.faults().add_fault(
-        kube_standin::Fault::status(403)
+        remediation_testkit::fault_proxy::Fault::status(403)
             .method("PATCH")
             .path_contains("/deployments/"),
     );

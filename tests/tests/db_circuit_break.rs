@@ -190,9 +190,8 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
         ("db-circuit-break-drill.json", &[][..]),
     ] {
         let (cluster, before) = setup("cb-dryrun", true, None).await;
-        if let Some(standin) = cluster.standin() {
-            standin.clear_requests();
-        }
+        cluster.clear_requests();
+
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(defaults(), vars, &event).await;
         let outcome = only(&report);

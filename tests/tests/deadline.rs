@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use kube_standin::{Fault, FaultKind};
 use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::fault_proxy::{Fault, FaultKind};
 use remediation_testkit::mesh::reason;
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
@@ -53,14 +53,14 @@ fn assert_out_of_time(outcome: &Outcome, why: &str) {
 
 #[tokio::test]
 async fn a_function_timeout_below_the_api_latency_still_gives_every_alert_an_outcome() {
-    let cluster = TestCluster::start_standin("deadline-slow").await;
-    let standin = cluster.faults();
+    let cluster = TestCluster::start("deadline-slow").await;
+    let faults = cluster.faults();
     let names = ["checkout-v2", "orders", "payments"];
     for name in names {
         cluster.create_deployment(name, true).await;
     }
     // Every read of a Deployment takes 5 s; the function has 3.5 s in all.
-    standin.add_fault(
+    faults.add_fault(
         Fault::latency(5000)
             .method("GET")
             .path_contains("/deployments/"),
@@ -92,7 +92,7 @@ async fn a_function_timeout_below_the_api_latency_still_gives_every_alert_an_out
     }
 
     // With no time left at all, nothing is even sent.
-    standin.clear_requests();
+    faults.clear_requests();
     let deadline = Instant::now() + Duration::from_millis(1100);
     let report = cluster
         .invoke_with(LatencyRestart, &VARS, &event, &invocation(Some(deadline)))
@@ -101,29 +101,29 @@ async fn a_function_timeout_below_the_api_latency_still_gives_every_alert_an_out
         assert_out_of_time(outcome_for(&report, name), "not started");
     }
     assert!(
-        standin
+        faults
             .requests()
             .iter()
             .all(|r| !r.path.contains("/deployments/")),
         "no request started: {:?}",
-        standin.requests()
+        faults.requests()
     );
 }
 
 #[tokio::test]
 async fn a_write_cut_at_the_deadline_is_reported_and_the_retry_does_not_redo_what_landed() {
-    let cluster = TestCluster::start_standin("deadline-cut").await;
-    let standin = cluster.faults();
+    let cluster = TestCluster::start("deadline-cut").await;
+    let faults = cluster.faults();
     for name in ["checkout-v2", "orders"] {
         cluster.create_deployment(name, true).await;
     }
     // checkout-v2's write takes 1.6 s and lands; orders' write never gets an answer.
-    standin.add_fault(
+    faults.add_fault(
         Fault::latency(1600)
             .method("PATCH")
             .path_contains("/deployments/checkout-v2"),
     );
-    standin.add_fault(
+    faults.add_fault(
         Fault::new(FaultKind::Hang)
             .method("PATCH")
             .path_contains("/deployments/orders"),
@@ -146,7 +146,7 @@ async fn a_write_cut_at_the_deadline_is_reported_and_the_retry_does_not_redo_wha
 
     // Lambda retries the invocation (same request id): checkout-v2 is reported applied by
     // the earlier attempt, not skipped as a cooldown, and not restarted twice.
-    standin.clear_faults();
+    faults.clear_faults();
     let retry = cluster
         .invoke_with(LatencyRestart, &VARS, &event, &invocation(None))
         .await;

@@ -189,9 +189,8 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
         ("error-rollback-drill.json", &[][..]),
     ] {
         let (cluster, before) = stable_annotated("er-dryrun").await;
-        if let Some(standin) = cluster.standin() {
-            standin.clear_requests();
-        }
+        cluster.clear_requests();
+
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(ErrorRollback, vars, &event).await;
         let outcome = only(&report);
@@ -356,9 +355,7 @@ async fn revert_runs_dry_when_asked_and_checks_the_action_meant() {
     let firing = events::fresh(FIRING, &cluster.namespace);
     cluster.invoke(ErrorRollback, &[], &firing).await;
     let changed = virtual_service(&cluster).await;
-    if let Some(standin) = cluster.standin() {
-        standin.clear_requests();
-    }
+    cluster.clear_requests();
     let mut revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
     revert["revert"]["dryRun"] = json!(true);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();

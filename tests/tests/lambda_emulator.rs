@@ -80,10 +80,10 @@ async fn bootstrap_restarts_under_the_lambda_emulator() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_api_failure_is_a_function_error_for_lambda_to_retry() {
-    let cluster = TestCluster::start_standin("rie-retry").await;
+    let cluster = TestCluster::start("rie-retry").await;
     cluster.create_deployment("checkout-v2", true).await;
-    let standin = cluster.faults();
-    standin.add_fault(kube_standin::Fault::status(500).method("PATCH"));
+    let faults = cluster.faults();
+    faults.add_fault(remediation_testkit::fault_proxy::Fault::status(500).method("PATCH"));
     let bootstrap = function_binary("latency-restart");
     let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
     let emulator = Emulator::start(

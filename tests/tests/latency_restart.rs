@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
-use kube_standin::{Fault, FaultKind};
 use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::fault_proxy::{Fault, FaultKind};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
@@ -48,7 +48,15 @@ async fn setup(prefix: &str) -> (TestCluster, Deployment) {
     (cluster, before)
 }
 
-/// Like [`setup`] on the stand-in, for tests that inject faults a real server cannot produce.
+/// Like [`setup`] behind the fault proxy, for tests that inject faults a real server cannot
+/// produce on demand.
+async fn setup_with_faults(prefix: &str) -> (TestCluster, Deployment) {
+    let cluster = TestCluster::start(prefix).await;
+    let before = cluster.create_deployment(TARGET, true).await;
+    (cluster, before)
+}
+
+/// Like [`setup`] on the stand-in, whose rollouts can be held unsettled.
 async fn setup_standin(prefix: &str) -> (TestCluster, Deployment) {
     let cluster = TestCluster::start_standin(prefix).await;
     let before = cluster.create_deployment(TARGET, true).await;
@@ -177,16 +185,14 @@ async fn duplicates_within_one_event_act_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_invocations_restart_once() {
     let (cluster, before) = setup("race").await;
-    if let Some(standin) = cluster.standin() {
-        // Hold the first two writes a moment so both invocations read the same
-        // resourceVersion and the race is decided by the write precondition.
-        standin.add_fault(
-            Fault::latency(300)
-                .method("PATCH")
-                .path_contains(&format!("/deployments/{TARGET}"))
-                .times(2),
-        );
-    }
+    // Hold the first two writes a moment so both invocations read the same
+    // resourceVersion and the race is decided by the write precondition.
+    cluster.faults().add_fault(
+        Fault::latency(300)
+            .method("PATCH")
+            .path_contains(&format!("/deployments/{TARGET}"))
+            .times(2),
+    );
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let (a, b) = tokio::join!(
         cluster.invoke(LatencyRestart, &[], &event),
@@ -215,17 +221,15 @@ async fn concurrent_invocations_restart_once() {
         cluster.deployment(TARGET).await.metadata.generation,
         before.metadata.generation.map(|g| g + 1)
     );
-    if let Some(standin) = cluster.standin() {
-        let conflicts = standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.status == 409)
-            .count();
-        assert_eq!(
-            conflicts, 1,
-            "the loser's write must have been refused by the precondition"
-        );
-    }
+    let conflicts = cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 409)
+        .count();
+    assert_eq!(
+        conflicts, 1,
+        "the loser's write must have been refused by the precondition"
+    );
 }
 
 #[tokio::test]
@@ -299,9 +303,7 @@ async fn objects_not_opted_in_are_skipped() {
 #[tokio::test]
 async fn protected_namespaces_are_never_touched() {
     let (cluster, before) = setup("protected").await;
-    if let Some(standin) = cluster.standin() {
-        standin.clear_requests();
-    }
+    cluster.clear_requests();
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let protected = cluster.namespace.clone();
     let report = cluster
@@ -330,13 +332,11 @@ async fn protected_namespaces_are_never_touched() {
             .is_some_and(|r| r.contains("kube-system is protected")),
         "{outcome:#?}"
     );
-    if let Some(standin) = cluster.standin() {
-        assert!(
-            standin.requests().is_empty(),
-            "no API request at all: {:#?}",
-            standin.requests()
-        );
-    }
+    assert!(
+        cluster.requests().is_empty(),
+        "no API request at all: {:#?}",
+        cluster.requests()
+    );
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.resource_version,
         before.metadata.resource_version
@@ -416,30 +416,29 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
             cluster.events_about(TARGET).await.is_empty(),
             "no Event for a dry run"
         );
-        if let Some(standin) = cluster.standin() {
-            let patches: Vec<_> = standin
-                .requests()
-                .into_iter()
-                .filter(|r| r.method == "PATCH")
-                .collect();
-            assert_eq!(patches.len(), 1);
-            assert!(
-                patches[0].is_dry_run(),
-                "server-side dry run: {:?}",
-                patches[0].query
-            );
-            assert_eq!(
-                &patches[0].body, patch,
-                "the reported patch is the one sent"
-            );
-            assert_eq!(patches[0].status, 200);
-        }
+        let patches: Vec<_> = cluster
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .collect();
+        assert_eq!(patches.len(), 1);
+        assert!(
+            patches[0].is_dry_run(),
+            "server-side dry run: {:?}",
+            patches[0].query
+        );
+        assert_eq!(
+            &patches[0].body, patch,
+            "the reported patch is the one sent"
+        );
+        assert_eq!(patches[0].status, 200);
     }
 }
 
 #[tokio::test]
 async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
     let (cluster, before) = setup("malformed").await;
+    cluster.clear_requests();
     let cases = [
         ("bad-not-json.json", "not JSON"),
         ("bad-default-template.json", "default plain-text"),
@@ -481,32 +480,27 @@ async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
         cluster.deployment(TARGET).await.metadata.resource_version,
         before.metadata.resource_version
     );
-    if let Some(standin) = cluster.standin() {
-        let writes: Vec<_> = standin
-            .requests()
-            .into_iter()
-            .filter(|r| r.method != "GET")
-            .collect();
-        assert_eq!(
-            writes.len(),
-            2,
-            "only the setup's namespace and deployment creation: {writes:#?}"
-        );
-    }
+    let writes: Vec<_> = cluster
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .collect();
+    assert!(writes.is_empty(), "no write at all: {writes:#?}");
 }
 
 #[tokio::test]
 async fn api_500_is_a_retryable_failure_that_changes_nothing() {
-    let (cluster, before) = setup_standin("api500").await;
-    let standin = cluster.faults();
-    standin.add_fault(Fault::status(500).method("PATCH"));
+    let (cluster, before) = setup_with_faults("api500").await;
+    cluster
+        .faults()
+        .add_fault(Fault::status(500).method("PATCH"));
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let report = cluster.invoke(LatencyRestart, &[], &event).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
     assert!(outcome.retryable, "a 5xx is transient: {outcome:#?}");
     assert_eq!(report.retryable_failures().count(), 1);
-    standin.clear_faults();
+    cluster.faults().clear_faults();
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.resource_version,
         before.metadata.resource_version
@@ -520,8 +514,7 @@ async fn api_500_is_a_retryable_failure_that_changes_nothing() {
 
 #[tokio::test]
 async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not() {
-    let (cluster, _) = setup_standin("lambdaerr").await;
-    let standin = cluster.faults();
+    let (cluster, _) = setup_with_faults("lambdaerr").await;
     let function = mesh_remediation::lambda::Function::new(cluster.pipeline(LatencyRestart, &[]));
     let bad = events::fresh("bad-not-json.json", &cluster.namespace);
     let ok = function
@@ -532,7 +525,9 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
         .await
         .expect("bad input answers normally: retrying cannot fix it");
     assert_eq!(ok["summary"]["failed"], 1);
-    standin.add_fault(Fault::status(503).method("PATCH"));
+    cluster
+        .faults()
+        .add_fault(Fault::status(503).method("PATCH"));
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let err = function
         .invoke(lambda_runtime::LambdaEvent::new(
@@ -546,10 +541,9 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
 
 #[tokio::test]
 async fn a_409_storm_converges_to_one_restart() {
-    let (cluster, before) = setup_standin("storm").await;
-    let standin = cluster.faults();
+    let (cluster, before) = setup_with_faults("storm").await;
     // Someone else writes the object just before each of our first three writes.
-    standin.add_fault(
+    cluster.faults().add_fault(
         Fault::new(FaultKind::ConflictBump)
             .method("PATCH")
             .path_contains("deployments")
@@ -564,7 +558,7 @@ async fn a_409_storm_converges_to_one_restart() {
         before.metadata.generation.map(|g| g + 1),
         "exactly one restart"
     );
-    let refused = standin
+    let refused = cluster
         .requests()
         .iter()
         .filter(|r| r.method == "PATCH" && r.status == 409)
@@ -572,12 +566,12 @@ async fn a_409_storm_converges_to_one_restart() {
     assert_eq!(refused, 3);
 
     // A storm that never ends gives up with a retryable failure, without acting.
-    standin.add_fault(
+    cluster.faults().add_fault(
         Fault::new(FaultKind::ConflictBump)
             .method("PATCH")
             .path_contains("deployments"),
     );
-    let settled = cluster.deployment(TARGET).await;
+    let settled = cluster.wait_settled(TARGET).await;
     let report = cluster
         .invoke(
             LatencyRestart,
@@ -647,7 +641,7 @@ async fn blast_radius_caps_targets_per_invocation() {
 #[tokio::test]
 async fn a_rollout_in_progress_is_not_restarted() {
     let (cluster, _) = setup_standin("rollout").await;
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     standin.set_settle_rollouts(false);
     // Someone starts a rollout (new image); the controller has not caught up.
     let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]}}}});
@@ -675,9 +669,10 @@ async fn a_rollout_in_progress_is_not_restarted() {
 
 #[tokio::test]
 async fn slow_api_within_the_timeout_still_acts() {
-    let (cluster, _) = setup_standin("slow").await;
-    let standin = cluster.faults();
-    standin.add_fault(Fault::latency(300).method("PATCH"));
+    let (cluster, _) = setup_with_faults("slow").await;
+    cluster
+        .faults()
+        .add_fault(Fault::latency(300).method("PATCH"));
     let started = std::time::Instant::now();
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     assert_eq!(

@@ -19,17 +19,15 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
     let cluster = TestCluster::start("race-ten").await;
     let before = cluster.create_deployment(TARGET, true).await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
-    if let Some(standin) = cluster.standin() {
-        standin.clear_requests();
-        // The first write is held half a second, so the others read the same version
-        // and write too: the precondition decides, not timing luck.
-        standin.add_fault(
-            kube_standin::Fault::latency(500)
-                .method("PATCH")
-                .path_contains(&format!("/deployments/{TARGET}"))
-                .times(1),
-        );
-    }
+    cluster.clear_requests();
+    // The first write is held half a second, so the others read the same version
+    // and write too: the precondition decides, not timing luck.
+    cluster.faults().add_fault(
+        remediation_testkit::fault_proxy::Fault::latency(500)
+            .method("PATCH")
+            .path_contains(&format!("/deployments/{TARGET}"))
+            .times(1),
+    );
     // Ten Lambda instances, each with its own connection to the API, all at once.
     let mut pipelines = Vec::new();
     for _ in 0..10 {
@@ -81,20 +79,18 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
     .expect("readable")
     .expect("record");
     assert_eq!(record.trace_id, applied[0].trace_id);
-    if let Some(standin) = cluster.standin() {
-        let stored: Vec<_> = standin
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "PATCH" && r.status == 200)
-            .collect();
-        assert_eq!(stored.len(), 1, "one write stored: {stored:#?}");
-        let refused = standin
-            .requests()
-            .iter()
-            .filter(|r| r.method == "PATCH" && r.status == 409)
-            .count();
-        assert!(refused >= 1, "losers were refused by the precondition");
-    }
+    let stored: Vec<_> = cluster
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 200)
+        .collect();
+    assert_eq!(stored.len(), 1, "one write stored: {stored:#?}");
+    let refused = cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 409)
+        .count();
+    assert!(refused >= 1, "losers were refused by the precondition");
 }
 
 /// One VirtualService for `checkout`: a canary route split by version and a default route
@@ -152,18 +148,16 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
     message["alerts"][0]["labels"]["service"] = json!("checkout");
     events::set_message(&mut failover, &message);
 
-    if let Some(standin) = cluster.standin() {
-        standin.clear_requests();
-        // Whichever writes first is held a second before the server handles its write;
-        // meanwhile the other reads the same version and writes. The held write then
-        // carries a stale resourceVersion: the precondition, not timing luck, decides.
-        standin.add_fault(
-            kube_standin::Fault::latency(1000)
-                .method("PATCH")
-                .path_contains("/virtualservices/checkout")
-                .times(1),
-        );
-    }
+    cluster.clear_requests();
+    // Whichever writes first is held a second before the server handles its write;
+    // meanwhile the other reads the same version and writes. The held write then
+    // carries a stale resourceVersion: the precondition, not timing luck, decides.
+    cluster.faults().add_fault(
+        remediation_testkit::fault_proxy::Fault::latency(1000)
+            .method("PATCH")
+            .path_contains("/virtualservices/checkout")
+            .times(1),
+    );
     let region_failover =
         RegionFailover::new(FailoverSettings::from_lookup(|_| None).expect("settings"));
     let (a, b) = tokio::join!(
@@ -192,18 +186,14 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
     let failover_record = record(&vs, "region-failover").expect("region-failover's record kept");
     assert_eq!(rollback_record.trace_id, a.trace_id);
     assert_eq!(failover_record.trace_id, b.trace_id);
-    if let Some(standin) = cluster.standin() {
-        let refused = standin
-            .requests()
-            .iter()
-            .filter(|r| {
-                r.method == "PATCH" && r.path.contains("/virtualservices/") && r.status == 409
-            })
-            .count();
-        assert!(
-            refused >= 1,
-            "the second writer was refused and re-read instead of overwriting: {:#?}",
-            standin.requests()
-        );
-    }
+    let refused = cluster
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/virtualservices/") && r.status == 409)
+        .count();
+    assert!(
+        refused >= 1,
+        "the second writer was refused and re-read instead of overwriting: {:#?}",
+        cluster.requests()
+    );
 }

@@ -115,7 +115,7 @@ fn assert_nothing_refused(standin: &StandIn) {
 #[tokio::test]
 async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
     let cluster = TestCluster::start_standin("rbac-lr").await;
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     cluster.create_deployment(TARGET, true).await;
     let policy = project_policy();
     let granted = policy.grants(&role("latency-restart"));
@@ -170,7 +170,7 @@ async fn latency_restart_works_with_exactly_its_rules_and_uses_every_one() {
 #[tokio::test]
 async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
     let cluster = TestCluster::start_standin("rbac-missing").await;
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     cluster.create_deployment(TARGET, true).await;
     let before = cluster.generation(TARGET).await;
     let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
@@ -244,7 +244,7 @@ async fn istio_function_within_its_rules<R: Remediation>(
     remediation: R,
     event: &Value,
 ) {
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     let function = remediation.name();
     let policy = project_policy();
     let granted = policy.grants(&role(function));
@@ -302,7 +302,7 @@ async fn error_rollback_works_within_its_rules() {
     istio_function_within_its_rules(&cluster, ErrorRollback, &event).await;
 
     // And without `patch` on VirtualServices: a clear, non-retryable configuration error.
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     standin.enforce_rbac(project_policy().without_verb(
         &role("error-rollback"),
         "networking.istio.io",

@@ -287,9 +287,8 @@ async fn dry_run_stores_nothing() {
     ] {
         let (cluster, before) = setup("rf-dryrun", true).await;
         let regions = Regions::start(200, 200).await;
-        if let Some(standin) = cluster.standin() {
-            standin.clear_requests();
-        }
+        cluster.clear_requests();
+
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(checked(&regions), vars, &event).await;
         let outcome = only(&report);
@@ -303,16 +302,14 @@ async fn dry_run_stores_nothing() {
         assert_eq!(patch["spec"]["http"], routes(0, 75, 25));
         assert_eq!(vs(&cluster).await, before, "nothing stored");
         assert!(cluster.events_about(NAME).await.is_empty());
-        if let Some(standin) = cluster.standin() {
-            let patches: Vec<_> = standin
-                .requests()
-                .into_iter()
-                .filter(|r| r.method == "PATCH")
-                .collect();
-            assert_eq!(patches.len(), 1, "{patches:#?}");
-            assert!(patches[0].is_dry_run());
-            assert_eq!(&patches[0].body, patch);
-        }
+        let patches: Vec<_> = cluster
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH")
+            .collect();
+        assert_eq!(patches.len(), 1, "{patches:#?}");
+        assert!(patches[0].is_dry_run());
+        assert_eq!(&patches[0].body, patch);
     }
 }
 

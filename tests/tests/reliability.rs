@@ -1,15 +1,14 @@
-//! Reliability under faults: the Kubernetes API stand-in injects latency, 5xx, 429 with
+//! Reliability under faults: the fault proxy in front of the real API server injects latency, 5xx, 429 with
 //! Retry-After, 409 storms, connection resets, lost answers, hangs and a dead API, and
 //! latency-restart (and the listing of opted-in rules) must in every case act at most once, give every alert an outcome, and
 //! classify transient failures as retryable (so the Lambda invocation fails and Lambda's
 //! retries and dead-letter queue apply).
 //!
-//! These checks need fault injection, which a real API server cannot produce on demand, so
-//! they always run on the stand-in (`TestCluster::start_standin`).
+//! These checks need fault injection, which a real API server cannot produce on demand: the
+//! real server runs behind the test's fault proxy (`remediation_testkit::fault_proxy`).
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kube_standin::{Fault, FaultKind, RecordedRequest, StandIn};
 use lambda_runtime::{Context, LambdaEvent};
 use mesh_remediation::lambda::{Function, InvocationError};
 use mesh_remediation::pipeline::{Invocation, Pipeline};
@@ -17,6 +16,7 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart};
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::cluster::{FixedConnector, config};
+use remediation_testkit::fault_proxy::{Fault, FaultKind, FaultProxy, RecordedRequest};
 use remediation_testkit::mesh::{Kind, Mesh};
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
@@ -25,11 +25,10 @@ use serde_json::json;
 const TARGET: &str = "checkout-v2";
 const TRACE: &str = "Root=1-67a1b2c3-0123456789abcdef01234567;Sampled=1";
 
-/// The stand-in with the target Deployment, and its generation. These tests inject faults
-/// (latency, 5xx, 429, resets, lost answers, hangs) that a real API server cannot produce on
-/// demand, so they run on the stand-in.
-async fn setup_standin(prefix: &str) -> (TestCluster, i64) {
-    let cluster = TestCluster::start_standin(prefix).await;
+/// The cluster with the target Deployment, and its generation. These tests inject faults
+/// (latency, 5xx, 429, resets, lost answers, hangs) through the fault proxy.
+async fn setup_with_faults(prefix: &str) -> (TestCluster, i64) {
+    let cluster = TestCluster::start(prefix).await;
     let before = cluster.create_deployment(TARGET, true).await;
     cluster.faults().clear_requests();
     (cluster, before.metadata.generation.expect("generation"))
@@ -82,8 +81,8 @@ fn assert_transient(outcome: &Outcome, why: &str) {
 }
 
 /// Requests the function sent for the target Deployment (GET/PATCH on its path).
-fn target_requests(standin: &StandIn, method: &str) -> Vec<RecordedRequest> {
-    standin
+fn target_requests(faults: &FaultProxy, method: &str) -> Vec<RecordedRequest> {
+    faults
         .requests()
         .into_iter()
         .filter(|r| r.method == method && r.path.ends_with(&format!("/deployments/{TARGET}")))
@@ -146,10 +145,10 @@ async fn assert_untouched(cluster: &TestCluster, generation_before: i64) {
 
 #[tokio::test]
 async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
-    let (cluster, generation_before) = setup_standin("rel-latency").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-latency").await;
+    let faults = cluster.faults();
     // Every request (read, write, Event) is slow.
-    standin.add_fault(Fault::latency(400));
+    faults.add_fault(Fault::latency(400));
     let started = Instant::now();
     let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
@@ -166,19 +165,19 @@ async fn latency_spikes_within_the_timeout_still_act_exactly_once() {
 
 #[tokio::test]
 async fn server_errors_are_retried_twice_then_fail_retryably() {
-    let (cluster, generation_before) = setup_standin("rel-5xx").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-5xx").await;
+    let faults = cluster.faults();
     for code in [500, 503, 504] {
-        standin.clear_faults();
-        standin.clear_requests();
-        standin.add_fault(on_writes(Fault::status(code)));
+        faults.clear_faults();
+        faults.clear_requests();
+        faults.add_fault(on_writes(Fault::status(code)));
         let report = fire(&cluster, &[]).await;
         assert_transient(
             only(&report),
             &format!("patch Deployment {}/{TARGET}", cluster.namespace),
         );
         assert_eq!(
-            target_requests(standin, "PATCH").len(),
+            target_requests(faults, "PATCH").len(),
             3,
             "{code}: one write and two retries, no more"
         );
@@ -186,9 +185,9 @@ async fn server_errors_are_retried_twice_then_fail_retryably() {
         assert_lambda_retries(&cluster, &[], "patch Deployment").await;
     }
     // Two failed reads, then the API recovers within the invocation: acted on once.
-    standin.clear_faults();
-    standin.clear_requests();
-    standin.add_fault(
+    faults.clear_faults();
+    faults.clear_requests();
+    faults.add_fault(
         Fault::status(500)
             .method("GET")
             .path_contains(&format!("/deployments/{TARGET}"))
@@ -196,17 +195,17 @@ async fn server_errors_are_retried_twice_then_fail_retryably() {
     );
     let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    assert_eq!(target_requests(standin, "GET").len(), 3);
+    assert_eq!(target_requests(faults, "GET").len(), 3);
     assert_restarted_once(&cluster, generation_before).await;
 }
 
 #[tokio::test]
 async fn throttling_honours_retry_after_capped_at_two_seconds() {
-    let (cluster, generation_before) = setup_standin("rel-429").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-429").await;
+    let faults = cluster.faults();
     // Retry-After: 1 on two reads: the pipeline waits 1 s each time (not its own ~0.1 s
     // backoff, not the 2 s cap).
-    standin.add_fault(
+    faults.add_fault(
         Fault::throttle(1)
             .method("GET")
             .path_contains("/deployments/")
@@ -224,9 +223,11 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
 
     // Retry-After: 30 on every write: each wait is capped at 2 s, then a retryable failure
     // (Lambda retries later) instead of sleeping through the invocation.
-    standin.clear_faults();
-    standin.clear_requests();
-    standin.add_fault(on_writes(Fault::throttle(30)));
+    faults.clear_faults();
+    faults.clear_requests();
+    // The real controllers finish the first rollout first: one in progress is held.
+    cluster.wait_settled(TARGET).await;
+    faults.add_fault(on_writes(Fault::throttle(30)));
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     let generation_now = cluster.generation(TARGET).await;
     let started = Instant::now();
@@ -237,30 +238,31 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
         elapsed >= Duration::from_secs(4) && elapsed < Duration::from_millis(6500),
         "two waits capped at 2 s: {elapsed:?}"
     );
-    assert_eq!(target_requests(standin, "PATCH").len(), 3);
+    assert_eq!(target_requests(faults, "PATCH").len(), 3);
     assert_eq!(cluster.generation(TARGET).await, generation_now);
 }
 
 #[tokio::test]
 async fn conflict_storms_converge_or_give_up_without_acting_twice() {
-    let (cluster, generation_before) = setup_standin("rel-409").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-409").await;
+    let faults = cluster.faults();
     // Five refused writes (409 Conflict bodies), the sixth goes through.
-    standin.add_fault(on_writes(Fault::status(409)).times(5));
+    faults.add_fault(on_writes(Fault::status(409)).times(5));
     let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    assert_eq!(target_requests(standin, "PATCH").len(), 6);
+    assert_eq!(target_requests(faults, "PATCH").len(), 6);
     assert_restarted_once(&cluster, generation_before).await;
 
     // A storm that does not end: a bounded number of attempts, then a retryable failure.
-    standin.clear_faults();
-    standin.clear_requests();
-    standin.add_fault(on_writes(Fault::status(409)));
+    faults.clear_faults();
+    faults.clear_requests();
+    cluster.wait_settled(TARGET).await;
+    faults.add_fault(on_writes(Fault::status(409)));
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     let report = fire(&cluster, &vars).await;
     assert_transient(only(&report), "conflicting writes");
     assert_eq!(
-        target_requests(standin, "PATCH").len(),
+        target_requests(faults, "PATCH").len(),
         6,
         "bounded attempts"
     );
@@ -270,17 +272,17 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
 
 #[tokio::test]
 async fn connection_resets_are_retried_and_never_double_act() {
-    let (cluster, generation_before) = setup_standin("rel-reset").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-reset").await;
+    let faults = cluster.faults();
     // One write dropped before the server handled it: retried, acted on once.
-    standin.add_fault(on_writes(Fault::new(FaultKind::Reset)).times(1));
+    faults.add_fault(on_writes(Fault::new(FaultKind::Reset)).times(1));
     let report = fire(&cluster, &[]).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_restarted_once(&cluster, generation_before).await;
 
     // Every request to the Deployment reset: a retryable failure, nothing changed.
-    standin.clear_faults();
-    standin.add_fault(Fault::new(FaultKind::Reset).path_contains("/deployments/"));
+    faults.clear_faults();
+    faults.add_fault(Fault::new(FaultKind::Reset).path_contains("/deployments/"));
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
     let report = fire(&cluster, &vars).await;
     assert_transient(
@@ -288,18 +290,18 @@ async fn connection_resets_are_retried_and_never_double_act() {
         &format!("get Deployment {}/{TARGET}", cluster.namespace),
     );
     assert_lambda_retries(&cluster, &vars, "get Deployment").await;
-    standin.clear_faults();
+    faults.clear_faults();
     assert_restarted_once(&cluster, generation_before).await;
 }
 
 #[tokio::test]
 async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
-    let (cluster, generation_before) = setup_standin("rel-lost").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-lost").await;
+    let faults = cluster.faults();
     // The restart is stored, then the connection drops before the answer: the function
     // cannot know whether it acted. The retry re-reads, finds its own record and must
     // neither act again nor report someone else's action.
-    standin.add_fault(on_writes(Fault::new(FaultKind::DropResponse)).times(1));
+    faults.add_fault(on_writes(Fault::new(FaultKind::DropResponse)).times(1));
     let report = fire(&cluster, &[]).await;
     let outcome = only(&report);
     assert_eq!(
@@ -314,35 +316,27 @@ async fn a_lost_answer_after_the_write_landed_is_reported_applied_once() {
             .is_some_and(|c| c.contains("rollout restart")),
         "{outcome:#?}"
     );
-    assert_eq!(
-        target_requests(standin, "PATCH").len(),
-        1,
-        "no second write"
-    );
+    assert_eq!(target_requests(faults, "PATCH").len(), 1, "no second write");
     assert_restarted_once(&cluster, generation_before).await;
 }
 
 #[tokio::test]
 async fn a_lost_answer_on_the_last_retry_is_confirmed_by_reading_before_the_outcome() {
-    let (cluster, generation_before) = setup_standin("rel-lost-last").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-lost-last").await;
+    let faults = cluster.faults();
     // Two writes refused (503), the third, the last one allowed, stored with its answer
     // lost: without a re-read the alert would be reported failed, and the Lambda retry would
     // find the change and call it a cooldown, so it would never be reported applied.
-    standin.add_fault(
+    faults.add_fault(
         on_writes(Fault::new(FaultKind::DropResponse))
             .after(2)
             .times(1),
     );
-    standin.add_fault(on_writes(Fault::status(503)).times(2));
+    faults.add_fault(on_writes(Fault::status(503)).times(2));
     let report = fire(&cluster, &[]).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
-    assert_eq!(
-        target_requests(standin, "PATCH").len(),
-        3,
-        "no fourth write"
-    );
+    assert_eq!(target_requests(faults, "PATCH").len(), 3, "no fourth write");
     assert_restarted_once(&cluster, generation_before).await;
     assert_eq!(
         cluster.events_about(TARGET).await.len(),
@@ -389,18 +383,18 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
 
 #[tokio::test]
 async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
-    let (cluster, generation_before) = setup_standin("rel-hang").await;
-    let standin = cluster.faults();
+    let (cluster, generation_before) = setup_with_faults("rel-hang").await;
+    let faults = cluster.faults();
     let vars = [("API_TIMEOUT_SECONDS", "1")];
     // One write hangs (the server never handled it): timed out, retried, acted on once.
-    standin.add_fault(on_writes(Fault::new(FaultKind::Hang)).times(1));
+    faults.add_fault(on_writes(Fault::new(FaultKind::Hang)).times(1));
     let report = fire(&cluster, &vars).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_restarted_once(&cluster, generation_before).await;
 
     // Every read hangs: three attempts of one second, then a retryable failure.
-    standin.clear_faults();
-    standin.add_fault(
+    faults.clear_faults();
+    faults.add_fault(
         Fault::new(FaultKind::Hang)
             .method("GET")
             .path_contains("/deployments/"),
@@ -422,7 +416,7 @@ async fn a_hanging_api_times_out_into_a_bounded_retryable_failure() {
         "three one-second timeouts plus short backoffs: {elapsed:?}"
     );
     assert_lambda_retries(&cluster, &vars, "get Deployment").await;
-    standin.clear_faults();
+    faults.clear_faults();
     assert_restarted_once(&cluster, generation_before).await;
 }
 
@@ -431,7 +425,7 @@ async fn a_transient_failure_listing_the_opted_in_rules_is_retried_in_the_invoca
     // One alert can name several lists (a region split beside its drain): a list that gives
     // up while another acts leaves a half-made change until Lambda retries, so a transient
     // failure of the list is retried at once.
-    let cluster = TestCluster::start_standin("rel-list").await;
+    let cluster = TestCluster::start("rel-list").await;
     let ns = cluster.namespace.clone();
     Mesh::new(&cluster)
         .create(
@@ -442,9 +436,9 @@ async fn a_transient_failure_listing_the_opted_in_rules_is_retried_in_the_invoca
             json!({"host": format!("orders-db.{ns}.svc.cluster.local")}),
         )
         .await;
-    let standin = cluster.faults();
-    standin.clear_requests();
-    standin.add_fault(
+    let faults = cluster.faults();
+    faults.clear_requests();
+    faults.add_fault(
         Fault::new(FaultKind::Reset)
             .method("GET")
             .path_contains("/destinationrules")
@@ -460,7 +454,7 @@ async fn a_transient_failure_listing_the_opted_in_rules_is_retried_in_the_invoca
         )
         .await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let lists = standin
+    let lists = faults
         .requests()
         .into_iter()
         .filter(|r| {

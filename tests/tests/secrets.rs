@@ -192,7 +192,7 @@ fn stand_in_dump(cluster: &TestCluster) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
     let cluster = TestCluster::start_standin("secrets-eks").await;
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     cluster.create_deployment("checkout-v2", true).await;
     let aws = LocalAws::start(standin.url()).await;
     let slack = format!("{}/services/{SLACK_PATH}", aws.url);
@@ -290,7 +290,7 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubeconfig_token_never_leaves_the_process() {
     let cluster = TestCluster::start_standin("secrets-kube").await;
-    let standin = cluster.faults();
+    let standin = cluster.standin_server();
     cluster.create_deployment("checkout-v2", true).await;
     let kubeconfig = std::env::temp_dir().join(format!("kubeconfig-{}.yaml", cluster.namespace));
     std::fs::write(

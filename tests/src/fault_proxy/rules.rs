@@ -1,0 +1,200 @@
+//! Fault rules and the request log of the [`super::FaultProxy`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a matching fault does to the request.
+///
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Delay the answer by `ms` milliseconds, then handle the request normally.
+    /// Latency faults add up and do not stop later rules from matching.
+    Latency {
+        /// Delay in milliseconds.
+        ms: u64,
+    },
+    /// Answer with this HTTP status and a `Status` body shaped as the real server's for it
+    /// (reason, message, `details.retryAfterSeconds`), without forwarding the request.
+    Status {
+        /// HTTP status code.
+        code: u16,
+        /// `Retry-After` header and `details.retryAfterSeconds` (for 429/503).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u32>,
+    },
+    /// Before forwarding a write, write the object named by the path for real (a label,
+    /// as the admin): its resourceVersion moves on, and a write with the
+    /// version read before fails with the server's own 409 Conflict.
+    ConflictBump,
+    /// Close the connection without answering.
+    Reset,
+    /// Forward the request (a write is stored), then close the connection without
+    /// answering: the answer is lost after the server committed the change.
+    DropResponse,
+    /// Never answer (the client's timeout fires).
+    Hang,
+}
+
+/// A fault rule. Rules are checked in the order they were added; the first
+/// non-latency rule that fires decides the request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fault {
+    /// Only requests with this HTTP method (case-insensitive), e.g. `PATCH`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Only requests whose path contains this string, e.g. `deployments`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_contains: Option<String>,
+    /// What happens.
+    pub kind: FaultKind,
+    /// Fire at most this many times (`None`: forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u32>,
+    /// Let the first `after` matching requests through untouched.
+    #[serde(default)]
+    pub after: u32,
+}
+
+impl Fault {
+    /// A rule matching every request, firing forever.
+    pub fn new(kind: FaultKind) -> Self {
+        Fault {
+            method: None,
+            path_contains: None,
+            kind,
+            times: None,
+            after: 0,
+        }
+    }
+    /// Answer with `code` (and its real `Status` body).
+    pub fn status(code: u16) -> Self {
+        Self::new(FaultKind::Status {
+            code,
+            retry_after_secs: None,
+        })
+    }
+    /// 429 TooManyRequests with `Retry-After: secs`.
+    pub fn throttle(secs: u32) -> Self {
+        Self::new(FaultKind::Status {
+            code: 429,
+            retry_after_secs: Some(secs),
+        })
+    }
+    /// Delay by `ms`.
+    pub fn latency(ms: u64) -> Self {
+        Self::new(FaultKind::Latency { ms })
+    }
+    /// Restrict to one HTTP method.
+    pub fn method(mut self, m: &str) -> Self {
+        self.method = Some(m.to_string());
+        self
+    }
+    /// Restrict to paths containing `p`.
+    pub fn path_contains(mut self, p: &str) -> Self {
+        self.path_contains = Some(p.to_string());
+        self
+    }
+    /// Fire at most `n` times.
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = Some(n);
+        self
+    }
+    /// Skip the first `n` matching requests.
+    pub fn after(mut self, n: u32) -> Self {
+        self.after = n;
+        self
+    }
+}
+
+/// One request as the proxy saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// HTTP method.
+    pub method: String,
+    /// URL path.
+    pub path: String,
+    /// Raw query string (empty if none).
+    pub query: String,
+    /// `Content-Type` header.
+    pub content_type: Option<String>,
+    /// Body: parsed JSON if it parses, else a string (YAML apply bodies), `null` if empty.
+    pub body: Value,
+    /// Response status; 0 when no response was sent (reset, hang). For `DropResponse`,
+    /// the status of the forwarded request whose answer was then dropped.
+    pub status: u16,
+    /// Who sent it: the kubeconfig user whose bearer token it carried.
+    #[serde(default)]
+    pub user: String,
+}
+
+impl RecordedRequest {
+    /// Value of query parameter `name` (first occurrence, URL-decoded).
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// Whether this was a server-side dry run (`dryRun=All`).
+    pub fn is_dry_run(&self) -> bool {
+        self.query_param("dryRun").as_deref() == Some("All")
+    }
+}
+
+/// A rule with its counts.
+#[derive(Debug)]
+pub(super) struct Slot {
+    fault: Fault,
+    seen: u32,
+    fired: u32,
+}
+
+/// What the rules do to one request: the latency they add up to, and the first other kind
+/// that fires.
+#[derive(Debug, Default)]
+pub(super) struct Plan {
+    pub latency_ms: u64,
+    pub action: Option<FaultKind>,
+}
+
+impl Slot {
+    pub(super) fn new(fault: Fault) -> Slot {
+        Slot {
+            fault,
+            seen: 0,
+            fired: 0,
+        }
+    }
+}
+
+/// Applies the rules, in the order added, to a request: counts it against each rule it
+/// matches; latency adds up, the first other rule that fires decides.
+pub(super) fn plan(slots: &mut [Slot], method: &str, path: &str) -> Plan {
+    let mut plan = Plan::default();
+    for slot in slots {
+        let f = &slot.fault;
+        if f.method
+            .as_deref()
+            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+            || f.path_contains
+                .as_deref()
+                .is_some_and(|p| !path.contains(p))
+        {
+            continue;
+        }
+        slot.seen += 1;
+        if slot.seen <= f.after || f.times.is_some_and(|t| slot.fired >= t) {
+            continue;
+        }
+        slot.fired += 1;
+        match &f.kind {
+            FaultKind::Latency { ms } => plan.latency_ms += ms,
+            other => {
+                plan.action = Some(other.clone());
+                break;
+            }
+        }
+    }
+    plan
+}
