@@ -8,6 +8,9 @@
 //!
 //! Needs a real API server: `scripts/test` starts one.
 
+#[path = "least_privilege/rules_used.rs"]
+mod rules_used;
+
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };

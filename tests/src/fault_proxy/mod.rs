@@ -254,13 +254,15 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let authorization = header("authorization");
-    let user = authorization
-        .as_deref()
-        .and_then(|a| a.strip_prefix("Bearer "))
-        .and_then(|token| shared.upstream.users.get(token))
-        .cloned()
-        .unwrap_or_default();
+    // The user the server authorizes: an impersonated one, else the token's.
+    let user = header("impersonate-user").unwrap_or_else(|| {
+        header("authorization")
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .and_then(|token| shared.upstream.users.get(token))
+            .cloned()
+            .unwrap_or_default()
+    });
     let (index, plan) = {
         let mut state = shared.lock();
         state.requests.push(RecordedRequest {

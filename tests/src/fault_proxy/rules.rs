@@ -123,7 +123,8 @@ pub struct RecordedRequest {
     /// Response status; 0 when no response was sent (reset, hang). For `DropResponse`,
     /// the status of the forwarded request whose answer was then dropped.
     pub status: u16,
-    /// Who sent it: the kubeconfig user whose bearer token it carried.
+    /// Who the server authorized: the impersonated user, else the kubeconfig user whose
+    /// bearer token it carried.
     #[serde(default)]
     pub user: String,
 }
@@ -134,6 +135,48 @@ impl RecordedRequest {
         form_urlencoded::parse(self.query.as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
+    }
+
+    /// What it asked for in RBAC terms, `(verb, API group, resource[/subresource])`; `None`
+    /// for a path that names no resource (`/version`, `/apis`).
+    pub fn grant(&self) -> Option<(String, String, String)> {
+        let parts: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let rest = match rest {
+            ["namespaces", _namespace, resource, tail @ ..] => std::iter::once(*resource)
+                .chain(tail.iter().copied())
+                .collect::<Vec<_>>(),
+            other => other.to_vec(),
+        };
+        let (resource, name, subresource) = match rest.as_slice() {
+            [resource] => (*resource, None, None),
+            [resource, name] => (*resource, Some(*name), None),
+            [resource, name, sub, ..] => (*resource, Some(*name), Some(*sub)),
+            _ => return None,
+        };
+        let watching = self
+            .query_param("watch")
+            .is_some_and(|w| w == "true" || w == "1");
+        let verb = match (self.method.as_str(), name.is_some()) {
+            ("GET", _) if watching => "watch",
+            ("GET" | "HEAD", true) => "get",
+            ("GET" | "HEAD", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => return None,
+        };
+        let resource = match subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        };
+        Some((verb.to_owned(), group.to_owned(), resource))
     }
 
     /// Whether this was a server-side dry run (`dryRun=All`).
