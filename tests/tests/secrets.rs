@@ -5,15 +5,18 @@
 //! appear in anything it prints, answers, publishes or writes.
 //!
 //! The EKS path is the production one: `CLUSTER_NAME` set, `eks:DescribeCluster` answered
-//! by a local AWS endpoint pointing at the Kubernetes API stand-in, the bearer token
-//! presigned from the session credentials.
+//! by a local AWS endpoint pointing at the real API server's fault proxy, the bearer token
+//! presigned from the session credentials (the proxy accepts it for the function's user, as
+//! EKS's authenticator maps an IAM role to its Kubernetes group).
 
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
+use kube::Api;
+use remediation_testkit::fault_proxy::{Credentials, Fault, Token};
 use remediation_testkit::lambda_emulator::{Emulator, function_binary};
 use remediation_testkit::{TestCluster, events};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 
@@ -24,7 +27,7 @@ const SLACK_PATH: &str = "T0SECRET/B0SECRET/slack-webhook-secret-path";
 const PAGERDUTY_KEY: &str = "pagerduty-routing-key-secret-0a1b2c";
 
 /// A self-signed CA certificate (public test data): the EKS cluster CA the local
-/// DescribeCluster answer carries. The stand-in itself is plain http.
+/// DescribeCluster answer carries. The proxy itself is plain http.
 const TEST_CA: &str = include_str!("../fixtures/test-ca.pem");
 
 /// One request to the local AWS / webhook endpoint.
@@ -179,22 +182,49 @@ fn assert_no_secret(place: &str, text: &str, secrets: &[&str]) {
     );
 }
 
-fn stand_in_dump(cluster: &TestCluster) -> String {
-    cluster.standin().map_or_else(String::new, |standin| {
-        format!(
-            "{}\n{}",
-            serde_json::to_string(&standin.requests()).expect("requests"),
-            Value::Array(standin.objects())
-        )
-    })
+/// Every request the cluster received (bodies included) and what the test's namespace
+/// stores that a function writes: Deployments, Events, ConfigMaps.
+async fn cluster_dump(cluster: &TestCluster) -> String {
+    let mut out = serde_json::to_string(&cluster.requests()).expect("requests");
+    let ns = &cluster.namespace;
+    let client = cluster.client.clone();
+    let lp = kube::api::ListParams::default();
+    let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("deployments");
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&lp)
+        .await
+        .expect("events");
+    let configmaps = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client, ns)
+        .list(&lp)
+        .await
+        .expect("configmaps");
+    for stored in [
+        serde_json::to_string(&deployments.items),
+        serde_json::to_string(&events.items),
+        serde_json::to_string(&configmaps.items),
+    ] {
+        out.push('\n');
+        out.push_str(&stored.expect("json"));
+    }
+    out
+}
+
+/// The function's own user on the cluster, for a token the cluster does not know.
+fn as_latency_restart(cluster: &TestCluster) -> Credentials {
+    Credentials::read(cluster.function_kubeconfig_path("latency-restart"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
-    let cluster = TestCluster::start_standin("secrets-eks").await;
-    let standin = cluster.standin_server();
+    let cluster = TestCluster::start("secrets-eks").await;
+    cluster
+        .faults()
+        .accept(Token::Eks, as_latency_restart(&cluster));
     cluster.create_deployment("checkout-v2", true).await;
-    let aws = LocalAws::start(standin.url()).await;
+    let aws = LocalAws::start(cluster.faults().url()).await;
     let slack = format!("{}/services/{SLACK_PATH}", aws.url);
     let pagerduty = format!("{}/v2/enqueue", aws.url);
     let emulator = Emulator::start(
@@ -281,21 +311,29 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
         );
     }
     assert_no_secret(
-        "what the cluster stored",
-        &stand_in_dump(&cluster),
+        "what the cluster received and stored",
+        &cluster_dump(&cluster).await,
         &secrets,
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kubeconfig_token_never_leaves_the_process() {
-    let cluster = TestCluster::start_standin("secrets-kube").await;
-    let standin = cluster.standin_server();
+    let cluster = TestCluster::start("secrets-kube").await;
+    let faults = cluster.faults();
+    faults.accept(
+        Token::Exact(KUBE_TOKEN.into()),
+        as_latency_restart(&cluster),
+    );
     cluster.create_deployment("checkout-v2", true).await;
     let kubeconfig = std::env::temp_dir().join(format!("kubeconfig-{}.yaml", cluster.namespace));
+    let ours = Credentials {
+        token: KUBE_TOKEN.into(),
+        ..as_latency_restart(&cluster)
+    };
     std::fs::write(
         &kubeconfig,
-        standin.kubeconfig_yaml_with_token(&cluster.namespace, KUBE_TOKEN),
+        ours.kubeconfig_via(&faults.url(), &cluster.namespace),
     )
     .expect("kubeconfig");
     let kubeconfig = kubeconfig.to_string_lossy().into_owned();
@@ -315,7 +353,7 @@ async fn the_kubeconfig_token_never_leaves_the_process() {
     let (_, applied) = emulator.invoke(&event).await;
     assert_eq!(applied["outcomes"][0]["outcome"], "applied", "{applied}");
     // A transient failure: its error goes back to Lambda (and its logs).
-    standin.add_fault(kube_standin::Fault::status(500).method("GET"));
+    faults.add_fault(Fault::status(500).method("GET"));
     let (_, failed) = emulator.invoke(&event).await;
     assert!(
         failed["errorMessage"]
@@ -327,10 +365,10 @@ async fn the_kubeconfig_token_never_leaves_the_process() {
     assert_no_secret("the function's logs", &emulator.logs(), &secrets);
     assert_no_secret("the response", &applied.to_string(), &secrets);
     assert_no_secret("the error answer", &failed.to_string(), &secrets);
-    standin.clear_faults();
+    faults.clear_faults();
     assert_no_secret(
-        "what the cluster stored",
-        &stand_in_dump(&cluster),
+        "what the cluster received and stored",
+        &cluster_dump(&cluster).await,
         &secrets,
     );
 }

@@ -48,6 +48,41 @@ struct Upstream {
 struct State {
     faults: Vec<rules::Slot>,
     requests: Vec<RecordedRequest>,
+    /// Tokens the proxy accepts for a user of the cluster, as the authenticator in front of
+    /// a managed cluster does (EKS maps an IAM identity's token to a Kubernetes user).
+    accepted: Vec<(Token, Credentials)>,
+}
+
+/// A bearer token the cluster itself does not know.
+#[derive(Debug, Clone)]
+pub enum Token {
+    /// This exact token.
+    Exact(String),
+    /// An EKS token for this cluster: `k8s-aws-v1.` and the base64url of a presigned STS
+    /// `GetCallerIdentity` URL that signs the header `x-k8s-aws-id` (the cluster's name is
+    /// that header's value, which the URL cannot show).
+    Eks,
+}
+
+impl Token {
+    fn matches(&self, token: &str) -> bool {
+        match self {
+            Token::Exact(t) => t == token,
+            Token::Eks => token
+                .strip_prefix("k8s-aws-v1.")
+                .and_then(|b| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(b)
+                        .ok()
+                })
+                .and_then(|url| String::from_utf8(url).ok())
+                .is_some_and(|url| {
+                    url.contains("Action=GetCallerIdentity")
+                        && url.contains("X-Amz-Signature=")
+                        && url.to_ascii_lowercase().contains("x-k8s-aws-id")
+                }),
+        }
+    }
 }
 
 struct Shared {
@@ -69,11 +104,12 @@ pub struct FaultProxy {
 }
 
 /// A kubeconfig's server, CA and bearer token (the test control plane's are all tokens).
+#[derive(Clone)]
 pub struct Credentials {
     /// The API server's URL.
     pub server: String,
-    /// The PEM of the CA that signed the server's certificate.
-    pub ca_pem: Vec<u8>,
+    /// The PEM of the CA that signed the server's certificate (none for plain HTTP).
+    pub ca_pem: Option<Vec<u8>>,
     /// The kubeconfig's user.
     pub user: String,
     /// Its bearer token.
@@ -105,14 +141,13 @@ impl Credentials {
             .and_then(|a| a.auth_info.clone())
             .expect("the context's user");
         let token = auth.token.expect("a bearer token");
-        let ca = cluster
-            .certificate_authority_data
-            .expect("certificate-authority-data");
         Credentials {
             server: cluster.server.expect("server"),
-            ca_pem: base64::engine::general_purpose::STANDARD
-                .decode(ca.trim())
-                .expect("base64 CA"),
+            ca_pem: cluster.certificate_authority_data.map(|ca| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(ca.trim())
+                    .expect("base64 CA")
+            }),
             user,
             token: secrecy_expose(&token),
         }
@@ -137,12 +172,12 @@ impl FaultProxy {
     /// Starts a proxy to the server of `admin`, logging requests as sent by the users of
     /// `admin` and `others`.
     pub async fn start(admin: &Credentials, others: &[&Credentials]) -> FaultProxy {
-        let ca = reqwest::Certificate::from_pem(&admin.ca_pem).expect("CA certificate");
-        let client = reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .no_proxy()
-            .build()
-            .expect("HTTPS client");
+        let mut client = reqwest::Client::builder().no_proxy();
+        if let Some(pem) = &admin.ca_pem {
+            client = client
+                .add_root_certificate(reqwest::Certificate::from_pem(pem).expect("CA certificate"));
+        }
+        let client = client.build().expect("HTTPS client");
         let users = std::iter::once(admin)
             .chain(others.iter().copied())
             .map(|c| (c.token.clone(), c.user.clone()))
@@ -175,6 +210,11 @@ impl FaultProxy {
     /// Adds a fault rule (rules apply in the order added).
     pub fn add_fault(&self, fault: Fault) {
         self.shared.lock().faults.push(rules::Slot::new(fault));
+    }
+
+    /// Accepts `token` as `user` (its token replaces it on the way to the server).
+    pub fn accept(&self, token: Token, user: Credentials) {
+        self.shared.lock().accepted.push((token, user));
     }
 
     /// Removes every fault rule.
@@ -254,14 +294,26 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let bearer = header("authorization")
+        .as_deref()
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let accepted = bearer.as_deref().and_then(|token| {
+        let state = shared.lock();
+        state
+            .accepted
+            .iter()
+            .find(|(t, _)| t.matches(token))
+            .map(|(_, user)| (user.user.clone(), user.token.clone()))
+    });
     // The user the server authorizes: an impersonated one, else the token's.
-    let user = header("impersonate-user").unwrap_or_else(|| {
-        header("authorization")
+    let user = header("impersonate-user").unwrap_or_else(|| match &accepted {
+        Some((user, _)) => user.clone(),
+        None => bearer
             .as_deref()
-            .and_then(|a| a.strip_prefix("Bearer "))
             .and_then(|token| shared.upstream.users.get(token))
             .cloned()
-            .unwrap_or_default()
+            .unwrap_or_default(),
     });
     let (index, plan) = {
         let mut state = shared.lock();
@@ -315,9 +367,13 @@ async fn handle(
         if !matches!(
             name.as_str(),
             "host" | "connection" | "content-length" | "transfer-encoding"
-        ) {
+        ) && !(name == "authorization" && accepted.is_some())
+        {
             forward = forward.header(name, value);
         }
+    }
+    if let Some((_, token)) = &accepted {
+        forward = forward.bearer_auth(token);
     }
     let answer = match forward.body(body).send().await {
         Ok(answer) => answer,
