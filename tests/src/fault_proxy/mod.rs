@@ -364,11 +364,13 @@ async fn handle(
         ),
     );
     for (name, value) in &parts.headers {
-        if !matches!(
+        let hop = matches!(
             name.as_str(),
             "host" | "connection" | "content-length" | "transfer-encoding"
-        ) && !(name == "authorization" && accepted.is_some())
-        {
+        );
+        // An accepted token is replaced by its user's own below.
+        let replaced = name == "authorization" && accepted.is_some();
+        if !hop && !replaced {
             forward = forward.header(name, value);
         }
     }

@@ -127,7 +127,7 @@ pub struct RecordedRequest {
     /// Response status; 0 when no response was sent (reset, hang). For `drop_response`,
     /// the status of the handled request whose answer was then dropped.
     pub status: u16,
-    /// Who sent it, from the bearer token (see [`crate::Identity::from_bearer`]).
+    /// The bearer token it carried (the stand-in authorizes nothing).
     #[serde(default)]
     pub user: String,
 }
@@ -138,11 +138,6 @@ impl RecordedRequest {
         form_urlencoded::parse(self.query.as_bytes())
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.into_owned())
-    }
-
-    /// What the request asked to do, in RBAC terms (verb, API group, resource, ...).
-    pub fn attributes(&self) -> crate::rbac::Attributes {
-        crate::rbac::attributes(&self.method, &self.path, &self.query)
     }
 
     /// Whether this was a server-side dry run (`dryRun=All`).

@@ -8,9 +8,7 @@
 //! apply, delete, `resourceVersion` preconditions (409), `dryRun=All`,
 //! `metadata.generation`, `Status` error bodies, and Istio CRD schema validation.
 //! Stand-in-only extras live under `/_standin/`: fault injection, a request log and a
-//! store dump. RBAC can be enforced on demand ([`StandIn::enforce_rbac`]) from the
-//! project's ClusterRoles, with callers identified by their bearer token. See the crate
-//! README for what is simplified.
+//! store dump. See the crate README for what is simplified.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -23,7 +21,6 @@
 mod api;
 mod demo;
 mod faults;
-pub mod rbac;
 mod resources;
 pub mod schema;
 mod selector;
@@ -47,7 +44,6 @@ use tokio::task::JoinHandle;
 
 pub use demo::{demo_mesh_objects, seed_demo_mesh};
 pub use faults::{Fault, FaultKind, RecordedRequest};
-pub use rbac::{Attributes, Identity, RbacPolicy};
 pub use schema::validate_istio;
 
 use api::{HttpReq, HttpResp};
@@ -191,25 +187,6 @@ impl StandIn {
     /// Off: status stays whatever was stored (a rollout "in progress").
     pub fn set_settle_rollouts(&self, on: bool) {
         self.shared.lock().settle = on;
-    }
-
-    /// A kubeconfig like [`StandIn::kubeconfig_yaml`] whose user authenticates with
-    /// `token`, e.g. `group:mesh-remediation-latency-restart` (see [`Identity::from_bearer`]).
-    pub fn kubeconfig_yaml_with_token(&self, namespace: &str, token: &str) -> String {
-        kubeconfig_with_token(&self.url(), namespace, token)
-    }
-
-    /// Enforce RBAC from now on: every Kubernetes request is authorized against `policy`
-    /// for the identity of its bearer token, and refused with the real 403 `Status`
-    /// otherwise. The default kubeconfig's token is a cluster admin (`system:masters`),
-    /// so test setup keeps working; `group:NAME` tokens get exactly what is bound to NAME.
-    pub fn enforce_rbac(&self, policy: RbacPolicy) {
-        self.shared.lock().rbac = Some(policy);
-    }
-
-    /// Stop enforcing RBAC (the default): any token may do anything.
-    pub fn disable_rbac(&self) {
-        self.shared.lock().rbac = None;
     }
 
     /// Stop serving and wait for the accept loop to end.
@@ -393,7 +370,10 @@ async fn handle(
     };
     let content_type = header("content-type");
     let user_agent = header("user-agent");
-    let identity = Identity::from_authorization(header("authorization").as_deref());
+    // Any token may do anything here; the log keeps who claimed to send it.
+    let user = header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer ").map(str::to_owned))
+        .unwrap_or_default();
     let host = shared.addr.to_string();
 
     if path == "/_standin" || path.starts_with("/_standin/") {
@@ -415,16 +395,8 @@ async fn handle(
             content_type: content_type.clone(),
             body: body_json,
             status: 0,
-            user: identity.user.clone(),
+            user,
         });
-        if let Some(policy) = &st.rbac {
-            let attrs = rbac::attributes(&method, &path, &query);
-            if !policy.allows(&identity, &attrs) {
-                let err = RbacPolicy::forbidden(&identity, &attrs);
-                st.finish_record(id, err.code);
-                return response(HttpResp::err(err));
-            }
-        }
         (id, st.plan_faults(&method, &path))
     };
     if plan.latency_ms > 0 {
@@ -568,32 +540,6 @@ fn admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResp {
                 .map(|e| e.obj.clone())
                 .collect();
             HttpResp::json(200, Value::Array(objs))
-        }
-        ("GET", "/_standin/rbac") => {
-            let st = shared.lock();
-            HttpResp::json(
-                200,
-                json!({"enforced": st.rbac.is_some(), "policy": st.rbac}),
-            )
-        }
-        ("POST" | "PUT", "/_standin/rbac") => {
-            let text = String::from_utf8_lossy(body);
-            match RbacPolicy::from_manifest(&text) {
-                Ok(policy) => {
-                    let summary = json!({
-                        "enforced": true,
-                        "roles": policy.roles.len(),
-                        "bindings": policy.bindings.len(),
-                    });
-                    shared.lock().rbac = Some(policy);
-                    HttpResp::json(200, summary)
-                }
-                Err(e) => bad(format!("invalid RBAC manifest: {e}")),
-            }
-        }
-        ("DELETE", "/_standin/rbac") => {
-            shared.lock().rbac = None;
-            HttpResp::json(200, json!({"enforced": false}))
         }
         ("GET", "/_standin/settings") => {
             let st = shared.lock();

@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde_json::{Value, json};
 
 use crate::faults::{Fault, FaultKind, RecordedRequest};
-use crate::rbac::RbacPolicy;
 use crate::resources::ResourceDef;
 
 /// (qualified resource, namespace or "", name)
@@ -48,7 +47,6 @@ pub(crate) struct State {
     pub requests: Vec<(u64, RecordedRequest)>,
     pub req_seq: u64,
     /// RBAC enforced when set (off by default: any token may do anything).
-    pub rbac: Option<RbacPolicy>,
     rng: u64,
 }
 
@@ -62,7 +60,6 @@ impl Default for State {
             faults: Vec::new(),
             requests: Vec::new(),
             req_seq: 0,
-            rbac: None,
             rng: seed | 1,
         }
     }

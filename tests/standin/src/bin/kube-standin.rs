@@ -1,4 +1,4 @@
-//! `kube-standin [--listen 127.0.0.1:6443] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS] [--rbac PATH]`
+//! `kube-standin [--listen 127.0.0.1:6443] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS]`
 //!
 //! Serves the Kubernetes API stand-in until killed (Ctrl-C / SIGTERM). `kube-standin
 //! --print-demo` prints the demo mesh as a manifest stream instead, for a real cluster.
@@ -7,15 +7,13 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 fn usage() -> &'static str {
-    "usage: kube-standin [--listen ADDR:PORT] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS] [--rbac PATH]\n\
+    "usage: kube-standin [--listen ADDR:PORT] [--seed-demo] [--kubeconfig-out PATH] [--namespace NS]\n\
      \n\
      --listen ADDR:PORT     where to listen (default 127.0.0.1:0, a random port)\n\
      --seed-demo            seed the demo mesh (namespace shop, kube-system)\n\
      --print-demo           print the demo mesh as a YAML stream (for kubectl apply) and exit\n\
      --kubeconfig-out PATH  write a kubeconfig pointing at the server\n\
-     --namespace NS         namespace of the kubeconfig context (default: shop)\n\
-     --rbac PATH            enforce the ClusterRoles/bindings of this manifest (e.g. deploy/rbac.yaml);\n\
-                            a token `group:NAME` is a member of group NAME, other tokens are admins\n"
+     --namespace NS         namespace of the kubeconfig context (default: shop)\n"
 }
 
 fn main() -> ExitCode {
@@ -23,7 +21,6 @@ fn main() -> ExitCode {
     let mut seed_demo = false;
     let mut kubeconfig_out: Option<String> = None;
     let mut namespace = "shop".to_string();
-    let mut rbac: Option<kube_standin::RbacPolicy> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -59,20 +56,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             },
-            "--rbac" => match args
-                .next()
-                .map(|p| kube_standin::RbacPolicy::from_file(std::path::Path::new(&p)))
-            {
-                Some(Ok(policy)) => rbac = Some(policy),
-                Some(Err(e)) => {
-                    eprintln!("kube-standin: --rbac: {e}");
-                    return ExitCode::from(2);
-                }
-                None => {
-                    eprintln!("kube-standin: --rbac needs a path\n\n{}", usage());
-                    return ExitCode::from(2);
-                }
-            },
             "-h" | "--help" => {
                 print!("{}", usage());
                 return ExitCode::SUCCESS;
@@ -104,9 +87,6 @@ fn main() -> ExitCode {
         };
         if seed_demo {
             kube_standin::seed_demo_mesh(&standin);
-        }
-        if let Some(policy) = rbac {
-            standin.enforce_rbac(policy);
         }
         if let Some(path) = &kubeconfig_out
             && let Err(e) = std::fs::write(path, standin.kubeconfig_yaml(&namespace))
