@@ -327,9 +327,17 @@ async fn with_the_rule_drained_alone(
     planted
 }
 
-#[tokio::test]
-async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_empty_it() {
-    let (cluster, world) = frontend("ivf-pinned-subset").await;
+/// A tenant's requests pinned by a VirtualService the function does not own to the subset
+/// of frontend keyed on `region`; `eu_status` is eu-west-1's health check answer. The drain
+/// by locality alone would leave that subset no endpoint (judged by Istio's compiler), so
+/// the function refuses, saying `why`, and nothing changes.
+async fn a_pinned_tenant_blocks_the_drain(
+    prefix: &str,
+    subset: &str,
+    eu_status: u16,
+    why: &[&str],
+) {
+    let (cluster, world) = frontend(prefix).await;
     let ns = cluster.namespace.clone();
     let mesh = Mesh::new(&cluster);
     mesh.create(
@@ -340,7 +348,6 @@ async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_em
         json!({"host": "frontend", "subsets": region_subsets()}),
     )
     .await;
-    // A tenant's requests pinned to us-east-1, by a VirtualService the function does not own.
     mesh.create(
         Kind::VirtualService,
         "frontend",
@@ -348,20 +355,25 @@ async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_em
         json!({}),
         json!({"hosts": ["frontend"], "http": [
             {"name": "acme", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
-             "route": [{"destination": {"host": "frontend", "subset": "east"}}]},
+             "route": [{"destination": {"host": "frontend", "subset": subset}}]},
             {"route": [{"destination": {"host": "frontend"}}]}]}),
     )
     .await;
     let host = format!("frontend.{ns}.svc.cluster.local");
-    let east = format!("outbound|{PORT}|east|{host}");
-    // What the drain by locality alone would do: Istio leaves the subset no endpoint.
-    let planted = with_the_rule_drained_alone(&cluster, &world, &[]).await;
-    let compiled = planted.compile(&clients(&ns));
+    let pinned = format!("outbound|{PORT}|{subset}|{host}");
+    let unhealthy: &[&str] = if eu_status == 200 {
+        &[]
+    } else {
+        &["eu-west-1"]
+    };
+    let planted = with_the_rule_drained_alone(&cluster, &world, unhealthy)
+        .await
+        .compile(&clients(&ns));
     for client in clients(&ns) {
         assert_eq!(
-            compiled
+            planted
                 .proxy(client.name)
-                .endpoints_of(&BTreeSet::from([east.clone()])),
+                .endpoints_of(&BTreeSet::from([pinned.clone()])),
             BTreeSet::new(),
             "{}: the tenant's route would reach no endpoint",
             client.name
@@ -369,15 +381,25 @@ async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_em
     }
 
     let before = stored(&cluster).await;
-    let report = try_drain(&cluster).await;
+    let report = try_drain_with_eu_answering(&cluster, eu_status).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    let why = remediation_testkit::mesh::reason(outcome);
-    assert!(
-        why.contains("subset east") && why.contains("reach no endpoint"),
-        "{why}"
-    );
+    let reason = remediation_testkit::mesh::reason(outcome);
+    for part in why {
+        assert!(reason.contains(part), "{part:?} not in {reason}");
+    }
     assert_eq!(stored(&cluster).await, before, "nothing changed");
+}
+
+#[tokio::test]
+async fn a_route_to_a_subset_of_the_degraded_region_blocks_a_drain_that_would_empty_it() {
+    a_pinned_tenant_blocks_the_drain(
+        "ivf-pinned-subset",
+        "east",
+        200,
+        &["subset east", "reach no endpoint"],
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -582,57 +604,14 @@ async fn a_gateways_region_split_by_host_the_function_does_not_own_blocks_the_dr
 
 #[tokio::test]
 async fn a_route_to_a_subset_of_a_region_failing_its_health_check_blocks_the_drain() {
-    // eu-west-1 fails its health check, so the drain sends every client to us-west-2 only;
-    // a tenant pinned to the subset of eu-west-1 would then reach no endpoint (judged by
-    // Istio's compiler), so the drain is refused.
-    let (cluster, world) = frontend("ivf-unhealthy-subset").await;
-    let ns = cluster.namespace.clone();
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "frontend",
-        true,
-        json!({}),
-        json!({"host": "frontend", "subsets": region_subsets()}),
+    // eu-west-1 fails its health check, so the drain sends every client to us-west-2 only.
+    a_pinned_tenant_blocks_the_drain(
+        "ivf-unhealthy-subset",
+        "eu",
+        503,
+        &["subset eu", "in eu-west-1, which the drain leaves out"],
     )
     .await;
-    mesh.create(
-        Kind::VirtualService,
-        "frontend",
-        false,
-        json!({}),
-        json!({"hosts": ["frontend"], "http": [
-            {"name": "acme", "match": [{"headers": {"x-tenant": {"exact": "acme"}}}],
-             "route": [{"destination": {"host": "frontend", "subset": "eu"}}]},
-            {"route": [{"destination": {"host": "frontend"}}]}]}),
-    )
-    .await;
-    let host = format!("frontend.{ns}.svc.cluster.local");
-    let eu = format!("outbound|{PORT}|eu|{host}");
-    let planted = with_the_rule_drained_alone(&cluster, &world, &["eu-west-1"])
-        .await
-        .compile(&clients(&ns));
-    for client in clients(&ns) {
-        assert_eq!(
-            planted
-                .proxy(client.name)
-                .endpoints_of(&BTreeSet::from([eu.clone()])),
-            BTreeSet::new(),
-            "{}: the tenant's route would reach no endpoint",
-            client.name
-        );
-    }
-
-    let before = stored(&cluster).await;
-    let report = try_drain_with_eu_answering(&cluster, 503).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    let why = remediation_testkit::mesh::reason(outcome);
-    assert!(
-        why.contains("subset eu") && why.contains("in eu-west-1, which the drain leaves out"),
-        "{why}"
-    );
-    assert_eq!(stored(&cluster).await, before, "nothing changed");
 }
 
 #[tokio::test]
