@@ -7,7 +7,6 @@
 //! The proxy listens on plain HTTP on loopback and forwards over TLS to the server of the
 //! admin kubeconfig, trusting its CA.
 
-mod rules;
 mod status;
 
 use std::collections::HashMap;
@@ -28,7 +27,9 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-pub use rules::{Fault, FaultKind, RecordedRequest};
+// The fault vocabulary is the stand-in's, which the demo and benchmark still serve.
+pub use kube_standin::{Fault, FaultKind, RecordedRequest};
+use kube_standin::{FaultSlot, plan_faults};
 
 /// The label a [`FaultKind::ConflictBump`] writes: someone else's change. A label, not an
 /// annotation: the real server bumps a Deployment's `metadata.generation` for a change of
@@ -46,7 +47,7 @@ struct Upstream {
 
 #[derive(Default)]
 struct State {
-    faults: Vec<rules::Slot>,
+    faults: Vec<FaultSlot>,
     requests: Vec<RecordedRequest>,
     /// Tokens the proxy accepts for a user of the cluster, as the authenticator in front of
     /// a managed cluster does (EKS maps an IAM identity's token to a Kubernetes user).
@@ -209,7 +210,7 @@ impl FaultProxy {
 
     /// Adds a fault rule (rules apply in the order added).
     pub fn add_fault(&self, fault: Fault) {
-        self.shared.lock().faults.push(rules::Slot::new(fault));
+        self.shared.lock().faults.push(FaultSlot::new(fault));
     }
 
     /// Accepts `token` as `user` (its token replaces it on the way to the server).
@@ -332,7 +333,7 @@ async fn handle(
             user,
         });
         let index = state.requests.len() - 1;
-        (index, rules::plan(&mut state.faults, &method, &path))
+        (index, plan_faults(&mut state.faults, &method, &path))
     };
     let finish = |status: u16| {
         if let Some(r) = shared.lock().requests.get_mut(index) {

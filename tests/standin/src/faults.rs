@@ -1,4 +1,5 @@
-//! Fault injection rules and the request log (stand-in only; no Kubernetes counterpart).
+//! Fault injection rules and the request log: the vocabulary of the stand-in and of the
+//! test kit's fault proxy in front of the real API server (no Kubernetes counterpart).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -140,8 +141,120 @@ impl RecordedRequest {
             .map(|(_, v)| v.into_owned())
     }
 
+    /// What it asked for in RBAC terms, `(verb, API group, resource[/subresource])`; `None`
+    /// for a path that names no resource (`/version`, `/apis`).
+    pub fn grant(&self) -> Option<(String, String, String)> {
+        let parts: Vec<&str> = self.path.trim_matches('/').split('/').collect();
+        let (group, rest) = match parts.as_slice() {
+            ["api", _version, rest @ ..] => ("", rest),
+            ["apis", group, _version, rest @ ..] => (*group, rest),
+            _ => return None,
+        };
+        let rest = match rest {
+            ["namespaces", _namespace, resource, tail @ ..] => std::iter::once(*resource)
+                .chain(tail.iter().copied())
+                .collect::<Vec<_>>(),
+            other => other.to_vec(),
+        };
+        let (resource, name, subresource) = match rest.as_slice() {
+            [resource] => (*resource, None, None),
+            [resource, name] => (*resource, Some(*name), None),
+            [resource, name, sub, ..] => (*resource, Some(*name), Some(*sub)),
+            _ => return None,
+        };
+        let watching = self
+            .query_param("watch")
+            .is_some_and(|w| w == "true" || w == "1");
+        let verb = match (self.method.as_str(), name.is_some()) {
+            ("GET", _) if watching => "watch",
+            ("GET" | "HEAD", true) => "get",
+            ("GET" | "HEAD", false) => "list",
+            ("POST", _) => "create",
+            ("PUT", _) => "update",
+            ("PATCH", _) => "patch",
+            ("DELETE", true) => "delete",
+            ("DELETE", false) => "deletecollection",
+            _ => return None,
+        };
+        let resource = match subresource {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_owned(),
+        };
+        Some((verb.to_owned(), group.to_owned(), resource))
+    }
+
     /// Whether this was a server-side dry run (`dryRun=All`).
     pub fn is_dry_run(&self) -> bool {
         self.query_param("dryRun").as_deref() == Some("All")
     }
+}
+
+/// A fault rule plus its counters.
+#[derive(Debug, Clone)]
+pub struct FaultSlot {
+    fault: Fault,
+    seen: u32,
+    fired: u32,
+}
+
+impl FaultSlot {
+    /// A rule not yet matched.
+    pub fn new(fault: Fault) -> Self {
+        FaultSlot {
+            fault,
+            seen: 0,
+            fired: 0,
+        }
+    }
+
+    /// The rule.
+    pub fn fault(&self) -> &Fault {
+        &self.fault
+    }
+
+    /// Requests it matched, and times it fired.
+    pub fn counts(&self) -> (u32, u32) {
+        (self.seen, self.fired)
+    }
+}
+
+/// What the rules do to one request: the latency they add up to, and the first other kind
+/// that fires.
+#[derive(Debug, Default)]
+pub struct FaultPlan {
+    /// Delay before answering.
+    pub latency_ms: u64,
+    /// What happens then (`None`: answered normally).
+    pub action: Option<FaultKind>,
+}
+
+/// Applies the rules, in the order added, to a request: counts it against each rule it
+/// matches; latency adds up, the first other rule that fires decides.
+pub fn plan_faults(slots: &mut [FaultSlot], method: &str, path: &str) -> FaultPlan {
+    let mut plan = FaultPlan::default();
+    for slot in slots {
+        let f = &slot.fault;
+        if f.method
+            .as_deref()
+            .is_some_and(|m| !m.eq_ignore_ascii_case(method))
+            || f.path_contains
+                .as_deref()
+                .is_some_and(|p| !path.contains(p))
+        {
+            continue;
+        }
+        slot.seen += 1;
+        if slot.seen <= f.after || f.times.is_some_and(|t| slot.fired >= t) {
+            continue;
+        }
+        slot.fired += 1;
+        match &f.kind {
+            FaultKind::Latency { ms } => plan.latency_ms += ms,
+            other => {
+                plan.action = Some(other.clone());
+                break;
+            }
+        }
+    }
+    plan
 }

@@ -43,7 +43,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 pub use demo::{demo_mesh_objects, seed_demo_mesh};
-pub use faults::{Fault, FaultKind, RecordedRequest};
+pub use faults::{Fault, FaultKind, FaultPlan, FaultSlot, RecordedRequest, plan_faults};
 pub use schema::validate_istio;
 
 use api::{HttpReq, HttpResp};
@@ -154,11 +154,7 @@ impl StandIn {
 
     /// Add a fault rule (checked after the ones already present).
     pub fn add_fault(&self, fault: Fault) {
-        self.shared.lock().faults.push(store::FaultSlot {
-            fault,
-            seen: 0,
-            fired: 0,
-        });
+        self.shared.lock().faults.push(FaultSlot::new(fault));
     }
 
     /// Remove every fault rule.
@@ -492,7 +488,10 @@ fn admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResp {
                 .lock()
                 .faults
                 .iter()
-                .map(|s| json!({"fault": s.fault, "seen": s.seen, "fired": s.fired}))
+                .map(|s| {
+                    let (seen, fired) = s.counts();
+                    json!({"fault": s.fault(), "seen": seen, "fired": fired})
+                })
                 .collect();
             HttpResp::json(200, Value::Array(faults))
         }
@@ -504,11 +503,7 @@ fn admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> HttpResp {
                 Ok(fs) => {
                     let mut st = shared.lock();
                     for fault in fs {
-                        st.faults.push(store::FaultSlot {
-                            fault,
-                            seen: 0,
-                            fired: 0,
-                        });
+                        st.faults.push(FaultSlot::new(fault));
                     }
                     HttpResp::json(201, json!({"faults": st.faults.len()}))
                 }

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use crate::faults::{Fault, FaultKind, RecordedRequest};
+use crate::faults::{FaultPlan, FaultSlot, RecordedRequest};
 use crate::resources::ResourceDef;
 
 /// (qualified resource, namespace or "", name)
@@ -21,21 +21,6 @@ pub(crate) struct Entry {
     pub owners: Owners,
 }
 
-/// A fault rule plus its counters.
-#[derive(Debug, Clone)]
-pub(crate) struct FaultSlot {
-    pub fault: Fault,
-    pub seen: u32,
-    pub fired: u32,
-}
-
-/// What the fault table decided for one request.
-#[derive(Debug, Default)]
-pub(crate) struct FaultPlan {
-    pub latency_ms: u64,
-    pub action: Option<FaultKind>,
-}
-
 /// Everything behind the one mutex.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -46,7 +31,6 @@ pub(crate) struct State {
     pub faults: Vec<FaultSlot>,
     pub requests: Vec<(u64, RecordedRequest)>,
     pub req_seq: u64,
-    /// RBAC enforced when set (off by default: any token may do anything).
     rng: u64,
 }
 
@@ -175,38 +159,7 @@ impl State {
 
     /// Decide which faults apply to this request (and count them).
     pub(crate) fn plan_faults(&mut self, method: &str, path: &str) -> FaultPlan {
-        let mut plan = FaultPlan::default();
-        for slot in &mut self.faults {
-            let f = &slot.fault;
-            if f.method
-                .as_deref()
-                .is_some_and(|m| !m.eq_ignore_ascii_case(method))
-            {
-                continue;
-            }
-            if f.path_contains
-                .as_deref()
-                .is_some_and(|p| !path.contains(p))
-            {
-                continue;
-            }
-            slot.seen += 1;
-            if slot.seen <= f.after {
-                continue;
-            }
-            if f.times.is_some_and(|t| slot.fired >= t) {
-                continue;
-            }
-            slot.fired += 1;
-            match &f.kind {
-                FaultKind::Latency { ms } => plan.latency_ms += ms,
-                other => {
-                    plan.action = Some(other.clone());
-                    break;
-                }
-            }
-        }
-        plan
+        crate::faults::plan_faults(&mut self.faults, method, path)
     }
 
     pub(crate) fn record(&mut self, r: RecordedRequest) -> u64 {
