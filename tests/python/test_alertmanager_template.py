@@ -355,7 +355,7 @@ def test_intake_check_parses_every_captured_message(capture, tmp_path):
         path = tmp_path / f"capture-{i}.json"
         path.write_text(json.dumps(event, ensure_ascii=False))
         out = subprocess.run(
-            [cargo, "run", "-q", "-p", "remediation-testkit", "--bin", "intake-check", "--", str(path)],
+            [cargo, "run", "-q", "-p", "mesh-remediation-tools", "--bin", "intake-check", "--", str(path)],
             cwd=REPO, capture_output=True, text=True, timeout=1200,
         )
         assert out.returncode == 0, f"{p['form']['Subject']}: {out.stdout[-3000:]}{out.stderr[-3000:]}"
