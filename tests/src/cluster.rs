@@ -1,8 +1,7 @@
-//! A Kubernetes API to test against: a real cluster via `TEST_KUBECONFIG` (the control plane
-//! `scripts/test` starts, or a user's own), else the stand-in; the real cluster behind the
-//! [`FaultProxy`] for what a real server cannot produce on demand (injected faults, lost
-//! answers, the request log); and the stand-in on request, for what stays on it (see its
-//! README).
+//! A Kubernetes API to test against: the real cluster of `TEST_KUBECONFIG` (the control
+//! plane `scripts/test` starts, or a user's own) behind the [`FaultProxy`], for what a real
+//! server cannot produce on demand (injected faults, lost answers, the request log); or a
+//! member of a [`crate::fleet::Fleet`], connected directly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -10,13 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::fault_proxy::{Credentials, FaultProxy, RecordedRequest};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
-use kube_standin::StandIn;
-
-use crate::fault_proxy::{Credentials, FaultProxy, RecordedRequest};
 use mesh_remediation::cluster::connect::KubeConnector;
 use mesh_remediation::config::Config;
 use mesh_remediation::pipeline::{Invocation, Pipeline};
@@ -32,7 +29,6 @@ pub struct TestCluster {
     pub client: kube::Client,
     /// The test's namespace (created on start).
     pub namespace: String,
-    standin: Option<StandIn>,
     proxy: Option<FaultProxy>,
     kubeconfig: PathBuf,
     /// Per function, a client and kubeconfig with that function's group identity, when the
@@ -52,18 +48,6 @@ impl KubeConnector for FixedConnector {
 }
 
 impl TestCluster {
-    /// The stand-in, always: for tests of what a real API server cannot be made to do on
-    /// demand (injected faults, latency, lost answers) or that read its request log.
-    pub async fn start_standin(prefix: &str) -> TestCluster {
-        let unique = unique_name(prefix);
-        let standin = StandIn::start().await.expect("stand-in starts");
-        let path = std::env::temp_dir().join(format!("kubeconfig-{unique}.yaml"));
-        std::fs::write(&path, standin.kubeconfig_yaml("default")).expect("write kubeconfig");
-        let mut cluster = Self::with_kubeconfig(unique, path, HashMap::new()).await;
-        cluster.standin = Some(standin);
-        cluster
-    }
-
     /// The cluster for a behaviour test: the real cluster named by `TEST_KUBECONFIG` (what
     /// `scripts/test` starts) behind a [`FaultProxy`], with a namespace named after
     /// `prefix`. Every request of the test's clients (the admin's and each function's, with
@@ -154,16 +138,10 @@ impl TestCluster {
         TestCluster {
             client,
             namespace,
-            standin: None,
             proxy: None,
             kubeconfig,
             functions,
         }
-    }
-
-    /// Whether this is the stand-in rather than a real API server.
-    pub fn is_standin(&self) -> bool {
-        self.standin.is_some()
     }
 
     /// The fault proxy in front of the cluster.
@@ -171,13 +149,6 @@ impl TestCluster {
         self.proxy.as_ref().expect(
             "a cluster connected directly has no fault proxy: start it with TestCluster::start",
         )
-    }
-
-    /// The stand-in of a cluster from [`TestCluster::start_standin`].
-    pub fn standin_server(&self) -> &StandIn {
-        self.standin
-            .as_ref()
-            .expect("this test needs the stand-in: start it with TestCluster::start_standin")
     }
 
     /// The client `function` acts with: its group's identity when the cluster provides one
@@ -191,13 +162,8 @@ impl TestCluster {
     /// A client with `function`'s group identity on a real cluster: its own token when the
     /// cluster provides one (the test control plane), else the admin impersonating user and
     /// group `mesh-remediation-<function>` (a cluster of your own with `deploy/rbac.yaml`
-    /// applied). Panics on the stand-in, which has neither.
+    /// applied).
     pub async fn identity_of(&self, function: &str) -> kube::Client {
-        assert!(
-            !self.is_standin(),
-            "this test needs a real API server (its RBAC authorizer and admission policies): \
-             run scripts/test, which starts one, or set TEST_KUBECONFIG"
-        );
         if let Some((client, _)) = self.functions.get(function) {
             return client.clone();
         }
@@ -223,36 +189,14 @@ impl TestCluster {
             .map_or(self.kubeconfig.as_path(), |(_, path)| path.as_path())
     }
 
-    /// The stand-in, when not running against a real cluster.
-    pub fn standin(&self) -> Option<&StandIn> {
-        self.standin.as_ref()
-    }
-
-    /// Every request the test's clients sent so far (the proxy's log on a real cluster, the
-    /// stand-in's on the stand-in); empty for a cluster connected directly.
+    /// Every request the test's clients sent so far, from the fault proxy's log.
     pub fn requests(&self) -> Vec<RecordedRequest> {
-        match (&self.proxy, &self.standin) {
-            (Some(proxy), _) => proxy.requests(),
-            (None, Some(standin)) => standin
-                .requests()
-                .into_iter()
-                .map(|r| {
-                    serde_json::from_value(serde_json::to_value(r).expect("json"))
-                        .expect("the same fields")
-                })
-                .collect(),
-            (None, None) => panic!("a cluster connected directly keeps no request log"),
-        }
+        self.faults().requests()
     }
 
     /// Forgets the requests so far.
     pub fn clear_requests(&self) {
-        if let Some(proxy) = &self.proxy {
-            proxy.clear_requests();
-        }
-        if let Some(standin) = &self.standin {
-            standin.clear_requests();
-        }
+        self.faults().clear_requests();
     }
 
     /// A kubeconfig file for subprocesses (the Lambda emulator).

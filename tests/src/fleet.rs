@@ -137,7 +137,13 @@ impl Member {
 impl Drop for Member {
     fn drop(&mut self) {
         self.stop();
-        let _ = std::fs::remove_dir_all(self.dir.join("etcd-data"));
+        // A failing test keeps the control plane's logs to read; a passing one leaves nothing.
+        let keep = if std::thread::panicking() {
+            self.dir.join("etcd-data")
+        } else {
+            self.dir.clone()
+        };
+        let _ = std::fs::remove_dir_all(keep);
     }
 }
 

@@ -1,6 +1,6 @@
 //! db-circuit-break end to end over HTTP against the Kubernetes API (the real control plane
-//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG; the stand-in when
-//! neither is there): the breaker, its settings, restore and revert.
+//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG, behind the test's
+//! fault proxy): the breaker, its settings, restore and revert.
 
 use std::collections::HashMap;
 

@@ -1,6 +1,6 @@
 //! error-rollback end to end over HTTP against the Kubernetes API (the real control plane
-//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG; the stand-in when
-//! neither is there): weights, idempotency, dry run, revert.
+//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG, behind the test's
+//! fault proxy): weights, idempotency, dry run, revert.
 
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;

@@ -2,7 +2,7 @@
 //! after the function acts are compiled by Istio's config compiler (`tests/istio-oracle`) for
 //! client proxies in several namespaces and regions, and each test asserts the effect there:
 //! where Envoy sends the requests, which breaker guards them. Runs on the real control plane
-//! scripts/test starts (or TEST_KUBECONFIG; the stand-in when neither is there).
+//! scripts/test starts (or TEST_KUBECONFIG).
 
 use std::collections::{BTreeSet, HashMap};
 

@@ -1,6 +1,6 @@
 //! latency-restart end to end over HTTP against the Kubernetes API (the real control plane
-//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG; the stand-in when
-//! neither is there): every behaviour the product promises.
+//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG, behind the test's
+//! fault proxy): every behaviour the product promises.
 
 use std::time::Duration;
 

@@ -1,13 +1,14 @@
 //! The brakes an operator pulls without a redeploy: a pause for the whole cluster, a
 //! namespace or one object, and an object that accepts only some remediations. Each is read
 //! before any change, skips with a reason that says how to lift it, and changes nothing.
-//! The object and namespace brakes run on the real control plane; the cluster-wide one on a
-//! private stand-in, since pausing a shared cluster would pause every other test.
+//! All run on the real control plane; the cluster-wide one on a control plane of its own,
+//! since pausing a shared cluster would pause every other test.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
+use remediation_testkit::fleet::Fleet;
 use remediation_testkit::mesh::{only, reason};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
@@ -132,15 +133,11 @@ async fn an_object_may_accept_only_some_remediations() {
 
 #[tokio::test]
 async fn the_cluster_switch_pauses_every_namespace() {
-    let cluster = TestCluster::start_standin("pause-cluster").await;
+    // A control plane of the test's own: the switch pauses everything on a cluster.
+    let fleet = Fleet::start("pause-cluster", &["own"]).await;
+    let cluster = &fleet.member("own").cluster;
     cluster.create_deployment(TARGET, true).await;
-    let before = restarted_at(&cluster).await;
-    let kube_system: Namespace =
-        serde_json::from_value(json!({"metadata": {"name": "kube-system"}})).expect("namespace");
-    Api::<Namespace>::all(cluster.client.clone())
-        .create(&PostParams::default(), &kube_system)
-        .await
-        .expect("kube-system, as every cluster has");
+    let before = restarted_at(cluster).await;
     let configmaps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), "kube-system");
     let switch: ConfigMap = serde_json::from_value(json!({
         "metadata": {"name": "mesh-remediation", "namespace": "kube-system"},
@@ -150,8 +147,8 @@ async fn the_cluster_switch_pauses_every_namespace() {
         .create(&PostParams::default(), &switch)
         .await
         .expect("create the switch");
-    assert_skipped(&fire(&cluster).await, "paused for the whole cluster");
-    assert_eq!(restarted_at(&cluster).await, before);
+    assert_skipped(&fire(cluster).await, "paused for the whole cluster");
+    assert_eq!(restarted_at(cluster).await, before);
     // Lifted by emptying it (or deleting the ConfigMap).
     configmaps
         .patch(
@@ -161,5 +158,5 @@ async fn the_cluster_switch_pauses_every_namespace() {
         )
         .await
         .expect("lift");
-    assert_eq!(only(&fire(&cluster).await).outcome, OutcomeKind::Applied);
+    assert_eq!(only(&fire(cluster).await).outcome, OutcomeKind::Applied);
 }

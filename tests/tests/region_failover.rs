@@ -1,6 +1,6 @@
 //! region-failover end to end over HTTP against the Kubernetes API (the real control plane
-//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG; the stand-in when
-//! neither is there), with regional health endpoints on 127.0.0.1.
+//! scripts/test starts, or a cluster of your own via TEST_KUBECONFIG, behind the test's
+//! fault proxy), with regional health endpoints on 127.0.0.1.
 
 use std::collections::HashMap;
 use std::time::Duration;
