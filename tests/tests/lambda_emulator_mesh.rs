@@ -1,43 +1,61 @@
 //! The built bootstraps of the mesh functions under the AWS Lambda Runtime Interface
-//! Emulator, fed their sample events, acting on a stand-in seeded with the demo mesh.
+//! Emulator, fed their sample events, acting with their own identity on the real control
+//! plane (through the test's fault proxy) holding the demo mesh's Istio objects.
 
-use kube_standin::StandIn;
+use kube::api::{DynamicObject, PostParams};
+use remediation_testkit::TestCluster;
 use remediation_testkit::events;
 use remediation_testkit::lambda_emulator::{Emulator, function_binary};
-use remediation_testkit::mesh::HealthEndpoint;
+use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh};
 use serde_json::{Value, json};
 
-const ISTIO: &str = "networking.istio.io/v1";
-
-/// The demo mesh on a fresh stand-in, and a kubeconfig file for the bootstrap.
-async fn demo_mesh(name: &str) -> (StandIn, std::path::PathBuf) {
-    let standin = StandIn::start().await.expect("stand-in starts");
-    kube_standin::seed_demo_mesh(&standin);
-    let path =
-        std::env::temp_dir().join(format!("kubeconfig-rie-{name}-{}.yaml", std::process::id()));
-    std::fs::write(&path, standin.kubeconfig_yaml("shop")).expect("write kubeconfig");
-    (standin, path)
+/// A cluster holding the demo mesh's Istio objects in the test's namespace (the demo's
+/// `shop` renamed).
+async fn demo_mesh(prefix: &str) -> TestCluster {
+    let cluster = TestCluster::start(prefix).await;
+    let ns = cluster.namespace.clone();
+    let mesh = Mesh::new(&cluster);
+    for object in kube_standin::demo_mesh_objects() {
+        if object["apiVersion"] != "networking.istio.io/v1" {
+            continue;
+        }
+        let text = serde_json::to_string(&object)
+            .expect("json")
+            .replace("\"namespace\":\"shop\"", &format!("\"namespace\":\"{ns}\""))
+            .replace(".shop.svc.", &format!(".{ns}.svc."));
+        let object: DynamicObject = serde_json::from_str(&text).expect("object");
+        let kind = match object.types.as_ref().map(|t| t.kind.as_str()) {
+            Some("VirtualService") => Kind::VirtualService,
+            Some("DestinationRule") => Kind::DestinationRule,
+            other => panic!("the demo mesh has no {other:?}"),
+        };
+        mesh.api(kind)
+            .create(&PostParams::default(), &object)
+            .await
+            .expect("create the demo mesh object");
+    }
+    cluster
 }
 
-async fn emulate(function: &str, kubeconfig: &std::path::Path, env: &[(&str, &str)]) -> Emulator {
-    let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+/// `function`'s bootstrap under the emulator, with its own identity and the test's budget.
+async fn emulate(cluster: &TestCluster, function: &str, env: &[(&str, &str)]) -> Emulator {
+    let kubeconfig = cluster
+        .function_kubeconfig_path(function)
+        .to_string_lossy()
+        .into_owned();
     let mut vars = vec![
         ("KUBECONFIG", kubeconfig.as_str()),
         ("DRY_RUN", "false"),
         ("RUST_LOG", "info"),
+        ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
     ];
     vars.extend_from_slice(env);
     Emulator::start(&function_binary(function), &vars).await
 }
 
-fn stored(standin: &StandIn, kind: &str, name: &str) -> Value {
-    let object = standin
-        .get(ISTIO, kind, Some("shop"), name)
-        .unwrap_or_else(|| panic!("{kind} shop/{name} stored"));
-    if let Err(errors) = kube_standin::validate_istio(kind, "v1", &object) {
-        panic!("{kind} shop/{name} invalid: {errors:#?}");
-    }
-    object
+/// The stored object's JSON.
+async fn stored(cluster: &TestCluster, kind: Kind, name: &str) -> Value {
+    Mesh::new(cluster).get(kind, name).await
 }
 
 /// Invokes `event` and returns the one outcome, asserting the invocation answered 200.
@@ -52,14 +70,17 @@ async fn outcome(emulator: &Emulator, event: &Value, function: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_rollback_bootstrap_rolls_back_and_reverts() {
-    let (standin, kubeconfig) = demo_mesh("er").await;
-    let before = stored(&standin, "VirtualService", "checkout");
-    let emulator = emulate("error-rollback", &kubeconfig, &[]).await;
-    let firing = events::fresh("error-rollback-firing.json", "shop");
+    let cluster = demo_mesh("rie-er").await;
+    let before = stored(&cluster, Kind::VirtualService, "checkout").await;
+    let emulator = emulate(&cluster, "error-rollback", &[]).await;
+    let firing = events::fresh("error-rollback-firing.json", &cluster.namespace);
     let result = outcome(&emulator, &firing, "error-rollback").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(result["target"], "VirtualService shop/checkout");
-    let after = stored(&standin, "VirtualService", "checkout");
+    assert_eq!(
+        result["target"],
+        format!("VirtualService {}/checkout", cluster.namespace)
+    );
+    let after = stored(&cluster, Kind::VirtualService, "checkout").await;
     let weights: Vec<&Value> = after["spec"]["http"][0]["route"]
         .as_array()
         .expect("route")
@@ -77,29 +98,29 @@ async fn error_rollback_bootstrap_rolls_back_and_reverts() {
         "skipped"
     );
 
-    let revert = events::fresh("error-rollback-revert.json", "shop");
+    let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
     let result = outcome(&emulator, &revert, "error-rollback").await;
     assert_eq!(result["outcome"], "applied", "{result}");
     assert_eq!(
-        stored(&standin, "VirtualService", "checkout")["spec"],
+        stored(&cluster, Kind::VirtualService, "checkout").await["spec"],
         before["spec"]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
-    let (standin, kubeconfig) = demo_mesh("cb").await;
-    let before = stored(&standin, "DestinationRule", "orders-db");
+    let cluster = demo_mesh("rie-cb").await;
+    let before = stored(&cluster, Kind::DestinationRule, "orders-db").await;
     let emulator = emulate(
+        &cluster,
         "db-circuit-break",
-        &kubeconfig,
         &[("CB_CONNECT_TIMEOUT", "1s")],
     )
     .await;
-    let firing = events::fresh("db-circuit-break-firing.json", "shop");
+    let firing = events::fresh("db-circuit-break-firing.json", &cluster.namespace);
     let result = outcome(&emulator, &firing, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    let after = stored(&standin, "DestinationRule", "orders-db");
+    let after = stored(&cluster, Kind::DestinationRule, "orders-db").await;
     let policy = &after["spec"]["trafficPolicy"];
     assert_eq!(
         policy["tls"],
@@ -112,20 +133,20 @@ async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
         "setting from the environment"
     );
 
-    let revert = events::fresh("db-circuit-break-revert.json", "shop");
+    let revert = events::fresh("db-circuit-break-revert.json", &cluster.namespace);
     let result = outcome(&emulator, &revert, "db-circuit-break").await;
     assert_eq!(result["outcome"], "applied", "{result}");
     assert_eq!(
-        stored(&standin, "DestinationRule", "orders-db")["spec"],
+        stored(&cluster, Kind::DestinationRule, "orders-db").await["spec"],
         before["spec"]
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn db_circuit_break_bootstrap_refuses_to_start_on_a_bad_setting() {
-    let (_standin, kubeconfig) = demo_mesh("cbbad").await;
-    let emulator = emulate("db-circuit-break", &kubeconfig, &[("CB_INTERVAL", "often")]).await;
-    let firing = events::fresh("db-circuit-break-firing.json", "shop");
+    let cluster = demo_mesh("rie-cbbad").await;
+    let emulator = emulate(&cluster, "db-circuit-break", &[("CB_INTERVAL", "often")]).await;
+    let firing = events::fresh("db-circuit-break-firing.json", &cluster.namespace);
     let (status, body) = emulator.invoke(&firing).await;
     assert_ne!(
         body["outcomes"][0]["outcome"], "applied",
@@ -140,21 +161,21 @@ async fn db_circuit_break_bootstrap_refuses_to_start_on_a_bad_setting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn region_failover_bootstrap_checks_health_and_shifts_weights() {
-    let (standin, kubeconfig) = demo_mesh("rf").await;
-    let before = stored(&standin, "VirtualService", "frontend");
+    let cluster = demo_mesh("rie-rf").await;
+    let before = stored(&cluster, Kind::VirtualService, "frontend").await;
     let west = HealthEndpoint::start(200).await;
     let eu = HealthEndpoint::start(503).await;
     let urls = format!("us-west-2={},eu-west-1={}", west.url(), eu.url());
     let emulator = emulate(
+        &cluster,
         "region-failover",
-        &kubeconfig,
         &[("REGION_HEALTH_URLS", &urls)],
     )
     .await;
-    let firing = events::fresh("region-failover-firing.json", "shop");
+    let firing = events::fresh("region-failover-firing.json", &cluster.namespace);
     let result = outcome(&emulator, &firing, "region-failover").await;
     assert_eq!(result["outcome"], "applied", "{result}");
-    let after = stored(&standin, "VirtualService", "frontend");
+    let after = stored(&cluster, Kind::VirtualService, "frontend").await;
     let weights: Vec<i64> = after["spec"]["http"][0]["route"]
         .as_array()
         .expect("route")
@@ -168,11 +189,11 @@ async fn region_failover_bootstrap_checks_health_and_shifts_weights() {
     );
     assert!(west.hits() >= 1 && eu.hits() >= 1);
 
-    let revert = events::fresh("region-failover-revert.json", "shop");
+    let revert = events::fresh("region-failover-revert.json", &cluster.namespace);
     let result = outcome(&emulator, &revert, "region-failover").await;
     assert_eq!(result["outcome"], "applied", "{result}");
     assert_eq!(
-        stored(&standin, "VirtualService", "frontend")["spec"],
+        stored(&cluster, Kind::VirtualService, "frontend").await["spec"],
         before["spec"]
     );
 }
