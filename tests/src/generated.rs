@@ -310,3 +310,49 @@ pub async fn shrink<M: Generated>(
     }
     best
 }
+
+/// Collects violations, one per class (details joined, the first few kept).
+#[derive(Default)]
+pub struct Findings(BTreeMap<&'static str, Vec<String>>);
+
+impl Findings {
+    /// Adds one violation of `class`.
+    pub fn add(&mut self, class: &'static str, detail: String) {
+        self.0.entry(class).or_default().push(detail);
+    }
+
+    /// One violation per class, its details after `context`.
+    pub fn into_violations(self, context: &str) -> Vec<Violation> {
+        self.0
+            .into_iter()
+            .map(|(class, details)| {
+                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
+                let more = details.len().saturating_sub(shown.len());
+                let more = if more > 0 {
+                    format!(" (+{more} more)")
+                } else {
+                    String::new()
+                };
+                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
+            })
+            .collect()
+    }
+}
+
+/// The objects (as they were before) whose spec, labels or annotations differ after.
+pub fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
+    before
+        .iter()
+        .filter(|b| {
+            let now = after
+                .iter()
+                .find(|a| key(a) == key(b) && a["kind"] == b["kind"]);
+            now.is_none_or(|a| {
+                a["spec"] != b["spec"]
+                    || a["metadata"]["labels"] != b["metadata"]["labels"]
+                    || a["metadata"]["annotations"] != b["metadata"]["annotations"]
+            })
+        })
+        .cloned()
+        .collect()
+}

@@ -38,7 +38,7 @@ use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::generated::{
-    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
+    Harness, ShrinkLimits, changed_objects, compile_all, fresh_prefix, key, shrink,
 };
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
@@ -359,22 +359,4 @@ async fn revert(h: &Harness, mesh: &GeneratedMesh, object: &Value) -> Outcome {
         &format!("revert-{}-{}", mesh.prefix, key(object)),
     )
     .await
-}
-
-/// The objects (as they were before) whose spec, labels or annotations differ after.
-fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
-    before
-        .iter()
-        .filter(|b| {
-            let now = after
-                .iter()
-                .find(|a| key(a) == key(b) && a["kind"] == b["kind"]);
-            now.is_none_or(|a| {
-                a["spec"] != b["spec"]
-                    || a["metadata"]["labels"] != b["metadata"]["labels"]
-                    || a["metadata"]["annotations"] != b["metadata"]["annotations"]
-            })
-        })
-        .cloned()
-        .collect()
 }

@@ -29,7 +29,7 @@ use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
 use remediation_testkit::generated::{
-    Harness, ShrinkLimits, compile_all, fresh_prefix, key, shrink,
+    Findings, Harness, ShrinkLimits, changed_objects, compile_all, fresh_prefix, key, shrink,
 };
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
@@ -358,24 +358,6 @@ async fn revert(h: &Harness, mesh: &RollbackMesh, object: &Value) -> Outcome {
     .await
 }
 
-/// The objects (as they were before) whose spec, labels or annotations differ after.
-fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
-    before
-        .iter()
-        .filter(|b| {
-            let now = after
-                .iter()
-                .find(|a| key(a) == key(b) && a["kind"] == b["kind"]);
-            now.is_none_or(|a| {
-                a["spec"] != b["spec"]
-                    || a["metadata"]["labels"] != b["metadata"]["labels"]
-                    || a["metadata"]["annotations"] != b["metadata"]["annotations"]
-            })
-        })
-        .cloned()
-        .collect()
-}
-
 /// Everything known about one mesh's run.
 struct Trial<'a> {
     mesh: &'a RollbackMesh,
@@ -388,32 +370,6 @@ struct Trial<'a> {
     reverted_objects: &'a [Value],
     changed: &'a [Value],
     reverts: &'a [(String, Outcome)],
-}
-
-/// Collects violations, one per class (details joined, the first few kept).
-#[derive(Default)]
-struct Findings(BTreeMap<&'static str, Vec<String>>);
-
-impl Findings {
-    fn add(&mut self, class: &'static str, detail: String) {
-        self.0.entry(class).or_default().push(detail);
-    }
-
-    fn into_violations(self, context: &str) -> Vec<Violation> {
-        self.0
-            .into_iter()
-            .map(|(class, details)| {
-                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
-                let more = details.len().saturating_sub(shown.len());
-                let more = if more > 0 {
-                    format!(" (+{more} more)")
-                } else {
-                    String::new()
-                };
-                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
-            })
-            .collect()
-    }
 }
 
 fn check(t: &Trial) -> Vec<Violation> {

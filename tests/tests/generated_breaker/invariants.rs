@@ -2,10 +2,8 @@
 //! compiled before the change, after it and after reverting it, and on the objects the API
 //! server stores.
 
-use std::collections::BTreeMap;
-
 use mesh_remediation::report::{Outcome, OutcomeKind};
-use remediation_testkit::generated::key;
+use remediation_testkit::generated::{Findings, key};
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::Value;
@@ -28,32 +26,6 @@ pub(super) struct Trial<'a> {
     pub(super) reverted_objects: &'a [Value],
     pub(super) changed: &'a [Value],
     pub(super) reverts: &'a [(String, Outcome)],
-}
-
-/// Collects violations, one per class (details joined, the first few kept).
-#[derive(Default)]
-struct Findings(BTreeMap<&'static str, Vec<String>>);
-
-impl Findings {
-    fn add(&mut self, class: &'static str, detail: String) {
-        self.0.entry(class).or_default().push(detail);
-    }
-
-    fn into_violations(self, context: &str) -> Vec<Violation> {
-        self.0
-            .into_iter()
-            .map(|(class, details)| {
-                let shown: Vec<&str> = details.iter().take(4).map(String::as_str).collect();
-                let more = details.len().saturating_sub(shown.len());
-                let more = if more > 0 {
-                    format!(" (+{more} more)")
-                } else {
-                    String::new()
-                };
-                Violation::new(class, format!("{context}: {}{more}", shown.join("; ")))
-            })
-            .collect()
-    }
 }
 
 pub(super) fn check(t: &Trial) -> Vec<Violation> {
