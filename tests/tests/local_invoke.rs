@@ -177,7 +177,7 @@ fn the_local_demo_mesh_is_the_stand_ins() {
     let path = workspace_root().join("local/demo-mesh.yaml");
     let header = "# The demo mesh scripts/local-cluster applies: the stand-in's demo mesh \
                   (tests/standin/src/demo.rs) without status.\n# Regenerate: \
-                  UPDATE_LOCAL_MESH=1 cargo nextest run -p remediation-testkit --test local_invoke\n";
+                  UPDATE_LOCAL_MESH=1 cargo nextest run -p remediation-testkit -E 'test(/^local_invoke::/)'\n";
     let expected = format!("{header}{}", demo_manifest());
     if std::env::var_os("UPDATE_LOCAL_MESH").is_some() {
         std::fs::write(&path, &expected).expect("write");
