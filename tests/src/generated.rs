@@ -6,13 +6,14 @@
 //! [`crate::gen_failover`]) says what its meshes are through [`Generated`]; what is checked
 //! is the caller's.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, PostParams};
+use mesh_remediation::report::{Outcome, OutcomeKind};
 use serde_json::{Value, json};
 
 use crate::TestCluster;
@@ -355,4 +356,98 @@ pub fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
         })
         .cloned()
         .collect()
+}
+
+/// What a suite knows after reverting one mesh's changes.
+pub struct Reverted<'a> {
+    /// The compiled configuration before the function acted.
+    pub before: &'a Compiled,
+    /// The same after every revert, or why Istio rejects the objects.
+    pub reverted: Result<&'a Compiled, &'a String>,
+    /// The objects before the function acted.
+    pub before_objects: &'a [Value],
+    /// The same after every revert.
+    pub reverted_objects: &'a [Value],
+    /// Each revert request's object and outcome.
+    pub reverts: &'a [(String, Outcome)],
+}
+
+/// Every revert is applied and gives back the exact compiled configuration and specs.
+pub fn check_reverts(t: &Reverted<'_>, f: &mut Findings) {
+    for (object, outcome) in t.reverts {
+        if outcome.outcome != OutcomeKind::Applied {
+            f.add(
+                "revert-refused",
+                format!(
+                    "{object}: {} {}",
+                    outcome.outcome.as_str(),
+                    outcome.reason.as_deref().unwrap_or_default()
+                ),
+            );
+        }
+    }
+    match t.reverted {
+        Err(why) => f.add(
+            "revert-differs",
+            format!("Istio rejects the reverted objects: {why}"),
+        ),
+        Ok(reverted) => {
+            let was = serde_json::to_string(&t.before.raw["proxies"]).expect("json");
+            let now = serde_json::to_string(&reverted.raw["proxies"]).expect("json");
+            if was != now {
+                let diff = first_difference(
+                    &t.before.raw["proxies"],
+                    &reverted.raw["proxies"],
+                    "proxies",
+                );
+                f.add(
+                    "revert-differs",
+                    diff.unwrap_or_else(|| "the JSON text differs".into()),
+                );
+            }
+        }
+    }
+    for before in t.before_objects {
+        let now = t
+            .reverted_objects
+            .iter()
+            .find(|o| key(o) == key(before) && o["kind"] == before["kind"]);
+        if now.is_none_or(|o| o["spec"] != before["spec"]) {
+            f.add(
+                "revert-spec-differs",
+                format!("{} {}", before["kind"], key(before)),
+            );
+        }
+    }
+}
+
+/// Where two JSON documents first differ, and how: `at /path: before -> after`.
+pub fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let (p, q) = (
+                    x.get(k).unwrap_or(&Value::Null),
+                    y.get(k).unwrap_or(&Value::Null),
+                );
+                first_difference(p, q, &format!("{at}/{k}"))
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
+        _ if a == b => None,
+        _ => Some(format!("at {at}: {} -> {}", cut(a), cut(b))),
+    }
+}
+
+fn cut(value: &Value) -> String {
+    let text = value.to_string();
+    match text.char_indices().nth(300) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
 }

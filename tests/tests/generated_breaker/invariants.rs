@@ -3,7 +3,7 @@
 //! server stores.
 
 use mesh_remediation::report::{Outcome, OutcomeKind};
-use remediation_testkit::generated::{Findings, key};
+use remediation_testkit::generated::{Findings, Reverted, check_reverts, first_difference, key};
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::Value;
@@ -296,84 +296,18 @@ fn spread_subset(change: &str, cluster: &str) -> bool {
     })
 }
 
-/// Every revert is applied and gives back the exact objects and compiled configuration.
+/// Every revert is applied and gives back the exact compiled configuration and specs.
 fn reverting(t: &Trial, f: &mut Findings) {
-    for (object, outcome) in t.reverts {
-        if outcome.outcome != OutcomeKind::Applied {
-            f.add(
-                "revert-refused",
-                format!(
-                    "{object}: {} {}",
-                    outcome.outcome.as_str(),
-                    outcome.reason.as_deref().unwrap_or_default()
-                ),
-            );
-        }
-    }
-    match t.reverted {
-        Err(why) => f.add(
-            "revert-differs",
-            format!("Istio rejects the reverted objects: {why}"),
-        ),
-        Ok(reverted) => {
-            let was = serde_json::to_string(&t.before.raw["proxies"]).expect("json");
-            let now = serde_json::to_string(&reverted.raw["proxies"]).expect("json");
-            if was != now {
-                let diff = first_difference(
-                    &t.before.raw["proxies"],
-                    &reverted.raw["proxies"],
-                    "proxies",
-                );
-                f.add(
-                    "revert-differs",
-                    diff.unwrap_or_else(|| "the JSON text differs".into()),
-                );
-            }
-        }
-    }
-    for before in t.before_objects {
-        let now = t
-            .reverted_objects
-            .iter()
-            .find(|o| key(o) == key(before) && o["kind"] == before["kind"]);
-        if now.is_none_or(|o| o["spec"] != before["spec"]) {
-            f.add(
-                "revert-spec-differs",
-                format!("{} {}", before["kind"], key(before)),
-            );
-        }
-    }
-}
-
-/// Where two JSON documents first differ, and how: `at /path: before -> after`.
-fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
-            keys.into_iter().find_map(|k| {
-                let (p, q) = (
-                    x.get(k).unwrap_or(&Value::Null),
-                    y.get(k).unwrap_or(&Value::Null),
-                );
-                first_difference(p, q, &format!("{at}/{k}"))
-            })
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
-        _ if a == b => None,
-        _ => Some(format!("at {at}: {} -> {}", cut(a), cut(b))),
-    }
-}
-
-fn cut(value: &Value) -> String {
-    let text = value.to_string();
-    match text.char_indices().nth(300) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text,
-    }
+    check_reverts(
+        &Reverted {
+            before: t.before,
+            reverted: t.reverted,
+            before_objects: t.before_objects,
+            reverted_objects: t.reverted_objects,
+            reverts: t.reverts,
+        },
+        f,
+    );
 }
 
 #[test]
