@@ -9,6 +9,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::istio_oracle::REGIONS;
+use crate::transient::{create, idempotent};
 
 /// Creates `node-<region>` for every region of [`REGIONS`] (labelled with its region and
 /// zone), if not there yet. KWOK manages them.
@@ -43,14 +44,19 @@ pub async fn store_pod(client: &kube::Client, pod: &Value) -> Result<(), String>
     // A new namespace's `default` ServiceAccount is made by the controller manager shortly
     // after it: Pods are refused until it exists, so wait for it.
     default_service_account(client, namespace).await?;
-    api.create(&PostParams::default(), &created)
-        .await
-        .map_err(|err| format!("create pod {namespace}/{name}: {err}"))?;
+    let post = PostParams::default();
+    create(&format!("pod {namespace}/{name}"), || {
+        api.create(&post, &created)
+    })
+    .await?;
     let status = json!({"status": {"phase": "Running",
         "conditions": [{"type": "Ready", "status": "True"}]}});
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-        .await
-        .map_err(|err| format!("mark pod {namespace}/{name} ready: {err}"))?;
+    let params = PatchParams::default();
+    let ready = Patch::Merge(&status);
+    idempotent(&format!("mark pod {namespace}/{name} ready"), || {
+        api.patch_status(name, &params, &ready)
+    })
+    .await;
     Ok(())
 }
 

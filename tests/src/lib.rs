@@ -19,5 +19,6 @@ pub mod lambda_emulator;
 pub mod mesh;
 pub mod mesh_gen;
 pub mod moto;
+pub mod transient;
 
 pub use cluster::TestCluster;

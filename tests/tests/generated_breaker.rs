@@ -38,7 +38,7 @@ use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::generated::{
-    Harness, ShrinkLimits, changed_objects, compile_all, fresh_prefix, key, shrink,
+    Harness, ShrinkLimits, changed_objects, compile_all, delivered, fresh_prefix, key, shrink,
 };
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
@@ -307,11 +307,8 @@ async fn handle(h: &Harness, mesh: &GeneratedMesh, event: &Value, id: &str) -> O
         DbCircuitBreak::new(settings(mesh)),
         &vars,
     );
-    let report = pipeline
-        .handle(event, &Invocation::new(id, None, None))
-        .await;
-    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
-    report.outcomes[0].clone()
+    let invocation = Invocation::new(id, None, None);
+    delivered(|| pipeline.handle(event, &invocation)).await
 }
 
 /// The breaker's settings for a mesh, decided by its seed: the defaults (max 100

@@ -37,7 +37,7 @@ use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
 use remediation_testkit::generated::{
-    Findings, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all,
+    Findings, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all, delivered,
     first_difference, fresh_prefix, key, shrink,
 };
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
@@ -474,11 +474,8 @@ async fn handle(h: &Harness, mesh: &FailoverMesh, event: &Value, id: &str) -> Ou
         RegionFailover::new(settings),
         &vars,
     );
-    let report = pipeline
-        .handle(event, &Invocation::new(id, None, None))
-        .await;
-    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
-    report.outcomes[0].clone()
+    let invocation = Invocation::new(id, None, None);
+    delivered(|| pipeline.handle(event, &invocation)).await
 }
 
 async fn invoke(h: &Harness, mesh: &FailoverMesh) -> Outcome {

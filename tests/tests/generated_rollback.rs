@@ -30,7 +30,7 @@ use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
 use remediation_testkit::generated::{
     Findings, Harness, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all,
-    first_difference, fresh_prefix, key, shrink,
+    delivered, first_difference, fresh_prefix, key, shrink,
 };
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
@@ -332,11 +332,8 @@ async fn handle(h: &Harness, mesh: &RollbackMesh, event: &Value, id: &str) -> Ou
         ErrorRollback,
         &vars,
     );
-    let report = pipeline
-        .handle(event, &Invocation::new(id, None, None))
-        .await;
-    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
-    report.outcomes[0].clone()
+    let invocation = Invocation::new(id, None, None);
+    delivered(|| pipeline.handle(event, &invocation)).await
 }
 
 async fn invoke(h: &Harness, mesh: &RollbackMesh) -> Outcome {
