@@ -1,9 +1,9 @@
-"""The failed/escalated alarm watches exactly the metric the functions emit (report.rs EMF)."""
+"""The failed/escalated alarm watches exactly the metric the functions emit (shared/src/report/mod.rs EMF)."""
 import re
 
 import cfn
 
-REPORT_RS = cfn.TEMPLATE.parent / "shared" / "src" / "report.rs"
+REPORT_RS = cfn.TEMPLATE.parent / "shared" / "src" / "report" / "mod.rs"
 
 
 def test_alarm_covers_every_function_and_both_bad_outcomes_of_the_emitted_metric():
