@@ -2,8 +2,8 @@
 
 Synthetic Istio metrics go bad -> Prometheus fires the project's rules -> Alertmanager
 publishes with the project's template to SNS (moto) -> each function's release bootstrap
-runs under the Lambda Runtime Interface Emulator against a Kubernetes API stand-in with a
-demo mesh. Prints the mesh before and after, every alert's outcome, and where the time went.
+runs under the Lambda Runtime Interface Emulator against a real Kubernetes control plane
+(scripts/test-cluster) holding the demo mesh, each function with its own group's token. Prints the mesh before and after, every alert's outcome, and where the time went.
 Then the metrics recover and the resolved alerts are handled the same way.
 """
 
@@ -29,7 +29,7 @@ def main() -> int:
     dry_run = "--dry-run" in sys.argv
     functions = [f for f in e2e.FUNCTIONS if (e2e.REPO / "functions" / f).exists()]
     print(f"Starting Prometheus, Alertmanager, SNS emulator, {len(functions)} functions (DRY_RUN={str(dry_run).lower()}) "
-          "and the Kubernetes API stand-in ...")
+          "and a real Kubernetes control plane (built once: minutes on a cold machine) ...")
     flow = e2e.Flow(dry_run=dry_run, functions=functions).start()
     try:
         print("\n== Mesh before ==")

@@ -9,7 +9,7 @@
       -> each function's release bootstrap under the AWS Lambda Runtime Interface Emulator,
          configured from template.yaml's environment
       -> a real Kubernetes control plane (scripts/test-cluster) with the demo mesh applied,
-         each function with its group's token (or, for the quick demo, the API stand-in)
+         each function with its group's token
       -> reports to the notification topic (moto)
 
 Used by tests/python/test_end_to_end.py and by scripts/demo (the README's main command).
@@ -295,8 +295,6 @@ class Flow:
 
     dry_run: bool
     functions: list[str]
-    # The real control plane (tests) or the API stand-in (the quick local demo).
-    real_cluster: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="e2e-")))
     invocations: list[Invocation] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -311,8 +309,8 @@ class Flow:
 
     def _start(self) -> None:
         w = self.workdir
-        # The Kubernetes API with the demo mesh: the real control plane, or the stand-in.
-        self.kube = (kube_cluster.RealCluster if self.real_cluster else kube_cluster.StandIn)(w, self.stack)
+        # The Kubernetes API with the demo mesh: the real control plane.
+        self.kube = kube_cluster.RealCluster(w, self.stack)
 
         # AWS emulator: the alert topic, the per-function subscriptions, the report topic.
         self.moto_port = free_port()

@@ -2,9 +2,8 @@
 
 `RealCluster` is the real control plane that scripts/test-cluster starts (etcd, kube-apiserver
 with RBAC, TLS and the admission policies, kube-controller-manager, kube-scheduler, KWOK as the
-kubelet) with the demo mesh applied (`kube-standin --print-demo`, the same objects the stand-in
-seeds); each function talks to it with its own group's token. `StandIn` is the project's API
-stand-in seeded with the demo mesh, for the quick local demo.
+kubelet) with the demo mesh applied (`local/demo-mesh.yaml`); each function talks to it with its
+own group's token.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from am_harness import free_port, stop_process, wait_http
+from am_harness import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_NAMESPACE = "shop"
@@ -30,11 +29,6 @@ LISTS = {
     "VirtualService": "/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices",
     "DestinationRule": "/apis/networking.istio.io/v1/namespaces/{ns}/destinationrules",
 }
-
-
-def binary(name: str) -> Path:
-    release = REPO / "target" / "release" / name
-    return release if release.exists() else REPO / "target" / "debug" / name
 
 
 def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
@@ -59,9 +53,7 @@ class RealCluster:
     """A real control plane for one flow, stopped by the stack it is given."""
 
     def __init__(self, workdir: Path, stack: contextlib.ExitStack):
-        demo = workdir / "demo-mesh.yaml"
-        with open(demo, "wb") as out:
-            subprocess.run([str(binary("kube-standin")), "--print-demo"], stdout=out, check=True)
+        demo = REPO / "local" / "demo-mesh.yaml"
         cluster_dir = workdir / "cluster"
         cluster_dir.mkdir()
         # Runs after the control plane stopped (the stack unwinds in reverse): the store is
@@ -105,24 +97,3 @@ class RealCluster:
     def objects(self) -> list[dict]:
         return [o for kind in LISTS for o in self.list(kind)]
 
-
-class StandIn:
-    """The project's API stand-in seeded with the demo mesh."""
-
-    def __init__(self, workdir: Path, stack: contextlib.ExitStack):
-        self.port = free_port()
-        self.path = workdir / "kubeconfig.yaml"
-        self.log = open(workdir / "standin.log", "wb")
-        stack.callback(self.log.close)
-        proc = subprocess.Popen([str(binary("kube-standin")), "--listen", f"127.0.0.1:{self.port}", "--seed-demo",
-                                 "--kubeconfig-out", str(self.path)], stdout=self.log, stderr=subprocess.STDOUT)
-        stack.callback(stop_process, proc)
-        wait_http(f"http://127.0.0.1:{self.port}/version", proc=proc)
-
-    def kubeconfig(self, function: str) -> str:
-        return str(self.path)
-
-    def objects(self) -> list[dict]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_standin/objects", timeout=5) as r:
-            data = json.load(r)
-        return data if isinstance(data, list) else data.get("items", data.get("objects", []))

@@ -8,7 +8,7 @@ import pytest
 
 import e2e
 
-PACKAGES = e2e.FUNCTIONS + ["kube-standin"]
+PACKAGES = e2e.FUNCTIONS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -39,7 +39,7 @@ def applied(flow, function):
 
 
 def test_each_trigger_acts_once_reports_once_and_recovery_follows_policy():
-    flow = e2e.Flow(dry_run=False, functions=e2e.FUNCTIONS, real_cluster=True).start()
+    flow = e2e.Flow(dry_run=False, functions=e2e.FUNCTIONS).start()
     try:
         before = shop_state(flow)
         flow.metrics.set_bad(True)
@@ -95,7 +95,7 @@ def test_each_trigger_acts_once_reports_once_and_recovery_follows_policy():
 
 
 def test_dry_run_changes_nothing_and_reports_the_patches():
-    flow = e2e.Flow(dry_run=True, functions=e2e.FUNCTIONS, real_cluster=True).start()
+    flow = e2e.Flow(dry_run=True, functions=e2e.FUNCTIONS).start()
     try:
         before = shop_state(flow)
         flow.metrics.set_bad(True)

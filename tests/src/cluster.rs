@@ -61,9 +61,14 @@ impl TestCluster {
                  scripts/test, which starts one, or set TEST_KUBECONFIG"
             );
         };
-        let admin = PathBuf::from(admin);
+        Self::start_on(Path::new(&admin), prefix).await
+    }
+
+    /// [`TestCluster::start`] on the cluster of the admin kubeconfig at `admin` (the
+    /// functions' kubeconfigs beside it, as `scripts/test-cluster` writes them).
+    pub async fn start_on(admin: &Path, prefix: &str) -> TestCluster {
         let dir = admin.parent().map(Path::to_path_buf).unwrap_or_default();
-        let admin = Credentials::read(&admin);
+        let admin = Credentials::read(admin);
         let functions: Vec<(&str, Credentials)> = FUNCTIONS
             .iter()
             .map(|f| (*f, dir.join(format!("mesh-remediation-{f}.kubeconfig"))))

@@ -295,7 +295,7 @@ impl FailoverMesh {
         for object in self.api_objects() {
             let kind = object["kind"].as_str().unwrap_or_default();
             let name = &object["metadata"]["name"];
-            if let Err(errors) = kube_standin::validate_istio(kind, "v1", &object) {
+            if let Err(errors) = crate::crd_schema::validate_istio(kind, "v1", &object) {
                 return Some(format!("{kind} {name}: schema: {errors:?}"));
             }
             let mut errors = crate::mesh_gen::istio_rule_errors(&object);

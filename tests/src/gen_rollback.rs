@@ -220,7 +220,7 @@ impl RollbackMesh {
                 .as_str()
                 .and_then(|v| v.rsplit('/').next())
                 .unwrap_or_default();
-            if let Err(errors) = kube_standin::validate_istio(kind, version, &object) {
+            if let Err(errors) = crate::crd_schema::validate_istio(kind, version, &object) {
                 return Some(format!(
                     "{kind} {}: schema: {errors:?}",
                     object["metadata"]["name"]

@@ -1,11 +1,12 @@
 //! Test harness for the remediation functions.
 //!
-//! By default every test gets the in-process Kubernetes API stand-in (`kube-standin`).
-//! With `TEST_KUBECONFIG` set, the same tests run against that real cluster instead, each
-//! in a namespace of its own; checks that need the stand-in's request log or fault
-//! injection are then skipped with a printed note, everything else runs unchanged.
+//! Every test runs on the real control plane named by `TEST_KUBECONFIG` (started by
+//! `scripts/test-cluster`), each in a namespace of its own, behind the fault proxy
+//! ([`fault_proxy`]) that injects faults and logs every request.
 
 pub mod cluster;
+pub mod crd_schema;
+pub mod demo_mesh;
 pub mod endpoints;
 pub mod events;
 pub mod fault_proxy;

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::fault_proxy::Fault;
+use crate::fault_proxy::{Fault, RecordedRequest};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
-use mesh_remediation::cluster::record::ActionRecord;
+use mesh_remediation::cluster::record::{ActionRecord, FIELD_MANAGER};
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::remediation::istio;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
@@ -172,17 +172,25 @@ pub fn spec_text(object: &Value) -> String {
     serde_json::to_string(&object["spec"]).expect("spec serialises")
 }
 
-/// Asserts an object validates against its Istio CRD schema, as the API server would.
-pub fn assert_schema_valid(object: &Value) {
-    let kind = object["kind"].as_str().expect("kind");
-    let version = object["apiVersion"]
-        .as_str()
-        .and_then(|v| v.rsplit('/').next())
-        .expect("apiVersion");
-    if let Err(errors) = kube_standin::validate_istio(kind, version, object) {
-        panic!(
-            "{kind} {} does not validate: {errors:#?}\n{object:#}",
-            object["metadata"]["name"]
+/// Asserts the functions' writes among `requests` (those under their field manager) each
+/// asked the server to refuse unknown fields (`fieldValidation=Strict`), and that there was
+/// one: the real server then judged every change against its CRD schema, and the object read
+/// back is the whole change, not what was left after the server's default silent pruning.
+pub fn assert_strict_writes(requests: &[RecordedRequest]) {
+    let writes: Vec<&RecordedRequest> = requests
+        .iter()
+        .filter(|r| {
+            r.method == "PATCH" && r.query_param("fieldManager").as_deref() == Some(FIELD_MANAGER)
+        })
+        .collect();
+    assert!(!writes.is_empty(), "no write by the functions was seen");
+    for write in writes {
+        assert_eq!(
+            write.query_param("fieldValidation").as_deref(),
+            Some("Strict"),
+            "PATCH {}?{}",
+            write.path,
+            write.query
         );
     }
 }
@@ -350,7 +358,7 @@ pub async fn race<R: Remediation>(
 }
 
 /// Asserts one of two racing invocations acted and the other stood down on the record
-/// (cooldown) after its write was refused with 409 (the 409 is checked on the stand-in).
+/// (cooldown) after its write was refused with 409, as the fault proxy's log shows.
 pub fn assert_one_winner(cluster: &TestCluster, a: &InvocationReport, b: &InvocationReport) {
     let mut got = vec![only(a).outcome, only(b).outcome];
     got.sort();

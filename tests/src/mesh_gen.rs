@@ -268,7 +268,7 @@ impl GeneratedMesh {
                 .and_then(|v| v.rsplit('/').next())
                 .unwrap_or_default();
             let name = &object["metadata"]["name"];
-            if let Err(errors) = kube_standin::validate_istio(kind, version, &object) {
+            if let Err(errors) = crate::crd_schema::validate_istio(kind, version, &object) {
                 return Some(format!("{kind} {name}: schema: {errors:?}"));
             }
             let errors = istio_rule_errors(&object);

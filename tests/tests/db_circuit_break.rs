@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 
+use kube::api::{Patch, PatchParams};
+
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_schema_valid, only, race,
+    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_strict_writes, only, race,
     reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
@@ -70,6 +72,34 @@ fn breaker_policy() -> Value {
     })
 }
 
+/// A fact of the real server the functions' writes rest on: by default a field the CRD schema
+/// does not list is dropped in silence (the write succeeds without it); under
+/// `fieldValidation=Strict`, which the functions ask for, the write is refused and names it.
+#[tokio::test]
+async fn the_server_drops_an_unknown_field_by_default_and_refuses_it_under_strict() {
+    let (cluster, _) = setup("cb-strict", true, None).await;
+    let api = Mesh::new(&cluster).api(Kind::DestinationRule);
+    let typo = Patch::Merge(json!({"spec": {"trafficPolicy": {
+        "outlierDetection": {"consecutiveErrors5xx": 5}}}}));
+    let lenient = api
+        .patch(DR, &PatchParams::default(), &typo)
+        .await
+        .expect("the default accepts the write");
+    assert_eq!(
+        serde_json::to_value(&lenient).expect("json")["spec"]["trafficPolicy"]["outlierDetection"],
+        json!({}),
+        "stored without the unknown field"
+    );
+    let strict = api
+        .patch(DR, &PatchParams::default().validation_strict(), &typo)
+        .await
+        .expect_err("Strict refuses the write");
+    assert!(
+        strict.to_string().contains("consecutiveErrors5xx"),
+        "the refusal names the field: {strict}"
+    );
+}
+
 #[tokio::test]
 async fn firing_alert_sets_the_breaker_once_and_keeps_the_rest_of_the_rule() {
     let (cluster, before) = setup("cb-firing", true, None).await;
@@ -85,7 +115,7 @@ async fn firing_alert_sets_the_breaker_once_and_keeps_the_rest_of_the_rule() {
     let mut expected = orders_spec(&cluster.namespace);
     expected["trafficPolicy"] = breaker_policy();
     assert_eq!(after["spec"], expected);
-    assert_schema_valid(&after);
+    assert_strict_writes(&cluster.requests());
     let rec = record(&after, "db-circuit-break").expect("record");
     assert_eq!(
         rec.previous,
@@ -141,7 +171,7 @@ async fn settings_come_from_the_environment() {
             "loadBalancer": {"localityLbSetting": {"enabled": false}},
         })
     );
-    assert_schema_valid(&after);
+    assert_strict_writes(&cluster.requests());
 }
 
 #[tokio::test]
@@ -223,7 +253,7 @@ async fn resolved_alert_restores_the_previous_policy_exactly() {
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
     let after = rule(&cluster).await;
     assert_eq!(spec_text(&after), spec_text(&before), "byte for byte");
-    assert_schema_valid(&after);
+    assert_strict_writes(&cluster.requests());
     let rec = record(&after, "db-circuit-break").expect("record");
     assert!(rec.recovered());
     assert!(
@@ -322,7 +352,7 @@ async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edi
     );
     let reverted = rule(&cluster).await;
     assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
-    assert_schema_valid(&reverted);
+    assert_strict_writes(&cluster.requests());
 
     // Again, then a foreign edit: refused, edit kept.
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];

@@ -1,7 +1,7 @@
 //! The API time budget comes from the Lambda deadline: no call starts that cannot finish, a
 //! call still waiting is cut where the report has time to go out, and every alert still gets
-//! an outcome that says what was and was not done. Latency and hangs are injected on the
-//! stand-in, which a real server cannot be made to do on demand.
+//! an outcome that says what was and was not done. Latency and hangs are injected by
+//! the fault proxy in front of the real server, which cannot be made to do so on demand.
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_schema_valid, only, race,
+    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_strict_writes, only, race,
     reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
@@ -82,7 +82,7 @@ async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() 
         json!({"hosts": ["checkout"], "http": split(100, 0)}),
         "exactly the stable subset at 100, the rest kept at 0"
     );
-    assert_schema_valid(&after);
+    assert_strict_writes(&cluster.requests());
     let record = record(&after, "error-rollback").expect("action record on the object");
     assert_eq!(record.fingerprint, "87f033c73d9cf5eb");
     assert_eq!(record.trace_id, report.trace_id);
@@ -140,7 +140,7 @@ async fn without_annotation_the_other_version_is_stable_and_host_splits_work() {
         after["spec"]["http"][0]["route"][1]["destination"],
         spec["http"][0]["route"][1]["destination"]
     );
-    assert_schema_valid(&after);
+    assert_strict_writes(&cluster.requests());
 }
 
 #[tokio::test]
@@ -311,7 +311,7 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     assert_eq!(outcome.source.alert.as_deref(), Some("RevertRequest"));
     let reverted = virtual_service(&cluster).await;
     assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
-    assert_schema_valid(&reverted);
+    assert_strict_writes(&cluster.requests());
     let rec = record(&reverted, "error-rollback").expect("record");
     let reversal = rec.reverted.expect("revert recorded");
     assert_eq!(reversal.trace_id, report.trace_id);

@@ -15,7 +15,7 @@ async fn demo_mesh(prefix: &str) -> TestCluster {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     let mesh = Mesh::new(&cluster);
-    for object in kube_standin::demo_mesh_objects() {
+    for object in remediation_testkit::demo_mesh::demo_mesh_objects() {
         if object["apiVersion"] != "networking.istio.io/v1" {
             continue;
         }

@@ -156,39 +156,6 @@ fn restarted_at(deployment: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The demo mesh the stand-in serves, as the manifest `scripts/local-cluster` applies: the
-/// same objects without the status a server keeps.
-fn demo_manifest() -> String {
-    kube_standin::demo_mesh_objects()
-        .into_iter()
-        .map(|mut object| {
-            if let Some(map) = object.as_object_mut() {
-                map.remove("status");
-            }
-            serde_json::to_string_pretty(&object).expect("json")
-        })
-        .collect::<Vec<_>>()
-        .join("\n---\n")
-        + "\n"
-}
-
-#[test]
-fn the_local_demo_mesh_is_the_stand_ins() {
-    let path = workspace_root().join("local/demo-mesh.yaml");
-    let header = "# The demo mesh scripts/local-cluster applies: the stand-in's demo mesh \
-                  (tests/standin/src/demo.rs) without status.\n# Regenerate: \
-                  UPDATE_LOCAL_MESH=1 cargo nextest run -p remediation-testkit -E 'test(/^local_invoke::/)'\n";
-    let expected = format!("{header}{}", demo_manifest());
-    if std::env::var_os("UPDATE_LOCAL_MESH").is_some() {
-        std::fs::write(&path, &expected).expect("write");
-    }
-    assert_eq!(
-        std::fs::read_to_string(&path).unwrap_or_default(),
-        expected,
-        "local/demo-mesh.yaml is out of date: run with UPDATE_LOCAL_MESH=1"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_sample_gives_its_documented_outcome_through_cargo_lambda() {
     let logs = std::env::temp_dir().join(format!("local-invoke-{}", std::process::id()));

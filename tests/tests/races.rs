@@ -8,7 +8,7 @@ use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart, RegionFailover};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::cluster::client_from;
-use remediation_testkit::mesh::{Kind, Mesh, assert_schema_valid, only, reason, record};
+use remediation_testkit::mesh::{Kind, Mesh, assert_strict_writes, only, reason, record};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
@@ -181,7 +181,7 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
         routes((100, 0), (0, 75, 25)),
         "both changes are in the object: the canary route rolled back and us-east-1's share moved to west and eu"
     );
-    assert_schema_valid(&vs);
+    assert_strict_writes(&cluster.requests());
     let rollback_record = record(&vs, "error-rollback").expect("error-rollback's record kept");
     let failover_record = record(&vs, "region-failover").expect("region-failover's record kept");
     assert_eq!(rollback_record.trace_id, a.trace_id);

@@ -39,7 +39,7 @@ struct Received {
 }
 
 /// A local endpoint for everything the function calls besides Kubernetes: EKS
-/// DescribeCluster (pointing at the stand-in), SNS Publish, Slack and PagerDuty.
+/// DescribeCluster (pointing at the fault proxy), SNS Publish, Slack and PagerDuty.
 struct LocalAws {
     url: String,
     received: Arc<Mutex<Vec<Received>>>,

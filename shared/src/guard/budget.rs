@@ -232,7 +232,8 @@ async fn write(
     let params = PatchParams {
         field_manager: Some(crate::cluster::record::FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
-    };
+    }
+    .validation_strict();
     api.patch(BUDGET_CONFIGMAP, &params, &Patch::Merge(&body))
         .await
         .map(|_| ())

@@ -297,11 +297,14 @@ impl<R: Remediation> WriteLoop<'_, R> {
     async fn write(&mut self, write: Write) -> State {
         let at = self.at;
         let target = &at.target;
+        // Strict: a field the server does not know is refused, not dropped in silence
+        // (its default), so `applied` never hides a part of the change that was lost.
         let params = PatchParams {
             field_manager: Some(record::FIELD_MANAGER.to_owned()),
             dry_run: write.dry_run,
             ..PatchParams::default()
-        };
+        }
+        .validation_strict();
         let body = Patch::Merge(&write.body);
         let patch = self.api.patch(at.name, &params, &body);
         let answer = self

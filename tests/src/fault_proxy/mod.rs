@@ -7,6 +7,7 @@
 //! The proxy listens on plain HTTP on loopback and forwards over TLS to the server of the
 //! admin kubeconfig, trusting its CA.
 
+mod faults;
 mod status;
 
 use std::collections::HashMap;
@@ -27,9 +28,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-// The fault vocabulary is the stand-in's, which the demo and benchmark still serve.
-pub use kube_standin::{Fault, FaultKind, RecordedRequest};
-use kube_standin::{FaultSlot, plan_faults};
+pub use faults::{Fault, FaultKind, RecordedRequest};
+use faults::{FaultSlot, plan_faults};
 
 /// The label a [`FaultKind::ConflictBump`] writes: someone else's change. A label, not an
 /// annotation: the real server bumps a Deployment's `metadata.generation` for a change of
@@ -201,6 +201,11 @@ impl FaultProxy {
             shared,
             _shutdown: shutdown,
         }
+    }
+
+    /// The loopback address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// `http://127.0.0.1:<port>`.

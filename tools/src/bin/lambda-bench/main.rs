@@ -1,9 +1,10 @@
 //! `lambda-bench`: the Lambda-level performance figures of a function's release `bootstrap`,
-//! measured against the Kubernetes API stand-in. `scripts/bench` builds what it needs and
-//! runs it; run by hand:
+//! measured against the real control plane (`scripts/test-cluster`) behind the test kit's
+//! fault proxy ([`cluster`]). `scripts/bench` starts and builds what it needs and runs it;
+//! run by hand, with a control plane running:
 //!
 //! ```text
-//! lambda-bench --bootstrap target/release/latency-restart --standin target/release/kube-standin \
+//! lambda-bench --bootstrap target/release/latency-restart --kubeconfig DIR/admin.kubeconfig \
 //!              [--runs 5] [--warm 50] [--only cold,warm,storm,capped,storm0,rie] [--json OUT.json]
 //! ```
 //!
@@ -12,11 +13,12 @@
 //! answer arrives:
 //!
 //! * `cold`: spawn -> first `GET /runtime/invocation/next` (cold start), then that first
-//!   invocation of one firing alert (GET, PATCH, POST Event against the stand-in, no
-//!   injected latency), a fresh process and a fresh Deployment per run.
-//! * `warm`: per run one process, the same firing alert again and again
-//!   (`COOLDOWN_SECONDS=0`, `ESCALATE_AFTER=0`, so every invocation acts: GET,
-//!   PATCH, POST Event) through a timing proxy ([`proxy`]); the function's time is the
+//!   invocation of one firing alert (GET, PATCH, POST Event on the real API server through
+//!   the fault proxy, no injected latency), a fresh process and a fresh Deployment per run.
+//! * `warm`: per run one process, a firing alert for the next fresh Deployment each time (a
+//!   real server's Deployment is in rollout right after a restart, so the same one cannot
+//!   act twice in a row), every invocation acting: GET, PATCH, POST Event, through a timing
+//!   pass-through ([`proxy`]) in front of the fault proxy; the function's time is the
 //!   invocation time minus the time the API had a request outstanding. Alternating with
 //!   it, an alert screened out before any API call (protected namespace `kube-system`): no
 //!   API time to subtract. Measured after the cold invocation and a few warm-up ones; the
@@ -24,20 +26,21 @@
 //!   decide it. The function's CPU time (`/proc/<pid>/task/*/schedstat`) is recorded too.
 //! * `storm`: 500 firing alerts over 200 opted-in Deployments in one invocation, 20 ms
 //!   injected on every API request, `MAX_TARGETS_PER_INVOCATION=200`; wall time against the
-//!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`), peak RSS (`VmHWM`).
+//!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`; the real server's own
+//!   time comes on top of it), peak RSS (`VmHWM`).
 //! * `capped`: the same storm with the default blast radius (10).
-//! * `storm0`: the storm without injected latency: the processing time alone (function and
-//!   stand-in), which is what the storm adds to its floor.
+//! * `storm0`: the storm without injected latency: the processing time alone (function,
+//!   fault proxy and API server), which is what the storm adds to its floor.
 //! * `rie`: the cold start under the real AWS Lambda Runtime Interface Emulator, as it
 //!   reports it (`INIT REPORT(durationMs: ...)`), to cross-check `cold`.
 //!
 //! The result is JSON (`--json`, else stdout); progress goes to stderr.
 
+mod cluster;
 mod proxy;
 mod runtime_api;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -47,10 +50,11 @@ use chrono::{DateTime, Utc};
 use remediation_testkit::events;
 use remediation_testkit::lambda_emulator::{Emulator, emulator_path};
 use serde_json::{Value, json};
-use tokio::io::AsyncBufReadExt as _;
 use tokio::process::{Child, Command};
 
+use cluster::BenchCluster;
 use proxy::TimingProxy;
+use remediation_testkit::fault_proxy::RecordedRequest;
 use runtime_api::{Invoked, RuntimeApi};
 
 /// Injected on every API request during the storm.
@@ -71,7 +75,7 @@ const WARM_UP: usize = 5;
 
 struct Options {
     bootstrap: PathBuf,
-    standin: PathBuf,
+    kubeconfig: PathBuf,
     runs: usize,
     warm: usize,
     only: Vec<String>,
@@ -82,12 +86,12 @@ struct Options {
 }
 
 fn usage() -> &'static str {
-    "usage: lambda-bench --bootstrap PATH --standin PATH [--runs N] [--warm N] [--only cold,warm,storm,capped,storm0,rie] [--env KEY=VALUE]... [--json OUT]"
+    "usage: lambda-bench --bootstrap PATH --kubeconfig ADMIN_KUBECONFIG [--runs N] [--warm N] [--only cold,warm,storm,capped,storm0,rie] [--env KEY=VALUE]... [--json OUT]"
 }
 
 fn options() -> Result<Options, String> {
     let mut bootstrap = None;
-    let mut standin = None;
+    let mut kubeconfig = None;
     let mut runs = 5;
     let mut warm = 50;
     let mut only: Vec<String> = ["cold", "warm", "storm", "capped", "storm0", "rie"]
@@ -100,7 +104,7 @@ fn options() -> Result<Options, String> {
         let mut value = || args.next().ok_or(format!("{arg} needs a value"));
         match arg.as_str() {
             "--bootstrap" => bootstrap = Some(PathBuf::from(value()?)),
-            "--standin" => standin = Some(PathBuf::from(value()?)),
+            "--kubeconfig" => kubeconfig = Some(PathBuf::from(value()?)),
             "--runs" => runs = value()?.parse().map_err(|_| "--runs: a number")?,
             "--warm" => warm = value()?.parse().map_err(|_| "--warm: a number")?,
             "--only" => only = value()?.split(',').map(String::from).collect(),
@@ -123,7 +127,7 @@ fn options() -> Result<Options, String> {
     };
     Ok(Options {
         bootstrap: bootstrap.ok_or("--bootstrap is required")?,
-        standin: standin.ok_or("--standin is required")?,
+        kubeconfig: kubeconfig.ok_or("--kubeconfig is required")?,
         runs: runs.max(1),
         warm: warm.max(1),
         only,
@@ -218,23 +222,28 @@ struct Bench<'a> {
 impl Bench<'_> {
     /// Cold start and first invocation, a fresh process per run.
     async fn cold(&self) -> Result<Value, String> {
-        let standin = Standin::start(&self.options.standin, &self.work).await?;
+        let cluster = BenchCluster::start(&self.options.kubeconfig, "cold").await;
+        let names: Vec<String> = (0..self.options.runs)
+            .map(|run| format!("cold-{run}"))
+            .collect();
+        cluster.seed(&names).await?;
         let mut cold_start = Vec::new();
         let mut first = Vec::new();
         let mut spawn_to_answer = Vec::new();
         let mut rss = Vec::new();
         let mut requests = Vec::new();
-        for run in 0..self.options.runs {
-            let name = format!("cold-{run}");
-            standin.seed(&json!([deployment(&name)])).await?;
-            standin.clear_requests().await?;
-            let event = sns_event(&[vec![alert("shop", &name, run, Utc::now())]], Utc::now());
+        for (run, name) in names.iter().enumerate() {
+            cluster.clear_requests();
+            let event = sns_event(
+                &[vec![alert(cluster.namespace(), name, run, Utc::now())]],
+                Utc::now(),
+            );
             let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
             let pending = api.invoke(to_bytes(&event), INVOKE_TIMEOUT);
             let function = Function::launch(
                 &self.options.bootstrap,
                 &api,
-                standin.kubeconfig(),
+                cluster.kubeconfig(),
                 &[],
                 &self.work,
                 &self.options.env,
@@ -246,7 +255,7 @@ impl Bench<'_> {
             first.push(ms(invoked.duration()));
             spawn_to_answer.push(ms(invoked.done - function.spawned));
             rss.push(function.peak_rss_kib().unwrap_or(0) as f64);
-            requests.push(standin.requests().await?.len());
+            requests.push(cluster.requests().len());
             eprintln!(
                 "cold {run}: exec -> first /next {:.2} ms, first invocation {:.2} ms",
                 ms(ready - function.spawned),
@@ -264,16 +273,13 @@ impl Bench<'_> {
 
     /// Warm invocations: acting ones through the timing proxy, and screened-out ones.
     async fn warm(&self) -> Result<Value, String> {
-        let standin = Standin::start(&self.options.standin, &self.work).await?;
-        let proxy = TimingProxy::start(standin.addr)
+        let cluster = BenchCluster::start(&self.options.kubeconfig, "warm").await;
+        let proxy = TimingProxy::start(cluster.proxy_addr())
             .await
             .map_err(|e| e.to_string())?;
         let kubeconfig = self.work.join("proxy.kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            kube_standin::kubeconfig_for(&proxy.url(), "shop"),
-        )
-        .map_err(|e| e.to_string())?;
+        std::fs::write(&kubeconfig, cluster.kubeconfig_via(&proxy.url()))
+            .map_err(|e| e.to_string())?;
         let screened = {
             let now = Utc::now();
             to_bytes(&sns_event(
@@ -286,12 +292,20 @@ impl Bench<'_> {
         let mut counts = Vec::new();
         let mut screened_requests = 0;
         for run in 0..self.options.runs {
-            let target = format!("warm-{run}");
-            standin.seed(&json!([deployment(&target)])).await?;
+            // One fresh Deployment per acting invocation: the first, the warm-up, the measured.
+            let targets: Vec<String> = (0..=WARM_UP + self.options.warm)
+                .map(|i| format!("warm-{run}-{i}"))
+                .collect();
+            cluster.seed(&targets).await?;
             let now = Utc::now();
-            let acting = to_bytes(&sns_event(&[vec![alert("shop", &target, 0, now)]], now));
+            let mut acting = targets.iter().map(|target| {
+                to_bytes(&sns_event(
+                    &[vec![alert(cluster.namespace(), target, 0, now)]],
+                    now,
+                ))
+            });
             let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
-            let first = api.invoke(acting.clone(), INVOKE_TIMEOUT);
+            let first = api.invoke(acting.next().unwrap_or_default(), INVOKE_TIMEOUT);
             let function = Function::launch(
                 &self.options.bootstrap,
                 &api,
@@ -317,13 +331,13 @@ impl Bench<'_> {
                     Ok::<_, String>((invoked, cpu.unwrap_or(f64::NAN)))
                 }
             };
-            for _ in 0..WARM_UP {
-                invoke(&acting).await?;
+            for event in acting.by_ref().take(WARM_UP) {
+                invoke(&event).await?;
             }
             let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
             // Acting and screened-out invocations alternate, so both see the same machine.
-            for _ in 0..self.options.warm {
-                let (invoked, cpu) = invoke(&acting).await?;
+            for event in acting.by_ref() {
+                let (invoked, cpu) = invoke(&event).await?;
                 expect_outcomes(&invoked, &[("applied", 1)]).map_err(|e| function.explain(&e))?;
                 let (count, busy) = proxy.busy(invoked.served, invoked.done);
                 counts.push(count);
@@ -392,65 +406,66 @@ impl Bench<'_> {
         let floor_ms = (floor_units as u64 * latency_ms) as f64;
 
         let now = Utc::now();
-        let alerts: Vec<Value> = (0..STORM_ALERTS)
-            .map(|i| {
-                let mut a = alert("shop", &storm_name(i % STORM_TARGETS), i, now);
-                a["generatorURL"] = json!(format!(
-                    "http://prometheus.monitoring:9090/graph?g0.expr=histogram_quantile%280.95%2C+sum+by+%28le%2C+destination_workload%29+%28rate%28istio_request_duration_milliseconds_bucket%7Bdestination_workload%3D%22{}%22%7D%5B5m%5D%29%29%29+%3E+500&g0.tab=1",
-                    storm_name(i % STORM_TARGETS)
-                ));
-                a
-            })
-            .collect();
-        let messages = pack(alerts);
-        let event = sns_event(&messages, now);
-        let bytes = to_bytes(&event);
-        let seeds: Vec<Value> = (0..STORM_TARGETS)
-            .map(|i| deployment(&storm_name(i)))
-            .collect();
-        let vars: Vec<(&str, String)> = match max_targets {
-            Some(n) => vec![("MAX_TARGETS_PER_INVOCATION", n.to_string())],
-            None => Vec::new(),
-        };
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let label = match (max_targets, latency_ms) {
             (_, 0) => "storm without latency",
             (Some(_), _) => "storm",
             (None, _) => "capped",
         };
-
+        let names: Vec<String> = (0..STORM_TARGETS).map(storm_name).collect();
         let (mut wall, mut rss) = (Vec::new(), Vec::new());
-        let (mut function_cpu, mut standin_cpu) = (Vec::new(), Vec::new());
+        let (mut function_cpu, mut server_cpu_ms) = (Vec::new(), Vec::new());
         let mut summary = Value::Null;
         let mut skip_reasons = Value::Null;
         let mut per_target = Value::Null;
-        for run in 0..self.options.runs {
-            let standin = Standin::start(&self.options.standin, &self.work).await?;
-            standin.seed(&Value::Array(seeds.clone())).await?;
-            if latency_ms > 0 {
-                standin
-                    .fault(&json!({"kind": {"latency": {"ms": latency_ms}}}))
-                    .await?;
+        let mut shape = Value::Null;
+        let vars: Vec<(&str, String)> = match max_targets {
+            Some(n) => vec![("MAX_TARGETS_PER_INVOCATION", n.to_string())],
+            None => Vec::new(),
+        };
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let server_pids = cluster::server_pids();
+        let server_cpu = || -> Option<f64> {
+            if server_pids.is_empty() {
+                return None;
             }
-            standin.clear_requests().await?;
+            server_pids.iter().map(|pid| cpu_ms(Some(*pid))).sum()
+        };
+        for run in 0..self.options.runs {
+            // A fresh namespace per run: its targets opted in, none in cooldown.
+            let cluster = BenchCluster::start(&self.options.kubeconfig, "storm").await;
+            cluster.seed(&names).await?;
+            let alerts: Vec<Value> = (0..STORM_ALERTS)
+                .map(|i| storm_alert(cluster.namespace(), i, now))
+                .collect();
+            let messages = pack(alerts);
+            let bytes = to_bytes(&sns_event(&messages, now));
+            shape = json!({
+                "records": messages.len(),
+                "message_alerts": messages.iter().map(Vec::len).collect::<Vec<_>>(),
+                "event_bytes": bytes.len(),
+            });
+            if latency_ms > 0 {
+                cluster.add_latency(latency_ms);
+            }
+            cluster.clear_requests();
             let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
             let pending = api.invoke(bytes.clone(), INVOKE_TIMEOUT);
             let function = Function::launch(
                 &self.options.bootstrap,
                 &api,
-                standin.kubeconfig(),
+                cluster.kubeconfig(),
                 &vars,
                 &self.work,
                 &self.options.env,
             )?;
-            let cpu_before = (cpu_ms(function.child.id()), cpu_ms(standin.child.id()));
+            let cpu_before = (cpu_ms(function.child.id()), server_cpu());
             let invoked = pending.await.map_err(|e| function.explain(&e))?;
-            let cpu_after = (cpu_ms(function.child.id()), cpu_ms(standin.child.id()));
+            let cpu_after = (cpu_ms(function.child.id()), server_cpu());
             if let (Some(a), Some(b)) = (cpu_before.0, cpu_after.0) {
                 function_cpu.push(b - a);
             }
             if let (Some(a), Some(b)) = (cpu_before.1, cpu_after.1) {
-                standin_cpu.push(b - a);
+                server_cpu_ms.push(b - a);
             }
             let applied = acting;
             let blast = STORM_TARGETS - acting;
@@ -463,22 +478,22 @@ impl Bench<'_> {
             rss.push(rss_kib as f64);
             summary = invoked.body["summary"].clone();
             skip_reasons = skip_reasons_of(&invoked);
-            per_target = requests_per_target(&standin.requests().await?);
+            per_target = requests_per_target(&cluster.requests());
             eprintln!(
-                "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB, CPU: function {:.0} ms, stand-in {:.0} ms",
+                "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB, CPU: function {:.0} ms, API server {:.0} ms",
                 ms(invoked.duration()),
                 rss_kib as f64 / 1024.0,
                 function_cpu.last().copied().unwrap_or(f64::NAN),
-                standin_cpu.last().copied().unwrap_or(f64::NAN),
+                server_cpu_ms.last().copied().unwrap_or(f64::NAN),
             );
         }
         let wall_stats = stats(&wall);
         Ok(json!({
             "alerts": STORM_ALERTS,
             "targets": STORM_TARGETS,
-            "records": messages.len(),
-            "message_alerts": messages.iter().map(Vec::len).collect::<Vec<_>>(),
-            "event_bytes": bytes.len(),
+            "records": shape["records"],
+            "message_alerts": shape["message_alerts"],
+            "event_bytes": shape["event_bytes"],
             "max_targets": cap,
             "acting_targets": acting,
             "concurrency": concurrency,
@@ -489,7 +504,7 @@ impl Bench<'_> {
             "wall_ms": wall_stats,
             "ratio": if floor_ms > 0.0 { json!(median(&wall) / floor_ms) } else { Value::Null },
             "function_cpu_ms": stats(&function_cpu),
-            "standin_cpu_ms": stats(&standin_cpu),
+            "server_cpu_ms": stats(&server_cpu_ms),
             "peak_rss_kib": stats(&rss),
             "summary": summary,
             "skip_reasons": skip_reasons,
@@ -505,14 +520,24 @@ impl Bench<'_> {
             );
             return Ok(Value::Null);
         }
-        let standin = Standin::start(&self.options.standin, &self.work).await?;
-        let kubeconfig = standin.kubeconfig().display().to_string();
+        let cluster = BenchCluster::start(&self.options.kubeconfig, "rie").await;
+        let names: Vec<String> = (0..self.options.runs)
+            .map(|run| format!("rie-{run}"))
+            .collect();
+        cluster.seed(&names).await?;
+        let kubeconfig = cluster.kubeconfig().display().to_string();
         let (mut init, mut invoke, mut client) = (Vec::new(), Vec::new(), Vec::new());
-        for run in 0..self.options.runs {
-            let name = format!("rie-{run}");
-            standin.seed(&json!([deployment(&name)])).await?;
-            let event = sns_event(&[vec![alert("shop", &name, run, Utc::now())]], Utc::now());
-            let mut env = vec![("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")];
+        for (run, name) in names.iter().enumerate() {
+            let event = sns_event(
+                &[vec![alert(cluster.namespace(), name, run, Utc::now())]],
+                Utc::now(),
+            );
+            let mut env = vec![
+                ("KUBECONFIG", kubeconfig.as_str()),
+                ("DRY_RUN", "false"),
+                ("MAX_ACTIONS_PER_WINDOW", "0"),
+                ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "0"),
+            ];
             env.extend(
                 self.options
                     .env
@@ -567,18 +592,17 @@ fn skip_reasons_of(invoked: &Invoked) -> Value {
     json!(reasons)
 }
 
-/// Counts, per target Deployment, the API requests the stand-in logged for it.
-fn requests_per_target(log: &[Value]) -> Value {
+/// Counts, per target Deployment, the API requests the fault proxy logged for it.
+fn requests_per_target(log: &[RecordedRequest]) -> Value {
     let mut per: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for request in log {
-        let method = request["method"].as_str().unwrap_or("?");
-        let path = request["path"].as_str().unwrap_or("");
+        let (method, path) = (request.method.as_str(), request.path.as_str());
         let (what, name) = if let Some(i) = path.find("/deployments/") {
             ("deployment", path[i + "/deployments/".len()..].to_owned())
         } else if path.ends_with("/events") {
             (
                 "event",
-                request["body"]["regarding"]["name"]
+                request.body["regarding"]["name"]
                     .as_str()
                     .unwrap_or("?")
                     .to_owned(),
@@ -635,25 +659,18 @@ fn storm_name(i: usize) -> String {
     format!("storm-{i:03}")
 }
 
-/// An opted-in Deployment like the demo's (the stand-in gives it a settled status).
-fn deployment(name: &str) -> Value {
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "shop",
-                     "labels": {"app": name, "auto_remediation": "active"}},
-        "spec": {
-            "replicas": 2,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": {"containers": [{"name": "app", "image": format!("example/{name}:1.0"),
-                                         "ports": [{"containerPort": 8080}]}]}
-            }
-        }
-    })
+/// Alert `i` of the storm: for target `i % STORM_TARGETS`, with its own fingerprint and the
+/// generator URL Prometheus would give it.
+fn storm_alert(namespace: &str, i: usize, now: DateTime<Utc>) -> Value {
+    let target = storm_name(i % STORM_TARGETS);
+    let mut alert = alert(namespace, &target, i, now);
+    alert["generatorURL"] = json!(format!(
+        "http://prometheus.monitoring:9090/graph?g0.expr=histogram_quantile%280.95%2C+sum+by+%28le%2C+destination_workload%29+%28rate%28istio_request_duration_milliseconds_bucket%7Bdestination_workload%3D%22{target}%22%7D%5B5m%5D%29%29%29+%3E+500&g0.tab=1"
+    ));
+    alert
 }
 
-/// The sample firing alert (`events/latency-restart-firing.json`) for another Deployment.
+/// The sample firing alert for `deployment` in `namespace`, the `index`-th of its kind.
 fn alert(namespace: &str, deployment: &str, index: usize, now: DateTime<Utc>) -> Value {
     let mut alert = events::message(sample())["alerts"][0].clone();
     alert["labels"]["namespace"] = json!(namespace);
@@ -741,101 +758,6 @@ fn expect_outcomes(invoked: &Invoked, want: &[(&str, usize)]) -> Result<(), Stri
     }
 }
 
-/// The stand-in, run from its binary.
-struct Standin {
-    child: Child,
-    url: String,
-    addr: SocketAddr,
-    kubeconfig: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Standin {
-    async fn start(binary: &Path, work: &Path) -> Result<Standin, String> {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let kubeconfig = work.join(format!("standin-{n}.kubeconfig"));
-        let mut child = Command::new(binary)
-            .args(["--seed-demo", "--kubeconfig-out"])
-            .arg(&kubeconfig)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", binary.display()))?;
-        let stdout = child.stdout.take().ok_or("no stand-in stdout")?;
-        let mut line = String::new();
-        tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::io::BufReader::new(stdout).read_line(&mut line),
-        )
-        .await
-        .map_err(|_| "the stand-in did not start")?
-        .map_err(|e| e.to_string())?;
-        let url = line.trim().to_owned();
-        let addr = url
-            .strip_prefix("http://")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| format!("the stand-in printed {url:?}, not its URL"))?;
-        Ok(Standin {
-            child,
-            url,
-            addr,
-            kubeconfig,
-            http: reqwest::Client::new(),
-        })
-    }
-
-    fn kubeconfig(&self) -> &Path {
-        &self.kubeconfig
-    }
-
-    async fn admin(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<Value, String> {
-        let mut request = self
-            .http
-            .request(method, format!("{}/_standin/{path}", self.url));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| e.to_string())?;
-        let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        if !status.is_success() {
-            return Err(format!("stand-in /_standin/{path}: {status} {text}"));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn seed(&self, objects: &Value) -> Result<(), String> {
-        self.admin(reqwest::Method::POST, "seed", Some(objects))
-            .await
-            .map(drop)
-    }
-
-    async fn fault(&self, rule: &Value) -> Result<(), String> {
-        self.admin(reqwest::Method::POST, "faults", Some(rule))
-            .await
-            .map(drop)
-    }
-
-    async fn clear_requests(&self) -> Result<(), String> {
-        self.admin(reqwest::Method::DELETE, "requests", None)
-            .await
-            .map(drop)
-    }
-
-    async fn requests(&self) -> Result<Vec<Value>, String> {
-        let log = self.admin(reqwest::Method::GET, "requests", None).await?;
-        Ok(log.as_array().cloned().unwrap_or_default())
-    }
-}
-
-/// A bootstrap process talking to a [`RuntimeApi`].
 struct Function {
     child: Child,
     spawned: Instant,

@@ -1,12 +1,12 @@
-//! Fault injection rules and the request log: the vocabulary of the stand-in and of the
-//! test kit's fault proxy in front of the real API server (no Kubernetes counterpart).
+//! Fault injection rules and the request log of the fault proxy in front of the real API
+//! server (no Kubernetes counterpart).
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What a matching fault does to the request.
 ///
-/// JSON form (admin endpoint `POST /_standin/faults`): externally tagged, e.g.
+/// JSON form (serde): externally tagged, e.g.
 /// `{"latency": {"ms": 200}}`, `{"status": {"code": 429, "retry_after_secs": 1}}`,
 /// `"conflict_bump"`, `"reset"`, `"drop_response"`, `"hang"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ impl Fault {
     }
 }
 
-/// One request as the stand-in saw it (admin paths excluded).
+/// One request as the proxy saw it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RecordedRequest {
     /// HTTP method.
@@ -128,7 +128,7 @@ pub struct RecordedRequest {
     /// Response status; 0 when no response was sent (reset, hang). For `drop_response`,
     /// the status of the handled request whose answer was then dropped.
     pub status: u16,
-    /// The bearer token it carried (the stand-in authorizes nothing).
+    /// Who sent it: the user its bearer token belongs to.
     #[serde(default)]
     pub user: String,
 }
@@ -205,16 +205,6 @@ impl FaultSlot {
             seen: 0,
             fired: 0,
         }
-    }
-
-    /// The rule.
-    pub fn fault(&self) -> &Fault {
-        &self.fault
-    }
-
-    /// Requests it matched, and times it fired.
-    pub fn counts(&self) -> (u32, u32) {
-        (self.seen, self.fired)
     }
 }
 
