@@ -172,6 +172,25 @@ pub fn spec_text(object: &Value) -> String {
     serde_json::to_string(&object["spec"]).expect("spec serialises")
 }
 
+/// Asserts `outcome` is a skip whose reason starts with `prefix` (the kind of skip:
+/// "cooldown", "duplicate", "resolved", ...).
+pub fn assert_skipped_for(outcome: &Outcome, prefix: &str) {
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(
+        reason(outcome).starts_with(prefix),
+        "a skip for {prefix:?} expected: {outcome:#?}"
+    );
+}
+
+/// Asserts `outcome` is a skip whose reason says `text`.
+pub fn assert_skipped_saying(outcome: &Outcome, text: &str) {
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(
+        reason(outcome).contains(text),
+        "a skip saying {text:?} expected: {outcome:#?}"
+    );
+}
+
 /// Asserts the functions' writes among `requests` (those under their field manager) each
 /// asked the server to refuse unknown fields (`fieldValidation=Strict`), and that there was
 /// one: the real server then judged every change against its CRD schema, and the object read

@@ -5,8 +5,8 @@
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_strict_writes, only, race,
-    reason, record, spec_text,
+    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_for,
+    assert_skipped_saying, assert_strict_writes, only, race, reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -169,8 +169,7 @@ async fn the_same_event_three_times_changes_once() {
             &event,
         )
         .await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Skipped);
-    assert!(reason(only(&report)).contains("already routed to stable"));
+    assert_skipped_saying(only(&report), "already routed to stable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -219,8 +218,7 @@ async fn resolved_alert_keeps_the_rollback_and_records_recovery() {
     let rolled_back = virtual_service(&cluster).await;
     let resolved = events::fresh("error-rollback-resolved.json", &cluster.namespace);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &resolved).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(reason(&outcome).starts_with("resolved"), "{outcome:#?}");
+    assert_skipped_for(&outcome, "resolved");
     let after = virtual_service(&cluster).await;
     assert_eq!(
         after["spec"], rolled_back["spec"],
@@ -243,10 +241,9 @@ async fn objects_not_opted_in_are_skipped() {
     .await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        reason(&outcome).contains("labelled auto_remediation=active matches the alert"),
-        "{outcome:#?}"
+    assert_skipped_saying(
+        &outcome,
+        "labelled auto_remediation=active matches the alert",
     );
     assert!(
         outcome.needs_a_report(),
@@ -326,8 +323,7 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     );
     // Asking again: already done.
     let again = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
-    assert_eq!(again.outcome, OutcomeKind::Skipped);
-    assert!(reason(&again).contains("already reverted"), "{again:#?}");
+    assert_skipped_saying(&again, "already reverted");
 
     // Act again, then someone edits the weights: the revert must not clobber that edit.
     let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];

@@ -11,6 +11,7 @@ use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::fault_proxy::{Fault, FaultKind};
+use remediation_testkit::mesh::{assert_skipped_for, assert_skipped_saying};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
@@ -120,14 +121,7 @@ async fn the_same_event_three_times_restarts_once() {
     }
     assert_eq!(outcomes[0].outcome, OutcomeKind::Applied);
     for repeat in &outcomes[1..] {
-        assert_eq!(repeat.outcome, OutcomeKind::Skipped);
-        assert!(
-            repeat
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("cooldown")),
-            "{repeat:#?}"
-        );
+        assert_skipped_for(repeat, "cooldown");
     }
     assert!(
         stamps.iter().all(|s| s == &stamps[0]),
@@ -231,14 +225,7 @@ async fn resolved_alert_restarts_nothing() {
     let resolved = events::fresh("latency-restart-resolved.json", &cluster.namespace);
     let report = cluster.invoke(LatencyRestart, &[], &resolved).await;
     let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("resolved")),
-        "{outcome:#?}"
-    );
+    assert_skipped_for(outcome, "resolved");
     let after = cluster.deployment(TARGET).await;
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
@@ -279,14 +266,7 @@ async fn objects_not_opted_in_are_skipped() {
     let before = cluster.create_deployment(TARGET, false).await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("not labelled auto_remediation=active")),
-        "{outcome:#?}"
-    );
+    assert_skipped_saying(&outcome, "not labelled auto_remediation=active");
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.resource_version,
         before.metadata.resource_version
@@ -307,14 +287,7 @@ async fn protected_namespaces_are_never_touched() {
         )
         .await;
     let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("is protected")),
-        "{outcome:#?}"
-    );
+    assert_skipped_saying(outcome, "is protected");
     // Default protection covers kube-system, whatever the labels say.
     let kube_system = events::fresh("latency-restart-firing.json", "kube-system");
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &kube_system).await).clone();
@@ -342,14 +315,7 @@ async fn stale_deliveries_are_skipped() {
     let published = chrono::Utc::now() - chrono::Duration::minutes(30);
     let event = events::fresh_at("latency-restart-firing.json", &cluster.namespace, published);
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("stale: SNS message published")),
-        "{outcome:#?}"
-    );
+    assert_skipped_for(&outcome, "stale: SNS message published");
     // An alert whose endsAt has passed is stale too.
     let mut ended = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let mut message = events::message(&ended);
@@ -647,14 +613,7 @@ async fn a_rollout_in_progress_is_not_restarted() {
     let before = cluster.deployment(TARGET).await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped);
-    assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("held: rollout in progress")),
-        "{outcome:#?}"
-    );
+    assert_skipped_for(&outcome, "held: rollout in progress");
     // The controller keeps writing the status; the function wrote nothing.
     let after = cluster.deployment(TARGET).await;
     assert_eq!(after.metadata.generation, before.metadata.generation);

@@ -9,7 +9,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::fleet::Fleet;
-use remediation_testkit::mesh::{only, reason};
+use remediation_testkit::mesh::{assert_skipped_saying, only, reason};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
@@ -51,8 +51,7 @@ where
 
 fn assert_skipped(report: &InvocationReport, expected: &str) {
     let outcome = only(report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{report:#?}");
-    assert!(reason(outcome).contains(expected), "{report:#?}");
+    assert_skipped_saying(outcome, expected);
 }
 
 #[tokio::test]
