@@ -27,4 +27,5 @@ mod pause;
 mod races;
 mod region_failover;
 mod reliability;
+mod request_counts;
 mod secrets;

@@ -10,10 +10,12 @@
 //! (`error-rollback,region-failover`). Revert requests, which a person sends, are not
 //! paused.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::Api;
+use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
 use crate::guard::skip::SkipReason;
@@ -28,7 +30,7 @@ pub const CONTROL_NAMESPACE: &str = "kube-system";
 /// The cluster-wide control ConfigMap.
 pub const CONTROL_CONFIGMAP: &str = "mesh-remediation";
 
-/// What the cluster and the namespace say, read once per target.
+/// What the cluster and the namespace say about one target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Brakes {
     /// The cluster-wide pause reason, if any.
@@ -44,10 +46,73 @@ fn reason(value: Option<&String>) -> Option<String> {
         .map(names::printable)
 }
 
-/// Reads the cluster's pause and each of `namespaces`' (the object's, and the alert's when
-/// the object lives elsewhere). A brake that cannot be read is an error: acting without
-/// knowing whether someone pulled it is not safe.
-pub async fn read(client: &kube::Client, namespaces: &[&str]) -> Result<Brakes> {
+/// A pause reason, read at most once.
+type Switch = Arc<OnceCell<Option<String>>>;
+
+/// The brakes as one invocation reads them: each cluster's pause and each namespace's once,
+/// however many targets share them (a storm of 200 targets in one namespace reads two
+/// objects, not 400). Nothing outlives the invocation, so a brake pulled between two
+/// invocations holds the next one. A read that fails is not remembered: the next target
+/// that needs it reads again.
+#[derive(Debug, Default)]
+pub struct BrakeReads {
+    /// Per cluster (`None`: the only one served): its pause, and each namespace's.
+    clusters: Mutex<HashMap<Option<String>, Arc<ClusterSwitches>>>,
+}
+
+#[derive(Debug, Default)]
+struct ClusterSwitches {
+    cluster: OnceCell<Option<String>>,
+    namespaces: Mutex<HashMap<String, Switch>>,
+}
+
+impl BrakeReads {
+    /// The cluster's pause and the first of `namespaces` paused (the object's, then the
+    /// alert's when the object lives elsewhere). A brake that cannot be read is an error:
+    /// acting without knowing whether someone pulled it is not safe.
+    pub async fn read(
+        &self,
+        cluster: Option<&str>,
+        client: &kube::Client,
+        namespaces: &[&str],
+    ) -> Result<Brakes> {
+        let switches = {
+            let mut clusters = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+            clusters
+                .entry(cluster.map(str::to_owned))
+                .or_default()
+                .clone()
+        };
+        let paused = switches
+            .cluster
+            .get_or_try_init(|| read_cluster_pause(client))
+            .await?
+            .clone();
+        let mut namespace = None;
+        for name in namespaces {
+            let switch = {
+                let mut all = switches
+                    .namespaces
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                all.entry((*name).to_owned()).or_default().clone()
+            };
+            let why = switch
+                .get_or_try_init(|| read_namespace_pause(client, name))
+                .await?;
+            if let Some(why) = why {
+                namespace = Some(((*name).to_owned(), why.clone()));
+                break;
+            }
+        }
+        Ok(Brakes {
+            cluster: paused,
+            namespace,
+        })
+    }
+}
+
+async fn read_cluster_pause(client: &kube::Client) -> Result<Option<String>> {
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), CONTROL_NAMESPACE);
     let control = configmaps.get_opt(CONTROL_CONFIGMAP).await.map_err(|err| {
         Error::kube(
@@ -55,23 +120,16 @@ pub async fn read(client: &kube::Client, namespaces: &[&str]) -> Result<Brakes> 
             err,
         )
     })?;
+    Ok(control.and_then(|c| reason(c.data.as_ref().and_then(|d| d.get("paused")))))
+}
+
+async fn read_namespace_pause(client: &kube::Client, namespace: &str) -> Result<Option<String>> {
     let api: Api<Namespace> = Api::all(client.clone());
-    let mut paused = None;
-    for namespace in namespaces {
-        let ns = api
-            .get_opt(namespace)
-            .await
-            .map_err(|err| Error::kube(format!("get namespace {namespace} (its pause)"), err))?;
-        let why = ns.and_then(|n| reason(n.metadata.annotations.as_ref()?.get(PAUSE_ANNOTATION)));
-        if let Some(why) = why {
-            paused = Some(((*namespace).to_owned(), why));
-            break;
-        }
-    }
-    Ok(Brakes {
-        cluster: control.and_then(|c| reason(c.data.as_ref().and_then(|d| d.get("paused")))),
-        namespace: paused,
-    })
+    let ns = api
+        .get_opt(namespace)
+        .await
+        .map_err(|err| Error::kube(format!("get namespace {namespace} (its pause)"), err))?;
+    Ok(ns.and_then(|n| reason(n.metadata.annotations.as_ref()?.get(PAUSE_ANNOTATION))))
 }
 
 /// Why `remediation` may not act on `target` now, if it may not: a pause (the widest

@@ -26,11 +26,12 @@ use super::retry::{
     MAX_TRANSIENT_RETRIES, MAX_WRITE_ATTEMPTS, conflict_backoff, transient_backoff,
 };
 use super::spending::Spending;
+use super::targets::Shared;
 use super::timebox::{CONFIRM_READ_TIME, Call, TimeBox};
 use super::{Pipeline, Request, Subject};
 use crate::cluster::record;
 use crate::error::Error;
-use crate::guard::pause;
+use crate::guard::pause::{self, BrakeReads};
 use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
@@ -101,6 +102,7 @@ struct WriteLoop<'a, R: Remediation> {
     client: &'a kube::Client,
     at: &'a Subject<'a, R>,
     changed: &'a AtomicUsize,
+    brake_reads: &'a BrakeReads,
     timebox: TimeBox,
     /// Reads made, against [`MAX_WRITE_ATTEMPTS`].
     reads: u32,
@@ -125,14 +127,15 @@ impl<R: Remediation> Pipeline<R> {
         api: &Api<DynamicObject>,
         client: &kube::Client,
         at: &Subject<'_, R>,
-        changed: &AtomicUsize,
+        shared: &Shared,
     ) -> Outcome {
         let mut machine = WriteLoop {
             pipeline: self,
             api,
             client,
             at,
-            changed,
+            changed: &shared.changed,
+            brake_reads: &shared.brakes,
             timebox: self.timebox(at.invocation),
             reads: 0,
             transient_retries: 0,
@@ -141,7 +144,7 @@ impl<R: Remediation> Pipeline<R> {
         };
         let end = machine.run().await;
         if !end.landed {
-            self.give_back(client, at.invocation, changed, machine.spending)
+            self.give_back(client, at.invocation, &shared.changed, machine.spending)
                 .await;
         }
         end.outcome.on(&at.target)
@@ -262,7 +265,8 @@ impl<R: Remediation> WriteLoop<'_, R> {
             namespaces.push(alert_namespace);
         }
         if self.brakes.is_none() {
-            let read = pause::read(self.client, &namespaces);
+            let cluster = at.work.locator.cluster.as_deref();
+            let read = self.brake_reads.read(cluster, self.client, &namespaces);
             let read = self
                 .timebox
                 .call(Call::Read, "read the pause switches", read)

@@ -13,9 +13,19 @@ use super::timebox::Call;
 use super::{Invocation, Pipeline, Request, Subject, Work, merge};
 use crate::cluster::record;
 use crate::error::Error;
+use crate::guard::pause::BrakeReads;
 use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
+
+/// What the targets of one invocation share.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// Objects changed so far, against `MAX_TARGETS_PER_INVOCATION`.
+    pub(super) changed: AtomicUsize,
+    /// The operator's brakes, read once per cluster and namespace.
+    pub(super) brakes: BrakeReads,
+}
 
 impl<R: Remediation> Pipeline<R> {
     /// Works every target, up to `MAX_CONCURRENCY` at a time: one outcome per piece of
@@ -29,10 +39,9 @@ impl<R: Remediation> Pipeline<R> {
         for item in work {
             groups.entry(item.locator.key()).or_default().push(item);
         }
-        // Objects changed by this invocation, against MAX_TARGETS_PER_INVOCATION.
-        let changed = AtomicUsize::new(0);
+        let shared = Shared::default();
         futures::stream::iter(groups.into_values())
-            .map(|items| self.handle_target(items, invocation, &changed))
+            .map(|items| self.handle_target(items, invocation, &shared))
             .buffer_unordered(self.config.max_concurrency)
             .flat_map(futures::stream::iter)
             .collect()
@@ -45,7 +54,7 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         mut items: Vec<Work<R>>,
         invocation: &Invocation,
-        changed: &AtomicUsize,
+        shared: &Shared,
     ) -> Vec<(usize, Outcome)> {
         items.sort_by_key(|w| (w.resolved(), w.order));
         let mut items = items.into_iter();
@@ -61,7 +70,7 @@ impl<R: Remediation> Pipeline<R> {
                 (dup.order, Outcome::skipped(dup.source, &reason))
             })
             .collect();
-        let outcome = self.act(&primary, invocation, changed).await;
+        let outcome = self.act(&primary, invocation, shared).await;
         out.push((primary.order, outcome));
         out
     }
@@ -72,7 +81,7 @@ impl<R: Remediation> Pipeline<R> {
         skip_all,
         fields(trace_id = %invocation.trace_id, alert = work.source.alert.as_deref(), target)
     )]
-    async fn act(&self, work: &Work<R>, invocation: &Invocation, changed: &AtomicUsize) -> Outcome {
+    async fn act(&self, work: &Work<R>, invocation: &Invocation, shared: &Shared) -> Outcome {
         let locator = &work.locator;
         let namespace = if locator.everywhere {
             "*"
@@ -85,7 +94,7 @@ impl<R: Remediation> Pipeline<R> {
         let outcome = match self.timebox(invocation).check(&subject) {
             Err(err) => Outcome::failed(work.source.clone(), &err).on(&subject),
             Ok(()) => {
-                self.act_in_cluster(work, invocation, changed, &subject)
+                self.act_in_cluster(work, invocation, shared, &subject)
                     .await
             }
         };
@@ -100,7 +109,7 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         work: &Work<R>,
         invocation: &Invocation,
-        changed: &AtomicUsize,
+        shared: &Shared,
         subject: &str,
     ) -> Outcome {
         let failed = |err: &Error| Outcome::failed(work.source.clone(), err).on(subject);
@@ -128,7 +137,7 @@ impl<R: Remediation> Pipeline<R> {
                 target: self.describe_target(locator, namespace, name),
                 invocation,
             };
-            outcomes.push(self.act_on(&api, &client, &at, changed).await);
+            outcomes.push(self.act_on(&api, &client, &at, shared).await);
         }
         merge::merge_outcomes(outcomes)
     }

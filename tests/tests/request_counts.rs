@@ -1,0 +1,153 @@
+//! The API requests a storm makes are deterministic, so their number is a test: a change
+//! that adds a request per target fails here, without any timing. Counted by the fault
+//! proxy in front of the real API server, as latency-restart sends them.
+//!
+//! Per acting target the safety rules need three requests: GET (its state and the action
+//! record: opt-in, cooldown, escalation, rollout), PATCH (the change and the new record in
+//! one merge patch, guarded by `resourceVersion`), POST (the Kubernetes Event). A target
+//! past the blast-radius cap still needs its GET (its state decides whether it would have
+//! acted) and nothing more. The brakes are read once per invocation: the cluster's pause
+//! (one ConfigMap) and the namespace's (one Namespace). The budgets are off here, so their
+//! ConfigMap is not read.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{ListParams, PostParams};
+use mesh_remediation::remediation::LatencyRestart;
+use mesh_remediation::remediation::latency_restart::rollout_in_progress;
+use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const TARGETS: usize = 200;
+const ALERTS: usize = 500;
+/// The Alertmanager template's cap on alerts per message (`deploy/alertmanager/sns.tmpl`).
+const PER_MESSAGE: usize = 200;
+
+/// `TARGETS` opted-in Deployments without replicas (a restart is then the function's work
+/// alone), observed by the deployment controller.
+async fn storm_targets(prefix: &str) -> TestCluster {
+    let cluster = TestCluster::start(prefix).await;
+    let api = cluster.deployments();
+    for i in 0..TARGETS {
+        let name = format!("storm-{i:03}");
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": name, "auto_remediation": "active"}},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}},
+                                  "spec": {"containers": [{"name": "app", "image": "app"}]}}}}))
+        .expect("deployment");
+        api.create(&PostParams::default(), &deployment)
+            .await
+            .expect("create deployment");
+    }
+    for _ in 0..600 {
+        let list = api.list(&ListParams::default()).await.expect("list");
+        if list.items.iter().all(|d| rollout_in_progress(d).is_none()) {
+            return cluster;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("the storm's Deployments were not observed");
+}
+
+/// `ALERTS` firing alerts over the `TARGETS`, in messages of at most `PER_MESSAGE` alerts,
+/// one SNS record each, as Alertmanager and SNS deliver a storm.
+fn storm_event(namespace: &str) -> Value {
+    let mut event = events::fresh("latency-restart-firing.json", namespace);
+    let record = event["Records"][0].clone();
+    let message = events::message(&event);
+    let alert = message["alerts"][0].clone();
+    let alerts: Vec<Value> = (0..ALERTS)
+        .map(|i| {
+            let mut a = alert.clone();
+            let target = format!("storm-{:03}", i % TARGETS);
+            a["labels"]["deployment"] = json!(target);
+            a["labels"]["pod"] = json!(format!("{target}-7c9d8f6b5-{i:05x}"));
+            a["fingerprint"] = json!(format!("{:016x}", 0x2289_218d_565d_99a5_u64 + i as u64));
+            a
+        })
+        .collect();
+    let records: Vec<Value> = alerts
+        .chunks(PER_MESSAGE)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut body = message.clone();
+            body["alerts"] = json!(chunk);
+            let mut record = record.clone();
+            record["Sns"]["MessageId"] = json!(format!("1b90641c-5715-5ab5-a60a-{i:012x}"));
+            record["Sns"]["Message"] = json!(body.to_string());
+            record
+        })
+        .collect();
+    event["Records"] = json!(records);
+    event
+}
+
+/// The storm's requests by what they are: `GET deployment`, `GET namespace`, ...
+async fn storm(prefix: &str, max_targets: &str) -> (BTreeMap<String, usize>, usize) {
+    let cluster = storm_targets(prefix).await;
+    let event = storm_event(&cluster.namespace);
+    cluster.clear_requests();
+    let vars = [
+        ("MAX_TARGETS_PER_INVOCATION", max_targets),
+        ("MAX_ACTIONS_PER_WINDOW", "0"),
+        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "0"),
+    ];
+    let report = cluster.invoke(LatencyRestart, &vars, &event).await;
+    let applied = report
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome == OutcomeKind::Applied)
+        .count();
+    assert_eq!(report.outcomes.len(), ALERTS, "{:#?}", report.summary);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for request in cluster.requests() {
+        let (verb, _, resource) = request.grant().expect("a resource request");
+        *counts.entry(format!("{verb} {resource}")).or_default() += 1;
+    }
+    (counts, applied)
+}
+
+fn expected(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_500_alerts_over_200_targets_makes_three_requests_per_target_and_two_for_the_brakes()
+ {
+    let (counts, applied) = storm("count-storm", "200").await;
+    assert_eq!(applied, TARGETS);
+    assert_eq!(
+        counts,
+        expected(&[
+            ("get deployments", TARGETS),
+            ("patch deployments", TARGETS),
+            ("create events", TARGETS),
+            ("get configmaps", 1),
+            ("get namespaces", 1),
+        ]),
+        "{} requests in all, {} expected",
+        counts.values().sum::<usize>(),
+        3 * TARGETS + 2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_blast_radius_a_target_costs_one_read() {
+    let (counts, applied) = storm("count-capped", "10").await;
+    assert_eq!(applied, 10);
+    assert_eq!(
+        counts,
+        expected(&[
+            ("get deployments", TARGETS),
+            ("patch deployments", 10),
+            ("create events", 10),
+            ("get configmaps", 1),
+            ("get namespaces", 1),
+        ]),
+        "{} requests in all",
+        counts.values().sum::<usize>()
+    );
+}
