@@ -22,6 +22,8 @@ use crate::mesh::Kind;
 use crate::mesh_gen::Violation;
 use crate::transient::{create, idempotent};
 
+pub mod suite;
+
 /// A generated mesh, as the harness needs it.
 pub trait Generated: Clone + Send + Sync + 'static {
     /// The kinds the API server stores for it, in the order they are read back.
@@ -40,6 +42,10 @@ pub trait Generated: Clone + Send + Sync + 'static {
     fn alert_namespace(&self) -> String;
     /// The objects stored on the API server, in creation order.
     fn objects(&self) -> Vec<Value>;
+    /// The prefix of its names (namespaces, hosts).
+    fn prefix(&self) -> String;
+    /// The mesh as YAML, to apply by hand.
+    fn to_yaml(&self) -> String;
     /// Objects of Istio's world also stored, after the others, for the functions that
     /// read them: Services (their cluster IP left to the server) and Pods (made ready).
     fn also_stored(&self) -> Vec<Value> {

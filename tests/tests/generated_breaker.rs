@@ -19,10 +19,10 @@
 //!   and the outcome says otherwise when it does not;
 //! - reverting every changed object gives back the exact compiled configuration.
 //!
-//! A violation is shrunk to a minimal mesh (one per class of invariant, at most
-//! `GENERATED_SHRINK` candidates run, default 400; 0 skips shrinking) and printed as YAML
-//! with its seed (names under the prefix `mesh`); `GENERATED_REPORT=<file>` also writes the
-//! report there as Markdown.
+//! A violation is shrunk to a minimal mesh (one per class of invariant, at most 400
+//! candidates and `GENERATED_SHRINK_SECONDS`, default 300; `GENERATED_SHRINK=0` skips
+//! shrinking) and printed as YAML with its seed (names under the prefix `mesh`);
+//! `GENERATED_REPORT=<file>` also writes the report there as Markdown.
 
 #[path = "generated_breaker/invariants.rs"]
 mod invariants;
@@ -37,8 +37,9 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
+use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
-    Harness, ShrinkLimits, changed_objects, compile_all, delivered, fresh_prefix, key, shrink,
+    Harness, ShrinkLimits, changed_objects, compile_all, delivered, key,
 };
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
@@ -53,97 +54,27 @@ const DEFAULT_SEED: u64 = 20_261_125;
 const DEFAULT_MESHES: u64 = 100;
 /// Meshes set up, invoked and reverted at once.
 const CONCURRENCY: usize = 8;
-/// Meshes that live on the API server together (the test control plane's Service IP range
-/// holds 254; a group's namespaces are deleted before the next group starts).
-const GROUP: usize = 100;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
-    let Some(kubeconfig) = std::env::var_os("TEST_KUBECONFIG") else {
-        eprintln!("note: generated meshes need a real API server: set TEST_KUBECONFIG");
-        return;
-    };
-    let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
-    let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
-    println!("generated meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
-    let harness = Harness::connect(kubeconfig.into(), "gen-home").await;
+    let seeds = Seeds::from_env("db-circuit-break", DEFAULT_SEED, DEFAULT_MESHES);
+    let harness = Harness::connect(suite::kubeconfig(), "gen-home").await;
     let started = Instant::now();
-    let meshes: Vec<GeneratedMesh> = (base..base + count)
-        .map(|seed| GeneratedMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
-        .collect();
+    let meshes = seeds.meshes(GeneratedMesh::generate);
     let mut found = Vec::new();
     for group in meshes.chunks(GROUP) {
         found.extend(run_meshes(&harness, group.to_vec(), true).await);
     }
     println!(
-        "{count} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
+        "{} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
+        seeds.count,
         started.elapsed()
     );
-
-    let mut by_class: BTreeMap<String, Vec<(GeneratedMesh, Violation)>> = BTreeMap::new();
-    for (mesh, violations) in meshes.into_iter().zip(found) {
-        for violation in violations {
-            by_class
-                .entry(violation.class.clone())
-                .or_default()
-                .push((mesh.clone(), violation));
-        }
-    }
-    if by_class.is_empty() {
-        return;
-    }
-    let mut report = format!(
-        "# db-circuit-break on generated meshes: {} classes of violation\n\n\
-         GENERATED_SEED={base} GENERATED_MESHES={count}\n",
-        by_class.len()
-    );
-    let limits = ShrinkLimits {
-        max_candidates: usize::try_from(env_u64("GENERATED_SHRINK", 400)).expect("fits"),
-        ..ShrinkLimits::default()
-    };
-    for (class, failures) in &by_class {
-        let seeds: Vec<String> = failures.iter().map(|(m, _)| m.seed.to_string()).collect();
-        let (mesh, violation) = &failures[0];
-        let shrink_started = Instant::now();
-        let shrunk = shrink(mesh, violation, limits, async |candidates| {
-            run_meshes(&harness, candidates, false).await
-        })
-        .await;
-        println!(
-            "[{class}] seed {}: shrunk from size {} to {} in {} steps, {} candidates, {:.1?}",
-            mesh.seed,
-            mesh.size(),
-            shrunk.mesh.size(),
-            shrunk.steps,
-            shrunk.tried,
-            shrink_started.elapsed()
-        );
-        report.push_str(&format!(
-            "\n## {class}\n\nseeds ({}): {}\n\nfirst: seed {}: {}\n\n\
-             minimal (shrunk in {} steps, {} candidates tried): {}\n\n```yaml\n{}```\n",
-            seeds.len(),
-            seeds.join(", "),
-            mesh.seed,
-            violation.detail.replace(&mesh.prefix, "mesh"),
-            shrunk.steps,
-            shrunk.tried,
-            shrunk.violation.detail.replace(&shrunk.mesh.prefix, "mesh"),
-            shrunk.mesh.with_prefix("mesh").to_yaml()
-        ));
-    }
-    println!("checked and shrunk in {:.1?}", started.elapsed());
-    if let Some(path) = std::env::var_os("GENERATED_REPORT") {
-        std::fs::write(&path, &report).expect("write GENERATED_REPORT");
-    }
-    panic!("{report}");
+    let limits = suite::shrink_limits(ShrinkLimits::default());
+    fail_on_violations("db-circuit-break", seeds, meshes, found, limits, async |c| {
+        run_meshes(&harness, c, false).await
+    })
+    .await;
 }
 
 /// Runs every mesh through the whole cycle and returns each one's violations. Meshes are
@@ -234,28 +165,6 @@ async fn run_meshes(h: &Harness, meshes: Vec<GeneratedMesh>, verbose: bool) -> V
     found
 }
 
-/// Prints how long each phase took (for the first, full run).
-struct Clock {
-    verbose: bool,
-    last: Instant,
-}
-
-impl Clock {
-    fn new(verbose: bool) -> Clock {
-        Clock {
-            verbose,
-            last: Instant::now(),
-        }
-    }
-
-    fn lap(&mut self, what: &str) {
-        if self.verbose {
-            println!("  {what}: {:.1?}", self.last.elapsed());
-        }
-        self.last = Instant::now();
-    }
-}
-
 /// A client proxy that sees no cluster of the database: the mesh does not test anything.
 fn unreachable_database(mesh: &GeneratedMesh, compiled: &Compiled) -> Option<String> {
     let host = mesh.db_fqdn();
@@ -284,11 +193,6 @@ fn alert(mesh: &GeneratedMesh) -> Value {
     event
 }
 
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// The function's settings for a mesh: its budgets in the alert's namespace, its root.
 fn vars(mesh: &GeneratedMesh) -> [(String, String); 2] {

@@ -36,9 +36,10 @@ use remediation_testkit::gen_failover::run::Harness;
 use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
+use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
     Findings, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all, delivered,
-    first_difference, fresh_prefix, key, shrink,
+    first_difference, key,
 };
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
@@ -49,98 +50,32 @@ const DEFAULT_SEED: u64 = 20_261_201;
 const DEFAULT_MESHES: u64 = 100;
 /// Meshes set up, invoked and reverted at once.
 const CONCURRENCY: usize = 8;
-/// Meshes that live on the API server together (a group's namespaces are deleted before
-/// the next group starts).
-const GROUP: usize = 100;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn region_failover_keeps_its_promises_on_generated_meshes() {
-    let Some(kubeconfig) = std::env::var_os("TEST_KUBECONFIG") else {
-        eprintln!("note: generated meshes need a real API server: set TEST_KUBECONFIG");
-        return;
-    };
-    let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
-    let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
-    println!("generated meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
-    let harness = Harness::connect(kubeconfig.into()).await;
+    let seeds = Seeds::from_env("region-failover", DEFAULT_SEED, DEFAULT_MESHES);
+    let harness = Harness::connect(suite::kubeconfig()).await;
     let started = Instant::now();
-    let meshes: Vec<FailoverMesh> = (base..base + count)
-        .map(|seed| FailoverMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
-        .collect();
+    let meshes = seeds.meshes(FailoverMesh::generate);
     let mut found = Vec::new();
     let mut tally = Tally::default();
     for group in meshes.chunks(GROUP) {
         found.extend(run_meshes(&harness, group.to_vec(), Some(&mut tally)).await);
     }
     println!(
-        "{count} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
+        "{} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
+        seeds.count,
         started.elapsed()
     );
     println!("  {tally}");
-
-    let mut by_class: BTreeMap<String, Vec<(FailoverMesh, Violation)>> = BTreeMap::new();
-    for (mesh, violations) in meshes.into_iter().zip(found) {
-        for violation in violations {
-            by_class
-                .entry(violation.class.clone())
-                .or_default()
-                .push((mesh.clone(), violation));
-        }
-    }
-    if by_class.is_empty() {
-        return;
-    }
-    let mut report = format!(
-        "# region-failover on generated meshes: {} classes of violation\n\n\
-         GENERATED_SEED={base} GENERATED_MESHES={count}\n",
-        by_class.len()
-    );
-    for (class, failures) in &by_class {
-        let seeds: Vec<String> = failures.iter().map(|(m, _)| m.seed.to_string()).collect();
-        let (mesh, violation) = &failures[0];
-        let shrink_started = Instant::now();
-        let limits = ShrinkLimits {
-            max_time: Duration::from_secs(env_u64("GENERATED_SHRINK_SECONDS", 240)),
-            ..ShrinkLimits::default()
-        };
-        let shrunk = shrink(mesh, violation, limits, async |candidates| {
-            run_meshes(&harness, candidates, None).await
-        })
-        .await;
-        println!(
-            "[{class}] seed {}: shrunk from size {} to {} in {} steps, {} candidates, {:.1?}",
-            mesh.seed,
-            mesh.size(),
-            shrunk.mesh.size(),
-            shrunk.steps,
-            shrunk.tried,
-            shrink_started.elapsed()
-        );
-        report.push_str(&format!(
-            "\n## {class}\n\nseeds ({}): {}\n\nfirst: seed {}: {}\n\n\
-             minimal (shrunk in {} steps, {} candidates tried): {}\n\n```yaml\n{}```\n",
-            seeds.len(),
-            seeds.join(", "),
-            mesh.seed,
-            violation.detail,
-            shrunk.steps,
-            shrunk.tried,
-            shrunk.violation.detail,
-            shrunk.mesh.to_yaml()
-        ));
-    }
-    if let Some(path) = std::env::var_os("GENERATED_REPORT") {
-        std::fs::write(&path, &report).expect("write GENERATED_REPORT");
-    }
-    panic!("{report}");
+    let limits = suite::shrink_limits(ShrinkLimits {
+        max_time: Duration::from_secs(240),
+        ..ShrinkLimits::default()
+    });
+    fail_on_violations("region-failover", seeds, meshes, found, limits, async |c| {
+        run_meshes(&harness, c, None).await
+    })
+    .await;
 }
 
 /// What the meshes of a run exercised, to tell a vacuous run from a real one.
@@ -339,28 +274,6 @@ async fn compile_where_changed(
         .collect()
 }
 
-/// Prints how long each phase took (for the first, full run).
-struct Clock {
-    verbose: bool,
-    last: Instant,
-}
-
-impl Clock {
-    fn new(verbose: bool) -> Clock {
-        Clock {
-            verbose,
-            last: Instant::now(),
-        }
-    }
-
-    fn lap(&mut self, what: &str) {
-        if self.verbose {
-            println!("  {what}: {:.1?}", self.last.elapsed());
-        }
-        self.last = Instant::now();
-    }
-}
-
 /// A sidecar that reaches no endpoint of `frontend` at all (a route to a subset no rule it
 /// takes defines): counted, since the invariants say little about such a client.
 fn unreachable_service(mesh: &FailoverMesh, compiled: &Compiled) -> Option<String> {
@@ -449,11 +362,6 @@ fn alert(mesh: &FailoverMesh) -> Value {
     event
 }
 
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
 
 /// Runs `event` through the pipeline with the function's own identity, its budgets in the
 /// alert's namespace, the mesh's root namespace and health URLs; its one outcome.

@@ -28,9 +28,10 @@ use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
+use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
     Findings, Harness, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all,
-    delivered, first_difference, fresh_prefix, key, shrink,
+    delivered, first_difference, key,
 };
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
@@ -42,36 +43,19 @@ const DEFAULT_SEED: u64 = 20_261_204;
 const DEFAULT_MESHES: u64 = 100;
 /// Meshes set up, invoked and reverted at once.
 const CONCURRENCY: usize = 8;
-/// Shrinking one class of violation runs at most this many candidates, for about this long
-/// (`GENERATED_SHRINK=0` skips shrinking, for long runs).
-const SHRINK_CANDIDATES: usize = 160;
-const SHRINK_TIME: std::time::Duration = std::time::Duration::from_secs(120);
-/// Meshes that live on the API server together (one Service IP each; the test control
-/// plane's range holds 254).
-const GROUP: usize = 100;
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().map_or(default, |v| {
-        v.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v} is not a number"))
-    })
-}
+/// Shrinking one class of violation runs at most this many candidates, for about this long.
+const SHRINK: ShrinkLimits = ShrinkLimits {
+    max_candidates: 160,
+    chunk: 16,
+    max_time: std::time::Duration::from_secs(120),
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn error_rollback_keeps_its_promises_on_generated_meshes() {
-    let Some(kubeconfig) = std::env::var_os("TEST_KUBECONFIG") else {
-        eprintln!("note: generated meshes need a real API server: set TEST_KUBECONFIG");
-        return;
-    };
-    let base = env_u64("GENERATED_SEED", DEFAULT_SEED);
-    let count = env_u64("GENERATED_MESHES", DEFAULT_MESHES);
-    println!("generated rollback meshes: GENERATED_SEED={base} GENERATED_MESHES={count}");
-    let harness = Harness::connect(kubeconfig.into(), "genrb-home").await;
+    let seeds = Seeds::from_env("error-rollback", DEFAULT_SEED, DEFAULT_MESHES);
+    let harness = Harness::connect(suite::kubeconfig(), "genrb-home").await;
     let started = Instant::now();
-    let meshes: Vec<RollbackMesh> = (base..base + count)
-        .map(|seed| RollbackMesh::generate(seed).with_prefix(&fresh_prefix(seed)))
-        .collect();
+    let meshes = seeds.meshes(RollbackMesh::generate);
     let mut found = Vec::new();
     let mut tally = Tally::default();
     for group in meshes.chunks(GROUP) {
@@ -80,79 +64,16 @@ async fn error_rollback_keeps_its_promises_on_generated_meshes() {
         tally.add(group, &outcomes);
     }
     println!(
-        "{count} meshes set up, compiled, rolled back, reverted and checked in {:.1?}",
+        "{} meshes set up, compiled, rolled back, reverted and checked in {:.1?}",
+        seeds.count,
         started.elapsed()
     );
     tally.print();
-
-    let mut by_class: BTreeMap<String, Vec<(RollbackMesh, Violation)>> = BTreeMap::new();
-    for (mesh, violations) in meshes.into_iter().zip(found) {
-        for violation in violations {
-            by_class
-                .entry(violation.class.clone())
-                .or_default()
-                .push((mesh.clone(), violation));
-        }
-    }
-    if by_class.is_empty() {
-        return;
-    }
-    let mut report = format!(
-        "# error-rollback on generated meshes: {} classes of violation\n\n\
-         GENERATED_SEED={base} GENERATED_MESHES={count}\n",
-        by_class.len()
-    );
-    for (class, failures) in &by_class {
-        println!(
-            "[{class}] {} meshes, first seed {}: {}",
-            failures.len(),
-            failures[0].0.seed,
-            failures[0].1.detail
-        );
-    }
-    for (class, failures) in &by_class {
-        let seeds: Vec<String> = failures.iter().map(|(m, _)| m.seed.to_string()).collect();
-        let (mesh, violation) = &failures[0];
-        let shrink_started = Instant::now();
-        let limits = ShrinkLimits {
-            max_candidates: if env_u64("GENERATED_SHRINK", 1) == 0 {
-                0
-            } else {
-                SHRINK_CANDIDATES
-            },
-            chunk: 16,
-            max_time: SHRINK_TIME,
-        };
-        let shrunk = shrink(mesh, violation, limits, async |candidates| {
-            run_meshes(&harness, candidates, false).await.0
-        })
-        .await;
-        println!(
-            "[{class}] seed {}: shrunk from size {} to {} in {} steps, {} candidates, {:.1?}",
-            mesh.seed,
-            mesh.size(),
-            shrunk.mesh.size(),
-            shrunk.steps,
-            shrunk.tried,
-            shrink_started.elapsed()
-        );
-        report.push_str(&format!(
-            "\n## {class}\n\nseeds ({}): {}\n\nfirst: seed {}: {}\n\n\
-             minimal (shrunk in {} steps, {} candidates tried): {}\n\n```yaml\n{}```\n",
-            seeds.len(),
-            seeds.join(", "),
-            mesh.seed,
-            violation.detail,
-            shrunk.steps,
-            shrunk.tried,
-            shrunk.violation.detail,
-            shrunk.mesh.to_yaml()
-        ));
-    }
-    if let Some(path) = std::env::var_os("GENERATED_REPORT") {
-        std::fs::write(&path, &report).expect("write GENERATED_REPORT");
-    }
-    panic!("{report}");
+    let limits = suite::shrink_limits(SHRINK);
+    fail_on_violations("error-rollback", seeds, meshes, found, limits, async |c| {
+        run_meshes(&harness, c, false).await.0
+    })
+    .await;
 }
 
 /// Outcomes by kind and by the first words of their reason, for the first run's summary.
@@ -270,28 +191,6 @@ async fn run_meshes(
     (found, outcomes)
 }
 
-/// Prints how long each phase took (for the first, full run).
-struct Clock {
-    verbose: bool,
-    last: Instant,
-}
-
-impl Clock {
-    fn new(verbose: bool) -> Clock {
-        Clock {
-            verbose,
-            last: Instant::now(),
-        }
-    }
-
-    fn lap(&mut self, what: &str) {
-        if self.verbose {
-            println!("  {what}: {:.1?}", self.last.elapsed());
-        }
-        self.last = Instant::now();
-    }
-}
-
 /// The alert of a mesh: its namespace, `service` and the failing `version`.
 fn alert(mesh: &RollbackMesh) -> Value {
     let mut event = events::fresh("error-rollback-firing.json", &mesh.alert_ns());
@@ -307,12 +206,6 @@ fn alert(mesh: &RollbackMesh) -> Value {
     message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
     events::set_message(&mut event, &message);
     event
-}
-
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// The function's settings for a mesh: its budgets in the alert's namespace, its root.

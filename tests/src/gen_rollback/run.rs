@@ -40,6 +40,14 @@ impl Generated for RollbackMesh {
         self.api_objects()
     }
 
+    fn prefix(&self) -> String {
+        self.prefix.clone()
+    }
+
+    fn to_yaml(&self) -> String {
+        Self::to_yaml(self)
+    }
+
     fn also_stored(&self) -> Vec<Value> {
         self.world_objects()
             .into_iter()

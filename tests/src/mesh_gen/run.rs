@@ -38,6 +38,14 @@ impl Generated for GeneratedMesh {
         self.api_objects()
     }
 
+    fn prefix(&self) -> String {
+        self.prefix.clone()
+    }
+
+    fn to_yaml(&self) -> String {
+        Self::to_yaml(self)
+    }
+
     fn compile_job(&self, stored: &[Value]) -> CompileJob {
         (
             self.world_with(stored),
