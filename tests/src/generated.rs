@@ -22,6 +22,7 @@ use crate::mesh::Kind;
 use crate::mesh_gen::Violation;
 use crate::transient::{create, idempotent};
 
+pub mod prune;
 pub mod suite;
 
 /// A generated mesh, as the harness needs it.

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{ClientSpec, Database, GeneratedMesh};
+use crate::generated::prune::{normalize, remove, removable};
 
 impl GeneratedMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
@@ -130,104 +131,6 @@ impl GeneratedMesh {
 /// A pod of the database (its pods carry a `role`).
 fn is_db_pod(object: &Value) -> bool {
     object["kind"] == "Pod" && object["metadata"]["labels"].get("role").is_some()
-}
-
-/// Every node of a rule that can go: in `spec` all but `host` and subset names, and its
-/// labels. JSON pointers, parents before children.
-fn removable(rule: &Value) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Some(labels) = rule["metadata"]["labels"].as_object() {
-        for key in labels.keys() {
-            out.push(format!("/metadata/labels/{}", escape(key)));
-        }
-    }
-    walk(&rule["spec"], "/spec", &mut out);
-    out.retain(|p| p != "/spec/host" && !is_subset_name(p));
-    out
-}
-
-fn is_subset_name(pointer: &str) -> bool {
-    let parts: Vec<&str> = pointer.split('/').collect();
-    matches!(parts.as_slice(), ["", "spec", "subsets", _, "name"])
-}
-
-fn walk(value: &Value, at: &str, out: &mut Vec<String>) {
-    match value {
-        Value::Object(map) => {
-            for (key, child) in map {
-                let pointer = format!("{at}/{}", escape(key));
-                out.push(pointer.clone());
-                walk(child, &pointer, out);
-            }
-        }
-        Value::Array(items) => {
-            for (i, child) in items.iter().enumerate() {
-                let pointer = format!("{at}/{i}");
-                out.push(pointer.clone());
-                walk(child, &pointer, out);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn escape(key: &str) -> String {
-    key.replace('~', "~0").replace('/', "~1")
-}
-
-/// Removes the node at `pointer` (an object key or an array element).
-fn remove(value: &mut Value, pointer: &str) {
-    let Some((parent, last)) = pointer.rsplit_once('/') else {
-        return;
-    };
-    let key = last.replace("~1", "/").replace("~0", "~");
-    match value.pointer_mut(parent) {
-        Some(Value::Object(map)) => {
-            map.remove(&key);
-        }
-        Some(Value::Array(items)) => {
-            if let Ok(i) = key.parse::<usize>()
-                && i < items.len()
-            {
-                items.remove(i);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Drops what a removal left empty and meaningless: empty objects and lists (but not an
-/// empty `outlierDetection`, which turns ejection on with Envoy's defaults), and
-/// port-level entries with nothing but their port.
-fn normalize(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            for child in map.values_mut() {
-                normalize(child);
-            }
-            map.retain(|key, child| key == "outlierDetection" || !is_empty(child));
-            if let Some(Value::Array(entries)) = map.get_mut("portLevelSettings") {
-                entries.retain(|e| e.as_object().is_some_and(|m| m.len() > 1));
-                if entries.is_empty() {
-                    map.remove("portLevelSettings");
-                }
-            }
-        }
-        Value::Array(items) => {
-            for child in items.iter_mut() {
-                normalize(child);
-            }
-        }
-        _ => {}
-    }
-}
-
-fn is_empty(value: &Value) -> bool {
-    match value {
-        Value::Object(m) => m.is_empty(),
-        Value::Array(a) => a.is_empty(),
-        _ => false,
-    }
 }
 
 /// A rule's `exportTo` entries naming a namespace that no longer exists go too.
