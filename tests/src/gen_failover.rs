@@ -92,16 +92,7 @@ impl FailoverMesh {
 
     /// `template` (any JSON) with the prefix filled in, in keys and strings.
     pub fn render(&self, template: &Value) -> Value {
-        match template {
-            Value::String(s) => Value::String(self.render_str(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.render(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| (self.render_str(k), self.render(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        crate::generated::render(template, &self.prefix)
     }
 
     /// The alert's namespace, where `frontend` lives (template).

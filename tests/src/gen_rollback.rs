@@ -28,7 +28,7 @@ use crate::istio_oracle::{Client, World};
 use crate::mesh_gen::ClientSpec;
 
 /// What the templates hold in place of the mesh's prefix.
-pub const PREFIX: &str = "{P}";
+pub use crate::generated::PREFIX;
 /// The port `checkout` serves.
 pub const PORT: u16 = 8080;
 /// The failing version: the alert's `version` label.
@@ -91,16 +91,7 @@ impl RollbackMesh {
 
     /// `template` (any JSON) with the prefix filled in, in keys and strings.
     pub fn render(&self, template: &Value) -> Value {
-        match template {
-            Value::String(s) => Value::String(self.render_str(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.render(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| (self.render_str(k), self.render(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        crate::generated::render(template, &self.prefix)
     }
 
     /// The root namespace template (standing in for `istio-system`).

@@ -202,6 +202,23 @@ fn resource(kind: &str) -> ApiResource {
     }
 }
 
+/// The name template every generated mesh writes its names with, filled in with its prefix.
+pub const PREFIX: &str = "{P}";
+
+/// `template` (any JSON) with [`PREFIX`] replaced by `prefix`, in keys and strings.
+pub fn render(template: &Value, prefix: &str) -> Value {
+    match template {
+        Value::String(s) => Value::String(s.replace(PREFIX, prefix)),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render(v, prefix)).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.replace(PREFIX, prefix), render(v, prefix)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
 /// `namespace/name` of an object.
 pub fn key(object: &Value) -> String {
     format!(

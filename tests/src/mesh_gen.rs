@@ -31,7 +31,7 @@ use crate::istio_oracle::{Client, World};
 pub use policy::istio_rule_errors;
 
 /// What the templates hold in place of the mesh's prefix.
-pub const PREFIX: &str = "{P}";
+pub use crate::generated::PREFIX;
 /// The database port every generated database serves.
 pub const DB_PORT: u16 = 5432;
 /// The port of the metrics sidecar some databases also serve.
@@ -113,16 +113,7 @@ impl GeneratedMesh {
 
     /// `template` (any JSON) with the prefix filled in, in keys and strings.
     pub fn render(&self, template: &Value) -> Value {
-        match template {
-            Value::String(s) => Value::String(self.render_str(s)),
-            Value::Array(items) => Value::Array(items.iter().map(|v| self.render(v)).collect()),
-            Value::Object(map) => Value::Object(
-                map.iter()
-                    .map(|(k, v)| (self.render_str(k), self.render(v)))
-                    .collect(),
-            ),
-            other => other.clone(),
-        }
+        crate::generated::render(template, &self.prefix)
     }
 
     /// The root configuration namespace standing in for `istio-system` (template).
