@@ -380,6 +380,68 @@ pub fn changed_objects(before: &[Value], after: &[Value]) -> Vec<Value> {
         .collect()
 }
 
+/// The context of a mesh's findings: its outcome and what it said.
+pub fn outcome_context(outcome: &Outcome) -> String {
+    format!(
+        "outcome {} ({})",
+        outcome.outcome.as_str(),
+        outcome
+            .reason
+            .as_deref()
+            .or(outcome.change.as_deref())
+            .unwrap_or_default()
+    )
+}
+
+/// The compiled configuration after the function acted, or the finding that Istio rejects
+/// the stored objects.
+pub fn compiled_after<'a>(
+    after: Result<&'a Compiled, &String>,
+    f: &mut Findings,
+) -> Option<&'a Compiled> {
+    match after {
+        Ok(after) => Some(after),
+        Err(why) => {
+            f.add(
+                "invalid-after",
+                format!("Istio rejects the stored objects: {why}"),
+            );
+            None
+        }
+    }
+}
+
+/// What every remediation promises about its outcome: a refusal (skipped or failed) changed
+/// no stored object (`changed`) and no compiled configuration; no other outcome than
+/// applied or a refusal. Whether it applied (what applying must do is the suite's).
+pub fn applied_or_refused_cleanly(
+    outcome: &Outcome,
+    before: &Compiled,
+    after: &Compiled,
+    changed: &[Value],
+    f: &mut Findings,
+) -> bool {
+    match outcome.outcome {
+        OutcomeKind::Applied => return true,
+        OutcomeKind::Skipped | OutcomeKind::Failed => {
+            if !changed.is_empty() {
+                let names: Vec<String> = changed.iter().map(key).collect();
+                f.add(
+                    "refused-but-changed",
+                    format!("changed {}", names.join(", ")),
+                );
+            }
+            if let Some(diff) =
+                first_difference(&before.raw["proxies"], &after.raw["proxies"], "proxies")
+            {
+                f.add("refused-but-compiled-differs", diff);
+            }
+        }
+        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    }
+    false
+}
+
 /// What a suite knows after reverting one mesh's changes.
 pub struct Reverted<'a> {
     /// The compiled configuration before the function acted.

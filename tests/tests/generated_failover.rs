@@ -38,8 +38,8 @@ use remediation_testkit::gen_failover::{
 };
 use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
-    Findings, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all, delivered,
-    first_difference, key,
+    Findings, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects, check_reverts,
+    compile_all, compiled_after, delivered, first_difference, key, outcome_context,
 };
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
@@ -421,40 +421,12 @@ struct Trial<'a> {
 
 fn check(t: &Trial) -> Vec<Violation> {
     let mut f = Findings::default();
-    let outcome = t.outcome;
-    let change = outcome.change.clone().unwrap_or_default();
-    let context = format!(
-        "outcome {} ({})",
-        outcome.outcome.as_str(),
-        outcome.reason.as_deref().unwrap_or(&change)
-    );
-    let after = match t.after {
-        Ok(after) => after,
-        Err(why) => {
-            f.add(
-                "invalid-after",
-                format!("Istio rejects the stored objects: {why}"),
-            );
-            return f.into_violations(&context);
-        }
+    let context = outcome_context(t.outcome);
+    let Some(after) = compiled_after(t.after, &mut f) else {
+        return f.into_violations(&context);
     };
-    match outcome.outcome {
-        OutcomeKind::Applied => drained(t, after, &mut f),
-        OutcomeKind::Skipped | OutcomeKind::Failed => {
-            if !t.changed.is_empty() {
-                let names: Vec<String> = t.changed.iter().map(key).collect();
-                f.add(
-                    "refused-but-changed",
-                    format!("changed {}", names.join(", ")),
-                );
-            }
-            if let Some(diff) =
-                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
-            {
-                f.add("refused-but-compiled-differs", diff);
-            }
-        }
-        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
+        drained(t, after, &mut f);
     }
     reverting(t, &mut f);
     f.into_violations(&context)

@@ -30,8 +30,9 @@ use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
 use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
-    Findings, Harness, Reverted, ShrinkLimits, changed_objects, check_reverts, compile_all,
-    delivered, first_difference, key,
+    Findings, Harness, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects,
+    check_reverts, compile_all, compiled_after, delivered, first_difference, key,
+    outcome_context,
 };
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
@@ -265,49 +266,19 @@ struct Trial<'a> {
 
 fn check(t: &Trial) -> Vec<Violation> {
     let mut f = Findings::default();
-    let outcome = t.outcome;
-    let change = outcome.change.clone().unwrap_or_default();
-    let context = format!(
-        "outcome {} ({})",
-        outcome.outcome.as_str(),
-        outcome.reason.as_deref().unwrap_or(&change)
-    );
-    let after = match t.after {
-        Ok(after) => after,
-        Err(why) => {
-            f.add(
-                "invalid-after",
-                format!("Istio rejects the stored objects: {why}"),
-            );
-            return f.into_violations(&context);
-        }
+    let context = outcome_context(t.outcome);
+    let Some(after) = compiled_after(t.after, &mut f) else {
+        return f.into_violations(&context);
     };
-    match outcome.outcome {
-        OutcomeKind::Applied => {
-            if t.changed.is_empty() {
-                f.add("applied-but-unchanged", "no stored object changed".into());
-            }
-            failing_unreached(t, after, &mut f);
-            mirrors_unreached(t, after, &mut f);
-            for why in dead_routes(t.mesh, after) {
-                f.add("route-without-endpoints", why);
-            }
+    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
+        if t.changed.is_empty() {
+            f.add("applied-but-unchanged", "no stored object changed".into());
         }
-        OutcomeKind::Skipped | OutcomeKind::Failed => {
-            if !t.changed.is_empty() {
-                let names: Vec<String> = t.changed.iter().map(key).collect();
-                f.add(
-                    "refused-but-changed",
-                    format!("changed {}", names.join(", ")),
-                );
-            }
-            if let Some(diff) =
-                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
-            {
-                f.add("refused-but-compiled-differs", diff);
-            }
+        failing_unreached(t, after, &mut f);
+        mirrors_unreached(t, after, &mut f);
+        for why in dead_routes(t.mesh, after) {
+            f.add("route-without-endpoints", why);
         }
-        other => f.add("unexpected-outcome", other.as_str().to_owned()),
     }
     reverting(t, &mut f);
     f.into_violations(&context)

@@ -3,7 +3,10 @@
 //! server stores.
 
 use mesh_remediation::report::{Outcome, OutcomeKind};
-use remediation_testkit::generated::{Findings, Reverted, check_reverts, first_difference, key};
+use remediation_testkit::generated::{
+    Findings, Reverted, applied_or_refused_cleanly, check_reverts, compiled_after,
+    first_difference, key, outcome_context,
+};
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::Value;
@@ -30,41 +33,17 @@ pub(super) struct Trial<'a> {
 
 pub(super) fn check(t: &Trial) -> Vec<Violation> {
     let mut f = Findings::default();
-    let outcome = t.outcome;
-    let change = outcome.change.clone().unwrap_or_default();
+    let change = t.outcome.change.clone().unwrap_or_default();
     let context = format!(
-        "settings {:?}, outcome {} ({})",
+        "settings {:?}, {}",
         setting_vars(t.mesh),
-        outcome.outcome.as_str(),
-        outcome.reason.as_deref().unwrap_or(&change)
+        outcome_context(t.outcome)
     );
-    let after = match t.after {
-        Ok(after) => after,
-        Err(why) => {
-            f.add(
-                "invalid-after",
-                format!("Istio rejects the stored objects: {why}"),
-            );
-            return f.into_violations(&context);
-        }
+    let Some(after) = compiled_after(t.after, &mut f) else {
+        return f.into_violations(&context);
     };
-    match outcome.outcome {
-        OutcomeKind::Applied => breaker(t, after, &mut f),
-        OutcomeKind::Skipped | OutcomeKind::Failed => {
-            if !t.changed.is_empty() {
-                let names: Vec<String> = t.changed.iter().map(key).collect();
-                f.add(
-                    "refused-but-changed",
-                    format!("changed {}", names.join(", ")),
-                );
-            }
-            if let Some(diff) =
-                first_difference(&t.before.raw["proxies"], &after.raw["proxies"], "proxies")
-            {
-                f.add("refused-but-compiled-differs", diff);
-            }
-        }
-        other => f.add("unexpected-outcome", other.as_str().to_owned()),
+    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
+        breaker(t, after, &mut f);
     }
     beyond_breaker(t, after, &mut f);
     localities(t, after, &change, &mut f);
