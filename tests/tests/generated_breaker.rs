@@ -71,9 +71,14 @@ async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
         started.elapsed()
     );
     let limits = suite::shrink_limits(ShrinkLimits::default());
-    fail_on_violations("db-circuit-break", seeds, meshes, found, limits, async |c| {
-        run_meshes(&harness, c, false).await
-    })
+    fail_on_violations(
+        "db-circuit-break",
+        seeds,
+        meshes,
+        found,
+        limits,
+        async |c| run_meshes(&harness, c, false).await,
+    )
     .await;
 }
 
@@ -192,7 +197,6 @@ fn alert(mesh: &GeneratedMesh) -> Value {
     events::set_message(&mut event, &message);
     event
 }
-
 
 /// The function's settings for a mesh: its budgets in the alert's namespace, its root.
 fn vars(mesh: &GeneratedMesh) -> [(String, String); 2] {

@@ -29,7 +29,7 @@ use futures::stream::{self, StreamExt};
 use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::RegionFailover;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
-use mesh_remediation::report::{Outcome, OutcomeKind};
+use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::gen_failover::run::Harness;
@@ -39,7 +39,7 @@ use remediation_testkit::gen_failover::{
 use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
     Findings, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects, check_reverts,
-    compile_all, compiled_after, delivered, first_difference, key, outcome_context,
+    compile_all, compiled_after, delivered, key, outcome_context,
 };
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
@@ -361,7 +361,6 @@ fn alert(mesh: &FailoverMesh) -> Value {
     events::set_message(&mut event, &message);
     event
 }
-
 
 /// Runs `event` through the pipeline with the function's own identity, its budgets in the
 /// alert's namespace, the mesh's root namespace and health URLs; its one outcome.

@@ -24,15 +24,14 @@ use std::time::Instant;
 use futures::stream::{self, StreamExt};
 use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::ErrorRollback;
-use mesh_remediation::report::{Outcome, OutcomeKind};
+use mesh_remediation::report::Outcome;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
 use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
     Findings, Harness, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects,
-    check_reverts, compile_all, compiled_after, delivered, first_difference, key,
-    outcome_context,
+    check_reverts, compile_all, compiled_after, delivered, key, outcome_context,
 };
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{FailoverMesh, HealthMode, SERVICE};
-use crate::generated::prune::{normalize, remove, removable};
+use crate::generated::prune::{normalize, removable, remove};
 
 impl FailoverMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,

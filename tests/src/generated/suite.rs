@@ -142,7 +142,10 @@ pub async fn fail_on_violations<M: Generated>(
             violation.detail.replace(&mesh.prefix(), "mesh"),
             shrunk.steps,
             shrunk.tried,
-            shrunk.violation.detail.replace(&shrunk.mesh.prefix(), "mesh"),
+            shrunk
+                .violation
+                .detail
+                .replace(&shrunk.mesh.prefix(), "mesh"),
             shrunk.mesh.renamed("mesh").to_yaml()
         ));
     }

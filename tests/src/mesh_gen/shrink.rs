@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use super::{ClientSpec, Database, GeneratedMesh};
-use crate::generated::prune::{normalize, remove, removable};
+use crate::generated::prune::{normalize, removable, remove};
 
 impl GeneratedMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,

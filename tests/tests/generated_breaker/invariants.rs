@@ -5,7 +5,7 @@
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::generated::{
     Findings, Reverted, applied_or_refused_cleanly, check_reverts, compiled_after,
-    first_difference, key, outcome_context,
+    first_difference, outcome_context,
 };
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
