@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{ListParams, PostParams};
 use mesh_remediation::remediation::LatencyRestart;
@@ -30,18 +31,26 @@ const PER_MESSAGE: usize = 200;
 async fn storm_targets(prefix: &str) -> TestCluster {
     let cluster = TestCluster::start(prefix).await;
     let api = cluster.deployments();
-    for i in 0..TARGETS {
-        let name = format!("storm-{i:03}");
-        let deployment: Deployment = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": name, "auto_remediation": "active"}},
-            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
-                     "template": {"metadata": {"labels": {"app": name}},
-                                  "spec": {"containers": [{"name": "app", "image": "app"}]}}}}))
-        .expect("deployment");
-        api.create(&PostParams::default(), &deployment)
-            .await
-            .expect("create deployment");
-    }
+    let create = |i: usize| {
+        let api = api.clone();
+        async move {
+            let name = format!("storm-{i:03}");
+            let deployment: Deployment = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app": name, "auto_remediation": "active"}},
+                "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                         "template": {"metadata": {"labels": {"app": name}},
+                                      "spec": {"containers": [{"name": "app", "image": "app"}]}}}}))
+            .expect("deployment");
+            api.create(&PostParams::default(), &deployment)
+                .await
+                .expect("create deployment");
+        }
+    };
+    futures::stream::iter(0..TARGETS)
+        .map(create)
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
     for _ in 0..600 {
         let list = api.list(&ListParams::default()).await.expect("list");
         if list.items.iter().all(|d| rollout_in_progress(d).is_none()) {

@@ -215,7 +215,10 @@ func up(binDir, dir string, applies []string) (*cluster, error) {
 			// A kubelet-less cluster: the controllers a Deployment rollout needs, and no node
 			// lifecycle controller (KWOK's nodes send no heartbeats that it would trust).
 			"--controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,serviceaccount-controller",
-			"--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10"},
+			"--concurrent-deployment-syncs=10", "--concurrent-replicaset-syncs=10",
+			// Its client's default 20 requests/s made 200 new Deployments wait a minute to be
+			// observed (a storm's targets, the benchmark's); a local API server takes more.
+			"--kube-api-qps=200", "--kube-api-burst=400"},
 		{"kube-scheduler", "--kubeconfig=" + c.info.Kubeconfig, "--leader-elect=false", "--secure-port=0"},
 		{"kwok", "--kubeconfig=" + c.info.Kubeconfig, "--manage-all-nodes=true", "--config=" + stages},
 	}
