@@ -621,6 +621,44 @@ async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged()
 }
 
 #[tokio::test]
+async fn a_dormant_failover_of_a_subset_the_breaker_wakes_is_reported() {
+    // Found by the 2,000-mesh run (seed 40001168): a subset's own `loadBalancer` with a
+    // failover and no outlier detection inherits the outlier detection the breaker puts at
+    // the top level, and its failover wakes; the outcome said "as before".
+    let (cluster, world, host) = database_world("ivb-subset-failover").await;
+    let ns = cluster.namespace.clone();
+    Mesh::new(&cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": "orders-db", "subsets": [{"name": "replicas",
+                "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST", "localityLbSetting": {
+                    "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}]}),
+        )
+        .await;
+    let replicas = format!("outbound|5432|replicas|{host}");
+    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_called(&before, "same-ns-east", &replicas).len(),
+        3,
+        "the subset's failover without outlier detection is dormant"
+    );
+    let change = break_circuit(&cluster, "preserve", "orders-db").await;
+    assert!(
+        change.contains("subset replicas") && change.contains("now active"),
+        "{change}"
+    );
+    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    assert_eq!(
+        regions_called(&after, "same-ns-east", &replicas),
+        BTreeSet::from(["us-east-1".to_owned()]),
+        "what the outcome says is what Istio does: the subset's clients now prefer their own region"
+    );
+}
+
+#[tokio::test]
 async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
     // Found by the generated meshes: with outlier detection already on, Istio's locality
     // preference already acts, so "preserve" must not switch it off.

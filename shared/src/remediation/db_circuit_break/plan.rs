@@ -56,31 +56,37 @@ impl CircuitBreaker {
         let top_locality = previous
             .pointer("/trafficPolicy/loadBalancer/localityLbSetting")
             .cloned();
+        // The breaker puts outlier detection at the top level whenever it writes there, and
+        // every subset without its own inherits it.
+        let top_detects_after = top_detects || writes.top;
         let mut levels = Vec::new();
         let mut woken = Vec::new();
         let mut spread = Vec::new();
         hosts::for_each_policy_level(&mut after, |policy, level, name| {
-            let wanted = writes.covers(level, name);
-            if !wanted {
-                return;
-            }
-            let before = policy.clone();
-            let detected = match level {
-                PolicyLevel::Subset => policy.get("outlierDetection").is_some() || top_detects,
-                _ => policy.get("outlierDetection").is_some(),
-            };
+            let subset = level == PolicyLevel::Subset;
+            let own_detection = policy.get("outlierDetection").is_some();
+            let own_balancer = policy.get("loadBalancer").is_some();
+            let detected = own_detection || (subset && top_detects);
             let locality = match level {
-                PolicyLevel::Subset if policy.get("loadBalancer").is_none() => top_locality.clone(),
+                PolicyLevel::Subset if !own_balancer => top_locality.clone(),
                 _ => policy.pointer("/loadBalancer/localityLbSetting").cloned(),
             };
-            // A subset's policy overrides block by block: only the blocks it sets need the
-            // breaker. The top level and port entries (which inherit nothing) get all of it.
-            self.set_blocks(policy, level != PolicyLevel::Subset, detected);
-            if !detected && policy.get("outlierDetection").is_some() && wakes(locality.as_ref()) {
-                woken.push(name.to_owned());
+            if writes.covers(level, name) {
+                let before = policy.clone();
+                // A subset's policy overrides block by block: only the blocks it sets need
+                // the breaker. The top level and port entries (which inherit nothing) get
+                // all of it.
+                self.set_blocks(policy, !subset, detected);
+                if level != PolicyLevel::Top && *policy != before {
+                    levels.push(name.to_owned());
+                }
             }
-            if level != PolicyLevel::Top && *policy != before {
-                levels.push(name.to_owned());
+            // A subset that inherits both the top level's locality setting and its new
+            // outlier detection wakes with the top level, which is named for it.
+            let with_the_top = subset && !own_balancer && policy.get("outlierDetection").is_none();
+            let detects = policy.get("outlierDetection").is_some() || (subset && top_detects_after);
+            if !detected && detects && wakes(locality.as_ref()) && !with_the_top {
+                woken.push(name.to_owned());
             }
         });
         if !writes.top {
