@@ -39,7 +39,7 @@ use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::events;
 use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
 use remediation_testkit::generated::{
-    Harness, ShrinkLimits, changed_objects, compile_all, delivered, key,
+    Harness, Reverted, ShrinkLimits, changed_objects, compile_all, delivered, key,
 };
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
@@ -158,11 +158,14 @@ async fn run_meshes(h: &Harness, meshes: Vec<GeneratedMesh>, verbose: bool) -> V
             outcome,
             before,
             after: after[i].as_ref(),
-            reverted: reverted[i].as_ref(),
-            before_objects: &before_objects[i],
-            reverted_objects: &reverted_objects[i],
             changed: &changed[i],
-            reverts: &reverts[i],
+            undo: Reverted {
+                before,
+                reverted: reverted[i].as_ref(),
+                before_objects: &before_objects[i],
+                reverted_objects: &reverted_objects[i],
+                reverts: &reverts[i],
+            },
         };
         found[i].extend(check(&trial));
     }

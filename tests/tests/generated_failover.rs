@@ -236,11 +236,14 @@ async fn run_meshes(
             outcome,
             before,
             after: after[i].as_ref(),
-            reverted: reverted[i].as_ref(),
-            before_objects: &before_objects[i],
-            reverted_objects: &reverted_objects[i],
             changed: &changed[i],
-            reverts: &reverts[i],
+            undo: Reverted {
+                before,
+                reverted: reverted[i].as_ref(),
+                before_objects: &before_objects[i],
+                reverted_objects: &reverted_objects[i],
+                reverts: &reverts[i],
+            },
         };
         found[i].extend(check(&trial));
     }
@@ -411,11 +414,9 @@ struct Trial<'a> {
     outcome: &'a Outcome,
     before: &'a Compiled,
     after: Result<&'a Compiled, &'a String>,
-    reverted: Result<&'a Compiled, &'a String>,
-    before_objects: &'a [Value],
-    reverted_objects: &'a [Value],
     changed: &'a [Value],
-    reverts: &'a [(String, Outcome)],
+    /// Its reverts and what they gave back.
+    undo: Reverted<'a>,
 }
 
 fn check(t: &Trial) -> Vec<Violation> {
@@ -427,7 +428,7 @@ fn check(t: &Trial) -> Vec<Violation> {
     if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
         drained(t, after, &mut f);
     }
-    reverting(t, &mut f);
+    check_reverts(&t.undo, &mut f);
     f.into_violations(&context)
 }
 
@@ -479,18 +480,4 @@ fn drained(t: &Trial, after: &Compiled, f: &mut Findings) {
             }
         }
     }
-}
-
-/// Every revert is applied and gives back the exact compiled configuration and specs.
-fn reverting(t: &Trial, f: &mut Findings) {
-    check_reverts(
-        &Reverted {
-            before: t.before,
-            reverted: t.reverted,
-            before_objects: t.before_objects,
-            reverted_objects: t.reverted_objects,
-            reverts: t.reverts,
-        },
-        f,
-    );
 }

@@ -640,22 +640,28 @@ async fn a_dormant_failover_of_a_subset_the_breaker_wakes_is_reported() {
         .await;
     let replicas = format!("outbound|5432|replicas|{host}");
     let before = world.with_stored(&cluster).await.compile(&clients(&ns));
-    assert_eq!(
-        regions_called(&before, "same-ns-east", &replicas).len(),
-        3,
-        "the subset's failover without outlier detection is dormant"
-    );
+    for client in clients(&ns) {
+        assert_eq!(
+            regions_called(&before, client.name, &replicas).len(),
+            3,
+            "{}: the subset's failover without outlier detection is dormant",
+            client.name
+        );
+    }
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(
         change.contains("subset replicas") && change.contains("now active"),
         "{change}"
     );
     let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    assert_eq!(
-        regions_called(&after, "same-ns-east", &replicas),
-        BTreeSet::from(["us-east-1".to_owned()]),
-        "what the outcome says is what Istio does: the subset's clients now prefer their own region"
-    );
+    for client in clients(&ns) {
+        assert_eq!(
+            regions_called(&after, client.name, &replicas),
+            BTreeSet::from([client.region.to_owned()]),
+            "{}: what the outcome says is what Istio does: the subset's clients now prefer their own region",
+            client.name
+        );
+    }
 }
 
 #[tokio::test]

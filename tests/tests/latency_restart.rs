@@ -11,7 +11,9 @@ use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::fault_proxy::{Fault, FaultKind};
-use remediation_testkit::mesh::{assert_skipped_for, assert_skipped_saying};
+use remediation_testkit::mesh::{
+    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying,
+};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
@@ -375,22 +377,7 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
             cluster.events_about(TARGET).await.is_empty(),
             "no Event for a dry run"
         );
-        let patches: Vec<_> = cluster
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "PATCH")
-            .collect();
-        assert_eq!(patches.len(), 1);
-        assert!(
-            patches[0].is_dry_run(),
-            "server-side dry run: {:?}",
-            patches[0].query
-        );
-        assert_eq!(
-            &patches[0].body, patch,
-            "the reported patch is the one sent"
-        );
-        assert_eq!(patches[0].status, 200);
+        assert_one_dry_run_patch(&cluster, patch);
     }
 }
 

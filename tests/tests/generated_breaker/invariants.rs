@@ -24,11 +24,9 @@ pub(super) struct Trial<'a> {
     pub(super) outcome: &'a Outcome,
     pub(super) before: &'a Compiled,
     pub(super) after: Result<&'a Compiled, &'a String>,
-    pub(super) reverted: Result<&'a Compiled, &'a String>,
-    pub(super) before_objects: &'a [Value],
-    pub(super) reverted_objects: &'a [Value],
     pub(super) changed: &'a [Value],
-    pub(super) reverts: &'a [(String, Outcome)],
+    /// Its reverts and what they gave back.
+    pub(super) undo: Reverted<'a>,
 }
 
 pub(super) fn check(t: &Trial) -> Vec<Violation> {
@@ -47,7 +45,7 @@ pub(super) fn check(t: &Trial) -> Vec<Violation> {
     }
     beyond_breaker(t, after, &mut f);
     localities(t, after, &change, &mut f);
-    reverting(t, &mut f);
+    check_reverts(&t.undo, &mut f);
     f.into_violations(&context)
 }
 
@@ -273,20 +271,6 @@ fn spread_subset(change: &str, cluster: &str) -> bool {
             .and_then(|rest| rest.split_once(" preferred their own region"))
             .is_some_and(|(names, _)| names.split(", ").any(|n| n == subset))
     })
-}
-
-/// Every revert is applied and gives back the exact compiled configuration and specs.
-fn reverting(t: &Trial, f: &mut Findings) {
-    check_reverts(
-        &Reverted {
-            before: t.before,
-            reverted: t.reverted,
-            before_objects: t.before_objects,
-            reverted_objects: t.reverted_objects,
-            reverts: t.reverts,
-        },
-        f,
-    );
 }
 
 #[test]
