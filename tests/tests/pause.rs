@@ -9,7 +9,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::fleet::Fleet;
-use remediation_testkit::mesh::{assert_skipped_saying, only, reason};
+use remediation_testkit::mesh::{assert_skipped_for, assert_skipped_saying, only, reason};
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
 
@@ -117,7 +117,11 @@ async fn an_object_may_accept_only_some_remediations() {
         Api::namespaced(cluster.client.clone(), &cluster.namespace);
     let key = "auto-remediation.io/remediations";
     annotate(&deployments, TARGET, key, Some("error-rollback")).await;
-    assert_skipped(&fire(&cluster).await, "accepts only error-rollback");
+    let report = fire(&cluster).await;
+    assert_skipped(&report, "accepts only error-rollback");
+    // "What a person sees": the list holds the alert like a pause, and is reported as one.
+    assert_skipped_for(only(&report), "paused: ");
+    assert!(only(&report).needs_a_report(), "{report:#?}");
     assert_eq!(restarted_at(&cluster).await, before);
     annotate(
         &deployments,

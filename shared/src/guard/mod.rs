@@ -6,5 +6,5 @@ pub mod budget;
 pub mod clusters;
 pub mod decide;
 pub mod escalation;
-pub(crate) mod pause;
+pub mod pause;
 pub mod skip;

@@ -39,7 +39,9 @@ pub struct Brakes {
     pub namespace: Option<(String, String)>,
 }
 
-fn reason(value: Option<&String>) -> Option<String> {
+/// The pause an annotation or the switch's `paused` value holds: its reason, printable;
+/// an empty value is no pause.
+pub fn reason(value: Option<&String>) -> Option<String> {
     value
         .map(|v| v.trim())
         .filter(|v| !v.is_empty())
@@ -133,20 +135,15 @@ async fn read_namespace_pause(client: &kube::Client, namespace: &str) -> Result<
 }
 
 /// Why `remediation` may not act on `target` now, if it may not: a pause (the widest
-/// first), or an opt-in that leaves this remediation out.
+/// first), or an opt-in list that leaves this remediation out. Both are a `paused: ` skip a
+/// person hears of: the remediation list holds the alert as surely as a pause does.
 pub fn refusal(
     brakes: &Brakes,
     remediation: &str,
     target: &str,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Option<SkipReason> {
-    refusal_text(brakes, remediation, target, annotations).map(|(paused, why)| {
-        if paused {
-            SkipReason::Paused(why)
-        } else {
-            SkipReason::Declined(why)
-        }
-    })
+    refusal_text(brakes, remediation, target, annotations).map(SkipReason::Paused)
 }
 
 fn refusal_text(
@@ -154,21 +151,20 @@ fn refusal_text(
     remediation: &str,
     target: &str,
     annotations: Option<&BTreeMap<String, String>>,
-) -> Option<(bool, String)> {
-    let paused = |why: String| Some((true, why));
+) -> Option<String> {
     if let Some(why) = &brakes.cluster {
-        return paused(format!(
+        return Some(format!(
             "paused for the whole cluster (configmap {CONTROL_NAMESPACE}/{CONTROL_CONFIGMAP}: {why})"
         ));
     }
     if let Some((namespace, why)) = &brakes.namespace {
-        return paused(format!(
+        return Some(format!(
             "paused for namespace {namespace} (annotation {PAUSE_ANNOTATION}: {why})"
         ));
     }
     let annotation = |key: &str| annotations.and_then(|a| a.get(key));
     if let Some(why) = reason(annotation(PAUSE_ANNOTATION)) {
-        return paused(format!(
+        return Some(format!(
             "paused for {target} (annotation {PAUSE_ANNOTATION}: {why})"
         ));
     }
@@ -176,12 +172,9 @@ fn refusal_text(
     if allowed.split(',').map(str::trim).any(|r| r == remediation) {
         return None;
     }
-    Some((
-        false,
-        format!(
-            "{target} accepts only {} (annotation {REMEDIATIONS_ANNOTATION}), not {remediation}",
-            names::printable(allowed.trim())
-        ),
+    Some(format!(
+        "{target} accepts only {} (annotation {REMEDIATIONS_ANNOTATION}), not {remediation}",
+        names::printable(allowed.trim())
     ))
 }
 
@@ -195,7 +188,7 @@ mod tests {
         target: &str,
         annotations: Option<&BTreeMap<String, String>>,
     ) -> Option<String> {
-        refusal_text(brakes, remediation, target, annotations).map(|(_, why)| why)
+        refusal_text(brakes, remediation, target, annotations)
     }
 
     fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -272,5 +265,18 @@ mod tests {
             "{why:?}"
         );
         assert_eq!(text(&Brakes::default(), "error-rollback", "t", None), None);
+    }
+
+    #[test]
+    fn a_remediation_list_that_leaves_the_function_out_is_a_reported_pause() {
+        let only = annotations(&[(REMEDIATIONS_ANNOTATION, "error-rollback")]);
+        let skip = refusal(&Brakes::default(), "latency-restart", "t", Some(&only))
+            .expect("held by the list");
+        assert!(matches!(skip, SkipReason::Paused(_)), "{skip:?}");
+        assert!(
+            skip.to_string().starts_with("paused: t accepts only"),
+            "{skip}"
+        );
+        assert!(skip.needs_a_person(), "reported, as README promises");
     }
 }
