@@ -39,43 +39,7 @@ pub struct Config {
     pub sinks: Sinks,
 }
 
-/// Optional direct sinks for reports. Their secrets come from `NoEcho` parameters and are
-/// never logged (their `Debug` is redacted).
-#[derive(Debug, Clone)]
-pub struct Sinks {
-    /// `SLACK_WEBHOOK_URL`: Slack incoming webhook.
-    pub slack_webhook_url: Option<Secret>,
-    /// `PAGERDUTY_ROUTING_KEY`: PagerDuty Events API v2 integration key.
-    pub pagerduty_routing_key: Option<Secret>,
-    /// `PAGERDUTY_EVENTS_URL`: the Events API endpoint (default PagerDuty's).
-    pub pagerduty_events_url: String,
-    /// `NOTIFY_TIMEOUT_MS`: time each sink gets (default 3000).
-    pub timeout: Duration,
-}
-
-/// The PagerDuty Events API v2 endpoint, the default of `PAGERDUTY_EVENTS_URL`.
-pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-
-/// A secret from configuration: usable, but never printed.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: String) -> Self {
-        Secret(value)
-    }
-    /// The value, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::report::sinks::{PAGERDUTY_EVENTS_URL, Secret, SinkCredential, Sinks};
 
 /// The safety rules of the decision stage.
 #[derive(Debug, Clone)]
@@ -220,13 +184,7 @@ impl Config {
                 }
             },
             max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,
-            sinks: Sinks {
-                slack_webhook_url: url(&get, "SLACK_WEBHOOK_URL")?.map(Secret::new),
-                pagerduty_routing_key: get("PAGERDUTY_ROUTING_KEY").map(Secret::new),
-                pagerduty_events_url: url(&get, "PAGERDUTY_EVENTS_URL")?
-                    .unwrap_or_else(|| PAGERDUTY_EVENTS_URL.to_owned()),
-                timeout: Duration::from_millis(number(&get, "NOTIFY_TIMEOUT_MS", 3000, 1)?),
-            },
+            sinks: Sinks::from_lookup(&get)?,
         })
     }
 }
@@ -324,18 +282,6 @@ fn seconds(
     number(get, var, default.as_secs(), 0).map(Duration::from_secs)
 }
 
-/// An http(s) URL; the value itself is never echoed, since webhook URLs are secrets.
-fn url(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<String>> {
-    match get(var) {
-        None => Ok(None),
-        Some(v) if v.starts_with("https://") || v.starts_with("http://") => Ok(Some(v)),
-        Some(_) => Err(Error::Config {
-            var,
-            message: "is not an http(s) URL (value not shown: it may be a secret)".into(),
-        }),
-    }
-}
-
 fn arn(get: &impl Fn(&str) -> Option<String>, var: &'static str) -> Result<Option<String>> {
     match get(var) {
         None => Ok(None),
@@ -406,8 +352,8 @@ mod tests {
         let shown = format!("{cfg:?}");
         assert!(!shown.contains("s3cr3t"), "{shown}");
         assert_eq!(
-            cfg.sinks.pagerduty_routing_key.as_ref().map(Secret::expose),
-            Some("pd-s3cr3t")
+            cfg.sinks.pagerduty_routing_key,
+            Some(SinkCredential::Value(Secret::new("pd-s3cr3t".into())))
         );
         let err = config(&[("SLACK_WEBHOOK_URL", "hooks.slack.com/s3cr3t")]).expect_err("invalid");
         assert!(!err.to_string().contains("s3cr3t"), "{err}");

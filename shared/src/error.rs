@@ -58,6 +58,18 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// A report sink's credential could not be read from the secret store. The ARN is not a
+    /// secret; the value never appears here.
+    #[error("secret {arn}: {message}")]
+    Secret {
+        /// The secret's ARN.
+        arn: String,
+        /// What went wrong and what to change.
+        message: String,
+        /// Whether a later read may succeed (throttling, the service unreachable).
+        retryable: bool,
+    },
+
     /// The invocation ran out of time: an API call was not started, or got no answer before
     /// the Lambda deadline. The text says which and what that means for the change.
     #[error("out of time: {0}")]
@@ -75,7 +87,7 @@ impl Error {
             Error::Kube { source, .. } => kube_error_is_retryable(source),
             Error::ConflictStorm { .. } | Error::OutOfTime(_) => true,
             Error::Connect(_) => true,
-            Error::Aws { retryable, .. } => *retryable,
+            Error::Aws { retryable, .. } | Error::Secret { retryable, .. } => *retryable,
         }
     }
 

@@ -17,6 +17,8 @@ use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
 use crate::report::InvocationReport;
 use crate::report::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
+use crate::report::secrets::{SecretStore, SecretsManager, SinkSecret};
+use crate::report::sinks::CredentialKind;
 
 /// The error type `main` returns.
 pub type BoxError = lambda_runtime::Error;
@@ -95,18 +97,22 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
     .await
 }
 
-/// The report sinks the configuration asks for (none are contacted at start).
+/// The report sinks the configuration asks for (none are contacted at start, and a
+/// stored credential is read when its sink first has something to send).
 pub fn notifiers(config: &Config) -> Vec<Arc<dyn Notifier>> {
     let mut sinks: Vec<Arc<dyn Notifier>> = Vec::new();
+    let store: Arc<dyn SecretStore> = Arc::new(SecretsManager::default());
     if let Some(arn) = &config.notify_topic_arn {
         sinks.push(Arc::new(SnsNotifier::new(arn.clone())));
     }
-    if let Some(webhook) = &config.sinks.slack_webhook_url {
-        sinks.push(Arc::new(SlackNotifier::new(webhook.clone())));
+    if let Some(webhook) = &config.sinks.slack_webhook {
+        let webhook = SinkSecret::new(webhook.clone(), CredentialKind::SlackWebhook, store.clone());
+        sinks.push(Arc::new(SlackNotifier::new(webhook)));
     }
     if let Some(key) = &config.sinks.pagerduty_routing_key {
+        let key = SinkSecret::new(key.clone(), CredentialKind::PagerDutyRoutingKey, store);
         sinks.push(Arc::new(PagerDutyNotifier::new(
-            key.clone(),
+            key,
             config.sinks.pagerduty_events_url.clone(),
         )));
     }

@@ -1,7 +1,10 @@
 //! Report: one outcome per alert, emitted from one place so the JSON response, the log
 //! line and the notification always agree.
 
+pub(crate) mod chat;
 pub(crate) mod notify;
+pub(crate) mod secrets;
+pub mod sinks;
 pub(crate) mod telemetry;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,7 @@
-//! Reports leave the function here: the SNS notification topic (Slack, PagerDuty and e-mail
-//! subscribe to it) and, optionally, Slack and PagerDuty directly. A sink that fails never
-//! blocks or undoes a remediation; its failure is itself reported.
+//! Reports leave the function here: the SNS notification topic (chat through Amazon Q
+//! Developer, e-mail and anything else subscribe to it) and, optionally, Slack and PagerDuty
+//! directly. A sink that fails never blocks or undoes a remediation; its failure is itself
+//! reported.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,9 +9,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
-use crate::config::Secret;
 use crate::error::{Error, Result};
 use crate::intake::alert::AlertStatus;
+use crate::report::secrets::SinkSecret;
 use crate::report::{Delivery, InvocationReport, Outcome, OutcomeKind};
 
 /// Sends an invocation report somewhere humans see it.
@@ -93,8 +94,17 @@ impl Notifier for SnsNotifier {
             let mut publish = client
                 .publish()
                 .topic_arn(&self.topic_arn)
-                .subject(report.subject())
-                .message(body);
+                .subject(report.subject());
+            publish = match per_protocol_message(report, &body) {
+                Some(message) => publish.message_structure("json").message(message),
+                None => {
+                    tracing::warn!(
+                        bytes = body.len(),
+                        "report too large to carry its chat form as well; published as JSON only"
+                    );
+                    publish.message(body)
+                }
+            };
             for (name, value) in report.attributes() {
                 let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
                     .data_type("String")
@@ -111,6 +121,18 @@ impl Notifier for SnsNotifier {
             Ok(())
         })
     }
+}
+
+/// Largest SNS message: 256 KiB, counted over the whole per-protocol structure.
+const SNS_MAX_MESSAGE_BYTES: usize = 262_144;
+
+/// The report JSON for every subscriber (`default`) and its chat form for HTTPS ones, where
+/// Amazon Q Developer in chat applications listens ([`super::chat`]); `None` when both do not
+/// fit in one message.
+pub fn per_protocol_message(report: &InvocationReport, body: &str) -> Option<String> {
+    let chat = super::chat::custom_notification(report).to_string();
+    let message = json!({ "default": body, "https": chat }).to_string();
+    (message.len() <= SNS_MAX_MESSAGE_BYTES).then_some(message)
 }
 
 fn http_client() -> &'static reqwest::Client {
@@ -147,14 +169,43 @@ async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
     }
 }
 
+/// One Slack mrkdwn line per outcome that is not a skip: the Slack webhook's message and the
+/// chat notification's description.
+pub fn outcome_lines(report: &InvocationReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for o in report
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome != OutcomeKind::Skipped)
+    {
+        let mut line = format!(
+            "• {} *{}* {}",
+            if o.source.drill { "[drill]" } else { "" },
+            o.outcome.as_str(),
+            o.target.as_deref().unwrap_or("-")
+        );
+        if let Some(what) = o.change.as_deref().or(o.reason.as_deref()) {
+            line.push_str(&format!(" — {what}"));
+        }
+        if let Some(alert) = &o.source.alert {
+            line.push_str(&format!(" — alert {alert}"));
+        }
+        for (name, url) in &o.source.links {
+            line.push_str(&format!(" <{url}|{name}>"));
+        }
+        lines.push(line);
+    }
+    lines
+}
+
 /// A Slack incoming webhook: one message per report that changed, failed or escalated something.
 pub struct SlackNotifier {
-    webhook: Secret,
+    webhook: SinkSecret,
 }
 
 impl SlackNotifier {
-    /// A notifier posting to `webhook`.
-    pub fn new(webhook: Secret) -> Self {
+    /// A notifier posting to the URL `webhook` holds.
+    pub fn new(webhook: SinkSecret) -> Self {
         SlackNotifier { webhook }
     }
 
@@ -166,28 +217,7 @@ impl SlackNotifier {
             report.subject_counts(),
             report.trace_id
         )];
-        for o in report
-            .outcomes
-            .iter()
-            .filter(|o| o.outcome != OutcomeKind::Skipped)
-        {
-            let mut line = format!(
-                "• {} *{}* {}",
-                if o.source.drill { "[drill]" } else { "" },
-                o.outcome.as_str(),
-                o.target.as_deref().unwrap_or("-")
-            );
-            if let Some(what) = o.change.as_deref().or(o.reason.as_deref()) {
-                line.push_str(&format!(" — {what}"));
-            }
-            if let Some(alert) = &o.source.alert {
-                line.push_str(&format!(" — alert {alert}"));
-            }
-            for (name, url) in &o.source.links {
-                line.push_str(&format!(" <{url}|{name}>"));
-            }
-            lines.push(line);
-        }
+        lines.extend(outcome_lines(report));
         lines.join("\n")
     }
 }
@@ -199,9 +229,10 @@ impl Notifier for SlackNotifier {
 
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
+            let webhook = self.webhook.get().await?;
             post_json(
                 "slack",
-                self.webhook.expose(),
+                webhook.expose(),
                 &json!({ "text": SlackNotifier::text(report) }),
             )
             .await
@@ -214,18 +245,18 @@ impl Notifier for SlackNotifier {
 /// incident when the alert resolves (same key; PagerDuty ignores a resolve for a key it never
 /// opened).
 pub struct PagerDutyNotifier {
-    routing_key: Secret,
+    routing_key: SinkSecret,
     url: String,
 }
 
 impl PagerDutyNotifier {
-    /// A notifier for `routing_key`, posting to `url`.
-    pub fn new(routing_key: Secret, url: String) -> Self {
+    /// A notifier for the key `routing_key` holds, posting to `url`.
+    pub fn new(routing_key: SinkSecret, url: String) -> Self {
         PagerDutyNotifier { routing_key, url }
     }
 
     /// The Events API v2 bodies for a report: a trigger per outcome that pages, a resolve
-    /// per resolved alert.
+    /// per resolved alert. The routing key is added when they are sent.
     pub fn events(&self, report: &InvocationReport) -> Vec<Value> {
         report
             .outcomes
@@ -236,7 +267,6 @@ impl PagerDutyNotifier {
                     Some(self.event(report, o))
                 } else if o.source.status == Some(AlertStatus::Resolved) {
                     Some(json!({
-                        "routing_key": self.routing_key.expose(),
                         "event_action": "resolve",
                         "dedup_key": dedup_key(report, o),
                     }))
@@ -260,7 +290,6 @@ impl PagerDutyNotifier {
             .map(|(name, url)| json!({"href": url, "text": name}))
             .collect();
         json!({
-            "routing_key": self.routing_key.expose(),
             "event_action": "trigger",
             "dedup_key": dedup,
             "payload": {
@@ -306,7 +335,9 @@ impl Notifier for PagerDutyNotifier {
 
     fn notify<'a>(&'a self, report: &'a InvocationReport) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            for event in self.events(report) {
+            let routing_key = self.routing_key.get().await?;
+            for mut event in self.events(report) {
+                event["routing_key"] = Value::from(routing_key.expose());
                 post_json("pagerduty", &self.url, &event).await?;
             }
             Ok(())
@@ -331,7 +362,12 @@ mod tests {
 
     #[test]
     fn the_alert_resolving_resolves_the_incident_its_escalation_opened() {
-        let pagerduty = PagerDutyNotifier::new(Secret::new("key".into()), "http://pd".into());
+        let key = SinkSecret::new(
+            crate::config::SinkCredential::Value(crate::config::Secret::new("key".into())),
+            crate::report::sinks::CredentialKind::PagerDutyRoutingKey,
+            std::sync::Arc::new(crate::report::secrets::SecretsManager::default()),
+        );
+        let pagerduty = PagerDutyNotifier::new(key, "http://pd".into());
         let opened = pagerduty.events(&report(OutcomeKind::Escalated, AlertStatus::Firing));
         assert_eq!(opened.len(), 1, "{opened:#?}");
         assert_eq!(opened[0]["event_action"], "trigger");

@@ -58,14 +58,53 @@ pub fn safe_to_log(metadata: &Metadata<'_>) -> bool {
     *metadata.level() <= Level::INFO || !may_carry_credentials(metadata.target())
 }
 
-/// Installs the JSON log subscriber (level from `RUST_LOG`, default `info`, with the
-/// credential guard on top, for spans as for events). Safe to call twice.
+/// Installs the JSON log subscriber (level from [`log_filter`], with the credential guard
+/// on top, for spans as for events). Safe to call twice.
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let lambda_level = std::env::var("AWS_LAMBDA_LOG_LEVEL").ok();
+    let (directives, problem) = log_filter(rust_log.as_deref(), lambda_level.as_deref());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     // `try_init` fails only if a subscriber is already installed, which is fine.
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(json_layer(filter, std::io::stdout))
-        .try_init();
+        .try_init()
+        .is_ok();
+    if let (true, Some(problem)) = (installed, problem) {
+        tracing::warn!(filter = %directives, "{problem}");
+    }
+}
+
+/// The log filter: `RUST_LOG` when set (full `EnvFilter` syntax), else the level Lambda's
+/// log-level control sets (`AWS_LAMBDA_LOG_LEVEL`: TRACE, DEBUG, INFO, WARN, ERROR, FATAL;
+/// `tracing` has no FATAL, so ERROR), else `info`. Also a warning to log, if any.
+pub fn log_filter(rust_log: Option<&str>, lambda_level: Option<&str>) -> (String, Option<String>) {
+    let lambda_level = lambda_level.map(str::trim).filter(|v| !v.is_empty());
+    let (level, warning) = match lambda_level.map(str::to_ascii_uppercase).as_deref() {
+        None | Some("INFO") => ("info", None),
+        Some("TRACE") => ("trace", None),
+        Some("DEBUG") => ("debug", None),
+        // Lambda gives lines without a level (the EMF metric lines) INFO and drops them
+        // above INFO, whatever RUST_LOG says, so the metrics and their alarms go quiet.
+        Some(quieter @ ("WARN" | "ERROR" | "FATAL")) => (
+            if quieter == "WARN" { "warn" } else { "error" },
+            Some(format!(
+                "AWS_LAMBDA_LOG_LEVEL={quieter}: Lambda drops the metric lines (INFO to its filter), so the MeshRemediation metrics and their alarms see nothing; keep the application log level at INFO and quieten the functions with RUST_LOG instead"
+            )),
+        ),
+        Some(other) => (
+            "info",
+            Some(format!(
+                "AWS_LAMBDA_LOG_LEVEL=\"{}\" is not one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL; logging at info",
+                crate::intake::names::printable(other)
+            )),
+        ),
+    };
+    let directives = match rust_log.map(str::trim).filter(|v| !v.is_empty()) {
+        Some(rust_log) => rust_log.to_owned(),
+        None => level.to_owned(),
+    };
+    (directives, warning)
 }
 
 /// One JSON object per line to `writer`: the event's fields at the top level, the current
@@ -112,8 +151,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rust_log_wins_then_the_lambda_log_level_then_info() {
+        let filter = |rust_log, lambda| log_filter(rust_log, lambda).0;
+        assert_eq!(
+            filter(Some("mesh_remediation=debug"), Some("ERROR")),
+            "mesh_remediation=debug"
+        );
+        // The template passes RUST_LOG="" by default: that is unset.
+        assert_eq!(filter(Some(" "), Some("DEBUG")), "debug");
+        for (lambda, level) in [
+            ("TRACE", "trace"),
+            ("DEBUG", "debug"),
+            ("INFO", "info"),
+            ("WARN", "warn"),
+            ("ERROR", "error"),
+            ("FATAL", "error"),
+            ("debug", "debug"),
+        ] {
+            assert_eq!(filter(None, Some(lambda)), level, "{lambda}");
+        }
+        assert_eq!(filter(None, None), "info");
+        let (unknown, warning) = log_filter(None, Some("LOUD"));
+        assert_eq!(unknown, "info");
+        assert!(warning.is_some_and(|w| w.contains("LOUD")));
+        let (_, warning) = log_filter(None, Some("WARN"));
+        assert!(warning.is_some_and(|w| w.contains("metric")));
+        assert!(log_filter(None, Some("INFO")).1.is_none());
+    }
+
+    #[test]
+    fn the_lambda_log_level_filters_what_is_written() {
+        let (directives, _) = log_filter(None, Some("WARN"));
+        let lines = logged_with(EnvFilter::new(directives), || {
+            tracing::info!("routine");
+            tracing::warn!("worth a look");
+            tracing::error!("broken");
+        });
+        let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+        assert_eq!(messages, ["worth a look", "broken"]);
+        assert_eq!(lines[0]["level"], "WARN", "Lambda's filter reads this key");
+    }
+
     /// Every line the layer writes, as JSON.
     fn logged(run: impl FnOnce()) -> Vec<serde_json::Value> {
+        logged_with(EnvFilter::new("debug"), run)
+    }
+
+    /// Every line the layer writes through `filter`, as JSON.
+    fn logged_with(filter: EnvFilter, run: impl FnOnce()) -> Vec<serde_json::Value> {
         use std::sync::{Arc, Mutex};
         #[derive(Clone, Default)]
         struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -128,7 +214,7 @@ mod tests {
         }
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        let layer = json_layer(EnvFilter::new("debug"), move || writer.clone());
+        let layer = json_layer(filter, move || writer.clone());
         tracing::subscriber::with_default(tracing_subscriber::registry().with(layer), run);
         let text = String::from_utf8(buffer.0.lock().expect("log buffer").clone()).expect("utf-8");
         text.lines()
