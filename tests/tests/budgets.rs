@@ -180,3 +180,45 @@ async fn a_change_that_does_not_land_gives_its_slot_back() {
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     assert_eq!(spent(&cluster).await["latency-restart"].len(), 1);
 }
+
+#[tokio::test]
+async fn an_unreadable_budget_entry_fails_naming_it_and_changes_nothing() {
+    let cluster = TestCluster::start("budgets-unreadable").await;
+    cluster.create_deployment("app-0", true).await;
+    let before = cluster.deployment("app-0").await;
+    let budgets = Api::<ConfigMap>::namespaced(cluster.client.clone(), &cluster.namespace);
+    let entry = json!({"data": {"error-rollback": "not a list"}});
+    budgets
+        .patch(
+            BUDGET_CONFIGMAP,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&entry),
+        )
+        .await
+        .expect("write an entry no function wrote");
+    let event = alert(
+        &cluster,
+        "latency-restart-firing.json",
+        "deployment",
+        "app-0",
+    );
+    let report = cluster.invoke(LatencyRestart, &VARS, &event).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    let reason = outcome.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("budget entry \"error-rollback\"")
+            && reason.contains("not a list of slots"),
+        "the entry and what is wrong with it are named: {reason}"
+    );
+    assert!(!reason.contains("budget spent"), "{reason}");
+    assert!(
+        !outcome.retryable,
+        "a person must repair the entry: {reason}"
+    );
+    assert_eq!(
+        cluster.deployment("app-0").await.spec,
+        before.spec,
+        "nothing is changed"
+    );
+}

@@ -7,8 +7,9 @@
 //! one merge patch, guarded by `resourceVersion`), POST (the Kubernetes Event). A target
 //! past the blast-radius cap still needs its GET (its state decides whether it would have
 //! acted) and nothing more. The brakes are read once per invocation: the cluster's pause
-//! (one ConfigMap) and the namespace's (one Namespace). The budgets are off here, so their
-//! ConfigMap is not read.
+//! (one ConfigMap) and the namespace's (one Namespace). With the budgets on, the targets
+//! take their slots in bulk: every target reads and decides, then one guarded write on the
+//! budget ConfigMap (after one read of it) takes the slots for all, in alert order.
 
 use std::collections::BTreeMap;
 
@@ -94,22 +95,30 @@ fn storm_event(namespace: &str) -> Value {
     event
 }
 
-/// The storm's requests by what they are: `GET deployment`, `GET namespace`, ...
-async fn storm(prefix: &str, max_targets: &str) -> (BTreeMap<String, usize>, usize) {
-    let cluster = storm_targets(prefix).await;
-    let event = storm_event(&cluster.namespace);
-    cluster.clear_requests();
-    let vars = [
+/// The budgets switched off, and the blast radius at `max_targets`.
+fn no_budgets(max_targets: &str) -> [(&str, &str); 3] {
+    [
         ("MAX_TARGETS_PER_INVOCATION", max_targets),
         ("MAX_ACTIONS_PER_WINDOW", "0"),
         ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "0"),
-    ];
-    let report = cluster.invoke(LatencyRestart, &vars, &event).await;
-    let applied = report
+    ]
+}
+
+/// The storm's requests by what they are (`get deployments`, `get namespaces`, ...) and
+/// the Deployments it restarted, in name order.
+async fn storm(prefix: &str, vars: &[(&str, &str)]) -> (BTreeMap<String, usize>, Vec<String>) {
+    let cluster = storm_targets(prefix).await;
+    let event = storm_event(&cluster.namespace);
+    cluster.clear_requests();
+    // The budget ConfigMap lives in the test's namespace (the harness sets BUDGET_NAMESPACE).
+    let report = cluster.invoke(LatencyRestart, vars, &event).await;
+    let mut applied: Vec<String> = report
         .outcomes
         .iter()
         .filter(|o| o.outcome == OutcomeKind::Applied)
-        .count();
+        .filter_map(|o| o.target.clone())
+        .collect();
+    applied.sort();
     assert_eq!(report.outcomes.len(), ALERTS, "{:#?}", report.summary);
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for request in cluster.requests() {
@@ -126,8 +135,8 @@ fn expected(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storm_of_500_alerts_over_200_targets_makes_three_requests_per_target_and_two_for_the_brakes()
  {
-    let (counts, applied) = storm("count-storm", "200").await;
-    assert_eq!(applied, TARGETS);
+    let (counts, applied) = storm("count-storm", &no_budgets("200")).await;
+    assert_eq!(applied.len(), TARGETS);
     assert_eq!(
         counts,
         expected(&[
@@ -145,8 +154,8 @@ async fn a_storm_of_500_alerts_over_200_targets_makes_three_requests_per_target_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_blast_radius_a_target_costs_one_read() {
-    let (counts, applied) = storm("count-capped", "10").await;
-    assert_eq!(applied, 10);
+    let (counts, applied) = storm("count-capped", &no_budgets("10")).await;
+    assert_eq!(applied.len(), 10);
     assert_eq!(
         counts,
         expected(&[
@@ -154,6 +163,62 @@ async fn past_the_blast_radius_a_target_costs_one_read() {
             ("patch deployments", 10),
             ("create events", 10),
             ("get configmaps", 1),
+            ("get namespaces", 1),
+        ]),
+        "{} requests in all",
+        counts.values().sum::<usize>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_budgets_the_storm_takes_every_slot_in_one_write() {
+    let vars = [
+        ("MAX_TARGETS_PER_INVOCATION", "200"),
+        ("MAX_ACTIONS_PER_WINDOW", "1000"),
+        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "1000"),
+    ];
+    let (counts, applied) = storm("count-budget", &vars).await;
+    assert_eq!(applied.len(), TARGETS);
+    assert_eq!(
+        counts,
+        expected(&[
+            ("get deployments", TARGETS),
+            ("patch deployments", TARGETS),
+            ("create events", TARGETS),
+            // The pause ConfigMap and the budget ConfigMap, once each.
+            ("get configmaps", 2),
+            ("patch configmaps", 1),
+            ("get namespaces", 1),
+        ]),
+        "{} requests in all",
+        counts.values().sum::<usize>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_goes_to_the_first_alerts_in_one_write() {
+    // The default budget: 20 changes per function; the storm's first 20 alerts name
+    // storm-000 to storm-019.
+    let vars = [
+        ("MAX_TARGETS_PER_INVOCATION", "200"),
+        ("MAX_ACTIONS_PER_WINDOW", "20"),
+        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "40"),
+    ];
+    let (counts, applied) = storm("count-spent", &vars).await;
+    let first: Vec<String> = (0..20).map(|i| format!("storm-{i:03}")).collect();
+    let applied: Vec<String> = applied
+        .iter()
+        .map(|target| target.rsplit('/').next().unwrap_or(target).to_owned())
+        .collect();
+    assert_eq!(applied, first);
+    assert_eq!(
+        counts,
+        expected(&[
+            ("get deployments", TARGETS),
+            ("patch deployments", 20),
+            ("create events", 20),
+            ("get configmaps", 2),
+            ("patch configmaps", 1),
             ("get namespaces", 1),
         ]),
         "{} requests in all",

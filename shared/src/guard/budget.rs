@@ -9,7 +9,7 @@
 //! take the last slot: one gets 409, reads again and counts the other's slot. One object holds
 //! every function's key, so the cluster-wide count and the function's own are taken in the
 //! same write. A slot is taken just before a change is written and given back when the change
-//! did not land.
+//! did not land. The targets of one invocation take their slots together (`pipeline/slots.rs`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -72,97 +72,124 @@ pub struct Slot {
     pub trace_id: String,
 }
 
-/// Decides on one more change by `function` given the spending in `data`: the new list for
-/// the function's key (its slots within the window plus `slot`), or why not.
+/// What a budget allows of a batch of changes asked for together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The new list for the function's key (its slots within the window plus the granted
+    /// ones), or `None` when nothing is granted and nothing needs writing.
+    pub list: Option<String>,
+    /// How many of the slots asked for are granted: the first ones, in the order given.
+    pub granted: usize,
+    /// Why the others are not.
+    pub refused: Option<SkipReason>,
+}
+
+/// Decides on `slots` more changes by `function` given the spending in `data`: the first
+/// ones fit the budgets, the rest are refused with the limit that stops them. `Err` when
+/// the stored spending cannot be read: a person must repair it, and counting an unreadable
+/// entry as anything would either invent spending or grant an unlimited budget.
 pub fn take(
     data: &BTreeMap<String, String>,
     function: &str,
     limits: &Limits,
-    slot: &Slot,
-) -> std::result::Result<String, SkipReason> {
+    slots: &[Slot],
+) -> Result<Grant> {
+    let Some(now) = slots.iter().map(|s| s.at).max() else {
+        return Ok(Grant {
+            list: None,
+            granted: 0,
+            refused: None,
+        });
+    };
     let window = chrono::Duration::from_std(limits.window).unwrap_or(chrono::Duration::MAX);
-    let since = slot
-        .at
+    let since = now
         .checked_sub_signed(window)
         .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let live = |key: &str| -> Vec<Slot> {
-        data.get(key)
-            .map(|raw| {
-                // A value this code did not write is counted as full rather than ignored:
-                // an unreadable budget must not become an unlimited one.
-                serde_json::from_str::<Vec<Slot>>(raw).unwrap_or_else(|_| {
-                    vec![
-                        Slot {
-                            at: slot.at,
-                            target: format!("unreadable budget key {key}"),
-                            trace_id: String::new(),
-                        };
-                        limits.cluster.max(limits.per_function)
-                    ]
-                })
-            })
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|s| s.at > since)
-            .collect()
+    let mut live: BTreeMap<&str, Vec<Slot>> = BTreeMap::new();
+    for (key, raw) in data {
+        let stored: Vec<Slot> = serde_json::from_str(raw).map_err(|err| {
+            Error::Plan(format!(
+                "budget entry {key:?} in {} is not a list of slots ({err}); repair or delete that key",
+                describe(limits)
+            ))
+        })?;
+        live.insert(key, stored.into_iter().filter(|s| s.at > since).collect());
+    }
+    let mut own = live.remove(function).unwrap_or_default();
+    let others: usize = live.values().map(Vec::len).sum();
+    let room = |limit: usize, used: usize| match limit {
+        0 => usize::MAX,
+        limit => limit.saturating_sub(used),
     };
-    let mut own = live(function);
-    let everyone: usize = data.keys().map(|key| live(key).len()).sum();
+    let own_room = room(limits.per_function, own.len());
+    let cluster_room = room(limits.cluster, own.len() + others);
+    let granted = slots.len().min(own_room).min(cluster_room);
+    own.extend_from_slice(&slots[..granted]);
     let seconds = limits.window.as_secs();
-    if limits.per_function > 0 && own.len() >= limits.per_function {
-        return Err(SkipReason::BudgetSpent(format!(
-            "{function} already made {} changes in the last {seconds}s (MAX_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
-            own.len(),
-            limits.per_function,
-            leaves_window(&own, window)
-        )));
-    }
-    if limits.cluster > 0 && everyone >= limits.cluster {
-        let all: Vec<Slot> = data.keys().flat_map(|key| live(key)).collect();
-        return Err(SkipReason::BudgetSpent(format!(
-            "the functions already made {everyone} changes in this cluster in the last {seconds}s (MAX_CLUSTER_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
-            limits.cluster,
-            leaves_window(&all, window)
-        )));
-    }
-    own.push(slot.clone());
-    Ok(serde_json::to_string(&own).unwrap_or_else(|_| "[]".into()))
+    let refused = (granted < slots.len()).then(|| {
+        if own_room <= cluster_room {
+            SkipReason::BudgetSpent(format!(
+                "{function} already made {} changes in the last {seconds}s (MAX_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
+                own.len(),
+                limits.per_function,
+                leaves_window(own.iter(), window)
+            ))
+        } else {
+            let all = own.iter().chain(live.values().flatten());
+            SkipReason::BudgetSpent(format!(
+                "the functions already made {} changes in this cluster in the last {seconds}s (MAX_CLUSTER_ACTIONS_PER_WINDOW={}); the oldest leaves the window at {}",
+                own.len() + others,
+                limits.cluster,
+                leaves_window(all, window)
+            ))
+        }
+    });
+    let list = (granted > 0).then(|| serde_json::to_string(&own).unwrap_or_else(|_| "[]".into()));
+    Ok(Grant {
+        list,
+        granted,
+        refused,
+    })
 }
 
-fn leaves_window(slots: &[Slot], window: chrono::Duration) -> String {
+fn leaves_window<'a>(slots: impl Iterator<Item = &'a Slot>, window: chrono::Duration) -> String {
     slots
-        .iter()
         .map(|s| s.at)
         .min()
         .and_then(|at| at.checked_add_signed(window))
         .map_or_else(|| "an unknown time".into(), |at| at.to_rfc3339())
 }
 
-/// The function's list with `slot` given back.
-pub fn give_back(data: &BTreeMap<String, String>, function: &str, slot: &Slot) -> Option<String> {
+/// The function's list with `slots` given back.
+pub fn give_back(
+    data: &BTreeMap<String, String>,
+    function: &str,
+    slots: &[Slot],
+) -> Option<String> {
     let mut own: Vec<Slot> = serde_json::from_str(data.get(function)?).ok()?;
     let before = own.len();
-    own.retain(|s| s != slot);
+    own.retain(|s| !slots.contains(s));
     (own.len() != before).then(|| serde_json::to_string(&own).unwrap_or_else(|_| "[]".into()))
 }
 
-/// Takes a slot for `function` in the cluster's budget: `Ok(Err(reason))` when a budget is
-/// spent, `Err` when the budget cannot be read or written (nothing is changed then).
+/// Takes `slots` for `function` in the cluster's budget in one guarded write (more only
+/// when another invocation wrote in between): the first ones the budgets allow are taken.
+/// `Err` when the budget cannot be read or written (nothing is changed then).
 pub async fn reserve(
     client: &kube::Client,
     limits: &Limits,
     function: &str,
-    slot: &Slot,
-) -> Result<std::result::Result<(), SkipReason>> {
+    slots: &[Slot],
+) -> Result<Grant> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &limits.namespace);
     for attempt in 0..MAX_ATTEMPTS {
         let (data, version) = read(&api, limits).await?;
-        let list = match take(&data, function, limits, slot) {
-            Ok(list) => list,
-            Err(spent) => return Ok(Err(spent)),
+        let grant = take(&data, function, limits, slots)?;
+        let Some(list) = &grant.list else {
+            return Ok(grant);
         };
-        match write(&api, function, &list, version).await {
-            Ok(()) => return Ok(Ok(())),
+        match write(&api, function, list, version).await {
+            Ok(()) => return Ok(grant),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 tokio::time::sleep(contention_backoff(attempt)).await;
             }
@@ -178,12 +205,17 @@ pub async fn reserve(
 /// Gives a slot back after a change that did not land. Best effort: a slot that cannot be
 /// given back stays spent until it leaves the window, which errs on the safe side.
 pub async fn release(client: &kube::Client, limits: &Limits, function: &str, slot: &Slot) {
+    release_all(client, limits, function, std::slice::from_ref(slot)).await;
+}
+
+/// Gives several slots back in one guarded write, as [`release`] does one.
+pub async fn release_all(client: &kube::Client, limits: &Limits, function: &str, slots: &[Slot]) {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &limits.namespace);
     for attempt in 0..MAX_ATTEMPTS {
         let Ok((data, version)) = read(&api, limits).await else {
             break;
         };
-        let Some(list) = give_back(&data, function, slot) else {
+        let Some(list) = give_back(&data, function, slots) else {
             return;
         };
         match write(&api, function, &list, version).await {
@@ -194,11 +226,13 @@ pub async fn release(client: &kube::Client, limits: &Limits, function: &str, slo
             Err(_) => break,
         }
     }
-    tracing::warn!(
-        trace_id = %slot.trace_id,
-        target = %slot.target,
-        "could not give back a budget slot; it stays spent until it leaves the window"
-    );
+    for slot in slots {
+        tracing::warn!(
+            trace_id = %slot.trace_id,
+            target = %slot.target,
+            "could not give back a budget slot; it stays spent until it leaves the window"
+        );
+    }
 }
 
 fn describe(limits: &Limits) -> String {
@@ -280,23 +314,33 @@ mod tests {
             .collect()
     }
 
+    fn taken(grant: &Grant) -> Vec<Slot> {
+        serde_json::from_str(grant.list.as_deref().expect("a list")).expect("list")
+    }
+
+    fn refusal(grant: &Grant) -> String {
+        grant.refused.as_ref().expect("refused").to_string()
+    }
+
     #[test]
     fn a_function_budget_counts_its_own_changes_in_the_window() {
         let spent = data(&[("latency-restart", vec![slot(1, "a"), slot(9, "b")])]);
-        let reason = take(&spent, "latency-restart", &limits(2, 0), &slot(10, "c"))
-            .expect_err("two of two spent");
-        let text = reason.to_string();
+        let grant = take(&spent, "latency-restart", &limits(2, 0), &[slot(10, "c")]).expect("read");
+        assert_eq!((grant.granted, grant.list.as_deref()), (0, None));
+        let text = refusal(&grant);
         assert!(text.contains("MAX_ACTIONS_PER_WINDOW=2"), "{text}");
+        assert!(text.contains("already made 2 changes"), "{text}");
         assert!(
             text.contains("12:11:00"),
             "the oldest leaves at 12:11: {text}"
         );
         // Eleven minutes on, the first slot has left the 10-minute window; it is pruned.
-        let list = take(&spent, "latency-restart", &limits(2, 0), &slot(12, "c")).expect("free");
-        let kept: Vec<Slot> = serde_json::from_str(&list).expect("list");
-        assert_eq!(kept, vec![slot(9, "b"), slot(12, "c")]);
+        let grant = take(&spent, "latency-restart", &limits(2, 0), &[slot(12, "c")]).expect("read");
+        assert_eq!((grant.granted, &grant.refused), (1, &None));
+        assert_eq!(taken(&grant), vec![slot(9, "b"), slot(12, "c")]);
         // Another function's budget is its own.
-        assert!(take(&spent, "error-rollback", &limits(2, 0), &slot(10, "c")).is_ok());
+        let grant = take(&spent, "error-rollback", &limits(2, 0), &[slot(10, "c")]).expect("read");
+        assert_eq!(grant.granted, 1);
     }
 
     #[test]
@@ -305,33 +349,75 @@ mod tests {
             ("latency-restart", vec![slot(1, "a")]),
             ("error-rollback", vec![slot(2, "b"), slot(3, "c")]),
         ]);
-        let reason = take(&spent, "region-failover", &limits(5, 3), &slot(4, "d"))
-            .expect_err("three of three spent cluster-wide");
+        let grant = take(&spent, "region-failover", &limits(5, 3), &[slot(4, "d")]).expect("read");
+        assert_eq!(grant.granted, 0);
+        assert!(refusal(&grant).contains("MAX_CLUSTER_ACTIONS_PER_WINDOW=3"));
         assert!(
-            reason
-                .to_string()
-                .contains("MAX_CLUSTER_ACTIONS_PER_WINDOW=3")
+            grant
+                .refused
+                .as_ref()
+                .is_some_and(SkipReason::needs_a_person)
         );
-        assert!(reason.needs_a_person());
-        assert!(take(&spent, "region-failover", &limits(5, 4), &slot(4, "d")).is_ok());
-        assert!(take(&spent, "region-failover", &limits(5, 0), &slot(4, "d")).is_ok());
+        let free = |limits: Limits| take(&spent, "region-failover", &limits, &[slot(4, "d")]);
+        assert_eq!(free(limits(5, 4)).expect("read").granted, 1);
+        assert_eq!(free(limits(5, 0)).expect("read").granted, 1);
     }
 
     #[test]
-    fn an_unreadable_budget_counts_as_spent() {
+    fn a_batch_takes_what_fits_in_order_and_names_the_limit_that_stops_the_rest() {
+        let spent = data(&[
+            ("latency-restart", vec![slot(1, "a")]),
+            ("error-rollback", vec![slot(2, "b")]),
+        ]);
+        let batch = [slot(5, "c"), slot(5, "d"), slot(5, "e"), slot(5, "f")];
+        // The function's own budget (3) binds first: two more fit.
+        let grant = take(&spent, "latency-restart", &limits(3, 10), &batch).expect("read");
+        assert_eq!(grant.granted, 2);
+        assert_eq!(
+            taken(&grant),
+            vec![slot(1, "a"), slot(5, "c"), slot(5, "d")]
+        );
+        let text = refusal(&grant);
+        assert!(text.contains("already made 3 changes"), "{text}");
+        assert!(text.contains("MAX_ACTIONS_PER_WINDOW=3"), "{text}");
+        // The cluster's (4) binds first: two more fit, counted with the other function's.
+        let grant = take(&spent, "latency-restart", &limits(10, 4), &batch).expect("read");
+        assert_eq!(grant.granted, 2);
+        let text = refusal(&grant);
+        assert!(
+            text.contains("already made 4 changes in this cluster"),
+            "{text}"
+        );
+        // Room for all.
+        let grant = take(&spent, "latency-restart", &limits(0, 0), &batch).expect("read");
+        assert_eq!((grant.granted, &grant.refused), (4, &None));
+    }
+
+    #[test]
+    fn an_unreadable_budget_entry_is_an_error_naming_the_key() {
         let mut spent = BTreeMap::new();
         spent.insert("latency-restart".to_owned(), "not json".to_owned());
-        assert!(take(&spent, "error-rollback", &limits(5, 5), &slot(4, "d")).is_err());
+        let err = take(&spent, "error-rollback", &limits(5, 5), &[slot(4, "d")])
+            .expect_err("an entry that is not a list of slots");
+        let text = err.to_string();
+        assert!(text.contains("\"latency-restart\""), "{text}");
+        assert!(text.contains("is not a list of slots"), "{text}");
+        assert!(text.contains("mesh-remediation-budget"), "{text}");
+        assert!(!err.is_retryable(), "a person must repair it: {text}");
     }
 
     #[test]
-    fn a_slot_is_given_back_exactly() {
-        let spent = data(&[("latency-restart", vec![slot(1, "a"), slot(2, "b")])]);
-        let list = give_back(&spent, "latency-restart", &slot(2, "b")).expect("given back");
+    fn slots_are_given_back_exactly() {
+        let spent = data(&[(
+            "latency-restart",
+            vec![slot(1, "a"), slot(2, "b"), slot(3, "c")],
+        )]);
+        let list = give_back(&spent, "latency-restart", &[slot(2, "b"), slot(3, "c")])
+            .expect("given back");
         assert_eq!(
             serde_json::from_str::<Vec<Slot>>(&list).expect("list"),
             vec![slot(1, "a")]
         );
-        assert_eq!(give_back(&spent, "latency-restart", &slot(3, "z")), None);
+        assert_eq!(give_back(&spent, "latency-restart", &[slot(3, "z")]), None);
     }
 }

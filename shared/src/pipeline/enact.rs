@@ -14,8 +14,6 @@
 //! the record it carried ([`WriteLoop::landed`], the one confirm path), on the next read or
 //! on one read in the time kept for it.
 
-use std::sync::atomic::AtomicUsize;
-
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 use tracing::instrument;
@@ -31,7 +29,7 @@ use super::timebox::{CONFIRM_READ_TIME, Call, TimeBox};
 use super::{Pipeline, Request, Subject};
 use crate::cluster::record;
 use crate::error::Error;
-use crate::guard::pause::{self, BrakeReads};
+use crate::guard::pause;
 use crate::guard::skip::SkipReason;
 use crate::remediation::Remediation;
 use crate::report::Outcome;
@@ -101,8 +99,8 @@ struct WriteLoop<'a, R: Remediation> {
     api: &'a Api<DynamicObject>,
     client: &'a kube::Client,
     at: &'a Subject<'a, R>,
-    changed: &'a AtomicUsize,
-    brake_reads: &'a BrakeReads,
+    /// What the invocation's targets share: the brakes, the changed count, the slot book.
+    shared: &'a Shared,
     timebox: TimeBox,
     /// Reads made, against [`MAX_WRITE_ATTEMPTS`].
     reads: u32,
@@ -134,8 +132,7 @@ impl<R: Remediation> Pipeline<R> {
             api,
             client,
             at,
-            changed: &shared.changed,
-            brake_reads: &shared.brakes,
+            shared,
             timebox: self.timebox(at.invocation),
             reads: 0,
             transient_retries: 0,
@@ -243,7 +240,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             Step::Write(write) => write,
         };
         let spent = pipeline
-            .spend(self.client, at, self.changed, &write, &mut self.spending)
+            .spend(self.client, at, self.shared, &write, &mut self.spending)
             .await;
         match spent {
             Ok(()) => State::Write(write),
@@ -266,7 +263,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
         }
         if self.brakes.is_none() {
             let cluster = at.work.locator.cluster.as_deref();
-            let read = self.brake_reads.read(cluster, self.client, &namespaces);
+            let read = self.shared.brakes.read(cluster, self.client, &namespaces);
             let read = self
                 .timebox
                 .call(Call::Read, "read the pause switches", read)

@@ -4,7 +4,7 @@
 //! event -> intake  (requests.rs: parse, validate, screen)           -> Intake { settled, work }
 //!       -> targets (targets.rs: the objects each piece of work names) -> a Subject per object
 //!       -> decide  (bookkeeping.rs, undo.rs: object + its record)    -> Step
-//!       -> enact   (enact.rs: the guarded write loop; retry.rs, spending.rs) -> Outcome
+//!       -> enact   (enact.rs: the guarded write loop; retry.rs, spending.rs, slots.rs) -> Outcome
 //!       -> audit   (audit.rs: the Kubernetes Event of a change)
 //!       -> merge   (merge.rs: one outcome per alert)                 -> InvocationReport
 //! ```
@@ -31,6 +31,7 @@ mod enact;
 mod merge;
 mod requests;
 mod retry;
+mod slots;
 mod spending;
 mod targets;
 mod timebox;

@@ -1,10 +1,11 @@
 //! Spending: a write that changes an object counts against `MAX_TARGETS_PER_INVOCATION`
-//! and takes a slot in the cluster's budgets, once per object; what it spent is given
-//! back when no change landed.
+//! and takes a slot in the cluster's budgets (in bulk with the invocation's other targets:
+//! slots.rs), once per object; what it spent is given back when no change landed.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::bookkeeping::Write;
+use super::targets::Shared;
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Subject};
 use crate::guard::budget;
@@ -28,11 +29,12 @@ impl<R: Remediation> Pipeline<R> {
         &self,
         client: &kube::Client,
         at: &Subject<'_, R>,
-        changed: &AtomicUsize,
+        shared: &Shared,
         write: &Write,
         spending: &mut Spending,
     ) -> Result<(), Outcome> {
         let source = || at.work.source.clone();
+        let changed = &shared.changed;
         if !write.counts_against_budget {
             return Ok(());
         }
@@ -54,20 +56,21 @@ impl<R: Remediation> Pipeline<R> {
             target: at.target.clone(),
             trace_id: at.invocation.trace_id.clone(),
         };
-        let reserved = self
+        let cluster = at.work.locator.cluster.as_deref();
+        let taken = shared
+            .slots
+            .take(cluster, client, at.work.order, slot.clone(), at.turn);
+        let answer = self
             .timebox(at.invocation)
-            .call(
-                Call::Read,
-                "take a budget slot",
-                budget::reserve(client, limits, self.remediation.name(), &slot),
-            )
+            .call(Call::Read, "take a budget slot", taken)
             .await;
-        match reserved.and_then(|reserved| reserved) {
-            Ok(Ok(())) => {
+        match answer {
+            Ok(Ok(Ok(()))) => {
                 spending.slot = Some(slot);
                 Ok(())
             }
-            Ok(Err(spent)) => Err(Outcome::skipped(source(), &spent)),
+            Ok(Ok(Err(spent))) => Err(Outcome::skipped(source(), &spent)),
+            Ok(Err(err)) => Err(Outcome::failed(source(), &err)),
             Err(err) => Err(Outcome::failed(source(), &err)),
         }
     }

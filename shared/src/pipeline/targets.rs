@@ -2,13 +2,15 @@
 //! duplicates), and the objects each locator names in its cluster, each handed to enact.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use futures::StreamExt as _;
 use kube::api::{Api, DynamicObject, ListParams};
+use tokio::sync::Semaphore;
 use tracing::instrument;
 
 use super::retry::{MAX_TRANSIENT_RETRIES, transient_backoff};
+use super::slots::{SlotBook, Turn};
 use super::timebox::Call;
 use super::{Invocation, Pipeline, Request, Subject, Work, merge};
 use crate::cluster::record;
@@ -19,17 +21,18 @@ use crate::remediation::Remediation;
 use crate::report::Outcome;
 
 /// What the targets of one invocation share.
-#[derive(Default)]
 pub(super) struct Shared {
     /// Objects changed so far, against `MAX_TARGETS_PER_INVOCATION`.
     pub(super) changed: AtomicUsize,
     /// The operator's brakes, read once per cluster and namespace.
     pub(super) brakes: BrakeReads,
+    /// The budget slots asked for, taken in bulk.
+    pub(super) slots: Arc<SlotBook>,
 }
 
 impl<R: Remediation> Pipeline<R> {
-    /// Works every target, up to `MAX_CONCURRENCY` at a time: one outcome per piece of
-    /// work, with its alert's order.
+    /// Works every target, up to `MAX_CONCURRENCY` at a time (a target waiting for a
+    /// budget slot gives up its turn): one outcome per piece of work, with its alert's order.
     pub(super) async fn act_on_targets(
         &self,
         work: Vec<Work<R>>,
@@ -39,13 +42,33 @@ impl<R: Remediation> Pipeline<R> {
         for item in work {
             groups.entry(item.locator.key()).or_default().push(item);
         }
-        let shared = Shared::default();
-        futures::stream::iter(groups.into_values())
-            .map(|items| self.handle_target(items, invocation, &shared))
-            .buffer_unordered(self.config.max_concurrency)
-            .flat_map(futures::stream::iter)
-            .collect()
+        let shared = Shared {
+            changed: AtomicUsize::new(0),
+            brakes: BrakeReads::default(),
+            slots: SlotBook::new(
+                self.remediation.name(),
+                &self.config.policy.budget,
+                self.timebox(invocation),
+            ),
+        };
+        let turns = Arc::new(Semaphore::new(self.config.max_concurrency.max(1)));
+        let targets = groups.into_values().map(|items| {
+            // Counted from the start, so that slots are taken once every target that will
+            // need one has asked.
+            let cluster = items.first().and_then(|w| w.locator.cluster.clone());
+            let entered = shared.slots.enter(cluster);
+            let (turns, shared) = (&turns, &shared);
+            async move {
+                let _entered = entered;
+                let turn = Turn::take(turns).await;
+                self.handle_target(items, invocation, shared, &turn).await
+            }
+        });
+        futures::future::join_all(targets)
             .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// Handles every alert aimed at one locator: the first firing alert (else the first
@@ -55,6 +78,7 @@ impl<R: Remediation> Pipeline<R> {
         mut items: Vec<Work<R>>,
         invocation: &Invocation,
         shared: &Shared,
+        turn: &Turn,
     ) -> Vec<(usize, Outcome)> {
         items.sort_by_key(|w| (w.resolved(), w.order));
         let mut items = items.into_iter();
@@ -70,7 +94,7 @@ impl<R: Remediation> Pipeline<R> {
                 (dup.order, Outcome::skipped(dup.source, &reason))
             })
             .collect();
-        let outcome = self.act(&primary, invocation, shared).await;
+        let outcome = self.act(&primary, invocation, shared, turn).await;
         out.push((primary.order, outcome));
         out
     }
@@ -81,7 +105,13 @@ impl<R: Remediation> Pipeline<R> {
         skip_all,
         fields(trace_id = %invocation.trace_id, alert = work.source.alert.as_deref(), target)
     )]
-    async fn act(&self, work: &Work<R>, invocation: &Invocation, shared: &Shared) -> Outcome {
+    async fn act(
+        &self,
+        work: &Work<R>,
+        invocation: &Invocation,
+        shared: &Shared,
+        turn: &Turn,
+    ) -> Outcome {
         let locator = &work.locator;
         let namespace = if locator.everywhere {
             "*"
@@ -94,7 +124,7 @@ impl<R: Remediation> Pipeline<R> {
         let outcome = match self.timebox(invocation).check(&subject) {
             Err(err) => Outcome::failed(work.source.clone(), &err).on(&subject),
             Ok(()) => {
-                self.act_in_cluster(work, invocation, shared, &subject)
+                self.act_in_cluster(work, invocation, shared, turn, &subject)
                     .await
             }
         };
@@ -110,6 +140,7 @@ impl<R: Remediation> Pipeline<R> {
         work: &Work<R>,
         invocation: &Invocation,
         shared: &Shared,
+        turn: &Turn,
         subject: &str,
     ) -> Outcome {
         let failed = |err: &Error| Outcome::failed(work.source.clone(), err).on(subject);
@@ -136,6 +167,7 @@ impl<R: Remediation> Pipeline<R> {
                 name,
                 target: self.describe_target(locator, namespace, name),
                 invocation,
+                turn,
             };
             outcomes.push(self.act_on(&api, &client, &at, shared).await);
         }

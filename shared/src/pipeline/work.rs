@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::OnceCell;
 
 use super::Invocation;
+use super::slots::Turn;
 use crate::guard::decide;
 use crate::intake::{AlertInput, RevertRequest};
 use crate::remediation::{Locator, Remediation};
@@ -49,6 +50,8 @@ pub(super) struct Subject<'a, R: Remediation> {
     pub(super) target: String,
     /// The invocation it is worked on in.
     pub(super) invocation: &'a Invocation,
+    /// Its target's turn to run, given up while it waits for a budget slot.
+    pub(super) turn: &'a Turn,
 }
 
 impl<R: Remediation> Subject<'_, R> {
