@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import http.server
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -29,8 +30,10 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-AM_CONFIG = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
-AM_TEMPLATE = REPO / "deploy" / "alertmanager" / "sns.tmpl"
+# ALERTMANAGER_CONFIG / ALERTMANAGER_TEMPLATE: run on other copies of the two files, such as the
+# ones scripts/check-deploy extracts from the Amazon Managed Service for Prometheus definition.
+AM_CONFIG = Path(os.environ.get("ALERTMANAGER_CONFIG") or REPO / "deploy" / "alertmanager" / "alertmanager.yml")
+AM_TEMPLATE = Path(os.environ.get("ALERTMANAGER_TEMPLATE") or REPO / "deploy" / "alertmanager" / "sns.tmpl")
 ALERT_TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:mesh-remediation-alerts"
 SNS_RECEIVER = "mesh-remediation"
 SNS_MAX_BYTES = 262144

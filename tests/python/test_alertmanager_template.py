@@ -45,6 +45,9 @@ TOP_KEYS = {
 }
 ALERT_KEYS = {"status", "labels", "annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"}
 FUNCTIONS = {"latency-restart", "error-rollback", "db-circuit-break", "region-failover"}
+# sns.tmpl: each label / annotation map renders to at most this many bytes of JSON, braces included.
+MAP_CAP = 32 * 1024
+GROUP_BY = ("cluster", "remediation", "namespace", "alertname")
 
 # Every ASCII control character, quotes, backslashes, and Unicode that Go's %q escapes in ways
 # JSON does not accept (\x7f, \U000e0001, lone surrogates -> invalid UTF-8) or accepts (\u0085).
@@ -120,6 +123,25 @@ def alert(labels: dict[str, str], annotations: dict[str, str] | None = None, **f
     }
 
 
+def rendered_map(pairs: dict[str, str]) -> str:
+    """A map as sns.tmpl renders it, for ASCII without control characters (JSON == Go's %q)."""
+    return json.dumps(dict(sorted(pairs.items())), separators=(",", ":"), ensure_ascii=False)
+
+
+def map_of_size(pairs: dict[str, str], key: str, target: int | None, fill: str, value_cap: int = ANNOTATION_CAP) -> dict:
+    """``pairs`` plus ``key`` whose value of ``fill`` characters makes the rendered map exactly
+    ``target`` bytes; with no target, a value of ``value_cap`` quotes (8 KiB once escaped)."""
+    out = dict(pairs)
+    if target is None:
+        out[key] = fill * value_cap
+        assert len(rendered_map(out).encode()) > MAP_CAP
+        return out
+    out[key] = ""
+    out[key] = fill * (target - len(rendered_map(out).encode()))
+    assert len(rendered_map(out).encode()) == target and len(out[key]) <= value_cap
+    return out
+
+
 def build_groups() -> dict[str, list[dict]]:
     """One Alertmanager group (distinct alertname) per scenario."""
     groups: dict[str, list[dict]] = {}
@@ -149,6 +171,23 @@ def build_groups() -> dict[str, list[dict]]:
         alert(contract_labels("BudgetBound", idx=str(i)), {f"a{j}": '"' * 4000 for j in range(3)})
         for i in range(300)
     ]
+    # The map cap at its boundary (ASCII only, so JSON's size is Go's %q size): an annotation map
+    # of exactly 32 KiB; one byte more (the last pair left out, and the small pair after it); a
+    # map just under the cap followed by a pair of 4 KiB that %q doubles (which once overshot it
+    # by one pair); a label map of exactly 32 KiB and one byte more.
+    for name, target, last in [("MapCapExact", MAP_CAP, "x"), ("MapCapOneOver", MAP_CAP + 1, "x"),
+                               ("MapCapLongPair", None, '"')]:
+        annotations = map_of_size({f"a{j:02d}": "x" * 3600 for j in range(8)}, "a08", target, last)
+        if target != MAP_CAP:
+            annotations["zz"] = "after"
+        groups[name] = [alert(contract_labels(name, idx="0"), annotations)]
+    for name, target in [("LabelMapCapExact", MAP_CAP), ("LabelMapCapOneOver", MAP_CAP + 1)]:
+        labels = contract_labels(name, idx="0")
+        labels.update({f"zz_pad_{j:02d}": "y" * 1000 for j in range(32)})
+        labels = map_of_size(labels, "zz_pad_32", target, "y", value_cap=LABEL_CAP)
+        if target != MAP_CAP:
+            labels["zz_pad_33"] = "after"
+        groups[name] = [alert(labels)]
     # Routing attribute fallbacks.
     groups["BadRemediation"] = [
         alert(contract_labels("BadRemediation", idx="0", remediation="Latency Restart\x00" + "x" * 5000,
@@ -238,7 +277,7 @@ def test_message_is_webhook_v4_json_under_the_sns_limit(capture):
         assert isinstance(m["truncatedAlerts"], int) and m["truncatedAlerts"] >= 0
         for key in ("groupLabels", "commonLabels", "commonAnnotations"):
             assert isinstance(m[key], dict) and all(isinstance(v, str) for v in m[key].values())
-        assert set(m["groupLabels"]) <= {"alertname", "namespace", "remediation"}
+        assert set(m["groupLabels"]) <= set(GROUP_BY)
         assert m["alerts"], "every notification renders at least one alert"
         for a in m["alerts"]:
             assert set(a) == ALERT_KEYS
@@ -255,7 +294,9 @@ def test_message_is_webhook_v4_json_under_the_sns_limit(capture):
 def test_group_key_is_stable_and_formatted_like_alertmanagers(capture):
     (p,) = capture["by_name"]["ManyAlerts"]
     m = json.loads(p["form"]["Message"])
-    assert m["groupKey"] == 'mesh-remediation:{alertname="ManyAlerts", namespace="shop", remediation="latency-restart"}'
+    assert m["groupKey"] == (
+        'mesh-remediation:{alertname="ManyAlerts", cluster="demo", namespace="shop", remediation="latency-restart"}'
+    )
     keys = {json.loads(q["form"]["Message"])["groupKey"] for q in capture["by_name"]["ResolveSome"]}
     assert len(keys) == 1
 
@@ -263,6 +304,8 @@ def test_group_key_is_stable_and_formatted_like_alertmanagers(capture):
 def test_labels_and_annotations_round_trip(capture):
     checked = 0
     for name, posted in capture["groups"].items():
+        if "MapCap" in name:
+            continue  # test_maps_are_capped_at_32_kib_exactly
         by_idx = {a["labels"]["idx"]: a for a in posted}
         for p in capture["by_name"][sanitized(go_cut(am_stored(name), LABEL_CAP))]:
             m = json.loads(p["form"]["Message"])
@@ -273,7 +316,7 @@ def test_labels_and_annotations_round_trip(capture):
                 assert a["generatorURL"] == source["generatorURL"]
                 checked += 1
             first = by_idx[m["alerts"][0]["labels"]["idx"]]
-            group_labels = {k: first["labels"][k] for k in ("alertname", "namespace", "remediation") if k in first["labels"]}
+            group_labels = {k: first["labels"][k] for k in GROUP_BY if k in first["labels"]}
             assert m["groupLabels"] == expected_map(group_labels, LABEL_CAP)
             common = set.intersection(*(set(by_idx[a["labels"]["idx"]]["labels"].items()) for a in m["alerts"]))
             assert set(m["commonLabels"].items()) <= set(expected_map(dict(common), LABEL_CAP).items())
@@ -294,6 +337,44 @@ def test_long_values_are_cut_and_marked(capture):
     assert a["labels"]["long_euro"] == "\u20ac" * 341 + "\ufffd" + "\u2026"  # 1024 = 341 * 3 + 1
     assert a["labels"]["n" * LABEL_CAP + "\u2026"] == "long name"
     assert len(a["annotations"]["huge"].encode()) == ANNOTATION_CAP + 3
+
+
+def test_maps_are_capped_at_32_kib_exactly(capture):
+    """sns.tmpl's documented cap, at its boundary: a map of 32,768 bytes is whole; a pair that
+    would make it longer is left out with every pair after it, however long the pair."""
+
+    def rendered(p: dict, field: str, key: str | None = None) -> dict:
+        m = json.loads(p["form"]["Message"])
+        value = m[field] if key is None else m["alerts"][0][field]
+        text = rendered_map(value)
+        assert text in p["form"]["Message"], "the map is rendered byte for byte as measured"
+        assert len(text.encode()) <= MAP_CAP
+        return value
+
+    def source(name: str, field: str) -> dict:
+        return capture["groups"][name][0][field]
+
+    (p,) = capture["by_name"]["MapCapExact"]
+    for field, key in (("commonAnnotations", None), ("annotations", "alert")):
+        value = rendered(p, field, key)
+        assert value == source("MapCapExact", "annotations")
+        assert len(rendered_map(value).encode()) == MAP_CAP
+    for name in ("MapCapOneOver", "MapCapLongPair"):
+        (p,) = capture["by_name"][name]
+        for field, key in (("commonAnnotations", None), ("annotations", "alert")):
+            value = rendered(p, field, key)
+            want = {k: v for k, v in source(name, "annotations").items() if k not in ("a08", "zz")}
+            assert value == want, sorted(set(source(name, "annotations")) - set(value))
+    (p,) = capture["by_name"]["LabelMapCapExact"]
+    for field, key in (("commonLabels", None), ("labels", "alert")):
+        value = rendered(p, field, key)
+        assert value == source("LabelMapCapExact", "labels")
+        assert len(rendered_map(value).encode()) == MAP_CAP
+    (p,) = capture["by_name"]["LabelMapCapOneOver"]
+    for field, key in (("commonLabels", None), ("labels", "alert")):
+        value = rendered(p, field, key)
+        want = {k: v for k, v in source("LabelMapCapOneOver", "labels").items() if k not in ("zz_pad_32", "zz_pad_33")}
+        assert value == want
 
 
 def test_subject_is_short_ascii(capture):
