@@ -14,7 +14,8 @@
 //! - [`pipeline`]: the stages of one invocation, and the write loop;
 //! - [`cluster`]: connections to the served clusters, the action record, other controllers;
 //! - [`report`]: outcomes, notifications and logs;
-//! - [`config`], [`error`], [`lambda`]: settings, the one error type, the Lambda edge.
+//! - [`config`], [`error`], [`lambda`]: settings, the one error type, the Lambda edge;
+//! - [`drill`]: the chaos-drill alert, built and published as Alertmanager would.
 //!
 //! A remediation is one module behind [`remediation::Remediation`]; a function's `main` is
 //! a call to [`run`].
@@ -22,6 +23,7 @@
 mod backoff;
 pub mod cluster;
 pub mod config;
+pub mod drill;
 pub mod error;
 pub mod guard;
 pub mod intake;
