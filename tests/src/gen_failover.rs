@@ -21,10 +21,10 @@
 mod generate;
 pub mod run;
 mod shrink;
-use crate::mesh_gen::yaml;
 
 use serde_json::{Value, json};
 
+use crate::generated::Generated;
 use crate::istio_oracle::{Client, World};
 pub use crate::mesh_gen::{ClientSpec, PREFIX, Violation};
 
@@ -77,47 +77,14 @@ pub struct FailoverMesh {
 }
 
 impl FailoverMesh {
-    /// The same mesh under another prefix (a fresh set of namespaces and hosts).
-    pub fn with_prefix(&self, prefix: &str) -> FailoverMesh {
-        FailoverMesh {
-            prefix: prefix.to_owned(),
-            ..self.clone()
-        }
-    }
-
-    /// `template` with the prefix filled in.
-    pub fn render_str(&self, template: &str) -> String {
-        template.replace(PREFIX, &self.prefix)
-    }
-
-    /// `template` (any JSON) with the prefix filled in, in keys and strings.
-    pub fn render(&self, template: &Value) -> Value {
-        crate::generated::render(template, &self.prefix)
-    }
-
     /// The alert's namespace, where `frontend` lives (template).
     pub fn alert_template() -> String {
         format!("{PREFIX}-shop")
     }
 
-    /// The root configuration namespace standing in for `istio-system` (template).
-    pub fn root_template() -> String {
-        format!("{PREFIX}-root")
-    }
-
     /// The alert's `namespace`.
     pub fn alert_ns(&self) -> String {
         self.render_str(&Self::alert_template())
-    }
-
-    /// The mesh's root configuration namespace (`ISTIO_ROOT_NAMESPACE`).
-    pub fn root_namespace(&self) -> String {
-        self.render_str(&Self::root_template())
-    }
-
-    /// Every namespace of the mesh.
-    pub fn namespace_names(&self) -> Vec<String> {
-        self.namespaces.iter().map(|n| self.render_str(n)).collect()
     }
 
     /// `frontend`'s fully qualified host.
@@ -135,30 +102,9 @@ impl FailoverMesh {
         self.render_str(&Self::authority_template())
     }
 
-    /// The objects to create on the API server, in order.
-    pub fn api_objects(&self) -> Vec<Value> {
-        self.objects.iter().map(|o| self.render(o)).collect()
-    }
-
-    /// The objects only the oracle sees.
-    pub fn world_objects(&self) -> Vec<Value> {
-        self.world.iter().map(|o| self.render(o)).collect()
-    }
-
     /// Every client proxy for the oracle: the sidecars, then the gateway if any.
     pub fn client_proxies(&self) -> Vec<Client> {
-        let mut out: Vec<Client> = self
-            .clients
-            .iter()
-            .map(|c| {
-                Client::labelled(
-                    &c.name,
-                    &self.render_str(&c.namespace),
-                    &c.region,
-                    json!(c.labels),
-                )
-            })
-            .collect();
+        let mut out = self.sidecars(&self.clients);
         if let Some(region) = &self.gateway {
             let mut gateway = Client::labelled(
                 GATEWAY_PROXY,
@@ -175,13 +121,7 @@ impl FailoverMesh {
     /// The oracle's world: namespaces, one node per region, the oracle-only objects and
     /// `stored` (the objects as the API server stores them).
     pub fn world_with(&self, stored: &[Value]) -> World {
-        let namespaces = self.namespace_names();
-        let ns: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-        let mut world = World::new(&ns, &crate::istio_oracle::REGIONS);
-        for object in stored.iter().cloned().chain(self.world_objects()) {
-            world.add(object);
-        }
-        world
+        self.world_in(&crate::istio_oracle::REGIONS, stored)
     }
 
     /// `REGION_HEALTH_URLS` for this mesh, given the URL of an endpoint answering 200 and
@@ -211,20 +151,12 @@ impl FailoverMesh {
     /// A measure of size for shrinking: JSON leaves of every object, each client, the
     /// gateway and a configured health check.
     pub fn size(&self) -> usize {
-        fn leaves(v: &Value) -> usize {
-            match v {
-                Value::Object(m) => m.values().map(leaves).sum::<usize>() + 1,
-                Value::Array(a) => a.iter().map(leaves).sum::<usize>() + 1,
-                _ => 1,
-            }
-        }
         let health = match self.health {
             HealthMode::Unconfigured => 0,
             HealthMode::AllHealthy => 1,
             HealthMode::Unhealthy(_) => 2,
         };
-        self.objects.iter().map(leaves).sum::<usize>()
-            + self.world.iter().map(leaves).sum::<usize>()
+        self.object_leaves()
             + 4 * self.clients.len()
             + 4 * usize::from(self.gateway.is_some())
             + self.namespaces.len()
@@ -266,36 +198,17 @@ impl FailoverMesh {
                 self.authority()
             ));
         }
-        let namespaces = self
-            .namespace_names()
-            .into_iter()
-            .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}));
-        let docs: Vec<String> = namespaces
-            .chain(self.api_objects())
-            .chain(self.world_objects())
-            .map(|o| yaml::to_yaml(&o))
-            .collect();
-        out.push_str("---\n");
-        out.push_str(&docs.join("\n---\n"));
-        out.push('\n');
+        out.push_str(&self.yaml_documents());
         out
     }
 
     /// Why an object of this mesh is invalid (CRD schema or Istio's own rules), if one is.
     pub fn invalid(&self) -> Option<String> {
-        for object in self.api_objects() {
-            let kind = object["kind"].as_str().unwrap_or_default();
-            let name = &object["metadata"]["name"];
-            if let Err(errors) = crate::crd_schema::validate_istio(kind, "v1", &object) {
-                return Some(format!("{kind} {name}: schema: {errors:?}"));
-            }
-            let mut errors = crate::mesh_gen::istio_rule_errors(&object);
-            errors.extend(virtual_service_errors(&object));
-            if !errors.is_empty() {
-                return Some(format!("{kind} {name}: {}", errors.join("; ")));
-            }
-        }
-        None
+        self.first_invalid(|object| {
+            let mut errors = crate::mesh_gen::istio_rule_errors(object);
+            errors.extend(virtual_service_errors(object));
+            errors
+        })
     }
 }
 

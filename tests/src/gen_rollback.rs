@@ -18,12 +18,12 @@
 mod generate;
 pub mod run;
 mod shrink;
-use crate::mesh_gen::yaml;
 
 use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
+use crate::generated::Generated;
 use crate::istio_oracle::{Client, World};
 use crate::mesh_gen::ClientSpec;
 
@@ -76,39 +76,6 @@ pub struct RollbackMesh {
 }
 
 impl RollbackMesh {
-    /// The same mesh under another prefix.
-    pub fn with_prefix(&self, prefix: &str) -> RollbackMesh {
-        RollbackMesh {
-            prefix: prefix.to_owned(),
-            ..self.clone()
-        }
-    }
-
-    /// `template` with the prefix filled in.
-    pub fn render_str(&self, template: &str) -> String {
-        template.replace(PREFIX, &self.prefix)
-    }
-
-    /// `template` (any JSON) with the prefix filled in, in keys and strings.
-    pub fn render(&self, template: &Value) -> Value {
-        crate::generated::render(template, &self.prefix)
-    }
-
-    /// The root namespace template (standing in for `istio-system`).
-    pub fn root_template() -> String {
-        format!("{PREFIX}-root")
-    }
-
-    /// The mesh's root configuration namespace.
-    pub fn root_namespace(&self) -> String {
-        self.render_str(&Self::root_template())
-    }
-
-    /// Every namespace of the mesh.
-    pub fn namespace_names(&self) -> Vec<String> {
-        self.namespaces.iter().map(|n| self.render_str(n)).collect()
-    }
-
     /// The alert's `namespace`.
     pub fn alert_ns(&self) -> String {
         self.render_str(&self.alert_namespace)
@@ -124,16 +91,6 @@ impl RollbackMesh {
         format!("{SERVICE}.{}.svc.cluster.local", self.alert_ns())
     }
 
-    /// The objects to create on the API server, in order.
-    pub fn api_objects(&self) -> Vec<Value> {
-        self.objects.iter().map(|o| self.render(o)).collect()
-    }
-
-    /// The objects only the oracle sees.
-    pub fn world_objects(&self) -> Vec<Value> {
-        self.world.iter().map(|o| self.render(o)).collect()
-    }
-
     /// The pod IPs of `checkout` whose `version` is `version`.
     pub fn pods_of(&self, version: &str) -> BTreeSet<String> {
         self.world
@@ -146,18 +103,7 @@ impl RollbackMesh {
 
     /// Every proxy to compile for: the sidecars, then the gateway if any.
     pub fn proxies(&self) -> Vec<Client> {
-        let mut out: Vec<Client> = self
-            .clients
-            .iter()
-            .map(|c| {
-                Client::labelled(
-                    &c.name,
-                    &self.render_str(&c.namespace),
-                    &c.region,
-                    json!(c.labels),
-                )
-            })
-            .collect();
+        let mut out = self.sidecars(&self.clients);
         if let Some(g) = &self.gateway {
             let mut router = Client::labelled(
                 &g.name,
@@ -174,27 +120,12 @@ impl RollbackMesh {
     /// The oracle's world: namespaces, one node per region, the oracle-only objects and
     /// `stored` (the objects as the API server stores them).
     pub fn world_with(&self, stored: &[Value]) -> World {
-        let namespaces = self.namespace_names();
-        let ns: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-        let regions: Vec<&str> = self.regions.iter().map(String::as_str).collect();
-        let mut world = World::new(&ns, &regions);
-        for object in stored.iter().cloned().chain(self.world_objects()) {
-            world.add(object);
-        }
-        world
+        self.world_in(&self.regions, stored)
     }
 
     /// A measure of size for shrinking: JSON leaves of every object, plus each proxy.
     pub fn size(&self) -> usize {
-        fn leaves(v: &Value) -> usize {
-            match v {
-                Value::Object(m) => m.values().map(leaves).sum::<usize>() + 1,
-                Value::Array(a) => a.iter().map(leaves).sum::<usize>() + 1,
-                _ => 1,
-            }
-        }
-        self.objects.iter().map(leaves).sum::<usize>()
-            + self.world.iter().map(leaves).sum::<usize>()
+        self.object_leaves()
             + 4 * (self.clients.len() + usize::from(self.gateway.is_some()))
             + self.regions.len()
             + self.namespaces.len()
@@ -202,23 +133,7 @@ impl RollbackMesh {
 
     /// Why an object of this mesh fails the Istio CRD schemas, if one does.
     pub fn invalid(&self) -> Option<String> {
-        for object in self.api_objects() {
-            let kind = object["kind"].as_str().unwrap_or_default();
-            if kind == "Service" {
-                continue;
-            }
-            let version = object["apiVersion"]
-                .as_str()
-                .and_then(|v| v.rsplit('/').next())
-                .unwrap_or_default();
-            if let Err(errors) = crate::crd_schema::validate_istio(kind, version, &object) {
-                return Some(format!(
-                    "{kind} {}: schema: {errors:?}",
-                    object["metadata"]["name"]
-                ));
-            }
-        }
-        None
+        self.first_invalid(|_| Vec::new())
     }
 
     /// Every object as YAML (a `kubectl apply -f` stream), with a header naming the seed,
@@ -253,18 +168,7 @@ impl RollbackMesh {
                 g.region
             ));
         }
-        let namespaces = self
-            .namespace_names()
-            .into_iter()
-            .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}));
-        let docs: Vec<String> = namespaces
-            .chain(self.api_objects())
-            .chain(self.world_objects())
-            .map(|o| yaml::to_yaml(&o))
-            .collect();
-        out.push_str("---\n");
-        out.push_str(&docs.join("\n---\n"));
-        out.push('\n');
+        out.push_str(&self.yaml_documents());
         out
     }
 }

@@ -22,40 +22,12 @@ use crate::mesh::Kind;
 use crate::mesh_gen::Violation;
 use crate::transient::{create, idempotent};
 
+pub mod cycle;
 pub mod prune;
 pub mod suite;
+mod templates;
 
-/// A generated mesh, as the harness needs it.
-pub trait Generated: Clone + Send + Sync + 'static {
-    /// The kinds the API server stores for it, in the order they are read back.
-    const STORED: &'static [&'static str];
-    /// The seed it was generated from (shrunk meshes keep it).
-    fn seed(&self) -> u64;
-    /// The same mesh under another name prefix (fresh namespaces and hosts).
-    fn renamed(&self, prefix: &str) -> Self;
-    /// Smaller meshes to try, for shrinking.
-    fn smaller(&self) -> Vec<Self>;
-    /// How big it is (what shrinking reduces).
-    fn weight(&self) -> usize;
-    /// Every namespace, in creation order.
-    fn namespaces(&self) -> Vec<String>;
-    /// The alert's namespace (its action budgets live there).
-    fn alert_namespace(&self) -> String;
-    /// The objects stored on the API server, in creation order.
-    fn objects(&self) -> Vec<Value>;
-    /// The prefix of its names (namespaces, hosts).
-    fn prefix(&self) -> String;
-    /// The mesh as YAML, to apply by hand.
-    fn to_yaml(&self) -> String;
-    /// Objects of Istio's world also stored, after the others, for the functions that
-    /// read them: Services (their cluster IP left to the server) and Pods (made ready).
-    fn also_stored(&self) -> Vec<Value> {
-        Vec::new()
-    }
-    /// What to compile with the `stored` objects read back: the world, the client proxies,
-    /// the root namespace.
-    fn compile_job(&self, stored: &[Value]) -> CompileJob;
-}
+pub use templates::{Generated, PREFIX, render, root_template};
 
 /// The real API server the meshes live on.
 pub struct Harness {
@@ -83,7 +55,7 @@ impl Harness {
     pub async fn deploy<M: Generated>(&self, mesh: &M) -> Result<(), String> {
         let client = self.admin().clone();
         let post = PostParams::default();
-        for name in mesh.namespaces() {
+        for name in mesh.namespace_names() {
             let ns: Namespace = serde_json::from_value(json!({
                 "metadata": {"name": name, "labels": {"istio-injection": "enabled"}}}))
             .expect("namespace");
@@ -96,7 +68,7 @@ impl Harness {
         .expect("budget configmap");
         let api = Api::<ConfigMap>::namespaced(client.clone(), &mesh.alert_namespace());
         create("the budget ConfigMap", || api.create(&post, &budget)).await?;
-        for mut object in mesh.objects().into_iter().chain(mesh.also_stored()) {
+        for mut object in mesh.api_objects().into_iter().chain(mesh.also_stored()) {
             let kind = object["kind"].as_str().unwrap_or_default().to_owned();
             if kind == "Pod" {
                 crate::endpoints::store_pod(&client, &object).await?;
@@ -128,7 +100,7 @@ impl Harness {
             return;
         }
         let api = Api::<Namespace>::all(self.admin().clone());
-        for name in meshes.iter().flat_map(M::namespaces) {
+        for name in meshes.iter().flat_map(M::namespace_names) {
             // Gone already, or never created: either way not there.
             let _ = api.delete(&name, &Default::default()).await;
         }
@@ -140,7 +112,7 @@ impl Harness {
     pub async fn stored<M: Generated>(&self, meshes: &[M]) -> Vec<Vec<Value>> {
         let mut owner: BTreeMap<String, usize> = BTreeMap::new();
         for (i, mesh) in meshes.iter().enumerate() {
-            for namespace in mesh.namespaces() {
+            for namespace in mesh.namespace_names() {
                 owner.insert(namespace, i);
             }
         }
@@ -199,23 +171,6 @@ fn resource(kind: &str) -> ApiResource {
         "DestinationRule" => Kind::DestinationRule.resource(),
         "VirtualService" => Kind::VirtualService.resource(),
         other => panic!("no resource for {other}"),
-    }
-}
-
-/// The name template every generated mesh writes its names with, filled in with its prefix.
-pub const PREFIX: &str = "{P}";
-
-/// `template` (any JSON) with [`PREFIX`] replaced by `prefix`, in keys and strings.
-pub fn render(template: &Value, prefix: &str) -> Value {
-    match template {
-        Value::String(s) => Value::String(s.replace(PREFIX, prefix)),
-        Value::Array(items) => Value::Array(items.iter().map(|v| render(v, prefix)).collect()),
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .map(|(k, v)| (k.replace(PREFIX, prefix), render(v, prefix)))
-                .collect(),
-        ),
-        other => other.clone(),
     }
 }
 
@@ -310,7 +265,7 @@ pub async fn shrink<M: Generated>(
             }
             let fresh: Vec<M> = chunk
                 .iter()
-                .map(|c| c.renamed(&fresh_prefix(c.seed())))
+                .map(|c| c.with_prefix(&fresh_prefix(c.seed())))
                 .collect();
             best.tried += fresh.len();
             let results = run(fresh.clone()).await;

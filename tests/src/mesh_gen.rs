@@ -24,8 +24,9 @@ pub(crate) mod yaml;
 
 use std::collections::BTreeMap;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::generated::Generated;
 use crate::istio_oracle::{Client, World};
 
 pub use policy::istio_rule_errors;
@@ -98,39 +99,6 @@ pub struct GeneratedMesh {
 }
 
 impl GeneratedMesh {
-    /// The same mesh under another prefix (a fresh set of namespaces and hosts).
-    pub fn with_prefix(&self, prefix: &str) -> GeneratedMesh {
-        GeneratedMesh {
-            prefix: prefix.to_owned(),
-            ..self.clone()
-        }
-    }
-
-    /// `template` with the prefix filled in.
-    pub fn render_str(&self, template: &str) -> String {
-        template.replace(PREFIX, &self.prefix)
-    }
-
-    /// `template` (any JSON) with the prefix filled in, in keys and strings.
-    pub fn render(&self, template: &Value) -> Value {
-        crate::generated::render(template, &self.prefix)
-    }
-
-    /// The root configuration namespace standing in for `istio-system` (template).
-    pub fn root_template() -> String {
-        format!("{PREFIX}-root")
-    }
-
-    /// Every namespace of the mesh.
-    pub fn namespace_names(&self) -> Vec<String> {
-        self.namespaces.iter().map(|n| self.render_str(n)).collect()
-    }
-
-    /// The mesh's root configuration namespace.
-    pub fn root_namespace(&self) -> String {
-        self.render_str(&Self::root_template())
-    }
-
     /// The alert's `namespace`.
     pub fn alert_ns(&self) -> String {
         self.render_str(&self.alert_namespace)
@@ -146,42 +114,15 @@ impl GeneratedMesh {
         self.render_str(&self.db_host)
     }
 
-    /// The objects to create on the API server, in order.
-    pub fn api_objects(&self) -> Vec<Value> {
-        self.objects.iter().map(|o| self.render(o)).collect()
-    }
-
-    /// The objects only the oracle sees.
-    pub fn world_objects(&self) -> Vec<Value> {
-        self.world.iter().map(|o| self.render(o)).collect()
-    }
-
     /// The client proxies, for the oracle.
     pub fn client_proxies(&self) -> Vec<Client> {
-        self.clients
-            .iter()
-            .map(|c| {
-                Client::labelled(
-                    &c.name,
-                    &self.render_str(&c.namespace),
-                    &c.region,
-                    json!(c.labels),
-                )
-            })
-            .collect()
+        self.sidecars(&self.clients)
     }
 
     /// The oracle's world: namespaces, one node per region, the oracle-only objects and
     /// `stored` (the objects as the API server stores them).
     pub fn world_with(&self, stored: &[Value]) -> World {
-        let namespaces = self.namespace_names();
-        let ns: Vec<&str> = namespaces.iter().map(String::as_str).collect();
-        let regions: Vec<&str> = self.regions.iter().map(String::as_str).collect();
-        let mut world = World::new(&ns, &regions);
-        for object in stored.iter().cloned().chain(self.world_objects()) {
-            world.add(object);
-        }
-        world
+        self.world_in(&self.regions, stored)
     }
 
     /// The DestinationRules (templates), with their index in [`GeneratedMesh::objects`].
@@ -194,17 +135,7 @@ impl GeneratedMesh {
 
     /// A measure of size for shrinking: JSON leaves of every object, plus each client.
     pub fn size(&self) -> usize {
-        fn leaves(v: &Value) -> usize {
-            match v {
-                Value::Object(m) => m.values().map(leaves).sum::<usize>() + 1,
-                Value::Array(a) => a.iter().map(leaves).sum::<usize>() + 1,
-                _ => 1,
-            }
-        }
-        self.objects.iter().map(leaves).sum::<usize>()
-            + self.world.iter().map(leaves).sum::<usize>()
-            + 4 * self.clients.len()
-            + self.regions.len()
+        self.object_leaves() + 4 * self.clients.len() + self.regions.len()
     }
 
     /// Every object as YAML (a `kubectl apply -f` stream), with a header naming the seed,
@@ -232,42 +163,13 @@ impl GeneratedMesh {
                 labels.join(",")
             ));
         }
-        let namespaces = self
-            .namespace_names()
-            .into_iter()
-            .map(|n| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}));
-        let docs: Vec<String> = namespaces
-            .chain(self.api_objects())
-            .chain(self.world_objects())
-            .map(|o| yaml::to_yaml(&o))
-            .collect();
-        out.push_str("---\n");
-        out.push_str(&docs.join("\n---\n"));
-        out.push('\n');
+        out.push_str(&self.yaml_documents());
         out
     }
 
     /// Why an object of this mesh is invalid (CRD schema or Istio's own rules), if one is.
     pub fn invalid(&self) -> Option<String> {
-        for object in self.api_objects() {
-            let kind = object["kind"].as_str().unwrap_or_default();
-            if kind == "Service" {
-                continue;
-            }
-            let version = object["apiVersion"]
-                .as_str()
-                .and_then(|v| v.rsplit('/').next())
-                .unwrap_or_default();
-            let name = &object["metadata"]["name"];
-            if let Err(errors) = crate::crd_schema::validate_istio(kind, version, &object) {
-                return Some(format!("{kind} {name}: schema: {errors:?}"));
-            }
-            let errors = istio_rule_errors(&object);
-            if !errors.is_empty() {
-                return Some(format!("{kind} {name}: {}", errors.join("; ")));
-            }
-        }
-        None
+        self.first_invalid(istio_rule_errors)
     }
 }
 

@@ -30,30 +30,22 @@ mod invariants;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use futures::stream::{self, StreamExt};
-use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
-use mesh_remediation::report::Outcome;
-use remediation_testkit::cluster::pipeline_with;
-use remediation_testkit::events;
-use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
-use remediation_testkit::generated::{
-    Harness, Reverted, ShrinkLimits, changed_objects, compile_all, delivered, key,
-};
+use remediation_testkit::generated::cycle::{Cycle, Function};
+use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::{Harness, ShrinkLimits};
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::{Value, json};
 
-use invariants::{Trial, check};
+use invariants::check;
 
 /// The first seed when `GENERATED_SEED` is not set.
 const DEFAULT_SEED: u64 = 20_261_125;
 /// Meshes when `GENERATED_MESHES` is not set.
 const DEFAULT_MESHES: u64 = 100;
-/// Meshes set up, invoked and reverted at once.
-const CONCURRENCY: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
@@ -82,95 +74,39 @@ async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
     .await;
 }
 
-/// Runs every mesh through the whole cycle and returns each one's violations. Meshes are
-/// set up, invoked and reverted `CONCURRENCY` at a time; each compile phase compiles all of
-/// them in a few oracle processes (`compile_many`).
+/// Runs every mesh through the whole cycle and returns each one's violations.
 async fn run_meshes(h: &Harness, meshes: Vec<GeneratedMesh>, verbose: bool) -> Vec<Vec<Violation>> {
-    let mut clock = Clock::new(verbose);
-    let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
-    let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
-        .map(|m| h.deploy(m))
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("created on the API server");
-    let before_objects = h.stored(&meshes).await;
-    let before = compile_all(&meshes, &before_objects).await;
-    clock.lap("read back and compiled (before)");
-    let mut live = vec![false; meshes.len()];
-    for (i, mesh) in meshes.iter().enumerate() {
-        match (&deployed[i], &before[i]) {
-            (Err(why), _) => found[i].push(Violation::new("invalid-mesh", why.clone())),
-            (_, Err(why)) => found[i].push(Violation::new("invalid-mesh", why.clone())),
-            (Ok(()), Ok(compiled)) => match unreachable_database(mesh, compiled) {
-                Some(why) => found[i].push(Violation::new("invalid-mesh", why)),
-                None => live[i] = true,
-            },
-        }
-    }
-    let outcomes: Vec<Option<Outcome>> = stream::iter(meshes.iter().zip(&live))
-        .map(|(mesh, live)| async move {
-            match live {
-                true => Some(invoke(h, mesh).await),
-                false => None,
-            }
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("db-circuit-break invoked");
+    let cycle = Cycle::run(h, &meshes, &Breaker, verbose).await;
     if verbose {
         let mut kinds: BTreeMap<&str, usize> = BTreeMap::new();
-        for outcome in outcomes.iter().flatten() {
+        for outcome in cycle.outcomes.iter().flatten() {
             *kinds.entry(outcome.outcome.as_str()).or_default() += 1;
         }
         println!("  outcomes: {kinds:?}");
     }
-    let after_objects = h.stored(&meshes).await;
-    let after = compile_all(&meshes, &after_objects).await;
-    clock.lap("read back and compiled (after)");
-    let changed: Vec<Vec<Value>> = before_objects
-        .iter()
-        .zip(&after_objects)
-        .map(|(b, a)| changed_objects(b, a))
-        .collect();
-    let reverts: Vec<Vec<(String, Outcome)>> = stream::iter(meshes.iter().zip(&changed))
-        .map(|(mesh, objects)| async move {
-            let mut out = Vec::new();
-            for object in objects {
-                out.push((key(object), revert(h, mesh, object).await));
-            }
-            out
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("reverted");
-    let reverted_objects = h.stored(&meshes).await;
-    let reverted = compile_all(&meshes, &reverted_objects).await;
-    clock.lap("read back and compiled (reverted)");
-    for (i, mesh) in meshes.iter().enumerate() {
-        let (Some(outcome), Ok(before)) = (&outcomes[i], &before[i]) else {
-            continue;
-        };
-        let trial = Trial {
-            mesh,
-            outcome,
-            before,
-            after: after[i].as_ref(),
-            changed: &changed[i],
-            undo: Reverted {
-                before,
-                reverted: reverted[i].as_ref(),
-                before_objects: &before_objects[i],
-                reverted_objects: &reverted_objects[i],
-                reverts: &reverts[i],
-            },
-        };
-        found[i].extend(check(&trial));
+    cycle.violations(&meshes, check)
+}
+
+/// db-circuit-break, with the settings each mesh's seed decides.
+struct Breaker;
+
+impl Function<GeneratedMesh> for Breaker {
+    const NAME: &'static str = "db-circuit-break";
+    type Remediation = DbCircuitBreak;
+
+    fn remediation(&self, mesh: &GeneratedMesh) -> DbCircuitBreak {
+        DbCircuitBreak::new(settings(mesh))
     }
-    h.remove(&meshes).await;
-    found
+
+    /// Its namespace, calling service and database host.
+    fn alert_labels(&self, mesh: &GeneratedMesh) -> Value {
+        json!({"namespace": mesh.alert_ns(), "db_host": mesh.db_host_value(),
+               "service": mesh.calling_service})
+    }
+
+    fn unusable(&self, mesh: &GeneratedMesh, before: &Compiled) -> Option<String> {
+        unreachable_database(mesh, before)
+    }
 }
 
 /// A client proxy that sees no cluster of the database: the mesh does not test anything.
@@ -182,44 +118,6 @@ fn unreachable_database(mesh: &GeneratedMesh, compiled: &Compiled) -> Option<Str
             .is_empty()
             .then(|| format!("client {} sees no cluster of {host}", c.name))
     })
-}
-
-/// The alert of a mesh: its namespace, calling service and database host.
-fn alert(mesh: &GeneratedMesh) -> Value {
-    let mut event = events::fresh("db-circuit-break-firing.json", &mesh.alert_ns());
-    let mut message = events::message(&event);
-    let labels = json!({"namespace": mesh.alert_ns(), "db_host": mesh.db_host_value(),
-                        "service": mesh.calling_service});
-    for (k, v) in labels.as_object().into_iter().flatten() {
-        message["commonLabels"][k] = v.clone();
-        for alert in message["alerts"].as_array_mut().expect("alerts") {
-            alert["labels"][k] = v.clone();
-        }
-    }
-    message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
-    events::set_message(&mut event, &message);
-    event
-}
-
-/// The function's settings for a mesh: its budgets in the alert's namespace, its root.
-fn vars(mesh: &GeneratedMesh) -> [(String, String); 2] {
-    [
-        ("BUDGET_NAMESPACE".into(), mesh.alert_ns()),
-        ("ISTIO_ROOT_NAMESPACE".into(), mesh.root_namespace()),
-    ]
-}
-
-/// Runs `event` through the pipeline with the function's own identity; its one outcome.
-async fn handle(h: &Harness, mesh: &GeneratedMesh, event: &Value, id: &str) -> Outcome {
-    let vars = vars(mesh);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let pipeline = pipeline_with(
-        h.home.function_client("db-circuit-break"),
-        DbCircuitBreak::new(settings(mesh)),
-        &vars,
-    );
-    let invocation = Invocation::new(id, None, None);
-    delivered(|| pipeline.handle(event, &invocation)).await
 }
 
 /// The breaker's settings for a mesh, decided by its seed: the defaults (max 100
@@ -247,24 +145,4 @@ fn setting_vars(mesh: &GeneratedMesh) -> BTreeMap<&'static str, String> {
         vars.insert("CB_CONSECUTIVE_ERRORS", errors.to_owned());
     }
     vars
-}
-
-async fn invoke(h: &Harness, mesh: &GeneratedMesh) -> Outcome {
-    handle(h, mesh, &alert(mesh), &format!("alert-{}", mesh.prefix)).await
-}
-
-/// Sends the revert request for one changed object, as a person would.
-async fn revert(h: &Harness, mesh: &GeneratedMesh, object: &Value) -> Outcome {
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let mut event = events::fresh("db-circuit-break-revert.json", namespace);
-    event["revert"]["namespace"] = json!(namespace);
-    event["revert"]["kind"] = object["kind"].clone();
-    event["revert"]["name"] = object["metadata"]["name"].clone();
-    handle(
-        h,
-        mesh,
-        &event,
-        &format!("revert-{}-{}", mesh.prefix, key(object)),
-    )
-    .await
 }

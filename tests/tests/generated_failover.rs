@@ -25,22 +25,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use futures::stream::{self, StreamExt};
-use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::RegionFailover;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
-use mesh_remediation::report::Outcome;
-use remediation_testkit::cluster::pipeline_with;
-use remediation_testkit::events;
 use remediation_testkit::gen_failover::run::Harness;
 use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
-use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
-use remediation_testkit::generated::{
-    Findings, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects, check_reverts,
-    compile_all, compiled_after, delivered, key, outcome_context,
-};
+use remediation_testkit::generated::cycle::{self, Cycle, Function};
+use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::{Findings, ShrinkLimits, outcome_context};
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
 
@@ -48,8 +41,6 @@ use serde_json::{Value, json};
 const DEFAULT_SEED: u64 = 20_261_201;
 /// Meshes when `GENERATED_MESHES` is not set.
 const DEFAULT_MESHES: u64 = 100;
-/// Meshes set up, invoked and reverted at once.
-const CONCURRENCY: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn region_failover_keeps_its_promises_on_generated_meshes() {
@@ -133,87 +124,35 @@ fn gist(mesh: &FailoverMesh, reason: &str) -> String {
         .join(" ")
 }
 
-/// Runs every mesh through the whole cycle and returns each one's violations. Meshes are set
-/// up, invoked and reverted `CONCURRENCY` at a time; each compile phase is one oracle run
-/// for all of them. With a `tally`, the phases' times and what was exercised are printed.
+/// Runs every mesh through the whole cycle and returns each one's violations. With a
+/// `tally`, the phases' times are printed and what was exercised is counted.
 async fn run_meshes(
     h: &Harness,
     meshes: Vec<FailoverMesh>,
-    mut tally: Option<&mut Tally>,
+    tally: Option<&mut Tally>,
 ) -> Vec<Vec<Violation>> {
-    let mut clock = Clock::new(tally.is_some());
-    let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
-    let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
-        .map(|m| h.deploy(m))
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("created on the API server");
-    let before_objects = h.stored(&meshes).await;
-    let before = compile_all(&meshes, &before_objects).await;
-    clock.lap("read back and compiled (before)");
-    let mut live = vec![false; meshes.len()];
-    for (i, mesh) in meshes.iter().enumerate() {
-        match (&deployed[i], &before[i]) {
-            (Err(why), _) | (_, Err(why)) => {
-                found[i].push(Violation::new("invalid-mesh", why.clone()));
-            }
-            (Ok(()), Ok(compiled)) => {
-                live[i] = true;
-                if let Some(t) = tally.as_deref_mut() {
-                    t.unreachable += usize::from(unreachable_service(mesh, compiled).is_some());
-                }
-            }
-        }
+    let cycle = Cycle::run(h, &meshes, &Failover(h), tally.is_some()).await;
+    if let Some(tally) = tally {
+        tally.add(&meshes, &cycle);
     }
-    let outcomes: Vec<Option<Outcome>> = stream::iter(meshes.iter().zip(&live))
-        .map(|(mesh, live)| async move {
-            match live {
-                true => Some(invoke(h, mesh).await),
-                false => None,
-            }
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("region-failover invoked");
-    let after_objects = h.stored(&meshes).await;
-    let after = compile_where_changed(&meshes, &after_objects, &before_objects, &before).await;
-    clock.lap("read back and compiled (after)");
-    let changed: Vec<Vec<Value>> = before_objects
-        .iter()
-        .zip(&after_objects)
-        .map(|(b, a)| changed_objects(b, a))
-        .collect();
-    let reverts: Vec<Vec<(String, Outcome)>> = stream::iter(meshes.iter().zip(&changed))
-        .map(|(mesh, objects)| async move {
-            let mut out = Vec::new();
-            for object in objects {
-                out.push((key(object), revert(h, mesh, object).await));
-            }
-            out
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("reverted");
-    let reverted_objects = h.stored(&meshes).await;
-    let reverted =
-        compile_where_changed(&meshes, &reverted_objects, &before_objects, &before).await;
-    clock.lap("read back and compiled (reverted)");
-    for (i, mesh) in meshes.iter().enumerate() {
-        let (Some(outcome), Ok(before)) = (&outcomes[i], &before[i]) else {
-            if let Some(t) = tally.as_deref_mut() {
-                t.invalid += 1;
-            }
-            continue;
-        };
-        if let Some(t) = tally.as_deref_mut() {
-            *t.outcomes
-                .entry(outcome.outcome.as_str().to_owned())
+    cycle.violations(&meshes, check)
+}
+
+impl Tally {
+    fn add(&mut self, meshes: &[FailoverMesh], cycle: &Cycle) {
+        for (i, mesh) in meshes.iter().enumerate() {
+            let Some(t) = cycle.trial(i, mesh) else {
+                self.invalid += 1;
+                continue;
+            };
+            self.unreachable += usize::from(unreachable_service(mesh, t.before).is_some());
+            *self
+                .outcomes
+                .entry(t.outcome.outcome.as_str().to_owned())
                 .or_default() += 1;
-            for object in &changed[i] {
-                *t.changed
+            for object in t.changed {
+                *self
+                    .changed
                     .entry(if object["kind"] == "VirtualService" {
                         "VirtualService"
                     } else {
@@ -221,60 +160,42 @@ async fn run_meshes(
                     })
                     .or_default() += 1;
             }
-            if let Some(reason) = &outcome.reason {
-                *t.reasons.entry(gist(mesh, reason)).or_default() += 1;
+            if let Some(reason) = &t.outcome.reason {
+                *self.reasons.entry(gist(mesh, reason)).or_default() += 1;
             }
             let reached = mesh
                 .client_proxies()
                 .iter()
-                .any(|c| regions(mesh, before, c).contains(&mesh.degraded));
-            t.reached_degraded_before += usize::from(reached);
-            t.gateways += usize::from(mesh.gateway.is_some());
+                .any(|c| regions(mesh, t.before, c).contains(&mesh.degraded));
+            self.reached_degraded_before += usize::from(reached);
+            self.gateways += usize::from(mesh.gateway.is_some());
         }
-        let trial = Trial {
-            mesh,
-            outcome,
-            before,
-            after: after[i].as_ref(),
-            changed: &changed[i],
-            undo: Reverted {
-                before,
-                reverted: reverted[i].as_ref(),
-                before_objects: &before_objects[i],
-                reverted_objects: &reverted_objects[i],
-                reverts: &reverts[i],
-            },
-        };
-        found[i].extend(check(&trial));
     }
-    h.remove(&meshes).await;
-    found
 }
 
-/// Compiles the meshes whose stored objects are not exactly (every field, the
-/// `resourceVersion` included) the `earlier` ones; the others get the earlier compilation,
-/// which the oracle, a pure function of its input, would give again.
-async fn compile_where_changed(
-    meshes: &[FailoverMesh],
-    stored: &[Vec<Value>],
-    earlier_objects: &[Vec<Value>],
-    earlier: &[Result<Compiled, String>],
-) -> Vec<Result<Compiled, String>> {
-    let todo: Vec<usize> = (0..meshes.len())
-        .filter(|i| stored[*i] != earlier_objects[*i])
-        .collect();
-    let picked: Vec<FailoverMesh> = todo.iter().map(|i| meshes[*i].clone()).collect();
-    let objects: Vec<Vec<Value>> = todo.iter().map(|i| stored[*i].clone()).collect();
-    let mut fresh = compile_all(&picked, &objects).await.into_iter();
-    (0..meshes.len())
-        .map(|i| {
-            if todo.contains(&i) {
-                fresh.next().expect("one compilation per mesh")
-            } else {
-                earlier[i].clone()
-            }
+/// region-failover, told the regions' health as each mesh says.
+struct Failover<'a>(&'a Harness);
+
+impl Function<FailoverMesh> for Failover<'_> {
+    const NAME: &'static str = "region-failover";
+    const REUSES_UNCHANGED_COMPILES: bool = true;
+    type Remediation = RegionFailover;
+
+    /// With the mesh's `REGION_HEALTH_URLS`, if it has them.
+    fn remediation(&self, mesh: &FailoverMesh) -> RegionFailover {
+        let urls = self.0.health_urls(mesh);
+        let settings = FailoverSettings::from_lookup(|name| match name {
+            "REGION_HEALTH_URLS" => urls.clone(),
+            _ => None,
         })
-        .collect()
+        .expect("failover settings");
+        RegionFailover::new(settings)
+    }
+
+    /// Its namespace, `frontend` and the degraded region.
+    fn alert_labels(&self, mesh: &FailoverMesh) -> Value {
+        json!({"namespace": mesh.alert_ns(), "service": SERVICE, "region": mesh.degraded})
+    }
 }
 
 /// A sidecar that reaches no endpoint of `frontend` at all (a route to a subset no rule it
@@ -348,88 +269,15 @@ fn route_keys<'a>(routes: &[&'a Route]) -> Vec<(String, &'a Route)> {
         .collect()
 }
 
-/// The alert of a mesh: its namespace, `frontend` and the degraded region.
-fn alert(mesh: &FailoverMesh) -> Value {
-    let mut event = events::fresh("region-failover-firing.json", &mesh.alert_ns());
-    let mut message = events::message(&event);
-    let labels = json!({"namespace": mesh.alert_ns(), "service": SERVICE,
-                        "region": mesh.degraded});
-    for (k, v) in labels.as_object().into_iter().flatten() {
-        message["commonLabels"][k] = v.clone();
-        for alert in message["alerts"].as_array_mut().expect("alerts") {
-            alert["labels"][k] = v.clone();
-        }
-    }
-    message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
-    events::set_message(&mut event, &message);
-    event
-}
-
-/// Runs `event` through the pipeline with the function's own identity, its budgets in the
-/// alert's namespace, the mesh's root namespace and health URLs; its one outcome.
-async fn handle(h: &Harness, mesh: &FailoverMesh, event: &Value, id: &str) -> Outcome {
-    let urls = h.health_urls(mesh);
-    let settings = FailoverSettings::from_lookup(|name| match name {
-        "REGION_HEALTH_URLS" => urls.clone(),
-        _ => None,
-    })
-    .expect("failover settings");
-    let (budget, root) = (mesh.alert_ns(), mesh.root_namespace());
-    let vars = [
-        ("BUDGET_NAMESPACE", budget.as_str()),
-        ("ISTIO_ROOT_NAMESPACE", root.as_str()),
-    ];
-    let pipeline = pipeline_with(
-        h.home.function_client("region-failover"),
-        RegionFailover::new(settings),
-        &vars,
-    );
-    let invocation = Invocation::new(id, None, None);
-    delivered(|| pipeline.handle(event, &invocation)).await
-}
-
-async fn invoke(h: &Harness, mesh: &FailoverMesh) -> Outcome {
-    handle(h, mesh, &alert(mesh), &format!("alert-{}", mesh.prefix)).await
-}
-
-/// Sends the revert request for one changed object, as a person would.
-async fn revert(h: &Harness, mesh: &FailoverMesh, object: &Value) -> Outcome {
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let mut event = events::fresh("region-failover-revert.json", namespace);
-    event["revert"]["namespace"] = json!(namespace);
-    event["revert"]["kind"] = object["kind"].clone();
-    event["revert"]["name"] = object["metadata"]["name"].clone();
-    handle(
-        h,
-        mesh,
-        &event,
-        &format!("revert-{}-{}", mesh.prefix, key(object)),
-    )
-    .await
-}
-
 /// Everything known about one mesh's run.
-struct Trial<'a> {
-    mesh: &'a FailoverMesh,
-    outcome: &'a Outcome,
-    before: &'a Compiled,
-    after: Result<&'a Compiled, &'a String>,
-    changed: &'a [Value],
-    /// Its reverts and what they gave back.
-    undo: Reverted<'a>,
-}
+type Trial<'a> = cycle::Trial<'a, FailoverMesh>;
 
 fn check(t: &Trial) -> Vec<Violation> {
-    let mut f = Findings::default();
-    let context = outcome_context(t.outcome);
-    let Some(after) = compiled_after(t.after, &mut f) else {
-        return f.into_violations(&context);
-    };
-    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
-        drained(t, after, &mut f);
-    }
-    check_reverts(&t.undo, &mut f);
-    f.into_violations(&context)
+    t.violations(&outcome_context(t.outcome), |after, applied, f| {
+        if applied {
+            drained(t, after, f);
+        }
+    })
 }
 
 /// Applied: for every client proxy, the degraded region gets none of its calls, no route

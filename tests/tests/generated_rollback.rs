@@ -21,18 +21,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
-use futures::stream::{self, StreamExt};
-use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::ErrorRollback;
 use mesh_remediation::report::Outcome;
-use remediation_testkit::cluster::pipeline_with;
-use remediation_testkit::events;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
-use remediation_testkit::generated::suite::{self, Clock, GROUP, Seeds, fail_on_violations, fnv};
-use remediation_testkit::generated::{
-    Findings, Harness, Reverted, ShrinkLimits, applied_or_refused_cleanly, changed_objects,
-    check_reverts, compile_all, compiled_after, delivered, key, outcome_context,
-};
+use remediation_testkit::generated::cycle::{self, Cycle, Function};
+use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::{Findings, Harness, ShrinkLimits, key, outcome_context};
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
 use serde_json::{Value, json};
@@ -41,8 +35,6 @@ use serde_json::{Value, json};
 const DEFAULT_SEED: u64 = 20_261_204;
 /// Meshes when `GENERATED_MESHES` is not set.
 const DEFAULT_MESHES: u64 = 100;
-/// Meshes set up, invoked and reverted at once.
-const CONCURRENCY: usize = 8;
 /// Shrinking one class of violation runs at most this many candidates, for about this long.
 const SHRINK: ShrinkLimits = ShrinkLimits {
     max_candidates: 160,
@@ -109,179 +101,51 @@ async fn run_meshes(
     meshes: Vec<RollbackMesh>,
     verbose: bool,
 ) -> (Vec<Vec<Violation>>, Vec<Option<Outcome>>) {
-    let mut clock = Clock::new(verbose);
-    let mut found: Vec<Vec<Violation>> = vec![Vec::new(); meshes.len()];
-    let deployed: Vec<Result<(), String>> = stream::iter(&meshes)
-        .map(|m| h.deploy(m))
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("created on the API server");
-    let before_objects = h.stored(&meshes).await;
-    let before = compile_all(&meshes, &before_objects).await;
-    clock.lap("read back and compiled (before)");
-    let mut live = vec![false; meshes.len()];
-    for (i, mesh) in meshes.iter().enumerate() {
-        match (&deployed[i], &before[i]) {
-            (Err(why), _) | (_, Err(why)) => {
-                found[i].push(Violation::new("invalid-mesh", why.clone()));
-            }
-            (Ok(()), Ok(compiled)) => match dead_routes(mesh, compiled).first() {
-                Some(why) => found[i].push(Violation::new(
-                    "invalid-mesh",
-                    format!("before the function: {why}"),
-                )),
-                None => live[i] = true,
-            },
-        }
+    let cycle = Cycle::run(h, &meshes, &Rollback, verbose).await;
+    (cycle.violations(&meshes, check), cycle.outcomes)
+}
+
+/// error-rollback, on the failing version of `checkout`.
+struct Rollback;
+
+impl Function<RollbackMesh> for Rollback {
+    const NAME: &'static str = "error-rollback";
+    type Remediation = ErrorRollback;
+
+    fn remediation(&self, _mesh: &RollbackMesh) -> ErrorRollback {
+        ErrorRollback
     }
-    let outcomes: Vec<Option<Outcome>> = stream::iter(meshes.iter().zip(&live))
-        .map(|(mesh, live)| async move {
-            match live {
-                true => Some(invoke(h, mesh).await),
-                false => None,
-            }
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("error-rollback invoked");
-    let after_objects = h.stored(&meshes).await;
-    let after = compile_all(&meshes, &after_objects).await;
-    clock.lap("read back and compiled (after)");
-    let changed: Vec<Vec<Value>> = before_objects
-        .iter()
-        .zip(&after_objects)
-        .map(|(b, a)| changed_objects(b, a))
-        .collect();
-    let reverts: Vec<Vec<(String, Outcome)>> = stream::iter(meshes.iter().zip(&changed))
-        .map(|(mesh, objects)| async move {
-            let mut out = Vec::new();
-            for object in objects {
-                out.push((key(object), revert(h, mesh, object).await));
-            }
-            out
-        })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    clock.lap("reverted");
-    let reverted_objects = h.stored(&meshes).await;
-    let reverted = compile_all(&meshes, &reverted_objects).await;
-    clock.lap("read back and compiled (reverted)");
-    for (i, mesh) in meshes.iter().enumerate() {
-        let (Some(outcome), Ok(before)) = (&outcomes[i], &before[i]) else {
-            continue;
-        };
-        let trial = Trial {
-            mesh,
-            outcome,
-            before,
-            after: after[i].as_ref(),
-            after_objects: &after_objects[i],
-            changed: &changed[i],
-            undo: Reverted {
-                before,
-                reverted: reverted[i].as_ref(),
-                before_objects: &before_objects[i],
-                reverted_objects: &reverted_objects[i],
-                reverts: &reverts[i],
-            },
-        };
-        found[i].extend(check(&trial));
+
+    /// Its namespace, `service` and the failing `version`.
+    fn alert_labels(&self, mesh: &RollbackMesh) -> Value {
+        json!({"namespace": mesh.alert_ns(), "service": mesh.service_value(),
+               "version": FAILING})
     }
-    h.remove(&meshes).await;
-    (found, outcomes)
-}
 
-/// The alert of a mesh: its namespace, `service` and the failing `version`.
-fn alert(mesh: &RollbackMesh) -> Value {
-    let mut event = events::fresh("error-rollback-firing.json", &mesh.alert_ns());
-    let mut message = events::message(&event);
-    let labels = json!({"namespace": mesh.alert_ns(), "service": mesh.service_value(),
-                        "version": FAILING});
-    for (k, v) in labels.as_object().into_iter().flatten() {
-        message["commonLabels"][k] = v.clone();
-        for alert in message["alerts"].as_array_mut().expect("alerts") {
-            alert["labels"][k] = v.clone();
-        }
+    /// A route that reaches no endpoint before the function acts.
+    fn unusable(&self, mesh: &RollbackMesh, before: &Compiled) -> Option<String> {
+        let why = dead_routes(mesh, before).into_iter().next()?;
+        Some(format!("before the function: {why}"))
     }
-    message["alerts"][0]["fingerprint"] = json!(format!("{:016x}", fnv(&mesh.prefix)));
-    events::set_message(&mut event, &message);
-    event
-}
-
-/// The function's settings for a mesh: its budgets in the alert's namespace, its root.
-fn vars(mesh: &RollbackMesh) -> [(String, String); 2] {
-    [
-        ("BUDGET_NAMESPACE".into(), mesh.alert_ns()),
-        ("ISTIO_ROOT_NAMESPACE".into(), mesh.root_namespace()),
-    ]
-}
-
-/// Runs `event` through the pipeline with the function's own identity; its one outcome.
-async fn handle(h: &Harness, mesh: &RollbackMesh, event: &Value, id: &str) -> Outcome {
-    let vars = vars(mesh);
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let pipeline = pipeline_with(
-        h.home.function_client("error-rollback"),
-        ErrorRollback,
-        &vars,
-    );
-    let invocation = Invocation::new(id, None, None);
-    delivered(|| pipeline.handle(event, &invocation)).await
-}
-
-async fn invoke(h: &Harness, mesh: &RollbackMesh) -> Outcome {
-    handle(h, mesh, &alert(mesh), &format!("alert-{}", mesh.prefix)).await
-}
-
-/// Sends the revert request for one changed object, as a person would.
-async fn revert(h: &Harness, mesh: &RollbackMesh, object: &Value) -> Outcome {
-    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
-    let mut event = events::fresh("error-rollback-revert.json", namespace);
-    event["revert"]["namespace"] = json!(namespace);
-    event["revert"]["kind"] = object["kind"].clone();
-    event["revert"]["name"] = object["metadata"]["name"].clone();
-    handle(
-        h,
-        mesh,
-        &event,
-        &format!("revert-{}-{}", mesh.prefix, key(object)),
-    )
-    .await
 }
 
 /// Everything known about one mesh's run.
-struct Trial<'a> {
-    mesh: &'a RollbackMesh,
-    outcome: &'a Outcome,
-    before: &'a Compiled,
-    after: Result<&'a Compiled, &'a String>,
-    after_objects: &'a [Value],
-    changed: &'a [Value],
-    /// Its reverts and what they gave back.
-    undo: Reverted<'a>,
-}
+type Trial<'a> = cycle::Trial<'a, RollbackMesh>;
 
 fn check(t: &Trial) -> Vec<Violation> {
-    let mut f = Findings::default();
-    let context = outcome_context(t.outcome);
-    let Some(after) = compiled_after(t.after, &mut f) else {
-        return f.into_violations(&context);
-    };
-    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
+    t.violations(&outcome_context(t.outcome), |after, applied, f| {
+        if !applied {
+            return;
+        }
         if t.changed.is_empty() {
             f.add("applied-but-unchanged", "no stored object changed".into());
         }
-        failing_unreached(t, after, &mut f);
-        mirrors_unreached(t, after, &mut f);
+        failing_unreached(t, after, f);
+        mirrors_unreached(t, after, f);
         for why in dead_routes(t.mesh, after) {
             f.add("route-without-endpoints", why);
         }
-    }
-    check_reverts(&t.undo, &mut f);
-    f.into_violations(&context)
+    })
 }
 
 /// `checkout`'s clusters (`outbound|8080|<subset>|<fqdn>`) a route sends to (weight > 0).

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::{ClientSpec, FailoverMesh, HealthMode, PORT, PREFIX, REGION_LABEL, SERVICE};
+use crate::generated::root_template;
 use crate::istio_oracle::REGIONS;
 use crate::mesh_gen::OPT_IN;
 use crate::mesh_gen::rng::Rng;
@@ -65,7 +66,7 @@ impl FailoverMesh {
         if !namespaces.contains(&alert) {
             namespaces.push(alert.clone());
         }
-        namespaces.push(FailoverMesh::root_template());
+        namespaces.push(root_template());
         let health = match rng.below(5) {
             0 | 1 => HealthMode::Unconfigured,
             2 | 3 => HealthMode::AllHealthy,
@@ -132,7 +133,7 @@ impl FailoverMesh {
                 .iter()
                 .filter(|n| **n != alert)
                 .cloned()
-                .chain([alert.clone(), FailoverMesh::root_template()])
+                .chain([alert.clone(), root_template()])
                 .collect();
             let namespace = g.rng.pick(&others).clone();
             objects.push(g.extra_rule(&namespace));
@@ -155,7 +156,7 @@ impl FailoverMesh {
         if gateway.is_some() {
             world.push(
                 json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
-                "metadata": {"name": "public", "namespace": FailoverMesh::root_template()},
+                "metadata": {"name": "public", "namespace": root_template()},
                 "spec": {"selector": {"istio": "ingressgateway"}, "servers": [
                     {"port": {"number": 80, "name": "http", "protocol": "HTTP"},
                      "hosts": [FailoverMesh::authority_template()]}]}}),
@@ -522,7 +523,7 @@ impl Gen {
         http.push(default);
         let binding = self.rng.below(20);
         let mut spec = json!({"hosts": [SERVICE], "http": http});
-        let gateway = format!("{}/public", FailoverMesh::root_template());
+        let gateway = format!("{}/public", root_template());
         let authority = FailoverMesh::authority_template();
         let gateway_bound = match binding {
             0..=3 => {

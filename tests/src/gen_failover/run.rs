@@ -48,41 +48,7 @@ impl Harness {
 impl Generated for FailoverMesh {
     const STORED: &'static [&'static str] = &["DestinationRule", "VirtualService"];
 
-    fn seed(&self) -> u64 {
-        self.seed
-    }
-
-    fn renamed(&self, prefix: &str) -> Self {
-        self.with_prefix(prefix)
-    }
-
-    fn smaller(&self) -> Vec<Self> {
-        self.shrink()
-    }
-
-    fn weight(&self) -> usize {
-        self.size()
-    }
-
-    fn namespaces(&self) -> Vec<String> {
-        self.namespace_names()
-    }
-
-    fn alert_namespace(&self) -> String {
-        self.alert_ns()
-    }
-
-    fn objects(&self) -> Vec<Value> {
-        self.api_objects()
-    }
-
-    fn prefix(&self) -> String {
-        self.prefix.clone()
-    }
-
-    fn to_yaml(&self) -> String {
-        Self::to_yaml(self)
-    }
+    crate::templated_mesh!();
 
     fn also_stored(&self) -> Vec<Value> {
         self.world_objects()

@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use super::{FailoverMesh, HealthMode, SERVICE};
 use crate::generated::prune::{normalize, removable, remove};
+use crate::generated::root_template;
 
 impl FailoverMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
@@ -90,7 +91,7 @@ impl FailoverMesh {
 
     /// A client namespace other than the alert's and the root, with everything in it.
     fn drop_namespaces(&self, out: &mut Vec<FailoverMesh>) {
-        let keep = [Self::alert_template(), Self::root_template()];
+        let keep = [Self::alert_template(), root_template()];
         for namespace in &self.namespaces {
             if keep.contains(namespace) {
                 continue;

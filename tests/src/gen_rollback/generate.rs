@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{FAILING, GatewaySpec, OPT_IN, PORT, PREFIX, RollbackMesh, SERVICE};
+use crate::generated::root_template;
 use crate::istio_oracle::REGIONS;
 use crate::mesh_gen::ClientSpec;
 use crate::mesh_gen::rng::Rng;
@@ -160,7 +161,7 @@ impl RollbackMesh {
             next_ip: 0,
         };
         let alert = format!("{PREFIX}-shop");
-        let root = RollbackMesh::root_template();
+        let root = root_template();
         let count = g.rng.range(1, 2);
         let client_namespaces: Vec<String> = g
             .rng

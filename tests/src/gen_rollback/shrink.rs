@@ -9,12 +9,13 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 
 use super::RollbackMesh;
+use crate::generated::root_template;
 
 impl RollbackMesh {
     /// Smaller meshes derived from this one, schema-valid, distinct, smallest first.
     pub fn shrink(&self) -> Vec<RollbackMesh> {
         let mut out = Vec::new();
-        let root = RollbackMesh::root_template();
+        let root = root_template();
         for ns in &self.namespaces {
             if *ns == self.alert_namespace || *ns == root {
                 continue;

@@ -57,7 +57,7 @@ impl Seeds {
     /// One mesh per seed, each under a prefix no other mesh of the control plane has.
     pub fn meshes<M: Generated>(&self, generate: impl Fn(u64) -> M) -> Vec<M> {
         (self.base..self.base + self.count)
-            .map(|seed| generate(seed).renamed(&fresh_prefix(seed)))
+            .map(|seed| generate(seed).with_prefix(&fresh_prefix(seed)))
             .collect()
     }
 }
@@ -139,14 +139,14 @@ pub async fn fail_on_violations<M: Generated>(
             seeds.len(),
             seeds.join(", "),
             mesh.seed(),
-            violation.detail.replace(&mesh.prefix(), "mesh"),
+            violation.detail.replace(mesh.prefix(), "mesh"),
             shrunk.steps,
             shrunk.tried,
             shrunk
                 .violation
                 .detail
-                .replace(&shrunk.mesh.prefix(), "mesh"),
-            shrunk.mesh.renamed("mesh").to_yaml()
+                .replace(shrunk.mesh.prefix(), "mesh"),
+            shrunk.mesh.with_prefix("mesh").to_yaml()
         ));
     }
     if let Some(path) = std::env::var_os("GENERATED_REPORT") {

@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 use super::policy::Level;
 use super::rng::Rng;
 use super::{ClientSpec, DB_PORT, Database, GeneratedMesh, METRICS_PORT, OPT_IN, PREFIX};
+use crate::generated::root_template;
 use crate::istio_oracle::REGIONS;
 
 /// Client namespaces (suffixes), apps with their tiers, database names, rule names.
@@ -89,7 +90,7 @@ impl GeneratedMesh {
         if !namespaces.contains(&db_namespace) {
             namespaces.push(db_namespace.clone());
         }
-        namespaces.push(GeneratedMesh::root_template());
+        namespaces.push(root_template());
 
         let mut world = Vec::new();
         let mut with_clients = client_namespaces.clone();
@@ -259,7 +260,7 @@ impl Gen {
     /// order: usually one in the alert's namespace first, then others there, in the
     /// database's namespace, in other client namespaces and in the root namespace.
     fn rules(&mut self, mesh: &mut GeneratedMesh, db_name: &str) {
-        let root = GeneratedMesh::root_template();
+        let root = root_template();
         let others: Vec<String> = mesh
             .namespaces
             .iter()

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{ClientSpec, Database, GeneratedMesh};
 use crate::generated::prune::{normalize, removable, remove};
+use crate::generated::root_template;
 
 impl GeneratedMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
@@ -45,7 +46,7 @@ impl GeneratedMesh {
     /// A client namespace that is neither the alert's nor the database's, with everything
     /// in it.
     fn drop_namespaces(&self, out: &mut Vec<GeneratedMesh>) {
-        let root = GeneratedMesh::root_template();
+        let root = root_template();
         for namespace in &self.namespaces {
             if *namespace == self.alert_namespace
                 || *namespace == self.db_namespace

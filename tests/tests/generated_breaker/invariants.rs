@@ -2,11 +2,8 @@
 //! compiled before the change, after it and after reverting it, and on the objects the API
 //! server stores.
 
-use mesh_remediation::report::{Outcome, OutcomeKind};
-use remediation_testkit::generated::{
-    Findings, Reverted, applied_or_refused_cleanly, check_reverts, compiled_after,
-    first_difference, outcome_context,
-};
+use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::generated::{Findings, cycle, first_difference, outcome_context};
 use remediation_testkit::istio_oracle::{Cluster, Compiled};
 use remediation_testkit::mesh_gen::{DB_PORT, GeneratedMesh, Violation};
 use serde_json::Value;
@@ -19,34 +16,22 @@ const ENVOY_CONNECT_TIMEOUT_S: f64 = 5.0;
 const ENVOY_CONSECUTIVE_5XX: u64 = 5;
 
 /// Everything known about one mesh's run.
-pub(super) struct Trial<'a> {
-    pub(super) mesh: &'a GeneratedMesh,
-    pub(super) outcome: &'a Outcome,
-    pub(super) before: &'a Compiled,
-    pub(super) after: Result<&'a Compiled, &'a String>,
-    pub(super) changed: &'a [Value],
-    /// Its reverts and what they gave back.
-    pub(super) undo: Reverted<'a>,
-}
+pub(super) type Trial<'a> = cycle::Trial<'a, GeneratedMesh>;
 
 pub(super) fn check(t: &Trial) -> Vec<Violation> {
-    let mut f = Findings::default();
     let change = t.outcome.change.clone().unwrap_or_default();
     let context = format!(
         "settings {:?}, {}",
         setting_vars(t.mesh),
         outcome_context(t.outcome)
     );
-    let Some(after) = compiled_after(t.after, &mut f) else {
-        return f.into_violations(&context);
-    };
-    if applied_or_refused_cleanly(t.outcome, t.before, after, t.changed, &mut f) {
-        breaker(t, after, &mut f);
-    }
-    beyond_breaker(t, after, &mut f);
-    localities(t, after, &change, &mut f);
-    check_reverts(&t.undo, &mut f);
-    f.into_violations(&context)
+    t.violations(&context, |after, applied, f| {
+        if applied {
+            breaker(t, after, f);
+        }
+        beyond_breaker(t, after, f);
+        localities(t, after, &change, f);
+    })
 }
 
 /// Applied: every cluster of the database host on its port, for every client, carries the
