@@ -8,6 +8,14 @@
 //! by a local AWS endpoint pointing at the real API server's fault proxy, the bearer token
 //! presigned from the session credentials (the proxy accepts it for the function's user, as
 //! EKS's authenticator maps an IAM role to its Kubernetes group).
+//!
+//! In AWS the sink credentials come from Secrets Manager (`stored`); the published report
+//! carries its chat form beside the JSON (`chat`).
+
+#[path = "secrets/chat.rs"]
+mod chat;
+#[path = "secrets/stored.rs"]
+mod stored;
 
 use std::sync::{Arc, Mutex};
 
@@ -281,6 +289,9 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
         !published.is_empty(),
         "a report was published: {received:#?}"
     );
+    for request in &published {
+        chat::assert_chat_variant(&request.body);
+    }
     // The session token is sent where it must be (the signed request), and only there.
     assert!(
         published.iter().any(|r| r.head.contains(SESSION_TOKEN)),
