@@ -295,6 +295,8 @@ class Flow:
 
     dry_run: bool
     functions: list[str]
+    # Set on top of the template's environment for every function (e.g. budgets off).
+    env: dict[str, str] = field(default_factory=dict)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="e2e-")))
     invocations: list[Invocation] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -346,6 +348,7 @@ class Flow:
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "REGION_HEALTH_URLS": ",".join(f"{r}={self.metrics.health_url(r)}" for r in ["us-west-2", "eu-west-1"]),
             })
+            env.update(self.env)
             fn = LambdaFunction(function, env, w)
             self.stack.callback(fn.close)
             self.lambdas[function] = fn

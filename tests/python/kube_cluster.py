@@ -88,6 +88,22 @@ class RealCluster:
         with urllib.request.urlopen(request, timeout=10, context=self.tls) as r:
             return json.load(r)
 
+    def create(self, path: str, obj: dict) -> dict:
+        """POSTs `obj` to the list at `path` as the cluster's admin."""
+        request = urllib.request.Request(self.info["server"] + path, data=json.dumps(obj).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10, context=self.tls) as r:
+            return json.load(r)
+
+    def watch(self, path: str, timeout: float):
+        """The watch events of the list at `path`, as they arrive, for `timeout` seconds."""
+        request = urllib.request.Request(f"{self.info['server']}{path}?watch=1&timeoutSeconds={int(timeout)}",
+                                         headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=timeout + 10, context=self.tls) as r:
+            for line in r:
+                yield json.loads(line)
+
     def list(self, kind: str, namespace: str = DEMO_NAMESPACE) -> list[dict]:
         items = self.get(LISTS[kind].format(ns=namespace))["items"]
         for item in items:

@@ -83,6 +83,7 @@ struct Sent {
     record: String,
     outcome: Outcome,
     event: EventNote,
+    verify: Option<crate::verify::VerifyRequest>,
 }
 
 /// How a write's answer was lost for good.
@@ -234,11 +235,14 @@ impl<R: Remediation> WriteLoop<'_, R> {
                 resolved: true,
             } => pipeline.resolved_step(at, input, &object),
             Request::Revert(request) => pipeline.revert_step(at, request, &object),
+            Request::Verify(verify) => pipeline.verify_step(at, verify, &object).await,
         };
         let write = match step {
             Step::Done(outcome) => return End::settled(outcome),
             Step::Write(write) => write,
         };
+        // Not kept while the target waits for its budget slot with the invocation's others.
+        drop(object);
         let spent = pipeline
             .spend(self.client, at, self.shared, &write, &mut self.spending)
             .await;
@@ -319,6 +323,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
                     pipeline
                         .record_event(self.client, at, &updated, &write.event)
                         .await;
+                    self.shared.schedule(at.work.order, write.verify);
                 }
                 State::Done(End {
                     outcome: write.outcome,
@@ -407,6 +412,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
         self.pipeline
             .record_event(self.client, self.at, object, &sent.event)
             .await;
+        self.shared.schedule(self.at.work.order, sent.verify);
         Some(sent.outcome)
     }
 
@@ -421,6 +427,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             record,
             outcome: write.outcome,
             event: write.event,
+            verify: write.verify,
         })
     }
 

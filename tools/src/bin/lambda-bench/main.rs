@@ -67,6 +67,14 @@ const MESSAGE_MAX_BYTES: usize = 250_000;
 /// What the safety rules need per acting target: GET (state and record), PATCH (change +
 /// record, resourceVersion precondition), POST (the Kubernetes Event).
 const REQUESTS_PER_TARGET: usize = 3;
+/// The brakes, once per invocation: the cluster's pause ConfigMap and the namespace, read
+/// together (one round trip on the path) while the other targets wait for them.
+const BRAKE_REQUESTS: usize = 2;
+/// The budget slots, once per invocation: a read and a guarded write of the budget
+/// ConfigMap, once every target has decided (two round trips on the path).
+const BUDGET_REQUESTS: usize = 2;
+/// Budgets the storms cannot spend: the slots are taken as in production, none refused.
+const STORM_BUDGET: &str = "100000";
 /// Default of `MAX_TARGETS_PER_INVOCATION`.
 const DEFAULT_MAX_TARGETS: usize = 10;
 const INVOKE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -398,11 +406,18 @@ impl Bench<'_> {
         let cap = max_targets.unwrap_or(DEFAULT_MAX_TARGETS);
         let acting = cap.min(STORM_TARGETS);
         let concurrency = self.options.concurrency;
-        // Every target needs its GET (its state decides: cooldown, opt-in, escalation); only
-        // the ones within the cap go on to PATCH and POST. Chains of at most 3 requests on
-        // `concurrency` slots: the total request time spread evenly, at least one chain.
-        let request_count = acting * REQUESTS_PER_TARGET + (STORM_TARGETS - acting);
-        let floor_units = request_count.div_ceil(concurrency).max(REQUESTS_PER_TARGET);
+        // Every target needs its GET (its state decides: cooldown, opt-in, escalation); the
+        // first one's decision waits for the brakes (one round trip); only the targets within
+        // the cap take budget slots, together once every target has decided (two round trips),
+        // then PATCH and POST. Each phase spreads its requests over `concurrency` slots.
+        let reads = STORM_TARGETS.div_ceil(concurrency);
+        let writes = (acting * (REQUESTS_PER_TARGET - 1)).div_ceil(concurrency);
+        let brakes_round_trip = 1;
+        let floor_units = reads + brakes_round_trip + BUDGET_REQUESTS + writes;
+        let request_count = acting * REQUESTS_PER_TARGET
+            + (STORM_TARGETS - acting)
+            + BRAKE_REQUESTS
+            + BUDGET_REQUESTS;
         let floor_ms = (floor_units as u64 * latency_ms) as f64;
 
         let now = Utc::now();
@@ -418,11 +433,6 @@ impl Bench<'_> {
         let mut skip_reasons = Value::Null;
         let mut per_target = Value::Null;
         let mut shape = Value::Null;
-        let vars: Vec<(&str, String)> = match max_targets {
-            Some(n) => vec![("MAX_TARGETS_PER_INVOCATION", n.to_string())],
-            None => Vec::new(),
-        };
-        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let server_pids = cluster::server_pids();
         let server_cpu = || -> Option<f64> {
             if server_pids.is_empty() {
@@ -434,6 +444,15 @@ impl Bench<'_> {
             // A fresh namespace per run: its targets opted in, none in cooldown.
             let cluster = BenchCluster::start(&self.options.kubeconfig, "storm").await;
             cluster.seed(&names).await?;
+            let mut vars = vec![
+                ("MAX_ACTIONS_PER_WINDOW", STORM_BUDGET.to_owned()),
+                ("MAX_CLUSTER_ACTIONS_PER_WINDOW", STORM_BUDGET.to_owned()),
+                ("BUDGET_NAMESPACE", cluster.namespace().to_owned()),
+            ];
+            if let Some(n) = max_targets {
+                vars.push(("MAX_TARGETS_PER_INVOCATION", n.to_string()));
+            }
+            let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
             let alerts: Vec<Value> = (0..STORM_ALERTS)
                 .map(|i| storm_alert(cluster.namespace(), i, now))
                 .collect();
@@ -499,6 +518,9 @@ impl Bench<'_> {
             "concurrency": concurrency,
             "latency_ms": latency_ms,
             "requests_per_acting_target": REQUESTS_PER_TARGET,
+            "brake_requests": BRAKE_REQUESTS,
+            "budget_requests": BUDGET_REQUESTS,
+            "floor_round_trips": floor_units,
             "api_requests_floor": request_count,
             "floor_ms": floor_ms,
             "wall_ms": wall_stats,
