@@ -15,12 +15,11 @@ use std::sync::{Mutex, OnceLock};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams, PostParams};
-
-use crate::TestCluster;
 use crate::events::workspace_root;
-use crate::mesh::{Kind, Mesh};
+
+mod stored;
+
+pub use stored::{client_namespace, store_service, stored_services};
 
 /// The oracle binary: `ISTIO_ORACLE`, or built (cached) by `scripts/build-istio-oracle`.
 pub fn oracle_path() -> PathBuf {
@@ -196,39 +195,6 @@ impl World {
                        "conditions": [{"type": "Ready", "status": "True"}]}}))
     }
 
-    /// This world plus every Service, ServiceEntry, VirtualService and DestinationRule the
-    /// API server stores in the test namespace: what the functions saw and wrote.
-    pub async fn with_stored(&self, cluster: &TestCluster) -> World {
-        let mut world = self.clone();
-        let services: Api<Service> = Api::namespaced(cluster.client.clone(), &cluster.namespace);
-        let list = services
-            .list(&ListParams::default())
-            .await
-            .expect("list services");
-        for service in list.items {
-            let mut value = serde_json::to_value(service).expect("json");
-            value["apiVersion"] = json!("v1");
-            value["kind"] = json!("Service");
-            world.add(value);
-        }
-        let mesh = Mesh::new(cluster);
-        for kind in [
-            Kind::ServiceEntry,
-            Kind::DestinationRule,
-            Kind::VirtualService,
-        ] {
-            let list = mesh
-                .api(kind)
-                .list(&ListParams::default())
-                .await
-                .expect("list");
-            for object in list.items {
-                world.add(serde_json::to_value(object).expect("json"));
-            }
-        }
-        world
-    }
-
     /// The objects of `kind` in this world.
     pub fn objects_of(&self, kind: &str) -> Vec<Value> {
         self.objects
@@ -372,20 +338,6 @@ fn run_oracle(request: &Value) -> Value {
             .join("\n")
     );
     serde_json::from_slice(&out.stdout).expect("istio-oracle prints its report")
-}
-
-/// Stores a ClusterIP Service `name` selecting `selector` on one HTTP port in the test
-/// namespace, for the functions to read and the oracle to compile.
-pub async fn store_service(cluster: &TestCluster, name: &str, selector: Value, port: u16) {
-    let service: Service = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": name, "namespace": cluster.namespace},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": port}]}}))
-    .expect("service");
-    Api::<Service>::namespaced(cluster.client.clone(), &cluster.namespace)
-        .create(&PostParams::default(), &service)
-        .await
-        .unwrap_or_else(|err| panic!("create Service {name}: {err}"));
 }
 
 /// What Istio compiled: per client proxy its routes and clusters, and the analyzer's messages.

@@ -58,24 +58,55 @@ impl Kind {
     }
 }
 
-/// The Istio objects of one test's namespace.
+/// The Istio objects of one namespace of a test's cluster.
 pub struct Mesh<'a> {
     cluster: &'a TestCluster,
+    namespace: &'a str,
 }
 
 impl<'a> Mesh<'a> {
     /// The mesh of `cluster`'s test namespace.
     pub fn new(cluster: &'a TestCluster) -> Self {
-        Mesh { cluster }
+        Mesh::in_namespace(cluster, &cluster.namespace)
     }
 
-    /// The API for one kind in the test namespace.
+    /// The mesh of another namespace of `cluster` (a client team's, say).
+    pub fn in_namespace(cluster: &'a TestCluster, namespace: &'a str) -> Self {
+        Mesh { cluster, namespace }
+    }
+
+    /// The API for one kind in the namespace.
     pub fn api(&self, kind: Kind) -> Api<DynamicObject> {
         Api::namespaced_with(
             self.cluster.client.clone(),
-            &self.cluster.namespace,
+            self.namespace,
             &kind.resource(),
         )
+    }
+
+    /// Creates an opted-in object of `kind` named `name` with `spec` and no annotations.
+    /// Returns it as stored.
+    pub async fn opted_in(&self, kind: Kind, name: &str, spec: Value) -> Value {
+        self.create(kind, name, true, json!({}), spec).await
+    }
+
+    /// Creates an object the functions may not change (not opted in), with `spec` and no
+    /// annotations. Returns it as stored.
+    pub async fn not_opted_in(&self, kind: Kind, name: &str, spec: Value) -> Value {
+        self.create(kind, name, false, json!({}), spec).await
+    }
+
+    /// The spec of every stored object of `kinds` (JSON text, keys sorted), kind by kind,
+    /// by name: to compare all before and after.
+    pub async fn specs(&self, kinds: &[Kind]) -> Vec<String> {
+        let mut out = Vec::new();
+        for kind in kinds {
+            let list = self.api(*kind).list(&Default::default()).await;
+            for object in list.expect("list").items {
+                out.push(spec_text(&serde_json::to_value(object).expect("json")));
+            }
+        }
+        out
     }
 
     /// Creates an object of `kind` named `name` with `spec`, opted in or not, with
@@ -97,7 +128,7 @@ impl<'a> Mesh<'a> {
         let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": resource.api_version,
             "kind": resource.kind,
-            "metadata": {"name": name, "namespace": self.cluster.namespace,
+            "metadata": {"name": name, "namespace": self.namespace,
                          "labels": labels, "annotations": annotations},
             "spec": spec,
         }))
@@ -189,6 +220,18 @@ pub fn assert_skipped_saying(outcome: &Outcome, text: &str) {
         reason(outcome).contains(text),
         "a skip saying {text:?} expected: {outcome:#?}"
     );
+}
+
+/// Asserts `report`'s one outcome is a failure whose reason says each of `parts`.
+pub fn assert_failed_saying(report: &InvocationReport, parts: &[&str]) {
+    let outcome = only(report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+    for part in parts {
+        assert!(
+            reason(outcome).contains(part),
+            "{part:?} not in: {outcome:#?}"
+        );
+    }
 }
 
 /// Asserts the functions' writes among `requests` (those under their field manager) each

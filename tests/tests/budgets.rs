@@ -57,11 +57,9 @@ async fn ten_concurrent_invocations_of_two_functions_never_exceed_a_budget() {
     for i in 0..5 {
         cluster.create_deployment(&format!("app-{i}"), true).await;
         let host = format!("db-{i}.{}.svc.cluster.local", cluster.namespace);
-        mesh.create(
+        mesh.opted_in(
             Kind::DestinationRule,
             &format!("db-{i}"),
-            true,
-            json!({}),
             json!({"host": host}),
         )
         .await;

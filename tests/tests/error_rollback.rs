@@ -128,8 +128,7 @@ async fn without_annotation_the_other_version_is_stable_and_host_splits_work() {
             {"destination": {"host": "checkout-v2", "port": {"number": 8080}}, "weight": 20},
         ]}],
     });
-    mesh.create(Kind::VirtualService, VS, true, json!({}), spec.clone())
-        .await;
+    mesh.opted_in(Kind::VirtualService, VS, spec.clone()).await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
@@ -430,22 +429,18 @@ async fn one_message_with_alerts_for_two_services_rolls_back_both() {
     // services of one namespace arrive in one message. Each is its own target.
     let (cluster, _) = stable_annotated("er-two-services").await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.opted_in(
         Kind::DestinationRule,
         "payments",
-        true,
-        json!({}),
         json!({"host": "payments", "subsets": [
             {"name": "v1", "labels": {"version": "v1"}},
             {"name": "v2", "labels": {"version": "v2"}},
         ]}),
     )
     .await;
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "payments",
-        true,
-        json!({}),
         json!({"hosts": ["payments"], "http": [{"route": [
             {"destination": {"host": "payments", "subset": "v1"}, "weight": 70},
             {"destination": {"host": "payments", "subset": "v2"}, "weight": 30}]}]}),

@@ -190,11 +190,9 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
     let ns = cluster.namespace.clone();
     let host = fqdn("orders-db", &ns);
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "orders-db",
-            true,
-            json!({}),
             json!({"host": host, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                    "subsets": [{"name": "primary", "labels": {"role": "primary"}}]}),
         )

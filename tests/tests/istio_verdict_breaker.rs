@@ -3,13 +3,17 @@
 //! (`tests/istio-oracle`) for clients in two namespaces and three regions. After the change
 //! every Envoy cluster of the database (the default one, each subset's, each port's) carries
 //! the breaker for every client, and the spread of calls across regions is what
-//! `CB_LOCALITY_LB` says.
+//! `CB_LOCALITY_LB` says. Which rule a client uses, and so where the breaker may go, is in
+//! [`client_rules`].
+
+#[path = "istio_verdict_breaker/client_rules.rs"]
+mod client_rules;
 
 use std::collections::BTreeSet;
 
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
-use mesh_remediation::report::OutcomeKind;
+use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::istio_oracle::{Compiled, REGIONS, World, clients, store_service};
 use remediation_testkit::mesh::{Kind, Mesh, only};
 use remediation_testkit::{TestCluster, events};
@@ -29,7 +33,17 @@ fn alert(ns: &str, db_host: &str) -> Value {
     event
 }
 
-/// Runs db-circuit-break with `CB_LOCALITY_LB=locality`; returns the change it reports.
+/// Runs db-circuit-break (default settings, `vars` beside) on the alert naming
+/// `orders-db`; its report.
+async fn invoke(cluster: &TestCluster, vars: &[(&str, &str)]) -> InvocationReport {
+    let event = alert(&cluster.namespace, "orders-db");
+    cluster
+        .invoke(DbCircuitBreak::default(), vars, &event)
+        .await
+}
+
+/// Runs db-circuit-break with `CB_LOCALITY_LB=locality` on the alert naming `db_host`;
+/// returns the change it reports.
 async fn break_circuit(cluster: &TestCluster, locality: &str, db_host: &str) -> String {
     let breaker = DbCircuitBreak::new(
         CircuitBreaker::from_lookup(|k| (k == "CB_LOCALITY_LB").then(|| locality.to_owned()))
@@ -52,30 +66,74 @@ fn regions_called(compiled: &Compiled, client: &str, cluster: &str) -> BTreeSet<
         .collect()
 }
 
-/// The database Service `orders-db` with one pod per region (port 5432), and its
-/// DestinationRule with a `primary` subset that sets its own connection pool and a port
-/// that sets its own.
-async fn replicated_database(prefix: &str) -> (TestCluster, World, String) {
+/// The connection limit a client's cluster `cluster` has.
+fn max_connections(compiled: &Compiled, client: &str, cluster: &str) -> Option<u64> {
+    let cluster = compiled.proxy(client).cluster(cluster);
+    cluster.threshold("max_connections")
+}
+
+/// The Envoy cluster of the database's port 5432 for `subset` ("" for the default one).
+fn db_cluster(subset: &str, host: &str) -> String {
+    format!("outbound|5432|{subset}|{host}")
+}
+
+/// Asserts every client's calls through each of `clusters` reach the regions they did
+/// before.
+fn assert_spread_as_before(before: &Compiled, after: &Compiled, ns: &str, clusters: &[&str]) {
+    for client in clients(ns) {
+        for name in clusters {
+            assert_eq!(
+                regions_called(after, client.name, name),
+                regions_called(before, client.name, name),
+                "{}: {name}: the outcome says the spread is as before, and it is",
+                client.name
+            );
+        }
+    }
+}
+
+/// The database `orders-db` (the Service on port 5432, and a pod per region labelled
+/// `role` from `roles`, at `10.<n>.0.<host_octet>`), in a world of the test namespace and
+/// [`remediation_testkit::istio_oracle::CLIENTS_NS`]; its host.
+async fn database(prefix: &str, roles: [&str; 3], host_octet: u8) -> (TestCluster, World, String) {
     let cluster = TestCluster::start(prefix).await;
     let ns = cluster.namespace.clone();
     store_service(&cluster, "orders-db", json!({"app": "orders-db"}), 5432).await;
     let mut world = World::regional(&ns);
-    for (i, region) in REGIONS.iter().enumerate() {
-        let role = if i == 0 { "primary" } else { "replica" };
-        world.pod(
-            &ns,
-            "orders-db",
-            json!({"role": role}),
-            region,
-            &format!("10.{}.0.7", i + 1),
-        );
+    for (i, (region, role)) in REGIONS.iter().zip(roles).enumerate() {
+        let labels = if role.is_empty() {
+            json!({})
+        } else {
+            json!({ "role": role })
+        };
+        let ip = format!("10.{}.0.{host_octet}", i + 1);
+        world.pod(&ns, "orders-db", labels, region, &ip);
     }
+    (cluster, world, format!("orders-db.{ns}.svc.cluster.local"))
+}
+
+/// The database of [`database`], its pods unlabelled, with no rule yet.
+async fn database_world(prefix: &str) -> (TestCluster, World, String) {
+    database(prefix, ["", "", ""], 9).await
+}
+
+/// The database of [`database_world`] and its opted-in DestinationRule `orders-db` of `spec`.
+async fn database_with_rule(prefix: &str, spec: Value) -> (TestCluster, World, String) {
+    let (cluster, world, host) = database_world(prefix).await;
     Mesh::new(&cluster)
-        .create(
+        .opted_in(Kind::DestinationRule, "orders-db", spec)
+        .await;
+    (cluster, world, host)
+}
+
+/// The database with a primary pod and two replicas, and its DestinationRule with a
+/// `primary` subset that sets its own connection pool and a port that sets its own.
+async fn replicated_database(prefix: &str) -> (TestCluster, World, String) {
+    let (cluster, world, host) = database(prefix, ["primary", "replica", "replica"], 7).await;
+    Mesh::new(&cluster)
+        .opted_in(
             Kind::DestinationRule,
             "orders-db",
-            true,
-            json!({}),
             json!({"host": "orders-db",
                    "trafficPolicy": {
                        "tls": {"mode": "ISTIO_MUTUAL"},
@@ -87,16 +145,16 @@ async fn replicated_database(prefix: &str) -> (TestCluster, World, String) {
                        {"name": "replicas", "labels": {"role": "replica"}}]}),
         )
         .await;
-    (cluster, world, format!("orders-db.{ns}.svc.cluster.local"))
+    (cluster, world, host)
 }
 
 #[tokio::test]
 async fn the_breaker_reaches_every_subset_and_port_level_and_the_regional_spread_is_kept() {
     let (cluster, world, host) = replicated_database("ivb-levels").await;
     let ns = cluster.namespace.clone();
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let before = world.compile_stored(&cluster).await;
     assert_eq!(before.findings(), Vec::<String>::new());
-    let default_cluster = format!("outbound|5432||{host}");
+    let default_cluster = db_cluster("", &host);
     for client in clients(&ns) {
         let proxy = before.proxy(client.name);
         let limits: BTreeSet<(String, Option<u64>)> = proxy
@@ -108,8 +166,8 @@ async fn the_breaker_reaches_every_subset_and_port_level_and_the_regional_spread
             limits,
             BTreeSet::from([
                 (default_cluster.clone(), Some(1000)),
-                (format!("outbound|5432|primary|{host}"), Some(5)),
-                (format!("outbound|5432|replicas|{host}"), Some(1000)),
+                (db_cluster("primary", &host), Some(5)),
+                (db_cluster("replicas", &host), Some(1000)),
             ]),
             "{}: the port's and the subset's own pools replace the top level's",
             client.name
@@ -125,34 +183,23 @@ async fn the_breaker_reaches_every_subset_and_port_level_and_the_regional_spread
     let summary = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(summary.contains("subset primary"), "{summary}");
     assert!(summary.contains("CB_LOCALITY_LB=preserve"), "{summary}");
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let after = world.compile_stored(&cluster).await;
     assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&ns) {
-        let proxy = after.proxy(client.name);
-        let clusters = proxy.clusters_of(&host, 5432);
+        let clusters = after.proxy(client.name).clusters_of(&host, 5432);
         assert_eq!(clusters.len(), 3, "{}", client.name);
         for (name, c) in clusters {
             let expected = if name.contains("|primary|") { 5 } else { 100 };
+            let at = format!("{}: {name}", client.name);
             assert_eq!(
                 c.threshold("max_connections"),
                 Some(expected),
-                "{}: {name} (a lower limit the owner set stays)",
-                client.name
+                "{at} (a lower limit the owner set stays)"
             );
-            assert_eq!(
-                c.threshold("max_pending_requests"),
-                Some(64),
-                "{}: {name}",
-                client.name
-            );
-            assert_eq!(
-                c.connect_timeout.as_deref(),
-                Some("2s"),
-                "{}: {name}",
-                client.name
-            );
+            assert_eq!(c.threshold("max_pending_requests"), Some(64), "{at}");
+            assert_eq!(c.connect_timeout.as_deref(), Some("2s"), "{at}");
             let outlier = c.outlier_detection.as_ref().expect("outlier detection");
-            assert_eq!(outlier["consecutive_5xx"], 5, "{}: {name}", client.name);
+            assert_eq!(outlier["consecutive_5xx"], 5, "{at}");
         }
         assert_eq!(
             regions_called(&after, client.name, &default_cluster).len(),
@@ -166,12 +213,11 @@ async fn the_breaker_reaches_every_subset_and_port_level_and_the_regional_spread
 #[tokio::test]
 async fn prioritize_sends_each_client_to_its_own_region_first() {
     let (cluster, world, host) = replicated_database("ivb-prioritize").await;
-    let ns = cluster.namespace.clone();
     let summary = break_circuit(&cluster, "prioritize", "orders-db").await;
     assert!(summary.contains("CB_LOCALITY_LB=prioritize"), "{summary}");
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    let default_cluster = format!("outbound|5432||{host}");
-    for client in clients(&ns) {
+    let after = world.compile_stored(&cluster).await;
+    let default_cluster = db_cluster("", &host);
+    for client in clients(&cluster.namespace) {
         assert_eq!(
             regions_called(&after, client.name, &default_cluster),
             BTreeSet::from([client.region.to_owned()]),
@@ -179,10 +225,7 @@ async fn prioritize_sends_each_client_to_its_own_region_first() {
             client.name
         );
         assert_eq!(
-            after
-                .proxy(client.name)
-                .cluster(&default_cluster)
-                .threshold("max_connections"),
+            max_connections(&after, client.name, &default_cluster),
             Some(100)
         );
     }
@@ -194,353 +237,47 @@ async fn a_managed_database_behind_a_service_entry_gets_the_breaker() {
     let ns = cluster.namespace.clone();
     let host = "orders.cluster-abc.eu-west-1.rds.amazonaws.com";
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.not_opted_in(
         Kind::ServiceEntry,
         "orders-rds",
-        false,
-        json!({}),
-        json!({"hosts": [host], "addresses": ["240.240.0.10"], "location": "MESH_EXTERNAL", "resolution": "DNS",
+        json!({"hosts": [host], "addresses": ["240.240.0.10"], "location": "MESH_EXTERNAL",
+               "resolution": "DNS",
                "ports": [{"number": 5432, "name": "tcp-postgres", "protocol": "TCP"}]}),
     )
     .await;
-    mesh.create(
-        Kind::DestinationRule,
-        "orders-rds",
-        true,
-        json!({}),
-        json!({"host": host}),
-    )
-    .await;
+    mesh.opted_in(Kind::DestinationRule, "orders-rds", json!({"host": host}))
+        .await;
     let world = World::regional(&ns);
-    let cluster_name = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let cluster_name = db_cluster("", host);
+    let before = world.compile_stored(&cluster).await;
     for client in clients(&ns) {
-        let c = before.proxy(client.name).cluster(&cluster_name);
-        assert_eq!(
-            c.threshold("max_connections"),
-            Some(UNLIMITED),
-            "{}",
-            client.name
-        );
+        let limit = max_connections(&before, client.name, &cluster_name);
+        assert_eq!(limit, Some(UNLIMITED), "{}", client.name);
     }
     break_circuit(&cluster, "preserve", host).await;
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let after = world.compile_stored(&cluster).await;
     assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&ns) {
         let c = after.proxy(client.name).cluster(&cluster_name);
         assert_eq!(c.threshold("max_connections"), Some(100), "{}", client.name);
-        assert_eq!(
-            c.threshold("max_pending_requests"),
-            Some(64),
-            "{}",
-            client.name
-        );
+        let pending = c.threshold("max_pending_requests");
+        assert_eq!(pending, Some(64), "{}", client.name);
         assert_eq!(c.connect_timeout.as_deref(), Some("2s"), "{}", client.name);
-    }
-}
-
-// ---- Which rule a client uses: Istio's resolution, judged by its compiler.
-
-/// A namespace of clients beside the test's, created on the API server.
-async fn client_namespace(cluster: &TestCluster, suffix: &str) -> String {
-    let name = format!("{}-{suffix}", cluster.namespace);
-    let namespace: k8s_openapi::api::core::v1::Namespace =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("namespace");
-    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone())
-        .create(&kube::api::PostParams::default(), &namespace)
-        .await
-        .expect("create namespace");
-    name
-}
-
-/// Stores a DestinationRule in `namespace` (any namespace) and returns it as stored.
-async fn store_rule(
-    cluster: &TestCluster,
-    namespace: &str,
-    name: &str,
-    opted_in: bool,
-    spec: Value,
-) -> Value {
-    let labels = if opted_in {
-        json!({"auto_remediation": "active"})
-    } else {
-        json!({})
-    };
-    let object: kube::api::DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": spec}))
-    .expect("rule");
-    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-        cluster.client.clone(),
-        namespace,
-        &Kind::DestinationRule.resource(),
-    );
-    let stored = api
-        .create(&kube::api::PostParams::default(), &object)
-        .await
-        .unwrap_or_else(|err| panic!("create DestinationRule {namespace}/{name}: {err}"));
-    serde_json::to_value(stored).expect("json")
-}
-
-/// The database `orders-db` (one pod per region) and a world with clients in the test
-/// namespace, in `others` and in [`remediation_testkit::istio_oracle::CLIENTS_NS`].
-async fn database_world(prefix: &str) -> (TestCluster, World, String) {
-    let cluster = TestCluster::start(prefix).await;
-    let ns = cluster.namespace.clone();
-    store_service(&cluster, "orders-db", json!({"app": "orders-db"}), 5432).await;
-    let mut world = World::regional(&ns);
-    for (i, region) in REGIONS.iter().enumerate() {
-        world.pod(
-            &ns,
-            "orders-db",
-            json!({}),
-            region,
-            &format!("10.{}.0.9", i + 1),
-        );
-    }
-    (cluster, world, format!("orders-db.{ns}.svc.cluster.local"))
-}
-
-/// The spec of every stored DestinationRule of `namespaces`, by `namespace/name`.
-async fn rule_specs(cluster: &TestCluster, namespaces: &[&str]) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for namespace in namespaces {
-        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-            cluster.client.clone(),
-            namespace,
-            &Kind::DestinationRule.resource(),
-        );
-        for rule in api.list(&Default::default()).await.expect("list").items {
-            let value = serde_json::to_value(&rule).expect("json");
-            out.push((
-                format!("{namespace}/{}", rule.metadata.name.unwrap_or_default()),
-                remediation_testkit::mesh::spec_text(&value),
-            ));
-        }
-    }
-    out
-}
-
-#[tokio::test]
-async fn a_rule_in_a_client_namespace_takes_precedence_so_the_breaker_is_refused_and_named() {
-    let (cluster, mut world, host) = database_world("ivb-client-ns").await;
-    let ns = cluster.namespace.clone();
-    let web = client_namespace(&cluster, "web").await;
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db"}),
-        )
-        .await;
-    // The web team's own rule for the database: Istio looks in the client's namespace first.
-    let theirs = store_rule(
-        &cluster,
-        &web,
-        "orders-db",
-        false,
-        json!({"host": host, "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}),
-    )
-    .await;
-    world.add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": web}}));
-    let clients = vec![
-        remediation_testkit::istio_oracle::Client::sidecar("same-ns", &ns, "us-east-1"),
-        remediation_testkit::istio_oracle::Client::sidecar("web", &web, "us-west-2"),
-    ];
-    let before_specs = rule_specs(&cluster, &[&ns, &web]).await;
-    let with_theirs = |w: &World| {
-        let mut w = w.clone();
-        w.add(theirs.clone());
-        w
-    };
-    let before = with_theirs(&world.with_stored(&cluster).await).compile(&clients);
-    let default_cluster = format!("outbound|5432||{host}");
-    assert_eq!(
-        before
-            .proxy("web")
-            .cluster(&default_cluster)
-            .threshold("max_connections"),
-        Some(7),
-        "Istio gives web clients their own namespace's rule"
-    );
-
-    let report = cluster
-        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
-        .await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    let why = remediation_testkit::mesh::reason(outcome);
-    assert!(
-        why.contains(&format!("clients in namespace {web}"))
-            && why.contains(&format!("{web}/orders-db")),
-        "{why}"
-    );
-    assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
-        before_specs,
-        "nothing changed"
-    );
-    let after = with_theirs(&world.with_stored(&cluster).await).compile(&clients);
-    for client in &clients {
-        assert_eq!(
-            after
-                .proxy(client.name)
-                .cluster(&default_cluster)
-                .threshold("max_connections"),
-            before
-                .proxy(client.name)
-                .cluster(&default_cluster)
-                .threshold("max_connections"),
-            "{}",
-            client.name
-        );
-    }
-}
-
-#[tokio::test]
-async fn an_older_rule_not_opted_in_holds_the_policy_so_writing_a_newer_one_is_refused() {
-    let (cluster, world, host) = database_world("ivb-shadowed").await;
-    let ns = cluster.namespace.clone();
-    let mesh = Mesh::new(&cluster);
-    // The same name order as creation order: Istio keeps `a-legacy`'s top-level policy.
-    mesh.create(
-        Kind::DestinationRule,
-        "a-legacy",
-        false,
-        json!({}),
-        json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}),
-    )
-    .await;
-    mesh.create(
-        Kind::DestinationRule,
-        "b-managed",
-        true,
-        json!({}),
-        json!({"host": "orders-db"}),
-    )
-    .await;
-    let before_specs = rule_specs(&cluster, &[&ns]).await;
-    let report = cluster
-        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
-        .await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    let why = remediation_testkit::mesh::reason(outcome);
-    assert!(
-        why.contains(&format!("{ns}/a-legacy"))
-            && why.contains("not labelled auto_remediation=active"),
-        "{why}"
-    );
-    assert_eq!(rule_specs(&cluster, &[&ns]).await, before_specs);
-    // What the old behaviour (the breaker written into b-managed) would have meant: Istio
-    // keeps a-legacy's policy, so no client would have had the breaker.
-    let mut planted = world.clone();
-    let service =
-        kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client.clone(), &ns)
-            .get("orders-db")
-            .await
-            .expect("service");
-    let mut service = serde_json::to_value(service).expect("json");
-    service["apiVersion"] = json!("v1");
-    service["kind"] = json!("Service");
-    let mut managed = mesh.get(Kind::DestinationRule, "b-managed").await;
-    managed["spec"]["trafficPolicy"] = json!({"connectionPool": {"tcp": {"maxConnections": 100}}});
-    planted
-        .add(service)
-        .add(mesh.get(Kind::DestinationRule, "a-legacy").await)
-        .add(managed);
-    let compiled = planted.compile(&clients(&ns));
-    for client in clients(&ns) {
-        assert_eq!(
-            compiled
-                .proxy(client.name)
-                .cluster(&format!("outbound|5432||{host}"))
-                .threshold("max_connections"),
-            Some(UNLIMITED),
-            "{}: a newer rule's top-level policy is dropped by Istio's merge",
-            client.name
-        );
-    }
-}
-
-#[tokio::test]
-async fn of_two_opted_in_rules_the_breaker_goes_where_istio_reads_it() {
-    let (cluster, world, host) = database_world("ivb-two-rules").await;
-    let ns = cluster.namespace.clone();
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "a-primary",
-        true,
-        json!({}),
-        json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
-               "subsets": [{"name": "primary", "labels": {"role": "primary"}}]}),
-    )
-    .await;
-    let newer = mesh
-        .create(
-            Kind::DestinationRule,
-            "b-replicas",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "trafficPolicy": {"tls": {"mode": "DISABLE"}},
-                   "subsets": [{"name": "replicas", "labels": {"role": "replica"}}]}),
-        )
-        .await;
-    let report = cluster
-        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
-        .await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let stored_newer = mesh.get(Kind::DestinationRule, "b-replicas").await;
-    assert_eq!(
-        remediation_testkit::mesh::spec_text(&stored_newer),
-        remediation_testkit::mesh::spec_text(&newer),
-        "the newer rule's policy is not what Istio uses: it is left alone"
-    );
-    assert!(remediation_testkit::mesh::record(&stored_newer, "db-circuit-break").is_none());
-    let compiled = world.with_stored(&cluster).await.compile(&clients(&ns));
-    assert_eq!(compiled.findings(), Vec::<String>::new());
-    for client in clients(&ns) {
-        let clusters = compiled.proxy(client.name).clusters_of(&host, 5432);
-        assert_eq!(
-            clusters.len(),
-            3,
-            "{}: default, primary, replicas",
-            client.name
-        );
-        for (name, c) in clusters {
-            assert_eq!(
-                c.threshold("max_connections"),
-                Some(100),
-                "{}: {name}",
-                client.name
-            );
-            assert!(c.outlier_detection.is_some(), "{}: {name}", client.name);
-        }
     }
 }
 
 #[tokio::test]
 async fn ejection_switched_off_is_switched_on_and_a_stricter_connect_timeout_stays() {
-    let (cluster, world, host) = database_world("ivb-values").await;
-    let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "trafficPolicy": {
-                "outlierDetection": {"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 3},
-                "connectionPool": {"tcp": {"connectTimeout": "500ms"}}}}),
-        )
-        .await;
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
-    let default_cluster = format!("outbound|5432||{host}");
-    let outlier = |c: &remediation_testkit::istio_oracle::Compiled, name: &str| {
+    let (cluster, world, host) = database_with_rule(
+        "ivb-values",
+        json!({"host": "orders-db", "trafficPolicy": {
+            "outlierDetection": {"consecutive5xxErrors": 0, "consecutiveGatewayErrors": 3},
+            "connectionPool": {"tcp": {"connectTimeout": "500ms"}}}}),
+    )
+    .await;
+    let before = world.compile_stored(&cluster).await;
+    let default_cluster = db_cluster("", &host);
+    let outlier = |c: &Compiled, name: &str| {
         c.proxy(name)
             .cluster(&default_cluster)
             .outlier_detection
@@ -553,22 +290,14 @@ async fn ejection_switched_off_is_switched_on_and_a_stricter_connect_timeout_sta
         "Istio reads consecutive5xxErrors: 0 as 5xx ejection off"
     );
     break_circuit(&cluster, "preserve", "orders-db").await;
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    for client in clients(&ns) {
+    let after = world.compile_stored(&cluster).await;
+    for client in clients(&cluster.namespace) {
         let od = outlier(&after, client.name);
         assert_eq!(od["consecutive_5xx"], json!(5), "{}: {od}", client.name);
-        assert_eq!(
-            od["enforcing_consecutive_5xx"],
-            json!(100),
-            "{}: {od}",
-            client.name
-        );
-        assert_eq!(
-            od["consecutive_gateway_failure"],
-            json!(3),
-            "{}: kept",
-            client.name
-        );
+        let enforcing = &od["enforcing_consecutive_5xx"];
+        assert_eq!(enforcing, &json!(100), "{}: {od}", client.name);
+        let gateway = &od["consecutive_gateway_failure"];
+        assert_eq!(gateway, &json!(3), "{}: kept", client.name);
         assert_eq!(
             after
                 .proxy(client.name)
@@ -582,23 +311,19 @@ async fn ejection_switched_off_is_switched_on_and_a_stricter_connect_timeout_sta
     }
 }
 
+// ---- The spread across regions: what the outcome says of it is what Istio does.
+
 #[tokio::test]
 async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged() {
-    let (cluster, world, host) = database_world("ivb-failover").await;
-    let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
-                "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}),
-        )
-        .await;
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
-    for client in clients(&ns) {
+    let (cluster, world, host) = database_with_rule(
+        "ivb-failover",
+        json!({"host": "orders-db", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+            "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}),
+    )
+    .await;
+    let default_cluster = db_cluster("", &host);
+    let before = world.compile_stored(&cluster).await;
+    for client in clients(&cluster.namespace) {
         assert_eq!(
             regions_called(&before, client.name, &default_cluster).len(),
             3,
@@ -612,7 +337,7 @@ async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged()
         change.contains("failover") && change.contains("now active"),
         "{change}"
     );
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let after = world.compile_stored(&cluster).await;
     assert_eq!(
         regions_called(&after, "same-ns-east", &default_cluster),
         BTreeSet::from(["us-east-1".to_owned()]),
@@ -625,21 +350,16 @@ async fn a_dormant_failover_of_a_subset_the_breaker_wakes_is_reported() {
     // Found by the 2,000-mesh run (seed 40001168): a subset's own `loadBalancer` with a
     // failover and no outlier detection inherits the outlier detection the breaker puts at
     // the top level, and its failover wakes; the outcome said "as before".
-    let (cluster, world, host) = database_world("ivb-subset-failover").await;
+    let (cluster, world, host) = database_with_rule(
+        "ivb-subset-failover",
+        json!({"host": "orders-db", "subsets": [{"name": "replicas",
+            "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST", "localityLbSetting": {
+                "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}]}),
+    )
+    .await;
     let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "subsets": [{"name": "replicas",
-                "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST", "localityLbSetting": {
-                    "failover": [{"from": "us-east-1", "to": "eu-west-1"}]}}}}]}),
-        )
-        .await;
-    let replicas = format!("outbound|5432|replicas|{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let replicas = db_cluster("replicas", &host);
+    let before = world.compile_stored(&cluster).await;
     for client in clients(&ns) {
         assert_eq!(
             regions_called(&before, client.name, &replicas).len(),
@@ -653,7 +373,7 @@ async fn a_dormant_failover_of_a_subset_the_breaker_wakes_is_reported() {
         change.contains("subset replicas") && change.contains("now active"),
         "{change}"
     );
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let after = world.compile_stored(&cluster).await;
     for client in clients(&ns) {
         assert_eq!(
             regions_called(&after, client.name, &replicas),
@@ -668,19 +388,13 @@ async fn a_dormant_failover_of_a_subset_the_breaker_wakes_is_reported() {
 async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
     // Found by the generated meshes: with outlier detection already on, Istio's locality
     // preference already acts, so "preserve" must not switch it off.
-    let (cluster, world, host) = database_world("ivb-already-detecting").await;
-    let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "trafficPolicy": {"outlierDetection": {}}}),
-        )
-        .await;
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let (cluster, world, host) = database_with_rule(
+        "ivb-already-detecting",
+        json!({"host": "orders-db", "trafficPolicy": {"outlierDetection": {}}}),
+    )
+    .await;
+    let default_cluster = db_cluster("", &host);
+    let before = world.compile_stored(&cluster).await;
     assert_eq!(
         regions_called(&before, "same-ns-east", &default_cluster),
         BTreeSet::from(["us-east-1".to_owned()]),
@@ -688,55 +402,30 @@ async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
     );
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(change.contains("as before"), "{change}");
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    for client in clients(&ns) {
-        assert_eq!(
-            regions_called(&after, client.name, &default_cluster),
-            regions_called(&before, client.name, &default_cluster),
-            "{}: the outcome says the spread is as before, and it is",
-            client.name
-        );
-    }
+    let after = world.compile_stored(&cluster).await;
+    assert_spread_as_before(&before, &after, &cluster.namespace, &[&default_cluster]);
 }
 
 #[tokio::test]
 async fn a_subset_with_its_own_outlier_detection_keeps_preferring_its_clients_region() {
     // Found by the generated meshes: the subset inherits the top level's `loadBalancer`, so
     // keeping the preference off there switched it off for a subset where it already acted.
-    let (cluster, world, host) = database_world("ivb-subset-detecting").await;
-    let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db", "subsets": [
-                {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
-        )
-        .await;
-    let replicas = format!("outbound|5432|replicas|{host}");
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let (cluster, world, host) = database_with_rule(
+        "ivb-subset-detecting",
+        json!({"host": "orders-db", "subsets": [
+            {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
+    )
+    .await;
+    let replicas = db_cluster("replicas", &host);
+    let default_cluster = db_cluster("", &host);
+    let before = world.compile_stored(&cluster).await;
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(change.contains("as before"), "{change}");
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    for client in clients(&ns) {
-        for name in [&replicas, &default_cluster] {
-            assert_eq!(
-                regions_called(&after, client.name, name),
-                regions_called(&before, client.name, name),
-                "{}: {name}",
-                client.name
-            );
-        }
-        assert_eq!(
-            after
-                .proxy(client.name)
-                .cluster(&replicas)
-                .threshold("max_connections"),
-            Some(100)
-        );
+    let after = world.compile_stored(&cluster).await;
+    let ns = &cluster.namespace;
+    assert_spread_as_before(&before, &after, ns, &[&replicas, &default_cluster]);
+    for client in clients(ns) {
+        assert_eq!(max_connections(&after, client.name, &replicas), Some(100));
     }
 }
 
@@ -745,39 +434,25 @@ async fn a_subset_with_its_own_outlier_detection_keeps_its_preference_on_a_port_
     // Found by the 2,000-mesh run: on port 5432 the subset's cluster starts from the top
     // level's port entry (Istio's `MergeSubsetTrafficPolicy`), whose preference `preserve`
     // keeps off; the subset's own outlier detection had it on for its clients.
-    let (cluster, world, host) = database_world("ivb-subset-port").await;
-    let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db",
-                "trafficPolicy": {
-                    "outlierDetection": {"consecutive5xxErrors": 6},
-                    "portLevelSettings": [
-                    {"port": {"number": 5432}, "connectionPool": {"tcp": {"maxConnections": 5}}}]},
-                "subsets": [
-                {"name": "replicas", "trafficPolicy": {"outlierDetection": {"interval": "1s"}}}]}),
-        )
-        .await;
-    let replicas = format!("outbound|5432|replicas|{host}");
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let (cluster, world, host) = database_with_rule(
+        "ivb-subset-port",
+        json!({"host": "orders-db",
+            "trafficPolicy": {
+                "outlierDetection": {"consecutive5xxErrors": 6},
+                "portLevelSettings": [
+                {"port": {"number": 5432}, "connectionPool": {"tcp": {"maxConnections": 5}}}]},
+            "subsets": [
+            {"name": "replicas", "trafficPolicy": {"outlierDetection": {"interval": "1s"}}}]}),
+    )
+    .await;
+    let replicas = db_cluster("replicas", &host);
+    let default_cluster = db_cluster("", &host);
+    let before = world.compile_stored(&cluster).await;
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(change.contains("as before"), "{change}");
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
-    for client in clients(&ns) {
-        for name in [&replicas, &default_cluster] {
-            assert_eq!(
-                regions_called(&after, client.name, name),
-                regions_called(&before, client.name, name),
-                "{}: {name}",
-                client.name
-            );
-        }
-    }
+    let after = world.compile_stored(&cluster).await;
+    let clusters = [replicas.as_str(), default_cluster.as_str()];
+    assert_spread_as_before(&before, &after, &cluster.namespace, &clusters);
 }
 
 #[tokio::test]
@@ -786,23 +461,18 @@ async fn a_subset_that_loses_its_preference_is_named_in_the_outcome() {
     // `simple`, which a subset's own `loadBalancer` would drop and the breaker may not copy,
     // so the subset inherits the preference `preserve` keeps off. Its clients, which
     // preferred their own region, now spread: the outcome must say so, not "as before".
-    let (cluster, world, host) = database_world("ivb-subset-spreads").await;
+    let (cluster, world, host) = database_with_rule(
+        "ivb-subset-spreads",
+        json!({"host": "orders-db",
+            "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
+            "subsets": [
+            {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
+    )
+    .await;
     let ns = cluster.namespace.clone();
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db",
-                "trafficPolicy": {"loadBalancer": {"simple": "RANDOM"}},
-                "subsets": [
-                {"name": "replicas", "trafficPolicy": {"outlierDetection": {}}}]}),
-        )
-        .await;
-    let replicas = format!("outbound|5432|replicas|{host}");
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let replicas = db_cluster("replicas", &host);
+    let default_cluster = db_cluster("", &host);
+    let before = world.compile_stored(&cluster).await;
     assert_eq!(
         regions_called(&before, "same-ns-east", &replicas),
         BTreeSet::from(["us-east-1".to_owned()]),
@@ -813,178 +483,17 @@ async fn a_subset_that_loses_its_preference_is_named_in_the_outcome() {
         change.contains("clients of subsets replicas preferred their own region and now spread"),
         "{change}"
     );
-    let after = world.with_stored(&cluster).await.compile(&clients(&ns));
+    let after = world.compile_stored(&cluster).await;
+    // The rest of the rule spreads as before.
+    assert_spread_as_before(&before, &after, &ns, &[&default_cluster]);
     for client in clients(&ns) {
-        assert_eq!(
-            regions_called(&after, client.name, &default_cluster),
-            regions_called(&before, client.name, &default_cluster),
-            "{}: the rest of the rule spreads as before",
-            client.name
-        );
-        assert!(
-            regions_called(&after, client.name, &replicas).is_superset(&regions_called(
-                &before,
-                client.name,
-                &replicas
-            )),
-            "{}",
-            client.name
-        );
-        assert_eq!(
-            after
-                .proxy(client.name)
-                .cluster(&replicas)
-                .threshold("max_connections"),
-            Some(100)
-        );
+        let was = regions_called(&before, client.name, &replicas);
+        let now = regions_called(&after, client.name, &replicas);
+        assert!(now.is_superset(&was), "{}", client.name);
+        assert_eq!(max_connections(&after, client.name, &replicas), Some(100));
     }
     assert!(
         regions_called(&after, "same-ns-east", &replicas).len() > 1,
         "what the outcome says is what Istio does: the subset's clients now spread"
-    );
-}
-
-/// The database world of [`database_world`] with a client namespace `web` whose own rule
-/// for the database (opted in when `opted_in`) Istio gives web's clients; the rules as
-/// stored, and the clients.
-async fn database_with_a_client_rule(
-    prefix: &str,
-    opted_in: bool,
-) -> (TestCluster, World, String, String) {
-    let (cluster, mut world, host) = database_world(prefix).await;
-    let web = client_namespace(&cluster, "web").await;
-    Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            "orders-db",
-            true,
-            json!({}),
-            json!({"host": "orders-db"}),
-        )
-        .await;
-    store_rule(
-        &cluster,
-        &web,
-        "orders-db",
-        opted_in,
-        json!({"host": host, "trafficPolicy": {"connectionPool": {"tcp": {"maxConnections": 7}}}}),
-    )
-    .await;
-    world.add(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": web}}));
-    (cluster, world, host, web)
-}
-
-/// `world` with what the API server stores now, the rules of `web` included.
-async fn stored_with(cluster: &TestCluster, world: &World, web: &str) -> World {
-    let mut world = world.with_stored(cluster).await;
-    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-        cluster.client.clone(),
-        web,
-        &Kind::DestinationRule.resource(),
-    );
-    for rule in api.list(&Default::default()).await.expect("list").items {
-        world.add(serde_json::to_value(rule).expect("json"));
-    }
-    world
-}
-
-#[tokio::test]
-async fn an_opted_in_rule_in_a_client_namespace_gets_the_breaker_where_its_clients_read_it() {
-    let (cluster, world, host, web) = database_with_a_client_rule("ivb-client-opted", true).await;
-    let ns = cluster.namespace.clone();
-    let clients = vec![
-        remediation_testkit::istio_oracle::Client::sidecar("same-ns", &ns, "us-east-1"),
-        remediation_testkit::istio_oracle::Client::sidecar("web", &web, "us-west-2"),
-    ];
-    let default_cluster = format!("outbound|5432||{host}");
-    let before = stored_with(&cluster, &world, &web).await.compile(&clients);
-    assert!(
-        before
-            .proxy("web")
-            .cluster(&default_cluster)
-            .outlier_detection
-            .is_none()
-    );
-    let report = cluster
-        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
-        .await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let after = stored_with(&cluster, &world, &web).await.compile(&clients);
-    for client in &clients {
-        let compiled = after.proxy(client.name).cluster(&default_cluster);
-        assert!(
-            compiled.outlier_detection.is_some(),
-            "{}: the breaker is in the rule it reads",
-            client.name
-        );
-    }
-    assert_eq!(
-        after
-            .proxy("web")
-            .cluster(&default_cluster)
-            .threshold("max_connections"),
-        Some(7),
-        "web's stricter limit stays"
-    );
-}
-
-#[tokio::test]
-async fn an_opted_in_rule_in_a_protected_namespace_is_not_written_and_the_breaker_is_refused() {
-    let (cluster, _world, _host, web) =
-        database_with_a_client_rule("ivb-client-protected", true).await;
-    let ns = cluster.namespace.clone();
-    let before = rule_specs(&cluster, &[&ns, &web]).await;
-    let protected = format!("kube-system,{web}");
-    let report = cluster
-        .invoke(
-            DbCircuitBreak::default(),
-            &[("PROTECTED_NAMESPACES", protected.as_str())],
-            &alert(&ns, "orders-db"),
-        )
-        .await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    let why = remediation_testkit::mesh::reason(outcome);
-    assert!(
-        why.contains(&format!("namespace {web} is protected")),
-        "{why}"
-    );
-    assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
-        before,
-        "nothing changed"
-    );
-}
-
-#[tokio::test]
-async fn a_pause_on_the_alerts_namespace_holds_the_rule_in_another_namespace_too() {
-    let (cluster, _world, _host, web) =
-        database_with_a_client_rule("ivb-client-paused", true).await;
-    let ns = cluster.namespace.clone();
-    let namespaces =
-        kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(cluster.client.clone());
-    namespaces
-        .patch(
-            &ns,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
-                "auto-remediation.io/paused": "incident 7"}}})),
-        )
-        .await
-        .expect("pause the alert's namespace");
-    let before = rule_specs(&cluster, &[&ns, &web]).await;
-    let report = cluster
-        .invoke(DbCircuitBreak::default(), &[], &alert(&ns, "orders-db"))
-        .await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{report:#?}");
-    assert!(
-        remediation_testkit::mesh::reason(outcome).contains(&format!("paused for namespace {ns}")),
-        "{report:#?}"
-    );
-    assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
-        before,
-        "web's rule, in a namespace nobody paused, is held too"
     );
 }

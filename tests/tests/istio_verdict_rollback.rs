@@ -40,11 +40,9 @@ async fn checkout(prefix: &str) -> (TestCluster, World) {
 /// Subsets `stable` (version v1) and `canary` (version v2): named unlike the versions.
 async fn subsets(cluster: &TestCluster) {
     Mesh::new(cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "checkout",
-            true,
-            json!({}),
             json!({"host": "checkout", "subsets": [
                 {"name": "stable", "labels": {"version": "v1"}},
                 {"name": "canary", "labels": {"version": "v2"}}]}),
@@ -131,11 +129,9 @@ async fn subsets_named_unlike_versions_and_a_header_matched_canary_route_are_rol
     let ns = cluster.namespace.clone();
     subsets(&cluster).await;
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": ["checkout"], "http": [
                 {"name": "testers", "match": [{"headers": {"x-canary": {"exact": "1"}}}],
                  "route": [{"destination": {"host": "checkout", "subset": "canary"}}]},
@@ -191,11 +187,9 @@ async fn host_splits_are_told_apart_by_the_services_selectors() {
     )
     .await;
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": ["checkout"], "http": [{"route": [
                 {"destination": {"host": "checkout-blue"}, "weight": 70},
                 {"destination": {"host": "checkout-green"}, "weight": 30}]}]}),
@@ -215,11 +209,9 @@ async fn fully_qualified_hosts_are_rolled_back() {
     subsets(&cluster).await;
     let host = fqdn(&ns);
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": [host], "http": [split(&host, 80, 20)]}),
         )
         .await;
@@ -236,11 +228,9 @@ async fn a_namespace_qualified_host_is_no_service_host_and_is_refused() {
     subsets(&cluster).await;
     let qualified = format!("checkout.{ns}");
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": [qualified], "http": [split("checkout", 80, 20)]}),
         )
         .await;
@@ -268,11 +258,9 @@ async fn a_virtual_service_exported_only_to_its_namespace_is_refused() {
     let ns = cluster.namespace.clone();
     subsets(&cluster).await;
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": ["checkout"], "exportTo": ["."], "http": [split("checkout", 100, 0)]}),
         )
         .await;
@@ -294,11 +282,9 @@ async fn a_gateway_only_virtual_service_is_refused_and_rolled_back_once_mesh_is_
     let mut proxies = clients(&ns);
     proxies.push(world.ingress_gateway("shop.example.com"));
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "public",
-        true,
-        json!({}),
         json!({"hosts": ["shop.example.com"], "gateways": ["istio-system/public"],
                "http": [split("checkout", 80, 20)]}),
     )
@@ -317,11 +303,9 @@ async fn a_gateway_only_virtual_service_is_refused_and_rolled_back_once_mesh_is_
     assert_every_client_reaches_the_canary(&before, &ns);
     assert_refused(&cluster, "sidecars calling").await;
 
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "checkout",
-        true,
-        json!({}),
         json!({"hosts": ["checkout"], "http": [split("checkout", 80, 20)]}),
     )
     .await;
@@ -342,11 +326,9 @@ async fn two_virtual_services_for_one_sidecar_host_are_refused() {
     subsets(&cluster).await;
     let mesh = Mesh::new(&cluster);
     for (name, canary) in [("checkout-a", 20), ("checkout-b", 50)] {
-        mesh.create(
+        mesh.opted_in(
             Kind::VirtualService,
             name,
-            true,
-            json!({}),
             json!({"hosts": ["checkout"], "http": [split("checkout", 100 - canary, canary)]}),
         )
         .await;
@@ -372,19 +354,11 @@ async fn a_delegate_virtual_service_is_rolled_back() {
     let ns = cluster.namespace.clone();
     subsets(&cluster).await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::VirtualService,
-        "checkout",
-        false,
-        json!({}),
-        json!({"hosts": ["checkout"], "http": [{"delegate": {"name": "checkout-routes", "namespace": ns}}]}),
-    )
+    mesh.not_opted_in(Kind::VirtualService, "checkout", json!({"hosts": ["checkout"], "http": [{"delegate": {"name": "checkout-routes", "namespace": ns}}]}))
     .await;
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "checkout-routes",
-        true,
-        json!({}),
         json!({"http": [split("checkout", 80, 20)]}),
     )
     .await;
@@ -472,11 +446,9 @@ async fn an_annotated_stable_subset_no_route_has_yet_takes_the_traffic_and_the_r
         "10.2.0.5",
     );
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "checkout",
-            true,
-            json!({}),
             json!({"host": "checkout", "subsets": [
                 {"name": "stable", "labels": {"version": "v1"}},
                 {"name": "canary", "labels": {"version": "v2"}},
@@ -528,11 +500,9 @@ async fn a_mirror_to_the_failing_version_is_refused_and_nothing_changes() {
     route["mirror"] = json!({"host": "checkout", "subset": "canary"});
     route["mirrorPercentage"] = json!({"value": 10.0});
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::VirtualService,
             "checkout",
-            true,
-            json!({}),
             json!({"hosts": ["checkout"], "http": [route]}),
         )
         .await;
@@ -545,11 +515,9 @@ async fn a_client_namespace_own_virtual_service_to_the_failing_version_is_refuse
     let ns = cluster.namespace.clone();
     subsets(&cluster).await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "checkout",
-        true,
-        json!({}),
         json!({"hosts": ["checkout"], "http": [split("checkout", 80, 20)]}),
     )
     .await;
@@ -586,31 +554,25 @@ async fn when_one_virtual_service_cannot_be_rolled_back_none_is() {
     let (cluster, _world) = checkout("ivr-all-or-nothing").await;
     let ns = cluster.namespace.clone();
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "checkout",
-            true,
-            json!({}),
             json!({"host": "checkout", "subsets": [
                 {"name": "v1", "labels": {"version": "v1"}},
                 {"name": "v2", "labels": {"version": "v2"}}]}),
         )
         .await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "checkout",
-        true,
-        json!({}),
         json!({"hosts": ["checkout"], "http": [
             {"route": [{"destination": {"host": "checkout", "subset": "v2"}}]}]}),
     )
     .await;
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "public",
-        true,
-        json!({}),
         json!({"hosts": [format!("{ns}.example.com")], "http": [{"route": [
             {"destination": {"host": "checkout", "subset": "v1"}, "weight": 0},
             {"destination": {"host": "checkout", "subset": "v2"}, "weight": 100}]}]}),
@@ -629,11 +591,9 @@ async fn with_stored_pods(cluster: &TestCluster, world: &World) {
             .expect("pod");
     }
     Mesh::new(cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "checkout",
-            true,
-            json!({}),
             json!({"host": "checkout", "subsets": [
                 {"name": "stable", "labels": {"version": "v1"}},
                 {"name": "canary", "labels": {"version": "v2"}},

@@ -77,11 +77,9 @@ fn params() -> PatchParams {
 
 async fn mesh_objects(cluster: &TestCluster) {
     let mesh = Mesh::new(cluster);
-    mesh.create(
+    mesh.opted_in(
         Kind::DestinationRule,
         VS,
-        true,
-        json!({}),
         json!({"host": "checkout",
                "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
                "subsets": [{"name": "v1", "labels": {"version": "v1"}},
@@ -499,13 +497,7 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
         .await
         .expect("create role binding");
     let before = Mesh::new(&cluster)
-        .create(
-            Kind::DestinationRule,
-            DB,
-            true,
-            json!({}),
-            json!({"host": "orders-db"}),
-        )
+        .opted_in(Kind::DestinationRule, DB, json!({"host": "orders-db"}))
         .await;
     // The pause switches every function reads first, and the rules of every namespace
     // (which rule a client takes depends on all of them): cluster-wide, so a ClusterRole.

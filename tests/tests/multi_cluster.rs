@@ -79,16 +79,10 @@ async fn regional_service(member: &Member, service: &str) {
     let cluster = &member.cluster;
     store_service(cluster, service, json!({"app": service}), PORT).await;
     Mesh::new(cluster)
-        .create(
-            Kind::DestinationRule,
-            service,
-            true,
-            json!({}),
-            json!({"host": service, "trafficPolicy": {
+        .opted_in(Kind::DestinationRule, service, json!({"host": service, "trafficPolicy": {
                 "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
                 "loadBalancer": {"localityLbSetting": {"enabled": true,
-                    "failover": [{"from": "us-east-1", "to": "us-west-2"}]}}}}),
-        )
+                    "failover": [{"from": "us-east-1", "to": "us-west-2"}]}}}}))
         .await;
 }
 

@@ -117,25 +117,17 @@ fn routes(canary: (i64, i64), regions: (i64, i64, i64)) -> Value {
 async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change() {
     let cluster = TestCluster::start("race-two").await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        "checkout",
-        true,
-        json!({}),
-        json!({"host": "checkout", "subsets": [
+    mesh.opted_in(Kind::DestinationRule, "checkout", json!({"host": "checkout", "subsets": [
             {"name": "v1", "labels": {"version": "v1"}},
             {"name": "v2", "labels": {"version": "v2"}},
             {"name": "east", "labels": {"version": "v1", "topology.kubernetes.io/region": "us-east-1"}},
             {"name": "west", "labels": {"version": "v1", "topology.kubernetes.io/region": "us-west-2"}},
             {"name": "eu", "labels": {"version": "v1", "topology.kubernetes.io/region": "eu-west-1"}},
-        ]}),
-    )
+        ]}))
     .await;
-    mesh.create(
+    mesh.opted_in(
         Kind::VirtualService,
         "checkout",
-        true,
-        json!({}),
         json!({"hosts": ["checkout"], "http": routes((50, 50), (60, 30, 10))}),
     )
     .await;

@@ -361,9 +361,7 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_with_dist
         "tls": {"mode": "ISTIO_MUTUAL"},
         "loadBalancer": {"simple": "ROUND_ROBIN", "localityLbSetting": {"enabled": true}},
     }});
-    let before = mesh
-        .create(Kind::DestinationRule, NAME, true, json!({}), spec)
-        .await;
+    let before = mesh.opted_in(Kind::DestinationRule, NAME, spec).await;
     // us-west-2 is unhealthy: eu-west-1 takes every client's calls.
     let regions = Regions::start(503, 200).await;
     let outcome = fire(&cluster, checked(&regions)).await;

@@ -428,11 +428,9 @@ async fn a_transient_failure_listing_the_opted_in_rules_is_retried_in_the_invoca
     let cluster = TestCluster::start("rel-list").await;
     let ns = cluster.namespace.clone();
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "orders-db",
-            true,
-            json!({}),
             json!({"host": format!("orders-db.{ns}.svc.cluster.local")}),
         )
         .await;

@@ -374,11 +374,9 @@ async fn istio_function_within_its_rules<R: Remediation>(
 async fn error_rollback_works_within_its_rules() {
     let cluster = TestCluster::start("rules-er").await;
     let mesh = Mesh::new(&cluster);
-    mesh.create(
+    mesh.not_opted_in(
         Kind::DestinationRule,
         "checkout",
-        false,
-        json!({}),
         json!({"host": "checkout", "subsets": [
             {"name": "v1", "labels": {"version": "v1"}},
             {"name": "v2", "labels": {"version": "v2"}},
@@ -434,11 +432,9 @@ async fn error_rollback_works_within_its_rules() {
 async fn db_circuit_break_works_within_its_rules() {
     let cluster = TestCluster::start("rules-cb").await;
     Mesh::new(&cluster)
-        .create(
+        .opted_in(
             Kind::DestinationRule,
             "orders-db",
-            true,
-            json!({}),
             json!({"host": format!("orders-db.{}.svc.cluster.local", cluster.namespace)}),
         )
         .await;
