@@ -37,6 +37,8 @@ pub struct Config {
     pub max_concurrency: usize,
     /// Direct report sinks besides the SNS topic.
     pub sinks: Sinks,
+    /// Verification of applied changes (`VERIFY_*`, `PROMETHEUS_*`).
+    pub verify: crate::verify::Settings,
 }
 
 pub use crate::report::sinks::{PAGERDUTY_EVENTS_URL, Secret, SinkCredential, Sinks};
@@ -185,6 +187,7 @@ impl Config {
             },
             max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,
             sinks: Sinks::from_lookup(&get)?,
+            verify: crate::verify::Settings::from_lookup(&get)?,
         })
     }
 }

@@ -70,6 +70,16 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// A verification's query to Prometheus failed, or answered with no data: the verdict
+    /// is not guessed. Retryable unless Prometheus refused the query itself (400, 422).
+    #[error("Prometheus query: {message}")]
+    Prometheus {
+        /// What failed, with the query and the time it was for.
+        message: String,
+        /// Whether a later attempt may succeed.
+        retryable: bool,
+    },
+
     /// The invocation ran out of time: an API call was not started, or got no answer before
     /// the Lambda deadline. The text says which and what that means for the change.
     #[error("out of time: {0}")]
@@ -87,7 +97,9 @@ impl Error {
             Error::Kube { source, .. } => kube_error_is_retryable(source),
             Error::ConflictStorm { .. } | Error::OutOfTime(_) => true,
             Error::Connect(_) => true,
-            Error::Aws { retryable, .. } | Error::Secret { retryable, .. } => *retryable,
+            Error::Aws { retryable, .. }
+            | Error::Secret { retryable, .. }
+            | Error::Prometheus { retryable, .. } => *retryable,
         }
     }
 

@@ -88,13 +88,32 @@ pub async fn run<R: Remediation>(remediation: R) -> Result<(), BoxError> {
         Arc::new(AwsClusterDirectory::default()),
     );
     let notifiers = notifiers(&config);
-    let function = Function::new(Pipeline::with_connections(config, remediation, connections))
-        .with_notifiers(notifiers);
+    let verifier = verifier(&config)?;
+    let mut pipeline = Pipeline::with_connections(config, remediation, connections);
+    if let Some(verifier) = verifier {
+        pipeline = pipeline.with_verifier(verifier);
+    }
+    let function = Function::new(pipeline).with_notifiers(notifiers);
     let function = &function;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         function.invoke(event).await
     }))
     .await
+}
+
+/// The verifier the configuration asks for: none without a queue or Prometheus (clients
+/// are built, nothing is contacted at start).
+pub fn verifier(config: &Config) -> crate::Result<Option<crate::verify::Verifier>> {
+    let settings = &config.verify;
+    if settings.queue_url.is_none() && settings.prometheus_url.is_none() {
+        return Ok(None);
+    }
+    if !settings.enabled() {
+        tracing::info!(
+            "VERIFY_AFTER_SECONDS=0 or no VERIFY_QUEUE_URL: applied changes are not verified"
+        );
+    }
+    crate::verify::Verifier::from_settings(settings).map(Some)
 }
 
 /// The report sinks the configuration asks for (none are contacted at start, and a

@@ -15,7 +15,8 @@
 //! - [`cluster`]: connections to the served clusters, the action record, other controllers;
 //! - [`report`]: outcomes, notifications and logs;
 //! - [`config`], [`error`], [`lambda`]: settings, the one error type, the Lambda edge;
-//! - [`drill`]: the chaos-drill alert, built and published as Alertmanager would.
+//! - [`drill`]: the chaos-drill alert, built and published as Alertmanager would;
+//! - [`verify`]: whether an applied change helped, judged on Prometheus after a delay.
 //!
 //! A remediation is one module behind [`remediation::Remediation`]; a function's `main` is
 //! a call to [`run`].
@@ -31,6 +32,7 @@ pub mod lambda;
 pub mod pipeline;
 pub mod remediation;
 pub mod report;
+pub mod verify;
 
 pub use error::{Error, Result};
 

@@ -3,10 +3,30 @@
 //! It is written in the same request as the change and guarded by the object's
 //! `resourceVersion`, so two concurrent invocations cannot both act: the second write
 //! fails with 409, re-reads the object, finds the record and stands down.
+//!
+//! The format is additive JSON (camelCase); readers ignore fields they do not know. Since
+//! verification, a record may carry `verification`:
+//!
+//! ```json
+//! {"fingerprint": "...", "traceId": "1-...", "at": "...", "streak": 1, "change": "...",
+//!  "verification": {"state": "pending", "due": "2026-12-07T23:45:00Z"}}
+//! {"...": "...",
+//!  "verification": {"state": "worse", "due": "...", "at": "...", "traceId": "<verifying invocation>",
+//!                   "summary": "worse than before the change (by more than 20%): error_ratio 0.3 > 0.005 (was 0.05)",
+//!                   "evidence": [{"check": "error_ratio", "query": "...", "before": 0.05, "now": 0.3, "threshold": 0.005}],
+//!                   "undone": true}}
+//! ```
+//!
+//! `state` is `pending` (written with the change when verification is on), then one of
+//! `verified`, `not-recovered`, `worse`; `undone` is set when a worse change was undone
+//! (the record's `reverted` says when and why). A record without `verification` was made
+//! with verification off, in a dry run or before it existed.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::verify::verdict::{Measurement, Verdict};
 
 /// Label that opts an object into automation.
 pub const OPT_IN_LABEL: &str = "auto_remediation";
@@ -56,6 +76,79 @@ pub struct ActionRecord {
     /// When this streak was escalated to a person (see [`crate::guard::escalation`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub escalated_at: Option<DateTime<Utc>>,
+    /// Whether the change helped, once verified (see [`crate::verify`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// Where the verification of the recorded action stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VerificationState {
+    /// Scheduled, not judged yet.
+    Pending,
+    /// Recovered.
+    Verified,
+    /// Not recovered: handed to a person.
+    NotRecovered,
+    /// Worse than before: undone where it can be, and handed to a person.
+    Worse,
+}
+
+impl From<Verdict> for VerificationState {
+    fn from(verdict: Verdict) -> Self {
+        match verdict {
+            Verdict::Verified => VerificationState::Verified,
+            Verdict::NotRecovered => VerificationState::NotRecovered,
+            Verdict::Worse => VerificationState::Worse,
+        }
+    }
+}
+
+/// The verification of one action, on its record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Pending, or the verdict.
+    pub state: VerificationState,
+    /// When the check is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<DateTime<Utc>>,
+    /// When it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<DateTime<Utc>>,
+    /// Trace id of the invocation that judged it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The verdict in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// Each check: query, value before, value then, threshold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<Measurement>,
+    /// A worse change was undone (the record's `reverted` says how).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub undone: bool,
+}
+
+impl Verification {
+    /// Scheduled for `due`.
+    pub fn pending(due: DateTime<Utc>) -> Self {
+        Verification {
+            state: VerificationState::Pending,
+            due: Some(due),
+            at: None,
+            trace_id: None,
+            summary: None,
+            evidence: Vec::new(),
+            undone: false,
+        }
+    }
+
+    /// Whether a verdict is recorded (a repeated verify request then changes nothing).
+    pub fn judged(&self) -> bool {
+        self.state != VerificationState::Pending
+    }
 }
 
 /// A revert request that undid the recorded action.

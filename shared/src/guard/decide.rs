@@ -189,6 +189,7 @@ mod tests {
             recovered_at: None,
             reverted: None,
             escalated_at: None,
+            verification: None,
         }
     }
 

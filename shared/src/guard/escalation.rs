@@ -270,6 +270,7 @@ mod tests {
         );
         let never = ActionRecord {
             escalated_at: None,
+            verification: None,
             ..record
         };
         assert_eq!(

@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod names;
+pub mod verify;
 
 use std::collections::BTreeMap;
 

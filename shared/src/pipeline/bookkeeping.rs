@@ -40,6 +40,8 @@ pub(super) struct Write {
     /// Counted against `MAX_TARGETS_PER_INVOCATION` and the budgets: a change to the
     /// object, not bookkeeping on it.
     pub(super) counts_against_budget: bool,
+    /// The verification to schedule once the change lands (not in a dry run).
+    pub(super) verify: Option<Box<crate::verify::VerifyRequest>>,
 }
 
 impl<R: Remediation> Pipeline<R> {
@@ -108,8 +110,12 @@ impl<R: Remediation> Pipeline<R> {
             recovered_at: None,
             reverted: None,
             escalated_at: None,
+            verification: self.pending_verification(at),
         };
         let mut step = self.write_step(at, object, &plan, &new_record, true);
+        if let Step::Write(write) = &mut step {
+            write.verify = self.verify_request(at, input, &new_record).map(Box::new);
+        }
         if hand_off == HandOff::StayedResolved
             && let Step::Write(write) = &mut step
         {
@@ -302,6 +308,7 @@ impl<R: Remediation> Pipeline<R> {
                 note,
             },
             counts_against_budget,
+            verify: None,
         })
     }
 }

@@ -83,7 +83,7 @@ struct Sent {
     record: String,
     outcome: Outcome,
     event: EventNote,
-    verify: Option<crate::verify::VerifyRequest>,
+    verify: Option<Box<crate::verify::VerifyRequest>>,
 }
 
 /// How a write's answer was lost for good.

@@ -9,6 +9,10 @@
 //!       -> merge   (merge.rs: one outcome per alert)                 -> InvocationReport
 //! ```
 //!
+//! A verify request (verify.rs) takes the same road: intake, its object, a decision on a
+//! fresh read (the verdict), the guarded write of the record (and the undo of a worse
+//! change), audit. Applied changes are scheduled for verification at the end.
+//!
 //! Every stage runs in a span carrying the invocation's `trace_id` (and the `alert` and
 //! `target` where it has them): log lines inside a stage carry them, and no call passes
 //! them by hand.
@@ -36,6 +40,7 @@ mod spending;
 mod targets;
 mod timebox;
 mod undo;
+mod verify;
 mod work;
 
 use requests::Intake;
@@ -86,6 +91,8 @@ pub struct Pipeline<R> {
     config: Config,
     remediation: R,
     connections: Connections,
+    /// Verification of applied changes, when configured.
+    verifier: Option<std::sync::Arc<crate::verify::Verifier>>,
 }
 
 impl<R: Remediation> Pipeline<R> {
@@ -100,7 +107,14 @@ impl<R: Remediation> Pipeline<R> {
             config,
             remediation,
             connections,
+            verifier: None,
         }
+    }
+
+    /// Verifies applied changes with `verifier` (and judges verify requests).
+    pub fn with_verifier(mut self, verifier: crate::verify::Verifier) -> Self {
+        self.verifier = Some(std::sync::Arc::new(verifier));
+        self
     }
 
     /// The configuration in force.
@@ -116,9 +130,15 @@ impl<R: Remediation> Pipeline<R> {
     )]
     pub async fn handle(&self, event: &Value, invocation: &Invocation) -> InvocationReport {
         let alert_topic = self.config.alert_topic_arn.as_deref();
-        let Intake { mut settled, work } = match intake::parse_revert(event, alert_topic) {
-            Some(revert) => self.intake_revert(revert, invocation),
-            None => self.intake(event, invocation),
+        let revert = intake::parse_revert(event, alert_topic);
+        let verify = revert
+            .is_none()
+            .then(|| intake::verify::parse_verify(event))
+            .flatten();
+        let Intake { mut settled, work } = match (revert, verify) {
+            (Some(revert), _) => self.intake_revert(revert, invocation),
+            (None, Some(verify)) => self.intake_verify(verify, invocation),
+            (None, None) => self.intake(event, invocation),
         };
         settled.append(&mut self.act_on_targets(work, invocation).await);
         InvocationReport::new(

@@ -28,6 +28,25 @@ pub(super) struct Shared {
     pub(super) brakes: BrakeReads,
     /// The budget slots asked for, taken in bulk.
     pub(super) slots: Arc<SlotBook>,
+    /// Verifications to schedule once every target is done, with their alert's order.
+    pub(super) to_verify: std::sync::Mutex<Vec<(usize, crate::verify::VerifyRequest)>>,
+}
+
+impl Shared {
+    /// Keeps `request` (a landed change's verification) for scheduling.
+    pub(super) fn schedule(
+        &self,
+        order: usize,
+        request: Option<Box<crate::verify::VerifyRequest>>,
+    ) {
+        if let Some(request) = request {
+            let mut queued = self
+                .to_verify
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queued.push((order, *request));
+        }
+    }
 }
 
 impl<R: Remediation> Pipeline<R> {
@@ -50,6 +69,7 @@ impl<R: Remediation> Pipeline<R> {
                 &self.config.policy.budget,
                 self.timebox(invocation),
             ),
+            to_verify: std::sync::Mutex::default(),
         };
         let turns = Arc::new(Semaphore::new(self.config.max_concurrency.max(1)));
         let targets = groups.into_values().map(|items| {
@@ -64,11 +84,20 @@ impl<R: Remediation> Pipeline<R> {
                 self.handle_target(items, invocation, shared, &turn).await
             }
         });
-        futures::future::join_all(targets)
+        let mut outcomes: Vec<(usize, Outcome)> = futures::future::join_all(targets)
             .await
             .into_iter()
             .flatten()
-            .collect()
+            .collect();
+        let landed = std::mem::take(
+            &mut *shared
+                .to_verify
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.schedule_verifications(landed, &mut outcomes, invocation)
+            .await;
+        outcomes
     }
 
     /// Handles every alert aimed at one locator: the first firing alert (else the first
@@ -258,7 +287,7 @@ impl<R: Remediation> Pipeline<R> {
             .iter()
             .filter(|obj| match &work.request {
                 Request::Alert { input, .. } => self.remediation.selects(input, obj),
-                Request::Revert(_) => true,
+                Request::Revert(_) | Request::Verify(_) => true,
             })
             // Opted-in objects in namespaces the policy closes are not targets (planning
             // counts them as unchangeable and refuses where that matters).

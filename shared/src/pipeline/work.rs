@@ -34,6 +34,8 @@ pub(super) enum Request {
     Alert { input: AlertInput, resolved: bool },
     /// Undo the recorded action on one object.
     Revert(RevertRequest),
+    /// Judge whether the recorded action helped.
+    Verify(super::verify::Verify),
 }
 
 /// One object a piece of work reaches, in one invocation: what decide, enact and audit are
@@ -70,6 +72,7 @@ impl<R: Remediation> Work<R> {
         match &self.request {
             Request::Alert { input, .. } => &input.alert.fingerprint,
             Request::Revert(_) => "revert-request",
+            Request::Verify(_) => "verify-request",
         }
     }
 
@@ -85,6 +88,10 @@ impl<R: Remediation> Work<R> {
                 "dryRun in the revert request: validated by server-side dry run, nothing stored",
             ),
             Request::Revert(_) => None,
+            Request::Verify(_) if config_dry_run => {
+                Some("DRY_RUN=true: validated by server-side dry run, nothing stored")
+            }
+            Request::Verify(_) => None,
         }
     }
 
@@ -105,6 +112,10 @@ impl<R: Remediation> Work<R> {
                     .map(|by| format!(" by {}", printable(by)))
                     .unwrap_or_default(),
                 printable(&request.reason)
+            ),
+            Request::Verify(verify) => format!(
+                "verification of the action of trace {}",
+                printable(&verify.request.trace_id)
             ),
         }
     }

@@ -29,6 +29,10 @@ impl Remediation for LatencyRestart {
         "latency-restart"
     }
 
+    fn verifiable(&self, _config: &Config) -> Vec<ApiResource> {
+        vec![ApiResource::erase::<Deployment>(&())]
+    }
+
     fn locate(&self, input: &AlertInput, _config: &Config) -> Result<Locator, String> {
         let deployment = input
             .alert

@@ -215,6 +215,12 @@ pub trait Remediation: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The resource types a verify request may name: the objects this remediation changes.
+    /// The default is [`Remediation::revertible`]'s.
+    fn verifiable(&self, config: &Config) -> Vec<ApiResource> {
+        self.revertible(config)
+    }
+
     /// Plans the revert of the recorded action: restore `previous` exactly, and refuse
     /// when the object no longer holds what was `applied` (someone edited it since).
     fn plan_revert(

@@ -49,10 +49,10 @@ fn judge_drill(function: &str, o: &mut Outcome) {
 }
 
 impl Outcome {
-    /// Whether the report sinks hear of it: anything but a skip, and the skips a person
-    /// must act on ([`crate::guard::skip::SkipReason::needs_a_person`]).
+    /// Whether the report sinks hear of it: anything but a skip, the skips a person must act
+    /// on ([`crate::guard::skip::SkipReason::needs_a_person`]), and every verdict.
     pub fn needs_a_report(&self) -> bool {
-        self.outcome != OutcomeKind::Skipped || self.needs_a_person
+        self.outcome != OutcomeKind::Skipped || self.needs_a_person || self.verification.is_some()
     }
 }
 
@@ -167,6 +167,10 @@ pub struct Outcome {
     /// (for a mesh-wide drain, which clusters were drained and which were not).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub clusters: BTreeMap<String, OutcomeKind>,
+    /// For a verify request: the verdict (`verified`, `not-recovered`, `worse`) and its
+    /// evidence, as recorded on the object.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Value>,
 }
 
 impl Outcome {
@@ -182,6 +186,7 @@ impl Outcome {
             retryable: false,
             needs_a_person: false,
             clusters: BTreeMap::new(),
+            verification: None,
         }
     }
 

@@ -195,6 +195,7 @@ mod tests {
             recovered_at: None,
             reverted: None,
             escalated_at: None,
+            verification: None,
         }
     }
 

@@ -1,0 +1,61 @@
+//! AWS credentials and endpoints for the verification's own calls (the AMP query, the
+//! verify queue), loaded from the standard chain on first use and kept.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+
+use crate::error::{Error, Result};
+
+/// The standard AWS configuration (environment, Lambda role), loaded on first use.
+#[derive(Default)]
+pub struct AwsAccess {
+    sdk: tokio::sync::OnceCell<aws_config::SdkConfig>,
+}
+
+impl AwsAccess {
+    async fn sdk(&self) -> &aws_config::SdkConfig {
+        self.sdk
+            .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
+            .await
+    }
+
+    /// Current credentials and the configured region.
+    pub async fn credentials(&self) -> Result<(Credentials, String)> {
+        use aws_credential_types::provider::ProvideCredentials as _;
+        let sdk = self.sdk().await;
+        let region = sdk.region().map(ToString::to_string).ok_or(Error::Config {
+            var: "AWS_REGION",
+            message: "not set; needed to sign requests to Prometheus and the verify queue".into(),
+        })?;
+        let provider = sdk.credentials_provider().ok_or(Error::Connect(
+            "no AWS credentials provider configured".into(),
+        ))?;
+        let credentials = provider
+            .provide_credentials()
+            .await
+            .map_err(|err| Error::Aws {
+                operation: "credentials",
+                message: err.to_string(),
+                retryable: true,
+            })?;
+        Ok((credentials, region))
+    }
+
+    /// `AWS_ENDPOINT_URL`, when a local emulator stands in for AWS.
+    pub async fn endpoint_url(&self) -> Option<String> {
+        self.sdk().await.endpoint_url().map(str::to_owned)
+    }
+
+    /// SigV4 headers for `post` to `service` in `region` (the configured one when `None`).
+    pub async fn sign(
+        &self,
+        post: &super::sign::Post<'_>,
+        service: &str,
+        region: Option<&str>,
+    ) -> Result<Vec<(String, String)>> {
+        let (credentials, own_region) = self.credentials().await?;
+        let region = region.unwrap_or(&own_region);
+        super::sign::headers(post, &credentials, service, region, SystemTime::now())
+    }
+}

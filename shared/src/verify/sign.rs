@@ -1,0 +1,98 @@
+//! SigV4 for the two AWS calls a verification makes without an SDK client: the query to
+//! an Amazon Managed Prometheus workspace (`aps`) and `SendMessage` to the verify queue
+//! (`sqs`, JSON protocol). Both are one POST each; a whole SDK client per call was not
+//! worth its build time and binary size.
+
+use std::time::SystemTime;
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+use aws_sigv4::sign::v4;
+
+use crate::error::{Error, Result};
+
+/// A POST to sign: where, what headers it already has, and its body.
+pub struct Post<'a> {
+    /// Full URL.
+    pub url: &'a str,
+    /// Headers sent (and signed), e.g. `content-type`.
+    pub headers: &'a [(&'a str, &'a str)],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// The headers to add for SigV4 (`authorization`, `x-amz-date`, and
+/// `x-amz-security-token` with temporary credentials).
+pub fn headers(
+    post: &Post<'_>,
+    credentials: &Credentials,
+    service: &str,
+    region: &str,
+    time: SystemTime,
+) -> Result<Vec<(String, String)>> {
+    let identity = credentials.clone().into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name(service)
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|err| signing_error(service, &err))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        post.url,
+        post.headers.iter().copied(),
+        SignableBody::Bytes(post.body),
+    )
+    .map_err(|err| signing_error(service, &err))?;
+    let (instructions, _signature) = sign(signable, &params)
+        .map_err(|err| signing_error(service, &err))?
+        .into_parts();
+    let (added, _query) = instructions.into_parts();
+    Ok(added
+        .into_iter()
+        .map(|header| (header.name().to_owned(), header.value().to_owned()))
+        .collect())
+}
+
+fn signing_error(service: &str, err: &dyn std::fmt::Display) -> Error {
+    Error::Aws {
+        operation: if service == "sqs" {
+            "sqs:SendMessage signing"
+        } else {
+            "aps:QueryMetrics signing"
+        },
+        message: err.to_string(),
+        retryable: false,
+    }
+}
+
+/// The AWS region of an Amazon Managed Prometheus workspace URL
+/// (`https://aps-workspaces.<region>.amazonaws.com/workspaces/<id>`), `None` for any other.
+pub fn amp_region(url: &str) -> Option<String> {
+    let host = url.strip_prefix("https://")?.split('/').next()?;
+    let region = host
+        .strip_prefix("aps-workspaces.")?
+        .strip_suffix(".amazonaws.com")?;
+    (!region.is_empty() && !region.contains('.')).then(|| region.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_urls_name_their_region() {
+        assert_eq!(
+            amp_region("https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-1"),
+            Some("eu-west-1".into())
+        );
+        assert_eq!(amp_region("http://prometheus.monitoring:9090"), None);
+        assert_eq!(
+            amp_region("https://aps-workspaces.x.y.amazonaws.com/"),
+            None
+        );
+    }
+}
