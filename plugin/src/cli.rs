@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Reads and writes what the functions read and write (the action record on each object,
 /// the pause annotations and switch, the budget ConfigMap), with your kubeconfig identity.
 #[derive(Debug, Parser)]
-#[command(name = "kubectl mesh-remediation", version)]
+#[command(
+    name = "kubectl mesh-remediation",
+    bin_name = "kubectl mesh-remediation",
+    version
+)]
 pub struct Cli {
     #[command(flatten)]
     pub target: Target,

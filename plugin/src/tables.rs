@@ -35,11 +35,20 @@ impl Tabular for ActionRow {
             if self.escalated { "yes" } else { "no" }.to_owned(),
             self.alert.clone(),
             self.trace_id.clone(),
-            self.unreadable
-                .clone()
-                .unwrap_or_else(|| self.change.clone()),
+            shortened(self.unreadable.as_deref().unwrap_or(&self.change)),
         ]
     }
+}
+
+/// A long change in words, cut for a table row (`-o json` or `-o yaml` has it whole).
+const CHANGE_COLUMN: usize = 72;
+
+fn shortened(text: &str) -> String {
+    if text.chars().count() <= CHANGE_COLUMN {
+        return text.to_owned();
+    }
+    let cut: String = text.chars().take(CHANGE_COLUMN - 3).collect();
+    format!("{}...", cut.trim_end())
 }
 
 impl Tabular for HandOffRow {

@@ -137,6 +137,12 @@ impl Drill {
                 "Subject": self.subject(),
                 "Message": self.message().to_string(),
                 "Timestamp": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                // Lambda's SNS record carries SNS's signature fields; a direct invocation
+                // has none to give, and the function does not check them.
+                "SignatureVersion": "1",
+                "Signature": "",
+                "SigningCertUrl": "",
+                "UnsubscribeUrl": "",
                 "MessageAttributes": attributes,
             }
         }]})
@@ -197,6 +203,9 @@ mod tests {
                 .attributes()
                 .contains(&("remediation", "latency-restart".to_owned()))
         );
+        let event = drill.sns_event("arn:aws:sns:us-east-1:1:alerts");
+        let parsed = crate::intake::parse_event(&event, None).expect("an SNS event");
+        assert!(parsed[0].content.is_ok(), "intake reads it: {event}");
         assert!(Drill::new("reboot", "shop", &targets, Utc::now()).is_err());
         let odd = BTreeMap::from([("pod".to_owned(), "x".to_owned())]);
         assert!(Drill::new("latency-restart", "shop", &odd, Utc::now()).is_err());

@@ -124,15 +124,19 @@ impl Emulator {
         emulator
     }
 
+    /// The emulator's invocations endpoint, which takes the event as Lambda's Invoke API does.
+    pub fn invocations_url(&self) -> String {
+        format!(
+            "http://127.0.0.1:{}/2015-03-31/functions/function/invocations",
+            self.port
+        )
+    }
+
     /// Invokes the function with `event`; returns the HTTP status and the JSON answer
     /// (the function's response, or Lambda's `errorMessage` document).
     pub async fn invoke(&self, event: &Value) -> (u16, Value) {
-        let url = format!(
-            "http://127.0.0.1:{}/2015-03-31/functions/function/invocations",
-            self.port
-        );
         let response = reqwest::Client::new()
-            .post(url)
+            .post(self.invocations_url())
             .json(event)
             .timeout(Duration::from_secs(60))
             .send()

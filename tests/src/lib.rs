@@ -20,6 +20,7 @@ pub mod lambda_emulator;
 pub mod mesh;
 pub mod mesh_gen;
 pub mod moto;
+pub mod operator;
 pub mod transient;
 
 pub use cluster::TestCluster;

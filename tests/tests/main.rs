@@ -23,6 +23,8 @@ mod least_privilege;
 mod local_invoke;
 mod multi_cluster;
 mod observability;
+mod operator;
+mod operator_actions;
 mod pause;
 mod races;
 mod region_failover;
