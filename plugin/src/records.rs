@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use kube::api::{ApiResource, DynamicObject};
-use mesh_remediation::cluster::record::ActionRecord;
+use mesh_remediation::cluster::record::{ActionRecord, Verification};
 use mesh_remediation::guard::escalation::{self, Escalation};
 use mesh_remediation::guard::pause::{self, PAUSE_ANNOTATION, REMEDIATIONS_ANNOTATION};
 use mesh_remediation::intake::KNOWN_REMEDIATIONS;
@@ -37,6 +37,10 @@ pub struct ActionRow {
     /// Who reverted it and why, when it was reverted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reverted: Option<String>,
+    /// Whether the change helped, where it is verified: pending, or the verdict and its
+    /// evidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
     /// Whether the object is handed off to a person now.
     pub escalated: bool,
     /// A record this code cannot read (someone edited the annotation).
@@ -82,6 +86,7 @@ pub fn actions(
                             rev.reason
                         )
                     }),
+                    verification: record.and_then(|r| r.verification.clone()),
                     escalated,
                     unreadable,
                 }
@@ -208,7 +213,8 @@ mod tests {
     #[test]
     fn each_functions_record_is_a_row_newest_first_with_its_state() {
         let restart = json!({"fingerprint": "f1", "traceId": "t1", "at": "2026-12-04T10:00:00Z",
-            "streak": 1, "change": "rollout restart"});
+            "streak": 1, "change": "rollout restart",
+            "verification": {"state": "not-recovered", "due": "2026-12-04T10:05:00Z"}});
         let rollback = json!({"fingerprint": "f2", "traceId": "t2", "at": "2026-12-04T11:00:00Z",
             "streak": 1, "change": "routed 100%", "reverted": {"at": "2026-12-04T11:05:00Z",
             "traceId": "t3", "reason": "fixed", "requestedBy": "alice"}});
@@ -230,6 +236,12 @@ mod tests {
             ]
         );
         assert_eq!(rows[0].object, "Deployment shop/checkout-v2");
+        assert_eq!(rows[0].verification, None);
+        let verified = rows[1].verification.as_ref().map(|v| v.state);
+        assert_eq!(
+            verified,
+            Some(mesh_remediation::cluster::record::VerificationState::NotRecovered)
+        );
         assert!(
             rows[0]
                 .reverted

@@ -13,6 +13,7 @@ impl Tabular for ActionRow {
             "FUNCTION",
             "AGE",
             "STATE",
+            "VERIFIED",
             "HANDED OFF",
             "ALERT",
             "TRACE",
@@ -32,6 +33,12 @@ impl Tabular for ActionRow {
                 age(self.at, Utc::now())
             },
             self.state.clone(),
+            self.verification.as_ref().map_or_else(unknown, |v| {
+                serde_json::to_value(v.state)
+                    .ok()
+                    .and_then(|s| s.as_str().map(str::to_owned))
+                    .unwrap_or_else(unknown)
+            }),
             if self.escalated { "yes" } else { "no" }.to_owned(),
             self.alert.clone(),
             self.trace_id.clone(),
