@@ -42,10 +42,12 @@ def resources(template: dict) -> dict:
     return {k: v for k, v in template["Resources"].items() if not k.startswith("Fn::ForEach")}
 
 
-def expanded(clusters: list[str], region: str = "us-east-1") -> dict:
+def expanded(clusters: list[str], region: str = "us-east-1", parameters: dict | None = None) -> dict:
     """template.yaml with its AWS::LanguageExtensions loops expanded for ``clusters`` by SAM
     CLI's own expander (what ``sam build --language-extensions`` and CloudFormation do), in
-    CloudFormation's long form (``{"Fn::GetAtt": [...]}``).
+    CloudFormation's long form (``{"Fn::GetAtt": [...]}``). ``parameters`` (pseudo parameters such
+    as ``AWS::AccountId`` included) are values the expander may substitute; one it lacks may be
+    left out where it is referenced.
 
     It runs in a process of its own: importing SAM CLI's YAML helper re-registers PyYAML's
     mapping constructors for the whole process (mappings load as OrderedDict, which
@@ -54,11 +56,12 @@ def expanded(clusters: list[str], region: str = "us-east-1") -> dict:
 import json, sys
 from samcli.lib.cfn_language_extensions.sam_integration import expand_language_extensions
 from samcli.yamlhelper import yaml_parse
-clusters, region, path = json.loads(sys.argv[1])
+clusters, region, parameters, path = json.loads(sys.argv[1])
 template = yaml_parse(open(path).read())
-result = expand_language_extensions(template, {"ClusterNames": clusters, "AWS::Region": region}, enabled=True)
+values = {**parameters, "ClusterNames": clusters, "AWS::Region": region}
+result = expand_language_extensions(template, values, enabled=True)
 print(json.dumps(result.expanded_template))
 """
-    args = json.dumps([clusters, region, str(TEMPLATE)])
+    args = json.dumps([clusters, region, parameters or {}, str(TEMPLATE)])
     out = subprocess.run([sys.executable, "-c", script, args], check=True, capture_output=True, text=True)
     return json.loads(out.stdout)
