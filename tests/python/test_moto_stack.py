@@ -208,8 +208,10 @@ def test_translated_alarms_watch_every_function_and_the_alert_topic(translated):
 def test_translated_functions_are_configured_as_deployed(translated):
     for prefix in FUNCTIONS:
         p = translated["Resources"][f"{prefix}Function"]["Properties"]
-        assert p["ReservedConcurrentExecutions"] == {"Fn::If": ["HasReservedConcurrency", {"Ref": "ReservedConcurrency"}, {"Ref": "AWS::NoValue"}]}
-        assert p["VpcConfig"]["Fn::If"][0] == "InVpc"
+        # The expander has evaluated the conditions for the deployer's values: a reservation of
+        # ReservedConcurrency, no SubnetIds so no VpcConfig, no KmsKeyArn so no key.
+        assert p["ReservedConcurrentExecutions"] == PARAMETERS["ReservedConcurrency"]
+        assert "VpcConfig" not in p and "KmsKeyArn" not in p, p
         assert p["LoggingConfig"]["LogGroup"] == {"Ref": f"{prefix}LogGroup"}
         log_group = translated["Resources"][f"{prefix}LogGroup"]
         assert (log_group["DeletionPolicy"], log_group["UpdateReplacePolicy"]) == ("Retain", "Retain")
