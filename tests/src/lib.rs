@@ -22,5 +22,6 @@ pub mod mesh_gen;
 pub mod moto;
 pub mod operator;
 pub mod transient;
+pub mod verify_world;
 
 pub use cluster::TestCluster;

@@ -31,3 +31,4 @@ mod region_failover;
 mod reliability;
 mod request_counts;
 mod secrets;
+mod verification;

@@ -14,6 +14,28 @@ pub struct AwsAccess {
 }
 
 impl AwsAccess {
+    /// Fixed credentials and region, and an endpoint standing in for AWS (an emulator).
+    pub fn with_static_keys(
+        access_key_id: &str,
+        secret_access_key: &str,
+        region: &str,
+        endpoint_url: Option<&str>,
+    ) -> Self {
+        let credentials = Credentials::new(access_key_id, secret_access_key, None, None, "static");
+        let mut builder = aws_config::SdkConfig::builder()
+            .region(aws_config::Region::new(region.to_owned()))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+            )
+            .behavior_version(aws_config::BehaviorVersion::latest());
+        if let Some(url) = endpoint_url {
+            builder = builder.endpoint_url(url);
+        }
+        AwsAccess {
+            sdk: tokio::sync::OnceCell::new_with(Some(builder.build())),
+        }
+    }
+
     async fn sdk(&self) -> &aws_config::SdkConfig {
         self.sdk
             .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))

@@ -73,7 +73,11 @@ pub struct Verifier {
 impl Verifier {
     /// The verifier `settings` describe, on the standard AWS chain for signing.
     pub fn from_settings(settings: &Settings) -> Result<Self> {
-        let aws = Arc::new(aws::AwsAccess::default());
+        Self::with_access(settings, Arc::new(aws::AwsAccess::default()))
+    }
+
+    /// The verifier `settings` describe, signing with `aws` (the queue is SQS).
+    pub fn with_access(settings: &Settings, aws: Arc<aws::AwsAccess>) -> Result<Self> {
         let queue: Option<Arc<dyn queue::VerifyQueue>> = match &settings.queue_url {
             Some(url) => Some(Arc::new(queue::SqsQueue::new(
                 url,

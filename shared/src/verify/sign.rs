@@ -83,6 +83,39 @@ pub fn amp_region(url: &str) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The reference: botocore's `SigV4Auth(credentials, "aps", "eu-west-1")` on this very
+    /// request at 2026-12-07T23:50:00Z (tests/python/test_amp_sigv4.py computes it again).
+    const BOTOCORE_AUTHORIZATION: &str = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261207/eu-west-1/aps/aws4_request, SignedHeaders=content-type;host;x-amz-date;x-amz-security-token, Signature=36f5841431e77e022afab30557aca1da0fdb11f7786e8eac766b5f406f746f1f";
+    const AMP_QUERY_URL: &str = "https://aps-workspaces.eu-west-1.amazonaws.com/workspaces/ws-0123abcd-4567-89ef-0123-456789abcdef/api/v1/query";
+    const AMP_QUERY_BODY: &str =
+        "query=sum%28rate%28istio_requests_total%5B5m%5D%29%29&time=1796687400.000";
+
+    #[test]
+    fn an_amp_query_is_signed_as_botocore_signs_it() {
+        let credentials = Credentials::new(
+            "AKIDEXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY",
+            Some("session-token-example".into()),
+            None,
+            "test",
+        );
+        let headers_in = [("content-type", "application/x-www-form-urlencoded")];
+        let post = Post {
+            url: AMP_QUERY_URL,
+            headers: &headers_in,
+            body: AMP_QUERY_BODY.as_bytes(),
+        };
+        let time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_796_687_400);
+        let signed: std::collections::BTreeMap<String, String> =
+            headers(&post, &credentials, "aps", "eu-west-1", time)
+                .expect("signed")
+                .into_iter()
+                .collect();
+        assert_eq!(signed["authorization"], BOTOCORE_AUTHORIZATION);
+        assert_eq!(signed["x-amz-date"], "20261207T235000Z");
+        assert_eq!(signed["x-amz-security-token"], "session-token-example");
+    }
+
     #[test]
     fn workspace_urls_name_their_region() {
         assert_eq!(

@@ -1,0 +1,636 @@
+//! Closing the loop on the real control plane, the real Prometheus and moto's SQS: an
+//! applied change is scheduled on the verify queue, the queued request comes back as the
+//! SQS event Lambda would deliver, and the function judges it on Prometheus (series the
+//! test sets through an exporter the real Prometheus scrapes): `verified`, `not recovered`
+//! (handed off), `worse` (undone and handed off); faults give `failed`, never a guess.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use mesh_remediation::cluster::record::VerificationState;
+use mesh_remediation::pipeline::{Invocation, Pipeline};
+use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
+use mesh_remediation::remediation::region_failover::FailoverSettings;
+use mesh_remediation::remediation::{
+    DbCircuitBreak, ErrorRollback, LatencyRestart, RegionFailover, Remediation,
+};
+use mesh_remediation::report::{InvocationReport, OutcomeKind};
+use mesh_remediation::verify::Verifier;
+use mesh_remediation::verify::aws::AwsAccess;
+use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};
+use remediation_testkit::moto::Moto;
+use remediation_testkit::verify_world::{Exporter, RealPrometheus, VerifyQueue};
+use remediation_testkit::{TestCluster, events};
+use serde_json::{Value, json};
+
+const ESCALATED: &str = "auto-remediation.io/escalated";
+
+/// One test's world: the cluster, Prometheus and its exporter, the verify queue.
+struct World {
+    cluster: TestCluster,
+    exporter: Exporter,
+    prometheus: RealPrometheus,
+    queue: VerifyQueue,
+    moto: Moto,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+/// A gauge per check, labelled with the alert's namespace and service as the checks are.
+fn gauge(name: &str, namespace: &str) -> String {
+    format!("verify_{name}{{namespace=\"{namespace}\"}}")
+}
+
+/// `VERIFY_CHECKS` reading those gauges, templated with the alert's labels.
+fn checks(names: &[(&str, f64)]) -> String {
+    let list: Vec<Value> = names
+        .iter()
+        .map(|(name, threshold)| {
+            json!({"name": name, "query": format!("max(verify_{name}{{namespace=\"{{{{namespace}}}}\"}})"), "threshold": threshold})
+        })
+        .collect();
+    Value::Array(list).to_string()
+}
+
+impl World {
+    async fn start(prefix: &str) -> World {
+        let cluster = TestCluster::start(prefix).await;
+        let exporter = Exporter::start();
+        let prometheus = RealPrometheus::start(&exporter).await;
+        let moto = Moto::start().await;
+        let queue = VerifyQueue::create(&moto.url, &cluster.namespace).await;
+        World {
+            cluster,
+            exporter,
+            prometheus,
+            queue,
+            moto,
+            calls: Default::default(),
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        &self.cluster.namespace
+    }
+
+    /// Sets a check's gauge and waits until Prometheus has scraped it.
+    async fn set(&self, check: &str, value: f64) {
+        let series = gauge(check, self.namespace());
+        self.exporter.set(&series, value);
+        self.prometheus.wait_for(&series, value).await;
+    }
+
+    /// Waits until a scrape after `at` stored the gauge (so "before" holds at `at`).
+    async fn scraped_after(&self, check: &str, at: DateTime<Utc>) {
+        let query = format!("timestamp({})", gauge(check, self.namespace()));
+        let started = std::time::Instant::now();
+        while self
+            .prometheus
+            .value(&query)
+            .await
+            .is_none_or(|t| t <= at.timestamp_millis() as f64 / 1000.0)
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no scrape after {at}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The function's pipeline, verifying through this world (`VERIFY_AFTER_SECONDS=1`).
+    fn pipeline<R: Remediation>(&self, remediation: R, vars: &[(&str, &str)]) -> Pipeline<R> {
+        let mut all = vec![
+            ("VERIFY_AFTER_SECONDS", "1"),
+            ("VERIFY_QUEUE_URL", self.queue.url.as_str()),
+            ("PROMETHEUS_URL", self.prometheus.url.as_str()),
+        ];
+        all.extend_from_slice(vars);
+        let pipeline = self.cluster.pipeline(remediation, &all);
+        let aws =
+            AwsAccess::with_static_keys("testing", "testing", "us-east-1", Some(&self.moto.url));
+        let verifier =
+            Verifier::with_access(&pipeline.config().verify, Arc::new(aws)).expect("verifier");
+        pipeline.with_verifier(verifier)
+    }
+
+    async fn invoke<R: Remediation>(
+        &self,
+        remediation: R,
+        vars: &[(&str, &str)],
+        event: &Value,
+    ) -> InvocationReport {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let invocation = Invocation::new(
+            &format!("req-verify-{n}"),
+            Some(&format!(
+                "Root=1-67a1b2c3-00000000000000000000{n:04};Sampled=1"
+            )),
+            None,
+        );
+        self.pipeline(remediation, vars)
+            .handle(event, &invocation)
+            .await
+    }
+
+    /// The verify request the applied change queued, as Lambda's SQS event.
+    async fn queued(&self) -> Value {
+        self.queue
+            .receive_event(Duration::from_secs(20))
+            .await
+            .expect("a verify request on the queue")
+    }
+}
+
+fn state(object: &Value, remediation: &str) -> Option<VerificationState> {
+    record(object, remediation)?.verification.map(|v| v.state)
+}
+
+fn escalated(object: &Value) -> bool {
+    object["metadata"]["annotations"].get(ESCALATED).is_some()
+}
+
+fn breaker() -> DbCircuitBreak {
+    DbCircuitBreak::new(CircuitBreaker::from_lookup(|_| None).expect("defaults"))
+}
+
+fn failover() -> RegionFailover {
+    RegionFailover::new(FailoverSettings::from_lookup(|_: &str| None::<String>).expect("defaults"))
+}
+
+async fn checkout_split(cluster: &TestCluster) -> Value {
+    Mesh::new(cluster)
+        .subset_split(
+            "checkout",
+            &[
+                ("v1", json!({"version": "v1"}), 50),
+                ("v2", json!({"version": "v2"}), 50),
+            ],
+            json!({"auto-remediation.io/stable-subset": "v1"}),
+            json!({"hosts": ["checkout"]}),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once() {
+    let world = World::start("verify-worse").await;
+    let before = checkout_split(&world.cluster).await;
+    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("error_ratio", 0.02).await;
+
+    let firing = events::fresh("error-rollback-firing.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let changed = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    let action = record(&changed, "error-rollback").expect("record");
+    assert_eq!(
+        state(&changed, "error-rollback"),
+        Some(VerificationState::Pending)
+    );
+    assert_eq!(world.queue.waiting().await, 1, "one verify request queued");
+
+    // The stable version cannot carry the traffic: errors rise well past the margin.
+    world.scraped_after("error_ratio", action.at).await;
+    world.set("error_ratio", 0.3).await;
+    let verify = world.queued().await;
+    let report = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
+    assert!(
+        reason(outcome).starts_with("worse: "),
+        "{}",
+        reason(outcome)
+    );
+    assert!(
+        reason(outcome).contains("error_ratio 0.3 > 0.005 (was 0.02)"),
+        "{}",
+        reason(outcome)
+    );
+    let evidence = &outcome.verification.as_ref().expect("evidence")["evidence"][0];
+    assert_eq!(
+        (evidence["before"].as_f64(), evidence["now"].as_f64()),
+        (Some(0.02), Some(0.3))
+    );
+
+    let undone = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(
+        undone["spec"], before["spec"],
+        "the exact previous routes are back"
+    );
+    assert_eq!(
+        state(&undone, "error-rollback"),
+        Some(VerificationState::Worse)
+    );
+    let stored = record(&undone, "error-rollback").expect("record");
+    assert!(stored.verification.as_ref().expect("verification").undone);
+    assert!(
+        stored.reverted.is_some(),
+        "the undo is recorded as a reversal"
+    );
+    assert!(escalated(&undone), "handed to a person");
+    let actions: Vec<Value> = world
+        .cluster
+        .events_about("checkout")
+        .await
+        .iter()
+        .map(|e| e["action"].clone())
+        .collect();
+    assert!(actions.contains(&json!("Undone")), "{actions:?}");
+
+    // The same request delivered again changes nothing.
+    let again = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&again);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(
+        reason(outcome).starts_with("already verified: worse"),
+        "{}",
+        reason(outcome)
+    );
+    let after = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        undone["metadata"]["resourceVersion"]
+    );
+    assert_eq!(
+        world.queue.waiting().await,
+        0,
+        "a verdict schedules nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_breaker_that_helped_is_verified_and_stays() {
+    let world = World::start("verify-ok").await;
+    Mesh::new(&world.cluster)
+        .create(
+            Kind::DestinationRule,
+            "orders-db",
+            true,
+            json!({}),
+            json!({"host": format!("orders-db.{}.svc.cluster.local", world.namespace())}),
+        )
+        .await;
+    let vars = [(
+        "VERIFY_CHECKS",
+        checks(&[("db_timeout_ratio", 0.05), ("breaker_rejected_share", 0.05)]),
+    )];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("db_timeout_ratio", 0.2).await;
+    world.set("breaker_rejected_share", 0.0).await;
+
+    let firing = events::fresh("db-circuit-break-firing.json", world.namespace());
+    let report = world.invoke(breaker(), &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let changed = Mesh::new(&world.cluster)
+        .get(Kind::DestinationRule, "orders-db")
+        .await;
+    let action = record(&changed, "db-circuit-break").expect("record");
+
+    world.scraped_after("db_timeout_ratio", action.at).await;
+    world.set("db_timeout_ratio", 0.01).await;
+    world.set("breaker_rejected_share", 0.02).await;
+    let verify = world.queued().await;
+    let report = world.invoke(breaker(), &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(
+        reason(outcome).starts_with("verified: recovered: db_timeout_ratio 0.01 <= 0.05 (was 0.2)"),
+        "{}",
+        reason(outcome)
+    );
+    assert!(outcome.needs_a_report(), "the verdict is reported");
+    let verified = Mesh::new(&world.cluster)
+        .get(Kind::DestinationRule, "orders-db")
+        .await;
+    assert_eq!(verified["spec"], changed["spec"], "the breaker stays");
+    assert_eq!(
+        state(&verified, "db-circuit-break"),
+        Some(VerificationState::Verified)
+    );
+    assert!(!escalated(&verified), "nothing is handed off");
+}
+
+#[tokio::test]
+async fn a_drain_that_did_not_help_is_handed_off_and_kept() {
+    let world = World::start("verify-flat").await;
+    let mesh = Mesh::new(&world.cluster);
+    mesh.create(
+        Kind::DestinationRule,
+        "frontend",
+        true,
+        json!({}),
+        json!({"host": "frontend", "subsets": [
+            {"name": "east", "labels": {"topology.kubernetes.io/region": "us-east-1"}},
+            {"name": "west", "labels": {"topology.kubernetes.io/region": "us-west-2"}},
+        ]}),
+    )
+    .await;
+    mesh.create(
+        Kind::VirtualService,
+        "frontend",
+        true,
+        json!({}),
+        json!({"hosts": ["frontend"], "http": [{"route": [
+            {"destination": {"host": "frontend", "subset": "east"}, "weight": 50},
+            {"destination": {"host": "frontend", "subset": "west"}, "weight": 50},
+        ]}]}),
+    )
+    .await;
+    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("error_ratio", 0.1).await;
+
+    let firing = events::fresh("region-failover-firing.json", world.namespace());
+    let report = world.invoke(failover(), &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let changed = mesh.get(Kind::VirtualService, "frontend").await;
+    let action = record(&changed, "region-failover").expect("record");
+
+    // Errors stay where they were: not recovered, not worse.
+    world.scraped_after("error_ratio", action.at).await;
+    world.set("error_ratio", 0.11).await;
+    let verify = world.queued().await;
+    let report = world.invoke(failover(), &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
+    assert!(
+        reason(outcome)
+            .starts_with("not-recovered: not recovered: error_ratio 0.11 > 0.005 (was 0.1)"),
+        "{}",
+        reason(outcome)
+    );
+    let kept = mesh.get(Kind::VirtualService, "frontend").await;
+    assert_eq!(kept["spec"], changed["spec"], "the drain stays");
+    assert_eq!(
+        state(&kept, "region-failover"),
+        Some(VerificationState::NotRecovered)
+    );
+    assert!(
+        escalated(&kept),
+        "handed to a person now, not after more repeats"
+    );
+
+    // The next firing alert leaves it to the person.
+    let again = world
+        .invoke(
+            failover(),
+            &vars,
+            &events::fresh("region-failover-firing.json", world.namespace()),
+        )
+        .await;
+    assert_eq!(only(&again).outcome, OutcomeKind::Skipped, "{again:#?}");
+}
+
+#[tokio::test]
+async fn a_restart_that_made_latency_worse_is_handed_off_not_undone() {
+    let world = World::start("verify-restart").await;
+    world.cluster.create_deployment("checkout-v2", true).await;
+    let vars = [("VERIFY_CHECKS", checks(&[("p95_latency_ms", 500.0)]))];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("p95_latency_ms", 800.0).await;
+
+    let firing = events::fresh("latency-restart-firing.json", world.namespace());
+    let report = world.invoke(LatencyRestart, &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let restarted = world.cluster.wait_settled("checkout-v2").await;
+    let restarted = serde_json::to_value(restarted).expect("json");
+    let action = record(&restarted, "latency-restart").expect("record");
+
+    world.scraped_after("p95_latency_ms", action.at).await;
+    world.set("p95_latency_ms", 2000.0).await;
+    let verify = world.queued().await;
+    let report = world.invoke(LatencyRestart, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
+    assert!(
+        reason(outcome).contains("not undone (latency-restart changes cannot be reverted)"),
+        "{}",
+        reason(outcome)
+    );
+    let after = serde_json::to_value(world.cluster.deployment("checkout-v2").await).expect("json");
+    assert_eq!(
+        after["spec"]["template"], restarted["spec"]["template"],
+        "nothing restarts again"
+    );
+    assert_eq!(
+        state(&after, "latency-restart"),
+        Some(VerificationState::Worse)
+    );
+    assert!(escalated(&after));
+}
+
+#[tokio::test]
+async fn no_answer_or_no_data_fails_retryably_and_leaves_the_record_pending() {
+    let mut world = World::start("verify-faults").await;
+    let before = checkout_split(&world.cluster).await;
+    // `missing` is a series nobody exports: its query answers with an empty result.
+    let vars = [(
+        "VERIFY_CHECKS",
+        checks(&[("error_ratio", 0.005), ("missing", 1.0)]),
+    )];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("error_ratio", 0.02).await;
+    let firing = events::fresh("error-rollback-firing.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let verify = world.queued().await;
+
+    let report = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(outcome.retryable);
+    assert!(
+        reason(outcome).contains("no data: the query returned no series"),
+        "{}",
+        reason(outcome)
+    );
+
+    world.prometheus.stop().await;
+    let report = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    assert!(outcome.retryable);
+    assert!(
+        reason(outcome).contains("unreachable"),
+        "{}",
+        reason(outcome)
+    );
+
+    let stored = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(
+        state(&stored, "error-rollback"),
+        Some(VerificationState::Pending)
+    );
+    assert!(!escalated(&stored));
+    assert_ne!(
+        stored["spec"], before["spec"],
+        "the change stands until a verdict"
+    );
+}
+
+#[tokio::test]
+async fn an_object_edited_before_its_verification_is_handed_off_not_overwritten() {
+    let world = World::start("verify-edited").await;
+    checkout_split(&world.cluster).await;
+    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("error_ratio", 0.02).await;
+    let firing = events::fresh("error-rollback-firing.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let changed = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    let action = record(&changed, "error-rollback").expect("record");
+
+    // A person moves the weights by hand before the check.
+    let api = Mesh::new(&world.cluster).api(Kind::VirtualService);
+    let edit = json!({"spec": {"http": [{"route": [
+        {"destination": {"host": "checkout", "subset": "v1"}, "weight": 90},
+        {"destination": {"host": "checkout", "subset": "v2"}, "weight": 10},
+    ]}]}});
+    api.patch(
+        "checkout",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&edit),
+    )
+    .await
+    .expect("edit by hand");
+    world.scraped_after("error_ratio", action.at).await;
+    world.set("error_ratio", 0.3).await;
+    let verify = world.queued().await;
+    let report = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
+    assert!(
+        reason(outcome).contains("not undone ("),
+        "{}",
+        reason(outcome)
+    );
+    let stored = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(
+        stored["spec"]["http"][0]["route"][0]["weight"], 90,
+        "the person's edit stands"
+    );
+    assert_eq!(
+        state(&stored, "error-rollback"),
+        Some(VerificationState::Worse)
+    );
+    assert!(escalated(&stored));
+}
+
+#[tokio::test]
+async fn dry_runs_and_drills_are_not_verified() {
+    let world = World::start("verify-dry").await;
+    checkout_split(&world.cluster).await;
+    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
+    let mut vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let drill = events::fresh("error-rollback-drill.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &drill).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::DryRun, "{report:#?}");
+    vars.push(("DRY_RUN", "true"));
+    let firing = events::fresh("error-rollback-firing.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &firing).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{report:#?}");
+    let patch = outcome.patch.as_ref().expect("patch").to_string();
+    assert!(
+        !patch.contains("verification"),
+        "a dry run's record is not pending: {patch}"
+    );
+    assert_eq!(world.queue.waiting().await, 0, "nothing scheduled");
+}
+
+/// The default checks are valid PromQL over the series the shipped rules read: each
+/// answers with a number on the real Prometheus once Istio-shaped series exist.
+#[tokio::test]
+async fn the_default_checks_read_the_rules_series() {
+    let exporter = Exporter::start();
+    let prometheus = RealPrometheus::start(&exporter).await;
+    let dest = r#"reporter="destination",destination_workload="checkout-v2",destination_workload_namespace="shop",destination_service_namespace="shop",destination_service_name="checkout""#;
+    for (version, code, rate) in [("v1", "200", 10.0), ("v2", "200", 5.0), ("v2", "503", 1.0)] {
+        exporter.counter(&format!("istio_requests_total{{{dest},destination_version=\"{version}\",response_code=\"{code}\"}}"), 0.0, rate);
+    }
+    for (le, rate) in [("100", 5.0), ("500", 9.0), ("1000", 10.0), ("+Inf", 10.0)] {
+        exporter.counter(
+            &format!("istio_request_duration_milliseconds_bucket{{{dest},le=\"{le}\"}}"),
+            0.0,
+            rate,
+        );
+    }
+    let source = r#"reporter="source",source_workload_namespace="shop",source_app="orders",destination_service_name="orders-db""#;
+    exporter.counter(
+        &format!("istio_requests_total{{{source},response_flags=\"-\"}}"),
+        0.0,
+        9.0,
+    );
+    exporter.counter(
+        &format!("istio_requests_total{{{source},response_flags=\"UO\"}}"),
+        0.0,
+        1.0,
+    );
+    exporter.counter(
+        r#"db_client_requests_total{namespace="shop",app="orders",db="orders-db"}"#,
+        0.0,
+        10.0,
+    );
+    exporter.counter(
+        r#"db_client_timeouts_total{namespace="shop",app="orders",db="orders-db"}"#,
+        0.0,
+        2.0,
+    );
+
+    let labels: std::collections::BTreeMap<String, String> = HashMap::from([
+        ("namespace", "shop"),
+        ("service", "checkout"),
+        ("version", "v2"),
+        ("deployment", "checkout-v2"),
+        ("db_host", "orders-db"),
+        ("region", "us-east-1"),
+    ])
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for remediation in [
+        "latency-restart",
+        "error-rollback",
+        "db-circuit-break",
+        "region-failover",
+    ] {
+        let mut labels = labels.clone();
+        if remediation == "db-circuit-break" {
+            labels.insert("service".into(), "orders".into());
+        }
+        let checks = mesh_remediation::verify::checks::defaults(remediation);
+        for query in mesh_remediation::verify::checks::render(&checks, &labels, false) {
+            let value = prometheus.wait_for_data(&query.promql).await;
+            assert!(
+                value.is_finite() && value >= 0.0,
+                "{remediation} {}: {value}",
+                query.name
+            );
+            if query.name == "breaker_rejected_share" {
+                assert!(
+                    (value - 0.1).abs() < 0.02,
+                    "UO is a tenth of the calls: {value}"
+                );
+            }
+            if query.name == "failing_version_share" {
+                assert!(value > 0.2, "v2 takes a third of the traffic: {value}");
+            }
+        }
+    }
+}
