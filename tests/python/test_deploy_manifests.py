@@ -71,9 +71,17 @@ SHARED_ENV = {
     "MAX_DELIVERY_AGE_SECONDS": ("MaxDeliveryAgeSeconds", 900),
     "ISTIO_API_VERSION": ("IstioApiVersion", "v1"),
     "ISTIO_ROOT_NAMESPACE": ("IstioRootNamespace", "istio-system"),
+    "API_TIMEOUT_SECONDS": ("ApiTimeoutSeconds", 10),
+    "MAX_CONCURRENCY": ("MaxConcurrency", 8),
+    "NOTIFY_TIMEOUT_MS": ("NotifyTimeoutMs", 3000),
+    "PAGERDUTY_EVENTS_URL": ("PagerDutyEventsUrl", "https://events.pagerduty.com/v2/enqueue"),
     "RUST_LOG": ("LogLevel", "info"),
     "MIMALLOC_ALLOW_THP": None,
     "KUBECONFIG": None,
+    "PROMETHEUS_URL": ("PrometheusQueryUrl", ""),
+    "VERIFY_AFTER_SECONDS": ("VerifyAfterSeconds", 300),
+    "VERIFY_WORSE_MARGIN": ("VerifyWorseMargin", "0.2"),
+    "VERIFY_MATCH_CLUSTER": ("VerifyMatchCluster", "false"),
 }
 FUNCTION_ENV = {
     "db-circuit-break": {
@@ -94,6 +102,10 @@ FUNCTION_ENV = {
         "MESH_CLUSTERS": ("MeshClusters", ""),
     },
 }
+
+# Every function has its own verify queue, named only when verification is on.
+for _function in ("latency-restart", "error-rollback", "db-circuit-break", "region-failover"):
+    FUNCTION_ENV.setdefault(_function, {})["VERIFY_QUEUE_URL"] = None
 
 
 def conditional_statement(statement: dict) -> dict:
