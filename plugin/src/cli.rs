@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Target {
     /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long, global = true, env = "KUBECONFIG")]
+    #[arg(long, global = true, env = "KUBECONFIG", hide_env_values = true)]
     pub kubeconfig: Option<PathBuf>,
     /// Context to use; repeat for several clusters (default: the current context).
     #[arg(long = "context", global = true)]

@@ -340,7 +340,11 @@ async fn reverted(
             Err(err) => done.errors.push(err),
         }
     }
-    done.text = outcomes_text(&rows, format);
+    // A context that could not run the revert has said why on stderr; "No outcome." would
+    // only repeat it.
+    if !rows.is_empty() || done.errors.is_empty() {
+        done.text = outcomes_text(&rows, format);
+    }
     done
 }
 
@@ -379,13 +383,16 @@ fn drilled(sent: &drill::Sent, format: Format) -> Done {
             .into_iter()
             .flatten()
             .map(|o| OutcomeRow {
-                context: "drill".into(),
+                context: sent.function.clone(),
                 outcome: o.clone(),
             })
             .collect();
         done.failed = rows.is_empty() || rows.iter().any(|r| r.outcome["outcome"] == "failed");
         if format == Format::Table {
-            done.text = format!("drill {} answered:\n", sent.fingerprint);
+            done.text = format!(
+                "{} answered the drill {}:\n",
+                sent.function, sent.fingerprint
+            );
             done.text.push_str(&if rows.is_empty() {
                 output::json(answer)
             } else {

@@ -13,6 +13,8 @@ use crate::error::OpError;
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sent {
+    /// The function drilled.
+    pub function: String,
     /// The drill alert's fingerprint (the function's logs and report carry it).
     pub fingerprint: String,
     /// The SNS MessageId, when published.
@@ -32,6 +34,7 @@ pub async fn send(args: &DrillArgs) -> Result<Sent, OpError> {
         chrono::Utc::now(),
     )?;
     let mut sent = Sent {
+        function: args.function.clone(),
         fingerprint: drill.fingerprint.clone(),
         message_id: None,
         answer: None,

@@ -167,17 +167,20 @@ impl Drill {
             publish = publish.message_attributes(name, attribute);
         }
         let out = publish.send().await.map_err(|err| {
-            use aws_sdk_sns::error::SdkError;
+            use aws_sdk_sns::error::{ProvideErrorMetadata, SdkError};
+            // SNS's own code and message say what is wrong (a topic that does not exist,
+            // no permission); the raw response adds nothing a person needs.
+            let why = match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                _ => aws_sdk_sns::error::DisplayErrorContext(&err).to_string(),
+            };
             Error::Aws {
                 operation: "sns:Publish",
                 retryable: matches!(
                     err,
                     SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)
                 ),
-                message: format!(
-                    "the drill to {topic}: {}",
-                    aws_sdk_sns::error::DisplayErrorContext(&err)
-                ),
+                message: format!("the drill to {topic}: {why}"),
             }
         })?;
         Ok(out.message_id.unwrap_or_default())

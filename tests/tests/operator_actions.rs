@@ -331,9 +331,14 @@ async fn a_drill_invoked_directly_shows_the_functions_outcome() {
     let args = drill(ns, "--invoke-url", &url);
     let answered = plugin(&cluster, &args).await;
     let text = answered.out();
-    assert!(text.starts_with("drill drill"), "{answered:#?}");
     assert!(
-        text.contains(&format!("drill     Deployment {ns}/{TARGET}   dry-run")),
+        text.starts_with("latency-restart answered the drill drill"),
+        "{answered:#?}"
+    );
+    assert!(
+        text.contains(&format!(
+            "latency-restart   Deployment {ns}/{TARGET}   dry-run"
+        )),
         "{answered:#?}"
     );
     let json = plugin(&cluster, &[&args[..], &["-o", "json"]].concat())
