@@ -121,7 +121,9 @@ def test_stack_is_created_with_its_topics_queue_log_groups_and_functions(stack):
     assert stack["status"] == "CREATE_COMPLETE"
     topics = {t["TopicArn"].rsplit(":", 1)[1] for t in stack["sns"].list_topics()["Topics"]}
     assert topics == {f"{STACK}-alerts", f"{STACK}-notifications"}
-    (queue,) = stack["sqs"].list_queues()["QueueUrls"]
+    queues = stack["sqs"].list_queues()["QueueUrls"]
+    (queue,) = [q for q in queues if q.endswith("-dlq")]
+    assert len(queues) == 1 + len(FUNCTIONS), f"the dead-letter queue and one verify queue per function: {queues}"
     assert queue.endswith(f"/{STACK}-dlq")
     attrs = stack["sqs"].get_queue_attributes(QueueUrl=queue, AttributeNames=["All"])["Attributes"]
     assert attrs["MessageRetentionPeriod"] == "1209600"
