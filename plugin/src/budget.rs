@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams};
 use mesh_remediation::cluster::record::FIELD_MANAGER;
-use mesh_remediation::guard::budget::{BUDGET_CONFIGMAP, Limits, Slot};
+use mesh_remediation::guard::budget::{self, BUDGET_CONFIGMAP, Limits, Slot};
 use mesh_remediation::intake::KNOWN_REMEDIATIONS;
 use serde::Serialize;
 use serde_json::json;
@@ -70,9 +70,6 @@ pub fn rows(
     now: DateTime<Utc>,
 ) -> Vec<BudgetRow> {
     let window = chrono::Duration::from_std(limits.window).unwrap_or(chrono::Duration::MAX);
-    let since = now
-        .checked_sub_signed(window)
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let frees = |slots: &[Slot]| {
         slots
             .iter()
@@ -80,19 +77,21 @@ pub fn rows(
             .min()
             .and_then(|at| at.checked_add_signed(window))
     };
+    let mut spent = budget::spending(data, limits, now);
     let mut keys: Vec<String> = KNOWN_REMEDIATIONS.iter().map(|k| (*k).to_owned()).collect();
-    let others: Vec<String> = data.keys().filter(|k| !keys.contains(k)).cloned().collect();
+    let others: Vec<String> = spent
+        .keys()
+        .filter(|k| !keys.contains(k))
+        .cloned()
+        .collect();
     keys.extend(others);
     let mut all = Vec::new();
     let mut rows = Vec::new();
     for key in keys {
-        let (live, unreadable) = match data
-            .get(&key)
-            .map(|raw| serde_json::from_str::<Vec<Slot>>(raw))
-        {
+        let (live, unreadable) = match spent.remove(&key) {
             None => (Vec::new(), None),
-            Some(Ok(slots)) => (slots.into_iter().filter(|s| s.at > since).collect(), None),
-            Some(Err(err)) => (Vec::new(), Some(err.to_string())),
+            Some(Ok(slots)) => (slots, None),
+            Some(Err(why)) => (Vec::new(), Some(why)),
         };
         rows.push(BudgetRow {
             context: context.to_owned(),

@@ -279,6 +279,28 @@ fn contention_backoff(attempt: u32) -> Duration {
     crate::backoff::jittered(base, base * 2)
 }
 
+/// The spending in `data` at `now`, as [`take`] counts it: per key, the slots within the
+/// window, or why the entry cannot be read. For showing a person (`kubectl mesh-remediation
+/// budget`) what the functions see.
+pub fn spending(
+    data: &BTreeMap<String, String>,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> BTreeMap<String, std::result::Result<Vec<Slot>, String>> {
+    let window = chrono::Duration::from_std(limits.window).unwrap_or(chrono::Duration::MAX);
+    let since = now
+        .checked_sub_signed(window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    data.iter()
+        .map(|(key, raw)| {
+            let live = serde_json::from_str::<Vec<Slot>>(raw)
+                .map(|stored| stored.into_iter().filter(|s| s.at > since).collect())
+                .map_err(|err| format!("not a list of slots ({err}); repair or delete that key"));
+            (key.clone(), live)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
