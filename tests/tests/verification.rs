@@ -211,6 +211,11 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
         "{}",
         reason(outcome)
     );
+    let metrics = report.metric_lines(Duration::from_millis(1), 0).join("\n");
+    assert!(
+        metrics.contains(r#""Verdict":"worse""#) && metrics.contains(r#""Verifications":1"#),
+        "{metrics}"
+    );
     let evidence = &outcome.verification.as_ref().expect("evidence")["evidence"][0];
     assert_eq!(
         (evidence["before"].as_f64(), evidence["now"].as_f64()),

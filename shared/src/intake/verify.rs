@@ -126,6 +126,21 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_verify_event_is_a_verify_request_from_the_queue() {
+        let sample: Value =
+            serde_json::from_str(include_str!("../../../events/error-rollback-verify.json"))
+                .expect("sample is JSON");
+        let delivered = parse_verify(&sample).expect("a verify request");
+        let request = delivered[0].request.as_ref().expect("valid");
+        assert!(validate_verify(request, "error-rollback").is_ok());
+        assert_eq!(
+            request.labels.get("version").map(String::as_str),
+            Some("v2")
+        );
+        assert!(delivered[0].message_id.is_some());
+    }
+
+    #[test]
     fn a_typo_is_named() {
         let mut typo = request();
         typo["trace"] = json!("x");

@@ -390,7 +390,43 @@ impl InvocationReport {
                 .to_string(),
             );
         }
+        lines.extend(self.verification_metric_lines(now_ms));
         lines
+    }
+
+    /// `Verifications` (Count) by `Function` and `Verdict`: what the checks of applied
+    /// changes found.
+    fn verification_metric_lines(&self, now_ms: i64) -> Vec<String> {
+        let mut verdicts: BTreeMap<&str, u32> = BTreeMap::new();
+        for outcome in &self.outcomes {
+            let verdict = outcome
+                .verification
+                .as_ref()
+                .and_then(|v| v.get("state")?.as_str());
+            if let Some(verdict) = verdict {
+                *verdicts.entry(verdict).or_default() += 1;
+            }
+        }
+        verdicts
+            .into_iter()
+            .map(|(verdict, count)| {
+                serde_json::json!({
+                    "_aws": {
+                        "Timestamp": now_ms,
+                        "CloudWatchMetrics": [{
+                            "Namespace": METRIC_NAMESPACE,
+                            "Dimensions": [["Function", "Verdict"]],
+                            "Metrics": [{"Name": "Verifications", "Unit": "Count"}]
+                        }]
+                    },
+                    "Function": self.function,
+                    "Verdict": verdict,
+                    "Verifications": count,
+                    "trace_id": self.trace_id,
+                })
+                .to_string()
+            })
+            .collect()
     }
 
     /// Failures a retry of the whole invocation could fix.
