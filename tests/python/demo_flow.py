@@ -25,13 +25,36 @@ def show_invocations(flow, start_index):
     return len(flow.invocations)
 
 
+def show_verdicts(flow):
+    """Did it help? The changes' effects arrive, each function judges its verify request."""
+    print("\n== Did it help? checkout-v2 fast again, orders' database calls succeed, frontend still "
+          "failing 10 %, checkout-v1 failing half its requests now that it takes all the traffic ==")
+    flow.metrics.override(e2e.AFTER_THE_CHANGES)
+    e2e.wait_for_the_changes_to_show(flow)
+    for function in flow.functions:
+        for _event, response in flow.deliver_verifications(function):
+            for o in response.get("outcomes", []):
+                print(f"  {function:<17} {o.get('outcome', '?'):<9} {o.get('target', '-')}")
+                print(f"  {'':<17} {(o.get('reason') or '')[:160]}")
+                for e in (o.get("verification") or {}).get("evidence", []):
+                    print(f"  {'':<17}   {e['check']:<24} before {e['before']:.4g}  now {e['now']:.4g}  threshold {e['threshold']:.4g}")
+    print("\n== Mesh after the verdicts ==")
+    print("\n".join(e2e.mesh_view(flow)))
+    # The rest of the story is recovery: the stable version serves well again.
+    flow.metrics.override(e2e.serving_rates("checkout", "checkout-v1", "v1", 20.0, 0.0, True))
+
+
 def main() -> int:
     dry_run = "--dry-run" in sys.argv
     functions = [f for f in e2e.FUNCTIONS if (e2e.REPO / "functions" / f).exists()]
     print(f"Starting Prometheus, Alertmanager, SNS emulator, {len(functions)} functions (DRY_RUN={str(dry_run).lower()}) "
           "and a real Kubernetes control plane (built once: minutes on a cold machine) ...")
-    flow = e2e.Flow(dry_run=dry_run, functions=functions).start()
+    verify = not dry_run and functions == e2e.FUNCTIONS
+    flow = e2e.Flow(dry_run=dry_run, functions=functions, verify=verify,
+                    function_env=e2e.verification_env() if verify else {}).start()
     try:
+        if verify:
+            flow.metrics.override(e2e.FRONTEND_ERRORING)
         print("\n== Mesh before ==")
         print("\n".join(e2e.mesh_view(flow)))
         print("\n== Incident: checkout-v2 slow and failing, orders' database timing out, us-east-1 unreachable ==")
@@ -46,6 +69,9 @@ def main() -> int:
         print("\n".join(e2e.timing_view(flow, fired)))
         print("\n== Mesh after ==")
         print("\n".join(e2e.mesh_view(flow)))
+        if verify:
+            show_verdicts(flow)
+            seen = len(flow.invocations)
         print("\n== Recovery: metrics back to normal, alerts resolve ==")
         flow.metrics.set_bad(False)
         resolved = lambda: all(any(o.get("status") == "resolved" for _, o in flow.outcomes(f)) for f in functions)  # noqa: E731

@@ -30,6 +30,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +92,7 @@ class MeshMetrics:
         self._rates: dict[str, float] = {}
         self._last = time.monotonic()
         self.probe_bad = False
+        self._overrides: dict[str, float] = {}
         self._set_rates()
         outer = self
 
@@ -120,6 +122,13 @@ class MeshMetrics:
             self.bad = bad
             self._set_rates()
 
+    def override(self, rates: dict[str, float]) -> None:
+        """Sets these series' rates (new series included), whatever `bad` says, from now on."""
+        with self._lock:
+            self._advance()
+            self._overrides.update(rates)
+            self._set_rates()
+
     def _set_rates(self) -> None:
         bad = self.bad
         checkout = 'destination_service_name="checkout",destination_service_namespace="shop",destination_workload_namespace="shop",reporter="destination"'
@@ -137,6 +146,7 @@ class MeshMetrics:
             rates[f'istio_requests_total{{{series},response_code="500"}}'] = errors
         rates['db_client_requests_total{namespace="shop",app="orders",db="orders-db"}'] = 10.0
         rates['db_client_timeouts_total{namespace="shop",app="orders",db="orders-db"}'] = 2.0 if bad else 0.0
+        rates.update(self._overrides)
         self._rates = rates
 
     def _advance(self) -> None:
@@ -163,8 +173,8 @@ class MeshMetrics:
 class Prometheus:
     """The Debian `prometheus` with the project's rules (timings shortened), scraping `metrics`."""
 
-    def __init__(self, workdir: Path, metrics: MeshMetrics, alertmanager_url: str) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, metrics: MeshMetrics, alertmanager_url: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         rules = RULES.read_text()
         rules = re.sub(r"for: 2m", "for: 2s", rules)
         rules = rules.replace("[5m]", "[10s]")
@@ -185,6 +195,13 @@ class Prometheus:
              f"--web.listen-address=127.0.0.1:{self.port}", "--web.external-url=http://prometheus.monitoring:9090"],
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_http(f"http://127.0.0.1:{self.port}/-/ready", proc=self.proc)
+
+    def value(self, query: str) -> float | None:
+        """The instant value of `query`, if it has one."""
+        data = urllib.parse.urlencode({"query": query}).encode()
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/query", data=data, timeout=5) as r:
+            result = json.load(r)["data"]["result"]
+        return float(result[0]["value"][1]) if result else None
 
     def alerts(self) -> list[dict]:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/alerts", timeout=5) as r:
@@ -211,6 +228,8 @@ def template_environment(function: str) -> dict[str, str]:
     variables.update(props.get("Environment", {}).get("Variables", {}))
     env = {}
     for name, value in variables.items():
+        if isinstance(value, dict) and "If" in value:
+            continue  # a resource while its condition holds (the verify queue): the flow sets it
         if isinstance(value, dict) and "Ref" in value:
             ref = value["Ref"]
             if ref not in params:
@@ -297,6 +316,11 @@ class Flow:
     functions: list[str]
     # Set on top of the template's environment for every function (e.g. budgets off).
     env: dict[str, str] = field(default_factory=dict)
+    # Set on top of that for one function.
+    function_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Verify applied changes: a verify queue per function (moto SQS) and PROMETHEUS_URL set;
+    # the queued requests wait until `deliver_verifications`.
+    verify: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="e2e-")))
     invocations: list[Invocation] = field(default_factory=list)
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
@@ -336,6 +360,10 @@ class Flow:
         self.metrics = MeshMetrics()
         self.stack.callback(self.metrics.close)
 
+        self.prometheus_port = free_port()
+        self.verify_queues = {f: self.sqs.create_queue(QueueName=f"{f}-verify")["QueueUrl"]
+                              for f in self.functions} if self.verify else {}
+
         # The functions, configured from template.yaml.
         self.lambdas: dict[str, LambdaFunction] = {}
         for function in self.functions:
@@ -348,7 +376,11 @@ class Flow:
                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                 "REGION_HEALTH_URLS": ",".join(f"{r}={self.metrics.health_url(r)}" for r in ["us-west-2", "eu-west-1"]),
             })
+            if self.verify:
+                env.update({"PROMETHEUS_URL": f"http://127.0.0.1:{self.prometheus_port}",
+                            "VERIFY_QUEUE_URL": self.verify_queues[function], "VERIFY_AFTER_SECONDS": "1"})
             env.update(self.env)
+            env.update(self.function_env.get(function, {}))
             fn = LambdaFunction(function, env, w)
             self.stack.callback(fn.close)
             self.lambdas[function] = fn
@@ -364,7 +396,7 @@ class Flow:
         self.alertmanager = am_harness.Alertmanager(config)
         self.alertmanager.__enter__()
         self.stack.callback(self.alertmanager.__exit__, None, None, None)
-        self.prometheus = Prometheus(w, self.metrics, self.alertmanager.url)
+        self.prometheus = Prometheus(w, self.metrics, self.alertmanager.url, self.prometheus_port)
         self.stack.callback(self.prometheus.close)
 
         self._stop = threading.Event()
@@ -395,6 +427,34 @@ class Flow:
                 self.invocations.append(Invocation(function, envelope["MessageId"], parse_time(envelope["Timestamp"]),
                                                    received, started, finished, response))
                 self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+
+    def deliver_verifications(self, function: str, timeout: float = 30) -> list[tuple[dict, dict]]:
+        """What the verify queue's event source mapping does: each queued verify request, as
+        Lambda's SQS event, invokes the function. Returns each event with the function's answer."""
+        queue = self.verify_queues[function]
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            messages = got.get("Messages", [])
+            if messages or time.monotonic() > deadline:
+                break
+        events = []
+        for m in messages:
+            event = {"Records": [{"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                                  "attributes": {}, "messageAttributes": {}, "md5OfBody": m["MD5OfBody"],
+                                  "eventSource": "aws:sqs", "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:{function}-verify",
+                                  "awsRegion": REGION}]}
+            response = self.invoke(function, event)
+            self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+            events.append((event, response))
+        return events
+
+    def invoke(self, function: str, event: dict) -> dict:
+        """Invokes `function` directly with `event`, recorded like a delivery."""
+        started = time.time()
+        response = self.lambdas[function].invoke(event)
+        self.invocations.append(Invocation(function, "direct", started, started, started, time.time(), response))
+        return response
 
     # ------------------------------------------------------------------ observation
     def objects(self) -> list[dict]:
@@ -442,6 +502,70 @@ class Flow:
         self.stack.close()
         if getattr(self, "moto_log", None):
             self.moto_log.close()
+
+
+# ---------------------------------------------------------------------- verification
+CHECKS_RS = REPO / "shared" / "src" / "verify" / "checks.rs"
+SHOP_DESTINATION = 'destination_service_namespace="shop",destination_workload_namespace="shop",reporter="destination"'
+
+
+def default_checks() -> dict[str, list[dict]]:
+    """Each function's default verification checks as checks.rs defines them, with their rate
+    windows shortened as the flow shortens the rules' (5m -> 10s)."""
+    source = CHECKS_RS.read_text()
+    queries = dict(re.findall(r'const (\w+): &str = r#"(.*?)"#;', source, re.S))
+    body = source[source.index("pub fn defaults"):source.index("pub fn parse_override")]
+    parts = re.split(r'\n\s+"([a-z-]+)" =>', body)
+    arms = dict(zip(parts[1::2], parts[2::2]))
+    out: dict[str, list[dict]] = {}
+    for function in FUNCTIONS:
+        out[function] = [
+            {"name": name, "query": queries[const].replace("[5m]", "[10s]").replace("[1m]", "[10s]"),
+             "threshold": float(threshold), "requires": re.findall(r'"(\w+)"', requires)}
+            for name, const, threshold, requires in re.findall(r'check\(\s*"(\w+)",\s*(\w+),\s*([0-9.]+),\s*&\[([^\]]*)\]', arms[function])
+        ]
+        assert out[function], function
+    return out
+
+
+def verification_env() -> dict[str, dict[str, str]]:
+    """`function_env` that gives each function its default checks, windows shortened."""
+    return {f: {"VERIFY_CHECKS": json.dumps(checks)} for f, checks in default_checks().items()}
+
+
+def serving_rates(service: str, workload: str, version: str, ok: float, failed: float, fast: bool) -> dict[str, float]:
+    """Request and latency-bucket rates of one workload version (fast: every request under 100 ms,
+    else every one between 500 ms and 1 s)."""
+    series = f'destination_service_name="{service}",{SHOP_DESTINATION},destination_workload="{workload}",destination_version="{version}"'
+    total = ok + failed
+    out = {f'istio_requests_total{{{series},response_code="200"}}': ok,
+           f'istio_requests_total{{{series},response_code="500"}}': failed}
+    for le in ["100", "250", "500", "1000", "2500", "+Inf"]:
+        out[f'istio_request_duration_milliseconds_bucket{{{series},le="{le}"}}'] = total if (fast or le in ("1000", "2500", "+Inf")) else 0.0
+    return out
+
+
+# frontend (region-failover's service) serves with 10 % errors, before and after its drain.
+FRONTEND_ERRORING = serving_rates("frontend", "frontend", "v1", 9.0, 1.0, True)
+# What the four changes lead to: checkout-v2 fast after its restart, orders' database calls no
+# longer timing out behind the breaker, and the stable checkout-v1 failing half its requests
+# once it carries the traffic.
+AFTER_THE_CHANGES = {
+    **serving_rates("checkout", "checkout-v2", "v2", 18.0, 2.0, True),
+    **serving_rates("checkout", "checkout-v1", "v1", 10.0, 10.0, True),
+    'db_client_timeouts_total{namespace="shop",app="orders",db="orders-db"}': 0.0,
+}
+
+
+def wait_for_the_changes_to_show(flow: Flow) -> None:
+    """Until Prometheus' 10 s windows hold only samples taken after AFTER_THE_CHANGES."""
+    p95_v2 = 'histogram_quantile(0.95, sum by (le) (rate(istio_request_duration_milliseconds_bucket{destination_workload="checkout-v2"}[10s])))'
+    v1_errors = ('sum(rate(istio_requests_total{destination_version="v1",response_code="500"}[10s]))'
+                 ' / sum(rate(istio_requests_total{destination_version="v1"}[10s]))')
+    timeouts = "sum(rate(db_client_timeouts_total[10s]))"
+    flow.wait_until(lambda: ((flow.prometheus.value(p95_v2) or 1e9) <= 100
+                             and (flow.prometheus.value(v1_errors) or 0) >= 0.49
+                             and flow.prometheus.value(timeouts) == 0), 60, "the metrics after the changes")
 
 
 # ---------------------------------------------------------------------- presentation
