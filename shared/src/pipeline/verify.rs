@@ -130,10 +130,6 @@ impl<R: Remediation> Pipeline<R> {
                 }
             };
             source.namespace = Some(request.namespace.clone());
-            source.fingerprint = request
-                .labels
-                .get("alertname")
-                .map(|_| request.trace_id.clone());
             let kinds = self.remediation.verifiable(&self.config);
             let Some(resource) = kinds.into_iter().find(|r| r.kind == request.kind) else {
                 let why = format!("{name} changes no {} objects", request.kind);
@@ -231,7 +227,11 @@ impl<R: Remediation> Pipeline<R> {
             .as_ref()
             .map_or(0.2, |v| v.settings.worse_margin);
         let judgement = verdict::judge(&measurements, rollout.as_ref(), margin);
-        self.verdict_step(at, object, record, judgement, measurements)
+        let alert = request.labels.get("alertname").map_or_else(
+            || self.remediation.name().to_owned(),
+            |name| crate::intake::names::printable(name),
+        );
+        self.verdict_step(at, object, record, &alert, judgement, measurements)
     }
 
     /// The measurements of `verify`, taken once within the time box.
@@ -270,6 +270,7 @@ impl<R: Remediation> Pipeline<R> {
         at: &Subject<'_, R>,
         object: &DynamicObject,
         mut record: ActionRecord,
+        alert: &str,
         judgement: Judgement,
         measurements: Vec<Measurement>,
     ) -> Step {
@@ -286,7 +287,7 @@ impl<R: Remediation> Pipeline<R> {
         };
         let hand_off = Escalation {
             remediation: self.remediation.name().to_owned(),
-            alert: at.work.source.alert.clone().unwrap_or_default(),
+            alert: alert.to_owned(),
             fingerprint: record.fingerprint.clone(),
             at: now,
             trace_id: trace_id.clone(),
@@ -359,6 +360,8 @@ impl<R: Remediation> Pipeline<R> {
             record.escalated_at = Some(now);
         }
         let evidence = serde_json::to_value(&verification).ok();
+        // The hand-off pages under the acting alert's fingerprint, as its escalation would.
+        let fingerprint = record.fingerprint.clone();
         record.verification = Some(verification);
         match self.write_step(at, object, &plan, &record, false) {
             Step::Write(mut write) => {
@@ -374,6 +377,7 @@ impl<R: Remediation> Pipeline<R> {
                     None => format!("{}: {reason}", judgement.verdict.as_str()),
                 });
                 outcome.verification = evidence;
+                outcome.source.fingerprint = Some(fingerprint);
                 Step::Write(write)
             }
             done => done,
