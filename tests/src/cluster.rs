@@ -245,6 +245,16 @@ impl TestCluster {
         self.deployments().get(name).await.expect("get deployment")
     }
 
+    /// Asserts the Deployment `name` is stored as it was `before` (its `resourceVersion`):
+    /// nothing wrote it since.
+    pub async fn assert_unchanged(&self, name: &str, before: &Deployment) {
+        let now = self.deployment(name).await;
+        assert_eq!(
+            now.metadata.resource_version,
+            before.metadata.resource_version
+        );
+    }
+
     /// The stored `metadata.generation` of the Deployment `name` (it moves on every change
     /// to the spec or the annotations).
     pub async fn generation(&self, name: &str) -> i64 {
@@ -374,6 +384,9 @@ pub fn unique_name(prefix: &str) -> String {
         COUNTER.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// No cooldown and no escalation: a function may act on the same target again at once.
+pub const NO_COOLDOWN: [(&str, &str); 2] = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
 
 /// A configuration from defaults plus `vars` (`DRY_RUN=false` unless given).
 pub fn config(vars: &[(&str, &str)]) -> Config {

@@ -39,6 +39,16 @@ pub fn oracle_path() -> PathBuf {
     .clone()
 }
 
+/// A Ready pod `name` with `labels` in `namespace`, on the node of `region`, at `ip`.
+pub fn ready_pod(namespace: &str, name: &str, labels: Value, region: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"nodeName": format!("node-{region}"),
+                 "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": ip,
+                   "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
 /// The namespace clients call the service from when they are not in its own.
 pub const CLIENTS_NS: &str = "storefront";
 /// The regions of the test worlds, one node each.
@@ -186,13 +196,8 @@ impl World {
         if let (Some(all), Some(extra)) = (all.as_object_mut(), labels.as_object()) {
             all.extend(extra.clone());
         }
-        self.add(json!({"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": format!("{app}-{}", ip.replace('.', "-")),
-                         "namespace": namespace, "labels": all},
-            "spec": {"nodeName": format!("node-{region}"),
-                     "containers": [{"name": "app", "image": "app"}]},
-            "status": {"phase": "Running", "podIP": ip,
-                       "conditions": [{"type": "Ready", "status": "True"}]}}))
+        let name = format!("{app}-{}", ip.replace('.', "-"));
+        self.add(ready_pod(namespace, &name, all, region, ip))
     }
 
     /// The objects of `kind` in this world.

@@ -40,6 +40,25 @@ pub const METRICS_PORT: u16 = 9187;
 /// The opt-in label the remediations look for.
 pub const OPT_IN: (&str, &str) = ("auto_remediation", "active");
 
+/// Between `lo` and `hi` of the regions a mesh may have nodes in, picked by `rng`.
+pub(crate) fn pick_regions(rng: &mut rng::Rng, lo: usize, hi: usize) -> Vec<String> {
+    let count = rng.range(lo, hi);
+    let regions = rng.sample(&crate::istio_oracle::REGIONS, count);
+    regions.into_iter().map(str::to_owned).collect()
+}
+
+/// Between `lo` and `hi` namespace templates (`{P}-<name>`) of `names`, picked by `rng`.
+pub(crate) fn pick_namespaces(
+    rng: &mut rng::Rng,
+    names: &[&str],
+    lo: usize,
+    hi: usize,
+) -> Vec<String> {
+    let count = rng.range(lo, hi);
+    let names = rng.sample(names, count);
+    names.into_iter().map(|n| format!("{PREFIX}-{n}")).collect()
+}
+
 /// A client workload: one sidecar proxy to compile configuration for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSpec {

@@ -9,6 +9,7 @@ use kube::api::{Patch, PatchParams};
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
     Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_saying,
     assert_strict_writes, only, race, reason, record, spec_text,
@@ -191,13 +192,7 @@ async fn the_same_event_three_times_changes_once() {
         "{seen:?}"
     );
     assert_eq!(cluster.events_about(DR).await.len(), 1);
-    let report = cluster
-        .invoke(
-            defaults(),
-            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
-            &event,
-        )
-        .await;
+    let report = cluster.invoke(defaults(), &NO_COOLDOWN, &event).await;
     assert!(
         reason(only(&report)).contains("already set as configured"),
         "{report:#?}"
@@ -343,7 +338,7 @@ async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edi
     assert_strict_writes(&cluster.requests());
 
     // Again, then a foreign edit: refused, edit kept.
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     assert_eq!(
         only(&cluster.invoke(defaults(), &vars, &firing).await).outcome,
         OutcomeKind::Applied

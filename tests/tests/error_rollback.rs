@@ -4,6 +4,7 @@
 
 use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
     Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_for,
     assert_skipped_saying, assert_strict_writes, only, race, reason, record, spec_text,
@@ -161,13 +162,7 @@ async fn the_same_event_three_times_changes_once() {
     assert!(versions.iter().all(|v| v == &versions[0]), "{versions:?}");
     assert_eq!(cluster.events_about(VS).await.len(), 1);
     // Past the cooldown it is already at 100/0: nothing to write.
-    let report = cluster
-        .invoke(
-            ErrorRollback,
-            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
-            &event,
-        )
-        .await;
+    let report = cluster.invoke(ErrorRollback, &NO_COOLDOWN, &event).await;
     assert_skipped_saying(only(&report), "already routed to stable");
 }
 
@@ -325,7 +320,7 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     assert_skipped_saying(&again, "already reverted");
 
     // Act again, then someone edits the weights: the revert must not clobber that edit.
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     assert_eq!(
         only(&cluster.invoke(ErrorRollback, &vars, &firing).await).outcome,
         OutcomeKind::Applied

@@ -263,10 +263,7 @@ async fn records_from_an_unexpected_topic_are_rejected_before_any_request() {
         "other topic",
     );
     assert_no_request(&cluster, "other topic");
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
     // From the expected topic, it acts.
     let report = cluster
         .invoke(LatencyRestart, &[("ALERT_TOPIC_ARN", TOPIC)], &event)

@@ -10,7 +10,7 @@ use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::remediation::{DbCircuitBreak, ErrorRollback, RegionFailover};
 use mesh_remediation::report::OutcomeKind;
-use remediation_testkit::istio_oracle::{World, clients};
+use remediation_testkit::istio_oracle::{Compiled, World, clients};
 use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -30,6 +30,12 @@ async fn with_stored(cluster: &TestCluster, base: &World, name: &str) -> World {
         world.add(serde_json::to_value(vs).expect("json"));
     }
     world
+}
+
+/// [`with_stored`] compiled for the test namespace's [`clients`].
+async fn compiled(cluster: &TestCluster, base: &World, name: &str) -> Compiled {
+    let world = with_stored(cluster, base, name).await;
+    world.compile(&clients(&cluster.namespace))
 }
 
 fn addresses(reached: &BTreeSet<(String, String)>) -> BTreeSet<&str> {
@@ -102,9 +108,7 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
     let host = fqdn("checkout", &ns);
     let failing = FAILING_POD;
 
-    let before = with_stored(&cluster, &base, "checkout")
-        .await
-        .compile(&clients(&ns));
+    let before = compiled(&cluster, &base, "checkout").await;
     assert_eq!(before.findings(), Vec::<String>::new());
     for client in clients(&ns) {
         let reached = before.proxy(client.name).endpoints_receiving(&host, PORT);
@@ -117,9 +121,7 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
 
     roll_back(&cluster).await;
 
-    let after = with_stored(&cluster, &base, "checkout")
-        .await
-        .compile(&clients(&ns));
+    let after = compiled(&cluster, &base, "checkout").await;
     assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&ns) {
         let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
@@ -144,7 +146,7 @@ async fn after_error_rollback_neither_the_ingress_gateway_nor_sidecars_reach_the
     let mut proxies = clients(&ns);
     proxies.push(base.ingress_gateway("shop.example.com"));
     let host = fqdn("checkout", &ns);
-    let at_gateway = |compiled: &remediation_testkit::istio_oracle::Compiled| {
+    let at_gateway = |compiled: &Compiled| {
         let gateway = compiled.proxy("ingress");
         gateway.endpoints_of(&gateway.gateway_clusters_receiving("shop.example.com", 80))
     };
@@ -207,9 +209,7 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
         base.pod(&ns, "orders-db", json!({"role": "primary"}), region, ip);
     }
 
-    let before = with_stored(&cluster, &base, "orders-db")
-        .await
-        .compile(&clients(&ns));
+    let before = compiled(&cluster, &base, "orders-db").await;
     let unlimited = before.proxy("same-ns-east").clusters_of(&host, PORT);
     assert_eq!(
         unlimited.len(),
@@ -234,9 +234,7 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
         .await;
     let pool = &stored["spec"]["trafficPolicy"]["connectionPool"];
 
-    let after = with_stored(&cluster, &base, "orders-db")
-        .await
-        .compile(&clients(&ns));
+    let after = compiled(&cluster, &base, "orders-db").await;
     assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&ns) {
         let proxy = after.proxy(client.name);
@@ -307,9 +305,7 @@ async fn after_region_failover_no_client_reaches_the_degraded_region() {
         reached.iter().map(|(_, region)| region.clone()).collect()
     };
 
-    let before = with_stored(&cluster, &base, "frontend")
-        .await
-        .compile(&clients(&ns));
+    let before = compiled(&cluster, &base, "frontend").await;
     for client in clients(&ns) {
         let reached = before.proxy(client.name).endpoints_receiving(&host, PORT);
         assert!(
@@ -330,9 +326,7 @@ async fn after_region_failover_no_client_reaches_the_degraded_region() {
     let report = cluster.invoke(failover, &[], &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
 
-    let after = with_stored(&cluster, &base, "frontend")
-        .await
-        .compile(&clients(&ns));
+    let after = compiled(&cluster, &base, "frontend").await;
     assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&ns) {
         let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);

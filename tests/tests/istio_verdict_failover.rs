@@ -35,6 +35,30 @@ async fn frontend(prefix: &str) -> (TestCluster, World) {
     (cluster, world)
 }
 
+/// [`frontend`] with its opted-in DestinationRule of `spec`.
+async fn frontend_with_rule(prefix: &str, spec: Value) -> (TestCluster, World) {
+    let (cluster, world) = frontend(prefix).await;
+    Mesh::new(&cluster)
+        .opted_in(Kind::DestinationRule, "frontend", spec)
+        .await;
+    (cluster, world)
+}
+
+/// [`frontend`] with its opted-in rule's subsets keyed on the region label, one per region.
+async fn frontend_with_region_subsets(prefix: &str) -> (TestCluster, World) {
+    frontend_with_rule(
+        prefix,
+        json!({"host": "frontend", "subsets": region_subsets()}),
+    )
+    .await
+}
+
+/// A VirtualService spec for frontend: the route `tenant` first, then the whole Service.
+fn tenant_then_service(tenant: Value) -> Value {
+    json!({"hosts": ["frontend"], "http": [
+        tenant, {"route": [{"destination": {"host": "frontend"}}]}]})
+}
+
 /// frontend's fully qualified host.
 fn host(cluster: &TestCluster) -> String {
     format!("frontend.{}.svc.cluster.local", cluster.namespace)
@@ -163,21 +187,18 @@ async fn a_region_split_by_host_is_drained_for_every_client() {
 
 #[tokio::test]
 async fn without_a_region_split_the_destination_rule_drains_the_region_for_every_client() {
-    let (cluster, world) = frontend("ivf-locality").await;
     // A passive failover (what Istio's docs suggest), and a port whose settings inherit
     // nothing from the top level.
-    Mesh::new(&cluster)
-        .opted_in(
-            Kind::DestinationRule,
-            "frontend",
-            json!({"host": "frontend", "trafficPolicy": {
-                "tls": {"mode": "ISTIO_MUTUAL"},
-                "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
-                "loadBalancer": {"localityLbSetting": {"enabled": true,
-                    "failover": [{"from": "us-east-1", "to": "us-west-2"}]}},
-                "portLevelSettings": [{"port": {"number": PORT}, "tls": {"mode": "ISTIO_MUTUAL"}}]}}),
-        )
-        .await;
+    let (cluster, world) = frontend_with_rule(
+        "ivf-locality",
+        json!({"host": "frontend", "trafficPolicy": {
+            "tls": {"mode": "ISTIO_MUTUAL"},
+            "outlierDetection": {"consecutive5xxErrors": 5, "interval": "10s", "baseEjectionTime": "30s"},
+            "loadBalancer": {"localityLbSetting": {"enabled": true,
+                "failover": [{"from": "us-east-1", "to": "us-west-2"}]}},
+            "portLevelSettings": [{"port": {"number": PORT}, "tls": {"mode": "ISTIO_MUTUAL"}}]}}),
+    )
+    .await;
     let before = world.compile_stored(&cluster).await;
     assert!(
         regions_reached(&before, "same-ns-east", &host(&cluster)).contains(DEGRADED),
@@ -208,25 +229,19 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_for_every
 
 #[tokio::test]
 async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_rule() {
-    let (cluster, mut world) = frontend("ivf-gateway").await;
+    let (cluster, mut world) = frontend_with_region_subsets("ivf-gateway").await;
     let ns = cluster.namespace.clone();
     let gateway = world.ingress_gateway("www.example.com");
-    let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
-        json!({"host": "frontend", "subsets": region_subsets()}),
-    )
-    .await;
-    mesh.opted_in(
-        Kind::VirtualService,
-        "public",
-        json!({"hosts": ["www.example.com"], "gateways": ["istio-system/public"],
+    Mesh::new(&cluster)
+        .opted_in(
+            Kind::VirtualService,
+            "public",
+            json!({"hosts": ["www.example.com"], "gateways": ["istio-system/public"],
                "http": [{"route": [
                    {"destination": {"host": "frontend", "subset": "east"}, "weight": 60},
                    {"destination": {"host": "frontend", "subset": "west"}, "weight": 40}]}]}),
-    )
-    .await;
+        )
+        .await;
     let mut proxies = clients(&ns);
     proxies.push(gateway);
     let host = host(&cluster);
@@ -242,18 +257,15 @@ async fn a_gateway_only_region_split_is_drained_and_sidecars_are_drained_by_the_
 
 #[tokio::test]
 async fn a_distribution_per_client_locality_is_kept_for_clients_that_never_reached_the_region() {
-    let (cluster, world) = frontend("ivf-per-client").await;
-    Mesh::new(&cluster)
-        .opted_in(
-            Kind::DestinationRule,
-            "frontend",
-            json!({"host": "frontend", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
-                "distribute": [
-                    {"from": "eu-west-1/*", "to": {"eu-west-1/*": 100}},
-                    {"from": "us-east-1/*", "to": {"us-east-1/*": 60, "us-west-2/*": 40}},
-                    {"from": "us-west-2/*", "to": {"us-west-2/*": 100}}]}}}}),
-        )
-        .await;
+    let (cluster, world) = frontend_with_rule(
+        "ivf-per-client",
+        json!({"host": "frontend", "trafficPolicy": {"loadBalancer": {"localityLbSetting": {
+            "distribute": [
+                {"from": "eu-west-1/*", "to": {"eu-west-1/*": 100}},
+                {"from": "us-east-1/*", "to": {"us-east-1/*": 60, "us-west-2/*": 40}},
+                {"from": "us-west-2/*", "to": {"us-west-2/*": 100}}]}}}}),
+    )
+    .await;
     let host = host(&cluster);
     let before = world.compile_stored(&cluster).await;
     assert_eq!(
@@ -287,17 +299,14 @@ async fn a_distribution_per_client_locality_is_kept_for_clients_that_never_reach
 async fn with_outlier_detection_on_the_other_regions_clients_keep_their_own_region() {
     // Found by the generated meshes: outlier detection makes each client prefer its own
     // region; a drain from every locality spread the clients of healthy regions out.
-    let (cluster, world) = frontend("ivf-preference").await;
-    Mesh::new(&cluster)
-        .opted_in(
-            Kind::DestinationRule,
-            "frontend",
-            json!({"host": "frontend", "trafficPolicy": {
-                "outlierDetection": {"consecutive5xxErrors": 7},
-                "loadBalancer": {"simple": "LEAST_REQUEST",
-                                 "localityLbSetting": {"enabled": true}}}}),
-        )
-        .await;
+    let (cluster, world) = frontend_with_rule(
+        "ivf-preference",
+        json!({"host": "frontend", "trafficPolicy": {
+            "outlierDetection": {"consecutive5xxErrors": 7},
+            "loadBalancer": {"simple": "LEAST_REQUEST",
+                             "localityLbSetting": {"enabled": true}}}}),
+    )
+    .await;
     let host = host(&cluster);
     let before = world.compile_stored(&cluster).await;
     assert_eq!(
@@ -351,22 +360,20 @@ async fn a_split_moves_no_weight_to_a_region_some_clients_cannot_reach() {
     // Found by the generated meshes: the rule's `distribute` sends clients in Europe to
     // us-east-1 and eu-west-1 only, so for them the subset `west` has no endpoint; moving
     // us-east-1's share there would fail their requests.
-    let (cluster, world) = frontend("ivf-stranded").await;
-    let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
+    let (cluster, world) = frontend_with_rule(
+        "ivf-stranded",
         json!({"host": "frontend", "subsets": region_subsets(), "trafficPolicy": {
-            "loadBalancer": {"localityLbSetting": {"distribute": [
-                {"from": "eu-west-1/*", "to": {"us-east-1/*": 50, "eu-west-1/*": 50}}]}}}}),
+        "loadBalancer": {"localityLbSetting": {"distribute": [
+            {"from": "eu-west-1/*", "to": {"us-east-1/*": 50, "eu-west-1/*": 50}}]}}}}),
     )
     .await;
-    mesh.opted_in(
-        Kind::VirtualService,
-        "frontend",
-        json!({"hosts": ["frontend"], "http": [region_split()]}),
-    )
-    .await;
+    Mesh::new(&cluster)
+        .opted_in(
+            Kind::VirtualService,
+            "frontend",
+            json!({"hosts": ["frontend"], "http": [region_split()]}),
+        )
+        .await;
     let host = host(&cluster);
     let before = world.compile_stored(&cluster).await;
     assert_eq!(share_to_nowhere(&before, "other-ns-eu", &host), 0.25);
@@ -394,21 +401,15 @@ async fn a_split_moves_no_weight_to_a_region_some_clients_cannot_reach() {
 async fn a_route_to_the_whole_service_beside_a_region_split_is_drained_by_the_rule() {
     // Found by the generated meshes: the split was shifted but a tenant route to the
     // Service itself kept reaching the degraded region.
-    let (cluster, world) = frontend("ivf-tenant-whole").await;
-    let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
-        json!({"host": "frontend", "subsets": region_subsets()}),
-    )
-    .await;
+    let (cluster, world) = frontend_with_region_subsets("ivf-tenant-whole").await;
     let tenant = tenant_route("acme", json!({"host": "frontend"}));
-    mesh.opted_in(
-        Kind::VirtualService,
-        "frontend",
-        json!({"hosts": ["frontend"], "http": [tenant, region_split()]}),
-    )
-    .await;
+    Mesh::new(&cluster)
+        .opted_in(
+            Kind::VirtualService,
+            "frontend",
+            json!({"hosts": ["frontend"], "http": [tenant, region_split()]}),
+        )
+        .await;
     let host = host(&cluster);
     let before = world.compile_stored(&cluster).await;
     assert!(regions_reached(&before, "same-ns-west", &host).contains(DEGRADED));

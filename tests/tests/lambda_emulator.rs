@@ -6,22 +6,25 @@ use remediation_testkit::lambda_emulator::{Emulator, function_binary};
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
 
+/// The latency-restart bootstrap under the emulator, acting on `cluster` (not in dry run,
+/// its budgets in the test namespace), with `vars` beside.
+async fn latency_restart_on(cluster: &TestCluster, vars: &[(&str, &str)]) -> Emulator {
+    let bootstrap = function_binary("latency-restart");
+    let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
+    let mut all = vec![
+        ("KUBECONFIG", kubeconfig.as_str()),
+        ("DRY_RUN", "false"),
+        ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
+    ];
+    all.extend_from_slice(vars);
+    Emulator::start(&bootstrap, &all).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_restarts_under_the_lambda_emulator() {
     let cluster = TestCluster::start("rie").await;
     let before = cluster.create_deployment("checkout-v2", true).await;
-    let bootstrap = function_binary("latency-restart");
-    let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
-    let emulator = Emulator::start(
-        &bootstrap,
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("DRY_RUN", "false"),
-            ("RUST_LOG", "info"),
-            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
-        ],
-    )
-    .await;
+    let emulator = latency_restart_on(&cluster, &[("RUST_LOG", "info")]).await;
 
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let (status, body) = emulator.invoke(&event).await;
@@ -84,17 +87,7 @@ async fn transient_api_failure_is_a_function_error_for_lambda_to_retry() {
     cluster.create_deployment("checkout-v2", true).await;
     let faults = cluster.faults();
     faults.add_fault(remediation_testkit::fault_proxy::Fault::status(500).method("PATCH"));
-    let bootstrap = function_binary("latency-restart");
-    let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
-    let emulator = Emulator::start(
-        &bootstrap,
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("DRY_RUN", "false"),
-            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
-        ],
-    )
-    .await;
+    let emulator = latency_restart_on(&cluster, &[]).await;
     let (_, body) = emulator
         .invoke(&events::fresh(
             "latency-restart-firing.json",

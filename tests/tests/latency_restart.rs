@@ -9,10 +9,11 @@ use kube::api::{Patch, PatchParams};
 use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
-use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use mesh_remediation::report::{InvocationReport, OutcomeKind};
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::fault_proxy::{Fault, FaultKind};
 use remediation_testkit::mesh::{
-    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying,
+    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying, only, reason,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
@@ -36,24 +37,11 @@ fn record(d: &Deployment) -> Option<ActionRecord> {
         .expect("readable record")
 }
 
-fn only(report: &InvocationReport) -> &Outcome {
-    assert_eq!(report.outcomes.len(), 1, "{report:#?}");
-    &report.outcomes[0]
-}
-
 fn kinds(report: &InvocationReport) -> Vec<OutcomeKind> {
     report.outcomes.iter().map(|o| o.outcome).collect()
 }
 
 async fn setup(prefix: &str) -> (TestCluster, Deployment) {
-    let cluster = TestCluster::start(prefix).await;
-    let before = cluster.create_deployment(TARGET, true).await;
-    (cluster, before)
-}
-
-/// Like [`setup`] behind the fault proxy, for tests that inject faults a real server cannot
-/// produce on demand.
-async fn setup_with_faults(prefix: &str) -> (TestCluster, Deployment) {
     let cluster = TestCluster::start(prefix).await;
     let before = cluster.create_deployment(TARGET, true).await;
     (cluster, before)
@@ -160,10 +148,7 @@ async fn duplicates_within_one_event_act_once() {
             .outcomes
             .iter()
             .filter(|o| o.outcome == OutcomeKind::Skipped)
-            .all(|o| o
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("duplicate")))
+            .all(|o| reason(o).starts_with("duplicate"))
     );
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.generation,
@@ -199,13 +184,7 @@ async fn concurrent_invocations_restart_once() {
     } else {
         only(&b)
     };
-    assert!(
-        loser
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("cooldown")),
-        "{loser:#?}"
-    );
+    assert!(reason(loser).starts_with("cooldown"), "{loser:#?}");
     assert_eq!(
         cluster.deployment(TARGET).await.metadata.generation,
         before.metadata.generation.map(|g| g + 1)
@@ -269,10 +248,7 @@ async fn objects_not_opted_in_are_skipped() {
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &event).await).clone();
     assert_skipped_saying(&outcome, "not labelled auto_remediation=active");
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
 }
 
 #[tokio::test]
@@ -294,10 +270,7 @@ async fn protected_namespaces_are_never_touched() {
     let kube_system = events::fresh("latency-restart-firing.json", "kube-system");
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &kube_system).await).clone();
     assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("kube-system is protected")),
+        reason(&outcome).contains("kube-system is protected"),
         "{outcome:#?}"
     );
     assert!(
@@ -305,10 +278,7 @@ async fn protected_namespaces_are_never_touched() {
         "no API request at all: {:#?}",
         cluster.requests()
     );
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
 }
 
 #[tokio::test]
@@ -326,21 +296,15 @@ async fn stale_deliveries_are_skipped() {
     events::set_message(&mut ended, &message);
     let outcome = only(&cluster.invoke(LatencyRestart, &[], &ended).await).clone();
     assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.starts_with("stale: alert already ended")),
+        reason(&outcome).starts_with("stale: alert already ended"),
         "{outcome:#?}"
     );
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
 }
 
 #[tokio::test]
 async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
-    for (event_name, vars, reason) in [
+    for (event_name, vars, why) in [
         (
             "latency-restart-firing.json",
             &[("DRY_RUN", "true")][..],
@@ -358,13 +322,7 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
             OutcomeKind::DryRun,
             "{event_name}: {outcome:#?}"
         );
-        assert!(
-            outcome
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with(reason)),
-            "{outcome:#?}"
-        );
+        assert!(reason(outcome).starts_with(why), "{outcome:#?}");
         let patch = outcome.patch.as_ref().expect("exact patch reported");
         assert!(patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());
         let after = cluster.deployment(TARGET).await;
@@ -413,19 +371,10 @@ async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
         for outcome in &report.outcomes {
             assert_eq!(outcome.outcome, OutcomeKind::Failed, "{name}: {outcome:#?}");
             assert!(!outcome.retryable, "{name}: bad input must not be retried");
-            assert!(
-                outcome
-                    .reason
-                    .as_deref()
-                    .is_some_and(|r| r.contains(expected)),
-                "{name}: {outcome:#?}"
-            );
+            assert!(reason(outcome).contains(expected), "{name}: {outcome:#?}");
         }
     }
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
     let writes: Vec<_> = cluster
         .requests()
         .into_iter()
@@ -436,7 +385,7 @@ async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test]
 async fn api_500_is_a_retryable_failure_that_changes_nothing() {
-    let (cluster, before) = setup_with_faults("api500").await;
+    let (cluster, before) = setup("api500").await;
     cluster
         .faults()
         .add_fault(Fault::status(500).method("PATCH"));
@@ -447,10 +396,7 @@ async fn api_500_is_a_retryable_failure_that_changes_nothing() {
     assert!(outcome.retryable, "a 5xx is transient: {outcome:#?}");
     assert_eq!(report.retryable_failures().count(), 1);
     cluster.faults().clear_faults();
-    assert_eq!(
-        cluster.deployment(TARGET).await.metadata.resource_version,
-        before.metadata.resource_version
-    );
+    cluster.assert_unchanged(TARGET, &before).await;
     // Lambda's retry then succeeds.
     assert_eq!(
         only(&cluster.invoke(LatencyRestart, &[], &event).await).outcome,
@@ -460,7 +406,7 @@ async fn api_500_is_a_retryable_failure_that_changes_nothing() {
 
 #[tokio::test]
 async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not() {
-    let (cluster, _) = setup_with_faults("lambdaerr").await;
+    let (cluster, _) = setup("lambdaerr").await;
     let function = mesh_remediation::lambda::Function::new(cluster.pipeline(LatencyRestart, &[]));
     let bad = events::fresh("bad-not-json.json", &cluster.namespace);
     let ok = function
@@ -487,7 +433,7 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
 
 #[tokio::test]
 async fn a_409_storm_converges_to_one_restart() {
-    let (cluster, before) = setup_with_faults("storm").await;
+    let (cluster, before) = setup("storm").await;
     // Someone else writes the object just before each of our first three writes.
     cluster.faults().add_fault(
         Fault::new(FaultKind::ConflictBump)
@@ -518,21 +464,12 @@ async fn a_409_storm_converges_to_one_restart() {
             .path_contains("deployments"),
     );
     let settled = cluster.wait_settled(TARGET).await;
-    let report = cluster
-        .invoke(
-            LatencyRestart,
-            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
-            &event,
-        )
-        .await;
+    let report = cluster.invoke(LatencyRestart, &NO_COOLDOWN, &event).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed);
     assert!(outcome.retryable);
     assert!(
-        outcome
-            .reason
-            .as_deref()
-            .is_some_and(|r| r.contains("conflicting writes")),
+        reason(outcome).contains("conflicting writes"),
         "{outcome:#?}"
     );
     assert_eq!(
@@ -620,7 +557,7 @@ async fn a_rollout_in_progress_is_not_restarted() {
 
 #[tokio::test]
 async fn slow_api_within_the_timeout_still_acts() {
-    let (cluster, _) = setup_with_faults("slow").await;
+    let (cluster, _) = setup("slow").await;
     cluster
         .faults()
         .add_fault(Fault::latency(300).method("PATCH"));

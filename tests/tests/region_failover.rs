@@ -8,9 +8,10 @@ use std::time::Duration;
 use mesh_remediation::remediation::RegionFailover;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::{Outcome, OutcomeKind};
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
-    HealthEndpoint, Kind, Mesh, assert_one_winner, assert_skipped_saying, assert_strict_writes,
-    only, race, reason, record, spec_text,
+    HealthEndpoint, Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_saying,
+    assert_strict_writes, only, race, reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -249,11 +250,7 @@ async fn the_same_event_three_times_changes_once() {
     assert_eq!(cluster.events_about(NAME).await.len(), 1);
     // Past the cooldown: already at 0.
     let report = cluster
-        .invoke(
-            checked(&regions),
-            &[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")],
-            &event,
-        )
+        .invoke(checked(&regions), &NO_COOLDOWN, &event)
         .await;
     assert!(
         reason(only(&report)).contains("already failed over"),
@@ -302,14 +299,7 @@ async fn dry_run_stores_nothing() {
         assert_eq!(patch["spec"]["http"], routes(0, 75, 25));
         assert_eq!(vs(&cluster).await, before, "nothing stored");
         assert!(cluster.events_about(NAME).await.is_empty());
-        let patches: Vec<_> = cluster
-            .requests()
-            .into_iter()
-            .filter(|r| r.method == "PATCH")
-            .collect();
-        assert_eq!(patches.len(), 1, "{patches:#?}");
-        assert!(patches[0].is_dry_run());
-        assert_eq!(&patches[0].body, patch);
+        assert_one_dry_run_patch(&cluster, patch);
     }
 }
 
@@ -408,7 +398,7 @@ async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_e
             .is_some()
     );
 
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(checked(&regions), &vars, &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied);

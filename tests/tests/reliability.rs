@@ -15,6 +15,7 @@ use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart};
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::cluster::{FixedConnector, config};
 use remediation_testkit::fault_proxy::{Fault, FaultKind, FaultProxy, RecordedRequest};
 use remediation_testkit::mesh::{Kind, Mesh};
@@ -228,7 +229,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
     // The real controllers finish the first rollout first: one in progress is held.
     cluster.wait_settled(TARGET).await;
     faults.add_fault(on_writes(Fault::throttle(30)));
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     let generation_now = cluster.generation(TARGET).await;
     let started = Instant::now();
     let report = fire(&cluster, &vars).await;
@@ -258,7 +259,7 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
     faults.clear_requests();
     cluster.wait_settled(TARGET).await;
     faults.add_fault(on_writes(Fault::status(409)));
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     let report = fire(&cluster, &vars).await;
     assert_transient(only(&report), "conflicting writes");
     assert_eq!(
@@ -283,7 +284,7 @@ async fn connection_resets_are_retried_and_never_double_act() {
     // Every request to the Deployment reset: a retryable failure, nothing changed.
     faults.clear_faults();
     faults.add_fault(Fault::new(FaultKind::Reset).path_contains("/deployments/"));
-    let vars = [("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")];
+    let vars = NO_COOLDOWN;
     let report = fire(&cluster, &vars).await;
     assert_transient(
         only(&report),

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value, json};
 
 use super::{ClientSpec, FailoverMesh, HealthMode, PORT, PREFIX, REGION_LABEL, SERVICE};
-use crate::generated::root_template;
-use crate::istio_oracle::REGIONS;
-use crate::mesh_gen::OPT_IN;
+use crate::generated::{find_object, root_template};
+use crate::istio_oracle::{REGIONS, ready_pod};
 use crate::mesh_gen::rng::Rng;
+use crate::mesh_gen::{OPT_IN, pick_namespaces, pick_regions};
 
 /// Client namespaces (suffixes): the alert's own is `shop`.
 const CLIENT_NAMESPACES: [&str; 3] = ["shop", "web", "jobs"];
@@ -54,12 +54,7 @@ impl FailoverMesh {
     pub fn generate(seed: u64) -> FailoverMesh {
         let mut rng = Rng::new(seed);
         let degraded = (*rng.pick(&REGIONS)).to_owned();
-        let count = rng.range(2, 3);
-        let mut client_namespaces: Vec<String> = rng
-            .sample(&CLIENT_NAMESPACES, count)
-            .into_iter()
-            .map(|n| format!("{PREFIX}-{n}"))
-            .collect();
+        let mut client_namespaces = pick_namespaces(&mut rng, &CLIENT_NAMESPACES, 2, 3);
         client_namespaces.sort();
         let alert = FailoverMesh::alert_template();
         let mut namespaces = client_namespaces.clone();
@@ -180,11 +175,7 @@ impl FailoverMesh {
 /// delegates every request to `frontend-routes` (no hosts) holding its routes: Istio's
 /// VirtualService delegation. The delegate is opted in as the root was, or sometimes not.
 fn delegate(objects: &mut Vec<Value>, alert: &str, rng: &mut Rng) {
-    let Some(at) = objects.iter().position(|o| {
-        o["kind"] == "VirtualService"
-            && o["metadata"]["name"] == SERVICE
-            && o["metadata"]["namespace"] == alert
-    }) else {
+    let Some(at) = find_object(objects, "VirtualService", alert, SERVICE) else {
         return;
     };
     let root = &mut objects[at];
@@ -225,12 +216,7 @@ impl Gen {
         } else if self.rng.chance(55) {
             REGIONS.iter().map(|r| (*r).to_owned()).collect()
         } else {
-            let count = self.rng.range(1, 2);
-            self.rng
-                .sample(&REGIONS, count)
-                .into_iter()
-                .map(str::to_owned)
-                .collect()
+            pick_regions(&mut self.rng, 1, 2)
         };
         for (i, region) in REGIONS.iter().enumerate() {
             let mut pods: Vec<&str> = vec!["v1"; self.rng.range(1, 2)];
@@ -239,14 +225,9 @@ impl Gen {
             }
             for (j, version) in pods.into_iter().enumerate() {
                 let ip = format!("10.{}.0.{}", i + 1, j + 10);
-                world.push(json!({"apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": format!("{SERVICE}-{version}-{}", ip.replace('.', "-")),
-                                 "namespace": namespace,
-                                 "labels": {"app": SERVICE, "version": version, "region": region}},
-                    "spec": {"nodeName": format!("node-{region}"),
-                             "containers": [{"name": "app", "image": "app"}]},
-                    "status": {"phase": "Running", "podIP": ip,
-                               "conditions": [{"type": "Ready", "status": "True"}]}}));
+                let name = format!("{SERVICE}-{version}-{}", ip.replace('.', "-"));
+                let labels = json!({"app": SERVICE, "version": version, "region": region});
+                world.push(ready_pod(namespace, &name, labels, region, &ip));
             }
         }
         v2

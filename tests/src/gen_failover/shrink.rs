@@ -3,13 +3,11 @@
 //! keeps one) or Service, any node of a stored object, or the health check. Only valid candidates are proposed,
 //! smallest first.
 
-use std::collections::BTreeSet;
-
 use serde_json::Value;
 
 use super::{FailoverMesh, HealthMode, SERVICE};
-use crate::generated::prune::{normalize, removable, remove};
-use crate::generated::root_template;
+use crate::generated::prune::{without_each, without_each_node};
+use crate::generated::{Generated, root_template, worth_trying};
 
 impl FailoverMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
@@ -17,17 +15,9 @@ impl FailoverMesh {
     pub fn shrink(&self) -> Vec<FailoverMesh> {
         let mut out = Vec::new();
         self.drop_namespaces(&mut out);
-        for index in 0..self.objects.len() {
-            let mut smaller = self.clone();
-            smaller.objects.remove(index);
-            out.push(smaller);
-        }
+        out.extend(without_each(self, |m| &mut m.objects, |_| false));
         if self.clients.len() > 1 {
-            for index in 0..self.clients.len() {
-                let mut smaller = self.clone();
-                smaller.clients.remove(index);
-                out.push(smaller);
-            }
+            out.extend(without_each(self, |m| &mut m.clients, |_| false));
         }
         if self.gateway.is_some() {
             let mut smaller = self.clone();
@@ -44,25 +34,13 @@ impl FailoverMesh {
                 .filter(|o| o["kind"] == "Pod" && region_of(o) == *region)
                 .count()
         };
-        for (index, object) in self.world.iter().enumerate() {
+        let stays = |object: &Value| {
             let last_pod = object["kind"] == "Pod" && pods_in(&region_of(object)) == 1;
             let main_service = object["kind"] == "Service" && object["metadata"]["name"] == SERVICE;
-            if last_pod || main_service || object["kind"] == "Gateway" {
-                continue;
-            }
-            let mut smaller = self.clone();
-            smaller.world.remove(index);
-            out.push(smaller);
-        }
-        for (index, object) in self.objects.iter().enumerate() {
-            for pointer in removable(object) {
-                let mut smaller = self.clone();
-                let object = &mut smaller.objects[index];
-                remove(object, &pointer);
-                normalize(object);
-                out.push(smaller);
-            }
-        }
+            last_pod || main_service || object["kind"] == "Gateway"
+        };
+        out.extend(without_each(self, |m| &mut m.world, stays));
+        out.extend(without_each_node(self, |m| &mut m.objects, |_| true));
         let simpler = match self.health {
             HealthMode::Unconfigured => Vec::new(),
             HealthMode::AllHealthy => vec![HealthMode::Unconfigured],
@@ -74,19 +52,18 @@ impl FailoverMesh {
                 ..self.clone()
             });
         }
-        let mut seen = BTreeSet::new();
-        let mut valid: Vec<FailoverMesh> = out
-            .into_iter()
-            .filter(|m| m != self && m.invalid().is_none())
-            .filter(|m| {
-                seen.insert(format!(
-                    "{:?}{:?}{:?}{:?}{:?}",
-                    m.objects, m.world, m.clients, m.gateway, m.health
-                ))
-            })
-            .collect();
-        valid.sort_by_key(FailoverMesh::size);
-        valid
+        let valid = |m: &FailoverMesh| m.invalid().is_none();
+        worth_trying(self, out, valid, |m| {
+            let FailoverMesh {
+                objects,
+                world,
+                clients,
+                gateway,
+                health,
+                ..
+            } = m;
+            format!("{objects:?}{world:?}{clients:?}{gateway:?}{health:?}")
+        })
     }
 
     /// A client namespace other than the alert's and the root, with everything in it.
@@ -96,12 +73,7 @@ impl FailoverMesh {
             if keep.contains(namespace) {
                 continue;
             }
-            let mut smaller = self.clone();
-            smaller.namespaces.retain(|n| n != namespace);
-            smaller.clients.retain(|c| c.namespace != *namespace);
-            let elsewhere = |o: &Value| o["metadata"]["namespace"] != namespace.as_str();
-            smaller.objects.retain(elsewhere);
-            smaller.world.retain(elsewhere);
+            let smaller = self.without_namespace(namespace);
             if !smaller.clients.is_empty() {
                 out.push(smaller);
             }
@@ -112,26 +84,11 @@ impl FailoverMesh {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generated::assert_shrinks_to_a_floor;
 
     #[test]
     fn candidates_are_smaller_valid_and_reach_a_floor() {
-        for seed in 0..40 {
-            let mut mesh = FailoverMesh::generate(seed);
-            let mut steps = 0;
-            loop {
-                let candidates = mesh.shrink();
-                for c in &candidates {
-                    assert!(c.size() < mesh.size(), "seed {seed}");
-                    assert!(c.invalid().is_none());
-                }
-                let Some(first) = candidates.into_iter().next() else {
-                    break;
-                };
-                mesh = first;
-                steps += 1;
-                assert!(steps < 500, "seed {seed}: shrinking does not end");
-            }
-            assert!(mesh.objects.is_empty(), "seed {seed}: {}", mesh.to_yaml());
-        }
+        let valid = |m: &FailoverMesh| m.invalid().is_none();
+        assert_shrinks_to_a_floor(FailoverMesh::generate, valid, |m| m.objects.is_empty());
     }
 }

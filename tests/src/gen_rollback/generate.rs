@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use super::{FAILING, GatewaySpec, OPT_IN, PORT, PREFIX, RollbackMesh, SERVICE};
-use crate::generated::root_template;
-use crate::istio_oracle::REGIONS;
-use crate::mesh_gen::ClientSpec;
+use crate::generated::{find_object, root_template};
+use crate::istio_oracle::ready_pod;
 use crate::mesh_gen::rng::Rng;
+use crate::mesh_gen::{ClientSpec, pick_namespaces, pick_regions};
 
 /// Versions in the order of the naming schemes below.
 const VERSIONS: [&str; 4] = ["v0", "v1", "v2", "v3"];
@@ -73,6 +73,15 @@ impl Gen {
     }
 
     /// A weighted split over `versions` (weights summing to 100, zeros allowed).
+    /// v1, and the failing version too `percent` % of the time.
+    fn stable_and_maybe_failing(&mut self, percent: usize) -> Vec<&'static str> {
+        if self.rng.chance(percent) {
+            vec!["v1", FAILING]
+        } else {
+            vec!["v1"]
+        }
+    }
+
     fn split(&mut self, versions: &[&str], host: Option<&str>) -> Vec<Value> {
         let mut left = 100;
         let mut out = Vec::new();
@@ -126,25 +135,15 @@ fn virtual_service(metadata: Value, spec: Value) -> Value {
 }
 
 fn pod(namespace: &str, labels: &BTreeMap<&str, &str>, region: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{SERVICE}-{}", ip.replace('.', "-")),
-                     "namespace": namespace, "labels": labels},
-        "spec": {"nodeName": format!("node-{region}"),
-                 "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running", "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": "True"}]}})
+    let name = format!("{SERVICE}-{}", ip.replace('.', "-"));
+    ready_pod(namespace, &name, json!(labels), region, ip)
 }
 
 impl RollbackMesh {
     /// The mesh of `seed` (prefix `mesh` until [`RollbackMesh::with_prefix`]).
     pub fn generate(seed: u64) -> RollbackMesh {
         let mut rng = Rng::new(seed);
-        let count = rng.range(2, 3);
-        let regions: Vec<String> = rng
-            .sample(&REGIONS, count)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let regions = pick_regions(&mut rng, 2, 3);
         let mut versions = vec!["v1", FAILING];
         if rng.chance(35) {
             versions.insert(0, "v0");
@@ -162,13 +161,7 @@ impl RollbackMesh {
         };
         let alert = format!("{PREFIX}-shop");
         let root = root_template();
-        let count = g.rng.range(1, 2);
-        let client_namespaces: Vec<String> = g
-            .rng
-            .sample(&CLIENT_NAMESPACES, count)
-            .into_iter()
-            .map(|n| format!("{PREFIX}-{n}"))
-            .collect();
+        let client_namespaces = pick_namespaces(&mut g.rng, &CLIENT_NAMESPACES, 1, 2);
         let mut namespaces = vec![alert.clone()];
         namespaces.extend(client_namespaces.iter().cloned());
         namespaces.push(root.clone());
@@ -326,11 +319,7 @@ impl RollbackMesh {
         }
         let mut gateway = None;
         if g.rng.chance(20) {
-            let versions = if g.rng.chance(70) {
-                vec!["v1", FAILING]
-            } else {
-                vec!["v1"]
-            };
+            let versions = g.stable_and_maybe_failing(70);
             let route = g.split(&versions, None);
             let spec = json!({"hosts": [format!("{PREFIX}.example.com")],
                               "gateways": [format!("{root}/public")],
@@ -352,11 +341,7 @@ impl RollbackMesh {
         }
         if g.rng.chance(10) {
             // Not opted in, for a literal host of its own.
-            let versions = if g.rng.chance(50) {
-                vec!["v1", FAILING]
-            } else {
-                vec!["v1"]
-            };
+            let versions = g.stable_and_maybe_failing(50);
             let route = g.split(&versions, None);
             let spec = json!({"hosts": [format!("checkout.{PREFIX}.internal")],
                               "http": [{"route": route}]});
@@ -432,11 +417,7 @@ impl RollbackMesh {
 /// its routes: Istio's VirtualService delegation. The delegate is usually in the alert's
 /// namespace, opted in as the root was; sometimes in a client namespace, or not opted in.
 fn delegate(objects: &mut Vec<Value>, alert: &str, client_namespaces: &[String], rng: &mut Rng) {
-    let Some(at) = objects.iter().position(|o| {
-        o["kind"] == "VirtualService"
-            && o["metadata"]["name"] == SERVICE
-            && o["metadata"]["namespace"] == alert
-    }) else {
+    let Some(at) = find_object(objects, "VirtualService", alert, SERVICE) else {
         return;
     };
     let main = &mut objects[at];

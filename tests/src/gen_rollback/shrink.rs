@@ -4,12 +4,11 @@
 //! annotation, `exportTo` or `gateways`; inside a rule drop a subset, `exportTo` or a policy.
 //! Only schema-valid candidates are proposed, smallest first.
 
-use std::collections::BTreeSet;
-
 use serde_json::{Value, json};
 
 use super::RollbackMesh;
-use crate::generated::root_template;
+use crate::generated::prune::without_each;
+use crate::generated::{Generated, root_template, worth_trying};
 
 impl RollbackMesh {
     /// Smaller meshes derived from this one, schema-valid, distinct, smallest first.
@@ -20,14 +19,7 @@ impl RollbackMesh {
             if *ns == self.alert_namespace || *ns == root {
                 continue;
             }
-            let mut m = self.clone();
-            m.namespaces.retain(|n| n != ns);
-            m.clients.retain(|c| c.namespace != *ns);
-            m.objects
-                .retain(|o| o["metadata"]["namespace"] != ns.as_str());
-            m.world
-                .retain(|o| o["metadata"]["namespace"] != ns.as_str());
-            out.push(m);
+            out.push(self.without_namespace(ns));
         }
         for (i, o) in self.objects.iter().enumerate() {
             if o["kind"] == "Service" {
@@ -42,24 +34,14 @@ impl RollbackMesh {
             out.push(m);
         }
         if self.clients.len() > 1 {
-            for i in 0..self.clients.len() {
-                let mut m = self.clone();
-                m.clients.remove(i);
-                out.push(m);
-            }
+            out.extend(without_each(self, |m| &mut m.clients, |_| false));
         }
         if self.gateway.is_some() {
             let mut m = self.clone();
             m.gateway = None;
             out.push(m);
         }
-        for i in 0..self.world.len() {
-            if self.world[i]["kind"] == "Pod" {
-                let mut m = self.clone();
-                m.world.remove(i);
-                out.push(m);
-            }
-        }
+        out.extend(without_each(self, |m| &mut m.world, |o| o["kind"] != "Pod"));
         if self.regions.len() > 1 {
             for region in &self.regions {
                 let node = format!("node-{region}");
@@ -92,19 +74,18 @@ impl RollbackMesh {
                 out.push(m);
             }
         }
-        let mut seen = BTreeSet::new();
-        let mut valid: Vec<RollbackMesh> = out
-            .into_iter()
-            .filter(|m| m != self && m.invalid().is_none())
-            .filter(|m| {
-                seen.insert(format!(
-                    "{:?}{:?}{:?}{:?}{:?}",
-                    m.objects, m.world, m.clients, m.gateway, m.regions
-                ))
-            })
-            .collect();
-        valid.sort_by_key(RollbackMesh::size);
-        valid
+        let valid = |m: &RollbackMesh| m.invalid().is_none();
+        worth_trying(self, out, valid, |m| {
+            let RollbackMesh {
+                objects,
+                world,
+                clients,
+                gateway,
+                regions,
+                ..
+            } = m;
+            format!("{objects:?}{world:?}{clients:?}{gateway:?}{regions:?}")
+        })
     }
 }
 

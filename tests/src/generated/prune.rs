@@ -1,7 +1,53 @@
-//! Pruning a stored object, node by node, for the shrinkers of the generated meshes: what
-//! may go, removing it, and tidying up what a removal left empty.
+//! Pruning a mesh for the shrinkers of the generated meshes: one item of a list at a time,
+//! or a stored object node by node (what may go, removing it, and tidying up what a
+//! removal left empty).
 
 use serde_json::Value;
+
+/// One smaller mesh per item of the list `items` picks out of `mesh`, without that item;
+/// the items `keep` says must stay are not taken out.
+pub fn without_each<M: Clone, T>(
+    mesh: &M,
+    items: impl Fn(&mut M) -> &mut Vec<T>,
+    keep: impl Fn(&T) -> bool,
+) -> Vec<M> {
+    let mut probe = mesh.clone();
+    let kept: Vec<bool> = items(&mut probe).iter().map(keep).collect();
+    let going = kept.iter().enumerate().filter(|(_, kept)| !**kept);
+    going
+        .map(|(i, _)| {
+            let mut smaller = mesh.clone();
+            items(&mut smaller).remove(i);
+            smaller
+        })
+        .collect()
+}
+
+/// One smaller mesh per [`removable`] node of each object in `objects` that `prunable`
+/// picks, without that node and with what its removal left empty tidied away.
+pub fn without_each_node<M: Clone>(
+    mesh: &M,
+    objects: impl Fn(&mut M) -> &mut Vec<Value>,
+    prunable: impl Fn(&Value) -> bool,
+) -> Vec<M> {
+    let mut probe = mesh.clone();
+    let pointers: Vec<(usize, String)> = objects(&mut probe)
+        .iter()
+        .enumerate()
+        .filter(|(_, object)| prunable(object))
+        .flat_map(|(i, object)| removable(object).into_iter().map(move |p| (i, p)))
+        .collect();
+    pointers
+        .into_iter()
+        .map(|(i, pointer)| {
+            let mut smaller = mesh.clone();
+            let object = &mut objects(&mut smaller)[i];
+            remove(object, &pointer);
+            normalize(object);
+            smaller
+        })
+        .collect()
+}
 
 /// Every node of a stored object that can go: in `spec` all but a rule's `host` and subset
 /// names, and its labels. JSON pointers, parents before children.

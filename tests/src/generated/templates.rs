@@ -29,6 +29,15 @@ pub fn root_template() -> String {
     format!("{PREFIX}-root")
 }
 
+/// Where in `objects` the object of `kind` named `namespace/name` is, if it is there.
+pub fn find_object(objects: &[Value], kind: &str, namespace: &str, name: &str) -> Option<usize> {
+    objects.iter().position(|o| {
+        o["kind"] == kind
+            && o["metadata"]["name"] == name
+            && o["metadata"]["namespace"] == namespace
+    })
+}
+
 /// A generated mesh, as the harness needs it. The fields every generator's mesh has
 /// (`seed`, `prefix`, `namespaces`, `objects`, `world`) and its inherent `shrink`, `size`,
 /// `alert_ns` and `to_yaml` are wired in by [`templated_mesh!`](crate::templated_mesh).
@@ -49,6 +58,9 @@ pub trait Generated: Clone + Send + Sync + 'static {
     fn world_templates(&self) -> &[Value];
     /// Smaller meshes to try, for shrinking.
     fn smaller(&self) -> Vec<Self>;
+    /// The same mesh without the namespace (template) `namespace`: its clients and every
+    /// object in it go too.
+    fn without_namespace(&self, namespace: &str) -> Self;
     /// How big it is (what shrinking reduces).
     fn weight(&self) -> usize;
     /// The alert's namespace (its action budgets live there).
@@ -202,6 +214,16 @@ macro_rules! templated_mesh {
 
         fn smaller(&self) -> Vec<Self> {
             self.shrink()
+        }
+
+        fn without_namespace(&self, namespace: &str) -> Self {
+            let mut smaller = self.clone();
+            smaller.namespaces.retain(|n| n != namespace);
+            smaller.clients.retain(|c| c.namespace != namespace);
+            let elsewhere = |o: &serde_json::Value| o["metadata"]["namespace"] != namespace;
+            smaller.objects.retain(elsewhere);
+            smaller.world.retain(elsewhere);
+            smaller
         }
 
         fn weight(&self) -> usize {

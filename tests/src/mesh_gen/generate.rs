@@ -6,9 +6,12 @@ use serde_json::{Map, Value, json};
 
 use super::policy::Level;
 use super::rng::Rng;
-use super::{ClientSpec, DB_PORT, Database, GeneratedMesh, METRICS_PORT, OPT_IN, PREFIX};
+use super::{
+    ClientSpec, DB_PORT, Database, GeneratedMesh, METRICS_PORT, OPT_IN, PREFIX, pick_namespaces,
+    pick_regions,
+};
 use crate::generated::root_template;
-use crate::istio_oracle::REGIONS;
+use crate::istio_oracle::ready_pod;
 
 /// Client namespaces (suffixes), apps with their tiers, database names, rule names.
 const CLIENT_NAMESPACES: [&str; 3] = ["shop", "web", "jobs"];
@@ -57,12 +60,7 @@ impl GeneratedMesh {
     /// The mesh of `seed`, with names under the prefix `mesh`.
     pub fn generate(seed: u64) -> GeneratedMesh {
         let mut rng = Rng::new(seed);
-        let count = rng.range(2, 3);
-        let regions: Vec<String> = rng
-            .sample(&REGIONS, count)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let regions = pick_regions(&mut rng, 2, 3);
         let mut g = Gen {
             rng,
             regions,
@@ -70,13 +68,7 @@ impl GeneratedMesh {
             metrics_port: false,
             next_ip: 0,
         };
-        let count = g.rng.range(1, 3);
-        let client_namespaces: Vec<String> = g
-            .rng
-            .sample(&CLIENT_NAMESPACES, count)
-            .into_iter()
-            .map(|n| format!("{PREFIX}-{n}"))
-            .collect();
+        let client_namespaces = pick_namespaces(&mut g.rng, &CLIENT_NAMESPACES, 1, 3);
         let alert_namespace = g.rng.pick(&client_namespaces).clone();
         let db_namespace = if g.rng.chance(50) {
             // Half the time the database lives with its caller (a short `db_host`).
@@ -401,13 +393,8 @@ fn pod(
     region: &str,
     ip: &str,
 ) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": format!("{app}-{}", ip.replace('.', "-")),
-                     "namespace": namespace, "labels": labels},
-        "spec": {"nodeName": format!("node-{region}"),
-                 "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running", "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": "True"}]}})
+    let name = format!("{app}-{}", ip.replace('.', "-"));
+    ready_pod(namespace, &name, json!(labels), region, ip)
 }
 
 #[cfg(test)]

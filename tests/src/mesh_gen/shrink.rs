@@ -2,13 +2,11 @@
 //! client namespace, a rule, a client, a pod or endpoint, and any node of a rule (a subset, a
 //! port-level entry, a field, a label). Only valid candidates are proposed, smallest first.
 
-use std::collections::BTreeSet;
-
 use serde_json::Value;
 
 use super::{ClientSpec, Database, GeneratedMesh};
-use crate::generated::prune::{normalize, removable, remove};
-use crate::generated::root_template;
+use crate::generated::prune::{normalize, remove, without_each, without_each_node};
+use crate::generated::{Generated, root_template, worth_trying};
 
 impl GeneratedMesh {
     /// Smaller meshes derived from this one, valid (CRD schema and Istio's rules), distinct,
@@ -16,31 +14,16 @@ impl GeneratedMesh {
     pub fn shrink(&self) -> Vec<GeneratedMesh> {
         let mut out = Vec::new();
         self.drop_namespaces(&mut out);
-        for (index, _) in self.rules() {
-            let mut smaller = self.clone();
-            smaller.objects.remove(index);
-            out.push(smaller);
-        }
+        let is_rule = |o: &Value| o["kind"] == "DestinationRule";
+        out.extend(without_each(self, |m| &mut m.objects, |o| !is_rule(o)));
         self.drop_clients(&mut out);
         self.drop_world_objects(&mut out);
         self.drop_endpoints(&mut out);
-        for (index, rule) in self.rules() {
-            for pointer in removable(rule) {
-                let mut smaller = self.clone();
-                let object = &mut smaller.objects[index];
-                remove(object, &pointer);
-                normalize(object);
-                out.push(smaller);
-            }
-        }
-        let mut seen = BTreeSet::new();
-        let mut valid: Vec<GeneratedMesh> = out
-            .into_iter()
-            .filter(|m| m != self && m.invalid().is_none())
-            .filter(|m| seen.insert(format!("{:?}{:?}{:?}", m.objects, m.world, m.clients)))
-            .collect();
-        valid.sort_by_key(GeneratedMesh::size);
-        valid
+        out.extend(without_each_node(self, |m| &mut m.objects, is_rule));
+        let valid = |m: &GeneratedMesh| m.invalid().is_none();
+        worth_trying(self, out, valid, |m| {
+            format!("{:?}{:?}{:?}", m.objects, m.world, m.clients)
+        })
     }
 
     /// A client namespace that is neither the alert's nor the database's, with everything
@@ -54,12 +37,7 @@ impl GeneratedMesh {
             {
                 continue;
             }
-            let mut smaller = self.clone();
-            smaller.namespaces.retain(|n| n != namespace);
-            smaller.clients.retain(|c| c.namespace != *namespace);
-            let elsewhere = |o: &Value| o["metadata"]["namespace"] != namespace.as_str();
-            smaller.objects.retain(elsewhere);
-            smaller.world.retain(elsewhere);
+            let mut smaller = self.without_namespace(namespace);
             for object in &mut smaller.objects {
                 forget_namespace(object, namespace);
             }
@@ -73,27 +51,15 @@ impl GeneratedMesh {
             c.namespace == self.alert_namespace && c.labels["app"] == self.calling_service
         };
         let callers = self.clients.iter().filter(|c| caller(c)).count();
-        for (i, client) in self.clients.iter().enumerate() {
-            if caller(client) && callers == 1 {
-                continue;
-            }
-            let mut smaller = self.clone();
-            smaller.clients.remove(i);
-            out.push(smaller);
-        }
+        let last_caller = |c: &ClientSpec| caller(c) && callers == 1;
+        out.extend(without_each(self, |m| &mut m.clients, last_caller));
     }
 
     /// A pod or a client's Service the oracle alone sees (a database keeps one pod).
     fn drop_world_objects(&self, out: &mut Vec<GeneratedMesh>) {
         let db_pods = self.world.iter().filter(|o| is_db_pod(o)).count();
-        for (i, object) in self.world.iter().enumerate() {
-            if is_db_pod(object) && db_pods == 1 {
-                continue;
-            }
-            let mut smaller = self.clone();
-            smaller.world.remove(i);
-            out.push(smaller);
-        }
+        let last_db_pod = |o: &Value| is_db_pod(o) && db_pods == 1;
+        out.extend(without_each(self, |m| &mut m.world, last_db_pod));
     }
 
     /// A ServiceEntry endpoint (a static entry keeps one), its VIP, a Service's extra port.
@@ -149,26 +115,11 @@ fn forget_namespace(rule: &mut Value, namespace: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generated::assert_shrinks_to_a_floor;
 
     #[test]
     fn candidates_are_smaller_valid_and_reach_a_floor() {
-        for seed in 0..40 {
-            let mut mesh = GeneratedMesh::generate(seed);
-            let mut steps = 0;
-            loop {
-                let candidates = mesh.shrink();
-                for c in &candidates {
-                    assert!(c.size() < mesh.size(), "seed {seed}");
-                    assert!(c.invalid().is_none());
-                }
-                let Some(first) = candidates.into_iter().next() else {
-                    break;
-                };
-                mesh = first;
-                steps += 1;
-                assert!(steps < 500, "seed {seed}: shrinking does not end");
-            }
-            assert!(mesh.rules().count() == 0, "seed {seed}: {}", mesh.to_yaml());
-        }
+        let valid = |m: &GeneratedMesh| m.invalid().is_none();
+        assert_shrinks_to_a_floor(GeneratedMesh::generate, valid, |m| m.rules().count() == 0);
     }
 }

@@ -17,8 +17,9 @@ use remediation_testkit::mesh::{Kind, Mesh};
 use serde_json::{Value, json};
 
 use super::{
-    DEGRADED, PORT, assert_drain_refused, assert_drained, at_gateway, drain, frontend, host,
-    per_region_hosts, region_split, region_subsets, share_to_nowhere, tenant_route,
+    DEGRADED, PORT, assert_drain_refused, assert_drained, at_gateway, drain, frontend,
+    frontend_with_region_subsets, host, per_region_hosts, region_split, share_to_nowhere,
+    tenant_route, tenant_then_service,
 };
 
 /// `world` with what the cluster stores, except the DestinationRule `frontend` as the drain
@@ -80,23 +81,13 @@ async fn a_pinned_tenant_blocks_the_drain(
     eu_status: u16,
     why: &[&str],
 ) {
-    let (cluster, world) = frontend(prefix).await;
+    let (cluster, world) = frontend_with_region_subsets(prefix).await;
     let ns = cluster.namespace.clone();
     let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
-        json!({"host": "frontend", "subsets": region_subsets()}),
-    )
-    .await;
     let tenant = tenant_route("acme", json!({"host": "frontend", "subset": subset}));
-    mesh.not_opted_in(
-        Kind::VirtualService,
-        "frontend",
-        json!({"hosts": ["frontend"], "http": [
-            tenant, {"route": [{"destination": {"host": "frontend"}}]}]}),
-    )
-    .await;
+    let spec = tenant_then_service(tenant);
+    mesh.not_opted_in(Kind::VirtualService, "frontend", spec)
+        .await;
     let pinned = format!("outbound|{PORT}|{subset}|{}", host(&cluster));
     let unhealthy: &[&str] = if eu_status == 200 {
         &[]
@@ -144,14 +135,8 @@ async fn a_route_to_a_subset_of_a_region_failing_its_health_check_blocks_the_dra
 
 #[tokio::test]
 async fn a_route_whose_only_destination_is_the_degraded_region_is_refused() {
-    let (cluster, _world) = frontend("ivf-pinned-route").await;
+    let (cluster, _world) = frontend_with_region_subsets("ivf-pinned-route").await;
     let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
-        json!({"host": "frontend", "subsets": region_subsets()}),
-    )
-    .await;
     let tenant = tenant_route("acme", json!({"host": "frontend", "subset": "east"}));
     mesh.opted_in(
         Kind::VirtualService,
@@ -255,13 +240,8 @@ async fn canary_in(prefix: &str, v2_regions: &[&str]) -> (TestCluster, World) {
     )
     .await;
     let tenant = tenant_route("tenant", json!({"host": "frontend", "subset": "v2"}));
-    mesh.opted_in(
-        Kind::VirtualService,
-        "frontend",
-        json!({"hosts": ["frontend"], "http": [
-            tenant, {"route": [{"destination": {"host": "frontend"}}]}]}),
-    )
-    .await;
+    let spec = tenant_then_service(tenant);
+    mesh.opted_in(Kind::VirtualService, "frontend", spec).await;
     (cluster, world)
 }
 

@@ -19,6 +19,7 @@ use mesh_remediation::remediation::{
     DbCircuitBreak, ErrorRollback, LatencyRestart, RegionFailover, Remediation,
 };
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
+use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::cluster::pipeline_with;
 use remediation_testkit::mesh::{Kind, Mesh, only, reason};
 use remediation_testkit::{TestCluster, events};
@@ -407,11 +408,7 @@ async fn error_rollback_works_within_its_rules() {
         ("patch", "networking.istio.io", "virtualservices"),
     )
     .await;
-    let pipeline = pipeline_with(
-        client,
-        ErrorRollback,
-        &cluster.vars(&[("COOLDOWN_SECONDS", "0"), ("ESCALATE_AFTER", "0")]),
-    );
+    let pipeline = pipeline_with(client, ErrorRollback, &cluster.vars(&NO_COOLDOWN));
     mesh.edit_spec(Kind::VirtualService, "checkout", split)
         .await;
     let report = run(&pipeline, &event).await;
