@@ -639,3 +639,45 @@ async fn the_default_checks_read_the_rules_series() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_change_reverted_by_a_person_before_its_check_is_left_alone() {
+    let world = World::start("verify-reverted").await;
+    let before = checkout_split(&world.cluster).await;
+    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    world.set("error_ratio", 0.02).await;
+    let firing = events::fresh("error-rollback-firing.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &firing).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let verify = world.queued().await;
+
+    let revert = events::fresh("error-rollback-revert.json", world.namespace());
+    let report = world.invoke(ErrorRollback, &vars, &revert).await;
+    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let reverted = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(reverted["spec"], before["spec"]);
+
+    world.set("error_ratio", 0.3).await;
+    let report = world.invoke(ErrorRollback, &vars, &verify).await;
+    let outcome = only(&report);
+    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
+    assert!(
+        reason(outcome).contains("reverted at"),
+        "{}",
+        reason(outcome)
+    );
+    let after = Mesh::new(&world.cluster)
+        .get(Kind::VirtualService, "checkout")
+        .await;
+    assert_eq!(
+        after["metadata"]["resourceVersion"],
+        reverted["metadata"]["resourceVersion"]
+    );
+    assert!(
+        !escalated(&after),
+        "a person's revert is not handed off again"
+    );
+}
