@@ -8,7 +8,8 @@ The stack is then created in moto's CloudFormation with a deployer's parameters.
 Where moto stops (moto 5.2.5): its CloudFormation creates topics, the queue, roles, managed
 policies, log groups, the functions and their permissions, but it has no implementation of
 AWS::SNS::Subscription, AWS::SNS::TopicPolicy, AWS::SQS::QueuePolicy, AWS::CloudWatch::Alarm,
-AWS::Lambda::EventInvokeConfig or AWS::EKS::AccessEntry: it skips each with a warning and reports
+AWS::Lambda::EventInvokeConfig, AWS::EKS::AccessEntry or AWS::Logs::QueryDefinition: it skips
+each with a warning and reports
 the stack CREATE_COMPLETE without them. So the subscriptions with their filter policies, the
 on-failure destinations and the alarms cannot be checked in moto; they are checked here in the
 translated template (the exact resources CloudFormation would create), and
@@ -57,6 +58,7 @@ NOT_IN_MOTO = {
     "AWS::CloudWatch::Alarm",
     "AWS::Lambda::EventInvokeConfig",
     "AWS::EKS::AccessEntry",
+    "AWS::Logs::QueryDefinition",
 }
 
 
