@@ -337,6 +337,18 @@ async fn reverted(
                     });
                 }
             }
+            // Over several clusters an object may live in some only, as a revert request
+            // for `all` clusters skips a cluster without it.
+            Err(OpError::NotFound { object, .. }) if contexts.len() > 1 => {
+                rows.push(OutcomeRow {
+                    context: context.name.clone(),
+                    outcome: serde_json::json!({
+                        "outcome": "skipped",
+                        "target": object,
+                        "reason": "not in this cluster",
+                    }),
+                });
+            }
             Err(err) => done.errors.push(err),
         }
     }

@@ -3,9 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
+use mesh_remediation::remediation::ErrorRollback;
+use mesh_remediation::report::OutcomeKind;
+use serde_json::json;
 use serde_yaml::{Mapping, Value};
 
 use crate::lambda_emulator;
+use crate::mesh::{Mesh, only};
+use crate::{TestCluster, events};
 
 /// The plugin's debug binary, built on demand.
 pub fn binary() -> PathBuf {
@@ -123,4 +128,22 @@ pub fn merge_kubeconfigs(clusters: &[(&str, &Path)], out: &Path) {
     }
     let text = serde_yaml::to_string(&merged).expect("kubeconfig YAML");
     std::fs::write(out, text).unwrap_or_else(|err| panic!("{}: {err}", out.display()));
+}
+
+/// A VirtualService `checkout` splitting 50/50 between subsets v1 (the stable one) and v2, in
+/// `cluster`'s namespace, which error-rollback then routed to v1: something to revert.
+/// Returns the VirtualService as it was before the rollback.
+pub async fn rolled_back_checkout(cluster: &TestCluster) -> serde_json::Value {
+    let subsets = [
+        ("v1", json!({"version": "v1"}), 50),
+        ("v2", json!({"version": "v2"}), 50),
+    ];
+    let stable = json!({"auto-remediation.io/stable-subset": "v1"});
+    let before = Mesh::new(cluster)
+        .subset_split("checkout", &subsets, stable, json!({"hosts": ["checkout"]}))
+        .await;
+    let firing = events::fresh("error-rollback-firing.json", &cluster.namespace);
+    let applied = cluster.invoke(ErrorRollback, &[], &firing).await;
+    assert_eq!(only(&applied).outcome, OutcomeKind::Applied, "{applied:#?}");
+    before
 }

@@ -12,7 +12,7 @@ use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::fleet::Fleet;
-use remediation_testkit::mesh::{assert_skipped_saying, only};
+use remediation_testkit::mesh::{Kind, Mesh, assert_skipped_saying, only, spec_text};
 use remediation_testkit::operator::{self, Run};
 use remediation_testkit::{TestCluster, events};
 
@@ -315,4 +315,39 @@ async fn pause_and_resume_write_what_the_functions_read_in_each_context() {
         op.run(&["--all-contexts", "paused"]).await.out(),
         "No pauses: the functions may act everywhere they are opted in.\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revert_over_every_context_restores_where_the_object_is_and_skips_the_others() {
+    let op = Operated::start("op-revert-all").await;
+    let ns = op.fleet.namespace.clone();
+    let use1 = op.cluster("use1");
+    let before = operator::rolled_back_checkout(use1).await;
+    let args = [
+        "--all-contexts",
+        "revert",
+        "vs/checkout",
+        "-n",
+        &ns,
+        "--apply",
+        "-o",
+        "json",
+    ];
+    let reverted = op.run(&args).await.json();
+    let outcomes: Vec<(&str, &str)> = reverted["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| {
+            let outcome = i["outcome"]["outcome"].as_str().unwrap_or("");
+            (i["context"].as_str().unwrap_or(""), outcome)
+        })
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![("use1", "applied"), ("usw2", "skipped")],
+        "{reverted:#}"
+    );
+    let after = Mesh::new(use1).get(Kind::VirtualService, "checkout").await;
+    assert_eq!(spec_text(&after), spec_text(&before), "byte for byte");
 }

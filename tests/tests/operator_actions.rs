@@ -115,17 +115,8 @@ async fn revert_is_a_server_side_dry_run_until_apply_and_refuses_after_a_foreign
     let cluster = TestCluster::start("op-revert").await;
     let ns = cluster.namespace.as_str();
     let mesh = Mesh::new(&cluster);
-    let subsets = [
-        ("v1", json!({"version": "v1"}), 50),
-        ("v2", json!({"version": "v2"}), 50),
-    ];
-    let stable = json!({"auto-remediation.io/stable-subset": "v1"});
-    let before = mesh
-        .subset_split("checkout", &subsets, stable, json!({"hosts": ["checkout"]}))
-        .await;
+    let before = operator::rolled_back_checkout(&cluster).await;
     let firing = events::fresh("error-rollback-firing.json", ns);
-    let applied = cluster.invoke(ErrorRollback, &[], &firing).await;
-    assert_eq!(only(&applied).outcome, OutcomeKind::Applied, "{applied:#?}");
     let changed = mesh.get(Kind::VirtualService, "checkout").await;
 
     let dry = plugin(&cluster, &["revert", "vs/checkout", "-n", ns]).await;
