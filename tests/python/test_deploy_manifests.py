@@ -104,8 +104,10 @@ FUNCTION_ENV = {
 }
 
 # Every function has its own verify queue, named only when verification is on.
-for _function in ("latency-restart", "error-rollback", "db-circuit-break", "region-failover"):
+for _prefix, _function in (("LatencyRestart", "latency-restart"), ("ErrorRollback", "error-rollback"),
+                           ("DbCircuitBreak", "db-circuit-break"), ("RegionFailover", "region-failover")):
     FUNCTION_ENV.setdefault(_function, {})["VERIFY_QUEUE_URL"] = None
+    FUNCTION_ENV[_function]["VERIFY_CHECKS"] = (f"{_prefix}VerifyChecks", "")
 
 
 def conditional_statement(statement: dict) -> dict:
