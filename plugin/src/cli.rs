@@ -28,8 +28,9 @@ pub struct Cli {
 /// Which clusters: kubeconfig contexts.
 #[derive(Debug, Args)]
 pub struct Target {
-    /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long, global = true, env = "KUBECONFIG", hide_env_values = true)]
+    /// Kubeconfig file (default: $KUBECONFIG, a list merged as kubectl merges it, else
+    /// ~/.kube/config).
+    #[arg(long, global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// Context to use; repeat for several clusters (default: the current context).
     #[arg(long = "context", global = true)]
