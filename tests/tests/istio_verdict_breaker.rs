@@ -77,6 +77,13 @@ fn db_cluster(subset: &str, host: &str) -> String {
     format!("outbound|5432|{subset}|{host}")
 }
 
+/// Asserts the client in us-east-1 (`same-ns-east`) calls only its own region through
+/// `cluster`: Istio's locality preference acts; `why` says why it should.
+fn assert_east_client_stays_east(compiled: &Compiled, cluster: &str, why: &str) {
+    let regions = regions_called(compiled, "same-ns-east", cluster);
+    assert_eq!(regions, BTreeSet::from(["us-east-1".to_owned()]), "{why}");
+}
+
 /// Asserts every client's calls through each of `clusters` reach the regions they did
 /// before.
 fn assert_spread_as_before(before: &Compiled, after: &Compiled, ns: &str, clusters: &[&str]) {
@@ -338,10 +345,10 @@ async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged()
         "{change}"
     );
     let after = world.compile_stored(&cluster).await;
-    assert_eq!(
-        regions_called(&after, "same-ns-east", &default_cluster),
-        BTreeSet::from(["us-east-1".to_owned()]),
-        "what the outcome says is what Istio does: the client now prefers its own region"
+    assert_east_client_stays_east(
+        &after,
+        &default_cluster,
+        "what the outcome says is what Istio does: the client now prefers its own region",
     );
 }
 
@@ -395,10 +402,10 @@ async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
     .await;
     let default_cluster = db_cluster("", &host);
     let before = world.compile_stored(&cluster).await;
-    assert_eq!(
-        regions_called(&before, "same-ns-east", &default_cluster),
-        BTreeSet::from(["us-east-1".to_owned()]),
-        "outlier detection on: each client prefers its own region"
+    assert_east_client_stays_east(
+        &before,
+        &default_cluster,
+        "outlier detection on: each client prefers its own region",
     );
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(change.contains("as before"), "{change}");
@@ -473,10 +480,10 @@ async fn a_subset_that_loses_its_preference_is_named_in_the_outcome() {
     let replicas = db_cluster("replicas", &host);
     let default_cluster = db_cluster("", &host);
     let before = world.compile_stored(&cluster).await;
-    assert_eq!(
-        regions_called(&before, "same-ns-east", &replicas),
-        BTreeSet::from(["us-east-1".to_owned()]),
-        "the subset's own outlier detection: its clients prefer their own region"
+    assert_east_client_stays_east(
+        &before,
+        &replicas,
+        "the subset's own outlier detection: its clients prefer their own region",
     );
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(
