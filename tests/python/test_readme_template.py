@@ -16,7 +16,6 @@ TEMPLATE_TEXT = (REPO / "template.yaml").read_text()
 
 # Variables the README documents that the template rightly does not set.
 NOT_SET_BY_THE_TEMPLATE = {
-    "CLUSTER_NAME": "the single-cluster spelling of CLUSTER_NAMES, for local runs",
     "CLUSTER_KUBECONFIGS": "local runs and tests reach clusters through kubeconfig files",
     "AWS_REGION": "set by Lambda",
     "AWS_ENDPOINT_URL": "local emulators only",
