@@ -58,8 +58,21 @@ impl Run {
 /// Runs the plugin with `kubeconfig`, `args` and `env`, in an environment that names no
 /// other kubeconfig or budget setting.
 pub async fn run(binary: &Path, kubeconfig: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+    run_in(binary, Some(kubeconfig), args, env).await
+}
+
+/// [`run`], with `--kubeconfig` only when given (else `env` may set `KUBECONFIG`).
+pub async fn run_in(
+    binary: &Path,
+    kubeconfig: Option<&Path>,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> Run {
     let mut command = tokio::process::Command::new(binary);
-    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    if let Some(kubeconfig) = kubeconfig {
+        command.arg("--kubeconfig").arg(kubeconfig);
+    }
+    command.args(args);
     for var in [
         "KUBECONFIG",
         "BUDGET_NAMESPACE",

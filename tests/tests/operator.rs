@@ -149,6 +149,22 @@ async fn status_and_history_show_every_record_of_every_context_as_table_json_and
         .await;
     assert_eq!(other.out(), "No action recorded.\n");
 
+    // KUBECONFIG as a list of files, merged as kubectl merges it.
+    let files: Vec<String> = op
+        .fleet
+        .members
+        .iter()
+        .map(|m| {
+            let file = std::env::temp_dir().join(format!("{ns}-{}.kubeconfig", m.name));
+            operator::merge_kubeconfigs(&[(m.name.as_str(), m.cluster.kubeconfig_path())], &file);
+            file.display().to_string()
+        })
+        .collect();
+    let args = ["--all-contexts", "status", "-n", &ns, "-o", "json"];
+    let env = [("KUBECONFIG", files.join(":"))];
+    let merged = operator::run_in(&op.binary, None, &args, &env).await.json();
+    assert_eq!(merged, json, "one kubeconfig or a list of two");
+
     let missing = op.run(&["--context", "euw1", "status"]).await;
     assert_eq!(
         missing.error().trim(),
