@@ -361,6 +361,22 @@ mod tests {
     }
 
     #[test]
+    fn the_topic_gets_the_report_for_everyone_and_its_chat_form_for_https() {
+        let escalated = report(OutcomeKind::Escalated, AlertStatus::Firing);
+        let body = serde_json::to_string(&escalated).expect("json");
+        let message = per_protocol_message(&escalated, &body).expect("fits");
+        let variants: Value = serde_json::from_str(&message).expect("per-protocol JSON");
+        assert_eq!(variants["default"], body.as_str());
+        let chat: Value =
+            serde_json::from_str(variants["https"].as_str().expect("https")).expect("chat JSON");
+        assert_eq!(chat["source"], "custom");
+        // A report too large to carry both goes out as the report alone.
+        let huge = report(OutcomeKind::Failed, AlertStatus::Firing);
+        let huge_body = "x".repeat(SNS_MAX_MESSAGE_BYTES - 100);
+        assert_eq!(per_protocol_message(&huge, &huge_body), None);
+    }
+
+    #[test]
     fn the_alert_resolving_resolves_the_incident_its_escalation_opened() {
         let key = SinkSecret::new(
             crate::config::SinkCredential::Value(crate::config::Secret::new("key".into())),
