@@ -104,3 +104,12 @@ pub fn fingerprint(event: &Value) -> String {
         .expect("fingerprint")
         .to_owned()
 }
+
+/// The two ways a function is asked for a dry run, each with the variables to set: its
+/// firing sample with `DRY_RUN=true`, and its drill sample (a drill always runs dry).
+pub fn dry_runs(function: &str) -> [(String, &'static [(&'static str, &'static str)]); 2] {
+    [
+        (format!("{function}-firing.json"), &[("DRY_RUN", "true")]),
+        (format!("{function}-drill.json"), &[]),
+    ]
+}

@@ -210,14 +210,11 @@ async fn concurrent_invocations_change_once() {
 
 #[tokio::test]
 async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
-    for (event_name, vars) in [
-        (FIRING, &[("DRY_RUN", "true")][..]),
-        ("db-circuit-break-drill.json", &[][..]),
-    ] {
+    for (event_name, vars) in events::dry_runs("db-circuit-break") {
         let (cluster, before) = setup("cb-dryrun", true, None).await;
         cluster.clear_requests();
 
-        let event = events::fresh(event_name, &cluster.namespace);
+        let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(defaults(), vars, &event).await;
         let outcome = only(&report);
         assert_eq!(

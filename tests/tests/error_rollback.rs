@@ -177,14 +177,11 @@ async fn concurrent_invocations_change_once() {
 
 #[tokio::test]
 async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
-    for (event_name, vars) in [
-        (FIRING, &[("DRY_RUN", "true")][..]),
-        ("error-rollback-drill.json", &[][..]),
-    ] {
+    for (event_name, vars) in events::dry_runs("error-rollback") {
         let (cluster, before) = stable_annotated("er-dryrun").await;
         cluster.clear_requests();
 
-        let event = events::fresh(event_name, &cluster.namespace);
+        let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(ErrorRollback, vars, &event).await;
         let outcome = only(&report);
         assert_eq!(

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
+use lambda_runtime::{Context, LambdaEvent};
 use mesh_remediation::cluster::record::ActionRecord;
 use mesh_remediation::remediation::LatencyRestart;
 use mesh_remediation::remediation::latency_restart::RESTARTED_AT;
@@ -410,10 +411,7 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
     let function = mesh_remediation::lambda::Function::new(cluster.pipeline(LatencyRestart, &[]));
     let bad = events::fresh("bad-not-json.json", &cluster.namespace);
     let ok = function
-        .invoke(lambda_runtime::LambdaEvent::new(
-            bad,
-            lambda_runtime::Context::default(),
-        ))
+        .invoke(LambdaEvent::new(bad, Context::default()))
         .await
         .expect("bad input answers normally: retrying cannot fix it");
     assert_eq!(ok["summary"]["failed"], 1);
@@ -422,10 +420,7 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
         .add_fault(Fault::status(503).method("PATCH"));
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let err = function
-        .invoke(lambda_runtime::LambdaEvent::new(
-            event,
-            lambda_runtime::Context::default(),
-        ))
+        .invoke(LambdaEvent::new(event, Context::default()))
         .await
         .expect_err("transient failure must surface so Lambda retries");
     assert!(err.to_string().contains("failed transiently"), "{err}");

@@ -117,6 +117,12 @@ async fn fire(cluster: &TestCluster, remediation: RegionFailover) -> Outcome {
     only(&cluster.invoke(remediation, &[], &event).await).clone()
 }
 
+/// Fires the alert with `regions` checked, and asserts the function failed over.
+async fn fail_over(cluster: &TestCluster, regions: &Regions) {
+    let outcome = fire(cluster, checked(regions)).await;
+    assert_eq!(outcome.outcome, OutcomeKind::Applied);
+}
+
 #[tokio::test]
 async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion() {
     let (cluster, before) = setup("rf-firing", true).await;
@@ -167,10 +173,7 @@ async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
     // eu-west-1 answers 503: us-west-2 takes it all.
     let (cluster, _) = setup("rf-unhealthy", true).await;
     let regions = Regions::start(200, 503).await;
-    assert_eq!(
-        fire(&cluster, checked(&regions)).await.outcome,
-        OutcomeKind::Applied
-    );
+    fail_over(&cluster, &regions).await;
     assert_eq!(weights(&vs(&cluster).await), vec![0, 90, 10]);
 
     // us-west-2 does not answer within HEALTH_CHECK_TIMEOUT_MS: eu-west-1 takes it all.
@@ -180,10 +183,7 @@ async fn unhealthy_slow_and_unknown_regions_receive_nothing() {
     // invocation would take 20 s, whatever the machine's load.
     regions.west.set_delay(Duration::from_secs(20));
     let started = std::time::Instant::now();
-    assert_eq!(
-        fire(&cluster, checked(&regions)).await.outcome,
-        OutcomeKind::Applied
-    );
+    fail_over(&cluster, &regions).await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "the check timed out"
@@ -278,15 +278,12 @@ async fn concurrent_invocations_change_once() {
 
 #[tokio::test]
 async fn dry_run_stores_nothing() {
-    for (event_name, vars) in [
-        (FIRING, &[("DRY_RUN", "true")][..]),
-        ("region-failover-drill.json", &[][..]),
-    ] {
+    for (event_name, vars) in events::dry_runs("region-failover") {
         let (cluster, before) = setup("rf-dryrun", true).await;
         let regions = Regions::start(200, 200).await;
         cluster.clear_requests();
 
-        let event = events::fresh(event_name, &cluster.namespace);
+        let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(checked(&regions), vars, &event).await;
         let outcome = only(&report);
         assert_eq!(
@@ -307,10 +304,7 @@ async fn dry_run_stores_nothing() {
 async fn resolved_alert_fails_back_only_when_configured() {
     let (cluster, before) = setup("rf-resolved", true).await;
     let regions = Regions::start(200, 200).await;
-    assert_eq!(
-        fire(&cluster, checked(&regions)).await.outcome,
-        OutcomeKind::Applied
-    );
+    fail_over(&cluster, &regions).await;
     let resolved = events::fresh(RESOLVED, &cluster.namespace);
     // Default: stay failed over, record recovery.
     let outcome = only(&cluster.invoke(checked(&regions), &[], &resolved).await).clone();
@@ -318,10 +312,7 @@ async fn resolved_alert_fails_back_only_when_configured() {
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
 
     let (cluster, _) = setup("rf-failback", true).await;
-    assert_eq!(
-        fire(&cluster, checked(&regions)).await.outcome,
-        OutcomeKind::Applied
-    );
+    fail_over(&cluster, &regions).await;
     let back = failover(&[("FAILBACK_ON_RESOLVE", "true")]);
     let resolved = events::fresh(RESOLVED, &cluster.namespace);
     let outcome = only(&cluster.invoke(back, &[], &resolved).await).clone();
@@ -382,10 +373,7 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_with_dist
 async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_edit() {
     let (cluster, before) = setup("rf-revert", true).await;
     let regions = Regions::start(200, 200).await;
-    assert_eq!(
-        fire(&cluster, checked(&regions)).await.outcome,
-        OutcomeKind::Applied
-    );
+    fail_over(&cluster, &regions).await;
     let revert = events::fresh(REVERT, &cluster.namespace);
     let outcome = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
