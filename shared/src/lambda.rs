@@ -168,7 +168,7 @@ impl<R: Remediation> Function<R> {
             context.xray_trace_id.as_deref(),
             deadline_instant(context.deadline),
         );
-        let report = self.pipeline.handle(&event.payload, &invocation).await;
+        let report = self.pipeline.handle_owned(event.payload, &invocation).await;
         self.finish(report, started).await
     }
 

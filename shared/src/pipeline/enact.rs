@@ -154,8 +154,11 @@ impl<R: Remediation> WriteLoop<'_, R> {
         let mut state = State::Read { unanswered: None };
         loop {
             state = match state {
-                State::Read { unanswered } => self.read(unanswered).await,
-                State::Write(write) => self.write(write).await,
+                // Each state's future is boxed while it runs: a target waiting for its budget
+                // slot (with hundreds of others in a storm) then holds only what its state
+                // needs, not the largest state's (a whole write and its confirmation).
+                State::Read { unanswered } => Box::pin(self.read(unanswered)).await,
+                State::Write(write) => Box::pin(self.write(write)).await,
                 State::Conflict => {
                     let attempt = self.reads - 1;
                     tracing::info!(attempt, "write conflict; re-reading and deciding again");
@@ -167,7 +170,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
                     tokio::time::sleep(wait).await;
                     State::Read { unanswered }
                 }
-                State::LostAnswer { sent, lost } => self.confirm(sent, lost).await,
+                State::LostAnswer { sent, lost } => Box::pin(self.confirm(sent, lost)).await,
                 State::Done(end) => return end,
             };
         }
@@ -185,7 +188,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             });
         }
         self.reads += 1;
-        let read = self.api.get_opt(at.name);
+        let read = Box::pin(self.api.get_opt(at.name));
         let got = match self
             .timebox
             .call(Call::Read, &format!("get {target}"), read)
@@ -216,7 +219,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             // Our own write landed; only its answer was lost. Report it, do not redo it.
             return End::landed(outcome);
         }
-        self.decide(object).await
+        Box::pin(self.decide(object)).await
     }
 
     /// Decide on a fresh read: the brakes, the request's [`Step`], what it spends.
@@ -229,13 +232,13 @@ impl<R: Remediation> WriteLoop<'_, R> {
             Request::Alert {
                 input,
                 resolved: false,
-            } => pipeline.firing_step(at, input, self.client, &object).await,
+            } => Box::pin(pipeline.firing_step(at, input, self.client, &object)).await,
             Request::Alert {
                 input,
                 resolved: true,
             } => pipeline.resolved_step(at, input, &object),
             Request::Revert(request) => pipeline.revert_step(at, request, &object),
-            Request::Verify(verify) => pipeline.verify_step(at, verify, &object).await,
+            Request::Verify(verify) => Box::pin(pipeline.verify_step(at, verify, &object)).await,
         };
         let write = match step {
             Step::Done(outcome) => return End::settled(outcome),

@@ -129,17 +129,40 @@ impl<R: Remediation> Pipeline<R> {
         fields(trace_id = %invocation.trace_id, request_id = %invocation.request_id)
     )]
     pub async fn handle(&self, event: &Value, invocation: &Invocation) -> InvocationReport {
+        let intake = self.take_in(event, invocation);
+        self.act_and_report(intake, invocation).await
+    }
+
+    /// As [`Pipeline::handle`], dropping the event once it is read: a storm's event (its
+    /// messages' text, hundreds of kilobytes) is not kept while the targets are worked.
+    #[instrument(
+        name = "pipeline",
+        skip_all,
+        fields(trace_id = %invocation.trace_id, request_id = %invocation.request_id)
+    )]
+    pub async fn handle_owned(&self, event: Value, invocation: &Invocation) -> InvocationReport {
+        let intake = self.take_in(&event, invocation);
+        drop(event);
+        self.act_and_report(intake, invocation).await
+    }
+
+    /// The event read: what is settled already, and the work left.
+    fn take_in(&self, event: &Value, invocation: &Invocation) -> Intake<R> {
         let alert_topic = self.config.alert_topic_arn.as_deref();
         let revert = intake::parse_revert(event, alert_topic);
         let verify = revert
             .is_none()
             .then(|| intake::verify::parse_verify(event))
             .flatten();
-        let Intake { mut settled, work } = match (revert, verify) {
+        match (revert, verify) {
             (Some(revert), _) => self.intake_revert(revert, invocation),
             (None, Some(verify)) => self.intake_verify(verify, invocation),
             (None, None) => self.intake(event, invocation),
-        };
+        }
+    }
+
+    async fn act_and_report(&self, intake: Intake<R>, invocation: &Invocation) -> InvocationReport {
+        let Intake { mut settled, work } = intake;
         settled.append(&mut self.act_on_targets(work, invocation).await);
         InvocationReport::new(
             self.remediation.name(),

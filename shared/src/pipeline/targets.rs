@@ -81,7 +81,9 @@ impl<R: Remediation> Pipeline<R> {
             async move {
                 let _entered = entered;
                 let turn = Turn::take(turns).await;
-                self.handle_target(items, invocation, shared, &turn).await
+                // Boxed once it has its turn: a target still queued for one holds a few
+                // words, not the whole write loop's state (a storm queues hundreds).
+                Box::pin(self.handle_target(items, invocation, shared, &turn)).await
             }
         });
         let mut outcomes: Vec<(usize, Outcome)> = futures::future::join_all(targets)
@@ -182,7 +184,7 @@ impl<R: Remediation> Pipeline<R> {
             Ok(client) => client,
             Err(err) => return failed(&err),
         };
-        let names = match self.names(&client, work, invocation, subject).await {
+        let names = match Box::pin(self.names(&client, work, invocation, subject)).await {
             Ok(names) => names,
             Err(outcome) => return *outcome,
         };
@@ -198,7 +200,7 @@ impl<R: Remediation> Pipeline<R> {
                 invocation,
                 turn,
             };
-            outcomes.push(self.act_on(&api, &client, &at, shared).await);
+            outcomes.push(Box::pin(self.act_on(&api, &client, &at, shared)).await);
         }
         merge::merge_outcomes(outcomes)
     }
