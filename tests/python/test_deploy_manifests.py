@@ -75,7 +75,11 @@ SHARED_ENV = {
     "MAX_CONCURRENCY": ("MaxConcurrency", 8),
     "NOTIFY_TIMEOUT_MS": ("NotifyTimeoutMs", 3000),
     "PAGERDUTY_EVENTS_URL": ("PagerDutyEventsUrl", "https://events.pagerduty.com/v2/enqueue"),
-    "RUST_LOG": ("LogLevel", "info"),
+    # Empty: AWS_LAMBDA_LOG_LEVEL (LoggingConfig ApplicationLogLevel) decides.
+    "RUST_LOG": ("LogLevel", ""),
+    # Secrets Manager ARNs of the sinks' credentials, empty when unused.
+    "SLACK_WEBHOOK_SECRET_ARN": ("SlackWebhookSecretArn", ""),
+    "PAGERDUTY_ROUTING_KEY_SECRET_ARN": ("PagerDutyRoutingKeySecretArn", ""),
     "MIMALLOC_ALLOW_THP": None,
     "KUBECONFIG": None,
     "PROMETHEUS_URL": ("PrometheusQueryUrl", ""),
@@ -277,7 +281,9 @@ def test_runtime_build_and_failure_handling():
     assert g["Architectures"] == [{"Ref": "Architecture"}]
     assert template["Parameters"]["Architecture"]["Default"] == "arm64"
     assert template["Parameters"]["Architecture"]["AllowedValues"] == ["arm64", "x86_64"]
-    assert g["Tracing"] == "Active" and g["LoggingConfig"] == {"LogFormat": "JSON"}
+    assert g["Tracing"] == "Active" and g["LoggingConfig"] == {
+        "LogFormat": "JSON", "ApplicationLogLevel": {"Ref": "ApplicationLogLevel"}
+    }
     assert g["EventInvokeConfig"]["MaximumRetryAttempts"] == 2
     assert g["EventInvokeConfig"]["DestinationConfig"]["OnFailure"] == {
         "Type": "SQS", "Destination": {"GetAtt": "DeadLetterQueue.Arn"}
