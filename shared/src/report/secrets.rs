@@ -44,19 +44,30 @@ impl SecretStore for SecretsManager {
                         .into(),
                     retryable: false,
                 }),
-                Err(err) => Err(read_failure(
-                    arn,
-                    err.code(),
-                    &aws_sdk_secretsmanager::error::DisplayErrorContext(&err).to_string(),
-                )),
+                Err(err) => {
+                    let status = err.raw_response().map(|r| r.status().as_u16());
+                    let detail = match (status, err.message()) {
+                        (Some(status), Some(message)) => format!("HTTP {status}: {message}"),
+                        (Some(status), None) => format!("HTTP {status}"),
+                        (None, _) => {
+                            aws_sdk_secretsmanager::error::DisplayErrorContext(&err).to_string()
+                        }
+                    };
+                    Err(read_failure(arn, err.code(), status, &detail))
+                }
             }
         })
     }
 }
 
 /// What a failed read means for the person who must fix it, by the service's error code
-/// (`None`: the service was not reached or did not answer).
-pub fn read_failure(arn: &str, code: Option<&str>, detail: &str) -> Error {
+/// and the HTTP status (both `None`: the service was not reached or did not answer). A 403
+/// without a code it can parse (an answer from a proxy or an emulator) is still a denial.
+pub fn read_failure(arn: &str, code: Option<&str>, status: Option<u16>, detail: &str) -> Error {
+    let code = code.or(match status {
+        Some(403) => Some("AccessDenied"),
+        _ => None,
+    });
     let (message, retryable) = match code {
         Some("ResourceNotFoundException") => (
             "not found: create it in the function's account and region, or correct the ARN parameter".to_owned(),
@@ -187,7 +198,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_read_is_not_kept_and_the_next_report_reads_again() {
         let store = Scripted::new(vec![
-            Err(read_failure(ARN, None, "connection refused")),
+            Err(read_failure(ARN, None, None, "connection refused")),
             Ok("pd-key".into()),
         ]);
         let secret = stored(store.clone(), CredentialKind::PagerDutyRoutingKey);
@@ -214,15 +225,27 @@ mod tests {
 
     #[test]
     fn read_failures_say_what_to_fix_and_whether_a_retry_helps() {
-        for (code, says, retryable) in [
-            (Some("ResourceNotFoundException"), "not found", false),
-            (Some("AccessDeniedException"), "access denied", false),
-            (Some("DecryptionFailure"), "kms:Decrypt", false),
-            (Some("InvalidRequestException"), "deleted", false),
-            (Some("ThrottlingException"), "unavailable", true),
-            (None, "unavailable", true),
+        for (code, status, says, retryable) in [
+            (
+                Some("ResourceNotFoundException"),
+                Some(400),
+                "not found",
+                false,
+            ),
+            (
+                Some("AccessDeniedException"),
+                Some(400),
+                "access denied",
+                false,
+            ),
+            (None, Some(403), "access denied", false),
+            (Some("DecryptionFailure"), Some(400), "kms:Decrypt", false),
+            (Some("InvalidRequestException"), Some(400), "deleted", false),
+            (Some("ThrottlingException"), Some(400), "unavailable", true),
+            (None, Some(503), "unavailable", true),
+            (None, None, "unavailable", true),
         ] {
-            let err = read_failure(ARN, code, "detail");
+            let err = read_failure(ARN, code, status, "detail");
             let text = err.to_string();
             assert!(text.starts_with(&format!("secret {ARN}: ")), "{text}");
             assert!(text.contains(says), "{code:?}: {text}");

@@ -16,9 +16,9 @@ use super::{PAGERDUTY_KEY, SLACK_PATH, assert_no_secret};
 const READ_LINE: &str = "sink credential read from Secrets Manager";
 
 /// Calls moto's Secrets Manager (JSON protocol).
-async fn secretsmanager(moto: &Moto, target: &str, body: Value) -> Value {
+async fn secretsmanager(url: &str, target: &str, body: Value) -> Value {
     let response = reqwest::Client::new()
-        .post(format!("{}/", moto.url))
+        .post(format!("{url}/"))
         .header("content-type", "application/x-amz-json-1.1")
         .header("x-amz-target", format!("secretsmanager.{target}"))
         .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0")
@@ -36,9 +36,9 @@ async fn secretsmanager(moto: &Moto, target: &str, body: Value) -> Value {
 }
 
 /// Creates a secret holding `value`; returns its full ARN.
-async fn create_secret(moto: &Moto, name: &str, value: &str) -> String {
+async fn create_secret(url: &str, name: &str, value: &str) -> String {
     let created = secretsmanager(
-        moto,
+        url,
         "CreateSecret",
         json!({"Name": name, "SecretString": value}),
     )
@@ -77,12 +77,12 @@ async fn sink_credentials_are_read_from_secrets_manager_once_per_execution_envir
     let moto = Moto::start().await;
     let sinks = CaptureServer::start(200).await;
     let slack = create_secret(
-        &moto,
+        &moto.url,
         "mesh/slack-webhook",
         &format!("{}/services/{SLACK_PATH}\n", sinks.url),
     )
     .await;
-    let pagerduty = create_secret(&moto, "mesh/pagerduty", PAGERDUTY_KEY).await;
+    let pagerduty = create_secret(&moto.url, "mesh/pagerduty", PAGERDUTY_KEY).await;
     let topic = moto.create_topic("mesh-remediation-reports").await;
     let queue = moto.subscribe_queue(&topic, "reports-by-email", None).await;
     let emulator = function(
@@ -111,7 +111,7 @@ async fn sink_credentials_are_read_from_secrets_manager_once_per_execution_envir
         if delivery_number == 0 {
             // Gone from the store: this execution environment keeps what it read.
             secretsmanager(
-                &moto,
+                &moto.url,
                 "DeleteSecret",
                 json!({"SecretId": slack, "ForceDeleteWithoutRecovery": true}),
             )
@@ -199,4 +199,116 @@ async fn a_missing_secret_is_a_failed_delivery_that_names_it() {
         .into_iter()
         .any(|line| line["level"] == "WARN" && line["error"] == error);
     assert!(warned, "the failure is logged: {}", emulator.logs());
+}
+
+/// A moto server that enforces IAM after `free_calls` requests (its
+/// `INITIAL_NO_AUTH_ACTION_COUNT`), so a caller without a policy is denied as in AWS.
+struct EnforcingMoto {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+impl EnforcingMoto {
+    async fn start(free_calls: u32) -> EnforcingMoto {
+        let binary = remediation_testkit::events::workspace_root().join(".venv/bin/moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let child = tokio::process::Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", free_calls.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start moto_server");
+        let url = format!("http://127.0.0.1:{port}");
+        let started = std::time::Instant::now();
+        while reqwest::get(format!("{url}/moto-api/")).await.is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        EnforcingMoto { url, _child: child }
+    }
+
+    /// An IAM query call (made while calls are still free).
+    async fn iam(&self, params: &[(&str, &str)]) -> String {
+        let response = reqwest::Client::new()
+            .post(format!("{}/", self.url))
+            .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(
+                params
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", super::form_urlencode(k), super::form_urlencode(v)))
+                    .collect::<Vec<_>>()
+                    .join("&"),
+            )
+            .send()
+            .await
+            .expect("iam request");
+        let status = response.status();
+        let text = response.text().await.expect("iam body");
+        assert!(status.is_success(), "iam {params:?}: {status} {text}");
+        text
+    }
+}
+
+fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+    text.split_once(start)
+        .and_then(|(_, rest)| rest.split_once(end))
+        .map(|(inside, _)| inside)
+        .unwrap_or_else(|| panic!("no {start} in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_role_may_not_read_is_a_failed_delivery_saying_access_denied() {
+    let cluster = TestCluster::start("secrets-denied").await;
+    cluster.create_deployment("checkout-v2", true).await;
+    // Three free calls: the secret, a user, its key. The function's call is the fourth, and
+    // is denied (moto answers it in XML without an error type; AWS with
+    // AccessDeniedException: the function reads either as the denial it is).
+    let moto = EnforcingMoto::start(3).await;
+    let arn = create_secret(&moto.url, "mesh/slack-webhook", "https://hooks.example/x").await;
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "latency-restart")])
+        .await;
+    let key = moto
+        .iam(&[
+            ("Action", "CreateAccessKey"),
+            ("UserName", "latency-restart"),
+        ])
+        .await;
+    let access_key = between(&key, "<AccessKeyId>", "</AccessKeyId>").to_owned();
+    let secret_key = between(&key, "<SecretAccessKey>", "</SecretAccessKey>").to_owned();
+    let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
+    let emulator = Emulator::start(
+        &function_binary("latency-restart"),
+        &[
+            ("AWS_ENDPOINT_URL", moto.url.as_str()),
+            ("AWS_ACCESS_KEY_ID", access_key.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", secret_key.as_str()),
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("DRY_RUN", "true"),
+            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
+            ("SLACK_WEBHOOK_SECRET_ARN", arn.as_str()),
+        ],
+    )
+    .await;
+    let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let (status, answer) = emulator.invoke(&firing).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcomes"][0]["outcome"], "dry-run", "{answer}");
+    let slack = delivery(&answer, "slack");
+    assert_eq!(slack["ok"], false, "{answer}");
+    let error = slack["error"].as_str().expect("error text");
+    assert!(
+        error.starts_with(&format!("secret {arn}: access denied")),
+        "{error}\n{}",
+        emulator.logs()
+    );
+    assert!(!error.contains(&secret_key), "{error}");
 }
