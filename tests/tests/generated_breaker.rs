@@ -28,12 +28,11 @@
 mod invariants;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use mesh_remediation::remediation::DbCircuitBreak;
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use remediation_testkit::generated::cycle::{Cycle, Function};
-use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::suite::{self, Seeds, fail_on_violations};
 use remediation_testkit::generated::{Harness, ShrinkLimits};
 use remediation_testkit::istio_oracle::Compiled;
 use remediation_testkit::mesh_gen::rng::Rng;
@@ -51,17 +50,11 @@ const DEFAULT_MESHES: u64 = 100;
 async fn db_circuit_break_keeps_its_promises_on_generated_meshes() {
     let seeds = Seeds::from_env("db-circuit-break", DEFAULT_SEED, DEFAULT_MESHES);
     let harness = Harness::connect(suite::kubeconfig(), "gen-home").await;
-    let started = Instant::now();
     let meshes = seeds.meshes(GeneratedMesh::generate);
-    let mut found = Vec::new();
-    for group in meshes.chunks(GROUP) {
-        found.extend(run_meshes(&harness, group.to_vec(), true).await);
-    }
-    println!(
-        "{} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
-        seeds.count,
-        started.elapsed()
-    );
+    let found = suite::run_in_groups(&meshes, "remediated", async |group| {
+        run_meshes(&harness, group, true).await
+    })
+    .await;
     let limits = suite::shrink_limits(ShrinkLimits::default());
     fail_on_violations(
         "db-circuit-break",

@@ -23,7 +23,7 @@
 //! `GENERATED_REPORT=<file>` also writes them there as Markdown.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mesh_remediation::remediation::RegionFailover;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
@@ -32,7 +32,7 @@ use remediation_testkit::gen_failover::{
     FailoverMesh, GATEWAY_PORT, HealthMode, PORT, SERVICE, Violation,
 };
 use remediation_testkit::generated::cycle::{self, Cycle, Function};
-use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::suite::{self, Seeds, fail_on_violations};
 use remediation_testkit::generated::{Findings, ShrinkLimits, outcome_context};
 use remediation_testkit::istio_oracle::{Client, Compiled, Route};
 use serde_json::{Value, json};
@@ -46,18 +46,12 @@ const DEFAULT_MESHES: u64 = 100;
 async fn region_failover_keeps_its_promises_on_generated_meshes() {
     let seeds = Seeds::from_env("region-failover", DEFAULT_SEED, DEFAULT_MESHES);
     let harness = Harness::connect(suite::kubeconfig()).await;
-    let started = Instant::now();
     let meshes = seeds.meshes(FailoverMesh::generate);
-    let mut found = Vec::new();
     let mut tally = Tally::default();
-    for group in meshes.chunks(GROUP) {
-        found.extend(run_meshes(&harness, group.to_vec(), Some(&mut tally)).await);
-    }
-    println!(
-        "{} meshes set up, compiled, remediated, reverted and checked in {:.1?}",
-        seeds.count,
-        started.elapsed()
-    );
+    let found = suite::run_in_groups(&meshes, "remediated", async |group| {
+        run_meshes(&harness, group, Some(&mut tally)).await
+    })
+    .await;
     println!("  {tally}");
     let limits = suite::shrink_limits(ShrinkLimits {
         max_time: Duration::from_secs(240),

@@ -19,13 +19,12 @@
 //! seed; `GENERATED_REPORT=<file>` also writes them there as Markdown.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use mesh_remediation::remediation::ErrorRollback;
 use mesh_remediation::report::Outcome;
 use remediation_testkit::gen_rollback::{FAILING, PORT, RollbackMesh};
 use remediation_testkit::generated::cycle::{self, Cycle, Function};
-use remediation_testkit::generated::suite::{self, GROUP, Seeds, fail_on_violations};
+use remediation_testkit::generated::suite::{self, Seeds, fail_on_violations};
 use remediation_testkit::generated::{Findings, Harness, ShrinkLimits, key, outcome_context};
 use remediation_testkit::istio_oracle::{Compiled, ProxyConfig, Route};
 use remediation_testkit::mesh_gen::Violation;
@@ -46,20 +45,14 @@ const SHRINK: ShrinkLimits = ShrinkLimits {
 async fn error_rollback_keeps_its_promises_on_generated_meshes() {
     let seeds = Seeds::from_env("error-rollback", DEFAULT_SEED, DEFAULT_MESHES);
     let harness = Harness::connect(suite::kubeconfig(), "genrb-home").await;
-    let started = Instant::now();
     let meshes = seeds.meshes(RollbackMesh::generate);
-    let mut found = Vec::new();
     let mut tally = Tally::default();
-    for group in meshes.chunks(GROUP) {
-        let (violations, outcomes) = run_meshes(&harness, group.to_vec(), true).await;
-        found.extend(violations);
-        tally.add(group, &outcomes);
-    }
-    println!(
-        "{} meshes set up, compiled, rolled back, reverted and checked in {:.1?}",
-        seeds.count,
-        started.elapsed()
-    );
+    let found = suite::run_in_groups(&meshes, "rolled back", async |group: Vec<RollbackMesh>| {
+        let (violations, outcomes) = run_meshes(&harness, group.clone(), true).await;
+        tally.add(&group, &outcomes);
+        violations
+    })
+    .await;
     tally.print();
     let limits = suite::shrink_limits(SHRINK);
     fail_on_violations("error-rollback", seeds, meshes, found, limits, async |c| {

@@ -62,6 +62,27 @@ impl Seeds {
     }
 }
 
+/// Runs `meshes` through `run` [`GROUP`] at a time (the suite's first, full run), and prints
+/// how long setting them up, compiling, `done` (what the function did to them, in words),
+/// reverting and checking took; each mesh's violations.
+pub async fn run_in_groups<M: Generated>(
+    meshes: &[M],
+    done: &str,
+    mut run: impl AsyncFnMut(Vec<M>) -> Vec<Vec<Violation>>,
+) -> Vec<Vec<Violation>> {
+    let started = Instant::now();
+    let mut found = Vec::new();
+    for group in meshes.chunks(GROUP) {
+        found.extend(run(group.to_vec()).await);
+    }
+    println!(
+        "{} meshes set up, compiled, {done}, reverted and checked in {:.1?}",
+        meshes.len(),
+        started.elapsed()
+    );
+    found
+}
+
 /// The suite's shrinking limits as the environment adjusts them: `GENERATED_SHRINK=0` skips
 /// shrinking (long runs), `GENERATED_SHRINK_SECONDS` bounds its time per class.
 pub fn shrink_limits(defaults: ShrinkLimits) -> ShrinkLimits {
