@@ -1,5 +1,5 @@
 //! The AWS emulator (`moto_server`, from the project's `.venv`) on a free loopback port,
-//! with the few SNS / SQS calls tests need, made over plain HTTP.
+//! with the few SNS / SQS / Secrets Manager / IAM calls tests need, made over plain HTTP.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -23,6 +23,16 @@ pub struct Moto {
 impl Moto {
     /// Starts `moto_server` (from `.venv`, or `MOTO_SERVER`).
     pub async fn start() -> Moto {
+        Moto::start_with_env(&[]).await
+    }
+
+    /// Starts a server that enforces IAM once `free_calls` requests have been made (its
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`), so a caller without a policy is denied as in AWS.
+    pub async fn start_enforcing_iam_after(free_calls: u32) -> Moto {
+        Moto::start_with_env(&[("INITIAL_NO_AUTH_ACTION_COUNT", free_calls.to_string())]).await
+    }
+
+    async fn start_with_env(env: &[(&str, String)]) -> Moto {
         let binary = std::env::var_os("MOTO_SERVER")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| workspace_root().join(".venv/bin/moto_server"));
@@ -37,6 +47,7 @@ impl Moto {
             .expect("free port");
         let child = Command::new(binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -65,10 +76,11 @@ impl Moto {
         ]
     }
 
-    async fn query(&self, service: &str, params: &[(&str, &str)]) -> String {
+    /// A query-protocol call (SNS, IAM): form-encoded parameters, XML answer.
+    pub async fn query(&self, service: &str, params: &[(&str, &str)]) -> String {
         let body: String = params
             .iter()
-            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .map(|(k, v)| format!("{}={}", form_urlencode(k), form_urlencode(v)))
             .collect::<Vec<_>>()
             .join("&");
         let response = self
@@ -86,21 +98,47 @@ impl Moto {
         text
     }
 
-    async fn sqs(&self, target: &str, body: Value) -> Value {
+    /// A JSON-protocol call: `service` signs the request, `target` is the
+    /// `X-Amz-Target` (`AmazonSQS.CreateQueue`), `version` the `application/x-amz-json-` one.
+    async fn json_call(&self, service: &str, version: &str, target: &str, body: Value) -> Value {
         let response = self
             .http
             .post(format!("{}/", self.url))
-            .header("content-type", "application/x-amz-json-1.0")
-            .header("x-amz-target", format!("AmazonSQS.{target}"))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/sqs/aws4_request, SignedHeaders=host, Signature=0")
+            .header("content-type", format!("application/x-amz-json-{version}"))
+            .header("x-amz-target", target)
+            .header("authorization", format!("AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/{service}/aws4_request, SignedHeaders=host, Signature=0"))
             .json(&body)
             .send()
             .await
-            .expect("sqs request");
+            .unwrap_or_else(|e| panic!("{service} request: {e}"));
         let status = response.status();
         let value: Value = response.json().await.unwrap_or(Value::Null);
-        assert!(status.is_success(), "sqs {target}: {status} {value}");
+        assert!(status.is_success(), "{target}: {status} {value}");
         value
+    }
+
+    async fn sqs(&self, action: &str, body: Value) -> Value {
+        self.json_call("sqs", "1.0", &format!("AmazonSQS.{action}"), body)
+            .await
+    }
+
+    /// A Secrets Manager call (`CreateSecret`, `DeleteSecret`, ...).
+    pub async fn secretsmanager(&self, action: &str, body: Value) -> Value {
+        self.json_call(
+            "secretsmanager",
+            "1.1",
+            &format!("secretsmanager.{action}"),
+            body,
+        )
+        .await
+    }
+
+    /// Creates a secret holding `value`; returns its full ARN.
+    pub async fn create_secret(&self, name: &str, value: &str) -> String {
+        let created = self
+            .secretsmanager("CreateSecret", json!({"Name": name, "SecretString": value}))
+            .await;
+        created["ARN"].as_str().expect("secret ARN").to_owned()
     }
 
     /// Creates an SNS topic; returns its ARN.
@@ -204,14 +242,16 @@ impl Drop for Moto {
     }
 }
 
-fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
+/// The text between the first `start` and the `end` after it (a field of an XML answer).
+pub fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
     text.split_once(start)
         .and_then(|(_, rest)| rest.split_once(end))
         .map(|(inside, _)| inside)
         .unwrap_or_else(|| panic!("no {start} in {text}"))
 }
 
-fn encode(value: &str) -> String {
+/// Percent-encodes everything but RFC 3986's unreserved characters, as AWS signs them.
+pub fn form_urlencode(value: &str) -> String {
     value
         .bytes()
         .map(|b| match b {

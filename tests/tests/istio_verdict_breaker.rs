@@ -99,6 +99,21 @@ fn assert_spread_as_before(before: &Compiled, after: &Compiled, ns: &str, cluste
     }
 }
 
+/// Breaks the circuit with `preserve`: the outcome says the spread is as before, and each
+/// of `clusters` spreads as it did `before`. Returns the config after.
+async fn break_preserving(
+    cluster: &TestCluster,
+    world: &World,
+    before: &Compiled,
+    clusters: &[&str],
+) -> Compiled {
+    let change = break_circuit(cluster, "preserve", "orders-db").await;
+    assert!(change.contains("as before"), "{change}");
+    let after = world.compile_stored(cluster).await;
+    assert_spread_as_before(before, &after, &cluster.namespace, clusters);
+    after
+}
+
 /// The database `orders-db` (the Service on port 5432, and a pod per region labelled
 /// `role` from `roles`, at `10.<n>.0.<host_octet>`), in a world of the test namespace and
 /// [`remediation_testkit::istio_oracle::CLIENTS_NS`]; its host.
@@ -407,10 +422,7 @@ async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
         &default_cluster,
         "outlier detection on: each client prefers its own region",
     );
-    let change = break_circuit(&cluster, "preserve", "orders-db").await;
-    assert!(change.contains("as before"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    assert_spread_as_before(&before, &after, &cluster.namespace, &[&default_cluster]);
+    break_preserving(&cluster, &world, &before, &[&default_cluster]).await;
 }
 
 #[tokio::test]
@@ -426,12 +438,8 @@ async fn a_subset_with_its_own_outlier_detection_keeps_preferring_its_clients_re
     let replicas = db_cluster("replicas", &host);
     let default_cluster = db_cluster("", &host);
     let before = world.compile_stored(&cluster).await;
-    let change = break_circuit(&cluster, "preserve", "orders-db").await;
-    assert!(change.contains("as before"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    let ns = &cluster.namespace;
-    assert_spread_as_before(&before, &after, ns, &[&replicas, &default_cluster]);
-    for client in clients(ns) {
+    let after = break_preserving(&cluster, &world, &before, &[&replicas, &default_cluster]).await;
+    for client in clients(&cluster.namespace) {
         assert_eq!(max_connections(&after, client.name, &replicas), Some(100));
     }
 }
@@ -455,11 +463,7 @@ async fn a_subset_with_its_own_outlier_detection_keeps_its_preference_on_a_port_
     let replicas = db_cluster("replicas", &host);
     let default_cluster = db_cluster("", &host);
     let before = world.compile_stored(&cluster).await;
-    let change = break_circuit(&cluster, "preserve", "orders-db").await;
-    assert!(change.contains("as before"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    let clusters = [replicas.as_str(), default_cluster.as_str()];
-    assert_spread_as_before(&before, &after, &cluster.namespace, &clusters);
+    break_preserving(&cluster, &world, &before, &[&replicas, &default_cluster]).await;
 }
 
 #[tokio::test]

@@ -17,16 +17,14 @@ mod chat;
 #[path = "secrets/stored.rs"]
 mod stored;
 
-use std::sync::{Arc, Mutex};
-
 use base64::Engine as _;
 use kube::Api;
 use remediation_testkit::fault_proxy::{Credentials, Fault, Token};
+use remediation_testkit::http_capture::{Answer, CaptureServer, Captured};
 use remediation_testkit::lambda_emulator::{Emulator, function_binary};
+use remediation_testkit::moto::form_urlencode;
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpListener;
 
 const SECRET_KEY: &str = "SecretAccessKey-7f3c9e1a5b2d4f6e8a0c";
 const SESSION_TOKEN: &str = "SessionToken-4d2b8f6a0e1c3b5d7f9a";
@@ -38,134 +36,43 @@ const PAGERDUTY_KEY: &str = "pagerduty-routing-key-secret-0a1b2c";
 /// DescribeCluster answer carries. The proxy itself is plain http.
 const TEST_CA: &str = include_str!("../fixtures/test-ca.pem");
 
-/// One request to the local AWS / webhook endpoint.
-#[derive(Debug, Clone)]
-struct Received {
-    request_line: String,
-    head: String,
-    body: String,
-}
-
 /// A local endpoint for everything the function calls besides Kubernetes: EKS
 /// DescribeCluster (pointing at the fault proxy), SNS Publish, Slack and PagerDuty.
-struct LocalAws {
-    url: String,
-    received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl LocalAws {
-    async fn start(kubernetes_url: String) -> LocalAws {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let sink = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let _ = stream.set_nodelay(true);
-                let sink = sink.clone();
-                let kubernetes_url = kubernetes_url.clone();
-                tokio::spawn(async move {
-                    let mut buffer = Vec::new();
-                    let mut chunk = [0u8; 16384];
-                    let (head, body) = loop {
-                        let Ok(n) = stream.read(&mut chunk).await else {
-                            return;
-                        };
-                        if n == 0 {
-                            return;
-                        }
-                        buffer.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
-                        let length = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("content-length:")
-                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if buffer.len() >= end + 4 + length {
-                            let body = String::from_utf8_lossy(&buffer[end + 4..end + 4 + length])
-                                .into_owned();
-                            break (head, body);
-                        }
-                    };
-                    let request_line = head.lines().next().unwrap_or_default().to_owned();
-                    let (content_type, answer) = if request_line.starts_with("GET /clusters/") {
-                        let ca = base64::engine::general_purpose::STANDARD.encode(TEST_CA);
-                        (
-                            "application/json",
-                            json!({"cluster": {
-                                "name": "demo", "status": "ACTIVE",
-                                "endpoint": kubernetes_url,
-                                "certificateAuthority": {"data": ca},
-                            }})
-                            .to_string(),
-                        )
-                    } else if body.contains("Action=Publish") {
-                        (
-                            "text/xml",
-                            "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult><MessageId>0e5e4a54-5c5e-4b0e-9a33-2d0c1c0a8f11</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>".to_owned(),
-                        )
-                    } else {
-                        ("application/json", "{}".to_owned())
-                    };
-                    sink.lock().expect("lock").push(Received {
-                        request_line,
-                        head,
-                        body,
-                    });
-                    let reply = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                        answer.len()
-                    );
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                });
+async fn local_aws(kubernetes_url: String) -> CaptureServer {
+    CaptureServer::start_answering(move |request| {
+        if request.request_line.starts_with("GET /clusters/") {
+            let ca = base64::engine::general_purpose::STANDARD.encode(TEST_CA);
+            Answer {
+                status: 200,
+                content_type: "application/json",
+                body: json!({"cluster": {
+                    "name": "demo", "status": "ACTIVE",
+                    "endpoint": kubernetes_url,
+                    "certificateAuthority": {"data": ca},
+                }})
+                .to_string(),
             }
-        });
-        LocalAws {
-            url,
-            received,
-            task,
+        } else if request.text.contains("Action=Publish") {
+            Answer {
+                status: 200,
+                content_type: "text/xml",
+                body: "<PublishResponse xmlns=\"http://sns.amazonaws.com/doc/2010-03-31/\"><PublishResult><MessageId>0e5e4a54-5c5e-4b0e-9a33-2d0c1c0a8f11</MessageId></PublishResult><ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata></PublishResponse>".to_owned(),
+            }
+        } else {
+            Answer::empty_json(200)
         }
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.received.lock().expect("lock").clone()
-    }
-}
-
-impl Drop for LocalAws {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    })
+    .await
 }
 
 /// The forms a secret could leak in: as is, URL-encoded, and base64 / base64url encoded.
 fn leak_forms(secret: &str) -> Vec<String> {
-    let encoded: String = form_urlencode(secret);
     vec![
         secret.to_owned(),
-        encoded,
+        form_urlencode(secret),
         base64::engine::general_purpose::STANDARD.encode(secret),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
     ]
-}
-
-fn form_urlencode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn assert_no_secret(place: &str, text: &str, secrets: &[&str]) {
@@ -232,7 +139,7 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
         .faults()
         .accept(Token::Eks, as_latency_restart(&cluster));
     cluster.create_deployment("checkout-v2", true).await;
-    let aws = LocalAws::start(cluster.faults().url()).await;
+    let aws = local_aws(cluster.faults().url()).await;
     let slack = format!("{}/services/{SLACK_PATH}", aws.url);
     let pagerduty = format!("{}/v2/enqueue", aws.url);
     let emulator = Emulator::start(
@@ -281,16 +188,16 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
             .any(|r| r.request_line.starts_with("GET /clusters/demo")),
         "DescribeCluster was called: {received:#?}"
     );
-    let published: Vec<&Received> = received
+    let published: Vec<&Captured> = received
         .iter()
-        .filter(|r| r.body.contains("Action=Publish"))
+        .filter(|r| r.text.contains("Action=Publish"))
         .collect();
     assert!(
         !published.is_empty(),
         "a report was published: {received:#?}"
     );
     for request in &published {
-        chat::assert_chat_variant(&request.body);
+        chat::assert_chat_variant(&request.text);
     }
     // The session token is sent where it must be (the signed request), and only there.
     assert!(
@@ -307,7 +214,7 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
     assert_no_secret("the response", &answer.to_string(), &secrets);
     assert_no_secret("the failure response", &failed.to_string(), &secrets);
     for request in &published {
-        assert_no_secret("the published report", &request.body, &secrets);
+        assert_no_secret("the published report", &request.text, &secrets);
     }
     // The webhook bodies carry the report, not the secrets (the PagerDuty key is the
     // event's routing key by design, so only the others are checked there).
@@ -317,7 +224,7 @@ async fn eks_credentials_and_sink_secrets_never_leave_the_process() {
     {
         assert_no_secret(
             "the Slack message",
-            &request.body,
+            &request.text,
             &[SECRET_KEY, SESSION_TOKEN, SLACK_PATH],
         );
     }

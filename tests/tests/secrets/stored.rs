@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use remediation_testkit::http_capture::CaptureServer;
 use remediation_testkit::lambda_emulator::{Emulator, function_binary};
-use remediation_testkit::moto::Moto;
+use remediation_testkit::moto::{Moto, between};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
@@ -14,37 +14,6 @@ use super::{PAGERDUTY_KEY, SLACK_PATH, assert_no_secret};
 
 /// What the function logs when it reads a sink's secret (the ARN, never the value).
 const READ_LINE: &str = "sink credential read from Secrets Manager";
-
-/// Calls moto's Secrets Manager (JSON protocol).
-async fn secretsmanager(url: &str, target: &str, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{url}/"))
-        .header("content-type", "application/x-amz-json-1.1")
-        .header("x-amz-target", format!("secretsmanager.{target}"))
-        .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0")
-        .json(&body)
-        .send()
-        .await
-        .expect("secretsmanager request");
-    let status = response.status();
-    let value: Value = response.json().await.unwrap_or(Value::Null);
-    assert!(
-        status.is_success(),
-        "secretsmanager {target}: {status} {value}"
-    );
-    value
-}
-
-/// Creates a secret holding `value`; returns its full ARN.
-async fn create_secret(url: &str, name: &str, value: &str) -> String {
-    let created = secretsmanager(
-        url,
-        "CreateSecret",
-        json!({"Name": name, "SecretString": value}),
-    )
-    .await;
-    created["ARN"].as_str().expect("secret ARN").to_owned()
-}
 
 /// The function with moto as its AWS, the test cluster, dry run and trace logging.
 async fn function(moto: &Moto, cluster: &TestCluster, extra: &[(&str, String)]) -> Emulator {
@@ -70,19 +39,31 @@ fn delivery<'a>(answer: &'a Value, sink: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {sink} delivery in {answer}"))
 }
 
+/// Invokes the function with a firing alert; returns the Slack delivery's error. The
+/// remediation stands (a dry run); only the delivery failed.
+async fn failed_slack_delivery(emulator: &Emulator, cluster: &TestCluster) -> String {
+    let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
+    let (status, answer) = emulator.invoke(&firing).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcomes"][0]["outcome"], "dry-run", "{answer}");
+    let slack = delivery(&answer, "slack");
+    assert_eq!(slack["ok"], false, "{answer}");
+    slack["error"].as_str().expect("error text").to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sink_credentials_are_read_from_secrets_manager_once_per_execution_environment() {
     let cluster = TestCluster::start("secrets-stored").await;
     cluster.create_deployment("checkout-v2", true).await;
     let moto = Moto::start().await;
     let sinks = CaptureServer::start(200).await;
-    let slack = create_secret(
-        &moto.url,
-        "mesh/slack-webhook",
-        &format!("{}/services/{SLACK_PATH}\n", sinks.url),
-    )
-    .await;
-    let pagerduty = create_secret(&moto.url, "mesh/pagerduty", PAGERDUTY_KEY).await;
+    let slack = moto
+        .create_secret(
+            "mesh/slack-webhook",
+            &format!("{}/services/{SLACK_PATH}\n", sinks.url),
+        )
+        .await;
+    let pagerduty = moto.create_secret("mesh/pagerduty", PAGERDUTY_KEY).await;
     let topic = moto.create_topic("mesh-remediation-reports").await;
     let queue = moto.subscribe_queue(&topic, "reports-by-email", None).await;
     let emulator = function(
@@ -110,8 +91,7 @@ async fn sink_credentials_are_read_from_secrets_manager_once_per_execution_envir
         );
         if delivery_number == 0 {
             // Gone from the store: this execution environment keeps what it read.
-            secretsmanager(
-                &moto.url,
+            moto.secretsmanager(
                 "DeleteSecret",
                 json!({"SecretId": slack, "ForceDeleteWithoutRecovery": true}),
             )
@@ -182,14 +162,7 @@ async fn a_missing_secret_is_a_failed_delivery_that_names_it() {
         &[("SLACK_WEBHOOK_SECRET_ARN", absent.to_owned())],
     )
     .await;
-    let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
-    let (status, answer) = emulator.invoke(&firing).await;
-    // The remediation stands; only the delivery failed, and says why.
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["outcomes"][0]["outcome"], "dry-run", "{answer}");
-    let slack = delivery(&answer, "slack");
-    assert_eq!(slack["ok"], false, "{answer}");
-    let error = slack["error"].as_str().expect("error text");
+    let error = failed_slack_delivery(&emulator, &cluster).await;
     assert!(
         error.starts_with(&format!("secret {absent}: not found")),
         "{error}"
@@ -197,72 +170,8 @@ async fn a_missing_secret_is_a_failed_delivery_that_names_it() {
     let warned = emulator
         .json_logs()
         .into_iter()
-        .any(|line| line["level"] == "WARN" && line["error"] == error);
+        .any(|line| line["level"] == "WARN" && line["error"] == error.as_str());
     assert!(warned, "the failure is logged: {}", emulator.logs());
-}
-
-/// A moto server that enforces IAM after `free_calls` requests (its
-/// `INITIAL_NO_AUTH_ACTION_COUNT`), so a caller without a policy is denied as in AWS.
-struct EnforcingMoto {
-    url: String,
-    _child: tokio::process::Child,
-}
-
-impl EnforcingMoto {
-    async fn start(free_calls: u32) -> EnforcingMoto {
-        let binary = remediation_testkit::events::workspace_root().join(".venv/bin/moto_server");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = tokio::process::Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", free_calls.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start moto_server");
-        let url = format!("http://127.0.0.1:{port}");
-        let started = std::time::Instant::now();
-        while reqwest::get(format!("{url}/moto-api/")).await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        EnforcingMoto { url, _child: child }
-    }
-
-    /// An IAM query call (made while calls are still free).
-    async fn iam(&self, params: &[(&str, &str)]) -> String {
-        let response = reqwest::Client::new()
-            .post(format!("{}/", self.url))
-            .header("authorization", "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0")
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(
-                params
-                    .iter()
-                    .map(|(k, v)| format!("{}={}", super::form_urlencode(k), super::form_urlencode(v)))
-                    .collect::<Vec<_>>()
-                    .join("&"),
-            )
-            .send()
-            .await
-            .expect("iam request");
-        let status = response.status();
-        let text = response.text().await.expect("iam body");
-        assert!(status.is_success(), "iam {params:?}: {status} {text}");
-        text
-    }
-}
-
-fn between<'a>(text: &'a str, start: &str, end: &str) -> &'a str {
-    text.split_once(start)
-        .and_then(|(_, rest)| rest.split_once(end))
-        .map(|(inside, _)| inside)
-        .unwrap_or_else(|| panic!("no {start} in {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,15 +181,23 @@ async fn a_secret_the_role_may_not_read_is_a_failed_delivery_saying_access_denie
     // Three free calls: the secret, a user, its key. The function's call is the fourth, and
     // is denied (moto answers it in XML without an error type; AWS with
     // AccessDeniedException: the function reads either as the denial it is).
-    let moto = EnforcingMoto::start(3).await;
-    let arn = create_secret(&moto.url, "mesh/slack-webhook", "https://hooks.example/x").await;
-    moto.iam(&[("Action", "CreateUser"), ("UserName", "latency-restart")])
+    let moto = Moto::start_enforcing_iam_after(3).await;
+    let arn = moto
+        .create_secret("mesh/slack-webhook", "https://hooks.example/x")
         .await;
+    moto.query(
+        "iam",
+        &[("Action", "CreateUser"), ("UserName", "latency-restart")],
+    )
+    .await;
     let key = moto
-        .iam(&[
-            ("Action", "CreateAccessKey"),
-            ("UserName", "latency-restart"),
-        ])
+        .query(
+            "iam",
+            &[
+                ("Action", "CreateAccessKey"),
+                ("UserName", "latency-restart"),
+            ],
+        )
         .await;
     let access_key = between(&key, "<AccessKeyId>", "</AccessKeyId>").to_owned();
     let secret_key = between(&key, "<SecretAccessKey>", "</SecretAccessKey>").to_owned();
@@ -298,13 +215,7 @@ async fn a_secret_the_role_may_not_read_is_a_failed_delivery_saying_access_denie
         ],
     )
     .await;
-    let firing = events::fresh("latency-restart-firing.json", &cluster.namespace);
-    let (status, answer) = emulator.invoke(&firing).await;
-    assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["outcomes"][0]["outcome"], "dry-run", "{answer}");
-    let slack = delivery(&answer, "slack");
-    assert_eq!(slack["ok"], false, "{answer}");
-    let error = slack["error"].as_str().expect("error text");
+    let error = failed_slack_delivery(&emulator, &cluster).await;
     assert!(
         error.starts_with(&format!("secret {arn}: access denied")),
         "{error}\n{}",
