@@ -1,5 +1,6 @@
-//! AWS credentials and endpoints for the verification's own calls (the AMP query, the
-//! verify queue), loaded from the standard chain on first use and kept.
+//! AWS credentials and endpoints for the verification's own calls (the AMP query, signed
+//! here; the verify queue, through its SDK client), loaded from the standard chain on first
+//! use and kept.
 
 use std::time::SystemTime;
 
@@ -36,7 +37,8 @@ impl AwsAccess {
         }
     }
 
-    async fn sdk(&self) -> &aws_config::SdkConfig {
+    /// The configuration, for the SDK clients of the verification's calls.
+    pub(crate) async fn sdk(&self) -> &aws_config::SdkConfig {
         self.sdk
             .get_or_init(|| aws_config::load_defaults(aws_config::BehaviorVersion::latest()))
             .await

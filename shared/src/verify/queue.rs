@@ -1,6 +1,6 @@
 //! The delay between a change and its verification: an SQS message with a delivery delay
 //! (`DelaySeconds`, at most 900), sent to the function's own verify queue, which invokes the
-//! function again when it becomes visible. Sent with `SendMessage` in the JSON protocol.
+//! function again when it becomes visible.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +10,6 @@ use serde_json::json;
 
 use super::VerifyRequest;
 use super::aws::AwsAccess;
-use super::sign::Post;
 use crate::error::{Error, Result};
 
 /// Where verify requests wait for their time.
@@ -23,40 +22,20 @@ pub trait VerifyQueue: Send + Sync {
 /// An SQS queue (`VERIFY_QUEUE_URL`).
 pub struct SqsQueue {
     url: String,
-    http: reqwest::Client,
+    timeout: Duration,
     aws: Arc<AwsAccess>,
+    client: tokio::sync::OnceCell<aws_sdk_sqs::Client>,
 }
 
 impl SqsQueue {
-    /// The queue at `url`.
+    /// The queue at `url`; calls give up after `timeout`.
     pub fn new(url: &str, timeout: Duration, aws: Arc<AwsAccess>) -> Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|err| Error::Aws {
-                operation: "sqs:SendMessage",
-                message: format!("cannot build the HTTP client: {err}"),
-                retryable: false,
-            })?;
         Ok(SqsQueue {
             url: url.to_owned(),
-            http,
+            timeout,
             aws,
+            client: tokio::sync::OnceCell::new(),
         })
-    }
-
-    /// The SQS endpoint: `AWS_ENDPOINT_URL` for an emulator, else the queue URL's host.
-    async fn endpoint(&self) -> String {
-        if let Some(endpoint) = self.aws.endpoint_url().await {
-            return format!("{}/", endpoint.trim_end_matches('/'));
-        }
-        let host = self
-            .url
-            .split("://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap_or_default();
-        format!("https://{host}/")
     }
 }
 
@@ -72,49 +51,36 @@ impl VerifyQueue for SqsQueue {
                 message,
                 retryable,
             };
-            let message = json!({"verify": request}).to_string();
-            let body = json!({
-                "QueueUrl": self.url,
-                "MessageBody": message,
-                "DelaySeconds": delay.as_secs().min(900),
-            })
-            .to_string();
-            let endpoint = self.endpoint().await;
-            let headers = [
-                ("content-type", "application/x-amz-json-1.0"),
-                ("x-amz-target", "AmazonSQS.SendMessage"),
-            ];
-            let post = Post {
-                url: &endpoint,
-                headers: &headers,
-                body: body.as_bytes(),
-            };
-            let mut http = self.http.post(&endpoint).body(body.clone());
-            for (name, value) in headers {
-                http = http.header(name, value);
+            let client = self
+                .client
+                .get_or_init(|| async { aws_sdk_sqs::Client::new(self.aws.sdk().await) })
+                .await;
+            let delay_seconds = i32::try_from(delay.as_secs().min(900)).unwrap_or(900);
+            let send = client
+                .send_message()
+                .queue_url(&self.url)
+                .message_body(json!({"verify": request}).to_string())
+                .delay_seconds(delay_seconds)
+                .send();
+            match tokio::time::timeout(self.timeout, send).await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(err)) => {
+                    // A refusal of the request itself (no such queue, access denied) will
+                    // not change on a retry; the service's own trouble will.
+                    let retryable = !matches!(err, aws_sdk_sqs::error::SdkError::ServiceError(_))
+                        || err.raw_response().is_some_and(|r| {
+                            r.status().is_server_error() || r.status().as_u16() == 429
+                        });
+                    Err(failed(
+                        aws_sdk_sqs::error::DisplayErrorContext(&err).to_string(),
+                        retryable,
+                    ))
+                }
+                Err(_) => Err(failed(
+                    format!("no answer within {} ms", self.timeout.as_millis()),
+                    true,
+                )),
             }
-            for (name, value) in self.aws.sign(&post, "sqs", None).await? {
-                http = http.header(name, value);
-            }
-            let response = http
-                .send()
-                .await
-                .map_err(|err| failed(format!("{endpoint} unreachable: {err}"), true))?;
-            let status = response.status();
-            if status.is_success() {
-                return Ok(());
-            }
-            let detail: String = response
-                .text()
-                .await
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect();
-            Err(failed(
-                format!("answered {status}: {detail}"),
-                status.is_server_error() || status.as_u16() == 429,
-            ))
         })
     }
 }

@@ -38,7 +38,7 @@ pub fn headers(
         .time(time)
         .settings(SigningSettings::default())
         .build()
-        .map_err(|err| signing_error(service, &err))?
+        .map_err(|err| signing_error(&err))?
         .into();
     let signable = SignableRequest::new(
         "POST",
@@ -46,9 +46,9 @@ pub fn headers(
         post.headers.iter().copied(),
         SignableBody::Bytes(post.body),
     )
-    .map_err(|err| signing_error(service, &err))?;
+    .map_err(|err| signing_error(&err))?;
     let (instructions, _signature) = sign(signable, &params)
-        .map_err(|err| signing_error(service, &err))?
+        .map_err(|err| signing_error(&err))?
         .into_parts();
     let (added, _query) = instructions.into_parts();
     Ok(added
@@ -57,13 +57,9 @@ pub fn headers(
         .collect())
 }
 
-fn signing_error(service: &str, err: &dyn std::fmt::Display) -> Error {
+fn signing_error(err: &dyn std::fmt::Display) -> Error {
     Error::Aws {
-        operation: if service == "sqs" {
-            "sqs:SendMessage signing"
-        } else {
-            "aps:QueryMetrics signing"
-        },
+        operation: "aps:QueryMetrics signing",
         message: err.to_string(),
         retryable: false,
     }
