@@ -37,7 +37,7 @@ def test_dashboard_is_tagged_and_covers_golden_signals_and_outcomes():
 def test_every_expression_parses_with_promtool(tmp_path):
     rules = ["groups:", "  - name: dashboard", "    rules:"]
     for i, (title, expr) in enumerate(prometheus_targets(load())):
-        concrete = re.sub(r"\$namespace", ".*", expr)
+        concrete = re.sub(r"\$(namespace|cluster)", ".*", expr)
         rules.append(f"      - record: dashboard:expr{i}")
         rules.append(f"        expr: {json.dumps(concrete)}")
     path = tmp_path / "dashboard-rules.yml"
@@ -45,3 +45,19 @@ def test_every_expression_parses_with_promtool(tmp_path):
     assert shutil.which("promtool"), "promtool missing: run scripts/setup"
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_selector_follows_the_cluster_variable():
+    """One dashboard over several clusters (a ruler or Amazon Managed Prometheus holding them
+    all): every series is chosen by the `cluster` variable, and the namespaces offered are the
+    chosen clusters' ones."""
+    dash = load()
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["cluster"]["query"]["query"] == "label_values(istio_requests_total, cluster)"
+    assert variables["cluster"]["allValue"] == ".*", "All also matches series without the label"
+    assert 'cluster=~"$cluster"' in variables["namespace"]["query"]["query"]
+    for title, expr in prometheus_targets(dash):
+        selectors = re.findall(r"\{[^}]*\}", expr)
+        assert selectors, title
+        for selector in selectors:
+            assert 'cluster=~"$cluster"' in selector, f"{title}: {selector}"
