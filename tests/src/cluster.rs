@@ -199,6 +199,16 @@ impl TestCluster {
         self.faults().requests()
     }
 
+    /// How many writes (PATCH) to `resource` (`deployments`, `virtualservices`) the server
+    /// refused as conflicts (409): a precondition that did what it is there for.
+    pub fn refused_writes(&self, resource: &str) -> usize {
+        let path = format!("/{resource}/");
+        self.requests()
+            .iter()
+            .filter(|r| r.method == "PATCH" && r.path.contains(&path) && r.status == 409)
+            .count()
+    }
+
     /// Forgets the requests so far.
     pub fn clear_requests(&self) {
         self.faults().clear_requests();
@@ -275,6 +285,14 @@ impl TestCluster {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         panic!("deployment {name} did not settle");
+    }
+
+    /// Whether an Event of the functions about the object `name` records `action`.
+    pub async fn has_event(&self, name: &str, action: &str) -> bool {
+        self.events_about(name)
+            .await
+            .iter()
+            .any(|e| e["action"] == action)
     }
 
     /// Events (events.k8s.io/v1) the functions wrote in the test namespace about the object

@@ -234,6 +234,13 @@ pub fn assert_failed_saying(report: &InvocationReport, parts: &[&str]) {
     }
 }
 
+/// Asserts `report`'s one outcome is a failure not to retry (retrying cannot help) whose
+/// reason says each of `parts`.
+pub fn assert_refused_saying(report: &InvocationReport, parts: &[&str]) {
+    assert_failed_saying(report, parts);
+    assert!(!only(report).retryable, "{report:#?}");
+}
+
 /// Asserts the functions' writes among `requests` (those under their field manager) each
 /// asked the server to refuse unknown fields (`fieldValidation=Strict`), and that there was
 /// one: the real server then judged every change against its CRD schema, and the object read
@@ -380,6 +387,30 @@ pub fn record(object: &Value, remediation: &str) -> Option<ActionRecord> {
     let annotations: Option<BTreeMap<String, String>> =
         serde_json::from_value(object["metadata"]["annotations"].clone()).ok();
     ActionRecord::from_annotations(annotations.as_ref(), remediation).expect("readable record")
+}
+
+/// Asserts `record` holds only the first HTTP route's destinations, as they were
+/// (`before`) and as the change left them (`after`): what a weight shift records.
+pub fn assert_first_route_recorded(record: &ActionRecord, before: &Value, after: &Value) {
+    let first_route =
+        |object: &Value| json!({"httpRoutes": {"0": object["spec"]["http"][0]["route"]}});
+    assert_eq!(record.previous, Some(first_route(before)));
+    assert_eq!(record.applied, Some(first_route(after)));
+}
+
+/// A DestinationRule spec for `host` with the subsets `v1` and `v2`, by the `version` label.
+pub fn version_subsets(host: &str) -> Value {
+    json!({"host": host, "subsets": [
+        {"name": "v1", "labels": {"version": "v1"}},
+        {"name": "v2", "labels": {"version": "v2"}},
+    ]})
+}
+
+/// `report`'s one outcome, asserted to be of `kind`.
+pub fn only_of_kind(report: &InvocationReport, kind: OutcomeKind) -> &Outcome {
+    let outcome = only(report);
+    assert_eq!(outcome.outcome, kind, "{outcome:#?}");
+    outcome
 }
 
 /// Asserts the request log holds exactly one PATCH, a server-side dry run whose body is

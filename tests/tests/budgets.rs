@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use mesh_remediation::guard::budget::{BUDGET_CONFIGMAP, Slot};
-use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart};
+use mesh_remediation::remediation::{DbCircuitBreak, LatencyRestart, Remediation};
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::mesh::{Kind, Mesh, assert_skipped_for, only, record};
 use remediation_testkit::{TestCluster, events};
@@ -29,6 +29,21 @@ fn alert(cluster: &TestCluster, sample: &str, label: &str, value: &str) -> Value
     message["alerts"][0]["fingerprint"] = json!(format!("fp-{value}"));
     events::set_message(&mut event, &message);
     event
+}
+
+/// Five concurrent invocations of `remediation`, each with the `sample` alert for its own
+/// target: its `label` set to `{prefix}-0` to `{prefix}-4`.
+async fn five_alerts<R: Remediation>(
+    cluster: &TestCluster,
+    remediation: impl Fn() -> R,
+    (sample, label, prefix): (&str, &str, &str),
+) -> Vec<InvocationReport> {
+    futures::future::join_all((0..5).map(|i| {
+        let event = alert(cluster, sample, label, &format!("{prefix}-{i}"));
+        let remediation = remediation();
+        async move { cluster.invoke(remediation, &VARS, &event).await }
+    }))
+    .await
 }
 
 fn applied(reports: &[InvocationReport]) -> usize {
@@ -64,33 +79,17 @@ async fn ten_concurrent_invocations_of_two_functions_never_exceed_a_budget() {
         )
         .await;
     }
-    let restarts = (0..5).map(|i| {
-        let event = alert(
-            &cluster,
-            "latency-restart-firing.json",
-            "deployment",
-            &format!("app-{i}"),
-        );
-        let cluster = &cluster;
-        async move { cluster.invoke(LatencyRestart, &VARS, &event).await }
-    });
-    let breakers = (0..5).map(|i| {
-        let event = alert(
-            &cluster,
-            "db-circuit-break-firing.json",
-            "db_host",
-            &format!("db-{i}"),
-        );
-        let cluster = &cluster;
-        async move {
-            cluster
-                .invoke(DbCircuitBreak::default(), &VARS, &event)
-                .await
-        }
-    });
     let (restarts, breakers) = futures::join!(
-        futures::future::join_all(restarts),
-        futures::future::join_all(breakers)
+        five_alerts(
+            &cluster,
+            || LatencyRestart,
+            ("latency-restart-firing.json", "deployment", "app"),
+        ),
+        five_alerts(
+            &cluster,
+            DbCircuitBreak::default,
+            ("db-circuit-break-firing.json", "db_host", "db"),
+        ),
     );
 
     // What the functions said.

@@ -12,7 +12,7 @@ use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
     Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_saying,
-    assert_strict_writes, only, race, reason, record, spec_text,
+    assert_strict_writes, only, only_of_kind, race, reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -106,8 +106,7 @@ async fn firing_alert_sets_the_breaker_once_and_keeps_the_rest_of_the_rule() {
     let (cluster, before) = setup("cb-firing", true, None).await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(defaults(), &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.target.as_deref(),
         Some(format!("DestinationRule {}/{DR}", cluster.namespace).as_str())
@@ -216,12 +215,7 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
 
         let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(defaults(), vars, &event).await;
-        let outcome = only(&report);
-        assert_eq!(
-            outcome.outcome,
-            OutcomeKind::DryRun,
-            "{event_name}: {outcome:#?}"
-        );
+        let outcome = only_of_kind(&report, OutcomeKind::DryRun);
         let patch = outcome.patch.as_ref().expect("patch");
         let mut expected = CircuitBreaker::default().policy_patch();
         expected["loadBalancer"] = json!({"localityLbSetting": {"enabled": false}});
@@ -249,11 +243,7 @@ async fn resolved_alert_restores_the_previous_policy_exactly() {
     let rec = record(&after, "db-circuit-break").expect("record");
     assert!(rec.recovered());
     assert!(
-        cluster
-            .events_about(DR)
-            .await
-            .iter()
-            .any(|e| e["action"] == "Restore"),
+        cluster.has_event(DR, "Restore").await,
         "restore recorded as an Event"
     );
     // Delivered again: nothing more to do.
@@ -323,8 +313,7 @@ async fn revert_removes_a_policy_that_was_absent_and_refuses_after_a_foreign_edi
 
     let revert = events::fresh(REVERT, &cluster.namespace);
     let report = cluster.invoke(defaults(), &[], &revert).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.patch.as_ref().expect("patch")["spec"],
         json!({"trafficPolicy": null}),
@@ -364,8 +353,7 @@ async fn revert_through_sns_is_handled_like_a_direct_one() {
     let request = events::fresh(REVERT, &cluster.namespace);
     events::set_message(&mut event, &request);
     let report = cluster.invoke(defaults(), &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.source.message_id.as_deref(),
         Some("c324692e-3640-52fe-b5a8-9b93f7fd71b3")

@@ -6,8 +6,9 @@ use mesh_remediation::remediation::{ErrorRollback, LatencyRestart};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_for,
-    assert_skipped_saying, assert_strict_writes, only, race, reason, record, spec_text,
+    Kind, Mesh, assert_failed_saying, assert_first_route_recorded, assert_one_dry_run_patch,
+    assert_one_winner, assert_refused_saying, assert_skipped_for, assert_skipped_saying,
+    assert_strict_writes, only, only_of_kind, race, reason, record, spec_text, version_subsets,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -30,10 +31,7 @@ async fn setup(prefix: &str, opted_in: bool, annotations: Value) -> (TestCluster
         VS,
         opted_in,
         json!({}),
-        json!({"host": "checkout", "subsets": [
-            {"name": "v1", "labels": {"version": "v1"}},
-            {"name": "v2", "labels": {"version": "v2"}},
-        ]}),
+        version_subsets("checkout"),
     )
     .await;
     let before = mesh
@@ -66,8 +64,7 @@ async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() 
     let (cluster, before) = stable_annotated("er-firing").await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(ErrorRollback, &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.target.as_deref(),
         Some(format!("VirtualService {}/{VS}", cluster.namespace).as_str())
@@ -88,14 +85,7 @@ async fn firing_alert_routes_all_traffic_to_stable_once_with_record_and_event() 
     assert_eq!(record.fingerprint, "87f033c73d9cf5eb");
     assert_eq!(record.trace_id, report.trace_id);
     // Only the changed route's destinations are recorded.
-    assert_eq!(
-        record.previous,
-        Some(json!({"httpRoutes": {"0": before["spec"]["http"][0]["route"]}}))
-    );
-    assert_eq!(
-        record.applied,
-        Some(json!({"httpRoutes": {"0": after["spec"]["http"][0]["route"]}}))
-    );
+    assert_first_route_recorded(&record, &before, &after);
     let patch = outcome.patch.as_ref().expect("patch reported");
     assert_eq!(
         patch["spec"]["http"], after["spec"]["http"],
@@ -183,12 +173,7 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
 
         let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(ErrorRollback, vars, &event).await;
-        let outcome = only(&report);
-        assert_eq!(
-            outcome.outcome,
-            OutcomeKind::DryRun,
-            "{event_name}: {outcome:#?}"
-        );
+        let outcome = only_of_kind(&report, OutcomeKind::DryRun);
         let patch = outcome.patch.as_ref().expect("exact patch reported");
         assert_eq!(patch["spec"]["http"], split(100, 0));
         let after = virtual_service(&cluster).await;
@@ -254,13 +239,8 @@ async fn no_stable_destination_is_refused_with_the_reason() {
         .expect("labels")
         .remove("version");
     events::set_message(&mut event, &message);
-    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
-    assert!(!outcome.retryable);
-    assert!(
-        reason(&outcome).contains("cannot tell the stable destination"),
-        "{outcome:#?}"
-    );
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_refused_saying(&report, &["cannot tell the stable destination"]);
     // The annotated stable subset is the failing version: refused too.
     let mesh = Mesh::new(&cluster);
     mesh.api(Kind::VirtualService)
@@ -274,12 +254,8 @@ async fn no_stable_destination_is_refused_with_the_reason() {
         .await
         .expect("annotate");
     let event = events::fresh(FIRING, &cluster.namespace);
-    let outcome = only(&cluster.invoke(ErrorRollback, &[], &event).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(
-        reason(&outcome).contains("reaches the failing version v2"),
-        "{outcome:#?}"
-    );
+    let report = cluster.invoke(ErrorRollback, &[], &event).await;
+    assert_failed_saying(&report, &["reaches the failing version v2"]);
     assert_eq!(virtual_service(&cluster).await["spec"], before["spec"]);
 }
 
@@ -294,8 +270,7 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
 
     let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
     let report = cluster.invoke(ErrorRollback, &[], &revert).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(outcome.source.alert.as_deref(), Some("RevertRequest"));
     let reverted = virtual_service(&cluster).await;
     assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
@@ -326,13 +301,8 @@ async fn revert_restores_the_previous_spec_byte_for_byte_and_refuses_after_a_for
     mesh.edit_spec(Kind::VirtualService, VS, json!({"http": split(90, 10)}))
         .await;
     let edited = virtual_service(&cluster).await;
-    let refused = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
-    assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
-    assert!(!refused.retryable);
-    assert!(
-        reason(&refused).contains("was edited after the action"),
-        "{refused:#?}"
-    );
+    let refused = cluster.invoke(ErrorRollback, &[], &revert).await;
+    assert_refused_saying(&refused, &["was edited after the action"]);
     assert_eq!(virtual_service(&cluster).await, edited, "the edit stands");
 }
 
@@ -421,15 +391,9 @@ async fn one_message_with_alerts_for_two_services_rolls_back_both() {
     // services of one namespace arrive in one message. Each is its own target.
     let (cluster, _) = stable_annotated("er-two-services").await;
     let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "payments",
-        json!({"host": "payments", "subsets": [
-            {"name": "v1", "labels": {"version": "v1"}},
-            {"name": "v2", "labels": {"version": "v2"}},
-        ]}),
-    )
-    .await;
+    let subsets = version_subsets("payments");
+    mesh.opted_in(Kind::DestinationRule, "payments", subsets)
+        .await;
     mesh.opted_in(
         Kind::VirtualService,
         "payments",
@@ -481,16 +445,12 @@ async fn an_object_another_controller_manages_is_left_alone_unless_its_owner_all
     .await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(ErrorRollback, &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-    assert!(!outcome.retryable);
-    assert!(
-        reason(outcome).contains("managed by Argo Rollouts"),
-        "{report:#?}"
-    );
-    assert!(
-        reason(outcome).contains("auto-remediation.io/allow-with-controller=true"),
-        "{report:#?}"
+    assert_refused_saying(
+        &report,
+        &[
+            "managed by Argo Rollouts",
+            "auto-remediation.io/allow-with-controller=true",
+        ],
     );
     assert_eq!(
         spec_text(&virtual_service(&cluster).await),

@@ -105,11 +105,7 @@ async fn an_escalated_target_waits_until_the_alert_stays_resolved() {
     let escalated = escalate(&cluster, t0).await;
     let restarted = stored(&cluster).await.restarted_at;
     assert!(
-        cluster
-            .events_about(TARGET)
-            .await
-            .iter()
-            .any(|e| e["action"] == "Escalated"),
+        cluster.has_event(TARGET, "Escalated").await,
         "the escalation is an Event on the object"
     );
 

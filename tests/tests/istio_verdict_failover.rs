@@ -140,6 +140,15 @@ async fn drain(cluster: &TestCluster) -> String {
     only(&report).change.clone().expect("the change in words")
 }
 
+/// Drains us-east-1 and compiles the stored rules again, which Istio accepts without a
+/// finding: the change in words and the config after.
+async fn drain_and_compile(cluster: &TestCluster, world: &World) -> (String, Compiled) {
+    let change = drain(cluster).await;
+    let after = world.compile_stored(cluster).await;
+    assert_eq!(after.findings(), Vec::<String>::new());
+    (change, after)
+}
+
 /// Asserts region-failover, eu-west-1 answering `eu_status`, refuses saying each of `why`
 /// and changes no stored VirtualService or DestinationRule.
 async fn assert_drain_refused(cluster: &TestCluster, eu_status: u16, why: &[&str]) {
@@ -204,11 +213,9 @@ async fn without_a_region_split_the_destination_rule_drains_the_region_for_every
         regions_reached(&before, "same-ns-east", &host(&cluster)).contains(DEGRADED),
         "the failover is passive: us-east-1 clients still call us-east-1 while its pods answer"
     );
-    let change = drain(&cluster).await;
+    let (change, after) = drain_and_compile(&cluster, &world).await;
     assert!(change.contains("replaces the passive"), "{change}");
     assert!(change.contains("keep calling their own region"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&cluster.namespace) {
         let reached = regions_reached(&after, client.name, &host(&cluster));
         let earlier = regions_reached(&before, client.name, &host(&cluster));
@@ -273,10 +280,8 @@ async fn a_distribution_per_client_locality_is_kept_for_clients_that_never_reach
         BTreeSet::from(["eu-west-1".to_owned()]),
         "Europe stays in Europe"
     );
-    let change = drain(&cluster).await;
+    let (change, after) = drain_and_compile(&cluster, &world).await;
     assert!(change.contains("keeps its own"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&cluster.namespace) {
         let reached = regions_reached(&after, client.name, &host);
         assert!(!reached.contains(DEGRADED), "{}: {reached:?}", client.name);
@@ -313,10 +318,8 @@ async fn with_outlier_detection_on_the_other_regions_clients_keep_their_own_regi
         regions_reached(&before, "same-ns-west", &host),
         BTreeSet::from(["us-west-2".to_owned()])
     );
-    let change = drain(&cluster).await;
+    let (change, after) = drain_and_compile(&cluster, &world).await;
     assert!(change.contains("keep calling their own region"), "{change}");
-    let after = world.compile_stored(&cluster).await;
-    assert_eq!(after.findings(), Vec::<String>::new());
     for client in clients(&cluster.namespace) {
         let reached = regions_reached(&after, client.name, &host);
         if client.region == DEGRADED {
@@ -377,9 +380,7 @@ async fn a_split_moves_no_weight_to_a_region_some_clients_cannot_reach() {
     let host = host(&cluster);
     let before = world.compile_stored(&cluster).await;
     assert_eq!(share_to_nowhere(&before, "other-ns-eu", &host), 0.25);
-    let change = drain(&cluster).await;
-    let after = world.compile_stored(&cluster).await;
-    assert_eq!(after.findings(), Vec::<String>::new());
+    let (change, after) = drain_and_compile(&cluster, &world).await;
     for client in clients(&cluster.namespace) {
         let reached = regions_reached(&after, client.name, &host);
         assert!(!reached.contains(DEGRADED), "{}: {reached:?}", client.name);

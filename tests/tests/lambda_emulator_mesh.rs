@@ -24,17 +24,22 @@ async fn demo_mesh(prefix: &str) -> TestCluster {
             .replace("\"namespace\":\"shop\"", &format!("\"namespace\":\"{ns}\""))
             .replace(".shop.svc.", &format!(".{ns}.svc."));
         let object: DynamicObject = serde_json::from_str(&text).expect("object");
-        let kind = match object.types.as_ref().map(|t| t.kind.as_str()) {
-            Some("VirtualService") => Kind::VirtualService,
-            Some("DestinationRule") => Kind::DestinationRule,
-            other => panic!("the demo mesh has no {other:?}"),
-        };
+        let kind = istio_kind(object.types.as_ref().map(|t| t.kind.as_str()));
         mesh.api(kind)
             .create(&PostParams::default(), &object)
             .await
             .expect("create the demo mesh object");
     }
     cluster
+}
+
+/// The demo mesh's Istio kind named `kind`.
+fn istio_kind(kind: Option<&str>) -> Kind {
+    match kind {
+        Some("VirtualService") => Kind::VirtualService,
+        Some("DestinationRule") => Kind::DestinationRule,
+        other => panic!("the demo mesh has no {other:?}"),
+    }
 }
 
 /// `function`'s bootstrap under the emulator, with its own identity and the test's budget.
@@ -68,6 +73,22 @@ async fn outcome(emulator: &Emulator, event: &Value, function: &str) -> Value {
     outcomes[0].clone()
 }
 
+/// Sends `function`'s revert sample: applied, and the object stored `before` the alert
+/// has its spec back.
+async fn assert_revert_restores(
+    emulator: &Emulator,
+    cluster: &TestCluster,
+    function: &str,
+    before: &Value,
+) {
+    let kind = istio_kind(before["kind"].as_str());
+    let name = before["metadata"]["name"].as_str().expect("name");
+    let revert = events::fresh(&format!("{function}-revert.json"), &cluster.namespace);
+    let result = outcome(emulator, &revert, function).await;
+    assert_eq!(result["outcome"], "applied", "{result}");
+    assert_eq!(stored(cluster, kind, name).await["spec"], before["spec"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn error_rollback_bootstrap_rolls_back_and_reverts() {
     let cluster = demo_mesh("rie-er").await;
@@ -98,13 +119,7 @@ async fn error_rollback_bootstrap_rolls_back_and_reverts() {
         "skipped"
     );
 
-    let revert = events::fresh("error-rollback-revert.json", &cluster.namespace);
-    let result = outcome(&emulator, &revert, "error-rollback").await;
-    assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(
-        stored(&cluster, Kind::VirtualService, "checkout").await["spec"],
-        before["spec"]
-    );
+    assert_revert_restores(&emulator, &cluster, "error-rollback", &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,13 +148,7 @@ async fn db_circuit_break_bootstrap_sets_the_breaker_and_reverts() {
         "setting from the environment"
     );
 
-    let revert = events::fresh("db-circuit-break-revert.json", &cluster.namespace);
-    let result = outcome(&emulator, &revert, "db-circuit-break").await;
-    assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(
-        stored(&cluster, Kind::DestinationRule, "orders-db").await["spec"],
-        before["spec"]
-    );
+    assert_revert_restores(&emulator, &cluster, "db-circuit-break", &before).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,11 +198,5 @@ async fn region_failover_bootstrap_checks_health_and_shifts_weights() {
     );
     assert!(west.hits() >= 1 && eu.hits() >= 1);
 
-    let revert = events::fresh("region-failover-revert.json", &cluster.namespace);
-    let result = outcome(&emulator, &revert, "region-failover").await;
-    assert_eq!(result["outcome"], "applied", "{result}");
-    assert_eq!(
-        stored(&cluster, Kind::VirtualService, "frontend").await["spec"],
-        before["spec"]
-    );
+    assert_revert_restores(&emulator, &cluster, "region-failover", &before).await;
 }

@@ -14,7 +14,7 @@ use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::fault_proxy::{Fault, FaultKind};
 use remediation_testkit::mesh::{
-    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying, only, reason,
+    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying, only, only_of_kind, reason,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
@@ -53,8 +53,7 @@ async fn firing_alert_restarts_the_deployment_once_with_record_and_event() {
     let (cluster, before) = setup("firing").await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let report = cluster.invoke(LatencyRestart, &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.target.as_deref(),
         Some(format!("Deployment {}/{TARGET}", cluster.namespace).as_str())
@@ -190,11 +189,7 @@ async fn concurrent_invocations_restart_once() {
         cluster.deployment(TARGET).await.metadata.generation,
         before.metadata.generation.map(|g| g + 1)
     );
-    let conflicts = cluster
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 409)
-        .count();
+    let conflicts = cluster.refused_writes("deployments");
     assert_eq!(
         conflicts, 1,
         "the loser's write must have been refused by the precondition"
@@ -317,12 +312,7 @@ async fn dry_run_stores_nothing_and_reports_the_exact_patch() {
         let (cluster, before) = setup("dryrun").await;
         let event = events::fresh(event_name, &cluster.namespace);
         let report = cluster.invoke(LatencyRestart, vars, &event).await;
-        let outcome = only(&report);
-        assert_eq!(
-            outcome.outcome,
-            OutcomeKind::DryRun,
-            "{event_name}: {outcome:#?}"
-        );
+        let outcome = only_of_kind(&report, OutcomeKind::DryRun);
         assert!(reason(outcome).starts_with(why), "{outcome:#?}");
         let patch = outcome.patch.as_ref().expect("exact patch reported");
         assert!(patch["spec"]["template"]["metadata"]["annotations"][RESTARTED_AT].is_string());

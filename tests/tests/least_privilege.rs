@@ -22,7 +22,7 @@ use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::{DbCircuitBreak, Remediation};
 use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::cluster::pipeline_with;
-use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};
+use remediation_testkit::mesh::{Kind, Mesh, only_of_kind, reason, record};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
@@ -527,8 +527,7 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
     let report = pipeline
         .handle(&event, &Invocation::new("req-lp", None, None))
         .await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Failed);
     assert!(
         !outcome.retryable,
         "a missing permission is not retried: {outcome:#?}"

@@ -19,7 +19,9 @@ use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::events;
 use remediation_testkit::fleet::{Fleet, Member};
 use remediation_testkit::istio_oracle::{REGIONS, World, clients, store_service};
-use remediation_testkit::mesh::{HealthEndpoint, Kind, Mesh, only, reason, record};
+use remediation_testkit::mesh::{
+    HealthEndpoint, Kind, Mesh, assert_refused_saying, only, reason, record,
+};
 use serde_json::{Value, json};
 
 const CLUSTERS: [&str; 3] = ["use1", "usw2", "euw1"];
@@ -27,12 +29,13 @@ const PORT: u16 = 8080;
 const DEGRADED: &str = "us-east-1";
 const RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
-/// The region-failover sample for `service`, labelled for `cluster` (`None`: no label).
-fn drain_alert(fleet: &Fleet, sample: &str, service: &str, cluster: Option<&str>) -> Value {
-    let mut event = events::fresh(sample, &fleet.namespace);
+/// The region-failover sample in `status` (`firing`, `resolved`) for `service`, as seen
+/// in use1, the cluster in the degraded region.
+fn drain_alert(fleet: &Fleet, status: &str, service: &str) -> Value {
+    let mut event = events::fresh(&format!("region-failover-{status}.json"), &fleet.namespace);
     let mut message = events::message(&event);
     set_label(&mut message, "service", Some(service));
-    set_label(&mut message, "cluster", cluster);
+    set_label(&mut message, "cluster", Some("use1"));
     message["alerts"][0]["fingerprint"] = json!(format!("fp-{service}"));
     events::set_message(&mut event, &message);
     event
@@ -173,23 +176,42 @@ async fn restarted(member: &Member) -> bool {
         .is_some_and(|a| a.contains_key(RESTARTED_AT))
 }
 
+/// Asserts the Deployment was restarted in the cluster `name` and in no other.
+async fn assert_restarted_only_in(fleet: &Fleet, name: &str) {
+    for member in &fleet.members {
+        assert_eq!(
+            restarted(member).await,
+            member.name == name,
+            "{}",
+            member.name
+        );
+    }
+}
+
 /// Health endpoints for the two healthy regions, and region-failover checking them.
 struct Health {
     west: HealthEndpoint,
     eu: HealthEndpoint,
+    failback_on_resolve: bool,
 }
 
 impl Health {
-    async fn start() -> Health {
+    async fn start(failback_on_resolve: bool) -> Health {
         Health {
             west: HealthEndpoint::start(200).await,
             eu: HealthEndpoint::start(200).await,
+            failback_on_resolve,
         }
     }
 
-    fn failover(&self, failback_on_resolve: bool) -> RegionFailover {
+    /// Region failover checking these endpoints, invoked on every cluster of the fleet.
+    async fn invoke(&self, fleet: &Fleet, event: &Value) -> InvocationReport {
+        fleet.invoke(self.failover(), &[], event).await
+    }
+
+    fn failover(&self) -> RegionFailover {
         let urls = format!("us-west-2={},eu-west-1={}", self.west.url(), self.eu.url());
-        let failback = failback_on_resolve.to_string();
+        let failback = self.failback_on_resolve.to_string();
         let vars: HashMap<&str, &str> = HashMap::from([
             ("REGION_HEALTH_URLS", urls.as_str()),
             ("FAILBACK_ON_RESOLVE", failback.as_str()),
@@ -249,33 +271,15 @@ async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
             .is_some_and(|t| t.starts_with("usw2: Deployment ")),
         "{outcome:#?}"
     );
-    for member in &fleet.members {
-        assert_eq!(
-            restarted(member).await,
-            member.name == "usw2",
-            "{}",
-            member.name
-        );
-    }
+    assert_restarted_only_in(&fleet, "usw2").await;
     // No known cluster: failed, not retried, nothing changed anywhere.
     for cluster in [None, Some("apse1")] {
         let report = fleet
             .invoke(LatencyRestart, &[], &restart_alert(&fleet, cluster))
             .await;
-        let outcome = only(&report);
-        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
-        assert!(!outcome.retryable, "{outcome:#?}");
-        assert!(reason(outcome).contains("unknown cluster"), "{outcome:#?}");
-        assert!(reason(outcome).contains("use1, usw2, euw1"), "{outcome:#?}");
+        assert_refused_saying(&report, &["unknown cluster", "use1, usw2, euw1"]);
     }
-    for member in &fleet.members {
-        assert_eq!(
-            restarted(member).await,
-            member.name == "usw2",
-            "{}",
-            member.name
-        );
-    }
+    assert_restarted_only_in(&fleet, "usw2").await;
 
     // Before: a passive failover, so us-east-1 clients keep calling us-east-1.
     let mut before = BTreeMap::new();
@@ -290,14 +294,10 @@ async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
     }
 
     // One alert, seen in use1, drains us-east-1 in every cluster of the mesh.
-    let health = Health::start().await;
-    let firing = drain_alert(
-        &fleet,
-        "region-failover-firing.json",
-        "frontend",
-        Some("use1"),
-    );
-    let report = fleet.invoke(health.failover(true), &[], &firing).await;
+    let health = Health::start(true).await;
+    let report = health
+        .invoke(&fleet, &drain_alert(&fleet, "firing", "frontend"))
+        .await;
     let outcome = all_applied(&report);
     for name in CLUSTERS {
         assert!(
@@ -326,21 +326,13 @@ async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
     }
 
     // A revert request names a cluster, or all; one that names none is refused.
-    let unnamed = fleet
-        .invoke(
-            health.failover(true),
-            &[],
-            &revert(&fleet, "frontend", None),
-        )
+    let unnamed = health
+        .invoke(&fleet, &revert(&fleet, "frontend", None))
         .await;
     assert_eq!(only(&unnamed).outcome, OutcomeKind::Failed, "{unnamed:#?}");
     assert!(reason(only(&unnamed)).contains("\"all\""), "{unnamed:#?}");
-    let reverted = fleet
-        .invoke(
-            health.failover(true),
-            &[],
-            &revert(&fleet, "frontend", Some("usw2")),
-        )
+    let reverted = health
+        .invoke(&fleet, &revert(&fleet, "frontend", Some("usw2")))
         .await;
     assert_eq!(
         only(&reverted).outcome,
@@ -354,13 +346,9 @@ async fn alerts_go_to_their_cluster_and_a_region_is_drained_in_every_cluster() {
     healthy_regions_only(&regions_reached(&fleet, fleet.member("use1"), "frontend").await);
 
     // The alert resolves: failback restores the rule in every cluster it drained.
-    let resolved = drain_alert(
-        &fleet,
-        "region-failover-resolved.json",
-        "frontend",
-        Some("use1"),
-    );
-    let report = fleet.invoke(health.failover(true), &[], &resolved).await;
+    let report = health
+        .invoke(&fleet, &drain_alert(&fleet, "resolved", "frontend"))
+        .await;
     assert_ne!(only(&report).outcome, OutcomeKind::Failed, "{report:#?}");
     for member in &fleet.members {
         assert_eq!(
@@ -389,13 +377,8 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
     fleet.stop("euw1");
 
     // One message, two services failing over from the same region.
-    let health = Health::start().await;
-    let mut firing = drain_alert(
-        &fleet,
-        "region-failover-firing.json",
-        "checkout",
-        Some("use1"),
-    );
+    let health = Health::start(false).await;
+    let mut firing = drain_alert(&fleet, "firing", "checkout");
     let mut message = events::message(&firing);
     let mut cart = message["alerts"][0].clone();
     cart["labels"]["service"] = json!("cart");
@@ -406,7 +389,7 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
     }
     events::set_message(&mut firing, &message);
 
-    let report = fleet.invoke(health.failover(false), &[], &firing).await;
+    let report = health.invoke(&fleet, &firing).await;
     assert_eq!(report.outcomes.len(), 2, "{report:#?}");
     assert_eq!(
         (health.west.hits(), health.eu.hits()),
@@ -438,7 +421,7 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
 
     // Lambda's retry finds the drained clusters done (cooldown) and fails only the one
     // still down: nothing is drained twice.
-    let retry = fleet.invoke(health.failover(false), &[], &firing).await;
+    let retry = health.invoke(&fleet, &firing).await;
     for outcome in &retry.outcomes {
         assert_eq!(outcome.outcome, OutcomeKind::Failed, "{retry:#?}");
         assert_eq!(
@@ -460,12 +443,8 @@ async fn a_cluster_down_during_a_drain_does_not_stop_the_others() {
     }
 
     // A revert for all clusters restores every reachable one and fails the one down.
-    let all = fleet
-        .invoke(
-            health.failover(false),
-            &[],
-            &revert(&fleet, "checkout", Some("all")),
-        )
+    let all = health
+        .invoke(&fleet, &revert(&fleet, "checkout", Some("all")))
         .await;
     let outcome = only(&all);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{all:#?}");

@@ -302,26 +302,38 @@ async fn a_failing_sink_neither_blocks_nor_undoes_the_remediation_and_failures_p
     assert_eq!(attribute(&paged[0], "outcome"), "failed");
 }
 
+/// A queue standing in for `function`, subscribed to the alerts topic with the filter on
+/// the `remediation` attribute that the deployed function's subscription has.
+async fn function_queue(moto: &Moto, topic: &str, function: &str) -> String {
+    let filter = json!({"remediation": [function]});
+    moto.subscribe_queue(topic, function, Some(&filter)).await
+}
+
+/// Hands a drill's SNS `envelope` from the alerts `topic` to the function as Lambda would,
+/// and asserts its one outcome is `kind` with a reason that `says` accepts.
+async fn assert_delivered_drill(
+    emulator: &Emulator,
+    topic: &str,
+    envelope: &Value,
+    kind: &str,
+    says: impl Fn(&str) -> bool,
+) {
+    let event = json!({"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0",
+        "EventSubscriptionArn": format!("{topic}:sub"), "Sns": envelope}]});
+    let (_, response) = emulator.invoke(&event).await;
+    let outcome = &response["outcomes"][0];
+    assert_eq!(outcome["outcome"], kind, "{response}");
+    assert!(outcome["reason"].as_str().is_some_and(says), "{outcome}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_runs_end_to_end_on_the_local_emulators() {
     let cluster = TestCluster::start("drill").await;
     let before = cluster.create_deployment("checkout-v2", true).await;
     let moto = Moto::start().await;
     let alerts = moto.create_topic("mesh-remediation-alerts").await;
-    let routed = moto
-        .subscribe_queue(
-            &alerts,
-            "latency-restart",
-            Some(&json!({"remediation": ["latency-restart"]})),
-        )
-        .await;
-    let elsewhere = moto
-        .subscribe_queue(
-            &alerts,
-            "error-rollback",
-            Some(&json!({"remediation": ["error-rollback"]})),
-        )
-        .await;
+    let routed = function_queue(&moto, &alerts, "latency-restart").await;
+    let elsewhere = function_queue(&moto, &alerts, "error-rollback").await;
 
     let drill = binary("mesh-remediation", "drill");
     let run_drill = |target: &str| {
@@ -362,16 +374,10 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
         &[("KUBECONFIG", kubeconfig.as_str()), ("DRY_RUN", "false")],
     )
     .await;
-    let as_lambda_event = |envelope: &Value| json!({"Records": [{"EventSource": "aws:sns", "EventVersion": "1.0", "EventSubscriptionArn": format!("{alerts}:sub"), "Sns": envelope}]});
-    let (_, response) = emulator.invoke(&as_lambda_event(&delivered[0])).await;
-    let outcome = &response["outcomes"][0];
-    assert_eq!(outcome["outcome"], "dry-run", "{response}");
-    assert!(
-        outcome["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("drill passed: routed to latency-restart")),
-        "{outcome}"
-    );
+    assert_delivered_drill(&emulator, &alerts, &delivered[0], "dry-run", |reason| {
+        reason.starts_with("drill passed: routed to latency-restart")
+    })
+    .await;
     let after = cluster.deployment("checkout-v2").await;
     assert_eq!(
         after.metadata.resource_version, before.metadata.resource_version,
@@ -381,15 +387,10 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
     // A drill against a target that does not exist fails, and says why.
     run_drill("no-such-deployment");
     let delivered = moto.receive(&routed, Duration::from_secs(5)).await;
-    let (_, response) = emulator.invoke(&as_lambda_event(&delivered[0])).await;
-    let outcome = &response["outcomes"][0];
-    assert_eq!(outcome["outcome"], "failed", "{response}");
-    assert!(
-        outcome["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("drill failed:") && r.contains("not found")),
-        "{outcome}"
-    );
+    assert_delivered_drill(&emulator, &alerts, &delivered[0], "failed", |reason| {
+        reason.starts_with("drill failed:") && reason.contains("not found")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

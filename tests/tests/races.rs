@@ -86,11 +86,7 @@ async fn ten_concurrent_invocations_of_one_alert_restart_once() {
         .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 200)
         .collect();
     assert_eq!(stored.len(), 1, "one write stored: {stored:#?}");
-    let refused = cluster
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.contains("/deployments/") && r.status == 409)
-        .count();
+    let refused = cluster.refused_writes("deployments");
     assert!(refused >= 1, "losers were refused by the precondition");
 }
 
@@ -179,11 +175,7 @@ async fn two_functions_changing_one_virtual_service_at_once_lose_neither_change(
     let failover_record = record(&vs, "region-failover").expect("region-failover's record kept");
     assert_eq!(rollback_record.trace_id, a.trace_id);
     assert_eq!(failover_record.trace_id, b.trace_id);
-    let refused = cluster
-        .requests()
-        .iter()
-        .filter(|r| r.method == "PATCH" && r.path.contains("/virtualservices/") && r.status == 409)
-        .count();
+    let refused = cluster.refused_writes("virtualservices");
     assert!(
         refused >= 1,
         "the second writer was refused and re-read instead of overwriting: {:#?}",

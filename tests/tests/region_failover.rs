@@ -10,8 +10,9 @@ use mesh_remediation::remediation::region_failover::FailoverSettings;
 use mesh_remediation::report::{Outcome, OutcomeKind};
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::mesh::{
-    HealthEndpoint, Kind, Mesh, assert_one_dry_run_patch, assert_one_winner, assert_skipped_saying,
-    assert_strict_writes, only, race, reason, record, spec_text,
+    HealthEndpoint, Kind, Mesh, assert_first_route_recorded, assert_one_dry_run_patch,
+    assert_one_winner, assert_skipped_saying, assert_strict_writes, only, only_of_kind, race,
+    reason, record, spec_text,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
@@ -131,8 +132,7 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
     let regions = Regions::start(200, 200).await;
     let event = events::fresh(FIRING, &cluster.namespace);
     let report = cluster.invoke(checked(&regions), &[], &event).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    let outcome = only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(
         outcome.source.fingerprint.as_deref(),
         Some("7fb675b975cf0c44")
@@ -153,14 +153,7 @@ async fn firing_alert_shifts_the_region_share_to_healthy_regions_in_proportion()
         "both regions checked"
     );
     let rec = record(&after, "region-failover").expect("record");
-    assert_eq!(
-        rec.previous,
-        Some(json!({"httpRoutes": {"0": before["spec"]["http"][0]["route"]}}))
-    );
-    assert_eq!(
-        rec.applied,
-        Some(json!({"httpRoutes": {"0": after["spec"]["http"][0]["route"]}}))
-    );
+    assert_first_route_recorded(&rec, &before, &after);
     let target = format!("VirtualService {}/{NAME}", cluster.namespace);
     let patch = &outcome.patch.as_ref().expect("patches by target")[&target];
     assert_eq!(patch["spec"]["http"], after["spec"]["http"]);
@@ -287,12 +280,7 @@ async fn dry_run_stores_nothing() {
 
         let event = events::fresh(&event_name, &cluster.namespace);
         let report = cluster.invoke(checked(&regions), vars, &event).await;
-        let outcome = only(&report);
-        assert_eq!(
-            outcome.outcome,
-            OutcomeKind::DryRun,
-            "{event_name}: {outcome:#?}"
-        );
+        let outcome = only_of_kind(&report, OutcomeKind::DryRun);
         let target = format!("VirtualService {}/{NAME}", cluster.namespace);
         let patch = &outcome.patch.as_ref().expect("patch")[&target];
         assert_eq!(patch["spec"]["http"], routes(0, 75, 25));

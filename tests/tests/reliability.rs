@@ -18,7 +18,7 @@ use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::cluster::{FixedConnector, config};
 use remediation_testkit::fault_proxy::{Fault, FaultKind, FaultProxy, RecordedRequest};
-use remediation_testkit::mesh::{Kind, Mesh};
+use remediation_testkit::mesh::{Kind, Mesh, only, only_of_kind, reason};
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
 use serde_json::json;
@@ -56,19 +56,6 @@ async fn fire(cluster: &TestCluster, vars: &[(&str, &str)]) -> InvocationReport 
 /// `fault` restricted to writes to Deployments.
 fn on_writes(fault: Fault) -> Fault {
     fault.method("PATCH").path_contains("/deployments/")
-}
-
-fn only(report: &InvocationReport) -> &Outcome {
-    assert_eq!(
-        report.outcomes.len(),
-        1,
-        "one alert, one outcome: {report:#?}"
-    );
-    &report.outcomes[0]
-}
-
-fn reason(outcome: &Outcome) -> &str {
-    outcome.reason.as_deref().unwrap_or_default()
 }
 
 /// A retryable failure that changed nothing, with a reason containing `why`.
@@ -335,8 +322,7 @@ async fn a_lost_answer_on_the_last_retry_is_confirmed_by_reading_before_the_outc
     );
     faults.add_fault(on_writes(Fault::status(503)).times(2));
     let report = fire(&cluster, &[]).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
+    only_of_kind(&report, OutcomeKind::Applied);
     assert_eq!(target_requests(faults, "PATCH").len(), 3, "no fourth write");
     assert_restarted_once(&cluster, generation_before).await;
     assert_eq!(

@@ -13,7 +13,7 @@ use mesh_remediation::remediation::region_failover::RegionFacts;
 use remediation_testkit::TestCluster;
 use remediation_testkit::endpoints::{region_nodes, store_pod};
 use remediation_testkit::istio_oracle::{REGIONS, World, clients, store_service, stored_services};
-use remediation_testkit::mesh::{Kind, Mesh};
+use remediation_testkit::mesh::{Kind, Mesh, version_subsets};
 use serde_json::{Value, json};
 
 use super::{
@@ -231,14 +231,9 @@ async fn canary_in(prefix: &str, v2_regions: &[&str]) -> (TestCluster, World) {
         store_pod(&cluster.client, &pod).await.expect("pod");
     }
     let mesh = Mesh::new(&cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        "frontend",
-        json!({"host": "frontend", "subsets": [
-            {"name": "v1", "labels": {"version": "v1"}},
-            {"name": "v2", "labels": {"version": "v2"}}]}),
-    )
-    .await;
+    let subsets = version_subsets("frontend");
+    mesh.opted_in(Kind::DestinationRule, "frontend", subsets)
+        .await;
     let tenant = tenant_route("tenant", json!({"host": "frontend", "subset": "v2"}));
     let spec = tenant_then_service(tenant);
     mesh.opted_in(Kind::VirtualService, "frontend", spec).await;
