@@ -31,6 +31,11 @@ fn alert(cluster: &TestCluster, sample: &str, label: &str, value: &str) -> Value
     event
 }
 
+/// latency-restart's sample alert for the Deployment `name`.
+fn restart_alert(cluster: &TestCluster, name: &str) -> Value {
+    alert(cluster, "latency-restart-firing.json", "deployment", name)
+}
+
 /// Five concurrent invocations of `remediation`, each with the `sample` alert for its own
 /// target: its `label` set to `{prefix}-0` to `{prefix}-4`.
 async fn five_alerts<R: Remediation>(
@@ -129,12 +134,7 @@ async fn ten_concurrent_invocations_of_two_functions_never_exceed_a_budget() {
     assert_eq!(count("db-circuit-break"), broken);
 
     // The budget holds for the next invocation too, whichever function sends it.
-    let more = alert(
-        &cluster,
-        "latency-restart-firing.json",
-        "deployment",
-        "app-0",
-    );
+    let more = restart_alert(&cluster, "app-0");
     let report = cluster.invoke(LatencyRestart, &VARS, &more).await;
     assert!(
         matches!(only(&report).outcome, OutcomeKind::Skipped),
@@ -147,12 +147,7 @@ async fn a_change_that_does_not_land_gives_its_slot_back() {
     // The proxy refuses the write (a fault a real server cannot be told to produce).
     let cluster = TestCluster::start("budgets-refund").await;
     cluster.create_deployment("app-0", true).await;
-    let event = alert(
-        &cluster,
-        "latency-restart-firing.json",
-        "deployment",
-        "app-0",
-    );
+    let event = restart_alert(&cluster, "app-0");
     let one = [("MAX_ACTIONS_PER_WINDOW", "1")];
     cluster.faults().add_fault(
         remediation_testkit::fault_proxy::Fault::status(403)
@@ -193,12 +188,7 @@ async fn an_unreadable_budget_entry_fails_naming_it_and_changes_nothing() {
         )
         .await
         .expect("write an entry no function wrote");
-    let event = alert(
-        &cluster,
-        "latency-restart-firing.json",
-        "deployment",
-        "app-0",
-    );
+    let event = restart_alert(&cluster, "app-0");
     let report = cluster.invoke(LatencyRestart, &VARS, &event).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");

@@ -38,6 +38,13 @@ async fn compiled(cluster: &TestCluster, base: &World, name: &str) -> Compiled {
     world.compile(&clients(&cluster.namespace))
 }
 
+/// As [`compiled`], asserting Istio finds nothing wrong with the stored rules.
+async fn compiled_cleanly(cluster: &TestCluster, base: &World, name: &str) -> Compiled {
+    let compiled = compiled(cluster, base, name).await;
+    assert_eq!(compiled.findings(), Vec::<String>::new());
+    compiled
+}
+
 fn addresses(reached: &BTreeSet<(String, String)>) -> BTreeSet<&str> {
     reached.iter().map(|(ip, _)| ip.as_str()).collect()
 }
@@ -108,8 +115,7 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
     let host = fqdn("checkout", &ns);
     let failing = FAILING_POD;
 
-    let before = compiled(&cluster, &base, "checkout").await;
-    assert_eq!(before.findings(), Vec::<String>::new());
+    let before = compiled_cleanly(&cluster, &base, "checkout").await;
     for client in clients(&ns) {
         let reached = before.proxy(client.name).endpoints_receiving(&host, PORT);
         assert!(
@@ -121,8 +127,7 @@ async fn after_error_rollback_no_client_reaches_the_failing_version() {
 
     roll_back(&cluster).await;
 
-    let after = compiled(&cluster, &base, "checkout").await;
-    assert_eq!(after.findings(), Vec::<String>::new());
+    let after = compiled_cleanly(&cluster, &base, "checkout").await;
     for client in clients(&ns) {
         let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
         assert_eq!(
@@ -234,8 +239,7 @@ async fn after_db_circuit_break_every_client_has_the_breaker_on_every_cluster_of
         .await;
     let pool = &stored["spec"]["trafficPolicy"]["connectionPool"];
 
-    let after = compiled(&cluster, &base, "orders-db").await;
-    assert_eq!(after.findings(), Vec::<String>::new());
+    let after = compiled_cleanly(&cluster, &base, "orders-db").await;
     for client in clients(&ns) {
         let proxy = after.proxy(client.name);
         let clusters = proxy.clusters_of(&host, PORT);
@@ -326,8 +330,7 @@ async fn after_region_failover_no_client_reaches_the_degraded_region() {
     let report = cluster.invoke(failover, &[], &event).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
 
-    let after = compiled(&cluster, &base, "frontend").await;
-    assert_eq!(after.findings(), Vec::<String>::new());
+    let after = compiled_cleanly(&cluster, &base, "frontend").await;
     for client in clients(&ns) {
         let reached = after.proxy(client.name).endpoints_receiving(&host, PORT);
         assert_eq!(

@@ -396,8 +396,7 @@ async fn a_drill_runs_end_to_end_on_the_local_emulators() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_alert_is_reported_so_nobody_forgets_the_pause() {
     let w = world(200).await;
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(w.cluster.client.clone(), &w.cluster.namespace);
+    let deployments = w.cluster.deployments();
     deployments
         .patch(
             "checkout-v2",
@@ -428,8 +427,7 @@ async fn a_paused_alert_is_reported_so_nobody_forgets_the_pause() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_resolves_the_incident_a_failure_opened() {
     let w = world(200).await;
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(w.cluster.client.clone(), &w.cluster.namespace);
+    let deployments = w.cluster.deployments();
     deployments
         .delete("checkout-v2", &Default::default())
         .await

@@ -59,8 +59,7 @@ async fn a_paused_object_or_namespace_is_left_alone_until_the_pause_is_lifted() 
     let cluster = TestCluster::start("pause-object").await;
     cluster.create_deployment(TARGET, true).await;
     let before = restarted_at(&cluster).await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let deployments = cluster.deployments();
     annotate(
         &deployments,
         TARGET,
@@ -113,8 +112,7 @@ async fn an_object_may_accept_only_some_remediations() {
     let cluster = TestCluster::start("pause-only").await;
     cluster.create_deployment(TARGET, true).await;
     let before = restarted_at(&cluster).await;
-    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-        Api::namespaced(cluster.client.clone(), &cluster.namespace);
+    let deployments = cluster.deployments();
     let key = "auto-remediation.io/remediations";
     annotate(&deployments, TARGET, key, Some("error-rollback")).await;
     let report = fire(&cluster).await;

@@ -116,7 +116,12 @@ fn weights(object: &Value) -> Vec<i64> {
 }
 
 async fn fire(cluster: &TestCluster, remediation: RegionFailover) -> Outcome {
-    let event = events::fresh(FIRING, &cluster.namespace);
+    deliver(cluster, remediation, FIRING).await
+}
+
+/// Delivers the `sample` event to `remediation`: its one outcome.
+async fn deliver(cluster: &TestCluster, remediation: RegionFailover, sample: &str) -> Outcome {
+    let event = events::fresh(sample, &cluster.namespace);
     only(&cluster.invoke(remediation, &[], &event).await).clone()
 }
 
@@ -295,17 +300,15 @@ async fn resolved_alert_fails_back_only_when_configured() {
     let (cluster, before) = setup("rf-resolved", true).await;
     let regions = Regions::start(200, 200).await;
     fail_over(&cluster, &regions).await;
-    let resolved = events::fresh(RESOLVED, &cluster.namespace);
     // Default: stay failed over, record recovery.
-    let outcome = only(&cluster.invoke(checked(&regions), &[], &resolved).await).clone();
+    let outcome = deliver(&cluster, checked(&regions), RESOLVED).await;
     assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
     assert_eq!(weights(&vs(&cluster).await), vec![0, 75, 25]);
 
     let (cluster, _) = setup("rf-failback", true).await;
     fail_over(&cluster, &regions).await;
     let back = failover(&[("FAILBACK_ON_RESOLVE", "true")]);
-    let resolved = events::fresh(RESOLVED, &cluster.namespace);
-    let outcome = only(&cluster.invoke(back, &[], &resolved).await).clone();
+    let outcome = deliver(&cluster, back, RESOLVED).await;
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
     let after = vs(&cluster).await;
     assert_eq!(
@@ -364,8 +367,7 @@ async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_e
     let (cluster, before) = setup("rf-revert", true).await;
     let regions = Regions::start(200, 200).await;
     fail_over(&cluster, &regions).await;
-    let revert = events::fresh(REVERT, &cluster.namespace);
-    let outcome = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
+    let outcome = deliver(&cluster, failover(&[]), REVERT).await;
     assert_eq!(outcome.outcome, OutcomeKind::Applied, "{outcome:#?}");
     let reverted = vs(&cluster).await;
     assert_eq!(spec_text(&reverted), spec_text(&before), "byte for byte");
@@ -388,7 +390,7 @@ async fn revert_restores_the_weights_byte_for_byte_and_refuses_after_a_foreign_e
         )
         .await;
     let edited = vs(&cluster).await;
-    let refused = only(&cluster.invoke(failover(&[]), &[], &revert).await).clone();
+    let refused = deliver(&cluster, failover(&[]), REVERT).await;
     assert_eq!(refused.outcome, OutcomeKind::Failed, "{refused:#?}");
     assert!(
         reason(&refused).contains("was edited after the action"),

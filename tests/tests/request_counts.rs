@@ -104,6 +104,19 @@ fn no_budgets(max_targets: &str) -> [(&str, &str); 3] {
     ]
 }
 
+/// The budgets on: `per_function` and `cluster_wide` changes per window, and a blast
+/// radius that lets every target act.
+fn budgets(
+    per_function: &'static str,
+    cluster_wide: &'static str,
+) -> [(&'static str, &'static str); 3] {
+    [
+        ("MAX_TARGETS_PER_INVOCATION", "200"),
+        ("MAX_ACTIONS_PER_WINDOW", per_function),
+        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", cluster_wide),
+    ]
+}
+
 /// The storm's requests by what they are (`get deployments`, `get namespaces`, ...) and
 /// the Deployments it restarted, in name order.
 async fn storm(prefix: &str, vars: &[(&str, &str)]) -> (BTreeMap<String, usize>, Vec<String>) {
@@ -177,12 +190,7 @@ async fn past_the_blast_radius_a_target_costs_one_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_budgets_the_storm_takes_every_slot_in_one_write() {
-    let vars = [
-        ("MAX_TARGETS_PER_INVOCATION", "200"),
-        ("MAX_ACTIONS_PER_WINDOW", "1000"),
-        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "1000"),
-    ];
-    let (counts, applied) = storm("count-budget", &vars).await;
+    let (counts, applied) = storm("count-budget", &budgets("1000", "1000")).await;
     assert_eq!(applied.len(), TARGETS);
     assert_requests(&counts, TARGETS, Budgets::On);
 }
@@ -191,12 +199,7 @@ async fn with_budgets_the_storm_takes_every_slot_in_one_write() {
 async fn a_spent_budget_goes_to_the_first_alerts_in_one_write() {
     // The default budget: 20 changes per function; the storm's first 20 alerts name
     // storm-000 to storm-019.
-    let vars = [
-        ("MAX_TARGETS_PER_INVOCATION", "200"),
-        ("MAX_ACTIONS_PER_WINDOW", "20"),
-        ("MAX_CLUSTER_ACTIONS_PER_WINDOW", "40"),
-    ];
-    let (counts, applied) = storm("count-spent", &vars).await;
+    let (counts, applied) = storm("count-spent", &budgets("20", "40")).await;
     let first: Vec<String> = (0..20).map(|i| format!("storm-{i:03}")).collect();
     let applied: Vec<String> = applied
         .iter()
