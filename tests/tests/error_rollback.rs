@@ -327,12 +327,8 @@ async fn revert_runs_dry_when_asked_and_checks_the_action_meant() {
     // A trace id that is not the last action's: refused.
     revert["revert"]["dryRun"] = json!(false);
     revert["revert"]["traceId"] = json!("1-00000000-000000000000000000000000");
-    let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(
-        reason(&outcome).contains("refusing to revert another action"),
-        "{outcome:#?}"
-    );
+    let report = cluster.invoke(ErrorRollback, &[], &revert).await;
+    assert_failed_saying(&report, &["refusing to revert another action"]);
     assert_eq!(virtual_service(&cluster).await, changed);
 }
 
@@ -367,22 +363,14 @@ async fn revert_requests_for_other_kinds_or_functions_fail_clearly() {
         assert!(reason(&outcome).contains(expected), "{patch}: {outcome:#?}");
     }
     // Nothing to revert yet.
-    let outcome = only(&cluster.invoke(ErrorRollback, &[], &revert).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(
-        reason(&outcome).contains("nothing to revert"),
-        "{outcome:#?}"
-    );
+    let report = cluster.invoke(ErrorRollback, &[], &revert).await;
+    assert_failed_saying(&report, &["nothing to revert"]);
     // A restart cannot be reverted.
     let mut restart = revert.clone();
     restart["revert"]["remediation"] = json!("latency-restart");
     restart["revert"]["kind"] = json!("Deployment");
-    let outcome = only(&cluster.invoke(LatencyRestart, &[], &restart).await).clone();
-    assert_eq!(outcome.outcome, OutcomeKind::Failed);
-    assert!(
-        reason(&outcome).contains("latency-restart changes cannot be reverted"),
-        "{outcome:#?}"
-    );
+    let report = cluster.invoke(LatencyRestart, &[], &restart).await;
+    assert_failed_saying(&report, &["latency-restart changes cannot be reverted"]);
 }
 
 #[tokio::test]
