@@ -186,7 +186,10 @@ impl Config {
                 }
             },
             max_concurrency: number(&get, "MAX_CONCURRENCY", 8, 1)?,
-            sinks: Sinks::from_lookup(&get)?,
+            sinks: Sinks::from_lookup(
+                &get,
+                Duration::from_millis(number(&get, "NOTIFY_TIMEOUT_MS", 3000, 1)?),
+            )?,
             verify: crate::verify::Settings::from_lookup(&get)?,
         })
     }

@@ -34,7 +34,7 @@ pub fn custom_notification(report: &InvocationReport) -> Value {
         report.subject_counts(),
         if drill { " (drill)" } else { "" }
     );
-    let mut description = crate::report::notify::outcome_lines(report).join("\n");
+    let mut description = outcome_lines(report).join("\n");
     if description.is_empty() {
         description = format!("No outcome needs a person (trace `{}`).", report.trace_id);
     }
@@ -133,6 +133,35 @@ fn capped(text: String) -> String {
         total - lines
     ));
     kept
+}
+
+/// One Slack mrkdwn line per outcome that is not a skip: the Slack webhook's message and the
+/// chat notification's description.
+pub(crate) fn outcome_lines(report: &InvocationReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    for o in report
+        .outcomes
+        .iter()
+        .filter(|o| o.outcome != OutcomeKind::Skipped)
+    {
+        let mut line = format!(
+            "• {} *{}* {}",
+            if o.source.drill { "[drill]" } else { "" },
+            o.outcome.as_str(),
+            o.target.as_deref().unwrap_or("-")
+        );
+        if let Some(what) = o.change.as_deref().or(o.reason.as_deref()) {
+            line.push_str(&format!(" — {what}"));
+        }
+        if let Some(alert) = &o.source.alert {
+            line.push_str(&format!(" — alert {alert}"));
+        }
+        for (name, url) in &o.source.links {
+            line.push_str(&format!(" <{url}|{name}>"));
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 #[cfg(test)]

@@ -169,35 +169,6 @@ async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
     }
 }
 
-/// One Slack mrkdwn line per outcome that is not a skip: the Slack webhook's message and the
-/// chat notification's description.
-pub fn outcome_lines(report: &InvocationReport) -> Vec<String> {
-    let mut lines = Vec::new();
-    for o in report
-        .outcomes
-        .iter()
-        .filter(|o| o.outcome != OutcomeKind::Skipped)
-    {
-        let mut line = format!(
-            "• {} *{}* {}",
-            if o.source.drill { "[drill]" } else { "" },
-            o.outcome.as_str(),
-            o.target.as_deref().unwrap_or("-")
-        );
-        if let Some(what) = o.change.as_deref().or(o.reason.as_deref()) {
-            line.push_str(&format!(" — {what}"));
-        }
-        if let Some(alert) = &o.source.alert {
-            line.push_str(&format!(" — alert {alert}"));
-        }
-        for (name, url) in &o.source.links {
-            line.push_str(&format!(" <{url}|{name}>"));
-        }
-        lines.push(line);
-    }
-    lines
-}
-
 /// A Slack incoming webhook: one message per report that changed, failed or escalated something.
 pub struct SlackNotifier {
     webhook: SinkSecret,
@@ -217,7 +188,7 @@ impl SlackNotifier {
             report.subject_counts(),
             report.trace_id
         )];
-        lines.extend(outcome_lines(report));
+        lines.extend(super::chat::outcome_lines(report));
         lines.join("\n")
     }
 }

@@ -92,8 +92,12 @@ pub struct Sinks {
 }
 
 impl Sinks {
-    /// Reads the sink settings through `get` (blank values already count as unset).
-    pub(crate) fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self> {
+    /// Reads the sink settings through `get` (blank values already count as unset); each
+    /// sink is given `timeout` (`NOTIFY_TIMEOUT_MS`, read with the rest of the configuration).
+    pub(crate) fn from_lookup(
+        get: &impl Fn(&str) -> Option<String>,
+        timeout: Duration,
+    ) -> Result<Self> {
         let slack_webhook = credential(
             get,
             "SLACK_WEBHOOK_SECRET_ARN",
@@ -120,12 +124,7 @@ impl Sinks {
             slack_webhook,
             pagerduty_routing_key,
             pagerduty_events_url,
-            timeout: Duration::from_millis(crate::config::number(
-                get,
-                "NOTIFY_TIMEOUT_MS",
-                3000,
-                1,
-            )?),
+            timeout,
         })
     }
 }
@@ -204,7 +203,8 @@ mod tests {
 
     fn sinks(vars: &[(&str, &str)]) -> Result<Sinks> {
         let map: HashMap<&str, &str> = vars.iter().copied().collect();
-        Sinks::from_lookup(&|k: &str| map.get(k).map(|v| (*v).to_owned()))
+        let timeout = Duration::from_secs(3);
+        Sinks::from_lookup(&|k: &str| map.get(k).map(|v| (*v).to_owned()), timeout)
     }
 
     fn rejected_var(vars: &[(&str, &str)]) -> (&'static str, String) {
