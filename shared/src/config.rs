@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use crate::variables::{boolean, number};
+
 use crate::error::{Error, Result};
 
 /// Namespaces never touched unless `PROTECTED_NAMESPACES` says otherwise.
@@ -240,44 +242,6 @@ fn split_list(value: &str) -> BTreeSet<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
-}
-
-pub(crate) fn boolean(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool> {
-    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some("false" | "0" | "no") => Ok(false),
-        Some(other) => Err(Error::Config {
-            var,
-            message: format!("\"{other}\" is not a boolean (use true or false)"),
-        }),
-    }
-}
-
-pub(crate) fn number<T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy>(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: T,
-    minimum: T,
-) -> Result<T> {
-    let Some(raw) = get(var) else {
-        return Ok(default);
-    };
-    match raw.parse::<T>() {
-        Ok(v) if v >= minimum => Ok(v),
-        Ok(_) => Err(Error::Config {
-            var,
-            message: format!("{raw} is below the minimum {minimum}"),
-        }),
-        Err(_) => Err(Error::Config {
-            var,
-            message: format!("\"{raw}\" is not a whole number"),
-        }),
-    }
 }
 
 fn seconds(

@@ -32,6 +32,7 @@ pub mod lambda;
 pub mod pipeline;
 pub mod remediation;
 pub mod report;
+mod variables;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use super::checks::{self, Check};
 use crate::error::{Error, Result};
+use crate::variables::{boolean, number};
 
 /// SQS delivers a message at most 15 minutes after it was sent.
 pub const MAX_VERIFY_AFTER: Duration = Duration::from_secs(900);
@@ -113,42 +114,6 @@ impl Settings {
             match_cluster: boolean(get, "VERIFY_MATCH_CLUSTER", false)?,
             timeout: Duration::from_millis(number(get, "PROMETHEUS_TIMEOUT_MS", 5000, 1)?),
         })
-    }
-}
-
-/// A whole number at or above `minimum`; `default` when unset. (Read here rather than with
-/// `config`'s helpers, which would make `config` and this module import each other.)
-fn number(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: u64,
-    minimum: u64,
-) -> Result<u64> {
-    match get(var) {
-        None => Ok(default),
-        Some(raw) => match raw.parse::<u64>() {
-            Ok(v) if v >= minimum => Ok(v),
-            _ => Err(Error::Config {
-                var,
-                message: format!("\"{raw}\" is not a whole number of at least {minimum}"),
-            }),
-        },
-    }
-}
-
-fn boolean(
-    get: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default: bool,
-) -> Result<bool> {
-    match get(var).map(|v| v.to_ascii_lowercase()).as_deref() {
-        None => Ok(default),
-        Some("true" | "1" | "yes") => Ok(true),
-        Some("false" | "0" | "no") => Ok(false),
-        Some(other) => Err(Error::Config {
-            var,
-            message: format!("\"{other}\" is not a boolean (use true or false)"),
-        }),
     }
 }
 

@@ -76,7 +76,7 @@ impl CircuitBreaker {
             Some(raw) => istio::duration_setting(var, &raw),
         };
         let bounded = |var: &'static str, default: u32, min: u32, max: u32| {
-            let value = config::number(&get, var, default, min)?;
+            let value = crate::variables::number(&get, var, default, min)?;
             if value > max {
                 return Err(Error::Config {
                     var,
@@ -108,7 +108,7 @@ impl CircuitBreaker {
                 1,
                 INT32_MAX,
             )?,
-            restore_on_resolve: config::boolean(
+            restore_on_resolve: crate::variables::boolean(
                 &get,
                 "RESTORE_ON_RESOLVE",
                 defaults.restore_on_resolve,

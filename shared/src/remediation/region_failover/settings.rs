@@ -67,7 +67,7 @@ impl FailoverSettings {
             }
             health_urls.push((region.to_owned(), url.to_owned()));
         }
-        let timeout_ms = config::number(
+        let timeout_ms = crate::variables::number(
             &get,
             "HEALTH_CHECK_TIMEOUT_MS",
             u64::try_from(defaults.health_timeout.as_millis()).unwrap_or(2000),
@@ -76,7 +76,7 @@ impl FailoverSettings {
         Ok(FailoverSettings {
             health_urls,
             health_timeout: Duration::from_millis(timeout_ms),
-            failback_on_resolve: config::boolean(
+            failback_on_resolve: crate::variables::boolean(
                 &get,
                 "FAILBACK_ON_RESOLVE",
                 defaults.failback_on_resolve,
