@@ -21,6 +21,7 @@
 //! A remediation is one module behind [`remediation::Remediation`]; a function's `main` is
 //! a call to [`run`].
 
+mod aws;
 mod backoff;
 pub mod cluster;
 pub mod config;

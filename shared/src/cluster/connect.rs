@@ -336,26 +336,9 @@ impl ClusterDirectory for AwsClusterDirectory {
     }
 
     fn credentials(&self) -> BoxFuture<'_, Result<(aws_credential_types::Credentials, String)>> {
-        use aws_credential_types::provider::ProvideCredentials as _;
-        Box::pin(async move {
-            let sdk = self.sdk().await;
-            let region = sdk.region().map(ToString::to_string).ok_or(Error::Config {
-                var: "AWS_REGION",
-                message: "not set; needed to sign the EKS token".into(),
-            })?;
-            let provider = sdk.credentials_provider().ok_or(Error::Connect(
-                "no AWS credentials provider configured".into(),
-            ))?;
-            let credentials = provider
-                .provide_credentials()
-                .await
-                .map_err(|err| Error::Aws {
-                    operation: "credentials",
-                    message: err.to_string(),
-                    retryable: true,
-                })?;
-            Ok((credentials, region))
-        })
+        Box::pin(
+            async move { crate::aws::credentials(self.sdk().await, "sign the EKS token").await },
+        )
     }
 }
 

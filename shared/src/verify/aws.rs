@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// The standard AWS configuration (environment, Lambda role), loaded on first use.
 #[derive(Default)]
@@ -46,24 +46,8 @@ impl AwsAccess {
 
     /// Current credentials and the configured region.
     pub async fn credentials(&self) -> Result<(Credentials, String)> {
-        use aws_credential_types::provider::ProvideCredentials as _;
-        let sdk = self.sdk().await;
-        let region = sdk.region().map(ToString::to_string).ok_or(Error::Config {
-            var: "AWS_REGION",
-            message: "not set; needed to sign requests to Prometheus and the verify queue".into(),
-        })?;
-        let provider = sdk.credentials_provider().ok_or(Error::Connect(
-            "no AWS credentials provider configured".into(),
-        ))?;
-        let credentials = provider
-            .provide_credentials()
-            .await
-            .map_err(|err| Error::Aws {
-                operation: "credentials",
-                message: err.to_string(),
-                retryable: true,
-            })?;
-        Ok((credentials, region))
+        let needed_for = "sign requests to Amazon Managed Prometheus";
+        crate::aws::credentials(self.sdk().await, needed_for).await
     }
 
     /// `AWS_ENDPOINT_URL`, when a local emulator stands in for AWS.
