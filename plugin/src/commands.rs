@@ -193,11 +193,7 @@ where
     F: Fn(&'a Context, kube::api::ApiResource, &'a str, String) -> Fut,
     Fut: std::future::Future<Output = Result<String, OpError>>,
 {
-    let config = match library_config() {
-        Ok(config) => config,
-        Err(err) => return Done::error(err),
-    };
-    let (resource, name) = match objects::parse_ref(&config, &object.object) {
+    let (resource, name) = match resolve(&object.object) {
         Ok(parsed) => parsed,
         Err(err) => return Done::error(err),
     };
@@ -234,7 +230,7 @@ async fn switch(
         }
         match (&object, &namespace) {
             (Some(object), namespace) => {
-                let (resource, name) = objects::parse_ref(&library_config()?, object)?;
+                let (resource, name) = resolve(object)?;
                 Ok(switches::Scope::Object {
                     resource,
                     namespace: namespace
@@ -309,11 +305,7 @@ async fn reverted(
     ask: impl Fn(kube::api::ApiResource, &str, String) -> Ask,
     format: Format,
 ) -> Done {
-    let config = match library_config() {
-        Ok(config) => config,
-        Err(err) => return Done::error(err),
-    };
-    let (resource, name) = match objects::parse_ref(&config, &object.object) {
+    let (resource, name) = match resolve(&object.object) {
         Ok(parsed) => parsed,
         Err(err) => return Done::error(err),
     };
@@ -413,4 +405,9 @@ fn drilled(sent: &drill::Sent, format: Format) -> Done {
         }
     }
     done
+}
+
+/// `KIND/NAME` as the API resource and name the functions' configuration knows it by.
+fn resolve(object: &str) -> Result<(kube::api::ApiResource, String), OpError> {
+    objects::parse_ref(&library_config()?, object)
 }
