@@ -19,7 +19,9 @@ use mesh_remediation::remediation::{
 use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use mesh_remediation::verify::Verifier;
 use mesh_remediation::verify::aws::AwsAccess;
-use remediation_testkit::mesh::{Kind, Mesh, only, reason, record};
+use remediation_testkit::mesh::{
+    Kind, Mesh, assert_skipped_for, assert_skipped_saying, only, reason, record,
+};
 use remediation_testkit::moto::Moto;
 use remediation_testkit::verify_world::{Exporter, RealPrometheus, VerifyQueue};
 use remediation_testkit::{TestCluster, events};
@@ -54,6 +56,11 @@ fn checks(names: &[(&str, f64)]) -> String {
 }
 
 impl World {
+    /// The object `kind`/`name` as the cluster stores it now.
+    async fn get(&self, kind: Kind, name: &str) -> Value {
+        Mesh::new(&self.cluster).get(kind, name).await
+    }
+
     async fn start(prefix: &str) -> World {
         let cluster = TestCluster::start(prefix).await;
         let exporter = Exporter::start();
@@ -184,9 +191,7 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
     let firing = events::fresh("error-rollback-firing.json", world.namespace());
     let report = world.invoke(ErrorRollback, &vars, &firing).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let changed = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let changed = world.get(Kind::VirtualService, "checkout").await;
     let action = record(&changed, "error-rollback").expect("record");
     assert_eq!(
         state(&changed, "error-rollback"),
@@ -222,9 +227,7 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
         (Some(0.02), Some(0.3))
     );
 
-    let undone = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let undone = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         undone["spec"], before["spec"],
         "the exact previous routes are back"
@@ -252,15 +255,8 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
     // The same request delivered again changes nothing.
     let again = world.invoke(ErrorRollback, &vars, &verify).await;
     let outcome = only(&again);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(
-        reason(outcome).starts_with("already verified: worse"),
-        "{}",
-        reason(outcome)
-    );
-    let after = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    assert_skipped_for(outcome, "already verified: worse");
+    let after = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         after["metadata"]["resourceVersion"],
         undone["metadata"]["resourceVersion"]
@@ -295,9 +291,7 @@ async fn a_breaker_that_helped_is_verified_and_stays() {
     let firing = events::fresh("db-circuit-break-firing.json", world.namespace());
     let report = world.invoke(breaker(), &vars, &firing).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let changed = Mesh::new(&world.cluster)
-        .get(Kind::DestinationRule, "orders-db")
-        .await;
+    let changed = world.get(Kind::DestinationRule, "orders-db").await;
     let action = record(&changed, "db-circuit-break").expect("record");
 
     world.scraped_after("db_timeout_ratio", action.at).await;
@@ -306,16 +300,12 @@ async fn a_breaker_that_helped_is_verified_and_stays() {
     let verify = world.queued().await;
     let report = world.invoke(breaker(), &vars, &verify).await;
     let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(
-        reason(outcome).starts_with("verified: recovered: db_timeout_ratio 0.01 <= 0.05 (was 0.2)"),
-        "{}",
-        reason(outcome)
+    assert_skipped_for(
+        outcome,
+        "verified: recovered: db_timeout_ratio 0.01 <= 0.05 (was 0.2)",
     );
     assert!(outcome.needs_a_report(), "the verdict is reported");
-    let verified = Mesh::new(&world.cluster)
-        .get(Kind::DestinationRule, "orders-db")
-        .await;
+    let verified = world.get(Kind::DestinationRule, "orders-db").await;
     assert_eq!(verified["spec"], changed["spec"], "the breaker stays");
     assert_eq!(
         state(&verified, "db-circuit-break"),
@@ -470,9 +460,7 @@ async fn no_answer_or_no_data_fails_retryably_and_leaves_the_record_pending() {
         reason(outcome)
     );
 
-    let stored = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let stored = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         state(&stored, "error-rollback"),
         Some(VerificationState::Pending)
@@ -494,9 +482,7 @@ async fn an_object_edited_before_its_verification_is_handed_off_not_overwritten(
     let firing = events::fresh("error-rollback-firing.json", world.namespace());
     let report = world.invoke(ErrorRollback, &vars, &firing).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let changed = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let changed = world.get(Kind::VirtualService, "checkout").await;
     let action = record(&changed, "error-rollback").expect("record");
 
     // A person moves the weights by hand before the check.
@@ -523,9 +509,7 @@ async fn an_object_edited_before_its_verification_is_handed_off_not_overwritten(
         "{}",
         reason(outcome)
     );
-    let stored = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let stored = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         stored["spec"]["http"][0]["route"][0]["weight"], 90,
         "the person's edit stands"
@@ -655,23 +639,14 @@ async fn a_change_reverted_by_a_person_before_its_check_is_left_alone() {
     let revert = events::fresh("error-rollback-revert.json", world.namespace());
     let report = world.invoke(ErrorRollback, &vars, &revert).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
-    let reverted = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    let reverted = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(reverted["spec"], before["spec"]);
 
     world.set("error_ratio", 0.3).await;
     let report = world.invoke(ErrorRollback, &vars, &verify).await;
     let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Skipped, "{outcome:#?}");
-    assert!(
-        reason(outcome).contains("reverted at"),
-        "{}",
-        reason(outcome)
-    );
-    let after = Mesh::new(&world.cluster)
-        .get(Kind::VirtualService, "checkout")
-        .await;
+    assert_skipped_saying(outcome, "reverted at");
+    let after = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         after["metadata"]["resourceVersion"],
         reverted["metadata"]["resourceVersion"]
