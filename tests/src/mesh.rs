@@ -222,16 +222,38 @@ pub fn assert_skipped_saying(outcome: &Outcome, text: &str) {
     );
 }
 
-/// Asserts `report`'s one outcome is a failure whose reason says each of `parts`.
-pub fn assert_failed_saying(report: &InvocationReport, parts: &[&str]) {
-    let outcome = only(report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{report:#?}");
+/// Asserts `report`'s one outcome is of `kind` and its reason says each of `parts`; returns it.
+pub fn assert_outcome_saying<'a>(
+    report: &'a InvocationReport,
+    kind: OutcomeKind,
+    parts: &[&str],
+) -> &'a Outcome {
+    let outcome = only_of_kind(report, kind);
     for part in parts {
         assert!(
             reason(outcome).contains(part),
             "{part:?} not in: {outcome:#?}"
         );
     }
+    outcome
+}
+
+/// Asserts `report`'s one outcome is a failure whose reason says each of `parts`.
+pub fn assert_failed_saying(report: &InvocationReport, parts: &[&str]) {
+    assert_outcome_saying(report, OutcomeKind::Failed, parts);
+}
+
+/// Asserts `report`'s one outcome is a failure to retry (the cause may pass) whose reason
+/// says each of `parts`.
+pub fn assert_retryable_saying(report: &InvocationReport, parts: &[&str]) {
+    assert_failed_saying(report, parts);
+    assert!(only(report).retryable, "{report:#?}");
+}
+
+/// Asserts `report`'s one outcome hands the alert to a person and its reason says each of
+/// `parts`; returns it.
+pub fn assert_escalated_saying<'a>(report: &'a InvocationReport, parts: &[&str]) -> &'a Outcome {
+    assert_outcome_saying(report, OutcomeKind::Escalated, parts)
 }
 
 /// Asserts `report`'s one outcome is a failure not to retry (retrying cannot help) whose

@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use mesh_remediation::cluster::record::VerificationState;
+use mesh_remediation::cluster::record::VerificationState::{
+    self, NotRecovered, Pending, Verified, Worse,
+};
 use mesh_remediation::pipeline::{Invocation, Pipeline};
 use mesh_remediation::remediation::db_circuit_break::CircuitBreaker;
 use mesh_remediation::remediation::region_failover::FailoverSettings;
@@ -20,7 +22,8 @@ use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use mesh_remediation::verify::Verifier;
 use mesh_remediation::verify::aws::AwsAccess;
 use remediation_testkit::mesh::{
-    Kind, Mesh, assert_skipped_for, assert_skipped_saying, only, reason, record,
+    Kind, Mesh, assert_escalated_saying, assert_retryable_saying, assert_skipped_for, only,
+    only_of_kind, reason, record,
 };
 use remediation_testkit::moto::Moto;
 use remediation_testkit::verify_world::{Exporter, RealPrometheus, VerifyQueue};
@@ -29,13 +32,15 @@ use serde_json::{Value, json};
 
 const ESCALATED: &str = "auto-remediation.io/escalated";
 
-/// One test's world: the cluster, Prometheus and its exporter, the verify queue.
+/// One test's world: the cluster, Prometheus and its exporter, the verify queue, and the
+/// checks (`VERIFY_CHECKS`) every invocation is configured with.
 struct World {
     cluster: TestCluster,
     exporter: Exporter,
     prometheus: RealPrometheus,
     queue: VerifyQueue,
     moto: Moto,
+    checks: String,
     calls: std::sync::atomic::AtomicUsize,
 }
 
@@ -61,7 +66,8 @@ impl World {
         Mesh::new(&self.cluster).get(kind, name).await
     }
 
-    async fn start(prefix: &str) -> World {
+    /// A world whose invocations verify with a check per (gauge, threshold) of `thresholds`.
+    async fn start(prefix: &str, thresholds: &[(&str, f64)]) -> World {
         let cluster = TestCluster::start(prefix).await;
         let exporter = Exporter::start();
         let prometheus = RealPrometheus::start(&exporter).await;
@@ -73,6 +79,7 @@ impl World {
             prometheus,
             queue,
             moto,
+            checks: checks(thresholds),
             calls: Default::default(),
         }
     }
@@ -112,6 +119,7 @@ impl World {
             ("VERIFY_AFTER_SECONDS", "1"),
             ("VERIFY_QUEUE_URL", self.queue.url.as_str()),
             ("PROMETHEUS_URL", self.prometheus.url.as_str()),
+            ("VERIFY_CHECKS", self.checks.as_str()),
         ];
         all.extend_from_slice(vars);
         let pipeline = self.cluster.pipeline(remediation, &all);
@@ -122,7 +130,8 @@ impl World {
         pipeline.with_verifier(verifier)
     }
 
-    async fn invoke<R: Remediation>(
+    /// Runs `event` as one invocation, with `vars` added to the world's configuration.
+    async fn invoke_with<R: Remediation>(
         &self,
         remediation: R,
         vars: &[(&str, &str)],
@@ -141,12 +150,61 @@ impl World {
             .await
     }
 
+    async fn invoke<R: Remediation>(&self, remediation: R, event: &Value) -> InvocationReport {
+        self.invoke_with(remediation, &[], event).await
+    }
+
+    /// The remediation's sample alert (`events/<name>-<state>.json`), fresh, in this namespace.
+    fn sample<R: Remediation>(&self, remediation: &R, state: &str) -> Value {
+        let name = format!("{}-{state}.json", remediation.name());
+        events::fresh(&name, self.namespace())
+    }
+
+    /// Fires the remediation's sample alert and asserts it changed something.
+    async fn apply<R: Remediation>(&self, remediation: R) {
+        let firing = self.sample(&remediation, "firing");
+        let report = self.invoke(remediation, &firing).await;
+        assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    }
+
     /// The verify request the applied change queued, as Lambda's SQS event.
     async fn queued(&self) -> Value {
         self.queue
             .receive_event(Duration::from_secs(20))
             .await
             .expect("a verify request on the queue")
+    }
+
+    /// The check of the change recorded on `changed`, once the gauges moved to `now` (the
+    /// first of them scraped after the change, so its "before" is the value it replaced):
+    /// the queued verify request and the report of handling it.
+    async fn verify<R: Remediation>(
+        &self,
+        remediation: R,
+        changed: &Value,
+        now: &[(&str, f64)],
+    ) -> (Value, InvocationReport) {
+        let action = record(changed, remediation.name()).expect("record");
+        self.scraped_after(now[0].0, action.at).await;
+        for (check, value) in now {
+            self.set(check, *value).await;
+        }
+        let request = self.queued().await;
+        let report = self.invoke(remediation, &request).await;
+        (request, report)
+    }
+
+    /// Hands `request` to error-rollback and asserts it is skipped without a write to the
+    /// checkout VirtualService (stored as `stored`): the skip's reason and the object after.
+    async fn skipped_leaving_checkout(&self, request: &Value, stored: &Value) -> (String, Value) {
+        let report = self.invoke(ErrorRollback, request).await;
+        let outcome = only_of_kind(&report, OutcomeKind::Skipped);
+        let after = self.get(Kind::VirtualService, "checkout").await;
+        assert_eq!(
+            after["metadata"]["resourceVersion"], stored["metadata"]["resourceVersion"],
+            "no write"
+        );
+        (reason(outcome).to_owned(), after)
     }
 }
 
@@ -156,6 +214,18 @@ fn state(object: &Value, remediation: &str) -> Option<VerificationState> {
 
 fn escalated(object: &Value) -> bool {
     object["metadata"]["annotations"].get(ESCALATED).is_some()
+}
+
+/// Asserts the verification state `remediation` stored on `object`, and whether the object
+/// was handed to a person.
+fn assert_verdict(
+    object: &Value,
+    remediation: &str,
+    expected: VerificationState,
+    handed_off: bool,
+) {
+    assert_eq!(state(object, remediation), Some(expected), "{object:#}");
+    assert_eq!(escalated(object), handed_off, "handed off: {object:#}");
 }
 
 fn breaker() -> DbCircuitBreak {
@@ -180,42 +250,29 @@ async fn checkout_split(cluster: &TestCluster) -> Value {
         .await
 }
 
+/// A world verifying with `checks` in which error-rollback has just shifted the checkout
+/// split, with `error_ratio` at 0.02 when it did; also the split as it was before.
+async fn after_a_rollback(prefix: &str, checks: &[(&str, f64)]) -> (World, Value) {
+    let world = World::start(prefix, checks).await;
+    let before = checkout_split(&world.cluster).await;
+    world.set("error_ratio", 0.02).await;
+    world.apply(ErrorRollback).await;
+    (world, before)
+}
+
 #[tokio::test]
 async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once() {
-    let world = World::start("verify-worse").await;
-    let before = checkout_split(&world.cluster).await;
-    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    world.set("error_ratio", 0.02).await;
-
-    let firing = events::fresh("error-rollback-firing.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let (world, before) = after_a_rollback("verify-worse", &[("error_ratio", 0.005)]).await;
     let changed = world.get(Kind::VirtualService, "checkout").await;
-    let action = record(&changed, "error-rollback").expect("record");
-    assert_eq!(
-        state(&changed, "error-rollback"),
-        Some(VerificationState::Pending)
-    );
+    assert_verdict(&changed, "error-rollback", Pending, false);
     assert_eq!(world.queue.waiting().await, 1, "one verify request queued");
 
     // The stable version cannot carry the traffic: errors rise well past the margin.
-    world.scraped_after("error_ratio", action.at).await;
-    world.set("error_ratio", 0.3).await;
-    let verify = world.queued().await;
-    let report = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
-    assert!(
-        reason(outcome).starts_with("worse: "),
-        "{}",
-        reason(outcome)
-    );
-    assert!(
-        reason(outcome).contains("error_ratio 0.3 > 0.005 (was 0.02)"),
-        "{}",
-        reason(outcome)
-    );
+    let (verify, report) = world
+        .verify(ErrorRollback, &changed, &[("error_ratio", 0.3)])
+        .await;
+    let outcome = assert_escalated_saying(&report, &["error_ratio 0.3 > 0.005 (was 0.02)"]);
+    assert!(reason(outcome).starts_with("worse: "), "{outcome:#?}");
     let metrics = report.metric_lines(Duration::from_millis(1), 0).join("\n");
     assert!(
         metrics.contains(r#""Verdict":"worse""#) && metrics.contains(r#""Verifications":1"#),
@@ -232,17 +289,13 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
         undone["spec"], before["spec"],
         "the exact previous routes are back"
     );
-    assert_eq!(
-        state(&undone, "error-rollback"),
-        Some(VerificationState::Worse)
-    );
+    assert_verdict(&undone, "error-rollback", Worse, true);
     let stored = record(&undone, "error-rollback").expect("record");
     assert!(stored.verification.as_ref().expect("verification").undone);
     assert!(
         stored.reverted.is_some(),
         "the undo is recorded as a reversal"
     );
-    assert!(escalated(&undone), "handed to a person");
     let actions: Vec<Value> = world
         .cluster
         .events_about("checkout")
@@ -253,14 +306,8 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
     assert!(actions.contains(&json!("Undone")), "{actions:?}");
 
     // The same request delivered again changes nothing.
-    let again = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&again);
-    assert_skipped_for(outcome, "already verified: worse");
-    let after = world.get(Kind::VirtualService, "checkout").await;
-    assert_eq!(
-        after["metadata"]["resourceVersion"],
-        undone["metadata"]["resourceVersion"]
-    );
+    let (why, _) = world.skipped_leaving_checkout(&verify, &undone).await;
+    assert!(why.starts_with("already verified: worse"), "{why}");
     assert_eq!(
         world.queue.waiting().await,
         0,
@@ -270,7 +317,11 @@ async fn a_rollback_that_made_errors_worse_is_undone_handed_off_and_judged_once(
 
 #[tokio::test]
 async fn a_breaker_that_helped_is_verified_and_stays() {
-    let world = World::start("verify-ok").await;
+    let world = World::start(
+        "verify-ok",
+        &[("db_timeout_ratio", 0.05), ("breaker_rejected_share", 0.05)],
+    )
+    .await;
     Mesh::new(&world.cluster)
         .create(
             Kind::DestinationRule,
@@ -280,25 +331,13 @@ async fn a_breaker_that_helped_is_verified_and_stays() {
             json!({"host": format!("orders-db.{}.svc.cluster.local", world.namespace())}),
         )
         .await;
-    let vars = [(
-        "VERIFY_CHECKS",
-        checks(&[("db_timeout_ratio", 0.05), ("breaker_rejected_share", 0.05)]),
-    )];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     world.set("db_timeout_ratio", 0.2).await;
     world.set("breaker_rejected_share", 0.0).await;
-
-    let firing = events::fresh("db-circuit-break-firing.json", world.namespace());
-    let report = world.invoke(breaker(), &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    world.apply(breaker()).await;
     let changed = world.get(Kind::DestinationRule, "orders-db").await;
-    let action = record(&changed, "db-circuit-break").expect("record");
 
-    world.scraped_after("db_timeout_ratio", action.at).await;
-    world.set("db_timeout_ratio", 0.01).await;
-    world.set("breaker_rejected_share", 0.02).await;
-    let verify = world.queued().await;
-    let report = world.invoke(breaker(), &vars, &verify).await;
+    let now = [("db_timeout_ratio", 0.01), ("breaker_rejected_share", 0.02)];
+    let (_, report) = world.verify(breaker(), &changed, &now).await;
     let outcome = only(&report);
     assert_skipped_for(
         outcome,
@@ -307,16 +346,12 @@ async fn a_breaker_that_helped_is_verified_and_stays() {
     assert!(outcome.needs_a_report(), "the verdict is reported");
     let verified = world.get(Kind::DestinationRule, "orders-db").await;
     assert_eq!(verified["spec"], changed["spec"], "the breaker stays");
-    assert_eq!(
-        state(&verified, "db-circuit-break"),
-        Some(VerificationState::Verified)
-    );
-    assert!(!escalated(&verified), "nothing is handed off");
+    assert_verdict(&verified, "db-circuit-break", Verified, false);
 }
 
 #[tokio::test]
 async fn a_drain_that_did_not_help_is_handed_off_and_kept() {
-    let world = World::start("verify-flat").await;
+    let world = World::start("verify-flat", &[("error_ratio", 0.005)]).await;
     let mesh = Mesh::new(&world.cluster);
     mesh.create(
         Kind::DestinationRule,
@@ -340,132 +375,71 @@ async fn a_drain_that_did_not_help_is_handed_off_and_kept() {
         ]}]}),
     )
     .await;
-    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     world.set("error_ratio", 0.1).await;
-
-    let firing = events::fresh("region-failover-firing.json", world.namespace());
-    let report = world.invoke(failover(), &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    world.apply(failover()).await;
     let changed = mesh.get(Kind::VirtualService, "frontend").await;
-    let action = record(&changed, "region-failover").expect("record");
 
     // Errors stay where they were: not recovered, not worse.
-    world.scraped_after("error_ratio", action.at).await;
-    world.set("error_ratio", 0.11).await;
-    let verify = world.queued().await;
-    let report = world.invoke(failover(), &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
+    let (_, report) = world
+        .verify(failover(), &changed, &[("error_ratio", 0.11)])
+        .await;
+    let outcome = only_of_kind(&report, OutcomeKind::Escalated);
     assert!(
         reason(outcome)
             .starts_with("not-recovered: not recovered: error_ratio 0.11 > 0.005 (was 0.1)"),
-        "{}",
-        reason(outcome)
+        "{outcome:#?}"
     );
     let kept = mesh.get(Kind::VirtualService, "frontend").await;
     assert_eq!(kept["spec"], changed["spec"], "the drain stays");
-    assert_eq!(
-        state(&kept, "region-failover"),
-        Some(VerificationState::NotRecovered)
-    );
-    assert!(
-        escalated(&kept),
-        "handed to a person now, not after more repeats"
-    );
+    // Handed to a person now, not after more repeats.
+    assert_verdict(&kept, "region-failover", NotRecovered, true);
 
     // The next firing alert leaves it to the person.
-    let again = world
-        .invoke(
-            failover(),
-            &vars,
-            &events::fresh("region-failover-firing.json", world.namespace()),
-        )
-        .await;
+    let firing = world.sample(&failover(), "firing");
+    let again = world.invoke(failover(), &firing).await;
     assert_eq!(only(&again).outcome, OutcomeKind::Skipped, "{again:#?}");
 }
 
 #[tokio::test]
 async fn a_restart_that_made_latency_worse_is_handed_off_not_undone() {
-    let world = World::start("verify-restart").await;
+    let world = World::start("verify-restart", &[("p95_latency_ms", 500.0)]).await;
     world.cluster.create_deployment("checkout-v2", true).await;
-    let vars = [("VERIFY_CHECKS", checks(&[("p95_latency_ms", 500.0)]))];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
     world.set("p95_latency_ms", 800.0).await;
-
-    let firing = events::fresh("latency-restart-firing.json", world.namespace());
-    let report = world.invoke(LatencyRestart, &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    world.apply(LatencyRestart).await;
     let restarted = world.cluster.wait_settled("checkout-v2").await;
     let restarted = serde_json::to_value(restarted).expect("json");
-    let action = record(&restarted, "latency-restart").expect("record");
 
-    world.scraped_after("p95_latency_ms", action.at).await;
-    world.set("p95_latency_ms", 2000.0).await;
-    let verify = world.queued().await;
-    let report = world.invoke(LatencyRestart, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
-    assert!(
-        reason(outcome).contains("not undone (latency-restart changes cannot be reverted)"),
-        "{}",
-        reason(outcome)
+    let (_, report) = world
+        .verify(LatencyRestart, &restarted, &[("p95_latency_ms", 2000.0)])
+        .await;
+    assert_escalated_saying(
+        &report,
+        &["not undone (latency-restart changes cannot be reverted)"],
     );
     let after = serde_json::to_value(world.cluster.deployment("checkout-v2").await).expect("json");
     assert_eq!(
         after["spec"]["template"], restarted["spec"]["template"],
         "nothing restarts again"
     );
-    assert_eq!(
-        state(&after, "latency-restart"),
-        Some(VerificationState::Worse)
-    );
-    assert!(escalated(&after));
+    assert_verdict(&after, "latency-restart", Worse, true);
 }
 
 #[tokio::test]
 async fn no_answer_or_no_data_fails_retryably_and_leaves_the_record_pending() {
-    let mut world = World::start("verify-faults").await;
-    let before = checkout_split(&world.cluster).await;
     // `missing` is a series nobody exports: its query answers with an empty result.
-    let vars = [(
-        "VERIFY_CHECKS",
-        checks(&[("error_ratio", 0.005), ("missing", 1.0)]),
-    )];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    world.set("error_ratio", 0.02).await;
-    let firing = events::fresh("error-rollback-firing.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let checks = [("error_ratio", 0.005), ("missing", 1.0)];
+    let (mut world, before) = after_a_rollback("verify-faults", &checks).await;
     let verify = world.queued().await;
 
-    let report = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
-    assert!(outcome.retryable);
-    assert!(
-        reason(outcome).contains("no data: the query returned no series"),
-        "{}",
-        reason(outcome)
-    );
+    let report = world.invoke(ErrorRollback, &verify).await;
+    assert_retryable_saying(&report, &["no data: the query returned no series"]);
 
     world.prometheus.stop().await;
-    let report = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Failed, "{outcome:#?}");
-    assert!(outcome.retryable);
-    assert!(
-        reason(outcome).contains("unreachable"),
-        "{}",
-        reason(outcome)
-    );
+    let report = world.invoke(ErrorRollback, &verify).await;
+    assert_retryable_saying(&report, &["unreachable"]);
 
     let stored = world.get(Kind::VirtualService, "checkout").await;
-    assert_eq!(
-        state(&stored, "error-rollback"),
-        Some(VerificationState::Pending)
-    );
-    assert!(!escalated(&stored));
+    assert_verdict(&stored, "error-rollback", Pending, false);
     assert_ne!(
         stored["spec"], before["spec"],
         "the change stands until a verdict"
@@ -474,16 +448,8 @@ async fn no_answer_or_no_data_fails_retryably_and_leaves_the_record_pending() {
 
 #[tokio::test]
 async fn an_object_edited_before_its_verification_is_handed_off_not_overwritten() {
-    let world = World::start("verify-edited").await;
-    checkout_split(&world.cluster).await;
-    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    world.set("error_ratio", 0.02).await;
-    let firing = events::fresh("error-rollback-firing.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let (world, _) = after_a_rollback("verify-edited", &[("error_ratio", 0.005)]).await;
     let changed = world.get(Kind::VirtualService, "checkout").await;
-    let action = record(&changed, "error-rollback").expect("record");
 
     // A person moves the weights by hand before the check.
     let api = Mesh::new(&world.cluster).api(Kind::VirtualService);
@@ -498,43 +464,30 @@ async fn an_object_edited_before_its_verification_is_handed_off_not_overwritten(
     )
     .await
     .expect("edit by hand");
-    world.scraped_after("error_ratio", action.at).await;
-    world.set("error_ratio", 0.3).await;
-    let verify = world.queued().await;
-    let report = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::Escalated, "{outcome:#?}");
-    assert!(
-        reason(outcome).contains("not undone ("),
-        "{}",
-        reason(outcome)
-    );
+    let (_, report) = world
+        .verify(ErrorRollback, &changed, &[("error_ratio", 0.3)])
+        .await;
+    assert_escalated_saying(&report, &["not undone ("]);
     let stored = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(
         stored["spec"]["http"][0]["route"][0]["weight"], 90,
         "the person's edit stands"
     );
-    assert_eq!(
-        state(&stored, "error-rollback"),
-        Some(VerificationState::Worse)
-    );
-    assert!(escalated(&stored));
+    assert_verdict(&stored, "error-rollback", Worse, true);
 }
 
 #[tokio::test]
 async fn dry_runs_and_drills_are_not_verified() {
-    let world = World::start("verify-dry").await;
+    let world = World::start("verify-dry", &[("error_ratio", 0.005)]).await;
     checkout_split(&world.cluster).await;
-    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
-    let mut vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let drill = events::fresh("error-rollback-drill.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &drill).await;
+    let drill = world.sample(&ErrorRollback, "drill");
+    let report = world.invoke(ErrorRollback, &drill).await;
     assert_eq!(only(&report).outcome, OutcomeKind::DryRun, "{report:#?}");
-    vars.push(("DRY_RUN", "true"));
-    let firing = events::fresh("error-rollback-firing.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &firing).await;
-    let outcome = only(&report);
-    assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{report:#?}");
+    let firing = world.sample(&ErrorRollback, "firing");
+    let report = world
+        .invoke_with(ErrorRollback, &[("DRY_RUN", "true")], &firing)
+        .await;
+    let outcome = only_of_kind(&report, OutcomeKind::DryRun);
     let patch = outcome.patch.as_ref().expect("patch").to_string();
     assert!(
         !patch.contains("verification"),
@@ -626,31 +579,18 @@ async fn the_default_checks_read_the_rules_series() {
 
 #[tokio::test]
 async fn a_change_reverted_by_a_person_before_its_check_is_left_alone() {
-    let world = World::start("verify-reverted").await;
-    let before = checkout_split(&world.cluster).await;
-    let vars = [("VERIFY_CHECKS", checks(&[("error_ratio", 0.005)]))];
-    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    world.set("error_ratio", 0.02).await;
-    let firing = events::fresh("error-rollback-firing.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &firing).await;
-    assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
+    let (world, before) = after_a_rollback("verify-reverted", &[("error_ratio", 0.005)]).await;
     let verify = world.queued().await;
 
-    let revert = events::fresh("error-rollback-revert.json", world.namespace());
-    let report = world.invoke(ErrorRollback, &vars, &revert).await;
+    let revert = world.sample(&ErrorRollback, "revert");
+    let report = world.invoke(ErrorRollback, &revert).await;
     assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
     let reverted = world.get(Kind::VirtualService, "checkout").await;
     assert_eq!(reverted["spec"], before["spec"]);
 
     world.set("error_ratio", 0.3).await;
-    let report = world.invoke(ErrorRollback, &vars, &verify).await;
-    let outcome = only(&report);
-    assert_skipped_saying(outcome, "reverted at");
-    let after = world.get(Kind::VirtualService, "checkout").await;
-    assert_eq!(
-        after["metadata"]["resourceVersion"],
-        reverted["metadata"]["resourceVersion"]
-    );
+    let (why, after) = world.skipped_leaving_checkout(&verify, &reverted).await;
+    assert!(why.contains("reverted at"), "{why}");
     assert!(
         !escalated(&after),
         "a person's revert is not handed off again"
