@@ -78,8 +78,9 @@ impl Fleet {
     }
 
     /// The environment that points `function` at every member: `CLUSTER_NAMES`, and
-    /// `CLUSTER_KUBECONFIGS` with the function's own group kubeconfig in each, plus `vars`.
-    pub fn vars(&self, function: &str, vars: &[(&str, &str)]) -> Vec<(String, String)> {
+    /// `CLUSTER_KUBECONFIGS` with the function's own group kubeconfig in each, and this fleet's
+    /// budget location.
+    pub fn vars(&self, function: &str) -> Vec<(String, String)> {
         let names: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
         let kubeconfigs: Vec<String> = self
             .members
@@ -92,24 +93,18 @@ impl Fleet {
                 )
             })
             .collect();
-        let mut all = vec![
+        vec![
             ("CLUSTER_NAMES".to_owned(), names.join(",")),
             ("CLUSTER_KUBECONFIGS".to_owned(), kubeconfigs.join(",")),
             ("BUDGET_NAMESPACE".to_owned(), self.namespace.clone()),
-        ];
-        all.extend(vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-        all
+        ]
     }
 
     /// Runs one event through a fresh pipeline that reaches every member, as one Lambda
-    /// invocation of a deployment serving these clusters would.
-    pub async fn invoke<R: Remediation>(
-        &self,
-        remediation: R,
-        vars: &[(&str, &str)],
-        event: &Value,
-    ) -> InvocationReport {
-        let vars = self.vars(remediation.name(), vars);
+    /// invocation of a deployment serving these clusters would (configured by [`Fleet::vars`]
+    /// alone).
+    pub async fn invoke<R: Remediation>(&self, remediation: R, event: &Value) -> InvocationReport {
+        let vars = self.vars(remediation.name());
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let config = config(&vars);
         // Every member is reached by kubeconfig; the EKS directory is never asked.
