@@ -4,12 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::process::{Child, Command};
 
 use crate::events::workspace_root;
+use crate::local_server::{free_port, wait_until};
 
 /// Where the emulator binary is: `LAMBDA_RIE`, else inside the project's `.venv`.
 pub fn emulator_path() -> Option<PathBuf> {
@@ -55,13 +56,6 @@ pub struct Emulator {
     child: Child,
     port: u16,
     log: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 impl Emulator {
@@ -110,17 +104,17 @@ impl Emulator {
         }
         let child = command.spawn().expect("start emulator");
         let emulator = Emulator { child, port, log };
-        let started = Instant::now();
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "emulator did not listen"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until(
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            "emulator did not listen",
+            async || {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
         emulator
     }
 

@@ -17,6 +17,7 @@ pub mod generated;
 pub mod http_capture;
 pub mod istio_oracle;
 pub mod lambda_emulator;
+pub mod local_server;
 pub mod mesh;
 pub mod mesh_gen;
 pub mod moto;

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 
 use crate::events::workspace_root;
+use crate::local_server::{free_port, serve};
 
 /// Account id moto uses.
 pub const ACCOUNT: &str = "123456789012";
@@ -41,28 +42,21 @@ impl Moto {
             "{} missing: run scripts/setup",
             binary.display()
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let child = Command::new(binary)
+        let port = free_port();
+        let mut command = Command::new(binary);
+        command
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start moto_server");
-        let url = format!("http://127.0.0.1:{port}");
+            .stderr(Stdio::null());
+        let (child, url) = serve(
+            command,
+            port,
+            "/moto-api/",
+            Duration::from_secs(30),
+            "moto_server",
+        )
+        .await;
         let http = reqwest::Client::new();
-        let started = Instant::now();
-        while http.get(format!("{url}/moto-api/")).send().await.is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "moto_server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         Moto { url, child, http }
     }
 

@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
+
+use crate::local_server::{free_port, serve};
 
 /// Each series' value when set, its growth per second, and when it was set.
 type Series = Arc<Mutex<BTreeMap<String, (f64, f64, Instant)>>>;
@@ -95,12 +96,10 @@ impl RealPrometheus {
             exporter.address
         );
         std::fs::write(dir.join("prometheus.yml"), config).expect("prometheus config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
+        let port = free_port();
         let log = std::fs::File::create(dir.join("prometheus.log")).expect("log");
-        let child = Command::new("prometheus")
+        let mut command = Command::new("prometheus");
+        command
             .arg(format!(
                 "--config.file={}",
                 dir.join("prometheus.yml").display()
@@ -110,26 +109,10 @@ impl RealPrometheus {
                 dir.join("tsdb").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .expect("prometheus (Debian package) on PATH: run scripts/setup");
-        let url = format!("http://127.0.0.1:{port}");
+            .stderr(log);
+        let what = format!("prometheus (the Debian package; log in {})", dir.display());
+        let (child, url) = serve(command, port, "/-/ready", Duration::from_secs(60), &what).await;
         let http = reqwest::Client::new();
-        let started = Instant::now();
-        loop {
-            let ready = http.get(format!("{url}/-/ready")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(60),
-                "prometheus did not start; see {}",
-                dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         RealPrometheus {
             url,
             child: Some(child),
