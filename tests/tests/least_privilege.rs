@@ -20,9 +20,8 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use mesh_remediation::pipeline::Invocation;
 use mesh_remediation::remediation::{DbCircuitBreak, Remediation};
-use mesh_remediation::report::OutcomeKind;
 use remediation_testkit::cluster::pipeline_with;
-use remediation_testkit::mesh::{Kind, Mesh, only_of_kind, reason, record};
+use remediation_testkit::mesh::{Kind, Mesh, assert_refused_saying, record};
 use remediation_testkit::{TestCluster, events};
 use serde_json::{Value, json};
 
@@ -75,31 +74,35 @@ fn params() -> PatchParams {
     PatchParams::default()
 }
 
-async fn mesh_objects(cluster: &TestCluster) {
+/// The checkout DestinationRule and VirtualService every function may act on, as stored.
+async fn mesh_objects(cluster: &TestCluster) -> (Value, Value) {
     let mesh = Mesh::new(cluster);
-    mesh.opted_in(
-        Kind::DestinationRule,
-        VS,
-        json!({"host": "checkout",
-               "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
-               "subsets": [{"name": "v1", "labels": {"version": "v1"}},
-                           {"name": "v2", "labels": {"version": "v2"}}]}),
-    )
-    .await;
-    mesh.create(
-        Kind::VirtualService,
-        VS,
-        true,
-        json!({"auto-remediation.io/stable-subset": "v1"}),
-        json!({"hosts": ["checkout"], "http": [
-            {"name": "canary-by-header",
-             "match": [{"headers": {"x-canary": {"exact": "1"}}}],
-             "route": [{"destination": {"host": "checkout", "subset": "v2"}}]},
-            {"name": "default", "route": [
-                {"destination": {"host": "checkout", "subset": "v1"}, "weight": 50},
-                {"destination": {"host": "checkout", "subset": "v2"}, "weight": 50}]}]}),
-    )
-    .await;
+    let rule = mesh
+        .opted_in(
+            Kind::DestinationRule,
+            VS,
+            json!({"host": "checkout",
+                   "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}},
+                   "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                               {"name": "v2", "labels": {"version": "v2"}}]}),
+        )
+        .await;
+    let service = mesh
+        .create(
+            Kind::VirtualService,
+            VS,
+            true,
+            json!({"auto-remediation.io/stable-subset": "v1"}),
+            json!({"hosts": ["checkout"], "http": [
+                {"name": "canary-by-header",
+                 "match": [{"headers": {"x-canary": {"exact": "1"}}}],
+                 "route": [{"destination": {"host": "checkout", "subset": "v2"}}]},
+                {"name": "default", "route": [
+                    {"destination": {"host": "checkout", "subset": "v1"}, "weight": 50},
+                    {"destination": {"host": "checkout", "subset": "v2"}, "weight": 50}]}]}),
+        )
+        .await;
+    (rule, service)
 }
 
 /// The header-matched canary route with `destination` added at weight 100 (and the canary at 0).
@@ -289,9 +292,8 @@ async fn latency_restart_may_only_restart_opted_in_deployments() {
 #[tokio::test]
 async fn weight_shifting_functions_may_only_change_route_weights() {
     let cluster = TestCluster::start("lp-weights").await;
-    mesh_objects(&cluster).await;
+    let (_, before) = mesh_objects(&cluster).await;
     let mesh = Mesh::new(&cluster);
-    let before = mesh.get(Kind::VirtualService, VS).await;
     let only_weights = "may change only spec.http[*].route[*].weight";
     for function in ["error-rollback", "region-failover"] {
         let client = cluster.identity_of(function).await;
@@ -386,9 +388,8 @@ async fn weight_shifting_functions_may_only_change_route_weights() {
 #[tokio::test]
 async fn traffic_policy_functions_may_only_change_their_own_policy_fields() {
     let cluster = TestCluster::start("lp-policy").await;
-    mesh_objects(&cluster).await;
+    let (before, _) = mesh_objects(&cluster).await;
     let mesh = Mesh::new(&cluster);
-    let before = mesh.get(Kind::DestinationRule, VS).await;
     for (function, allowed, own_field) in [
         (
             "db-circuit-break",
@@ -527,19 +528,12 @@ async fn a_function_missing_a_rule_fails_clearly_and_changes_nothing() {
     let report = pipeline
         .handle(&event, &Invocation::new("req-lp", None, None))
         .await;
-    let outcome = only_of_kind(&report, OutcomeKind::Failed);
-    assert!(
-        !outcome.retryable,
-        "a missing permission is not retried: {outcome:#?}"
+    // Not retried (retrying cannot grant a permission), the real authorizer's refusal
+    // quoted, and what to fix.
+    let refusal = format!(
+        "User \"{user}\" cannot patch resource \"destinationrules\" in API group \"networking.istio.io\""
     );
-    let why = reason(outcome);
-    assert!(
-        why.contains(&format!(
-            "User \"{user}\" cannot patch resource \"destinationrules\" in API group \"networking.istio.io\""
-        )),
-        "the real authorizer's refusal is quoted: {why}"
-    );
-    assert!(why.contains("deploy/rbac.yaml"), "says what to fix: {why}");
+    assert_refused_saying(&report, &[&refusal, "deploy/rbac.yaml"]);
     let after = Mesh::new(&cluster).get(Kind::DestinationRule, DB).await;
     assert_eq!(version(&after), version(&before), "nothing stored");
     assert!(record(&after, DbCircuitBreak::default().name()).is_none());

@@ -32,6 +32,15 @@ async fn restarted_at(cluster: &TestCluster) -> Option<String> {
         .and_then(|a| a.get("kubectl.kubernetes.io/restartedAt").cloned())
 }
 
+/// A cluster holding the opted-in target, and the target's restart annotation before any
+/// alert.
+async fn with_target(prefix: &str) -> (TestCluster, Option<String>) {
+    let cluster = TestCluster::start(prefix).await;
+    cluster.create_deployment(TARGET, true).await;
+    let before = restarted_at(&cluster).await;
+    (cluster, before)
+}
+
 /// Sets (or with `None` removes) an annotation. On a real API server a Deployment's
 /// annotation change bumps its `metadata.generation` (the apps strategy compares annotations
 /// too), so the tests wait for the controller to observe it before firing: latency-restart
@@ -56,9 +65,7 @@ fn assert_skipped(report: &InvocationReport, expected: &str) {
 
 #[tokio::test]
 async fn a_paused_object_or_namespace_is_left_alone_until_the_pause_is_lifted() {
-    let cluster = TestCluster::start("pause-object").await;
-    cluster.create_deployment(TARGET, true).await;
-    let before = restarted_at(&cluster).await;
+    let (cluster, before) = with_target("pause-object").await;
     let deployments = cluster.deployments();
     annotate(
         &deployments,
@@ -109,9 +116,7 @@ async fn a_paused_object_or_namespace_is_left_alone_until_the_pause_is_lifted() 
 
 #[tokio::test]
 async fn an_object_may_accept_only_some_remediations() {
-    let cluster = TestCluster::start("pause-only").await;
-    cluster.create_deployment(TARGET, true).await;
-    let before = restarted_at(&cluster).await;
+    let (cluster, before) = with_target("pause-only").await;
     let deployments = cluster.deployments();
     let key = "auto-remediation.io/remediations";
     annotate(&deployments, TARGET, key, Some("error-rollback")).await;

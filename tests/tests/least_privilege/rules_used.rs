@@ -279,25 +279,14 @@ async fn a_missing_rule_is_a_clear_configuration_error_that_is_not_retried() {
             without_rule(&cluster, "latency-restart", (verb, "apps", "deployments")).await;
         let pipeline = pipeline_with(client.clone(), LatencyRestart, &cluster.vars(&[]));
         let report = run(&pipeline, &firing).await;
-        let outcome = only(&report);
-        assert_eq!(outcome.outcome, OutcomeKind::Failed, "{verb}: {outcome:#?}");
-        assert!(
-            !outcome.retryable,
-            "{verb}: a 403 is not transient: {outcome:#?}"
+        // A 403 is not transient: not retried, the real authorizer's refusal quoted, called
+        // a configuration error, and what to fix.
+        let refusal = format!(
+            "User \"{user}\" cannot {verb} resource \"deployments\" in API group \"apps\" in the namespace \"{}\"",
+            cluster.namespace
         );
-        let why = reason(outcome);
-        assert!(
-            why.contains(&format!(
-                "User \"{user}\" cannot {verb} resource \"deployments\" in API group \"apps\" in the namespace \"{}\"",
-                cluster.namespace
-            )),
-            "{verb}: the real authorizer's refusal is quoted: {why}"
-        );
-        assert!(why.contains("configuration error"), "{verb}: {why}");
-        assert!(
-            why.contains("deploy/rbac.yaml"),
-            "{verb}: says what to fix: {why}"
-        );
+        let parts = [&refusal, "configuration error", "deploy/rbac.yaml"];
+        assert_refused_saying(&report, &parts);
         // Lambda answers normally: retrying cannot grant a permission.
         let answer = Function::new(pipeline_with(client, LatencyRestart, &cluster.vars(&[])))
             .invoke(LambdaEvent::new(firing.clone(), Context::default()))
