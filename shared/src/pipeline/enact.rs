@@ -1,7 +1,7 @@
 //! Enactment: the guarded write of one object, as a small state machine.
 //!
 //! ```text
-//! Read ──object, decided──> Write ──answered──────────────> Done
+//! Read ──object──> Decide ──a write──> Spend ──slots──> Write ──answered──> Done
 //!  │                          ├─ 409 ──────────> Conflict ──backoff──> Read
 //!  │                          ├─ transient ────> Transient ─backoff──> Read (finds the write if it landed)
 //!  │                          └─ cut / failed ─> LostAnswer ─one read─> Done
@@ -39,8 +39,13 @@ enum State {
     /// Read the object and decide (again) what to write; `unanswered` is an earlier write
     /// whose answer was lost, reported if the object carries it.
     Read { unanswered: Option<Sent> },
+    /// Decide on the object just read: the brakes, the request's [`Step`].
+    Decide(Box<DynamicObject>),
+    /// Take what the write decided on spends of the budgets (waiting, in a storm, for the
+    /// invocation's other targets to decide).
+    Spend(Box<Write>),
     /// Send the guarded write decided on.
-    Write(Write),
+    Write(Box<Write>),
     /// The write was refused with 409: back off, then read and decide again.
     Conflict,
     /// A call failed in a way a retry may fix (retries are left): back off, read again.
@@ -154,11 +159,14 @@ impl<R: Remediation> WriteLoop<'_, R> {
         let mut state = State::Read { unanswered: None };
         loop {
             state = match state {
-                // Each state's future is boxed while it runs: a target waiting for its budget
-                // slot (with hundreds of others in a storm) then holds only what its state
-                // needs, not the largest state's (a whole write and its confirmation).
+                // Each state's future is boxed while it runs and dropped before the next
+                // one starts: a target waiting for its budget slot (with hundreds of others
+                // in a storm) then holds only the small future of `spend`, not the read's,
+                // the decision's or a whole write and its confirmation.
                 State::Read { unanswered } => Box::pin(self.read(unanswered)).await,
-                State::Write(write) => Box::pin(self.write(write)).await,
+                State::Decide(object) => Box::pin(self.decide(*object)).await,
+                State::Spend(write) => Box::pin(self.spend(write)).await,
+                State::Write(write) => Box::pin(self.write(*write)).await,
                 State::Conflict => {
                     let attempt = self.reads - 1;
                     tracing::info!(attempt, "write conflict; re-reading and deciding again");
@@ -219,10 +227,10 @@ impl<R: Remediation> WriteLoop<'_, R> {
             // Our own write landed; only its answer was lost. Report it, do not redo it.
             return End::landed(outcome);
         }
-        Box::pin(self.decide(object)).await
+        State::Decide(Box::new(object))
     }
 
-    /// Decide on a fresh read: the brakes, the request's [`Step`], what it spends.
+    /// Decide on a fresh read: the brakes, the request's [`Step`].
     async fn decide(&mut self, object: DynamicObject) -> State {
         let (at, pipeline) = (self.at, self.pipeline);
         if let Err(refused) = self.brakes(&object).await {
@@ -240,14 +248,23 @@ impl<R: Remediation> WriteLoop<'_, R> {
             Request::Revert(request) => pipeline.revert_step(at, request, &object),
             Request::Verify(verify) => Box::pin(pipeline.verify_step(at, verify, &object)).await,
         };
-        let write = match step {
-            Step::Done(outcome) => return End::settled(outcome),
-            Step::Write(write) => write,
-        };
-        // Not kept while the target waits for its budget slot with the invocation's others.
-        drop(object);
-        let spent = pipeline
-            .spend(self.client, at, self.shared, &write, &mut self.spending)
+        match step {
+            Step::Done(outcome) => End::settled(outcome),
+            Step::Write(write) => State::Spend(Box::new(write)),
+        }
+    }
+
+    /// Spend: the budgets' slots the write needs; refused when they are spent.
+    async fn spend(&mut self, write: Box<Write>) -> State {
+        let spent = self
+            .pipeline
+            .spend(
+                self.client,
+                self.at,
+                self.shared,
+                &write,
+                &mut self.spending,
+            )
             .await;
         match spent {
             Ok(()) => State::Write(write),

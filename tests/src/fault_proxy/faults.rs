@@ -7,7 +7,7 @@ use serde_json::Value;
 /// What a matching fault does to the request.
 ///
 /// JSON form (serde): externally tagged, e.g.
-/// `{"latency": {"ms": 200}}`, `{"status": {"code": 429, "retry_after_secs": 1}}`,
+/// `{"latency": {"ms": 200}}`, `{"answer_after": {"ms": 20}}`, `{"status": {"code": 429, "retry_after_secs": 1}}`,
 /// `"conflict_bump"`, `"reset"`, `"drop_response"`, `"hang"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -16,6 +16,13 @@ pub enum FaultKind {
     /// Latency faults add up and do not stop later rules from matching.
     Latency {
         /// Delay in milliseconds.
+        ms: u64,
+    },
+    /// Answer no sooner than `ms` milliseconds after the request arrived: the server's own
+    /// time counts toward it, so every request costs `ms` or the server's time, whichever is
+    /// longer (a remote API server with this round trip, whatever the machine is doing).
+    AnswerAfter {
+        /// Least time from arrival to answer, in milliseconds.
         ms: u64,
     },
     /// Answer with this HTTP status and the real server's `Status` body for it:
@@ -42,7 +49,7 @@ pub enum FaultKind {
 }
 
 /// A fault rule. Rules are checked in the order they were added; the first
-/// non-latency rule that fires decides the request.
+/// rule of another kind than `latency` and `answer_after` that fires decides the request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     /// Only requests with this HTTP method (case-insensitive), e.g. `PATCH`.
@@ -131,6 +138,10 @@ pub struct RecordedRequest {
     /// Who sent it: the user its bearer token belongs to.
     #[serde(default)]
     pub user: String,
+    /// The API server's time for it, from forwarding to the whole answer, in microseconds
+    /// (0 when it was not forwarded).
+    #[serde(default)]
+    pub upstream_us: u64,
 }
 
 impl RecordedRequest {
@@ -208,18 +219,21 @@ impl FaultSlot {
     }
 }
 
-/// What the rules do to one request: the latency they add up to, and the first other kind
-/// that fires.
+/// What the rules do to one request: the latency they add up to, the least time to answer,
+/// and the first other kind that fires.
 #[derive(Debug, Default)]
 pub struct FaultPlan {
     /// Delay before answering.
     pub latency_ms: u64,
+    /// Least time from arrival to answer (the longest `answer_after` that fires).
+    pub answer_after_ms: u64,
     /// What happens then (`None`: answered normally).
     pub action: Option<FaultKind>,
 }
 
 /// Applies the rules, in the order added, to a request: counts it against each rule it
-/// matches; latency adds up, the first other rule that fires decides.
+/// matches; latency adds up, the longest least time to answer holds, the first other rule
+/// that fires decides.
 pub fn plan_faults(slots: &mut [FaultSlot], method: &str, path: &str) -> FaultPlan {
     let mut plan = FaultPlan::default();
     for slot in slots {
@@ -240,6 +254,7 @@ pub fn plan_faults(slots: &mut [FaultSlot], method: &str, path: &str) -> FaultPl
         slot.fired += 1;
         match &f.kind {
             FaultKind::Latency { ms } => plan.latency_ms += ms,
+            FaultKind::AnswerAfter { ms } => plan.answer_after_ms = plan.answer_after_ms.max(*ms),
             other => {
                 plan.action = Some(other.clone());
                 break;
@@ -247,4 +262,34 @@ pub fn plan_faults(slots: &mut [FaultSlot], method: &str, path: &str) -> FaultPl
         }
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_adds_up_and_the_longest_least_time_to_answer_holds() {
+        let mut slots: Vec<FaultSlot> = [
+            Fault::latency(5),
+            Fault::new(FaultKind::AnswerAfter { ms: 20 }),
+            Fault::latency(7).method("PATCH"),
+            Fault::new(FaultKind::AnswerAfter { ms: 50 }).path_contains("events"),
+            Fault::new(FaultKind::AnswerAfter { ms: 10 }),
+        ]
+        .into_iter()
+        .map(FaultSlot::new)
+        .collect();
+        let get = plan_faults(&mut slots, "GET", "/apis/apps/v1/deployments/a");
+        assert_eq!((get.latency_ms, get.answer_after_ms), (5, 20));
+        assert_eq!(get.action, None);
+        let patch = plan_faults(&mut slots, "PATCH", "/api/v1/namespaces/n/events");
+        assert_eq!((patch.latency_ms, patch.answer_after_ms), (12, 50));
+    }
+
+    #[test]
+    fn answer_after_reads_as_the_documented_json() {
+        let fault: FaultKind = serde_json::from_str(r#"{"answer_after": {"ms": 20}}"#).unwrap();
+        assert_eq!(fault, FaultKind::AnswerAfter { ms: 20 });
+    }
 }

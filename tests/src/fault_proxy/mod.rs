@@ -15,7 +15,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -284,6 +284,7 @@ async fn handle(
     kill: &Notify,
     request: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    let arrived = Instant::now();
     let (parts, body) = request.into_parts();
     let body = body
         .collect()
@@ -336,15 +337,18 @@ async fn handle(
             },
             status: 0,
             user,
+            upstream_us: 0,
         });
         let index = state.requests.len() - 1;
         (index, plan_faults(&mut state.faults, &method, &path))
     };
-    let finish = |status: u16| {
+    let finish = |status: u16, upstream: Option<Duration>| {
         if let Some(r) = shared.lock().requests.get_mut(index) {
             r.status = status;
+            r.upstream_us = upstream.map_or(0, |d| d.as_micros() as u64);
         }
     };
+    let answer_after = arrived + Duration::from_millis(plan.answer_after_ms);
     if plan.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(plan.latency_ms)).await;
     }
@@ -355,11 +359,15 @@ async fn handle(
             code,
             retry_after_secs,
         }) => {
-            finish(*code);
+            finish(*code, None);
+            tokio::time::sleep_until(answer_after.into()).await;
             return status::injected(*code, *retry_after_secs, &method, &path);
         }
         Some(FaultKind::ConflictBump) => write_competing_change(&shared.upstream, &path).await,
-        Some(FaultKind::Latency { .. } | FaultKind::DropResponse) | None => {}
+        Some(
+            FaultKind::Latency { .. } | FaultKind::AnswerAfter { .. } | FaultKind::DropResponse,
+        )
+        | None => {}
     }
     let mut forward = shared.upstream.client.request(
         parts.method.clone(),
@@ -383,6 +391,7 @@ async fn handle(
     if let Some((_, token)) = &accepted {
         forward = forward.bearer_auth(token);
     }
+    let forwarded = Instant::now();
     let answer = match forward.body(body).send().await {
         Ok(answer) => answer,
         // The server is unreachable: so is the proxy.
@@ -393,7 +402,8 @@ async fn handle(
     let Ok(bytes) = answer.bytes().await else {
         return close_without_answer(kill).await;
     };
-    finish(status.as_u16());
+    finish(status.as_u16(), Some(forwarded.elapsed()));
+    tokio::time::sleep_until(answer_after.into()).await;
     if plan.action == Some(FaultKind::DropResponse) {
         // Stored by the server; the answer never leaves.
         return close_without_answer(kill).await;

@@ -97,11 +97,12 @@ impl BenchCluster {
         }
     }
 
-    /// `ms` of latency on every request from now on.
-    pub fn add_latency(&self, ms: u64) {
+    /// Every request from now on answered `ms` after it arrived, or when the server has
+    /// answered if that takes longer: a remote API server `ms` away.
+    pub fn answer_after(&self, ms: u64) {
         self.cluster
             .faults()
-            .add_fault(Fault::new(FaultKind::Latency { ms }));
+            .add_fault(Fault::new(FaultKind::AnswerAfter { ms }));
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {

@@ -24,10 +24,12 @@
 //!   API time to subtract. Measured after the cold invocation and a few warm-up ones; the
 //!   figure is the median of the runs' medians, so one noisy stretch of the machine cannot
 //!   decide it. The function's CPU time (`/proc/<pid>/task/*/schedstat`) is recorded too.
-//! * `storm`: 500 firing alerts over 200 opted-in Deployments in one invocation, 20 ms
-//!   injected on every API request, `MAX_TARGETS_PER_INVOCATION=200`; wall time against the
-//!   floor (targets x requests per target x 20 ms / `MAX_CONCURRENCY`; the real server's own
-//!   time comes on top of it), peak RSS (`VmHWM`).
+//! * `storm`: 500 firing alerts over 200 opted-in Deployments in one invocation, every API
+//!   request answered 20 ms after it was sent or when the server answered if later,
+//!   `MAX_TARGETS_PER_INVOCATION=200`; wall time against the floor (the round trips the
+//!   safety rules need x 20 ms) and against the floor on this server (each request costing
+//!   the server's own time where that was longer), peak RSS (`VmHWM`), the server's time
+//!   per kind of request.
 //! * `capped`: the same storm with the default blast radius (10).
 //! * `storm0`: the storm without injected latency: the processing time alone (function,
 //!   fault proxy and API server), which is what the storm adds to its floor.
@@ -433,6 +435,8 @@ impl Bench<'_> {
         let mut skip_reasons = Value::Null;
         let mut per_target = Value::Null;
         let mut shape = Value::Null;
+        let mut logged = Vec::new();
+        let (mut floors_here, mut ratios_here) = (Vec::new(), Vec::new());
         let server_pids = cluster::server_pids();
         let server_cpu = || -> Option<f64> {
             if server_pids.is_empty() {
@@ -464,7 +468,7 @@ impl Bench<'_> {
                 "event_bytes": bytes.len(),
             });
             if latency_ms > 0 {
-                cluster.add_latency(latency_ms);
+                cluster.answer_after(latency_ms);
             }
             cluster.clear_requests();
             let api = RuntimeApi::start().await.map_err(|e| e.to_string())?;
@@ -497,7 +501,14 @@ impl Bench<'_> {
             rss.push(rss_kib as f64);
             summary = invoked.body["summary"].clone();
             skip_reasons = skip_reasons_of(&invoked);
-            per_target = requests_per_target(&cluster.requests());
+            let requests = cluster.requests();
+            per_target = requests_per_target(&requests);
+            if latency_ms > 0 {
+                let floor_here = floor_on_this_server_ms(&requests, latency_ms, concurrency);
+                floors_here.push(floor_here);
+                ratios_here.push(ms(invoked.duration()) / floor_here);
+            }
+            logged.extend(requests);
             eprintln!(
                 "{label} {run}: {:.1} ms (floor {floor_ms:.0} ms), peak RSS {:.1} MiB, CPU: function {:.0} ms, API server {:.0} ms",
                 ms(invoked.duration()),
@@ -507,6 +518,7 @@ impl Bench<'_> {
             );
         }
         let wall_stats = stats(&wall);
+        let upstream_ms: Vec<f64> = logged.iter().map(server_ms).collect();
         Ok(json!({
             "alerts": STORM_ALERTS,
             "targets": STORM_TARGETS,
@@ -525,9 +537,15 @@ impl Bench<'_> {
             "floor_ms": floor_ms,
             "wall_ms": wall_stats,
             "ratio": if floor_ms > 0.0 { json!(median(&wall) / floor_ms) } else { Value::Null },
+            "floor_on_this_server_ms": stats(&floors_here),
+            "ratio_on_this_server": stats(&ratios_here),
             "function_cpu_ms": stats(&function_cpu),
             "server_cpu_ms": stats(&server_cpu_ms),
             "peak_rss_kib": stats(&rss),
+            "server_ms_per_request": summary_stats(&upstream_ms),
+            "requests_over_latency": upstream_ms.iter().filter(|t| **t > latency_ms as f64).count(),
+            "requests_measured": upstream_ms.len(),
+            "server_ms_by_request": server_ms_by_request(&logged),
             "summary": summary,
             "skip_reasons": skip_reasons,
             "requests_per_target": per_target,
@@ -615,23 +633,89 @@ fn skip_reasons_of(invoked: &Invoked) -> Value {
 }
 
 /// Counts, per target Deployment, the API requests the fault proxy logged for it.
+/// The floor again with each request costing what this server took for it when that was
+/// longer than `latency_ms`: the storm's phases in order (the targets' reads, the brakes
+/// read together, the budget's read then write, the changes and Events), each spread over
+/// `concurrency` slots as the requests came. What the function adds is the rest.
+fn floor_on_this_server_ms(log: &[RecordedRequest], latency_ms: u64, concurrency: usize) -> f64 {
+    let cost = |r: &RecordedRequest| server_ms(r).max(latency_ms as f64);
+    let written: Vec<&str> = log
+        .iter()
+        .filter(|r| r.method == "PATCH" && !r.path.contains("/deployments/"))
+        .map(|r| r.path.as_str())
+        .collect();
+    let (mut reads, mut brakes, mut budget, mut changes) = (vec![], vec![], vec![], vec![]);
+    for request in log {
+        match (request.method.as_str(), request_subject(request).0) {
+            ("GET", "deployment") => reads.push(cost(request)),
+            (_, "deployment" | "event") => changes.push(cost(request)),
+            _ if written.contains(&request.path.as_str()) => budget.push(cost(request)),
+            _ => brakes.push(cost(request)),
+        }
+    }
+    makespan(&reads, concurrency)
+        + brakes.iter().copied().fold(0.0, f64::max)
+        + budget.iter().sum::<f64>()
+        + makespan(&changes, concurrency)
+}
+
+/// How long `costs` take in order on `slots` parallel slots, each taking the next request
+/// as soon as it is free.
+fn makespan(costs: &[f64], slots: usize) -> f64 {
+    let mut free_at = vec![0.0_f64; slots.max(1)];
+    for cost in costs {
+        let slot = free_at
+            .iter_mut()
+            .min_by(|a, b| a.total_cmp(b))
+            .expect("at least one slot");
+        *slot += cost;
+    }
+    free_at.into_iter().fold(0.0, f64::max)
+}
+
+/// The API server's time for a logged request, in milliseconds.
+fn server_ms(request: &RecordedRequest) -> f64 {
+    request.upstream_us as f64 / 1000.0
+}
+
+/// The server's time per kind of request (`"PATCH deployment"`: median, p95, ...).
+fn server_ms_by_request(log: &[RecordedRequest]) -> Value {
+    let mut per: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for request in log {
+        let (what, _) = request_subject(request);
+        per.entry(format!("{} {what}", request.method))
+            .or_default()
+            .push(server_ms(request));
+    }
+    per.into_iter()
+        .map(|(kind, times)| (kind, summary_stats(&times)))
+        .collect()
+}
+
+/// What a request is about: (`deployment` | `event` | `other`, the object's name or path).
+fn request_subject(request: &RecordedRequest) -> (&'static str, String) {
+    let path = request.path.as_str();
+    if let Some(i) = path.find("/deployments/") {
+        ("deployment", path[i + "/deployments/".len()..].to_owned())
+    } else if path.ends_with("/events") {
+        (
+            "event",
+            request.body["regarding"]["name"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned(),
+        )
+    } else {
+        ("other", path.to_owned())
+    }
+}
+
+/// Targets grouped by the requests made for them.
 fn requests_per_target(log: &[RecordedRequest]) -> Value {
     let mut per: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for request in log {
-        let (method, path) = (request.method.as_str(), request.path.as_str());
-        let (what, name) = if let Some(i) = path.find("/deployments/") {
-            ("deployment", path[i + "/deployments/".len()..].to_owned())
-        } else if path.ends_with("/events") {
-            (
-                "event",
-                request.body["regarding"]["name"]
-                    .as_str()
-                    .unwrap_or("?")
-                    .to_owned(),
-            )
-        } else {
-            ("other", path.to_owned())
-        };
+        let method = request.method.as_str();
+        let (what, name) = request_subject(request);
         *per.entry(name)
             .or_default()
             .entry(format!("{method} {what}"))
@@ -912,6 +996,13 @@ fn median(samples: &[f64]) -> f64 {
     } else {
         (sorted[mid - 1] + sorted[mid]) / 2.0
     }
+}
+
+/// [`stats`] without the samples (for thousands of them).
+fn summary_stats(samples: &[f64]) -> Value {
+    let mut figures = stats(samples);
+    figures.as_object_mut().map(|o| o.remove("samples"));
+    figures
 }
 
 fn stats(samples: &[f64]) -> Value {
