@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use crate::fault_proxy::{Fault, RecordedRequest};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use lambda_runtime::{Context, LambdaEvent};
 use mesh_remediation::cluster::record::{ActionRecord, FIELD_MANAGER};
+use mesh_remediation::lambda::Function;
 use mesh_remediation::remediation::Remediation;
 use mesh_remediation::remediation::istio;
 use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
@@ -248,6 +250,20 @@ pub fn assert_failed_saying(report: &InvocationReport, parts: &[&str]) {
 pub fn assert_retryable_saying(report: &InvocationReport, parts: &[&str]) {
     assert_failed_saying(report, parts);
     assert!(only(report).retryable, "{report:#?}");
+}
+
+/// Hands `event` to the Lambda handler `function` and asserts the invocation fails with the
+/// retryable error type, saying it failed transiently: Lambda then retries it.
+pub async fn assert_invocation_fails_transiently<R: Remediation>(
+    function: &Function<R>,
+    event: Value,
+) {
+    let err = function
+        .invoke(LambdaEvent::new(event, Context::default()))
+        .await
+        .expect_err("a transient failure must fail the invocation so Lambda retries it");
+    assert_eq!(err.error_type(), "MeshRemediation.Retryable", "{err}");
+    assert!(err.to_string().contains("failed transiently"), "{err}");
 }
 
 /// Asserts `report`'s one outcome hands the alert to a person and its reason says each of

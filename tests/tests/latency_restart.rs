@@ -14,7 +14,8 @@ use mesh_remediation::report::{InvocationReport, OutcomeKind};
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::fault_proxy::{Fault, FaultKind};
 use remediation_testkit::mesh::{
-    assert_one_dry_run_patch, assert_skipped_for, assert_skipped_saying, only, only_of_kind, reason,
+    assert_invocation_fails_transiently, assert_one_dry_run_patch, assert_skipped_for,
+    assert_skipped_saying, only, only_of_kind, reason,
 };
 use remediation_testkit::{TestCluster, events};
 use serde_json::json;
@@ -45,6 +46,13 @@ fn kinds(report: &InvocationReport) -> Vec<OutcomeKind> {
 async fn setup(prefix: &str) -> (TestCluster, Deployment) {
     let cluster = TestCluster::start(prefix).await;
     let before = cluster.create_deployment(TARGET, true).await;
+    (cluster, before)
+}
+
+/// [`setup`] with `fault` injected in front of the API server.
+async fn setup_with_fault(prefix: &str, fault: Fault) -> (TestCluster, Deployment) {
+    let (cluster, before) = setup(prefix).await;
+    cluster.faults().add_fault(fault);
     (cluster, before)
 }
 
@@ -376,10 +384,7 @@ async fn malformed_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test]
 async fn api_500_is_a_retryable_failure_that_changes_nothing() {
-    let (cluster, before) = setup("api500").await;
-    cluster
-        .faults()
-        .add_fault(Fault::status(500).method("PATCH"));
+    let (cluster, before) = setup_with_fault("api500", Fault::status(500).method("PATCH")).await;
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     let report = cluster.invoke(LatencyRestart, &[], &event).await;
     let outcome = only(&report);
@@ -409,11 +414,7 @@ async fn a_retryable_failure_fails_the_lambda_invocation_and_bad_input_does_not(
         .faults()
         .add_fault(Fault::status(503).method("PATCH"));
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
-    let err = function
-        .invoke(LambdaEvent::new(event, Context::default()))
-        .await
-        .expect_err("transient failure must surface so Lambda retries");
-    assert!(err.to_string().contains("failed transiently"), "{err}");
+    assert_invocation_fails_transiently(&function, event).await;
 }
 
 #[tokio::test]
@@ -542,10 +543,7 @@ async fn a_rollout_in_progress_is_not_restarted() {
 
 #[tokio::test]
 async fn slow_api_within_the_timeout_still_acts() {
-    let (cluster, _) = setup("slow").await;
-    cluster
-        .faults()
-        .add_fault(Fault::latency(300).method("PATCH"));
+    let (cluster, _) = setup_with_fault("slow", Fault::latency(300).method("PATCH")).await;
     let started = std::time::Instant::now();
     let event = events::fresh("latency-restart-firing.json", &cluster.namespace);
     assert_eq!(

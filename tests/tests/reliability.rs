@@ -18,7 +18,9 @@ use mesh_remediation::report::{InvocationReport, Outcome, OutcomeKind};
 use remediation_testkit::cluster::NO_COOLDOWN;
 use remediation_testkit::cluster::{FixedConnector, config};
 use remediation_testkit::fault_proxy::{Fault, FaultKind, FaultProxy, RecordedRequest};
-use remediation_testkit::mesh::{Kind, Mesh, only, only_of_kind, reason};
+use remediation_testkit::mesh::{
+    Kind, Mesh, assert_invocation_fails_transiently, only, only_of_kind, reason,
+};
 use remediation_testkit::{TestCluster, events};
 use serde_json::Value;
 use serde_json::json;
@@ -355,12 +357,7 @@ async fn an_api_that_is_down_is_a_quick_retryable_failure() {
         "refused connections fail fast: {:?}",
         started.elapsed()
     );
-    let function = Function::new(pipeline);
-    let err = function
-        .invoke(LambdaEvent::new(firing(&cluster), Context::default()))
-        .await
-        .expect_err("Lambda must retry");
-    assert!(err.to_string().contains("failed transiently"), "{err}");
+    assert_invocation_fails_transiently(&Function::new(pipeline), firing(&cluster)).await;
 }
 
 #[tokio::test]
