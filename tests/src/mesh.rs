@@ -158,14 +158,6 @@ impl<'a> Mesh<'a> {
             .iter()
             .map(|(subset, labels, _)| json!({"name": subset, "labels": labels}))
             .collect();
-        self.create(
-            Kind::DestinationRule,
-            name,
-            true,
-            json!({}),
-            json!({"host": name, "subsets": rule_subsets}),
-        )
-        .await;
         let route: Vec<Value> = subsets
             .iter()
             .map(|(subset, _, weight)| {
@@ -173,7 +165,40 @@ impl<'a> Mesh<'a> {
             })
             .collect();
         spec["http"] = json!([{ "route": route }]);
-        self.create(Kind::VirtualService, name, true, annotations, spec)
+        let rule = json!({"host": name, "subsets": rule_subsets});
+        self.rule_and_service(name, true, rule, annotations, spec)
+            .await
+    }
+
+    /// [`Mesh::subset_split`] of `name` (hosts `[name]`, no annotations) over the first
+    /// `weights.len()` of [`REGION_SUBSETS`], with those weights.
+    pub async fn region_split(&self, name: &str, weights: &[i64]) -> Value {
+        let subsets: Vec<(&str, Value, i64)> = REGION_SUBSETS
+            .iter()
+            .zip(weights)
+            .map(|((subset, region), weight)| {
+                let labels = json!({"topology.kubernetes.io/region": region});
+                (*subset, labels, *weight)
+            })
+            .collect();
+        self.subset_split(name, &subsets, json!({}), json!({"hosts": [name]}))
+            .await
+    }
+
+    /// A DestinationRule `name` with the spec `rule` and a VirtualService `name` with
+    /// `annotations` and the spec `service`, both opted in or neither. Returns the
+    /// VirtualService as stored.
+    pub async fn rule_and_service(
+        &self,
+        name: &str,
+        opted_in: bool,
+        rule: Value,
+        annotations: Value,
+        service: Value,
+    ) -> Value {
+        self.create(Kind::DestinationRule, name, opted_in, json!({}), rule)
+            .await;
+        self.create(Kind::VirtualService, name, opted_in, annotations, service)
             .await
     }
 
@@ -199,6 +224,13 @@ impl<'a> Mesh<'a> {
             .unwrap_or_else(|err| panic!("edit {} {name}: {err}", kind.name()));
     }
 }
+
+/// The regional subsets of the tests' meshes: (subset, `topology.kubernetes.io/region`).
+pub const REGION_SUBSETS: [(&str, &str); 3] = [
+    ("east", "us-east-1"),
+    ("west", "us-west-2"),
+    ("eu", "eu-west-1"),
+];
 
 /// The JSON text of an object's spec (keys sorted), for byte-for-byte comparisons.
 pub fn spec_text(object: &Value) -> String {

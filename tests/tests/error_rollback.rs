@@ -25,22 +25,14 @@ fn split(v1: i64, v2: i64) -> Value {
 
 async fn setup(prefix: &str, opted_in: bool, annotations: Value) -> (TestCluster, Value) {
     let cluster = TestCluster::start(prefix).await;
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        VS,
-        opted_in,
-        json!({}),
-        version_subsets("checkout"),
-    )
-    .await;
-    let before = mesh
-        .create(
-            Kind::VirtualService,
+    let service = json!({"hosts": ["checkout"], "http": split(50, 50)});
+    let before = Mesh::new(&cluster)
+        .rule_and_service(
             VS,
             opted_in,
+            version_subsets("checkout"),
             annotations,
-            json!({"hosts": ["checkout"], "http": split(50, 50)}),
+            service,
         )
         .await;
     (cluster, before)

@@ -290,18 +290,8 @@ fn regional_frontend(ns: &str) -> World {
 async fn after_region_failover_no_client_reaches_the_degraded_region() {
     let cluster = TestCluster::start("iv-failover").await;
     let ns = cluster.namespace.clone();
-    let region = |r: &str| json!({"topology.kubernetes.io/region": r});
     Mesh::new(&cluster)
-        .subset_split(
-            "frontend",
-            &[
-                ("east", region("us-east-1"), 60),
-                ("west", region("us-west-2"), 30),
-                ("eu", region("eu-west-1"), 10),
-            ],
-            json!({}),
-            json!({"hosts": ["frontend"]}),
-        )
+        .region_split("frontend", &[60, 30, 10])
         .await;
     let base = regional_frontend(&ns);
     let host = fqdn("frontend", &ns);

@@ -77,23 +77,9 @@ fn rule_spec() -> Value {
 
 async fn setup(prefix: &str, opted_in: bool) -> (TestCluster, Value) {
     let cluster = TestCluster::start(prefix).await;
-    let mesh = Mesh::new(&cluster);
-    mesh.create(
-        Kind::DestinationRule,
-        NAME,
-        opted_in,
-        json!({}),
-        rule_spec(),
-    )
-    .await;
-    let before = mesh
-        .create(
-            Kind::VirtualService,
-            NAME,
-            opted_in,
-            json!({}),
-            json!({"hosts": ["frontend"], "http": routes(60, 30, 10)}),
-        )
+    let service = json!({"hosts": ["frontend"], "http": routes(60, 30, 10)});
+    let before = Mesh::new(&cluster)
+        .rule_and_service(NAME, opted_in, rule_spec(), json!({}), service)
         .await;
     (cluster, before)
 }
