@@ -71,6 +71,25 @@ async fn route_checkout(cluster: &TestCluster, annotations: Value, http: Value) 
         .await
 }
 
+/// checkout's rule with the subsets `stable` (v1), `canary` (v2) and `v0_subset` (v0), and
+/// its route split `weights` between `stable` and `canary`, the VirtualService naming
+/// `stable_subset` its stable subset.
+async fn with_v0_subset(
+    cluster: &TestCluster,
+    v0_subset: &str,
+    stable_subset: &str,
+    (stable, canary): (i64, i64),
+) {
+    subsets_of(
+        cluster,
+        &[("stable", "v1"), ("canary", "v2"), (v0_subset, "v0")],
+    )
+    .await;
+    let annotations = json!({"auto-remediation.io/stable-subset": stable_subset});
+    let http = json!([split("checkout", stable, canary)]);
+    route_checkout(cluster, annotations, http).await;
+}
+
 fn split(host: &str, stable: i64, canary: i64) -> Value {
     json!({"name": "split", "route": [
         {"destination": {"host": host, "subset": "stable"}, "weight": stable},
@@ -344,17 +363,7 @@ async fn an_annotated_stable_subset_no_route_has_yet_takes_the_traffic_and_the_r
     // A third version, v0, the one the owner names stable; no route sends to it yet.
     let v0 = json!({"version": "v0"});
     world.pod(&ns, "checkout", v0, "us-west-2", "10.2.0.5");
-    subsets_of(
-        &cluster,
-        &[("stable", "v1"), ("canary", "v2"), ("previous", "v0")],
-    )
-    .await;
-    route_checkout(
-        &cluster,
-        json!({"auto-remediation.io/stable-subset": "previous"}),
-        json!([split("checkout", 50, 50)]),
-    )
-    .await;
+    with_v0_subset(&cluster, "previous", "previous", (50, 50)).await;
     let before = compile(&cluster, &world, &clients(&ns)).await;
     applied(&cluster, &events::fresh("error-rollback-firing.json", &ns)).await;
     let after = compile(&cluster, &world, &clients(&ns)).await;
@@ -390,17 +399,7 @@ async fn with_stored_pods(prefix: &str, stable: &str) -> (TestCluster, World) {
     for pod in world.objects_of("Pod") {
         store_pod(&cluster.client, &pod).await.expect("pod");
     }
-    subsets_of(
-        &cluster,
-        &[("stable", "v1"), ("canary", "v2"), ("old", "v0")],
-    )
-    .await;
-    route_checkout(
-        &cluster,
-        json!({ "auto-remediation.io/stable-subset": stable }),
-        json!([split("checkout", 90, 10)]),
-    )
-    .await;
+    with_v0_subset(&cluster, "old", stable, (90, 10)).await;
     (cluster, world)
 }
 

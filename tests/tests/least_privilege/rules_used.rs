@@ -122,6 +122,14 @@ fn assert_nothing_refused(cluster: &TestCluster) {
     );
 }
 
+/// Creates `object` through `api`.
+async fn create<K>(api: Api<K>, object: &K) -> kube::Result<()>
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    api.create(&PostParams::default(), object).await.map(drop)
+}
+
 /// A user of the test's own, bound to copies of `function`'s roles without `verb` on
 /// `resource` in `api_group`; its client (the admin impersonating it).
 async fn without_rule(
@@ -163,42 +171,38 @@ async fn without_rule(
             kind: "ClusterRole".into(),
             name: name.clone(),
         };
-        Api::<ClusterRole>::all(cluster.client.clone())
-            .create(
-                &PostParams::default(),
-                &ClusterRole {
-                    metadata: meta.clone(),
-                    rules: Some(rules),
-                    ..ClusterRole::default()
-                },
-            )
+        let role = ClusterRole {
+            metadata: meta.clone(),
+            rules: Some(rules),
+            ..ClusterRole::default()
+        };
+        create(Api::all(cluster.client.clone()), &role)
             .await
             .expect("copy of the role");
-        match namespace {
-            None => Api::<ClusterRoleBinding>::all(cluster.client.clone())
-                .create(
-                    &PostParams::default(),
-                    &ClusterRoleBinding {
-                        metadata: meta,
-                        role_ref,
-                        subjects: Some(vec![subject.clone()]),
-                    },
-                )
-                .await
-                .map(drop),
-            Some(ns) => Api::<RoleBinding>::namespaced(cluster.client.clone(), &ns)
-                .create(
-                    &PostParams::default(),
-                    &RoleBinding {
-                        metadata: meta,
-                        role_ref,
-                        subjects: Some(vec![subject.clone()]),
-                    },
-                )
-                .await
-                .map(drop),
-        }
-        .expect("binding of the copy");
+        let binding = RoleBinding {
+            metadata: meta,
+            role_ref,
+            subjects: Some(vec![subject.clone()]),
+        };
+        let client = cluster.client.clone();
+        let created = match namespace {
+            Some(ns) => create(Api::namespaced(client, &ns), &binding).await,
+            // The same binding, cluster-wide.
+            None => {
+                let RoleBinding {
+                    metadata,
+                    role_ref,
+                    subjects,
+                } = binding;
+                let binding = ClusterRoleBinding {
+                    metadata,
+                    role_ref,
+                    subjects,
+                };
+                create(Api::all(client), &binding).await
+            }
+        };
+        created.expect("binding of the copy");
     }
     let client = cluster.impersonating(&user, &[]).await;
     (user, client)
@@ -421,17 +425,8 @@ async fn db_circuit_break_works_within_its_rules() {
 #[tokio::test]
 async fn region_failover_works_within_its_rules() {
     let cluster = TestCluster::start("rules-rf").await;
-    let region = |r: &str| json!({"topology.kubernetes.io/region": r});
     Mesh::new(&cluster)
-        .subset_split(
-            "frontend",
-            &[
-                ("east", region("us-east-1"), 50),
-                ("west", region("us-west-2"), 50),
-            ],
-            json!({}),
-            json!({"hosts": ["frontend"]}),
-        )
+        .region_split("frontend", &[50, 50])
         .await;
     let failover = RegionFailover::new(FailoverSettings::from_lookup(|_| None).expect("defaults"));
     let event = events::fresh("region-failover-firing.json", &cluster.namespace);
