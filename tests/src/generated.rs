@@ -152,13 +152,18 @@ impl Harness {
 }
 
 /// The smaller meshes worth running when shrinking `mesh`, of those proposed: `valid` ones
-/// other than `mesh`, one per `identity`, smallest first (as proposed where alike in size).
+/// other than `mesh`, one per identity (the objects, the world and what `rest` adds),
+/// smallest first (as proposed where alike in size).
 pub fn worth_trying<M: Generated + PartialEq>(
     mesh: &M,
     proposed: Vec<M>,
     valid: impl Fn(&M) -> bool,
-    identity: impl Fn(&M) -> String,
+    rest: impl Fn(&M) -> String,
 ) -> Vec<M> {
+    let identity = |m: &M| {
+        let (objects, world) = (m.object_templates(), m.world_templates());
+        format!("{objects:?}{world:?}{}", rest(m))
+    };
     let mut seen = BTreeSet::new();
     let mut out: Vec<M> = proposed
         .into_iter()

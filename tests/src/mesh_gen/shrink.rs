@@ -21,9 +21,7 @@ impl GeneratedMesh {
         self.drop_endpoints(&mut out);
         out.extend(without_each_node(self, |m| &mut m.objects, is_rule));
         let valid = |m: &GeneratedMesh| m.invalid().is_none();
-        worth_trying(self, out, valid, |m| {
-            format!("{:?}{:?}{:?}", m.objects, m.world, m.clients)
-        })
+        worth_trying(self, out, valid, |m| format!("{:?}", m.clients))
     }
 
     /// A client namespace that is neither the alert's nor the database's, with everything
