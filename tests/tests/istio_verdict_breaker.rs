@@ -78,10 +78,14 @@ fn db_cluster(subset: &str, host: &str) -> String {
 }
 
 /// Asserts the client in us-east-1 (`same-ns-east`) calls only its own region through
-/// `cluster`: Istio's locality preference acts; `why` says why it should.
-fn assert_east_client_stays_east(compiled: &Compiled, cluster: &str, why: &str) {
+/// `cluster`: Istio's locality preference acts.
+fn assert_east_client_stays_east(compiled: &Compiled, cluster: &str) {
     let regions = regions_called(compiled, "same-ns-east", cluster);
-    assert_eq!(regions, BTreeSet::from(["us-east-1".to_owned()]), "{why}");
+    let own = BTreeSet::from(["us-east-1".to_owned()]);
+    assert_eq!(
+        regions, own,
+        "{cluster}: the east client calls its own region only"
+    );
 }
 
 /// Asserts every client's calls through each of `clusters` reach the regions they did
@@ -359,12 +363,9 @@ async fn a_dormant_failover_the_breaker_wakes_is_reported_not_called_unchanged()
         change.contains("failover") && change.contains("now active"),
         "{change}"
     );
+    // What the outcome says is what Istio does: the client now prefers its own region.
     let after = world.compile_stored(&cluster).await;
-    assert_east_client_stays_east(
-        &after,
-        &default_cluster,
-        "what the outcome says is what Istio does: the client now prefers its own region",
-    );
+    assert_east_client_stays_east(&after, &default_cluster);
 }
 
 #[tokio::test]
@@ -416,12 +417,9 @@ async fn outlier_detection_already_on_keeps_each_clients_own_region_first() {
     )
     .await;
     let default_cluster = db_cluster("", &host);
+    // Outlier detection on: each client prefers its own region.
     let before = world.compile_stored(&cluster).await;
-    assert_east_client_stays_east(
-        &before,
-        &default_cluster,
-        "outlier detection on: each client prefers its own region",
-    );
+    assert_east_client_stays_east(&before, &default_cluster);
     break_preserving(&cluster, &world, &before, &[&default_cluster]).await;
 }
 
@@ -483,12 +481,9 @@ async fn a_subset_that_loses_its_preference_is_named_in_the_outcome() {
     let ns = cluster.namespace.clone();
     let replicas = db_cluster("replicas", &host);
     let default_cluster = db_cluster("", &host);
+    // The subset's own outlier detection: its clients prefer their own region.
     let before = world.compile_stored(&cluster).await;
-    assert_east_client_stays_east(
-        &before,
-        &replicas,
-        "the subset's own outlier detection: its clients prefer their own region",
-    );
+    assert_east_client_stays_east(&before, &replicas);
     let change = break_circuit(&cluster, "preserve", "orders-db").await;
     assert!(
         change.contains("clients of subsets replicas preferred their own region and now spread"),

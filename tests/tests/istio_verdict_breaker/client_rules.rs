@@ -30,6 +30,11 @@ async fn rule_specs(cluster: &TestCluster, namespaces: &[&str]) -> Vec<(String, 
     out
 }
 
+/// [`rule_specs`] of the alert's namespace and the client namespace `web`.
+async fn both_rules(cluster: &TestCluster, web: &str) -> Vec<(String, String)> {
+    rule_specs(cluster, &[&cluster.namespace, web]).await
+}
+
 /// The DestinationRules stored in `namespace`.
 async fn rules_in(cluster: &TestCluster, namespace: &str) -> Vec<DynamicObject> {
     let api = Mesh::in_namespace(cluster, namespace).api(Kind::DestinationRule);
@@ -88,7 +93,7 @@ async fn a_rule_in_a_client_namespace_takes_precedence_so_the_breaker_is_refused
     let (cluster, world, host, web) = database_with_a_client_rule("ivb-client-ns", false).await;
     let ns = cluster.namespace.clone();
     let clients = web_clients(&ns, &web);
-    let before_specs = rule_specs(&cluster, &[&ns, &web]).await;
+    let before_specs = both_rules(&cluster, &web).await;
     let before = stored_with(&cluster, &world, &web).await.compile(&clients);
     let default_cluster = db_cluster("", &host);
     assert_eq!(
@@ -100,11 +105,8 @@ async fn a_rule_in_a_client_namespace_takes_precedence_so_the_breaker_is_refused
     let report = invoke(&cluster, &[]).await;
     let in_web = format!("clients in namespace {web}");
     assert_failed_saying(&report, &[&in_web, &format!("{web}/orders-db")]);
-    assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
-        before_specs,
-        "nothing changed"
-    );
+    let after_specs = both_rules(&cluster, &web).await;
+    assert_eq!(after_specs, before_specs, "nothing changed");
     let after = stored_with(&cluster, &world, &web).await.compile(&clients);
     for client in &clients {
         assert_eq!(
@@ -235,16 +237,11 @@ async fn an_opted_in_rule_in_a_client_namespace_gets_the_breaker_where_its_clien
 async fn an_opted_in_rule_in_a_protected_namespace_is_not_written_and_the_breaker_is_refused() {
     let (cluster, _world, _host, web) =
         database_with_a_client_rule("ivb-client-protected", true).await;
-    let ns = cluster.namespace.clone();
-    let before = rule_specs(&cluster, &[&ns, &web]).await;
+    let before = both_rules(&cluster, &web).await;
     let protected = format!("kube-system,{web}");
     let report = invoke(&cluster, &[("PROTECTED_NAMESPACES", protected.as_str())]).await;
     assert_failed_saying(&report, &[&format!("namespace {web} is protected")]);
-    assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
-        before,
-        "nothing changed"
-    );
+    assert_eq!(both_rules(&cluster, &web).await, before, "nothing changed");
 }
 
 #[tokio::test]
@@ -262,11 +259,11 @@ async fn a_pause_on_the_alerts_namespace_holds_the_rule_in_another_namespace_too
         )
         .await
         .expect("pause the alert's namespace");
-    let before = rule_specs(&cluster, &[&ns, &web]).await;
+    let before = both_rules(&cluster, &web).await;
     let report = invoke(&cluster, &[]).await;
     assert_skipped_saying(only(&report), &format!("paused for namespace {ns}"));
     assert_eq!(
-        rule_specs(&cluster, &[&ns, &web]).await,
+        both_rules(&cluster, &web).await,
         before,
         "web's rule, in a namespace nobody paused, is held too"
     );
