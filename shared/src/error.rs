@@ -58,6 +58,18 @@ pub enum Error {
         retryable: bool,
     },
 
+    /// A report sink (Slack, PagerDuty, Grafana, or any within its time) did not take a
+    /// report. Never carries the sink's URL or credential.
+    #[error("{sink}: {message}")]
+    Sink {
+        /// The sink, e.g. `slack`.
+        sink: &'static str,
+        /// What went wrong.
+        message: String,
+        /// Whether sending again may work (no answer, 5xx, 429).
+        retryable: bool,
+    },
+
     /// A report sink's credential could not be read from the secret store. The ARN is not a
     /// secret; the value never appears here.
     #[error("secret {arn}: {message}")]
@@ -98,6 +110,7 @@ impl Error {
             Error::ConflictStorm { .. } | Error::OutOfTime(_) => true,
             Error::Connect(_) => true,
             Error::Aws { retryable, .. }
+            | Error::Sink { retryable, .. }
             | Error::Secret { retryable, .. }
             | Error::Prometheus { retryable, .. } => *retryable,
         }

@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::pipeline::{Invocation, Pipeline};
 use crate::remediation::Remediation;
 use crate::report::InvocationReport;
+use crate::report::grafana::GrafanaNotifier;
 use crate::report::notify::{self, Notifier, PagerDutyNotifier, SlackNotifier, SnsNotifier};
 use crate::report::secrets::{SecretStore, SecretsManager, SinkSecret};
 use crate::report::sinks::CredentialKind;
@@ -127,6 +128,18 @@ pub fn notifiers(config: &Config) -> Vec<Arc<dyn Notifier>> {
     if let Some(webhook) = &config.sinks.slack_webhook {
         let webhook = SinkSecret::new(webhook.clone(), CredentialKind::SlackWebhook, store.clone());
         sinks.push(Arc::new(SlackNotifier::new(webhook)));
+    }
+    if let Some(grafana) = &config.sinks.grafana {
+        let token = SinkSecret::new(
+            grafana.token.clone(),
+            CredentialKind::GrafanaToken,
+            store.clone(),
+        );
+        sinks.push(Arc::new(GrafanaNotifier::new(
+            &grafana.url,
+            token,
+            grafana.dashboard_uid.clone(),
+        )));
     }
     if let Some(key) = &config.sinks.pagerduty_routing_key {
         let key = SinkSecret::new(key.clone(), CredentialKind::PagerDutyRoutingKey, store);

@@ -61,3 +61,24 @@ def test_every_selector_follows_the_cluster_variable():
         assert selectors, title
         for selector in selectors:
             assert 'cluster=~"$cluster"' in selector, f"{title}: {selector}"
+
+
+def test_the_dashboard_shows_the_annotations_the_functions_post():
+    """The functions tag every annotation with `ANNOTATION_TAG` (shared/src/report/grafana.rs);
+    the dashboard's annotation query asks Grafana's own store for exactly that tag, and the
+    dashboard's uid is the one the README gives for `GrafanaDashboardUid`."""
+    source = (ROOT / "shared/src/report/grafana.rs").read_text()
+    tag = re.search(r'pub const ANNOTATION_TAG: &str = "([^"]+)";', source).group(1)
+    dashboard = load()
+    queries = dashboard["annotations"]["list"]
+    asking = [
+        q
+        for q in queries
+        if q["datasource"] == {"type": "grafana", "uid": "-- Grafana --"}
+        and q["enable"]
+        and q["target"]["type"] == "tags"
+        and q["target"]["tags"] == [tag]
+    ]
+    assert len(asking) == 1, queries
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{dashboard['uid']}` is the shipped one's uid" in readme

@@ -80,6 +80,9 @@ SHARED_ENV = {
     # Secrets Manager ARNs of the sinks' credentials, empty when unused.
     "SLACK_WEBHOOK_SECRET_ARN": ("SlackWebhookSecretArn", ""),
     "PAGERDUTY_ROUTING_KEY_SECRET_ARN": ("PagerDutyRoutingKeySecretArn", ""),
+    "GRAFANA_URL": ("GrafanaUrl", ""),
+    "GRAFANA_TOKEN_SECRET_ARN": ("GrafanaTokenSecretArn", ""),
+    "GRAFANA_DASHBOARD_UID": ("GrafanaDashboardUid", ""),
     "MIMALLOC_ALLOW_THP": None,
     "KUBECONFIG": None,
     "PROMETHEUS_URL": ("PrometheusQueryUrl", ""),

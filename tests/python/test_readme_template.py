@@ -22,6 +22,7 @@ NOT_SET_BY_THE_TEMPLATE = {
     "AWS_LAMBDA_LOG_LEVEL": "set by Lambda from LoggingConfig.ApplicationLogLevel",
     "SLACK_WEBHOOK_URL": "the local-run path; in AWS the webhook comes from Secrets Manager",
     "PAGERDUTY_ROUTING_KEY": "the local-run path; in AWS the key comes from Secrets Manager",
+    "GRAFANA_TOKEN": "the local-run path; in AWS the token comes from Secrets Manager",
 }
 # Name=value pairs in the docs that are AWS CLI arguments or query fields, not parameters.
 AWS_CLI_FIELDS = {"MessageStructure", "OutputKey"}

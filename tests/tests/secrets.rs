@@ -10,10 +10,13 @@
 //! EKS's authenticator maps an IAM role to its Kubernetes group).
 //!
 //! In AWS the sink credentials come from Secrets Manager (`stored`); the published report
-//! carries its chat form beside the JSON (`chat`).
+//! carries its chat form beside the JSON (`chat`); every change is an annotation in Grafana
+//! (`grafana`).
 
 #[path = "secrets/chat.rs"]
 mod chat;
+#[path = "secrets/grafana.rs"]
+mod grafana;
 #[path = "secrets/stored.rs"]
 mod stored;
 

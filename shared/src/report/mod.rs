@@ -2,6 +2,7 @@
 //! line and the notification always agree.
 
 pub(crate) mod chat;
+pub mod grafana;
 pub(crate) mod notify;
 pub(crate) mod secrets;
 pub mod sinks;

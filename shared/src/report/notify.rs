@@ -40,8 +40,8 @@ pub async fn deliver_all(
         .map(|sink| async move {
             let result = match tokio::time::timeout(timeout, sink.notify(report)).await {
                 Ok(result) => result,
-                Err(_) => Err(Error::Aws {
-                    operation: "notify",
+                Err(_) => Err(Error::Sink {
+                    sink: sink.name(),
                     message: format!("no answer within {} ms", timeout.as_millis()),
                     retryable: true,
                 }),
@@ -147,14 +147,26 @@ fn http_client() -> &'static reqwest::Client {
 
 /// Posts JSON and maps failures to errors that never carry the URL (it is a secret).
 async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
-    let failure = |message: String, retryable: bool| Error::Aws {
-        operation: sink,
+    post_json_as(sink, url, None, body).await
+}
+
+/// [`post_json`] with a bearer token (never in an error either).
+pub(crate) async fn post_json_as(
+    sink: &'static str,
+    url: &str,
+    bearer: Option<&str>,
+    body: &Value,
+) -> Result<()> {
+    let failure = |message: String, retryable: bool| Error::Sink {
+        sink,
         message,
         retryable,
     };
-    let response = http_client()
-        .post(url)
-        .json(body)
+    let mut request = http_client().post(url).json(body);
+    if let Some(token) = bearer {
+        request = request.bearer_auth(token);
+    }
+    let response = request
         .send()
         .await
         .map_err(|err| failure(err.without_url().to_string(), true))?;
@@ -164,7 +176,7 @@ async fn post_json(sink: &'static str, url: &str, body: &Value) -> Result<()> {
     } else {
         Err(failure(
             format!("HTTP {}", status.as_u16()),
-            status.is_server_error(),
+            status.is_server_error() || status == reqwest::StatusCode::TOO_MANY_REQUESTS,
         ))
     }
 }

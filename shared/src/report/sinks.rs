@@ -1,9 +1,10 @@
-//! Configuration of the direct report sinks (Slack, PagerDuty) and their credentials.
+//! Configuration of the direct report sinks (Slack, PagerDuty, Grafana annotations) and
+//! their credentials.
 //!
 //! In AWS a credential lives in Secrets Manager and the function is told only the secret's
-//! ARN (`SLACK_WEBHOOK_SECRET_ARN`, `PAGERDUTY_ROUTING_KEY_SECRET_ARN`): it is read on
-//! first use ([`super::secrets`]). Local runs give the value itself (`SLACK_WEBHOOK_URL`,
-//! `PAGERDUTY_ROUTING_KEY`). Values never reach a log line or an error: their `Debug` is
+//! ARN (`SLACK_WEBHOOK_SECRET_ARN`, `PAGERDUTY_ROUTING_KEY_SECRET_ARN`,
+//! `GRAFANA_TOKEN_SECRET_ARN`): it is read on first use ([`super::secrets`]). Local runs
+//! give the value itself (`SLACK_WEBHOOK_URL`, `PAGERDUTY_ROUTING_KEY`, `GRAFANA_TOKEN`). Values never reach a log line or an error: their `Debug` is
 //! redacted and a malformed one is described, not echoed.
 
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub enum CredentialKind {
     SlackWebhook,
     /// A PagerDuty Events API v2 routing (integration) key.
     PagerDutyRoutingKey,
+    /// A Grafana service account token (or API key) allowed to write annotations.
+    GrafanaToken,
 }
 
 impl CredentialKind {
@@ -68,10 +71,14 @@ impl CredentialKind {
             CredentialKind::SlackWebhook if !is_http_url(value) => {
                 Err("is not an http(s) URL (value not shown: it is a secret)".into())
             }
-            CredentialKind::PagerDutyRoutingKey if value.chars().any(char::is_whitespace) => Err(
-                "contains whitespace, which no routing key does (value not shown: it is a secret)"
-                    .into(),
-            ),
+            CredentialKind::PagerDutyRoutingKey | CredentialKind::GrafanaToken
+                if value.chars().any(char::is_whitespace) =>
+            {
+                Err(
+                    "contains whitespace, which no key or token does (value not shown: it is a secret)"
+                        .into(),
+                )
+            }
             _ => Ok(()),
         }
     }
@@ -87,8 +94,23 @@ pub struct Sinks {
     pub pagerduty_routing_key: Option<SinkCredential>,
     /// `PAGERDUTY_EVENTS_URL`: the Events API endpoint (default PagerDuty's).
     pub pagerduty_events_url: String,
+    /// Grafana annotations: `GRAFANA_URL` with its token.
+    pub grafana: Option<GrafanaSink>,
     /// `NOTIFY_TIMEOUT_MS`: time each sink gets (default 3000).
     pub timeout: Duration,
+}
+
+/// Where annotations go: a Grafana (or Amazon Managed Grafana workspace) and a token of a
+/// service account with the Editor role (or `annotations:write`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrafanaSink {
+    /// `GRAFANA_URL`: the Grafana's base URL, e.g. `https://g-abc.grafana-workspace.us-east-1.amazonaws.com`.
+    pub url: String,
+    /// `GRAFANA_TOKEN_SECRET_ARN` or `GRAFANA_TOKEN`.
+    pub token: SinkCredential,
+    /// `GRAFANA_DASHBOARD_UID`: the annotations belong to this dashboard only; unset, they
+    /// are the organization's, shown by any dashboard that asks for their tag.
+    pub dashboard_uid: Option<String>,
 }
 
 impl Sinks {
@@ -124,8 +146,45 @@ impl Sinks {
             slack_webhook,
             pagerduty_routing_key,
             pagerduty_events_url,
+            grafana: grafana(get)?,
             timeout,
         })
+    }
+}
+
+/// The Grafana sink: a URL and a token together, or neither.
+fn grafana(get: &impl Fn(&str) -> Option<String>) -> Result<Option<GrafanaSink>> {
+    let token = credential(
+        get,
+        "GRAFANA_TOKEN_SECRET_ARN",
+        "GRAFANA_TOKEN",
+        CredentialKind::GrafanaToken,
+    )?;
+    let dashboard_uid = get("GRAFANA_DASHBOARD_UID");
+    let url = match get("GRAFANA_URL") {
+        Some(url) if !is_http_url(&url) => {
+            return Err(Error::Config {
+                var: "GRAFANA_URL",
+                message: "is not an http(s) URL".into(),
+            });
+        }
+        url => url.map(|u| u.trim_end_matches('/').to_owned()),
+    };
+    match (url, token) {
+        (Some(url), Some(token)) => Ok(Some(GrafanaSink {
+            url,
+            token,
+            dashboard_uid,
+        })),
+        (None, None) if dashboard_uid.is_none() => Ok(None),
+        (None, _) => Err(Error::Config {
+            var: "GRAFANA_URL",
+            message: "is not set, but a Grafana token or dashboard is; set the Grafana's URL or remove them".into(),
+        }),
+        (Some(_), None) => Err(Error::Config {
+            var: "GRAFANA_TOKEN_SECRET_ARN",
+            message: "is not set (nor GRAFANA_TOKEN for local runs): annotations need a service account token".into(),
+        }),
     }
 }
 
@@ -267,6 +326,37 @@ mod tests {
     }
 
     #[test]
+    fn grafana_needs_its_url_and_its_token_together() {
+        let stored = sinks(&[
+            ("GRAFANA_URL", "https://grafana.example/"),
+            ("GRAFANA_TOKEN_SECRET_ARN", ARN),
+            ("GRAFANA_DASHBOARD_UID", "mesh-remediation"),
+        ])
+        .expect("valid");
+        assert_eq!(
+            stored.grafana,
+            Some(GrafanaSink {
+                url: "https://grafana.example".into(),
+                token: SinkCredential::Stored {
+                    arn: ARN.into(),
+                    var: "GRAFANA_TOKEN_SECRET_ARN"
+                },
+                dashboard_uid: Some("mesh-remediation".into()),
+            })
+        );
+        assert_eq!(sinks(&[]).expect("valid").grafana, None);
+        let (var, _) = rejected_var(&[("GRAFANA_URL", "https://grafana.example")]);
+        assert_eq!(var, "GRAFANA_TOKEN_SECRET_ARN");
+        let (var, message) = rejected_var(&[("GRAFANA_TOKEN", "glsa_s3cr3t")]);
+        assert_eq!(var, "GRAFANA_URL");
+        assert!(!message.contains("s3cr3t"), "{message}");
+        let (var, _) = rejected_var(&[("GRAFANA_DASHBOARD_UID", "mesh-remediation")]);
+        assert_eq!(var, "GRAFANA_URL");
+        let (var, _) = rejected_var(&[("GRAFANA_URL", "grafana.example"), ("GRAFANA_TOKEN", "t")]);
+        assert_eq!(var, "GRAFANA_URL");
+    }
+
+    #[test]
     fn stored_values_are_checked_like_environment_values() {
         let slack = CredentialKind::SlackWebhook;
         let pagerduty = CredentialKind::PagerDutyRoutingKey;
@@ -281,6 +371,8 @@ mod tests {
             (slack, "{\"url\":\"https://hooks.slack.com/s3cr3t\"}"),
             (pagerduty, "{\"routing_key\":\"s3cr3t\"}"),
             (pagerduty, "s3cr3t s3cr3t"),
+            (CredentialKind::GrafanaToken, "glsa_s3cr3t\n"),
+            (CredentialKind::GrafanaToken, "{\"token\":\"glsa_s3cr3t\"}"),
         ] {
             let message = kind.check(value).expect_err(value);
             assert!(!message.contains("s3cr3t"), "{message}");

@@ -15,15 +15,22 @@ use super::{PAGERDUTY_KEY, SLACK_PATH, assert_no_secret};
 /// What the function logs when it reads a sink's secret (the ARN, never the value).
 const READ_LINE: &str = "sink credential read from Secrets Manager";
 
-/// The function with moto as its AWS, the test cluster, dry run and trace logging.
-async fn function(moto: &Moto, cluster: &TestCluster, extra: &[(&str, String)]) -> Emulator {
+/// The function with moto as its AWS, the test cluster, dry run (unless `extra` sets
+/// `DRY_RUN`) and trace logging.
+pub(super) async fn function(
+    moto: &Moto,
+    cluster: &TestCluster,
+    extra: &[(&str, String)],
+) -> Emulator {
     let mut env: Vec<(&str, String)> = moto.env();
+    if !extra.iter().any(|(k, _)| *k == "DRY_RUN") {
+        env.push(("DRY_RUN", "true".into()));
+    }
     env.extend([
         (
             "KUBECONFIG",
             cluster.kubeconfig_path().to_string_lossy().into_owned(),
         ),
-        ("DRY_RUN", "true".into()),
         ("RUST_LOG", "trace".into()),
         ("BUDGET_NAMESPACE", cluster.namespace.clone()),
     ]);
@@ -32,7 +39,7 @@ async fn function(moto: &Moto, cluster: &TestCluster, extra: &[(&str, String)]) 
     Emulator::start(&function_binary("latency-restart"), &env).await
 }
 
-fn delivery<'a>(answer: &'a Value, sink: &str) -> &'a Value {
+pub(super) fn delivery<'a>(answer: &'a Value, sink: &str) -> &'a Value {
     answer["notifications"]
         .as_array()
         .and_then(|all| all.iter().find(|d| d["sink"] == sink))
