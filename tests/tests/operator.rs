@@ -17,7 +17,6 @@ use remediation_testkit::operator::{self, Run};
 use remediation_testkit::{TestCluster, events};
 
 const TARGET: &str = "checkout-v2";
-const FIRING: &str = "latency-restart-firing.json";
 
 /// Two control planes and one kubeconfig naming both.
 struct Operated {
@@ -52,13 +51,17 @@ impl Operated {
         &self.fleet.member(name).cluster
     }
 
+    /// latency-restart's sample alert, fresh, for the fleet's namespace.
+    fn firing(&self) -> serde_json::Value {
+        events::fresh("latency-restart-firing.json", &self.fleet.namespace)
+    }
+
     /// Creates the target in every cluster and fires latency-restart at it there.
     async fn restart_everywhere(&self) {
         for member in &self.fleet.members {
             let cluster = &member.cluster;
             cluster.create_deployment(TARGET, true).await;
-            let event = events::fresh(FIRING, &self.fleet.namespace);
-            let report = cluster.invoke(LatencyRestart, &[], &event).await;
+            let report = cluster.invoke(LatencyRestart, &[], &self.firing()).await;
             assert_eq!(only(&report).outcome, OutcomeKind::Applied, "{report:#?}");
         }
     }
@@ -207,7 +210,7 @@ async fn pause_and_resume_write_what_the_functions_read_in_each_context() {
             "{name}"
         );
     }
-    let event = events::fresh(FIRING, &ns);
+    let event = op.firing();
     let report = op.cluster("use1").invoke(LatencyRestart, &[], &event).await;
     assert_skipped_saying(only(&report), "paused for the whole cluster");
     assert_skipped_saying(only(&report), "incident 4711");

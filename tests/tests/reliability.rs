@@ -55,9 +55,25 @@ async fn fire(cluster: &TestCluster, vars: &[(&str, &str)]) -> InvocationReport 
         .await
 }
 
+/// `fault` restricted to reads of Deployments.
+fn on_reads(fault: Fault) -> Fault {
+    fault.method("GET").path_contains("/deployments/")
+}
+
 /// `fault` restricted to writes to Deployments.
 fn on_writes(fault: Fault) -> Fault {
     fault.method("PATCH").path_contains("/deployments/")
+}
+
+/// A second round after an action: `fault` alone in place of the earlier faults, the request
+/// log empty, and the first rollout finished (the real controllers' work: latency-restart
+/// holds a Deployment whose rollout is in progress).
+async fn next_round(cluster: &TestCluster, fault: Fault) {
+    let faults = cluster.faults();
+    faults.clear_faults();
+    faults.clear_requests();
+    cluster.wait_settled(TARGET).await;
+    faults.add_fault(fault);
 }
 
 /// A retryable failure that changed nothing, with a reason containing `why`.
@@ -195,12 +211,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
     let faults = cluster.faults();
     // Retry-After: 1 on two reads: the pipeline waits 1 s each time (not its own ~0.1 s
     // backoff, not the 2 s cap).
-    faults.add_fault(
-        Fault::throttle(1)
-            .method("GET")
-            .path_contains("/deployments/")
-            .times(2),
-    );
+    faults.add_fault(on_reads(Fault::throttle(1)).times(2));
     let started = Instant::now();
     let report = fire(&cluster, &[]).await;
     let elapsed = started.elapsed();
@@ -213,11 +224,7 @@ async fn throttling_honours_retry_after_capped_at_two_seconds() {
 
     // Retry-After: 30 on every write: each wait is capped at 2 s, then a retryable failure
     // (Lambda retries later) instead of sleeping through the invocation.
-    faults.clear_faults();
-    faults.clear_requests();
-    // The real controllers finish the first rollout first: one in progress is held.
-    cluster.wait_settled(TARGET).await;
-    faults.add_fault(on_writes(Fault::throttle(30)));
+    next_round(&cluster, on_writes(Fault::throttle(30))).await;
     let vars = NO_COOLDOWN;
     let generation_now = cluster.generation(TARGET).await;
     let started = Instant::now();
@@ -244,10 +251,7 @@ async fn conflict_storms_converge_or_give_up_without_acting_twice() {
     assert_restarted_once(&cluster, generation_before).await;
 
     // A storm that does not end: a bounded number of attempts, then a retryable failure.
-    faults.clear_faults();
-    faults.clear_requests();
-    cluster.wait_settled(TARGET).await;
-    faults.add_fault(on_writes(Fault::status(409)));
+    next_round(&cluster, on_writes(Fault::status(409))).await;
     let vars = NO_COOLDOWN;
     let report = fire(&cluster, &vars).await;
     assert_transient(only(&report), "conflicting writes");
