@@ -204,12 +204,13 @@ pub struct DrillArgs {
     #[arg(short, long)]
     pub namespace: String,
     /// The alert topic to publish to (set AWS_ENDPOINT_URL for an emulator).
-    #[arg(long, env = "ALERT_TOPIC_ARN", required_unless_present = "invoke_url")]
+    #[arg(long, env = "ALERT_TOPIC_ARN", required_unless_present = "invoke")]
     pub topic: Option<String>,
-    /// Invoke the function directly at this URL (a function URL, or the Lambda runtime
-    /// emulator's invocations endpoint) and show its outcome.
-    #[arg(long)]
-    pub invoke_url: Option<String>,
+    /// Invoke this Lambda function (name, ARN or alias ARN) with the SNS event the topic
+    /// would deliver, wait for it and show its outcome (lambda:InvokeFunction; set
+    /// AWS_ENDPOINT_URL for the Lambda runtime emulator, whose function is `function`).
+    #[arg(long, value_name = "FUNCTION", conflicts_with = "topic")]
+    pub invoke: Option<String>,
     /// latency-restart: the Deployment.
     #[arg(long)]
     pub deployment: Option<String>,

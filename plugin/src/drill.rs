@@ -1,9 +1,8 @@
 //! `drill`: the library's drill alert, published to the alert topic (the path Alertmanager
-//! takes) or handed to the function directly (its invocations endpoint), whose outcome is
-//! then shown.
+//! takes) or handed to the function directly (Lambda's Invoke, waiting for the answer),
+//! whose outcome is then shown.
 
-use std::time::Duration;
-
+use aws_sdk_lambda::primitives::Blob;
 use mesh_remediation::drill::Drill;
 
 use crate::cli::DrillArgs;
@@ -39,17 +38,14 @@ pub async fn send(args: &DrillArgs) -> Result<Sent, OpError> {
         message_id: None,
         answer: None,
     };
-    if let Some(url) = &args.invoke_url {
-        let topic = args
-            .topic
-            .clone()
-            .unwrap_or_else(|| "arn:aws:sns:drill:000000000000:direct".to_owned());
-        sent.answer = Some(invoke(url, &drill.sns_event(&topic)).await?);
+    if let Some(function) = &args.invoke {
+        let topic = "arn:aws:sns:drill:000000000000:direct";
+        sent.answer = Some(invoke(function, &drill.sns_event(topic)).await?);
         return Ok(sent);
     }
     let topic = args.topic.as_deref().ok_or_else(|| {
         OpError::Usage(
-            "say where the drill goes: --topic ARN (or ALERT_TOPIC_ARN), or --invoke-url URL"
+            "say where the drill goes: --topic ARN (or ALERT_TOPIC_ARN), or --invoke FUNCTION"
                 .into(),
         )
     })?;
@@ -57,25 +53,35 @@ pub async fn send(args: &DrillArgs) -> Result<Sent, OpError> {
     Ok(sent)
 }
 
-async fn invoke(url: &str, event: &serde_json::Value) -> Result<serde_json::Value, OpError> {
+/// A synchronous invocation (`RequestResponse`): the function's report, or what failed.
+async fn invoke(function: &str, event: &serde_json::Value) -> Result<serde_json::Value, OpError> {
+    use aws_sdk_lambda::error::{DisplayErrorContext, ProvideErrorMetadata};
     let failed = |message: String| OpError::Invoke {
-        url: url.to_owned(),
+        function: function.to_owned(),
         message,
     };
-    let response = reqwest::Client::new()
-        .post(url)
-        .timeout(Duration::from_secs(120))
-        .json(event)
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let lambda = aws_sdk_lambda::Client::new(&sdk);
+    let payload = serde_json::to_vec(event).map_err(|err| failed(err.to_string()))?;
+    let out = lambda
+        .invoke()
+        .function_name(function)
+        .payload(Blob::new(payload))
         .send()
         .await
-        .map_err(|err| failed(err.to_string()))?;
-    let status = response.status();
-    let body = response
-        .text()
-        .await
-        .map_err(|err| failed(err.to_string()))?;
-    if !status.is_success() {
-        return Err(failed(format!("{status}: {body}")));
+        .map_err(|err| {
+            // Lambda's own code and message (no such function, no permission) say it all.
+            failed(match (err.code(), err.message()) {
+                (Some(code), Some(message)) => format!("{code}: {message}"),
+                _ => DisplayErrorContext(&err).to_string(),
+            })
+        })?;
+    let body = out
+        .payload()
+        .map(|p| String::from_utf8_lossy(p.as_ref()).into_owned())
+        .unwrap_or_default();
+    if let Some(error) = out.function_error() {
+        return Err(failed(format!("the function failed ({error}): {body}")));
     }
     serde_json::from_str(&body).map_err(|err| failed(format!("not JSON ({err}): {body}")))
 }

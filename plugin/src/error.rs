@@ -67,10 +67,10 @@ pub enum OpError {
     #[error("{0}")]
     Library(Box<mesh_remediation::Error>),
     /// A drill invocation failed.
-    #[error("invoke {url}: {message}")]
+    #[error("lambda:Invoke {function}: {message}")]
     Invoke {
-        /// Where.
-        url: String,
+        /// The function (name, ARN or alias ARN).
+        function: String,
         /// What happened.
         message: String,
     },

@@ -118,6 +118,12 @@ impl Emulator {
         emulator
     }
 
+    /// The emulator as Lambda's API endpoint (`AWS_ENDPOINT_URL`): its one function is
+    /// named `function`.
+    pub fn endpoint_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// The emulator's invocations endpoint, which takes the event as Lambda's Invoke API does.
     pub fn invocations_url(&self) -> String {
         format!(

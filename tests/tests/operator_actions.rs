@@ -25,7 +25,7 @@ async fn plugin_as(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, St
     operator::run(&operator::binary(), kubeconfig, args, env).await
 }
 
-/// A latency-restart drill for the target in `ns`, sent `via` (`--topic`, `--invoke-url`) `to`.
+/// A latency-restart drill for the target in `ns`, sent `via` (`--topic`, `--invoke`) `to`.
 fn drill<'a>(ns: &'a str, via: &'a str, to: &'a str) -> [&'a str; 8] {
     let function = "latency-restart";
     ["drill", function, "-n", ns, "--deployment", TARGET, via, to]
@@ -315,10 +315,16 @@ async fn a_drill_invoked_directly_shows_the_functions_outcome() {
         ],
     )
     .await;
-    let url = emulator.invocations_url();
+    // Lambda's Invoke API, answered by the emulator (as `aws lambda invoke --endpoint-url`).
+    let lambda = [
+        ("AWS_ENDPOINT_URL", emulator.endpoint_url()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "testing".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "testing".to_owned()),
+    ];
     let ns = cluster.namespace.as_str();
-    let args = drill(ns, "--invoke-url", &url);
-    let answered = plugin(&cluster, &args).await;
+    let args = drill(ns, "--invoke", "function");
+    let answered = plugin_as(cluster.kubeconfig_path(), &args, &lambda).await;
     let text = answered.out();
     assert!(
         text.starts_with("latency-restart answered the drill drill"),
@@ -330,9 +336,13 @@ async fn a_drill_invoked_directly_shows_the_functions_outcome() {
         )),
         "{answered:#?}"
     );
-    let json = plugin(&cluster, &[&args[..], &["-o", "json"]].concat())
-        .await
-        .json();
+    let json = plugin_as(
+        cluster.kubeconfig_path(),
+        &[&args[..], &["-o", "json"]].concat(),
+        &lambda,
+    )
+    .await
+    .json();
     assert_eq!(json["answer"]["outcomes"][0]["drill"], true, "{json:#}");
     assert_eq!(
         json["answer"]["outcomes"][0]["outcome"], "dry-run",
