@@ -117,30 +117,32 @@ pub struct Credentials {
     pub token: String,
 }
 
+/// The body of the kubeconfig entry (context, cluster or user) called `name`, of `entries`
+/// as (name, body).
+fn named<'a, T: Clone + 'a>(
+    entries: impl IntoIterator<Item = (&'a String, &'a Option<T>)>,
+    name: &str,
+    what: &str,
+) -> T {
+    entries
+        .into_iter()
+        .find(|(entry, _)| *entry == name)
+        .and_then(|(_, body)| body.clone())
+        .unwrap_or_else(|| panic!("the kubeconfig's {what} {name}"))
+}
+
 impl Credentials {
     /// Reads the current context of the kubeconfig at `path`.
     pub fn read(path: &Path) -> Credentials {
         let config = Kubeconfig::read_from(path).expect("kubeconfig");
-        let context = config.current_context.clone().expect("a current context");
-        let context = config
-            .contexts
-            .iter()
-            .find(|c| c.name == context)
-            .and_then(|c| c.context.clone())
-            .expect("the current context");
-        let cluster = config
-            .clusters
-            .iter()
-            .find(|c| c.name == context.cluster)
-            .and_then(|c| c.cluster.clone())
-            .expect("the context's cluster");
+        let current = config.current_context.clone().expect("a current context");
+        let contexts = config.contexts.iter().map(|c| (&c.name, &c.context));
+        let context = named(contexts, &current, "context");
+        let clusters = config.clusters.iter().map(|c| (&c.name, &c.cluster));
+        let cluster = named(clusters, &context.cluster, "cluster");
         let user = context.user.clone().expect("the context's user");
-        let auth = config
-            .auth_infos
-            .iter()
-            .find(|a| a.name == user)
-            .and_then(|a| a.auth_info.clone())
-            .expect("the context's user");
+        let users = config.auth_infos.iter().map(|a| (&a.name, &a.auth_info));
+        let auth = named(users, &user, "user");
         let token = auth.token.expect("a bearer token");
         Credentials {
             server: cluster.server.expect("server"),
