@@ -211,6 +211,17 @@ pub struct DrillArgs {
     /// AWS_ENDPOINT_URL for the Lambda runtime emulator, whose function is `function`).
     #[arg(long, value_name = "FUNCTION", conflicts_with = "topic")]
     pub invoke: Option<String>,
+    /// With --topic: wait up to SECONDS (default 120) for the function's outcome, read from
+    /// its log group (logs:FilterLogEvents) by the message's id.
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "120", requires = "topic")]
+    pub wait: Option<u64>,
+    /// The function's log group for --wait (default /aws/lambda/STACK-FUNCTION, as the
+    /// template names it).
+    #[arg(long, requires = "wait")]
+    pub log_group: Option<String>,
+    /// The stack the function belongs to, for its log group.
+    #[arg(long, default_value = "mesh-remediation")]
+    pub stack: String,
     /// latency-restart: the Deployment.
     #[arg(long)]
     pub deployment: Option<String>,

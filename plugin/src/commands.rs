@@ -375,9 +375,9 @@ fn drilled(sent: &drill::Sent, format: Format) -> Done {
             Format::Yaml => output::yaml(sent),
             _ => output::json(sent),
         };
-    } else if let Some(id) = &sent.message_id {
+    } else if let (Some(id), None) = (&sent.message_id, &sent.answer) {
         done.text = format!(
-            "drill published: MessageId {id}, alert fingerprint {}\nthe function's report (outcome attribute, drill=passed|failed) goes to its notification topic; its log line carries the fingerprint\n",
+            "drill published: MessageId {id}, alert fingerprint {}\nthe function's report (outcome attribute, drill=passed|failed) goes to its notification topic; its log line carries the fingerprint (--wait reads it from there)\n",
             sent.fingerprint
         );
     }
@@ -393,10 +393,16 @@ fn drilled(sent: &drill::Sent, format: Format) -> Done {
             .collect();
         done.failed = rows.is_empty() || rows.iter().any(|r| r.outcome["outcome"] == "failed");
         if format == Format::Table {
-            done.text = format!(
-                "{} answered the drill {}:\n",
-                sent.function, sent.fingerprint
-            );
+            done.text = match &sent.message_id {
+                Some(id) => format!(
+                    "{} answered the drill {} (MessageId {id}; from its log group):\n",
+                    sent.function, sent.fingerprint
+                ),
+                None => format!(
+                    "{} answered the drill {}:\n",
+                    sent.function, sent.fingerprint
+                ),
+            };
             done.text.push_str(&if rows.is_empty() {
                 output::json(answer)
             } else {

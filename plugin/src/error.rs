@@ -66,6 +66,30 @@ pub enum OpError {
     /// The library refused or failed (a revert's guards, a drill's publish).
     #[error("{0}")]
     Library(Box<mesh_remediation::Error>),
+    /// A drill's outcome did not reach the function's log group in time.
+    #[error(
+        "no outcome for MessageId {message_id} in log group {log_group} within {seconds} s: {hint}"
+    )]
+    NoOutcome {
+        /// The published message.
+        message_id: String,
+        /// Where it was looked for.
+        log_group: String,
+        /// How long.
+        seconds: u64,
+        /// What to check.
+        hint: &'static str,
+    },
+    /// Reading the function's log group failed.
+    #[error("logs:FilterLogEvents {log_group}: {message}")]
+    Logs {
+        /// The log group.
+        log_group: String,
+        /// What happened.
+        message: String,
+        /// Whether asking again may work (not for a log group that does not exist).
+        retryable: bool,
+    },
     /// A drill invocation failed.
     #[error("lambda:Invoke {function}: {message}")]
     Invoke {
@@ -85,7 +109,8 @@ impl OpError {
                 _ => true,
             },
             OpError::Library(err) => err.is_retryable(),
-            OpError::Invoke { .. } => true,
+            OpError::Invoke { .. } | OpError::NoOutcome { .. } => true,
+            OpError::Logs { retryable, .. } => *retryable,
             OpError::Kubeconfig(_)
             | OpError::MissingContext { .. }
             | OpError::Forbidden { .. }

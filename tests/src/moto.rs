@@ -127,6 +127,40 @@ impl Moto {
         .await
     }
 
+    /// Writes `lines` to the log group `group` (created with a stream of its own if new), as
+    /// Lambda delivers a function's output to its log group; no lines: only creates it.
+    pub async fn deliver_logs(&self, group: &str, lines: &[String]) {
+        let logs = |action: &str, body: Value| {
+            let target = format!("Logs_20140328.{action}");
+            async move { self.json_call("logs", "1.1", &target, body).await }
+        };
+        let groups = logs("DescribeLogGroups", json!({"logGroupNamePrefix": group})).await;
+        let exists = groups["logGroups"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|g| g["logGroupName"] == group));
+        if !exists {
+            logs("CreateLogGroup", json!({"logGroupName": group})).await;
+            logs(
+                "CreateLogStream",
+                json!({"logGroupName": group, "logStreamName": "function"}),
+            )
+            .await;
+        }
+        if lines.is_empty() {
+            return;
+        }
+        let now = chrono::Utc::now().timestamp_millis();
+        let events: Vec<Value> = lines
+            .iter()
+            .map(|line| json!({"timestamp": now, "message": line}))
+            .collect();
+        logs(
+            "PutLogEvents",
+            json!({"logGroupName": group, "logStreamName": "function", "logEvents": events}),
+        )
+        .await;
+    }
+
     /// Creates a secret holding `value`; returns its full ARN.
     pub async fn create_secret(&self, name: &str, value: &str) -> String {
         let created = self

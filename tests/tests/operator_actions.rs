@@ -299,6 +299,99 @@ async fn a_drill_published_to_the_alert_topic_reaches_the_function_as_a_dry_run(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drill_published_with_wait_shows_the_outcome_from_the_functions_log_group() {
+    let cluster = TestCluster::start("op-drill-wait").await;
+    let before = cluster.create_deployment(TARGET, true).await;
+    let moto = Moto::start().await;
+    let topic = moto.create_topic("alerts").await;
+    let filter = json!({"remediation": ["latency-restart"]});
+    let queue = moto
+        .subscribe_queue(&topic, "latency-restart", Some(&filter))
+        .await;
+    let kubeconfig = cluster
+        .function_kubeconfig_path("latency-restart")
+        .to_string_lossy()
+        .into_owned();
+    let emulator = Emulator::start(
+        &function_binary("latency-restart"),
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("DRY_RUN", "false"),
+            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
+        ],
+    )
+    .await;
+    let log_group = "/aws/lambda/test-stack-latency-restart";
+    let ns = cluster.namespace.as_str();
+    let args = [
+        &drill(ns, "--topic", &topic)[..],
+        &["--wait", "60", "--stack", "test-stack"],
+    ]
+    .concat();
+    let aws = moto.env();
+    // The template creates the function's log group with the stack; a wrong one is named.
+    moto.deliver_logs(log_group, &[]).await;
+    let elsewhere = [&drill(ns, "--topic", &topic)[..], &["--wait", "5"]].concat();
+    let wrong = plugin_as(cluster.kubeconfig_path(), &elsewhere, &aws).await;
+    wrong.fails_saying(
+        "/aws/lambda/mesh-remediation-latency-restart: The specified log group does not exist",
+    );
+    wrong.fails_saying("check --stack");
+    let drained = moto
+        .receive(&queue, std::time::Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        drained.len(),
+        1,
+        "the wrong-stack drill's delivery: {drained:#?}"
+    );
+    // Lambda's part: the subscription's delivery invoked, the function's output delivered to
+    // its log group, while the plugin waits for it there.
+    let lambda = async {
+        let delivered = moto
+            .receive(&queue, std::time::Duration::from_secs(20))
+            .await;
+        assert_eq!(delivered.len(), 1, "{delivered:#?}");
+        let (status, answer) = emulator.invoke(&delivered[0]).await;
+        assert_eq!(status, 200, "{answer}");
+        let lines: Vec<String> = emulator.json_logs().iter().map(|l| l.to_string()).collect();
+        moto.deliver_logs(log_group, &lines).await;
+    };
+    let (waited, ()) = tokio::join!(plugin_as(cluster.kubeconfig_path(), &args, &aws), lambda);
+    let text = waited.out();
+    assert!(
+        text.starts_with("latency-restart answered the drill drill")
+            && text.contains("(MessageId "),
+        "{waited:#?}"
+    );
+    assert!(
+        text.contains(&format!(
+            "latency-restart   Deployment {ns}/{TARGET}   dry-run"
+        )),
+        "{waited:#?}"
+    );
+    assert!(
+        text.contains("dry-run patch:"),
+        "the patch, parsed back: {waited:#?}"
+    );
+    assert_eq!(
+        cluster.deployment(TARGET).await.spec,
+        before.spec,
+        "a drill changes nothing"
+    );
+
+    // Nothing logged for a message the function never got: a clear failure, in time.
+    let args = [
+        &drill(ns, "--topic", &topic)[..],
+        &["--wait", "3", "--log-group", log_group],
+    ]
+    .concat();
+    let unanswered = plugin_as(cluster.kubeconfig_path(), &args, &moto.env()).await;
+    unanswered.fails_saying("no outcome for MessageId");
+    assert!(unanswered.error().contains(log_group), "{unanswered:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_invoked_directly_shows_the_functions_outcome() {
     let cluster = TestCluster::start("op-drill-invoke").await;
     cluster.create_deployment(TARGET, true).await;
