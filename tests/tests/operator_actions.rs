@@ -11,7 +11,7 @@ use remediation_testkit::mesh::{Kind, Mesh, only, record, spec_text};
 use remediation_testkit::moto::Moto;
 use remediation_testkit::operator::{self, Run};
 use remediation_testkit::{TestCluster, events};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const TARGET: &str = "checkout-v2";
 const FIRING: &str = "latency-restart-firing.json";
@@ -29,6 +29,45 @@ async fn plugin_as(kubeconfig: &std::path::Path, args: &[&str], env: &[(&str, St
 fn drill<'a>(ns: &'a str, via: &'a str, to: &'a str) -> [&'a str; 8] {
     let function = "latency-restart";
     ["drill", function, "-n", ns, "--deployment", TARGET, via, to]
+}
+
+/// Where a drill is published: moto with the alert topic, and latency-restart's queue
+/// subscribed to it with the function's filter (the topic's ARN, the queue's URL).
+async fn drill_topic() -> (Moto, String, String) {
+    let moto = Moto::start().await;
+    let topic = moto.create_topic("alerts").await;
+    let filter = json!({"remediation": ["latency-restart"]});
+    let queue = moto
+        .subscribe_queue(&topic, "latency-restart", Some(&filter))
+        .await;
+    (moto, topic, queue)
+}
+
+/// The one message delivered to `queue` within `seconds` (`what` names it in a failure).
+async fn the_delivery(moto: &Moto, queue: &str, seconds: u64, what: &str) -> Value {
+    let delivered = moto
+        .receive(queue, std::time::Duration::from_secs(seconds))
+        .await;
+    assert_eq!(delivered.len(), 1, "{what}: {delivered:#?}");
+    delivered.into_iter().next().expect("one message")
+}
+
+/// The built latency-restart function under the Lambda emulator, acting on `cluster` with
+/// its own group's kubeconfig.
+async fn restart_function(cluster: &TestCluster) -> Emulator {
+    let kubeconfig = cluster
+        .function_kubeconfig_path("latency-restart")
+        .to_string_lossy()
+        .into_owned();
+    Emulator::start(
+        &function_binary("latency-restart"),
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("DRY_RUN", "false"),
+            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
+        ],
+    )
+    .await
 }
 
 async fn restarted(cluster: &TestCluster) {
@@ -263,12 +302,7 @@ async fn errors_name_the_verb_and_object_refused_and_the_object_without_a_record
 async fn a_drill_published_to_the_alert_topic_reaches_the_function_as_a_dry_run() {
     let cluster = TestCluster::start("op-drill").await;
     let before = cluster.create_deployment(TARGET, true).await;
-    let moto = Moto::start().await;
-    let topic = moto.create_topic("alerts").await;
-    let filter = json!({"remediation": ["latency-restart"]});
-    let queue = moto
-        .subscribe_queue(&topic, "latency-restart", Some(&filter))
-        .await;
+    let (moto, topic, queue) = drill_topic().await;
     let ns = cluster.namespace.as_str();
     let args = drill(ns, "--topic", &topic);
     let sent = plugin_as(cluster.kubeconfig_path(), &args, &moto.env()).await;
@@ -277,17 +311,10 @@ async fn a_drill_published_to_the_alert_topic_reaches_the_function_as_a_dry_run(
         "{sent:#?}"
     );
 
-    let delivered = moto
-        .receive(&queue, std::time::Duration::from_secs(10))
-        .await;
-    assert_eq!(
-        delivered.len(),
-        1,
-        "routed by the subscription's filter: {delivered:#?}"
-    );
-    let envelope = &delivered[0];
+    let routed = "routed by the subscription's filter";
+    let envelope = the_delivery(&moto, &queue, 10, routed).await;
     assert_eq!(envelope["MessageAttributes"]["drill"]["Value"], "true");
-    let report = cluster.invoke(LatencyRestart, &[], envelope).await;
+    let report = cluster.invoke(LatencyRestart, &[], &envelope).await;
     let outcome = only(&report);
     assert_eq!(outcome.outcome, OutcomeKind::DryRun, "{report:#?}");
     assert!(outcome.source.drill, "{outcome:#?}");
@@ -302,25 +329,8 @@ async fn a_drill_published_to_the_alert_topic_reaches_the_function_as_a_dry_run(
 async fn a_drill_published_with_wait_shows_the_outcome_from_the_functions_log_group() {
     let cluster = TestCluster::start("op-drill-wait").await;
     let before = cluster.create_deployment(TARGET, true).await;
-    let moto = Moto::start().await;
-    let topic = moto.create_topic("alerts").await;
-    let filter = json!({"remediation": ["latency-restart"]});
-    let queue = moto
-        .subscribe_queue(&topic, "latency-restart", Some(&filter))
-        .await;
-    let kubeconfig = cluster
-        .function_kubeconfig_path("latency-restart")
-        .to_string_lossy()
-        .into_owned();
-    let emulator = Emulator::start(
-        &function_binary("latency-restart"),
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("DRY_RUN", "false"),
-            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
-        ],
-    )
-    .await;
+    let (moto, topic, queue) = drill_topic().await;
+    let emulator = restart_function(&cluster).await;
     let log_group = "/aws/lambda/test-stack-latency-restart";
     let ns = cluster.namespace.as_str();
     let args = [
@@ -337,22 +347,12 @@ async fn a_drill_published_with_wait_shows_the_outcome_from_the_functions_log_gr
         "/aws/lambda/mesh-remediation-latency-restart: The specified log group does not exist",
     );
     wrong.fails_saying("check --stack");
-    let drained = moto
-        .receive(&queue, std::time::Duration::from_secs(10))
-        .await;
-    assert_eq!(
-        drained.len(),
-        1,
-        "the wrong-stack drill's delivery: {drained:#?}"
-    );
+    the_delivery(&moto, &queue, 10, "the wrong-stack drill's delivery").await;
     // Lambda's part: the subscription's delivery invoked, the function's output delivered to
     // its log group, while the plugin waits for it there.
     let lambda = async {
-        let delivered = moto
-            .receive(&queue, std::time::Duration::from_secs(20))
-            .await;
-        assert_eq!(delivered.len(), 1, "{delivered:#?}");
-        let (status, answer) = emulator.invoke(&delivered[0]).await;
+        let delivered = the_delivery(&moto, &queue, 20, "the drill's delivery").await;
+        let (status, answer) = emulator.invoke(&delivered).await;
         assert_eq!(status, 200, "{answer}");
         let lines: Vec<String> = emulator.json_logs().iter().map(|l| l.to_string()).collect();
         moto.deliver_logs(log_group, &lines).await;
@@ -395,19 +395,7 @@ async fn a_drill_published_with_wait_shows_the_outcome_from_the_functions_log_gr
 async fn a_drill_invoked_directly_shows_the_functions_outcome() {
     let cluster = TestCluster::start("op-drill-invoke").await;
     cluster.create_deployment(TARGET, true).await;
-    let kubeconfig = cluster
-        .function_kubeconfig_path("latency-restart")
-        .to_string_lossy()
-        .into_owned();
-    let emulator = Emulator::start(
-        &function_binary("latency-restart"),
-        &[
-            ("KUBECONFIG", kubeconfig.as_str()),
-            ("DRY_RUN", "false"),
-            ("BUDGET_NAMESPACE", cluster.namespace.as_str()),
-        ],
-    )
-    .await;
+    let emulator = restart_function(&cluster).await;
     // Lambda's Invoke API, answered by the emulator (as `aws lambda invoke --endpoint-url`).
     let lambda = [
         ("AWS_ENDPOINT_URL", emulator.endpoint_url()),
