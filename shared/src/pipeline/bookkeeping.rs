@@ -44,6 +44,14 @@ pub(super) struct Write {
     pub(super) verify: Option<Box<crate::verify::VerifyRequest>>,
 }
 
+impl Write {
+    /// Once sent, the patch belongs to the outcome, which reports it.
+    pub(super) fn sent_as(mut self) -> Self {
+        self.outcome.patch = Some(std::mem::take(&mut self.body));
+        self
+    }
+}
+
 impl<R: Remediation> Pipeline<R> {
     pub(super) fn read_record(
         &self,
@@ -292,7 +300,8 @@ impl<R: Remediation> Pipeline<R> {
         let mut outcome = Outcome::new(kind, work.source.clone());
         outcome.reason = dry_run_reason.map(Into::into);
         outcome.change = Some(plan.summary.clone());
-        outcome.patch = Some(body.clone());
+        // The patch joins the outcome once sent (`Write::sent_as`), not copied before: a
+        // storm holds hundreds of writes while they wait for their budget slots.
         let note = format!(
             "{} ({}, trace {})",
             plan.summary,

@@ -147,7 +147,9 @@ impl<R: Remediation> Pipeline<R> {
         };
         let end = machine.run().await;
         if !end.landed {
-            self.give_back(client, at.invocation, &shared.changed, machine.spending)
+            // Boxed: inline, a budget write's future would be part of every target's state
+            // while it waits for its slot.
+            Box::pin(self.give_back(client, at.invocation, &shared.changed, machine.spending))
                 .await;
         }
         end.outcome.on(&at.target)
@@ -336,6 +338,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             .timebox
             .call(Call::Write, &format!("patch {target}"), patch)
             .await;
+        let write = write.sent_as();
         match answer {
             Ok(Ok(updated)) => {
                 if !write.dry_run {
@@ -442,7 +445,7 @@ impl<R: Remediation> WriteLoop<'_, R> {
             return None;
         }
         let remediation = self.pipeline.remediation.name();
-        let record = sent_record(&write.body, remediation)?;
+        let record = sent_record(write.outcome.patch.as_ref()?, remediation)?;
         Some(Sent {
             record,
             outcome: write.outcome,

@@ -180,7 +180,9 @@ impl<R: Remediation> Pipeline<R> {
             Ok(connector) => connector,
             Err(err) => return failed(&err),
         };
-        let client = match connector.client().await {
+        // Boxed: a client's first build (EKS token, TLS) is a large future, and each
+        // target's state holds its largest one while it waits for its budget slot.
+        let client = match Box::pin(connector.client()).await {
             Ok(client) => client,
             Err(err) => return failed(&err),
         };

@@ -194,10 +194,8 @@ impl<R: Remediation> Pipeline<R> {
     ) -> Step {
         match self.write_step(at, object, &plan, new_record, false) {
             Step::Write(mut write) => {
-                let mut outcome =
+                write.outcome =
                     Outcome::skipped(at.work.source.clone(), &SkipReason::Resolved(what));
-                outcome.patch = Some(write.body.clone());
-                write.outcome = outcome;
                 write.counts_against_budget = false;
                 Step::Write(write)
             }
