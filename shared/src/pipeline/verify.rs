@@ -285,6 +285,56 @@ impl<R: Remediation> Pipeline<R> {
             evidence: measurements,
             undone: false,
         };
+        let (plan, reason) = self.verdict_plan(
+            at,
+            object,
+            &mut record,
+            &mut verification,
+            alert,
+            &judgement,
+        );
+        if judgement.verdict != Verdict::Verified {
+            record.escalated_at = Some(now);
+        }
+        let evidence = serde_json::to_value(&verification).ok();
+        // The hand-off pages under the acting alert's fingerprint, as its escalation would.
+        let fingerprint = record.fingerprint.clone();
+        record.verification = Some(verification);
+        match self.write_step(at, object, &plan, &record, false) {
+            Step::Write(mut write) => {
+                let outcome = &mut write.outcome;
+                let dry_run = outcome.reason.take();
+                outcome.outcome = match (judgement.verdict, &dry_run) {
+                    (_, Some(_)) => OutcomeKind::DryRun,
+                    (Verdict::Verified, None) => OutcomeKind::Skipped,
+                    (Verdict::NotRecovered | Verdict::Worse, None) => OutcomeKind::Escalated,
+                };
+                outcome.reason = Some(match dry_run {
+                    Some(dry) => format!("{}: {reason} ({dry})", judgement.verdict.as_str()),
+                    None => format!("{}: {reason}", judgement.verdict.as_str()),
+                });
+                outcome.verification = evidence;
+                outcome.source.fingerprint = Some(fingerprint);
+                Step::Write(write)
+            }
+            done => done,
+        }
+    }
+
+    /// What a verdict writes and says: nothing but the record when verified; the hand-off
+    /// marker when not recovered; the undo with the marker when worse (or only the marker
+    /// when the change cannot be undone).
+    fn verdict_plan(
+        &self,
+        at: &Subject<'_, R>,
+        object: &DynamicObject,
+        record: &mut ActionRecord,
+        verification: &mut Verification,
+        alert: &str,
+        judgement: &Judgement,
+    ) -> (Plan, String) {
+        let now = at.invocation.now;
+        let trace_id = at.invocation.trace_id.clone();
         let hand_off = Escalation {
             remediation: self.remediation.name().to_owned(),
             alert: alert.to_owned(),
@@ -301,7 +351,7 @@ impl<R: Remediation> Pipeline<R> {
             at.target,
             self.config.policy.escalation_window.as_secs()
         );
-        let (plan, reason) = match judgement.verdict {
+        match judgement.verdict {
             Verdict::Verified => (
                 Plan {
                     patch: json!({}),
@@ -322,7 +372,7 @@ impl<R: Remediation> Pipeline<R> {
                 },
                 format!("{}; {handed}", judgement.why),
             ),
-            Verdict::Worse => match self.remediation.plan_revert(object, &record) {
+            Verdict::Worse => match self.remediation.plan_revert(object, record) {
                 Ok(mut undo) => {
                     json_patch::merge(&mut undo.patch, &marker);
                     verification.undone = true;
@@ -355,32 +405,6 @@ impl<R: Remediation> Pipeline<R> {
                     )
                 }
             },
-        };
-        if judgement.verdict != Verdict::Verified {
-            record.escalated_at = Some(now);
-        }
-        let evidence = serde_json::to_value(&verification).ok();
-        // The hand-off pages under the acting alert's fingerprint, as its escalation would.
-        let fingerprint = record.fingerprint.clone();
-        record.verification = Some(verification);
-        match self.write_step(at, object, &plan, &record, false) {
-            Step::Write(mut write) => {
-                let outcome = &mut write.outcome;
-                let dry_run = outcome.reason.take();
-                outcome.outcome = match (judgement.verdict, &dry_run) {
-                    (_, Some(_)) => OutcomeKind::DryRun,
-                    (Verdict::Verified, None) => OutcomeKind::Skipped,
-                    (Verdict::NotRecovered | Verdict::Worse, None) => OutcomeKind::Escalated,
-                };
-                outcome.reason = Some(match dry_run {
-                    Some(dry) => format!("{}: {reason} ({dry})", judgement.verdict.as_str()),
-                    None => format!("{}: {reason}", judgement.verdict.as_str()),
-                });
-                outcome.verification = evidence;
-                outcome.source.fingerprint = Some(fingerprint);
-                Step::Write(write)
-            }
-            done => done,
         }
     }
 }
